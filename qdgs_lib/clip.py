@@ -1,0 +1,191 @@
+"""CLIP models for scoring: open_clip by name with local weights, or the project's own small CLIPs.
+
+Images enter as float tensors in [0, 1], shape (B, 3, H, W); preprocessing (resize, normalize,
+optional random cutouts) is differentiable so that gradients reach the generator's latent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .paths import pretrained_dir, weights_dir
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# The project's own CLIPs: open_clip architectures from JSON configs in model_configs/,
+# trained by scripts/train_clip.py; weights shipped under data/weights/.
+OWN_MODELS = {
+    "qdgs-shapes-clip": "qdgs-shapes-clip.safetensors",
+    "qdgs-faces-clip": "qdgs-faces-clip.safetensors",
+}
+
+# Third-party weights the user supplies, and where to find them.
+KNOWN_PRETRAINED = {
+    "ViT-B-32-quickgelu": (
+        "open_clip_model.safetensors",
+        "the OpenAI ViT-B/32 weights: Hugging Face repo timm/vit_base_patch32_clip_224.openai, "
+        "file open_clip_model.safetensors (or OpenAI's original ViT-B-32.pt)",
+    ),
+}
+
+_registered = False
+
+
+def register_configs() -> None:
+    """Make the JSON configs in ``model_configs/`` known to open_clip's factory."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered = True
+
+
+def resolve_weights(name: str, weights: str | Path | None) -> Path | None:
+    """Find the weights file for ``name``; raise a FileNotFoundError that says what to do."""
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"CLIP weights file not found: {path}")
+        return path
+    if name in OWN_MODELS:
+        path = weights_dir() / OWN_MODELS[name]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"The project's CLIP weights {path} are missing. They are shipped in git; "
+                f"rebuild them with `python scripts/train_clip.py --model {name}`."
+            )
+        return path
+    if name in KNOWN_PRETRAINED:
+        filename, where = KNOWN_PRETRAINED[name]
+        candidates = [pretrained_dir() / filename, pretrained_dir() / f"{name}.safetensors",
+                      pretrained_dir() / "ViT-B-32.pt"]
+        for path in candidates:
+            if path.is_file():
+                return path
+        raise FileNotFoundError(
+            f"No local weights for CLIP '{name}'. Download {where} and put it at "
+            f"{pretrained_dir() / filename} (or pass weights=<path>). "
+            "Nothing is downloaded at run time."
+        )
+    raise FileNotFoundError(
+        f"No weights given for CLIP '{name}'. Pass weights=<local .safetensors/.bin/.pt file>."
+    )
+
+
+class Clip(nn.Module):
+    """A CLIP model with differentiable image preprocessing and a prompt cache.
+
+    Args:
+        model: an open_clip ``CLIP`` module.
+        tokenizer: its tokenizer.
+        image_size: the model's input resolution.
+        mean, std: normalization of the model's image tower.
+        num_cutouts: if > 0, images are encoded as the mean embedding over this many random
+            square crops (the CLIP-guidance trick the paper's code used); 0 encodes the whole image.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, image_size: int,
+                 mean=OPENAI_MEAN, std=OPENAI_STD, num_cutouts: int = 0, name: str = ""):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.image_size = int(image_size)
+        self.num_cutouts = num_cutouts
+        self.name = name
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) in [0,1] -> model input, differentiably."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            images = F.interpolate(images, size=(self.image_size, self.image_size),
+                                   mode="bilinear", align_corners=False, antialias=True)
+        return (images - self.mean) / self.std
+
+    def _cutouts(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        b, _, h, w = images.shape
+        side = min(h, w)
+        crops = []
+        for _ in range(self.num_cutouts):
+            size = int(side * (0.6 + 0.4 * torch.rand((), generator=generator).item()))
+            y = int(torch.randint(0, h - size + 1, (), generator=generator))
+            x = int(torch.randint(0, w - size + 1, (), generator=generator))
+            crops.append(self.preprocess(images[:, :, y:y + size, x:x + size]))
+        return torch.cat(crops)  # (num_cutouts * B, 3, S, S)
+
+    def encode_image(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                     normalize: bool = True) -> torch.Tensor:
+        if not torch.isfinite(images).all():
+            raise ValueError("images contain NaN or inf: check the generator's output/latents")
+        if self.num_cutouts > 0:
+            emb = self.model.encode_image(self._cutouts(images, generator))
+            emb = emb.view(self.num_cutouts, images.shape[0], -1).mean(0)
+        else:
+            emb = self.model.encode_image(self.preprocess(images))
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str], normalize: bool = True) -> torch.Tensor:
+        """Embeddings of ``prompts`` (cached: the same prompt is tokenized and encoded once)."""
+        missing = [p for p in prompts if p not in self._text_cache]
+        if missing:
+            tokens = self.tokenizer(missing).to(self.device)
+            emb = self.model.encode_text(tokens).float()
+            for p, e in zip(missing, emb, strict=True):
+                self._text_cache[p] = e
+        emb = torch.stack([self._text_cache[p] for p in prompts])
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def _apply(self, fn, recurse=True):
+        self._text_cache = {}  # cached embeddings live on the old device/dtype
+        return super()._apply(fn, recurse)
+
+
+def create_clip(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu",
+                num_cutouts: int = 0, pretrained: bool = True) -> Clip:
+    """Build a :class:`Clip` by open_clip model name.
+
+    Args:
+        name: an open_clip model name (``"ViT-B-32-quickgelu"`` for the paper) or one of the
+            project's own (``"qdgs-shapes-clip"``, ``"qdgs-faces-clip"``).
+        weights: a local weights file; if None, the default location for ``name`` is used.
+        pretrained: False builds the architecture with random weights (benchmarks only).
+    """
+    register_configs()
+    if name not in open_clip.list_models():
+        raise ValueError(f"unknown CLIP model '{name}'. Known: {open_clip.list_models()[:8]}...")
+    path = resolve_weights(name, weights) if pretrained else None
+    if path is not None and path.suffix == ".pt" and _is_torchscript(path):
+        model, _ = open_clip.load_openai_model(str(path), device="cpu", jit=False)
+    else:
+        model = open_clip.create_model(name, pretrained=str(path) if path else None,
+                                       weights_only=True)
+    cfg = open_clip.get_model_config(name) or {}
+    image_size = cfg.get("vision_cfg", {}).get("image_size", 224)
+    mean = cfg.get("preprocess_cfg", {}).get("mean", OPENAI_MEAN)
+    std = cfg.get("preprocess_cfg", {}).get("std", OPENAI_STD)
+    clip = Clip(model, open_clip.get_tokenizer(name), image_size, mean, std, num_cutouts, name)
+    return clip.to(device)
+
+
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.endswith("constants.pkl") for n in zf.namelist())
+    except zipfile.BadZipFile:
+        return False

@@ -1,0 +1,117 @@
+"""Figures: archive heatmaps, QD-metric curves, image grids. Saved as PNG and PDF."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from ribs.archives import GridArchive
+from ribs.visualize import grid_archive_heatmap
+
+from .utils import atomic_path
+
+
+def savefig(fig: plt.Figure, path: str | Path, pdf: bool = True) -> list[Path]:
+    """Save ``fig`` as PNG (and PDF) atomically; returns the written paths."""
+    path = Path(path).with_suffix("")
+    out = []
+    for ext in (".png", ".pdf") if pdf else (".png",):
+        target = path.with_suffix(ext)
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format=ext[1:], dpi=150, bbox_inches="tight")
+        out.append(target)
+    return out
+
+
+def heatmap(archive: GridArchive, ax: plt.Axes | None = None, dims: tuple[int, int] = (0, 1),
+            labels: Sequence[str] | None = None, vmin=None, vmax=None, title: str = ""):
+    """Objective heatmap of an archive over two of its measures.
+
+    2-D archives use pyribs' ``grid_archive_heatmap``; for more measures each cell of the
+    (dims[0], dims[1]) plane shows the best objective over the other measures.
+    """
+    ax = ax or plt.gca()
+    if archive.measure_dim == 2 and tuple(dims) == (0, 1):
+        grid_archive_heatmap(archive, ax=ax, vmin=vmin, vmax=vmax, cmap="viridis")
+    else:
+        i, j = dims
+        df = archive.data(return_type="pandas")
+        grid = np.full((archive.dims[j], archive.dims[i]), np.nan)
+        if len(df):
+            idx = archive.int_to_grid_index(df["index"].to_numpy())
+            for (a, b), obj in zip(idx[:, [i, j]], df["objective"].to_numpy(), strict=True):
+                grid[b, a] = obj if np.isnan(grid[b, a]) else max(grid[b, a], obj)
+        lo_i, hi_i = archive.lower_bounds[i], archive.upper_bounds[i]
+        lo_j, hi_j = archive.lower_bounds[j], archive.upper_bounds[j]
+        im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax,
+                       extent=(lo_i, hi_i, lo_j, hi_j), interpolation="nearest")
+        plt.colorbar(im, ax=ax)
+    if labels:
+        ax.set_xlabel(labels[dims[0]])
+        ax.set_ylabel(labels[dims[1]])
+    ax.set_title(title)
+    return ax
+
+
+def qd_curves(metrics: dict[str, pd.DataFrame], x: str = "evaluations",
+              ys: Sequence[str] = ("coverage", "qd_score"), axes=None):
+    """One panel per metric, one line per run (``{label: metrics.csv frame}``)."""
+    if axes is None:
+        _, axes = plt.subplots(1, len(ys), figsize=(4.5 * len(ys), 3.4))
+    axes = np.atleast_1d(axes)
+    for ax, y in zip(axes, ys, strict=True):
+        for label, df in metrics.items():
+            ax.plot(df[x], df[y], label=label)
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    return axes
+
+
+def image_grid(images: torch.Tensor, nrow: int, ax: plt.Axes | None = None, title: str = "",
+               pad: int = 2):
+    """Show (B, 3, H, W) images in [0, 1] as a grid with ``nrow`` images per row."""
+    from torchvision.utils import make_grid
+
+    ax = ax or plt.gca()
+    grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=pad,
+                     pad_value=1.0)
+    ax.imshow(grid.permute(1, 2, 0).numpy())
+    ax.set_axis_off()
+    ax.set_title(title)
+    return ax
+
+
+def archive_image_grid(archive: GridArchive, decode, dims: tuple[int, int] = (0, 1),
+                       cells: int = 6, ax=None, title: str = ""):
+    """Decode the elite nearest to each point of a ``cells x cells`` lattice of the measure
+    plane: how the images change across the two measures. Empty regions show blank tiles."""
+    df = archive.data(return_type="pandas")
+    if len(df) == 0:
+        raise ValueError("the archive is empty: nothing to show")
+    i, j = dims
+    m = df[[f"measures_{i}", f"measures_{j}"]].to_numpy()
+    sols = df[[c for c in df.columns if c.startswith("solution_")]].to_numpy()
+    lo = archive.lower_bounds[[i, j]]
+    hi = archive.upper_bounds[[i, j]]
+    cell = (hi - lo) / cells
+    tiles, chosen = [], []
+    for r in range(cells - 1, -1, -1):  # top row = high measure j
+        for c in range(cells):
+            center = lo + (np.array([c, r]) + 0.5) * cell
+            inside = np.all(np.abs(m - center) <= cell / 2, axis=1)
+            chosen.append(int(np.flatnonzero(inside)[np.argmax(df["objective"].to_numpy()[inside])])
+                          if inside.any() else -1)
+    idx = [k for k in chosen if k >= 0]
+    with torch.no_grad():
+        imgs = decode(torch.as_tensor(sols[idx], dtype=torch.float32)).cpu() if idx else None
+    it = iter(imgs) if imgs is not None else iter(())
+    size = imgs.shape[-1] if imgs is not None else 8
+    for k in chosen:
+        tiles.append(next(it) if k >= 0 else torch.ones(3, size, size))
+    return image_grid(torch.stack(tiles), nrow=cells, ax=ax, title=title)

@@ -1,0 +1,218 @@
+"""Objective and measures of generated images from CLIP prompt pairs, with jacobians.
+
+Conventions (following the paper's released code, sign of measures flipped for readability):
+
+* ``angdist(e, t) = 2 * arcsin(|e - t| / 2)``, the angle between unit embeddings.
+* measure k of a pair (pos, neg) is ``angdist(e, neg) - angdist(e, pos)``: larger means
+  "more like the first prompt".
+* objective loss = w_prompt * (angdist(e, pos) - angdist(e, neg))
+                 + w_reg * (max(|z|, latent_norm) - latent_norm)^2
+                 + w_unique * (1 - min_j angdist(e, memory_j))
+  and objective = softplus(100 - 50 * loss) (the released code's 100 - 50 * loss, with a
+  soft floor at 0 so pyribs' ``threshold_min=0`` never rejects a solution).
+
+The released code ran one generator+CLIP forward and backward per output (objective, then each
+measure). Here one forward pass serves all of them and the 1 + m vector-jacobian products run
+as one batched backward (``torch.autograd.grad(..., is_grads_batched=True)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .clip import Clip
+from .generators.base import Generator
+
+Prompt = str | Sequence[str]
+
+
+def angdist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Angular distance between unit vectors; x (B, D), y (P, D) -> (B, P)."""
+    chord = (x[:, None, :] - y[None, :, :]).norm(dim=-1)
+    return 2 * torch.arcsin((chord / 2).clamp(max=1.0))
+
+
+def _alternatives(p: Prompt) -> list[str]:
+    """``"a | b"`` or ``["a", "b"]`` -> ["a", "b"] (distances are averaged over alternatives)."""
+    items = [p] if isinstance(p, str) else list(p)
+    out = [s.strip() for item in items for s in item.split("|") if s.strip()]
+    if not out:
+        raise ValueError(f"empty prompt: {p!r}")
+    return out
+
+
+@dataclass
+class Scores:
+    objective: np.ndarray  # (B,)
+    measures: np.ndarray  # (B, m)
+    jacobian: np.ndarray | None = None  # (B, 1 + m, d): d objective, d measures / d latent
+    loss: np.ndarray | None = None  # (B,) objective loss before the transform
+
+
+class PromptScorer:
+    """Scores latents of ``generator`` with ``clip`` against prompt pairs.
+
+    Args:
+        generator: a :class:`~qdgs_lib.generators.base.Generator`.
+        clip: a :class:`~qdgs_lib.clip.Clip`.
+        objective_prompts: (positive, negative) prompt pair of the quality objective.
+        measure_prompts: one (positive, negative) pair per measure.
+        weights: (prompt, latent-norm regularizer, uniqueness) weights of the objective loss;
+            the paper used (1, 0, 0) for shapes and (1, 0.5, 0.2) for faces.
+        memory_size: size of the uniqueness memory (FIFO of image embeddings).
+        seed: seeds the memory's choice of which embedding to remember.
+    """
+
+    def __init__(self, generator: Generator, clip: Clip, objective_prompts: tuple[Prompt, Prompt],
+                 measure_prompts: Sequence[tuple[Prompt, Prompt]],
+                 weights: tuple[float, float, float] = (1.0, 0.0, 0.0),
+                 memory_size: int = 100, seed: int = 0):
+        if len(objective_prompts) != 2 or any(len(p) != 2 for p in measure_prompts):
+            raise ValueError("prompts come in (positive, negative) pairs")
+        if len(measure_prompts) == 0:
+            raise ValueError("need at least one measure prompt pair")
+        self.generator = generator
+        self.clip = clip
+        self.weights = tuple(float(w) for w in weights)
+        self.memory_size = memory_size
+        self.objective_prompts = objective_prompts
+        self.measure_prompts = list(measure_prompts)
+        pairs = [objective_prompts, *self.measure_prompts]
+        # Each pair -> (P_pos, D), (P_neg, D) unit text embeddings, computed once.
+        self._targets = [(clip.encode_text(_alternatives(p)), clip.encode_text(_alternatives(n)))
+                         for p, n in pairs]
+        self.memory = torch.empty(0, self._targets[0][0].shape[1], device=clip.device)
+        self._rng = np.random.default_rng(seed)
+        self.jacobian_mode = "auto"  # "batched" | "loop" | "auto" (batched, falls back to loop)
+
+    @property
+    def num_measures(self) -> int:
+        return len(self.measure_prompts)
+
+    @property
+    def solution_dim(self) -> int:
+        return self.generator.latent_dim
+
+    # --- the math -------------------------------------------------------------------------
+    def _pair_gap(self, emb: torch.Tensor, k: int) -> torch.Tensor:
+        """angdist to positive minus angdist to negative prompt(s) of pair k; (B,)."""
+        pos, neg = self._targets[k]
+        return angdist(emb, pos).mean(1) - angdist(emb, neg).mean(1)
+
+    def _objective_loss(self, emb: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        w_prompt, w_reg, w_unique = self.weights
+        loss = w_prompt * self._pair_gap(emb, 0)
+        if w_reg > 0:
+            norm = z.norm(dim=1)
+            q = float(self.generator.latent_norm)
+            loss = loss + w_reg * (torch.clamp(norm, min=q) - q).pow(2)
+        if w_unique > 0 and len(self.memory) > 0:
+            uniqueness = angdist(emb, self.memory).min(dim=1).values
+            loss = loss + w_unique * (1 - uniqueness)
+        return loss
+
+    @staticmethod
+    def loss_to_objective(loss: torch.Tensor) -> torch.Tensor:
+        return F.softplus(100 - 50 * loss, beta=0.1)
+
+    def _outputs(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward pass: (loss (B,), outputs (B, 1+m) = [objective, measures], emb)."""
+        images = self.generator.decode(z)
+        if not torch.isfinite(images).all():
+            raise ValueError("the generator produced NaN/inf images; check its weights and latents")
+        emb = self.clip.encode_image(images)
+        loss = self._objective_loss(emb, z)
+        measures = [-self._pair_gap(emb, k) for k in range(1, 1 + self.num_measures)]
+        return loss, torch.stack([self.loss_to_objective(loss), *measures], dim=1), emb
+
+    # --- public API ------------------------------------------------------------------------
+    def _to_tensor(self, latents) -> torch.Tensor:
+        z = torch.as_tensor(np.asarray(latents), dtype=torch.float32, device=self.clip.device)
+        if z.ndim != 2 or z.shape[1] != self.solution_dim:
+            raise ValueError(f"latents must have shape (B, {self.solution_dim}), "
+                             f"got {tuple(z.shape)}")
+        if not torch.isfinite(z).all():
+            raise ValueError("latents contain NaN or inf")
+        return z
+
+    def evaluate(self, latents, jacobian: bool = False, update_memory: bool = True) -> Scores:
+        """Objective and measures (and, if asked, their jacobians) of a batch of latents."""
+        z = self._to_tensor(latents)
+        if not jacobian:
+            with torch.no_grad():
+                loss, out, emb = self._outputs(z)
+            jac = None
+        else:
+            z.requires_grad_(True)
+            loss, out, emb = self._outputs(z)
+            jac = self._jacobian(out, z)
+            loss, out, emb = loss.detach(), out.detach(), emb.detach()
+        if update_memory and self.weights[2] > 0:
+            self._remember(loss, emb)
+        return Scores(objective=out[:, 0].cpu().numpy().astype(np.float64),
+                      measures=out[:, 1:].cpu().numpy().astype(np.float64),
+                      jacobian=None if jac is None else jac.cpu().numpy().astype(np.float64),
+                      loss=loss.cpu().numpy())
+
+    def _jacobian(self, out: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """(B, 1+m, d) from one graph: samples are independent, so d sum_b out[b,k] / d z[b]."""
+        k = out.shape[1]
+        if self.jacobian_mode in ("auto", "batched"):
+            eye = torch.eye(k, device=out.device, dtype=out.dtype)
+            grad_out = eye[:, None, :].expand(k, out.shape[0], k)
+            try:
+                (jac,) = torch.autograd.grad(out, z, grad_outputs=grad_out,
+                                             is_grads_batched=True)
+                return jac.transpose(0, 1)
+            except RuntimeError:
+                if self.jacobian_mode == "batched":
+                    raise
+                self.jacobian_mode = "loop"  # an op without a vmap rule: loop from now on
+        grads = [torch.autograd.grad(out[:, i].sum(), z, retain_graph=i < k - 1)[0]
+                 for i in range(k)]
+        return torch.stack(grads, dim=1)
+
+    def evaluate_per_output(self, latents) -> Scores:
+        """The released code's scheme: a separate forward+backward for every output.
+
+        Kept as the reference for tests and the speed benchmark; same numbers as
+        ``evaluate(latents, jacobian=True, update_memory=False)``.
+        """
+        z0 = self._to_tensor(latents)
+        values, jacs = [], []
+        for i in range(1 + self.num_measures):
+            z = z0.clone().requires_grad_(True)
+            images = self.generator.decode(z)
+            emb = self.clip.encode_image(images)
+            if i == 0:
+                val = self.loss_to_objective(self._objective_loss(emb, z))
+            else:
+                val = -self._pair_gap(emb, i)
+            (g,) = torch.autograd.grad(val.sum(), z)
+            values.append(val.detach())
+            jacs.append(g)
+        out = torch.stack(values, 1)
+        return Scores(objective=out[:, 0].cpu().numpy().astype(np.float64),
+                      measures=out[:, 1:].cpu().numpy().astype(np.float64),
+                      jacobian=torch.stack(jacs, 1).cpu().numpy().astype(np.float64))
+
+    def _remember(self, loss: torch.Tensor, emb: torch.Tensor) -> None:
+        """Remember one random good (loss < 1) embedding of the batch, FIFO of memory_size."""
+        good = np.flatnonzero(loss.cpu().numpy() < 1)
+        if len(good) == 0:
+            return
+        i = int(self._rng.choice(good))
+        self.memory = torch.cat([self.memory, emb[i:i + 1]])[-self.memory_size:]
+
+    # --- checkpointing ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"memory": self.memory.cpu().numpy(), "rng": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.memory = torch.as_tensor(state["memory"], device=self.clip.device)
+        self._rng.bit_generator.state = state["rng"]

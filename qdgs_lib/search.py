@@ -1,0 +1,300 @@
+"""The QDGS loop on pyribs: CMA-MAEGA (the paper), CMA-MAE, CMA-ME, MAP-Elites, random sampling.
+
+A :class:`QDSearch` owns a pyribs scheduler (or, for ``random``, just the generator's prior),
+a *result archive* (a plain elitist GridArchive over the same grid: what the dataset is built
+from, and what every algorithm is compared on), a CSV of QD metrics per iteration, and a
+checkpoint that lets a killed run resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from ribs.archives import GridArchive
+from ribs.emitters import EvolutionStrategyEmitter, GaussianEmitter, GradientArborescenceEmitter
+from ribs.schedulers import Scheduler
+from tqdm.auto import tqdm
+
+from .scoring import PromptScorer
+from .utils import RestrictedUnpickler, atomic_path, atomic_write_text, write_run_info
+
+ALGORITHMS = ("cma_maega", "cma_mae", "cma_me", "map_elites", "random")
+DQD_ALGORITHMS = ("cma_maega",)
+METRIC_COLUMNS = ["iteration", "evaluations", "seconds", "num_elites", "coverage",
+                  "qd_score", "obj_max", "obj_mean"]
+
+
+@dataclass
+class SearchConfig:
+    """Parameters of one search (defaults: the paper's CMA-MAEGA settings).
+
+    ``batch_size`` is solutions per emitter per ``ask``; ``x0="prior_best"`` starts the
+    emitters at the best of ``x0_samples`` prior samples (as the released code did).
+    """
+
+    dims: tuple[int, ...]
+    ranges: tuple[tuple[float, float], ...]
+    algorithm: str = "cma_maega"
+    iterations: int = 1000
+    batch_size: int = 4
+    num_emitters: int = 1
+    sigma0: float = 0.5
+    lr: float = 0.5
+    archive_learning_rate: float = 0.02
+    threshold_min: float = 0.0
+    x0: str = "prior_best"
+    x0_samples: int = 64
+    seed: int = 0
+    checkpoint_every: int = 200
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm '{self.algorithm}'; choose from {ALGORITHMS}")
+        self.dims = tuple(int(d) for d in self.dims)
+        self.ranges = tuple((float(lo), float(hi)) for lo, hi in self.ranges)
+        if len(self.dims) != len(self.ranges):
+            raise ValueError(f"{len(self.dims)} grid dims but {len(self.ranges)} ranges")
+        if any(lo >= hi for lo, hi in self.ranges):
+            raise ValueError(f"each range needs low < high, got {self.ranges}")
+        if self.iterations < 1 or self.batch_size < 1 or self.num_emitters < 1:
+            raise ValueError("iterations, batch_size and num_emitters must be >= 1")
+
+    @property
+    def evaluations_per_iteration(self) -> int:
+        """Solutions evaluated per iteration. ``random`` matches CMA-MAEGA (one gradient
+        solution + ``batch_size`` branches per emitter) so equal iterations cost the same."""
+        dqd = self.num_emitters if self.algorithm in (*DQD_ALGORITHMS, "random") else 0
+        return dqd + self.num_emitters * self.batch_size
+
+
+def make_result_archive(solution_dim: int, cfg: SearchConfig) -> GridArchive:
+    """The plain elitist archive every algorithm fills (what datasets are made from)."""
+    return GridArchive(solution_dim=solution_dim, dims=cfg.dims, ranges=cfg.ranges,
+                       seed=cfg.seed)
+
+
+def make_scheduler(solution_dim: int, cfg: SearchConfig, x0: np.ndarray,
+                   result_archive: GridArchive) -> Scheduler:
+    """Archive + emitters + scheduler for ``cfg.algorithm`` (not for ``random``)."""
+    annealing = cfg.algorithm in ("cma_maega", "cma_mae")
+    archive = GridArchive(
+        solution_dim=solution_dim, dims=cfg.dims, ranges=cfg.ranges, seed=cfg.seed,
+        **({"learning_rate": cfg.archive_learning_rate, "threshold_min": cfg.threshold_min}
+           if annealing else {}))
+    seeds = [cfg.seed * 1000 + i for i in range(cfg.num_emitters)]
+    if cfg.algorithm == "cma_maega":
+        emitters = [GradientArborescenceEmitter(
+            archive, x0=x0, sigma0=cfg.sigma0, lr=cfg.lr, ranker="imp", grad_opt="adam",
+            selection_rule="mu", restart_rule="basic", batch_size=cfg.batch_size, seed=s)
+            for s in seeds]
+    elif cfg.algorithm == "cma_mae":
+        emitters = [EvolutionStrategyEmitter(
+            archive, x0=x0, sigma0=cfg.sigma0, ranker="imp", selection_rule="mu",
+            restart_rule="basic", batch_size=cfg.batch_size, seed=s) for s in seeds]
+    elif cfg.algorithm == "cma_me":
+        emitters = [EvolutionStrategyEmitter(
+            archive, x0=x0, sigma0=cfg.sigma0, ranker="2imp", selection_rule="filter",
+            restart_rule="no_improvement", batch_size=cfg.batch_size, seed=s) for s in seeds]
+    elif cfg.algorithm == "map_elites":
+        emitters = [GaussianEmitter(archive, sigma=cfg.sigma0, x0=x0,
+                                    batch_size=cfg.batch_size, seed=s) for s in seeds]
+    else:
+        raise ValueError(f"no scheduler for algorithm '{cfg.algorithm}'")
+    return Scheduler(archive, emitters, result_archive=result_archive)
+
+
+# Checkpoints are pickles of pyribs objects; load them with an allow-list, never plain pickle.
+_CKPT_PREFIXES = ("ribs.archives.", "ribs.emitters.", "ribs.schedulers.", "numpy.random.")
+_CKPT_GLOBALS = {
+    f"numpy{core}.{name}" for core in ("._core", ".core")
+    for name in ("multiarray.scalar", "multiarray._reconstruct", "numeric._frombuffer")
+} | {f"numpy.{t}" for t in ("dtype", "ndarray", "int32", "int64", "float32", "float64",
+                            "bool_", "uint8", "uint32", "uint64")} | {
+    "collections.OrderedDict", "builtins.set", "builtins.frozenset", "builtins.slice",
+    "builtins.complex", "_codecs.encode", "copyreg._reconstructor", "builtins.object"}
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a search checkpoint with a restricted unpickler (pyribs/numpy objects only)."""
+    with open(path, "rb") as f:
+        return RestrictedUnpickler(f, allowed=_CKPT_GLOBALS,
+                                   allowed_prefixes=_CKPT_PREFIXES).load()
+
+
+class QDSearch:
+    """One quality-diversity search run in ``outdir``.
+
+    Files: ``config.json`` (parameters + versions), ``metrics.csv`` (one row per iteration),
+    ``checkpoint.pkl`` (resume state), ``archive.parquet`` (the result archive at the end).
+    Calling :meth:`run` again on the same ``outdir`` resumes from the last checkpoint.
+    """
+
+    def __init__(self, scorer: PromptScorer, config: SearchConfig, outdir: str | Path):
+        if len(config.dims) != scorer.num_measures:
+            raise ValueError(f"the archive has {len(config.dims)} dims but the scorer "
+                             f"{scorer.num_measures} measures")
+        self.scorer = scorer
+        self.cfg = config
+        self.outdir = Path(outdir)
+        self.iteration = 0
+        self.scheduler: Scheduler | None = None
+        self.result_archive = make_result_archive(scorer.solution_dim, config)
+        self.seconds = 0.0
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.outdir / "checkpoint.pkl"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.outdir / "metrics.csv"
+
+    def _config_dict(self) -> dict:
+        return {**asdict(self.cfg), "objective_prompts": self.scorer.objective_prompts,
+                "measure_prompts": self.scorer.measure_prompts,
+                "objective_weights": self.scorer.weights,
+                "generator": type(self.scorer.generator).__name__,
+                "clip": self.scorer.clip.name}
+
+    def start_latent(self) -> np.ndarray:
+        if self.cfg.x0 == "zeros":
+            return np.zeros(self.scorer.solution_dim)
+        if self.cfg.x0 != "prior_best":
+            raise ValueError(f"x0 must be 'prior_best' or 'zeros', got {self.cfg.x0!r}")
+        z = self.scorer.generator.sample_prior(self.cfg.x0_samples, seed=self.cfg.seed)
+        scores = self.scorer.evaluate(z.cpu().numpy(), update_memory=False)
+        return z[int(np.argmax(scores.objective))].cpu().numpy().astype(np.float64)
+
+    # --- checkpoints -----------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        state = {"iteration": self.iteration, "seconds": self.seconds,
+                 "config": json.dumps(self._config_dict(), sort_keys=True, default=str),
+                 "scheduler": self.scheduler, "result_archive": self.result_archive,
+                 "scorer": self.scorer.state_dict()}
+        with atomic_path(self.checkpoint_path) as tmp:
+            with open(tmp, "wb") as f:
+                pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _try_resume(self) -> bool:
+        if not self.checkpoint_path.exists():
+            return False
+        state = load_checkpoint(self.checkpoint_path)
+        mine = json.dumps(self._config_dict(), sort_keys=True, default=str)
+        if state["config"] != mine:
+            raise ValueError(
+                f"{self.checkpoint_path} belongs to a run with different settings. "
+                "Use a new output folder, or delete the checkpoint to start over.")
+        self.iteration = state["iteration"]
+        self.seconds = state["seconds"]
+        self.scheduler = state["scheduler"]
+        self.result_archive = state["result_archive"]
+        self.scorer.load_state_dict(state["scorer"])
+        # Drop metric rows logged after the checkpoint: they are recomputed now.
+        if self.metrics_path.exists():
+            df = pd.read_csv(self.metrics_path)
+            df = df[df["iteration"] <= self.iteration]
+            with atomic_path(self.metrics_path) as tmp:
+                df.to_csv(tmp, index=False)
+        return True
+
+    # --- the loop --------------------------------------------------------------------------
+    def _step(self) -> None:
+        cfg, scorer = self.cfg, self.scorer
+        if cfg.algorithm == "random":
+            n = cfg.evaluations_per_iteration
+            z = scorer.generator.sample_prior(n, seed=cfg.seed * 1_000_003 + self.iteration)
+            z = z.cpu().numpy().astype(np.float64)
+            s = scorer.evaluate(z)
+            self.result_archive.add(z, s.objective, s.measures)
+            return
+        if cfg.algorithm in DQD_ALGORITHMS:
+            sols = self.scheduler.ask_dqd()
+            s = scorer.evaluate(sols, jacobian=True)
+            self.scheduler.tell_dqd(s.objective, s.measures, s.jacobian)
+        sols = self.scheduler.ask()
+        s = scorer.evaluate(sols)
+        self.scheduler.tell(s.objective, s.measures)
+
+    def _log(self) -> None:
+        st = self.result_archive.stats
+        row = {"iteration": self.iteration,
+               "evaluations": self.iteration * self.cfg.evaluations_per_iteration,
+               "seconds": round(self.seconds, 3), "num_elites": st.num_elites,
+               "coverage": st.coverage, "qd_score": st.qd_score,
+               "obj_max": st.obj_max if st.num_elites else np.nan,
+               "obj_mean": st.obj_mean if st.num_elites else np.nan}
+        new = not self.metrics_path.exists()
+        with open(self.metrics_path, "a") as f:
+            pd.DataFrame([row], columns=METRIC_COLUMNS).to_csv(f, header=new, index=False)
+
+    def run(self, progress: bool = True) -> GridArchive:
+        """Run (or resume) until ``cfg.iterations``; return the result archive."""
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        if not self._try_resume():
+            write_run_info(self.outdir, self._config_dict())
+            if self.metrics_path.exists():
+                self.metrics_path.unlink()
+            if self.cfg.algorithm != "random":
+                x0 = self.start_latent()
+                self.scheduler = make_scheduler(self.scorer.solution_dim, self.cfg, x0,
+                                                self.result_archive)
+        bar = tqdm(total=self.cfg.iterations, initial=self.iteration, disable=not progress,
+                   desc=f"{self.cfg.algorithm}", unit="it")
+        while self.iteration < self.cfg.iterations:
+            t0 = time.perf_counter()
+            self._step()
+            self.seconds += time.perf_counter() - t0
+            self.iteration += 1
+            self._log()
+            if self.iteration % self.cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            bar.update(1)
+            if self.iteration % 10 == 0:
+                st = self.result_archive.stats
+                bar.set_postfix(cov=f"{st.coverage:.3f}", qd=f"{st.qd_score:.0f}")
+        bar.close()
+        self.save_checkpoint()
+        export_archive(self.result_archive, self.outdir / "archive.parquet")
+        return self.result_archive
+
+    def metrics(self) -> pd.DataFrame:
+        return pd.read_csv(self.metrics_path)
+
+
+def archive_frame(archive: GridArchive) -> pd.DataFrame:
+    """The archive's elites as a DataFrame (index, objective, measure_*, solution_*)."""
+    return archive.data(return_type="pandas")
+
+
+def export_archive(archive: GridArchive, path: str | Path) -> Path:
+    """Write the archive's elites to parquet, atomically."""
+    df = archive_frame(archive)
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+    return Path(path)
+
+
+def read_archive(path: str | Path) -> pd.DataFrame:
+    df = pd.read_parquet(path)
+    if len(df) == 0:
+        raise ValueError(f"archive {path} is empty: the search found no solutions")
+    return df
+
+
+def solutions(df: pd.DataFrame) -> np.ndarray:
+    cols = sorted((c for c in df.columns if c.startswith("solution_")),
+                  key=lambda c: int(c.split("_")[1]))
+    return df[cols].to_numpy()
+
+
+def measures(df: pd.DataFrame) -> np.ndarray:
+    cols = sorted((c for c in df.columns if c.startswith("measures_")),
+                  key=lambda c: int(c.split("_")[1]))
+    return df[cols].to_numpy()

@@ -1,0 +1,115 @@
+"""Small shared helpers: seeding, atomic writes, run metadata, restricted unpickling."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import platform
+import random
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path next to ``path``; move it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that decide a result."""
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in ["torch", "torchvision", "ribs", "open_clip", "numpy", "pandas", "sklearn"]:
+        try:
+            mod = __import__(name)
+            out[name] = getattr(mod, "__version__", "?")
+        except ImportError:
+            out[name] = "not installed"
+    out["cuda"] = torch.version.cuda or "none"
+    out["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return out
+
+
+def write_run_info(outdir: str | os.PathLike, config: dict[str, Any]) -> Path:
+    """Write ``config.json`` (the run's parameters and package versions) into ``outdir``."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    info = {"config": config, "versions": versions()}
+    path = outdir / "config.json"
+    atomic_write_text(path, json.dumps(info, indent=2, default=str))
+    return path
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that only resolves an explicit allow-list of globals.
+
+    ``allowed`` holds exact ``"module.name"`` strings; ``allowed_prefixes`` holds module
+    prefixes (``"ribs."``) whose every global is accepted. Anything else raises
+    :class:`pickle.UnpicklingError` *before* it is imported, so no code from the file runs.
+    """
+
+    def __init__(
+        self,
+        file,
+        allowed: Iterable[str] = (),
+        allowed_prefixes: Iterable[str] = (),
+        overrides: dict[str, Callable] | None = None,
+        **kwargs,
+    ):
+        super().__init__(file, **kwargs)
+        self.allowed = set(allowed)
+        self.allowed_prefixes = tuple(allowed_prefixes)
+        self.overrides = overrides or {}
+
+    def find_class(self, module: str, name: str):
+        key = f"{module}.{name}"
+        if key in self.overrides:
+            return self.overrides[key]
+        if key in self.allowed or module.startswith(self.allowed_prefixes):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refusing to load global '{key}' from a pickle: it is not on the allow-list. "
+            "The file may be malicious or of an unsupported format."
+        )
+
+
+def restricted_loads(data: bytes, **kwargs) -> Any:
+    return RestrictedUnpickler(io.BytesIO(data), **kwargs).load()

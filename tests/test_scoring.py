@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+from toys import ToyClip, ToyGenerator
+
+from qdgs_lib.scoring import PromptScorer, angdist
+
+
+def make_scorer(weights=(1.0, 0.5, 0.2)):
+    return PromptScorer(ToyGenerator(), ToyClip(), ("good | fine", "bad"),
+                        [("a", "b"), ("c", "d"), ("e", "f")], weights=weights)
+
+
+def test_angdist_matches_acos():
+    x = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    y = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    expected = torch.arccos((x @ y.T).clamp(-1, 1))
+    assert torch.allclose(angdist(x, y), expected, atol=1e-5)
+
+
+def test_fused_jacobian_equals_per_output_and_finite_differences():
+    sc = make_scorer()
+    sc.memory = sc.clip.encode_image(sc.generator.decode(torch.randn(5, 4))).detach()
+    z = np.random.default_rng(0).normal(0, 0.5, (6, 4))
+    fused = sc.evaluate(z, jacobian=True, update_memory=False)
+    ref = sc.evaluate_per_output(z)
+    assert fused.jacobian.shape == (6, 4, 4)
+    np.testing.assert_allclose(fused.objective, ref.objective, rtol=1e-5)
+    np.testing.assert_allclose(fused.measures, ref.measures, atol=1e-6)
+    np.testing.assert_allclose(fused.jacobian, ref.jacobian, rtol=1e-4, atol=1e-4)
+    sc.jacobian_mode = "loop"
+    loop = sc.evaluate(z, jacobian=True, update_memory=False)
+    np.testing.assert_allclose(loop.jacobian, ref.jacobian, rtol=1e-4, atol=1e-4)
+    # central differences, in float64 arithmetic on the toy models
+    sc.generator.double()
+    sc.clip.double()
+    sc._targets = [(p.double(), n.double()) for p, n in sc._targets]
+    sc.memory = sc.memory.double()
+    sc._to_tensor = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float64)
+    eps = 1e-6
+    fd = np.zeros_like(fused.jacobian)
+    for j in range(4):
+        d = np.zeros_like(z)
+        d[:, j] = eps
+        a, b = sc.evaluate(z + d, update_memory=False), sc.evaluate(z - d, update_memory=False)
+        fd[:, 0, j] = (a.objective - b.objective) / (2 * eps)
+        fd[:, 1:, j] = (a.measures - b.measures) / (2 * eps)
+    np.testing.assert_allclose(fused.jacobian, fd, rtol=1e-3, atol=1e-3)
+
+
+def test_objective_is_nonnegative_and_measures_have_sign_of_prompt():
+    sc = make_scorer()
+    z = np.random.default_rng(1).normal(0, 3, (64, 4))
+    s = sc.evaluate(z)
+    assert (s.objective >= 0).all() and np.isfinite(s.objective).all()
+    # measure > 0 exactly when the image is closer to the positive prompt
+    emb = sc.clip.encode_image(sc.generator.decode(torch.as_tensor(z, dtype=torch.float32)))
+    pos, neg = sc.clip.encode_text(["a"]), sc.clip.encode_text(["b"])
+    closer = (emb @ pos.T > emb @ neg.T).squeeze(1).numpy()
+    assert ((s.measures[:, 0] > 0) == closer).all()
+
+
+def test_uniqueness_memory_is_fifo_and_penalizes_repeats():
+    sc = make_scorer()
+    sc.memory_size = 3
+    z = np.random.default_rng(2).normal(0, 0.3, (4, 4))
+    for _ in range(5):
+        sc.evaluate(z)
+    assert len(sc.memory) == 3
+    # an image already in memory is less unique -> lower objective than without the memory
+    with_mem = sc.evaluate(z, update_memory=False).objective
+    sc.memory = sc.memory[:0]
+    without = sc.evaluate(z, update_memory=False).objective
+    assert (with_mem < without).any()
+
+
+@pytest.mark.parametrize("bad", [np.zeros((2, 3)), np.zeros(4), np.full((2, 4), np.nan)])
+def test_bad_latents_raise_clear_errors(bad):
+    with pytest.raises(ValueError, match="latents"):
+        make_scorer().evaluate(bad)
+
+
+def test_prompts_must_be_pairs():
+    with pytest.raises(ValueError, match="pairs"):
+        PromptScorer(ToyGenerator(), ToyClip(), ("only one",), [("a", "b")])
+    with pytest.raises(ValueError, match="at least one measure"):
+        PromptScorer(ToyGenerator(), ToyClip(), ("a", "b"), [])

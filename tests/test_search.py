@@ -1,0 +1,104 @@
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from toys import ToyClip, ToyGenerator
+
+from qdgs_lib.scoring import PromptScorer
+from qdgs_lib.search import QDSearch, SearchConfig, load_checkpoint, read_archive
+
+RANGES = ((-0.5, 0.2), (0.0, 1.1))  # the toy's reachable measure region
+
+
+def scorer(prior_std=0.05):
+    # A narrow prior: the toy generator is "biased", random samples cover a small region.
+    return PromptScorer(ToyGenerator(prior_std=prior_std), ToyClip(), ("good", "bad"),
+                        [("a", "b"), ("c", "d")])
+
+
+def config(algorithm, iterations=300, **kw):
+    return SearchConfig(dims=(20, 20), ranges=RANGES, algorithm=algorithm,
+                        iterations=iterations, sigma0=0.3, lr=0.3, seed=1, **kw)
+
+
+def test_cma_maega_covers_more_than_random_sampling(tmp_path):
+    cov = {}
+    for alg in ["cma_maega", "random"]:
+        search = QDSearch(scorer(), config(alg), tmp_path / alg)
+        cov[alg] = search.run(progress=False).stats.coverage
+        m = search.metrics()
+        assert len(m) == 300 and m["evaluations"].iloc[-1] == 300 * 5
+    assert cov["cma_maega"] > 2 * cov["random"], cov
+
+
+@pytest.mark.parametrize("algorithm", ["cma_mae", "cma_me", "map_elites"])
+def test_other_algorithms_fill_the_archive(tmp_path, algorithm):
+    archive = QDSearch(scorer(), config(algorithm, iterations=40), tmp_path).run(progress=False)
+    assert archive.stats.num_elites > 5
+
+
+def test_resume_after_interruption_continues_the_same_run(tmp_path):
+    full = QDSearch(scorer(), config("cma_maega", 60, checkpoint_every=20), tmp_path / "full")
+    full.run(progress=False)
+
+    class Killed(Exception):
+        pass
+
+    part = QDSearch(scorer(), config("cma_maega", 60, checkpoint_every=20), tmp_path / "part")
+    step = part._step
+
+    def dying_step():
+        if part.iteration == 47:
+            raise Killed
+        step()
+
+    part._step = dying_step
+    with pytest.raises(Killed):
+        part.run(progress=False)
+    assert load_checkpoint(tmp_path / "part" / "checkpoint.pkl")["iteration"] == 40
+
+    resumed = QDSearch(scorer(), config("cma_maega", 60, checkpoint_every=20), tmp_path / "part")
+    resumed.run(progress=False)
+    m = resumed.metrics()
+    assert list(m["iteration"]) == list(range(1, 61))  # no gaps, no duplicates
+    a = read_archive(tmp_path / "full" / "archive.parquet").sort_values("index")
+    b = read_archive(tmp_path / "part" / "archive.parquet").sort_values("index")
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
+
+
+def test_checkpoint_of_other_settings_is_refused(tmp_path):
+    QDSearch(scorer(), config("cma_maega", 10), tmp_path).run(progress=False)
+    with pytest.raises(ValueError, match="different settings"):
+        QDSearch(scorer(), config("cma_maega", 10, batch_size=8), tmp_path).run(progress=False)
+
+
+def test_malicious_checkpoint_is_refused_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "checkpoint.pkl"
+    path.write_bytes(pickle.dumps({"iteration": Evil()}))
+    with pytest.raises(pickle.UnpicklingError, match="allow-list"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_bad_configs_raise():
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        SearchConfig(dims=(5, 5), ranges=RANGES, algorithm="nope")
+    with pytest.raises(ValueError, match="ranges"):
+        SearchConfig(dims=(5, 5, 5), ranges=RANGES)
+    with pytest.raises(ValueError, match="low < high"):
+        SearchConfig(dims=(5, 5), ranges=((1, 0), (0, 1)))
+    with pytest.raises(ValueError, match="measures"):
+        QDSearch(scorer(), SearchConfig(dims=(5,), ranges=((0, 1),)), "/tmp/x")
+
+
+def test_empty_archive_file_raises(tmp_path):
+    pd.DataFrame({"index": np.array([], dtype=int)}).to_parquet(tmp_path / "a.parquet")
+    with pytest.raises(ValueError, match="empty"):
+        read_archive(tmp_path / "a.parquet")
