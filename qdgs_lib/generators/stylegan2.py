@@ -1,0 +1,438 @@
+"""StyleGAN2 mapping + synthesis networks in plain torch, and a safe loader for NVIDIA's pickles.
+
+Written from the published architecture (Karras et al., 2020; the StyleGAN2-ADA "skip"
+generator): modulated convolution with demodulation, [1,3,3,1] FIR up-sampling, per-layer
+noise, skip to-RGB outputs, truncation around ``w_avg``. Parameter and buffer names follow
+NVIDIA's so that a network pickle maps onto this module one to one. No custom CUDA ops.
+
+The paper searches a *normalized* w-space: ``w = q * std(w) + w_avg`` (one w for all layers);
+:class:`StyleGAN2Generator` exposes that space through the :class:`Generator` protocol.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..paths import pretrained_dir
+from ..utils import RestrictedUnpickler
+from .base import Generator
+
+SQRT2 = math.sqrt(2)
+
+
+def _filter() -> torch.Tensor:
+    f = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    f = torch.outer(f, f)
+    return f / f.sum()
+
+
+def _fir(x: torch.Tensor, f: torch.Tensor, pad: tuple[int, int], gain: float) -> torch.Tensor:
+    """Pad (pad[0] before, pad[1] after, both axes) and convolve each channel with f * gain."""
+    c = x.shape[1]
+    x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
+    w = (f * gain).flip([0, 1])[None, None].repeat(c, 1, 1, 1).to(x.dtype)
+    return F.conv2d(x, w, groups=c)
+
+
+def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """2x up-sampling: zero insertion, pad (2, 1), FIR with gain 4."""
+    b, c, h, w = x.shape
+    up = torch.zeros(b, c, h, 2, w, 2, dtype=x.dtype, device=x.device)
+    up[:, :, :, 0, :, 0] = x
+    return _fir(up.view(b, c, 2 * h, 2 * w), f, (2, 1), 4.0)
+
+
+def bias_act(x: torch.Tensor, b: torch.Tensor, act: str, gain: float,
+             clamp: float | None) -> torch.Tensor:
+    x = x + b.view(1, -1, *([1] * (x.ndim - 2)))
+    if act == "lrelu":
+        x = F.leaky_relu(x, 0.2)
+    x = x * gain
+    return x.clamp(-clamp, clamp) if clamp is not None else x
+
+
+class FullyConnectedLayer(nn.Module):
+    def __init__(self, in_features: int, out_features: int, activation: str = "linear",
+                 lr_multiplier: float = 1.0, bias_init: float = 0.0):
+        super().__init__()
+        self.activation = activation
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_multiplier)
+        self.bias = nn.Parameter(torch.full([out_features], float(bias_init)))
+        self.weight_gain = lr_multiplier / math.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x):
+        w = self.weight * self.weight_gain
+        b = self.bias * self.bias_gain
+        if self.activation == "linear":
+            return torch.addmm(b.unsqueeze(0), x, w.t())
+        return bias_act(x @ w.t(), b, self.activation, SQRT2, None)
+
+
+class MappingNetwork(nn.Module):
+    def __init__(self, z_dim: int, w_dim: int, num_ws: int, num_layers: int = 8,
+                 lr_multiplier: float = 0.01):
+        super().__init__()
+        self.z_dim, self.w_dim, self.num_ws, self.num_layers = z_dim, w_dim, num_ws, num_layers
+        features = [z_dim] + [w_dim] * num_layers
+        for i in range(num_layers):
+            setattr(self, f"fc{i}", FullyConnectedLayer(features[i], features[i + 1], "lrelu",
+                                                        lr_multiplier))
+        self.register_buffer("w_avg", torch.zeros(w_dim))
+
+    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Tensor:
+        x = z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
+        for i in range(self.num_layers):
+            x = getattr(self, f"fc{i}")(x)
+        if truncation_psi != 1:
+            x = self.w_avg.lerp(x, truncation_psi)
+        return x.unsqueeze(1).repeat(1, self.num_ws, 1)
+
+
+def modulated_conv2d(x, weight, styles, demodulate=True, up=1, padding=0, f=None):
+    """Per-sample modulated (and demodulated) conv as one grouped convolution."""
+    b = x.shape[0]
+    cout, cin, kh, kw = weight.shape
+    w = weight.unsqueeze(0) * styles.view(b, 1, cin, 1, 1)
+    if demodulate:
+        w = w * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt().view(b, cout, 1, 1, 1)
+    x = x.reshape(1, b * cin, *x.shape[2:])
+    if up == 1:
+        x = F.conv2d(x, w.reshape(b * cout, cin, kh, kw), padding=padding, groups=b)
+    else:  # transposed conv (in/out swapped, no flip), then FIR: 2H+1 -> pad 1 -> 2H
+        w = w.transpose(1, 2).reshape(b * cin, cout, kh, kw)
+        x = F.conv_transpose2d(x, w, stride=2, groups=b)
+        x = _fir(x, f, (1, 1), 4.0)
+    return x.reshape(b, cout, *x.shape[2:])
+
+
+class SynthesisLayer(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
+                 up: int = 1, conv_clamp: float | None = 256, kernel_size: int = 3):
+        super().__init__()
+        self.up, self.resolution, self.conv_clamp = up, resolution, conv_clamp
+        self.padding = kernel_size // 2
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size,
+                                               kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.register_buffer("resample_filter", _filter())
+        self.register_buffer("noise_const", torch.randn(resolution, resolution))
+
+    def forward(self, x, w, noise_mode: str = "const"):
+        styles = self.affine(w)
+        x = modulated_conv2d(x, self.weight, styles, True, self.up, self.padding,
+                             self.resample_filter)
+        if noise_mode == "const":
+            x = x + self.noise_const * self.noise_strength
+        elif noise_mode == "random":
+            x = x + torch.randn(x.shape[0], 1, self.resolution, self.resolution,
+                                device=x.device, dtype=x.dtype) * self.noise_strength
+        return bias_act(x, self.bias, "lrelu", SQRT2, self.conv_clamp)
+
+
+class ToRGBLayer(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int,
+                 conv_clamp: float | None = 256):
+        super().__init__()
+        self.conv_clamp = conv_clamp
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.weight_gain = 1 / math.sqrt(in_channels)
+
+    def forward(self, x, w):
+        styles = self.affine(w) * self.weight_gain
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False)
+        return bias_act(x, self.bias, "linear", 1.0, self.conv_clamp)
+
+
+class SynthesisBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
+                 img_channels: int = 3, conv_clamp: float | None = 256):
+        super().__init__()
+        self.in_channels, self.resolution = in_channels, resolution
+        self.register_buffer("resample_filter", _filter())
+        if in_channels == 0:
+            self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
+            self.num_conv = 1
+        else:
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2,
+                                        conv_clamp=conv_clamp)
+            self.num_conv = 2
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution,
+                                    conv_clamp=conv_clamp)
+        self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp)
+
+    def forward(self, x, img, ws, noise_mode="const"):
+        if self.in_channels == 0:
+            x = self.const.unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
+            x = self.conv1(x, ws[:, 0], noise_mode)
+        else:
+            x = self.conv0(x, ws[:, 0], noise_mode)
+            x = self.conv1(x, ws[:, 1], noise_mode)
+        if img is not None:
+            img = upsample2d(img, self.resample_filter)
+        y = self.torgb(x, ws[:, self.num_conv])
+        return x, y if img is None else img + y
+
+
+class SynthesisNetwork(nn.Module):
+    def __init__(self, w_dim: int, img_resolution: int, img_channels: int = 3,
+                 channel_base: int = 16384, channel_max: int = 512,
+                 conv_clamp: float | None = 256):
+        super().__init__()
+        self.w_dim, self.img_resolution = w_dim, img_resolution
+        log2 = int(np.log2(img_resolution))
+        if 2**log2 != img_resolution or img_resolution < 4:
+            raise ValueError(f"img_resolution must be a power of 2 >= 4, got {img_resolution}")
+        self.block_resolutions = [2**i for i in range(2, log2 + 1)]
+        ch = {r: min(channel_base // r, channel_max) for r in self.block_resolutions}
+        self.num_ws = 0
+        for r in self.block_resolutions:
+            block = SynthesisBlock(ch[r // 2] if r > 4 else 0, ch[r], w_dim, r, img_channels,
+                                   conv_clamp)
+            self.num_ws += block.num_conv
+            setattr(self, f"b{r}", block)
+        self.num_ws += 1  # the last block's to-RGB
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+        x = img = None
+        i = 0
+        for r in self.block_resolutions:
+            block = getattr(self, f"b{r}")
+            x, img = block(x, img, ws[:, i:i + block.num_conv + 1], noise_mode)
+            i += block.num_conv
+        return img
+
+
+class StyleGAN2(nn.Module):
+    """Mapping + synthesis (unconditional). ``forward(z)`` -> images in about [-1, 1]."""
+
+    def __init__(self, z_dim: int = 512, w_dim: int = 512, img_resolution: int = 256,
+                 img_channels: int = 3, mapping_layers: int = 8, channel_base: int = 16384,
+                 channel_max: int = 512, conv_clamp: float | None = 256,
+                 mapping_lr_multiplier: float = 0.01):
+        super().__init__()
+        self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.z_dim, self.w_dim, self.img_resolution = z_dim, w_dim, img_resolution
+        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base,
+                                          channel_max, conv_clamp)
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers,
+                                      mapping_lr_multiplier)
+
+    def forward(self, z, truncation_psi: float = 1.0, noise_mode: str = "const"):
+        return self.synthesis(self.mapping(z, truncation_psi), noise_mode)
+
+
+# --- the search space -------------------------------------------------------------------------
+class StyleGAN2Generator(Generator):
+    """The :class:`Generator` protocol over normalized w-space: ``w = q * w_std + w_avg``.
+
+    ``w_std`` is the per-dimension std of mapped prior samples, estimated once from
+    ``num_std_samples`` seeded z's; ``latent_norm`` is the mean norm of prior q's.
+    """
+
+    def __init__(self, net: StyleGAN2, num_std_samples: int = 10_000, seed: int = 0,
+                 noise_mode: str = "const"):
+        super().__init__()
+        self.net = net.eval().requires_grad_(False)
+        self.latent_dim = net.w_dim
+        self.image_size = net.img_resolution
+        self.noise_mode = noise_mode
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(seed)
+            z = torch.randn(num_std_samples, net.z_dim, generator=g)
+            dev = net.mapping.w_avg.device
+            w = torch.cat([net.mapping(z[i:i + 1000].to(dev))[:, 0]
+                           for i in range(0, len(z), 1000)])
+        self.register_buffer("w_std", w.std(0))
+        q = (w - net.mapping.w_avg) / self.w_std
+        self.latent_norm = float(q.norm(dim=1).mean())
+
+    def w_from_q(self, q: torch.Tensor) -> torch.Tensor:
+        return q * self.w_std + self.net.mapping.w_avg
+
+    def decode(self, q: torch.Tensor) -> torch.Tensor:
+        q = self.check_latents(q).to(self.w_std.device)
+        ws = self.w_from_q(q).unsqueeze(1).repeat(1, self.net.num_ws, 1)
+        img = self.net.synthesis(ws, self.noise_mode)
+        return ((img + 1) / 2).clamp(0, 1)
+
+    def sample_prior(self, n: int, seed: int | None = None) -> torch.Tensor:
+        g = torch.Generator().manual_seed(0 if seed is None else seed)
+        z = torch.randn(n, self.net.z_dim, generator=g).to(self.w_std.device)
+        with torch.no_grad():
+            w = self.net.mapping(z)[:, 0]
+        return (w - self.net.mapping.w_avg) / self.w_std
+
+
+# --- our own format ---------------------------------------------------------------------------
+def save_stylegan2(net: StyleGAN2, path: str | Path) -> None:
+    """Safetensors with the architecture config in the metadata."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    save_file(tensors, str(path), metadata={"qdgs_stylegan2_config": json.dumps(net.config)})
+
+
+def load_stylegan2_safetensors(path: str | Path) -> StyleGAN2:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "qdgs_stylegan2_config" not in meta:
+        raise ValueError(f"{path} is not a qdgs StyleGAN2 safetensors file (no config metadata)")
+    net = StyleGAN2(**json.loads(meta["qdgs_stylegan2_config"]))
+    net.load_state_dict(load_file(str(path)))
+    return net.eval()
+
+
+# --- NVIDIA network pickles -----------------------------------------------------------------
+class PersistentRecord:
+    """What a ``torch_utils.persistence`` record holds, as data: no class, no source."""
+
+    def __init__(self, meta: dict):
+        if not isinstance(meta, dict) or meta.get("type") != "class":
+            raise ValueError("unsupported persistent record in network pickle")
+        self.class_name = meta.get("class_name")
+        self.version = meta.get("version")
+        self.state = meta.get("state") or {}
+        # module_src is NVIDIA's source text: never executed and not kept.
+
+    def __repr__(self):
+        return f"PersistentRecord({self.class_name})"
+
+
+class _EasyDict(dict):
+    """Stand-in for ``dnnlib.util.EasyDict`` (a dict with attribute access)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError as e:
+            raise AttributeError(name) from e
+
+
+def _load_storage(b: bytes):
+    return torch.load(io.BytesIO(b), weights_only=True)
+
+
+_NV_ALLOWED = {
+    "collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state", "_codecs.encode", "numpy.dtype", "numpy.ndarray",
+    "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
+    "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
+    "builtins.set", "torch.FloatStorage", "torch.float32",
+}
+_NV_OVERRIDES = {
+    "torch_utils.persistence._reconstruct_persistent_obj": PersistentRecord,
+    "dnnlib.util.EasyDict": _EasyDict,
+    "torch.storage._load_from_bytes": _load_storage,
+}
+
+MISSING_FFHQ = (
+    "StyleGAN2-FFHQ-256 weights not found at {path}. Download NVIDIA's "
+    "'stylegan2-ffhq-256x256.pkl' (StyleGAN2-ADA-PyTorch / StyleGAN3 pretrained networks, "
+    "transfer-learning-source-nets) and put it there, or pass its path. It is licensed by NVIDIA "
+    "(non-commercial): never commit it."
+)
+
+
+def read_network_pickle(path: str | Path) -> dict[str, Any]:
+    """Read an NVIDIA network pickle into plain records, running no code from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(MISSING_FFHQ.format(path=path))
+    with open(path, "rb") as f:
+        data = RestrictedUnpickler(f, allowed=_NV_ALLOWED, overrides=_NV_OVERRIDES).load()
+    if not isinstance(data, dict) or "G_ema" not in data:
+        raise ValueError(f"{path} is not a StyleGAN2-ADA network pickle (no 'G_ema' entry)")
+    return data
+
+
+def _flatten(rec: PersistentRecord, prefix: str = "") -> dict[str, torch.Tensor]:
+    out = {}
+    for group in ("_parameters", "_buffers"):
+        for name, t in (rec.state.get(group) or {}).items():
+            if t is not None:
+                out[prefix + name] = t.detach() if isinstance(t, torch.Tensor) else t
+    for name, child in (rec.state.get("_modules") or {}).items():
+        if isinstance(child, PersistentRecord):
+            out.update(_flatten(child, f"{prefix}{name}."))
+        elif child is not None:
+            raise ValueError(f"unexpected module {name!r} of type {type(child).__name__}")
+    return out
+
+
+def _find(rec: PersistentRecord, key: str):
+    """First value of attribute ``key`` in the record tree (depth-first)."""
+    if key in rec.state:
+        return rec.state[key]
+    for child in (rec.state.get("_modules") or {}).values():
+        if isinstance(child, PersistentRecord):
+            v = _find(child, key)
+            if v is not None:
+                return v
+    return None
+
+
+def stylegan2_from_records(g: PersistentRecord) -> StyleGAN2:
+    """Build :class:`StyleGAN2` from a ``G_ema`` record and load its tensors (strictly)."""
+    if not isinstance(g, PersistentRecord) or g.class_name != "Generator":
+        raise ValueError(f"expected a Generator record, got {g!r}")
+    st = g.state
+    if st.get("c_dim", 0):
+        raise ValueError("conditional StyleGAN2 (c_dim > 0) is not supported")
+    synth = st["_modules"]["synthesis"]
+    arch = _find(synth, "architecture")
+    if arch not in (None, "skip"):
+        raise ValueError(f"only the 'skip' synthesis architecture is supported, got {arch!r}")
+    tensors = _flatten(g)
+    res = int(st["img_resolution"])
+    ch = {int(k.split(".")[1][1:]): v.shape[0] for k, v in tensors.items()
+          if k.startswith("synthesis.b") and k.endswith("conv1.weight")}
+    mapping = st["_modules"]["mapping"]
+    fc0 = mapping.state["_modules"]["fc0"].state
+    net = StyleGAN2(
+        z_dim=int(st["z_dim"]), w_dim=int(st["w_dim"]), img_resolution=res,
+        img_channels=int(st.get("img_channels", 3)),
+        mapping_layers=int(mapping.state.get("num_layers", 8)),
+        channel_base=max(r * c for r, c in ch.items()), channel_max=max(ch.values()),
+        conv_clamp=_find(synth, "conv_clamp"),
+        mapping_lr_multiplier=float(fc0.get("bias_gain", 0.01)))
+    expected = {r: c for r, c in ch.items()}
+    got = {r: getattr(net.synthesis, f"b{r}").conv1.weight.shape[0] for r in expected}
+    if got != expected:
+        raise ValueError(f"unsupported channel layout {expected}")
+    missing, unexpected = net.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"network pickle does not match StyleGAN2: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    return net.eval()
+
+
+def load_stylegan2(path: str | Path | None = None, device: str | torch.device = "cpu"
+                   ) -> StyleGAN2:
+    """Load StyleGAN2 from an NVIDIA ``.pkl`` (safely) or our ``.safetensors``.
+
+    Default: ``data/pretrained/stylegan2-ffhq-256x256.pkl``.
+    """
+    path = Path(path) if path else pretrained_dir() / "stylegan2-ffhq-256x256.pkl"
+    if not path.is_file():
+        raise FileNotFoundError(MISSING_FFHQ.format(path=path))
+    if path.suffix == ".safetensors":
+        net = load_stylegan2_safetensors(path)
+    else:
+        net = stylegan2_from_records(read_network_pickle(path)["G_ema"])
+    return net.to(device)

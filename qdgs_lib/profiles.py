@@ -1,0 +1,86 @@
+"""Parameter sets: ``smoke`` (CI, minutes), ``default`` (offline CPU reproduction), ``paper``.
+
+A notebook calls ``get_profile(profile)["shapes"]`` (``profile=None`` reads ``QDGS_PROFILE``,
+falling back to ``default``) and may override any key.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+SHAPES_PROMPTS = {
+    "objective": ("A regular square or a triangle.", "Splatters of colors."),
+    "measures": [("A red shape.", "A blue shape."),
+                 ("A triangle with 3 edges.", "A square or diamond with 4 edges.")],
+    "measure_labels": ["red vs blue", "triangle vs square"],
+}
+
+FACES_PROMPTS = {
+    "objective": ("A detailed photo of an individual with diverse features.",
+                  "An obscure, fake, or discolored photo of a person."),
+    "measures": [("A person with dark skin.", "A person with light skin."),
+                 ("A masculine person.", "A feminine person."),
+                 ("A person with long hair.", "A person with short hair."),
+                 ("A person in their 20s.", "A person in their 50s.")],
+    "objective_weights": (1.0, 0.5, 0.2),
+}
+
+_SHAPES_BASE: dict[str, Any] = {
+    **SHAPES_PROMPTS,
+    "clip": "qdgs-shapes-clip",
+    "clip_weights": None,
+    "objective_weights": (1.0, 0.0, 0.0),
+    "grid": (50, 50),
+    # measure ranges for the project's shapes CLIP, read off its scores of the VAE's prior
+    # samples and of renders (not of any evaluation data); the paper's ViT-B/32 used +-0.1
+    "ranges": ((-0.6, 0.6), (-0.6, 0.6)),
+    "batch_size": 4,
+    "num_emitters": 1,
+    "sigma0": 0.5,
+    "lr": 0.5,
+    "bias_levels": (0.98, 0.95, 0.90, 0.85, 0.80),
+    "label_margin": 0.01,  # |shape measure| below this: ambiguous, left out of the dataset
+    "image_size": 64,  # classifier resolution
+}
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "shapes": {**_SHAPES_BASE, "grid": (20, 20), "iterations": 60, "seeds": (0,),
+                   "bias_levels": (0.95,), "n_train": 256, "n_test": 128, "train_epochs": 2,
+                   "finetune_epochs": 2, "batch": 64},
+    },
+    "default": {
+        "shapes": {**_SHAPES_BASE, "iterations": 3000, "seeds": (0, 1, 2),
+                   "n_train": 2000, "n_test": 1000, "train_epochs": 20, "finetune_epochs": 30,
+                   "batch": 64},
+    },
+    "paper": {
+        "shapes": {**_SHAPES_BASE, "clip": "ViT-B-32-quickgelu", "ranges": ((-0.1, 0.1),) * 2,
+                   "iterations": 70000, "seeds": (0, 1, 2, 3, 4), "n_train": 10000,
+                   "n_test": 2000, "train_epochs": 20, "finetune_epochs": 30, "batch": 64},
+    },
+}
+
+
+def profile_name(profile: str | None = None) -> str:
+    name = profile or os.environ.get("QDGS_PROFILE") or "default"
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile '{name}'; choose from {sorted(PROFILES)}")
+    return name
+
+
+def get_profile(profile: str | None = None, section: str | None = None,
+                **overrides) -> dict[str, Any]:
+    """A deep copy of a profile (or one of its sections), with ``overrides`` applied."""
+    p = copy.deepcopy(PROFILES[profile_name(profile)])
+    if section is not None:
+        if section not in p:
+            raise ValueError(f"profile '{profile_name(profile)}' has no section '{section}'")
+        p = p[section]
+    unknown = set(overrides) - set(p)
+    if unknown:
+        raise ValueError(f"unknown override(s) {sorted(unknown)}; known: {sorted(p)}")
+    p.update(overrides)
+    return p

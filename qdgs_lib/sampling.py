@@ -1,0 +1,108 @@
+"""Archive -> dataset: measure bins, class folders, manifest; written atomically.
+
+A dataset folder holds one sub-folder per class (PNG images) and ``manifest.csv`` (file,
+class, bin, measures, latent). It is built in a temporary folder and renamed into place, so a
+half-written dataset never exists under the final name.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+Bins = Sequence[Sequence[tuple[float, float]]]  # per measure: list of [lo, hi) intervals
+
+
+def assign_bins(measures: np.ndarray, bins: Bins) -> np.ndarray:
+    """Index of the bin (row-major over measures) each row falls in; -1 if it falls in none.
+
+    ``bins[k]`` lists half-open intervals [lo, hi) of measure k; e.g. the paper's shape bins
+    ``[[(-inf, inf)], [(-inf, -0.01), (0, inf)]]`` ignore color and split on shape.
+    """
+    measures = np.asarray(measures, dtype=float)
+    if measures.ndim != 2 or measures.shape[1] != len(bins):
+        raise ValueError(f"measures must be (N, {len(bins)}), got {measures.shape}")
+    index = np.zeros(len(measures), dtype=int)
+    valid = np.ones(len(measures), dtype=bool)
+    for k, intervals in enumerate(bins):
+        which = np.full(len(measures), -1)
+        for b, (lo, hi) in enumerate(intervals):
+            which[(measures[:, k] >= lo) & (measures[:, k] < hi) & (which < 0)] = b
+        valid &= which >= 0
+        index = index * len(intervals) + np.maximum(which, 0)
+    return np.where(valid, index, -1)
+
+
+def decode_batched(decode: Callable[[torch.Tensor], torch.Tensor], latents: np.ndarray,
+                   batch_size: int = 64, size: int | None = None,
+                   progress: bool = False) -> torch.Tensor:
+    """Decode latents to images (optionally resized to ``size``), in batches, without grad."""
+    out = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(latents), batch_size), disable=not progress, desc="decode"):
+            x = decode(torch.as_tensor(latents[i:i + batch_size], dtype=torch.float32))
+            if size is not None and x.shape[-1] != size:
+                x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
+                                                    antialias=True, align_corners=False)
+            out.append(x.cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def write_image_dataset(outdir: str | Path, images: torch.Tensor, classes: Sequence[str],
+                        manifest: pd.DataFrame | None = None, overwrite: bool = False) -> Path:
+    """Write images into ``outdir/<class>/<i>.png`` plus ``manifest.csv``, atomically."""
+    outdir = Path(outdir)
+    if len(images) != len(classes):
+        raise ValueError(f"{len(images)} images but {len(classes)} class labels")
+    if len(images) == 0:
+        raise ValueError("no images to write: the archive/bins produced an empty dataset")
+    if outdir.exists():
+        if not overwrite:
+            raise FileExistsError(f"{outdir} exists; pass overwrite=True to replace it")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent
+                                if outdir.parent.exists() else None))
+    try:
+        rows = []
+        arr = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        for i, (img, cls) in enumerate(zip(arr, classes, strict=True)):
+            rel = Path(str(cls)) / f"{i:06d}.png"
+            (tmp / rel.parent).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(tmp / rel)
+            rows.append({"file": str(rel), "class": cls})
+        df = pd.DataFrame(rows)
+        if manifest is not None:
+            df = pd.concat([df, manifest.reset_index(drop=True)], axis=1)
+        df.to_csv(tmp / "manifest.csv", index=False)
+        outdir.parent.mkdir(parents=True, exist_ok=True)
+        if outdir.exists():
+            shutil.rmtree(outdir)
+        tmp.rename(outdir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return outdir
+
+
+def read_image_dataset(root: str | Path, classes: Sequence[str]) -> tuple[torch.Tensor,
+                                                                          torch.Tensor]:
+    """Load a dataset written by :func:`write_image_dataset`; labels index into ``classes``."""
+    root = Path(root)
+    path = root / "manifest.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {root} a dataset written by qdgs?")
+    df = pd.read_csv(path)
+    unknown = set(df["class"].astype(str)) - set(classes)
+    if unknown:
+        raise ValueError(f"dataset has classes {sorted(unknown)} not in {list(classes)}")
+    imgs = [torch.from_numpy(np.array(Image.open(root / f).convert("RGB"))) for f in df["file"]]
+    x = torch.stack(imgs).permute(0, 3, 1, 2).float() / 255
+    y = torch.tensor([list(classes).index(str(c)) for c in df["class"]])
+    return x, y

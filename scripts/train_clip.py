@@ -1,0 +1,91 @@
+"""Train one of the project's small CLIPs (open_clip architecture, JSON config) on captioned
+renders, with a multi-positive contrastive loss (see qdgs_lib/data/captions.py).
+
+    python scripts/train_clip.py --model qdgs-shapes-clip [--steps 2500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from qdgs_lib.clip import OWN_MODELS, Clip, register_configs
+from qdgs_lib.data.captions import SHAPE_CAPTIONS, match_matrix, shapes_batch, true_captions
+from qdgs_lib.paths import weights_dir
+from qdgs_lib.utils import atomic_path, atomic_write_text, seed_everything, versions
+
+WORLDS = {"qdgs-shapes-clip": (shapes_batch, SHAPE_CAPTIONS)}
+
+
+def blur_some(x: torch.Tensor, g: torch.Generator, p: float = 0.3) -> torch.Tensor:
+    """Blur a random subset: generator samples (VAE decodes) are softer than renders."""
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    mask = torch.rand(len(x), generator=g) < p
+    if mask.any():
+        x = x.clone()
+        x[mask] = gaussian_blur(x[mask], kernel_size=9, sigma=2.0)
+    return x
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="qdgs-shapes-clip", choices=list(WORLDS))
+    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--batch", type=int, default=96)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    out = args.out or str(weights_dir() / OWN_MODELS[args.model])
+    seed_everything(args.seed)
+    rng = random.Random(args.seed)
+    register_configs()
+    model = open_clip.create_model(args.model)
+    wrapper = Clip(model, open_clip.get_tokenizer(args.model), 64)
+    wrapper.model.train().requires_grad_(True)
+    batch_fn, captions = WORLDS[args.model]
+    tokenizer = open_clip.get_tokenizer(args.model)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps,
+                                                pct_start=0.1)
+    g = torch.Generator().manual_seed(args.seed)
+    bar = tqdm(range(args.steps), desc=f"train {args.model}")
+    for _ in bar:
+        images, attrs = batch_fn(args.batch, g)
+        images = blur_some(images, g)
+        chosen = [rng.choice(true_captions(a, captions)) for a in attrs]
+        texts = sorted(set(chosen))
+        target = match_matrix(attrs, texts, captions)  # (B, T)
+        img = F.normalize(model.encode_image(wrapper.preprocess(images)), dim=-1)
+        txt = F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
+        logits = model.logit_scale.exp() * img @ txt.T
+        loss_i = -(target / target.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+        col = target.T
+        loss_t = -(col / col.sum(1, keepdim=True) * logits.T.log_softmax(1)).sum(1).mean()
+        loss = (loss_i + loss_t) / 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, 4.6052)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    with atomic_path(out) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    atomic_write_text(out + ".json", json.dumps(
+        {"config": vars(args), "final_loss": loss.item(), "captions": list(captions),
+         "versions": versions()}, indent=2))
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()
