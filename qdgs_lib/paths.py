@@ -33,3 +33,16 @@ def figures_dir() -> Path:
 
 def runs_dir() -> Path:
     return Path(os.environ.get("QDGS_RUNS_DIR", REPO_ROOT / "runs"))
+
+
+def notebook_dirs(notebook: str, profile: str) -> tuple[Path, Path]:
+    """(figures folder, run folder) of a notebook. Only the ``default`` and ``paper`` profiles
+    write to ``figures/``; ``smoke`` (CI) writes its figures under ``runs/`` so that running
+    the tests never overwrites the committed figures."""
+    run = runs_dir() / notebook / profile
+    fig = figures_dir() if profile in ("default", "paper") else run / "figures"
+    if profile == "paper":
+        fig = figures_dir() / "paper"
+    fig.mkdir(parents=True, exist_ok=True)
+    run.mkdir(parents=True, exist_ok=True)
+    return fig, run

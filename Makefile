@@ -1,0 +1,34 @@
+# qdgs: setup / reproduce / test / bench. Every target uses the project's own .venv.
+PY := .venv/bin/python
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+export HF_HUB_OFFLINE := 1
+export MPLBACKEND := Agg
+
+.PHONY: setup reproduce test bench lint
+
+setup: .venv/.installed
+
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+# Every notebook, in order, with the offline default profile; figures land in figures/.
+reproduce: setup
+	@mkdir -p runs/executed; for nb in $(NOTEBOOKS); do \
+	  echo "== $$nb"; \
+	  QDGS_PROFILE=default $(PY) -m papermill --cwd notebooks "$$nb" "runs/executed/$$(basename $$nb)" \
+	    -k python3 -p profile default || exit 1; \
+	done
+
+# Unit tests + every notebook under the smoke profile (nbval).
+test: setup
+	QDGS_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+bench: setup
+	$(PY) bench/run.py
+
+lint: setup
+	$(PY) -m ruff check qdgs_lib tests scripts bench

@@ -1,0 +1,152 @@
+"""Benchmarks: scoring throughput (fused vs per-output), time-to-coverage of search algorithms.
+
+    python bench/run.py [--quick] [--only scoring|search]
+
+Writes bench/results/*.csv (with machine info) and prints a summary. Random weights are fine
+for timing: throughput depends on the architecture, not on the values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from qdgs_lib.clip import create_clip  # noqa: E402
+from qdgs_lib.generators.shapes_vae import ShapesVAE, load_shapes_vae  # noqa: E402
+from qdgs_lib.generators.stylegan2 import StyleGAN2, StyleGAN2Generator  # noqa: E402
+from qdgs_lib.profiles import FACES_PROMPTS, SHAPES_PROMPTS  # noqa: E402
+from qdgs_lib.scoring import PromptScorer  # noqa: E402
+from qdgs_lib.search import QDSearch, SearchConfig  # noqa: E402
+from qdgs_lib.utils import atomic_path, versions  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def machine() -> dict:
+    v = versions()
+    return {"device": v["device"], "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), "torch": v["torch"]}
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up (allocations, vmap rule lookup)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / repeats
+
+
+def setups(device: str, quick: bool):
+    """(name, scorer factory) for each generator + CLIP architecture."""
+    def shapes():
+        try:
+            vae = load_shapes_vae(device=device)
+        except FileNotFoundError:
+            vae = ShapesVAE().eval().to(device)
+        clip = create_clip("qdgs-shapes-clip", device=device, pretrained=False)
+        return PromptScorer(vae, clip, SHAPES_PROMPTS["objective"], SHAPES_PROMPTS["measures"])
+
+    def stylegan_vit():
+        torch.manual_seed(0)
+        net = StyleGAN2().to(device)  # the paper's FFHQ-256 architecture, random weights
+        gen = StyleGAN2Generator(net, num_std_samples=2000)
+        clip = create_clip("ViT-B-32-quickgelu", device=device, pretrained=False)
+        return PromptScorer(gen, clip, FACES_PROMPTS["objective"], FACES_PROMPTS["measures"],
+                            weights=FACES_PROMPTS["objective_weights"])
+
+    out = [("shapes-VAE + qdgs-shapes-clip", shapes)]
+    out.append(("StyleGAN2-256 + ViT-B/32", stylegan_vit))
+    return out
+
+
+def bench_scoring(device: str, quick: bool) -> pd.DataFrame:
+    rows = []
+    for name, make in setups(device, quick):
+        scorer = make()
+        big = "StyleGAN2" in name
+        batch_sizes = [4, 16] if (quick or (big and device == "cpu")) else [4, 8, 16, 32, 64]
+        for b in batch_sizes:
+            z = scorer.generator.sample_prior(b, seed=0).cpu().numpy()
+            repeats = 1 if big and device == "cpu" else 3
+            fused = _time(lambda z=z: scorer.evaluate(z, jacobian=True, update_memory=False),
+                          repeats)
+            per = _time(lambda z=z: scorer.evaluate_per_output(z), repeats)
+            rows.append({"setup": name, "measures": scorer.num_measures, "batch": b,
+                         "jacobian_mode": scorer.jacobian_mode,
+                         "fused_sol_per_s": b / fused, "per_output_sol_per_s": b / per,
+                         "speedup": per / fused, **machine()})
+            print(f"{name:32s} B={b:3d}  fused {b / fused:8.2f} sol/s  per-output "
+                  f"{b / per:8.2f} sol/s  x{per / fused:.2f}", flush=True)
+    return pd.DataFrame(rows)
+
+
+def bench_search(device: str, quick: bool) -> pd.DataFrame:
+    """Coverage reached per evaluation and per second, shapes VAE + shapes CLIP."""
+    from qdgs_lib.profiles import get_profile
+    from qdgs_lib.shapes_poc import build_scorer
+
+    p = get_profile("default", "shapes")
+    iterations = 300 if quick else 2000
+    rows = []
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        for alg in ["cma_maega", "cma_mae", "random"]:
+            scorer = build_scorer(p, device)
+            cfg = SearchConfig(dims=p["grid"], ranges=p["ranges"], algorithm=alg,
+                               iterations=iterations, sigma0=p["sigma0"], lr=p["lr"], seed=0,
+                               checkpoint_every=10**9)
+            s = QDSearch(scorer, cfg, tmp / alg)
+            s.run(progress=False)
+            m = s.metrics()
+            m["algorithm"] = alg
+            rows.append(m)
+            last = m.iloc[-1]
+            print(f"{alg:10s} coverage {last.coverage:.3f} after {last.evaluations} evals, "
+                  f"{last.seconds:.1f} s", flush=True)
+    finally:
+        shutil.rmtree(tmp)
+    df = pd.concat(rows)
+    for k, v in machine().items():
+        df[k] = v
+    return df
+
+
+def write(df: pd.DataFrame, name: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.csv"
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    print("wrote", path)
+    return path
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", choices=["scoring", "search"])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    tag = "gpu" if args.device.startswith("cuda") else "cpu"
+    if args.only in (None, "scoring"):
+        write(bench_scoring(args.device, args.quick), f"scoring_{tag}")
+    if args.only in (None, "search"):
+        write(bench_search(args.device, args.quick), f"search_{tag}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Face verification benchmarks: InsightFace validation ``.bin`` files and RFW pair lists.
+
+``.bin`` (LFW, CFP-FP, CPLFW, CALFW, AgeDB-30): a pickle of ``(bins, issame_list)``; pair i is
+``bins[2i], bins[2i+1]``, each an encoded JPEG/PNG (bytes or a uint8 array). Read with a
+restricted unpickler: such files are pickles, and pickles are code.
+
+RFW: ``test/data/<Race>/<id>/<id>_000N.jpg`` and ``test/txts/<Race>/<Race>_pairs.txt`` with
+positive lines ``id n1 n2`` and negative lines ``id1 n1 id2 n2``; fold = line // 600.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..utils import RestrictedUnpickler, atomic_write_bytes
+
+BIN_ALLOWED = {
+    "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
+    "numpy.ndarray", "numpy.dtype", "_codecs.encode",
+    "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
+}
+RFW_RACES = ("African", "Asian", "Caucasian", "Indian")
+
+
+@dataclass
+class PairSet:
+    """Verification pairs: images (2N, 3, H, W) in [0, 1]; pair i = images[2i], images[2i+1]."""
+
+    name: str
+    images: torch.Tensor
+    issame: np.ndarray  # (N,) bool
+    groups: np.ndarray | None = None  # (N,) group id per pair (e.g. race), optional
+    group_names: list[str] = field(default_factory=list)
+    folds: np.ndarray | None = None  # (N,) fold id per pair, if the protocol fixes folds
+
+    def __post_init__(self):
+        if len(self.images) != 2 * len(self.issame):
+            raise ValueError(f"{self.name}: {len(self.images)} images for "
+                             f"{len(self.issame)} pairs (need exactly 2 per pair)")
+
+
+def _decode(item, where: str) -> np.ndarray:
+    data = item.tobytes() if isinstance(item, np.ndarray) else bytes(item)
+    try:
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    except Exception as e:  # noqa: BLE001 - PIL raises several types
+        raise ValueError(f"{where}: cannot decode image ({e}); the file may be truncated or "
+                         "not an InsightFace validation .bin") from e
+
+
+def read_bin(path: str | Path, image_size: int | None = 112) -> PairSet:
+    """Read an InsightFace/AdaFace validation ``.bin`` file (safely)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found. Put the InsightFace validation files (lfw.bin, cfp_fp.bin, "
+            "agedb_30.bin, calfw.bin, cplfw.bin; from the InsightFace/AdaFace dataset "
+            f"releases) under {path.parent}.")
+    raw = path.read_bytes()
+    try:
+        obj = RestrictedUnpickler(io.BytesIO(raw), allowed=BIN_ALLOWED, encoding="bytes").load()
+    except (EOFError, pickle.UnpicklingError, ValueError) as e:
+        if isinstance(e, pickle.UnpicklingError) and "allow-list" in str(e):
+            raise
+        raise ValueError(f"{path}: truncated or corrupt .bin file ({e})") from e
+    if not (isinstance(obj, tuple | list) and len(obj) == 2):
+        raise ValueError(f"{path}: expected a pickled (bins, issame_list) pair")
+    bins, issame = obj
+    issame = np.asarray(issame, dtype=bool)
+    if len(bins) != 2 * len(issame):
+        raise ValueError(f"{path}: {len(bins)} images for {len(issame)} pairs")
+    imgs = [_decode(b, f"{path} image {i}") for i, b in enumerate(bins)]
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
+    if image_size and x.shape[-1] != image_size:
+        x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
+                                            antialias=True, align_corners=False)
+    return PairSet(path.stem, x, issame)
+
+
+def write_bin(path: str | Path, images: torch.Tensor, issame, fmt: str = "JPEG") -> None:
+    """Write pairs in the ``.bin`` format (images (2N,3,H,W) in [0,1]); atomically."""
+    bins = []
+    arr = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    for img in arr:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        bins.append(buf.getvalue())
+    atomic_write_bytes(path, pickle.dumps((bins, [bool(s) for s in issame]), protocol=4))
+
+
+def read_rfw(root: str | Path, races=RFW_RACES, image_size: int = 112,
+             limit_per_race: int | None = None) -> PairSet:
+    """Read RFW-style pairs of every race into one PairSet with race groups and folds."""
+    root = Path(root)
+    images, issame, groups, folds = [], [], [], []
+    for g, race in enumerate(races):
+        pairs_file = root / "test" / "txts" / race / f"{race}_pairs.txt"
+        if not pairs_file.is_file():
+            raise FileNotFoundError(f"{pairs_file} not found: expected the RFW layout "
+                                    "test/txts/<Race>/<Race>_pairs.txt under {root}")
+        lines = [ln.split() for ln in pairs_file.read_text().splitlines() if ln.strip()]
+        for i, parts in enumerate(lines[:limit_per_race]):
+            if len(parts) == 3:
+                (a, n1, n2), same = parts, True
+                files = [(a, n1), (a, n2)]
+            elif len(parts) == 4:
+                files, same = [(parts[0], parts[1]), (parts[2], parts[3])], False
+            else:
+                raise ValueError(f"{pairs_file}:{i + 1}: expected 3 or 4 fields, got {parts}")
+            for ident, n in files:
+                f = root / "test" / "data" / race / ident / f"{ident}_{int(n):04d}.jpg"
+                if not f.is_file():
+                    raise FileNotFoundError(f"{f} (listed in {pairs_file}:{i + 1}) is missing")
+                img = Image.open(f).convert("RGB").resize((image_size, image_size),
+                                                          Image.BILINEAR)
+                images.append(np.asarray(img))
+            issame.append(same)
+            groups.append(g)
+            folds.append(i // 600)
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    return PairSet("RFW", x, np.array(issame), np.array(groups), list(races), np.array(folds))

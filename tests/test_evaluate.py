@@ -1,0 +1,151 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from qdgs_lib.data.benchmarks import read_bin, read_rfw, write_bin
+from qdgs_lib.evaluate import (
+    contiguous_folds,
+    embed,
+    fairness,
+    group_accuracy,
+    group_verification,
+    verification_accuracy,
+)
+
+
+def pairs(n, separable, rng):
+    """Unit embeddings for n pairs; same pairs identical, different pairs orthogonal-ish."""
+    issame = np.arange(n) % 2 == 0
+    a = rng.normal(size=(n, 32))
+    b = np.where(issame[:, None], a + 0.01 * rng.normal(size=(n, 32)), rng.normal(size=(n, 32)))
+    if not separable:
+        b = rng.normal(size=(n, 32))
+    emb = np.stack([a, b], 1).reshape(2 * n, 32)
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True), issame
+
+
+def test_ten_fold_protocol_on_separable_and_random_pairs():
+    rng = np.random.default_rng(0)
+    emb, issame = pairs(600, True, rng)
+    r = verification_accuracy(emb, issame)
+    assert r["accuracy"] == 1.0 and r["std"] == 0.0 and r["folds"] == 10
+    emb, issame = pairs(6000, False, rng)
+    assert abs(verification_accuracy(emb, issame)["accuracy"] - 0.5) < 0.03
+
+
+def test_ten_fold_protocol_hand_checked_case():
+    # 10 pairs: distances 0.0..0.9; same pairs are the 5 closest except pair 4 (a mistake)
+    dist = np.arange(10) / 10
+    issame = np.array([1, 1, 1, 1, 0, 1, 0, 0, 0, 0], bool)
+    e1 = np.tile([1.0, 0.0], (10, 1))
+    # |e1 - e2|^2 = 2 - 2 cos(theta) = dist -> cos = 1 - dist / 2
+    cos = 1 - dist / 2
+    e2 = np.stack([cos, np.sqrt(1 - cos**2)], 1)
+    emb = np.stack([e1, e2], 1).reshape(20, 2)
+    r = verification_accuracy(emb, issame, n_folds=10)
+    # By hand (one pair per fold, first best threshold on the other nine):
+    # pairs 0-2, 6-9 -> t=0.31, right; pair 3 -> t=0.21 ties first, wrong; pair 4 (different,
+    # d=0.4) -> t=0.51, wrong; pair 5 (same, d=0.5) -> t=0.31, wrong. 7/10.
+    assert r["accuracy"] == pytest.approx(0.7)
+
+
+def test_folds_are_contiguous():
+    f = contiguous_folds(25, 10)
+    assert list(f[:3]) == [0, 0, 0] and f[-1] == 9 and np.all(np.diff(f) >= 0)
+    with pytest.raises(ValueError):
+        contiguous_folds(5, 10)
+
+
+def test_fairness_metrics_on_known_numbers():
+    r = fairness({"a": 0.9, "b": 0.8, "c": 0.95, "d": 0.85})
+    assert r["mean"] == pytest.approx(0.875)
+    assert r["std"] == pytest.approx(np.std([0.9, 0.8, 0.95, 0.85]))
+    assert r["ser"] == pytest.approx(0.2 / 0.05)
+    assert fairness({"a": 1.0, "b": 0.9})["ser"] == float("inf")
+
+
+def test_group_verification_reports_each_group():
+    rng = np.random.default_rng(1)
+    e1, s1 = pairs(200, True, rng)
+    e2, s2 = pairs(200, False, rng)
+    emb = np.concatenate([e1, e2])
+    r = group_verification(emb, np.concatenate([s1, s2]), np.repeat([0, 1], 200), ["easy", "hard"])
+    assert r["easy"] == 1.0 and r["hard"] < 0.7 and r["fair_ser"] > 1
+
+
+def test_group_accuracy_is_unweighted_mean():
+    r = group_accuracy(np.array([0, 0, 1, 1, 1]), np.array([0, 1, 1, 1, 1]),
+                       np.array([0, 0, 1, 1, 1]))
+    assert r["0"] == 0.5 and r["1"] == 1.0 and r["mean"] == 0.75
+
+
+def test_flip_fused_embeddings_are_unit_and_flip_invariant():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 16))
+    x = torch.rand(6, 3, 8, 8)
+    e = embed(model, x)
+    assert np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+    assert np.allclose(embed(model, x.flip(-1)), e, atol=1e-5)
+
+
+def test_bin_round_trip(tmp_path):
+    imgs = torch.rand(8, 3, 112, 112)
+    imgs[::2] = imgs[::2].round()  # some structure that survives PNG exactly
+    write_bin(tmp_path / "toy.bin", imgs, [True, False, True, False], fmt="PNG")
+    ps = read_bin(tmp_path / "toy.bin")
+    assert ps.images.shape == (8, 3, 112, 112) and list(ps.issame) == [True, False, True, False]
+    assert torch.allclose(ps.images, (imgs * 255).round() / 255, atol=1e-6)
+
+
+def test_bin_with_numpy_items_and_bytes_encoding(tmp_path):
+    # old files: items are uint8 numpy arrays of JPEG bytes, pickled by python 2 (bytes)
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (112, 112), (200, 10, 10)).save(buf, format="JPEG")
+    item = np.frombuffer(buf.getvalue(), dtype=np.uint8)
+    (tmp_path / "old.bin").write_bytes(pickle.dumps(([item, item], [True]), protocol=2))
+    ps = read_bin(tmp_path / "old.bin")
+    assert ps.images.shape == (2, 3, 112, 112) and ps.images[0, 0].mean() > 0.7
+
+
+def test_bad_bin_files_give_clear_errors(tmp_path):
+    write_bin(tmp_path / "ok.bin", torch.rand(4, 3, 112, 112), [True, False])
+    data = (tmp_path / "ok.bin").read_bytes()
+    (tmp_path / "cut.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated|corrupt"):
+        read_bin(tmp_path / "cut.bin")
+    (tmp_path / "odd.bin").write_bytes(pickle.dumps(([b"x"] * 3, [True])))
+    with pytest.raises(ValueError, match="3 images for 1 pairs"):
+        read_bin(tmp_path / "odd.bin")
+    with pytest.raises(FileNotFoundError, match="lfw.bin"):
+        read_bin(tmp_path / "missing.bin")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "evil.bin").write_bytes(pickle.dumps(([Evil(), Evil()], [True])))
+    with pytest.raises(pickle.UnpicklingError, match="allow-list"):
+        read_bin(tmp_path / "evil.bin")
+
+
+def test_rfw_layout(tmp_path):
+    from PIL import Image
+    for race in ["African", "Asian"]:
+        for ident in ["m.01", "m.02"]:
+            d = tmp_path / "test" / "data" / race / ident
+            d.mkdir(parents=True)
+            for n in (1, 2):
+                Image.new("RGB", (120, 120), (n * 50, 0, 0)).save(d / f"{ident}_{n:04d}.jpg")
+        t = tmp_path / "test" / "txts" / race
+        t.mkdir(parents=True)
+        (t / f"{race}_pairs.txt").write_text("m.01 1 2\nm.01 1 m.02 2\n")
+    ps = read_rfw(tmp_path, races=["African", "Asian"])
+    assert ps.images.shape == (8, 3, 112, 112)
+    assert list(ps.issame) == [True, False, True, False] and list(ps.groups) == [0, 0, 1, 1]
+    (tmp_path / "test/txts/Asian/Asian_pairs.txt").write_text("m.01 1 9\n")
+    with pytest.raises(FileNotFoundError, match="m.01_0009"):
+        read_rfw(tmp_path, races=["Asian"])
