@@ -35,7 +35,7 @@ _SHAPES_BASE: dict[str, Any] = {
     "grid": (50, 50),
     # measure ranges for the project's shapes CLIP, read off its scores of the VAE's prior
     # samples and of renders (not of any evaluation data); the paper's ViT-B/32 used +-0.1
-    "ranges": ((-0.6, 0.6), (-0.6, 0.6)),
+    "ranges": ((-0.9, 0.9), (-0.9, 0.9)),
     "batch_size": 4,
     "num_emitters": 1,
     "sigma0": 0.5,

@@ -38,3 +38,170 @@ def train_classifier(model: nn.Module, dataset: Dataset, epochs: int, lr: float 
             count += len(y)
         losses.append(total / count)
     return losses
+
+
+# --- face recognition -------------------------------------------------------------------------
+def face_augment(x: torch.Tensor, generator: torch.Generator, p: float = 0.2) -> torch.Tensor:
+    """The paper's (AdaFace's) augmentations, each with probability ``p``: low resolution
+    (down- then up-sampling), random crop (resized back), photometric jitter."""
+    b, _, h, w = x.shape
+    out = x.clone()
+    u = torch.rand(b, 3, generator=generator)
+    for i in range(b):
+        img = out[i:i + 1]
+        if u[i, 0] < p:  # low resolution
+            side = int(h * (0.2 + 0.8 * torch.rand((), generator=generator)))
+            img = F.interpolate(F.interpolate(img, size=max(side, 8), mode="bilinear",
+                                              antialias=True), size=(h, w), mode="bilinear")
+        if u[i, 1] < p:  # crop
+            scale = 0.7 + 0.3 * torch.rand((), generator=generator).item()
+            ch, cw = int(h * scale), int(w * scale)
+            y0 = int(torch.randint(0, h - ch + 1, (), generator=generator))
+            x0 = int(torch.randint(0, w - cw + 1, (), generator=generator))
+            img = F.interpolate(img[..., y0:y0 + ch, x0:x0 + cw], size=(h, w), mode="bilinear")
+        if u[i, 2] < p:  # photometric
+            c = 1 + 0.4 * (torch.rand(3, generator=generator) - 0.5)
+            mean = img.mean()
+            img = ((img - mean) * c[1] + mean) * c[0]
+            gray = img.mean(1, keepdim=True)
+            img = gray + (img - gray) * c[2]
+        out[i:i + 1] = img.clamp(0, 1)
+    return out
+
+
+def adaface_input(x: torch.Tensor) -> torch.Tensor:
+    """AdaFace models take BGR input normalized as (x - 0.5) / 0.5."""
+    return (x.flip(1) - 0.5) / 0.5
+
+
+def sgd_no_bn_decay(modules: list[nn.Module], lr: float, weight_decay: float = 5e-4,
+                    momentum: float = 0.9) -> torch.optim.SGD:
+    """SGD with weight decay on everything but batch-norm parameters."""
+    decay, no_decay = [], []
+    for m in modules:
+        for mod in m.modules():
+            params = list(mod.parameters(recurse=False))
+            (no_decay if isinstance(mod, nn.modules.batchnorm._BatchNorm) else decay).extend(
+                params)
+    return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}], lr=lr,
+                           momentum=momentum)
+
+
+class RecognitionTrainer:
+    """Backbone + margin head trained with SGD and MultiStepLR; checkpoint every epoch.
+
+    ``run(epochs)`` resumes from ``outdir/checkpoint.pt`` when it exists (weights_only load),
+    so a killed run continues at the next epoch with the same data order and augmentations.
+    Multi-GPU: launch with ``torchrun --nproc_per_node=N``; the trainer then wraps the
+    backbone in DistributedDataParallel and shards each epoch's permutation by rank.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, images: torch.Tensor,
+                 labels: torch.Tensor, outdir, lr: float = 0.01, milestones=(12, 20, 24),
+                 batch_size: int = 64, seed: int = 0, device: str | torch.device = "cpu",
+                 augment: bool = True, progress: bool = True):
+        from pathlib import Path
+
+        if len(images) != len(labels) or len(images) == 0:
+            raise ValueError("need the same, non-zero number of images and labels")
+        self.device = torch.device(device)
+        self.backbone, self.head = backbone.to(self.device), head.to(self.device)
+        self.images, self.labels = images, labels.long()
+        self.outdir = Path(outdir)
+        self.batch_size, self.seed, self.augment, self.progress = batch_size, seed, augment, progress
+        self.opt = sgd_no_bn_decay([self.backbone, self.head], lr)
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, list(milestones), 0.1)
+        self.epoch = 0
+        self.amp = self.device.type == "cuda"
+        if self.amp:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.model = self.backbone
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            self.model = nn.parallel.DistributedDataParallel(self.backbone)
+
+    @property
+    def checkpoint_path(self):
+        return self.outdir / "checkpoint.pt"
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "backbone": self.backbone.state_dict(),
+                "head": self.head.state_dict(), "opt": self.opt.state_dict(),
+                "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def save(self) -> None:
+        from .utils import atomic_path
+
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(self.state_dict(), tmp)
+
+    def load(self) -> None:
+        st = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        self.backbone.load_state_dict(st["backbone"])
+        self.head.load_state_dict(st["head"])
+        self.opt.load_state_dict(st["opt"])
+        self.sched.load_state_dict(st["sched"])
+        self.scaler.load_state_dict(st["scaler"])
+        self.epoch = st["epoch"]
+
+    def _epoch_order(self) -> tuple[torch.Tensor, torch.Generator]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        torch.manual_seed(self.seed * 100_003 + self.epoch)  # dropout: same per epoch on resume
+        order = torch.randperm(len(self.images), generator=g)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            order = order[rank::world]
+        return order, g
+
+    def train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        self.head.train()
+        order, g = self._epoch_order()
+        total, correct, count = 0.0, 0, 0
+        steps = range(0, len(order) - self.batch_size + 1, self.batch_size) \
+            if len(order) >= self.batch_size else [0]
+        for start in tqdm(steps, disable=not self.progress, leave=False,
+                          desc=f"epoch {self.epoch + 1}"):
+            idx = order[start:start + self.batch_size]
+            x, y = self.images[idx], self.labels[idx]
+            if self.augment:
+                x = face_augment(x, g)
+            x, y = adaface_input(x).to(self.device), y.to(self.device)
+            if self.amp:
+                x = x.to(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, enabled=self.amp):
+                emb, norms = self.model(x)
+                logits = self.head(emb.float(), norms.float(), y)
+                loss = F.cross_entropy(logits, y)
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            total += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            count += len(y)
+        self.sched.step()
+        self.epoch += 1
+        return {"epoch": self.epoch, "loss": total / count, "train_acc": correct / count,
+                "lr": self.opt.param_groups[0]["lr"]}
+
+    def run(self, epochs: int) -> list[dict]:
+        """Train (or resume) up to ``epochs``; append to ``log.csv``; checkpoint each epoch."""
+        import pandas as pd
+
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        log_path = self.outdir / "log.csv"
+        if self.checkpoint_path.exists():
+            self.load()
+            if log_path.exists():  # drop rows past the checkpoint (logged, then killed)
+                log = pd.read_csv(log_path)
+                log[log.epoch <= self.epoch].to_csv(log_path, index=False)
+        rows = []
+        while self.epoch < epochs:
+            row = self.train_epoch()
+            self.save()
+            pd.DataFrame([row]).to_csv(log_path, mode="a", header=not log_path.exists(),
+                                       index=False)
+            rows.append(row)
+        return rows

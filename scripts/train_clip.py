@@ -17,11 +17,19 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from qdgs_lib.clip import OWN_MODELS, Clip, register_configs
-from qdgs_lib.data.captions import SHAPE_CAPTIONS, match_matrix, shapes_batch, true_captions
+from qdgs_lib.data.captions import (
+    FACE_CAPTIONS,
+    SHAPE_CAPTIONS,
+    faces_batch,
+    match_matrix,
+    shapes_batch,
+    true_captions,
+)
 from qdgs_lib.paths import weights_dir
 from qdgs_lib.utils import atomic_path, atomic_write_text, seed_everything, versions
 
-WORLDS = {"qdgs-shapes-clip": (shapes_batch, SHAPE_CAPTIONS)}
+WORLDS = {"qdgs-shapes-clip": (shapes_batch, SHAPE_CAPTIONS),
+          "qdgs-faces-clip": (faces_batch, FACE_CAPTIONS)}
 
 
 def blur_some(x: torch.Tensor, g: torch.Generator, p: float = 0.3) -> torch.Tensor:

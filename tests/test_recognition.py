@@ -1,0 +1,110 @@
+import math
+
+import pytest
+import torch
+
+from qdgs_lib.models.heads import AdaFace, ArcFace, CosFace, build_head
+from qdgs_lib.models.iresnet import IResNet, build_iresnet
+from qdgs_lib.train import RecognitionTrainer, face_augment, sgd_no_bn_decay
+
+
+def test_iresnet_shapes_and_unit_embeddings():
+    net = build_iresnet("ir_small").eval()
+    emb, norm = net(torch.rand(2, 3, 64, 64))
+    assert emb.shape == (2, 128) and norm.shape == (2, 1)
+    assert torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
+    with pytest.raises(ValueError, match="64x64"):
+        net(torch.rand(1, 3, 112, 112))
+    ir50 = IResNet(50)
+    # stem + 2 per block (24 blocks) + conv shortcuts where channels change (stages 2-4)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in ir50.modules()) == 1 + 2 * 24 + 3
+    assert ir50.output[3].in_features == 512 * 7 * 7
+
+
+def test_adaface_margin_matches_hand_computation():
+    head = AdaFace(2, 2, m=0.4, h=0.333, s=64.0)
+    head.eval()  # fixed statistics: batch_mean 20, batch_std 100
+    with torch.no_grad():
+        head.kernel.copy_(torch.eye(2))
+    theta = 0.7
+    emb = torch.tensor([[math.cos(theta), math.sin(theta)]])
+    norm = torch.tensor([[53.0]])
+    logits = head(emb, norm, torch.tensor([0]))
+    z = max(-1.0, min(1.0, (53.0 - 20.0) / (100.0 + 1e-3) * 0.333))
+    expected_target = 64 * (math.cos(theta - 0.4 * z) - (0.4 + 0.4 * z))
+    expected_other = 64 * math.sin(theta)  # cos of the angle to the other center
+    assert logits[0, 0].item() == pytest.approx(expected_target, rel=1e-5)
+    assert logits[0, 1].item() == pytest.approx(expected_other, rel=1e-5)
+
+
+def test_adaface_updates_norm_statistics_in_training():
+    head = AdaFace(4, 3)
+    head.train()
+    head(torch.nn.functional.normalize(torch.randn(8, 4), dim=1), torch.full((8, 1), 30.0),
+         torch.zeros(8, dtype=torch.long))
+    assert head.batch_mean.item() == pytest.approx(0.99 * 20 + 0.01 * 30)
+    assert head.batch_std.item() == pytest.approx(0.99 * 100)
+
+
+def test_arcface_and_cosface_margins():
+    emb = torch.tensor([[1.0, 0.0]])
+    arc, cos = ArcFace(2, 2, m=0.5), CosFace(2, 2, m=0.4)
+    for h in (arc, cos):
+        with torch.no_grad():
+            h.kernel.copy_(torch.tensor([[math.cos(0.3), 1.0], [math.sin(0.3), 0.0]]))
+    y = torch.tensor([0])
+    assert arc(emb, None, y)[0, 0].item() == pytest.approx(64 * math.cos(0.8), rel=1e-4)
+    assert cos(emb, None, y)[0, 0].item() == pytest.approx(64 * (math.cos(0.3) - 0.4), rel=1e-4)
+    with pytest.raises(ValueError):
+        build_head("sphereface", 2, 2)
+
+
+def test_no_weight_decay_on_batchnorm():
+    net = build_iresnet("ir_small")
+    opt = sgd_no_bn_decay([net], lr=0.1)
+    no_decay = {id(p) for p in opt.param_groups[1]["params"]}
+    bn = [p for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()]
+    assert bn and all(id(p) in no_decay for p in bn)
+    assert opt.param_groups[1]["weight_decay"] == 0 and opt.param_groups[0]["weight_decay"] > 0
+
+
+def tiny_task(n_ids=4, per_id=8):
+    g = torch.Generator().manual_seed(0)
+    protos = torch.rand(n_ids, 3, 1, 1, generator=g)
+    x = (protos.repeat_interleave(per_id, 0) + 0.05 * torch.randn(n_ids * per_id, 3, 64, 64,
+                                                                   generator=g)).clamp(0, 1)
+    return x, torch.arange(n_ids).repeat_interleave(per_id)
+
+
+def make_trainer(outdir, seed=0):
+    torch.manual_seed(seed)
+    x, y = tiny_task()
+    return RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), x, y, outdir,
+                              lr=0.05, milestones=(3,), batch_size=16, progress=False)
+
+
+def test_loss_decreases_on_a_tiny_set(tmp_path):
+    rows = make_trainer(tmp_path).run(6)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def test_resume_gives_the_same_state_as_an_uninterrupted_run(tmp_path):
+    full = make_trainer(tmp_path / "full")
+    full.run(3)
+    part = make_trainer(tmp_path / "part")
+    part.run(2)  # "killed" after epoch 2
+    resumed = make_trainer(tmp_path / "part", seed=123)  # fresh process, other init
+    resumed.run(3)
+    assert resumed.epoch == 3
+    for (k, a), b in zip(full.backbone.state_dict().items(),
+                         resumed.backbone.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), k
+    import pandas as pd
+    assert list(pd.read_csv(tmp_path / "part" / "log.csv").epoch) == [1, 2, 3]
+
+
+def test_face_augment_is_seeded_and_keeps_shape():
+    x = torch.rand(5, 3, 64, 64)
+    a = face_augment(x, torch.Generator().manual_seed(1), p=1.0)
+    b = face_augment(x, torch.Generator().manual_seed(1), p=1.0)
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
