@@ -45,21 +45,68 @@ _SHAPES_BASE: dict[str, Any] = {
     "image_size": 64,  # classifier resolution
 }
 
+_FACES_BASE: dict[str, Any] = {
+    **FACES_PROMPTS,
+    "world": "toy",
+    "clip": "qdgs-faces-clip",
+    "clip_weights": None,
+    "stylegan_weights": None,
+    "cutouts": 0,
+    # measure ranges for the project's faces CLIP, read off its scores of toy renders with
+    # balanced attributes (see scripts/calibrate_ranges.py); the paper's ViT-B/32: +-0.1
+    "ranges": ((-0.9, 0.9),) * 4,
+    "grid": (20, 10, 5, 10),
+    "batch_size": 4,
+    "num_emitters": 1,
+    "sigma0": 0.5,
+    "lr": 0.5,
+    "archive_learning_rate": 0.02,
+    "bin_edge": 0.1,  # skin/gender bins (-inf, -e), (-e, e), (e, inf); the paper: 0.03
+    "per_identity": 2,  # solutions per K-means identity
+    "offsets": 4,  # images per solution (latent augmentations)
+    "offset_scale": 0.1,
+    "image_size": 64,
+}
+
+_RECOGNITION_BASE: dict[str, Any] = {
+    "backbone": "ir_small",
+    "head": "adaface",
+    "lr": 0.01,
+    "batch": 64,
+    "real_identities": 300,
+    "real_views": 5,
+    "benchmark_pairs": 600,  # per skin x age group
+    "seeds": (0,),
+}
+
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
         "shapes": {**_SHAPES_BASE, "grid": (20, 20), "iterations": 60, "seeds": (0,),
                    "bias_levels": (0.95,), "n_train": 256, "n_test": 128, "train_epochs": 2,
                    "finetune_epochs": 2, "batch": 64},
+        "faces": {**_FACES_BASE, "grid": (6, 4, 3, 4), "iterations": 30},
+        "recognition": {**_RECOGNITION_BASE, "pretrain_epochs": 1, "real_epochs": 1,
+                        "milestones": (1,), "real_identities": 24, "real_views": 3,
+                        "benchmark_pairs": 40},
     },
     "default": {
         "shapes": {**_SHAPES_BASE, "iterations": 3000, "seeds": (0, 1, 2),
                    "n_train": 2000, "n_test": 1000, "train_epochs": 20, "finetune_epochs": 30,
                    "batch": 64},
+        "faces": {**_FACES_BASE, "iterations": 2000},
+        "recognition": {**_RECOGNITION_BASE, "pretrain_epochs": 10, "real_epochs": 10,
+                        "milestones": (6, 8)},
     },
     "paper": {
         "shapes": {**_SHAPES_BASE, "clip": "ViT-B-32-quickgelu", "ranges": ((-0.1, 0.1),) * 2,
                    "iterations": 70000, "seeds": (0, 1, 2, 3, 4), "n_train": 10000,
                    "n_test": 2000, "train_epochs": 20, "finetune_epochs": 30, "batch": 64},
+        "faces": {**_FACES_BASE, "world": "ffhq", "clip": "ViT-B-32-quickgelu",
+                  "ranges": ((-0.1, 0.1),) * 4, "grid": (50, 25, 5, 25), "iterations": 60000,
+                  "sigma0": 0.5, "lr": 0.5, "bin_edge": 0.03, "offsets": 4, "image_size": 112},
+        "recognition": {**_RECOGNITION_BASE, "backbone": "ir101", "pretrain_epochs": 26,
+                        "real_epochs": 26, "milestones": (12, 20, 24), "seeds": (0,),
+                        "real_dataset": "data/benchmarks/train"},
     },
 }
 

@@ -106,3 +106,97 @@ def read_image_dataset(root: str | Path, classes: Sequence[str]) -> tuple[torch.
     x = torch.stack(imgs).permute(0, 3, 1, 2).float() / 255
     y = torch.tensor([list(classes).index(str(c)) for c in df["class"]])
     return x, y
+
+
+# --- identities (faces) -----------------------------------------------------------------------
+def cluster_identities(latents: np.ndarray, bin_index: np.ndarray, per_identity: int,
+                       seed: int = 0) -> np.ndarray:
+    """Identity id per solution: within each measure bin, K-means on the latents into
+    ceil(n / per_identity) clusters (the paper: identities of ``per_identity`` solutions).
+    Solutions outside every bin (bin -1) get identity -1."""
+    from sklearn.cluster import KMeans
+
+    if per_identity < 1:
+        raise ValueError("per_identity must be >= 1")
+    ids = np.full(len(latents), -1)
+    next_id = 0
+    for b in np.unique(bin_index[bin_index >= 0]):
+        members = np.flatnonzero(bin_index == b)
+        k = max(1, int(np.ceil(len(members) / per_identity)))
+        if k == 1:
+            labels = np.zeros(len(members), dtype=int)
+        else:
+            labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(
+                latents[members])
+        ids[members] = next_id + labels
+        next_id += k
+    return ids
+
+
+def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], torch.Tensor],
+                           latents: np.ndarray, identities: np.ndarray, offsets: np.ndarray,
+                           extra: pd.DataFrame | None = None, size: int | None = None,
+                           batch_size: int = 64, progress: bool = True) -> Path:
+    """Write a face-recognition dataset: ``outdir/<identity>/<solution>_<k>.png`` for each
+    solution and each latent offset (augmentation), plus ``manifest.csv`` and ``offsets.npy``.
+
+    Resumable: identities already listed in ``manifest.partial.csv`` are skipped; the final
+    ``manifest.csv`` appears (atomically) only when every identity is written.
+    """
+    from .utils import atomic_path
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    if (outdir / "manifest.csv").exists():
+        return outdir
+    latents = np.asarray(latents, dtype=np.float32)
+    offsets = np.asarray(offsets, dtype=np.float32)
+    if offsets.ndim != 2 or offsets.shape[1] != latents.shape[1]:
+        raise ValueError(f"offsets must be (k, {latents.shape[1]}), got {offsets.shape}")
+    keep = np.flatnonzero(identities >= 0)
+    if len(keep) == 0:
+        raise ValueError("no solution has an identity: the archive or the bins are empty")
+    if (outdir / "offsets.npy").exists():
+        if not np.allclose(np.load(outdir / "offsets.npy"), offsets):
+            raise ValueError(f"{outdir} was started with other latent offsets; use a new folder")
+    else:
+        with atomic_path(outdir / "offsets.npy") as tmp:
+            np.save(tmp, offsets)
+    partial = outdir / "manifest.partial.csv"
+    done = set(pd.read_csv(partial)["identity"]) if partial.exists() else set()
+    for ident in tqdm(np.unique(identities[keep]), disable=not progress, desc="identities"):
+        if ident in done:
+            continue
+        members = np.flatnonzero(identities == ident)
+        z = (latents[members, None, :] + offsets[None]).reshape(-1, latents.shape[1])
+        images = decode_batched(decode, z, batch_size, size)
+        arr = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        (outdir / str(ident)).mkdir(exist_ok=True)
+        rows = []
+        for j, sol in enumerate(np.repeat(members, len(offsets))):
+            k = j % len(offsets)
+            rel = f"{ident}/{sol:06d}_{k:02d}.png"
+            Image.fromarray(arr[j]).save(outdir / rel)
+            row = {"file": rel, "identity": int(ident), "solution": int(sol), "offset": k}
+            if extra is not None:
+                row.update(extra.iloc[sol].to_dict())
+            rows.append(row)
+        pd.DataFrame(rows).to_csv(partial, mode="a", header=not partial.exists(), index=False)
+    with atomic_path(outdir / "manifest.csv") as tmp:
+        pd.read_csv(partial).to_csv(tmp, index=False)
+    partial.unlink()
+    return outdir
+
+
+def read_identity_dataset(root: str | Path) -> tuple[torch.Tensor, torch.Tensor, pd.DataFrame]:
+    """Images (N, 3, H, W) in [0, 1], contiguous identity labels, and the manifest."""
+    root = Path(root)
+    path = root / "manifest.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the dataset is missing or unfinished "
+                                "(re-run the writer to resume it)")
+    df = pd.read_csv(path)
+    imgs = [torch.from_numpy(np.array(Image.open(root / f).convert("RGB"))) for f in df["file"]]
+    x = torch.stack(imgs).permute(0, 3, 1, 2).float() / 255
+    _, labels = np.unique(df["identity"].to_numpy(), return_inverse=True)
+    return x, torch.as_tensor(labels), df

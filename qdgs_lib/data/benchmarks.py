@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..evaluate import contiguous_folds
 from ..utils import RestrictedUnpickler, atomic_write_bytes
 
 BIN_ALLOWED = {
@@ -106,7 +107,10 @@ def read_rfw(root: str | Path, races=RFW_RACES, image_size: int = 112,
             raise FileNotFoundError(f"{pairs_file} not found: expected the RFW layout "
                                     "test/txts/<Race>/<Race>_pairs.txt under {root}")
         lines = [ln.split() for ln in pairs_file.read_text().splitlines() if ln.strip()]
-        for i, parts in enumerate(lines[:limit_per_race]):
+        lines = lines[:limit_per_race]
+        # 10 contiguous folds per group (RFW: 6000 lines -> fold = line // 600)
+        race_folds = contiguous_folds(len(lines)) if len(lines) >= 10 else np.zeros(len(lines))
+        for i, parts in enumerate(lines):
             if len(parts) == 3:
                 (a, n1, n2), same = parts, True
                 files = [(a, n1), (a, n2)]
@@ -123,6 +127,6 @@ def read_rfw(root: str | Path, races=RFW_RACES, image_size: int = 112,
                 images.append(np.asarray(img))
             issame.append(same)
             groups.append(g)
-            folds.append(i // 600)
+            folds.append(int(race_folds[i]))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
     return PairSet("RFW", x, np.array(issame), np.array(groups), list(races), np.array(folds))

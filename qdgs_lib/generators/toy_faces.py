@@ -169,3 +169,12 @@ def same_identity(z: torch.Tensor, n: int, generator: torch.Generator,
     views[:, NUISANCE] = noise[:, NUISANCE] * nuisance_std
     views[:, :12] = views[:, :12] + jitter * noise[:, :12]
     return views
+
+
+def toy_latent_offsets(k: int, seed: int = 0, identity_jitter: float = 0.05) -> torch.Tensor:
+    """Latent augmentations for toy faces: new pose/lighting/expression, same person."""
+    g = torch.Generator().manual_seed(seed)
+    off = identity_jitter * torch.randn(k, LATENT_DIM, generator=g)
+    off[:, NUISANCE] = torch.randn(k, NUISANCE.stop - NUISANCE.start, generator=g)
+    off[0] = 0  # the solution itself is always the first image
+    return off
