@@ -116,3 +116,96 @@ def _aligned(gen: Generator, size: int):
     from .align import ffhq_crop
 
     return lambda z: ffhq_crop(gen.decode(z), size)
+
+
+# --- recognition (notebooks 03, 04) ------------------------------------------------------------
+def train_recognizer(images: torch.Tensor, labels: torch.Tensor, p: dict[str, Any], outdir,
+                     epochs: int, init: dict | None = None, seed: int = 0,
+                     device: str = "cpu", progress: bool = True) -> torch.nn.Module:
+    """Train backbone + margin head (``p["backbone"]``, ``p["head"]``) on an identity set,
+    optionally starting from a pretrained backbone state; resumes from ``outdir``."""
+    from .models.heads import build_head
+    from .models.iresnet import build_iresnet
+    from .train import RecognitionTrainer
+    from .utils import seed_everything
+
+    seed_everything(seed)
+    backbone = build_iresnet(p["backbone"])
+    if init is not None:
+        backbone.load_state_dict(init)
+    side = backbone.input_size
+    if images.shape[-1] != side:
+        images = torch.nn.functional.interpolate(images, size=(side, side), mode="bilinear",
+                                                 antialias=True, align_corners=False)
+    head = build_head(p["head"], backbone.embedding_dim, int(labels.max()) + 1)
+    trainer = RecognitionTrainer(backbone, head, images, labels, outdir, lr=p["lr"],
+                                 milestones=p["milestones"], batch_size=p["batch"], seed=seed,
+                                 device=device, progress=progress)
+    trainer.run(epochs)
+    return trainer.backbone.cpu().eval()
+
+
+def load_benchmark(p: dict[str, Any], root=None, size: int = 64):
+    """The toy world's balanced benchmark (written on first use, RFW layout, 4 skin x age
+    groups) as a :class:`~qdgs_lib.data.benchmarks.PairSet`."""
+    from .data.benchmarks import read_rfw
+    from .data.toy_world import GROUPS, write_benchmark
+    from .paths import data_dir
+
+    pairs = p["benchmark_pairs"]
+    root = Path(root) if root else data_dir() / "cache" / f"toy_benchmark_{pairs}"
+    write_benchmark(root, pairs_per_group=pairs, size=size)
+    bench = read_rfw(root, races=GROUPS, image_size=size)
+    bench.name = "toy benchmark"
+    return bench
+
+
+def evaluate_recognizer(backbone: torch.nn.Module, bench, device: str = "cpu") -> dict:
+    """Per-group 10-fold verification accuracy on ``bench`` (+ mean/std/SER), and the accuracy
+    over all pairs."""
+    from .evaluate import embed, group_verification, verification_accuracy
+    from .train import adaface_input
+
+    side = getattr(backbone, "input_size", bench.images.shape[-1])
+    images = bench.images
+    if images.shape[-1] != side:
+        images = torch.nn.functional.interpolate(images, size=(side, side), mode="bilinear",
+                                                 antialias=True, align_corners=False)
+    emb = embed(backbone, images, device=device, transform=adaface_input)
+    out = {"all": verification_accuracy(emb, bench.issame)["accuracy"]}
+    if bench.groups is not None:
+        out.update(group_verification(emb, bench.issame, bench.groups, bench.group_names,
+                                      folds=bench.folds))
+    return out
+
+
+# --- measures vs truth (toy world) -----------------------------------------------------------
+def measure_truth(scorer: PromptScorer, n: int = 512, seed: int = 0) -> pd.DataFrame:
+    """Toy world: CLIP measures and true attributes of ``n`` renders with balanced attributes
+    (columns ``measure_k`` and ``skin``/``masc``/``hair``/``age``)."""
+    from .generators.toy_faces import attributes, balanced_latents
+
+    z = balanced_latents(n, torch.Generator().manual_seed(seed))
+    m = np.concatenate([scorer.evaluate(z[i:i + 128].numpy(), update_memory=False).measures
+                        for i in range(0, n, 128)])
+    a = attributes(z)
+    df = pd.DataFrame({f"measure_{k}": m[:, k] for k in range(m.shape[1])})
+    # measure k's positive prompt: dark skin, masculine, long hair, in their 20s (= young)
+    for key, sign in (("skin", 1), ("masc", 1), ("hair", 1), ("age", -1)):
+        df[key] = (a[key] if sign > 0 else 1 - a[key]).numpy()
+    return df
+
+
+def measure_correlations(df: pd.DataFrame) -> dict[str, float]:
+    """Spearman rho of each measure with its true attribute (oriented like the prompt)."""
+    keys = ("skin", "masc", "hair", "age")
+    return {key: float(df[f"measure_{k}"].corr(df[key], method="spearman"))
+            for k, key in enumerate(keys)}
+
+
+def calibrate_ranges(df: pd.DataFrame, q: float = 0.01) -> tuple[tuple[float, float], ...]:
+    """Archive ranges per measure: the [q, 1 - q] quantiles of the measures of balanced
+    renders, rounded outwards to 0.05 (how the default profile's ranges were set)."""
+    cols = [c for c in df.columns if c.startswith("measure_")]
+    return tuple((float(np.floor(df[c].quantile(q) * 20) / 20),
+                  float(np.ceil(df[c].quantile(1 - q) * 20) / 20)) for c in cols)

@@ -160,8 +160,8 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
         if not np.allclose(np.load(outdir / "offsets.npy"), offsets):
             raise ValueError(f"{outdir} was started with other latent offsets; use a new folder")
     else:
-        with atomic_path(outdir / "offsets.npy") as tmp:
-            np.save(tmp, offsets)
+        with atomic_path(outdir / "offsets.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, offsets)  # a file object: np.save would append ".npy" to a path
     partial = outdir / "manifest.partial.csv"
     done = set(pd.read_csv(partial)["identity"]) if partial.exists() else set()
     for ident in tqdm(np.unique(identities[keep]), disable=not progress, desc="identities"):

@@ -130,13 +130,9 @@ def faces_batch(n: int, generator: torch.Generator, corrupt_frac: float = 0.2,
                 size: int = 64):
     """Toy faces with *balanced* attributes (unlike the generator's prior) plus corrupted
     ones, with their attribute dicts."""
-    from ..generators.toy_faces import attributes, render
+    from ..generators.toy_faces import attributes, balanced_latents, render
 
-    z = torch.randn(n, 16, generator=generator)
-    # spread the attribute coordinates so each attribute is roughly uniform in [0, 1]
-    z[:, 0] = 1.2 + 2.0 * (torch.rand(n, generator=generator) - 0.5) * 2
-    z[:, 1] = 0.43 + 2.0 * (torch.rand(n, generator=generator) - 0.5) * 2
-    z[:, 2:4] = 2.4 * (torch.rand(n, 2, generator=generator) - 0.5) * 2
+    z = balanced_latents(n, generator)
     with torch.no_grad():
         images = render(z, size)
         a = attributes(z)

@@ -160,6 +160,16 @@ class ToyFaces(Generator):
         return attributes(z)
 
 
+def balanced_latents(n: int, generator: torch.Generator) -> torch.Tensor:
+    """Latents whose attributes are spread roughly uniformly over [0, 1] (unlike the biased
+    prior): the faces CLIP's training renders and the measure calibration use these."""
+    z = torch.randn(n, LATENT_DIM, generator=generator)
+    z[:, SKIN] = 1.2 + 2.0 * (torch.rand(n, generator=generator) - 0.5) * 2
+    z[:, AGE] = 0.43 + 2.0 * (torch.rand(n, generator=generator) - 0.5) * 2
+    z[:, HAIR:MASC + 1] = 2.4 * (torch.rand(n, 2, generator=generator) - 0.5) * 2
+    return z
+
+
 def same_identity(z: torch.Tensor, n: int, generator: torch.Generator,
                   nuisance_std: float = 1.0, jitter: float = 0.05) -> torch.Tensor:
     """``n`` views of each identity in ``z`` (B, 16) -> (B * n, 16): nuisance resampled,

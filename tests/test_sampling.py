@@ -1,0 +1,121 @@
+"""Archive -> dataset: bins, identity clusters, manifests, atomic writes and resumption."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from toys import ToyGenerator
+
+from qdgs_lib.sampling import (
+    assign_bins,
+    cluster_identities,
+    read_identity_dataset,
+    read_image_dataset,
+    write_identity_dataset,
+    write_image_dataset,
+)
+
+INF = np.inf
+
+
+def test_assign_bins_row_major_and_outside():
+    m = np.array([[-0.5, 0.2], [0.0, -0.2], [0.5, 0.05], [2.0, 0.0]])
+    three = [(-1, -0.1), (-0.1, 0.1), (0.1, 1)]
+    two = [(-INF, 0.0), (0.0, INF)]
+    np.testing.assert_array_equal(assign_bins(m, [three, two]), [1, 2, 5, -1])
+    # half-open: 0.0 falls in the upper interval
+    np.testing.assert_array_equal(assign_bins(np.array([[0.0]]), [two]), [1])
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
+        assign_bins(m[:, :1], [three, two])
+
+
+def test_cluster_identities_sizes_stay_within_bins():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(40, 4))
+    bins = np.repeat([0, 1, 2, -1], 10)
+    ids = cluster_identities(z, bins, per_identity=2, seed=0)
+    assert (ids[bins == -1] == -1).all()
+    for b in (0, 1, 2):
+        members = ids[bins == b]
+        assert len(np.unique(members)) == 5  # ceil(10 / 2) identities per bin
+        # identities never span two bins
+        assert not set(members) & set(ids[(bins != b) & (bins >= 0)])
+    # deterministic under the seed
+    np.testing.assert_array_equal(ids, cluster_identities(z, bins, 2, seed=0))
+    with pytest.raises(ValueError):
+        cluster_identities(z, bins, 0)
+
+
+def _setup(n=6, k=3):
+    gen = ToyGenerator(latent_dim=4)
+    z = gen.sample_prior(n, seed=1).numpy()
+    ids = np.array([0, 0, 1, 1, 2, -1])[:n]
+    offsets = np.zeros((k, 4), dtype=np.float32)
+    offsets[1:] = 0.3 * np.random.default_rng(0).normal(size=(k - 1, 4))
+    extra = pd.DataFrame({"bin": [0, 0, 1, 1, 2, -1][:n], "measure_0": np.arange(n) / n})
+    return gen, z, ids, offsets, extra
+
+
+def test_identity_dataset_manifest_integrity(tmp_path):
+    gen, z, ids, offsets, extra = _setup()
+    root = write_identity_dataset(tmp_path / "ds", gen.decode, z, ids, offsets, extra,
+                                  progress=False)
+    x, labels, df = read_identity_dataset(root)
+    assert len(df) == 5 * 3 and x.shape == (15, 3, 8, 8)
+    assert set(df["identity"]) == {0, 1, 2} and (df["solution"] != 5).all()
+    assert df.groupby("identity").size().tolist() == [6, 6, 3]
+    assert np.allclose(np.load(root / "offsets.npy"), offsets)
+    # the image of (solution, offset 0) is the decoded solution itself
+    row = df[(df.solution == 2) & (df.offset == 0)].index[0]
+    expect = gen.decode(torch.as_tensor(z[2:3]))
+    assert (x[row] - expect[0]).abs().max() <= 1 / 255 + 1e-6
+    assert not (root / "manifest.partial.csv").exists()
+    assert labels.max() == 2
+
+
+def test_identity_dataset_resumes_after_interruption(tmp_path):
+    gen, z, ids, offsets, extra = _setup()
+    calls = []
+
+    def flaky(latents):
+        calls.append(len(latents))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed while writing the second identity
+        return gen.decode(latents)
+
+    with pytest.raises(KeyboardInterrupt):
+        write_identity_dataset(tmp_path / "ds", flaky, z, ids, offsets, extra, progress=False)
+    assert not (tmp_path / "ds" / "manifest.csv").exists()
+    with pytest.raises(FileNotFoundError, match="unfinished"):
+        read_identity_dataset(tmp_path / "ds")
+    calls.clear()
+
+    def counting(latents):
+        calls.append(len(latents))
+        return gen.decode(latents)
+
+    root = write_identity_dataset(tmp_path / "ds", counting, z, ids, offsets, extra,
+                                  progress=False)
+    assert calls == [6, 3]  # identity 0 was not written again
+    _, _, df = read_identity_dataset(root)
+    fresh = write_identity_dataset(tmp_path / "fresh", gen.decode, z, ids, offsets, extra,
+                                   progress=False)
+    pd.testing.assert_frame_equal(df, pd.read_csv(fresh / "manifest.csv"))
+    # another set of offsets in the same folder is refused
+    (root / "manifest.csv").unlink()
+    with pytest.raises(ValueError, match="other latent offsets"):
+        write_identity_dataset(root, gen.decode, z, ids, offsets + 1, extra, progress=False)
+
+
+def test_image_dataset_atomic_and_round_trip(tmp_path):
+    imgs = torch.rand(4, 3, 8, 8)
+    root = write_image_dataset(tmp_path / "d", imgs, ["a", "b", "a", "b"])
+    x, y = read_image_dataset(root, ["a", "b"])
+    assert y.tolist() == [0, 1, 0, 1] and (x - imgs).abs().max() <= 1 / 255 + 1e-6
+    with pytest.raises(FileExistsError):
+        write_image_dataset(root, imgs, ["a"] * 4)
+    with pytest.raises(ValueError, match="empty"):
+        write_image_dataset(tmp_path / "e", imgs[:0], [])
+    with pytest.raises(ValueError, match="not in"):
+        read_image_dataset(root, ["a"])
+    assert not list(tmp_path.glob(".d.*"))  # no temp folder left behind
