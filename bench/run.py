@@ -1,6 +1,7 @@
-"""Benchmarks: scoring throughput (fused vs per-output), time-to-coverage of search algorithms.
+"""Benchmarks: scoring throughput (fused vs per-output), time-to-coverage of search
+algorithms, IR-ResNet training throughput.
 
-    python bench/run.py [--quick] [--only scoring|search]
+    python bench/run.py [--quick] [--only scoring|search|training]
 
 Writes bench/results/*.csv (with machine info) and prints a summary. Random weights are fine
 for timing: throughput depends on the architecture, not on the values.
@@ -69,7 +70,14 @@ def setups(device: str, quick: bool):
         return PromptScorer(gen, clip, FACES_PROMPTS["objective"], FACES_PROMPTS["measures"],
                             weights=FACES_PROMPTS["objective_weights"])
 
-    out = [("shapes-VAE + qdgs-shapes-clip", shapes)]
+    def toy_faces():
+        from qdgs_lib.generators.toy_faces import ToyFaces
+
+        clip = create_clip("qdgs-faces-clip", device=device, pretrained=False)
+        return PromptScorer(ToyFaces().to(device), clip, FACES_PROMPTS["objective"],
+                            FACES_PROMPTS["measures"], weights=FACES_PROMPTS["objective_weights"])
+
+    out = [("shapes-VAE + qdgs-shapes-clip", shapes), ("toy faces + qdgs-faces-clip", toy_faces)]
     out.append(("StyleGAN2-256 + ViT-B/32", stylegan_vit))
     return out
 
@@ -83,9 +91,9 @@ def bench_scoring(device: str, quick: bool) -> pd.DataFrame:
         for b in batch_sizes:
             z = scorer.generator.sample_prior(b, seed=0).cpu().numpy()
             repeats = 1 if big and device == "cpu" else 3
-            fused = _time(lambda z=z: scorer.evaluate(z, jacobian=True, update_memory=False),
+            fused = _time(lambda z=z, s=scorer: s.evaluate(z, jacobian=True, update_memory=False),
                           repeats)
-            per = _time(lambda z=z: scorer.evaluate_per_output(z), repeats)
+            per = _time(lambda z=z, s=scorer: s.evaluate_per_output(z), repeats)
             rows.append({"setup": name, "measures": scorer.num_measures, "batch": b,
                          "jacobian_mode": scorer.jacobian_mode,
                          "fused_sol_per_s": b / fused, "per_output_sol_per_s": b / per,
@@ -126,6 +134,44 @@ def bench_search(device: str, quick: bool) -> pd.DataFrame:
     return df
 
 
+def bench_training(device: str, quick: bool) -> pd.DataFrame:
+    """IR-ResNet + AdaFace training steps per second (images/s), batch 64 (CPU: 32)."""
+    from qdgs_lib.models.heads import AdaFace
+    from qdgs_lib.models.iresnet import build_iresnet
+    from qdgs_lib.train import RecognitionTrainer
+
+    nets = ["ir_small"] + ([] if quick else ["ir18", "ir50"]) + \
+        (["ir101"] if device != "cpu" and not quick else [])
+    rows = []
+    for name in nets:
+        net = build_iresnet(name)
+        batch = 64 if device != "cpu" else 32
+        steps = 2 if device == "cpu" and name != "ir_small" else 5
+        x = torch.rand(batch * (steps + 1), 3, net.input_size, net.input_size)
+        y = torch.arange(len(x)) % 100
+        tmp = Path(tempfile.mkdtemp())
+        try:
+            tr = RecognitionTrainer(net, AdaFace(net.embedding_dim, 100), x, y, tmp,
+                                    batch_size=batch, device=device, progress=False)
+            tr.images = x[:batch]
+            tr.train_epoch()  # warm-up (AMP, cudnn autotune)
+            tr.images = x
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            tr.train_epoch()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+        finally:
+            shutil.rmtree(tmp)
+        ips = (len(x) // batch) * batch / dt
+        rows.append({"backbone": name, "input": net.input_size, "batch": batch,
+                     "amp": device != "cpu", "images_per_s": ips, **machine()})
+        print(f"{name:9s} {net.input_size}px batch {batch}: {ips:8.1f} images/s", flush=True)
+    return pd.DataFrame(rows)
+
+
 def write(df: pd.DataFrame, name: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.csv"
@@ -138,7 +184,7 @@ def write(df: pd.DataFrame, name: str) -> Path:
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", choices=["scoring", "search"])
+    ap.add_argument("--only", choices=["scoring", "search", "training"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     tag = "gpu" if args.device.startswith("cuda") else "cpu"
@@ -146,6 +192,8 @@ def main():
         write(bench_scoring(args.device, args.quick), f"scoring_{tag}")
     if args.only in (None, "search"):
         write(bench_search(args.device, args.quick), f"search_{tag}")
+    if args.only in (None, "training"):
+        write(bench_training(args.device, args.quick), f"training_{tag}")
 
 
 if __name__ == "__main__":

@@ -71,3 +71,31 @@ def mtcnn_landmarks(images: torch.Tensor) -> list[np.ndarray | None]:
     arr = (images.clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()
     _, _, points = mtcnn.detect(list(arr), landmarks=True)
     return [None if p is None else p[0] for p in points]
+
+
+def mtcnn_align(images: torch.Tensor, size: int = 112) -> torch.Tensor:
+    """MTCNN landmarks + similarity warp to the template; images without a detected face fall
+    back to :func:`ffhq_crop` (counted in a warning)."""
+    import warnings
+
+    points = mtcnn_landmarks(images)
+    out, missed = [], 0
+    for img, pts in zip(images, points, strict=True):
+        if pts is None:
+            missed += 1
+            out.append(ffhq_crop(img[None], size)[0])
+        else:
+            out.append(warp_to_template(img, pts, size))
+    if missed:
+        warnings.warn(f"MTCNN found no face in {missed}/{len(images)} images; used the "
+                      "fixed template crop for those", stacklevel=2)
+    return torch.stack(out)
+
+
+def aligner(method: str, size: int = 112):
+    """``"crop"`` (fixed template crop of FFHQ-aligned images) or ``"mtcnn"``."""
+    if method == "crop":
+        return lambda x: ffhq_crop(x, size)
+    if method == "mtcnn":
+        return lambda x: mtcnn_align(x, size)
+    raise ValueError(f"unknown alignment {method!r}: use 'crop' or 'mtcnn'")

@@ -91,9 +91,13 @@ def build_datasets(scorer: PromptScorer, qd_df: pd.DataFrame, p: dict[str, Any],
     outdir = Path(outdir)
     gen = scorer.generator
     z_qd, m_qd = solutions(qd_df), measures(qd_df)
-    n = len(z_qd)
-    if n == 0:
+    if len(z_qd) == 0:
         raise ValueError("the QDGS archive is empty: run the search first")
+    cap = p.get("dataset_solutions")
+    if cap and len(z_qd) > cap:  # a uniform subsample of the archive keeps its balance
+        keep = np.sort(np.random.default_rng(seed).choice(len(z_qd), cap, replace=False))
+        z_qd, m_qd = z_qd[keep], m_qd[keep]
+    n = len(z_qd)
     z_rand = gen.sample_prior(n, seed=seed + 7).cpu().numpy()
     m_rand = np.concatenate([scorer.evaluate(z_rand[i:i + 256], update_memory=False).measures
                              for i in range(0, n, 256)])
@@ -106,16 +110,18 @@ def build_datasets(scorer: PromptScorer, qd_df: pd.DataFrame, p: dict[str, Any],
                                               for k in range(m.shape[1])}})
         for k in range(z.shape[1]):
             extra[f"latent_{k}"] = z[:, k]
-        decode = gen.decode if p["world"] == "toy" else _aligned(gen, p["image_size"])
+        decode = gen.decode if p["world"] == "toy" else _aligned(gen, p["image_size"],
+                                                                   p.get("align", "crop"))
         out[name] = write_identity_dataset(outdir / f"dataset_{name}", decode, z, ids, offsets,
                                            extra, size=p["image_size"], progress=progress)
     return out
 
 
-def _aligned(gen: Generator, size: int):
-    from .align import ffhq_crop
+def _aligned(gen: Generator, size: int, method: str = "crop"):
+    from .align import aligner
 
-    return lambda z: ffhq_crop(gen.decode(z), size)
+    align = aligner(method, size)
+    return lambda z: align(gen.decode(z))
 
 
 # --- recognition (notebooks 03, 04) ------------------------------------------------------------
@@ -209,3 +215,134 @@ def calibrate_ranges(df: pd.DataFrame, q: float = 0.01) -> tuple[tuple[float, fl
     cols = [c for c in df.columns if c.startswith("measure_")]
     return tuple((float(np.floor(df[c].quantile(q) * 20) / 20),
                   float(np.ceil(df[c].quantile(1 - q) * 20) / 20)) for c in cols)
+
+
+# --- the pretraining protocol (notebook 03) ---------------------------------------------------
+def read_identity_folders(root, size: int, max_per_identity: int | None = None):
+    """A user's real training set: ``root/<identity>/*.jpg|png`` (aligned faces). Returns
+    images (N, 3, size, size) in [0, 1] and identity labels."""
+    from PIL import Image
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"real training set {root} not found: put aligned face crops in "
+            f"{root}/<identity>/<image>.jpg (e.g. a CASIA-WebFace or WebFace4M subset)")
+    images, labels = [], []
+    for label, ident in enumerate(sorted(d for d in root.iterdir() if d.is_dir())):
+        files = sorted(f for f in ident.iterdir() if f.suffix.lower() in (".jpg", ".jpeg",
+                                                                          ".png"))
+        for f in files[:max_per_identity]:
+            img = Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR)
+            images.append(torch.from_numpy(np.asarray(img).copy()))
+            labels.append(label)
+    if not images:
+        raise ValueError(f"{root} holds no identity folders with images")
+    return torch.stack(images).permute(0, 3, 1, 2).float() / 255, torch.tensor(labels)
+
+
+def real_training_data(p: dict[str, Any], seed: int = 0):
+    """The "real" data of the second training stage: the toy world's biased training set
+    (``real_dataset`` None), or the user's folder of identities."""
+    if p.get("real_dataset"):
+        return read_identity_folders(p["real_dataset"], size=p.get("image_size", 112))
+    from .data.toy_world import real_training_set
+
+    x, y, _ = real_training_set(p["real_identities"], p["real_views"], seed=1000 + seed)
+    return x, y
+
+
+def pretrain_protocol(p: dict[str, Any], synthetic: dict[str, Path], run_dir, seeds=(0,),
+                      device: str = "cpu", progress: bool = True) -> pd.DataFrame:
+    """For each seed and each pretraining set (``none`` plus every entry of ``synthetic``:
+    name -> dataset folder): pretrain on the synthetic identities, then train on the real data.
+    Saves each final backbone to ``run_dir/models/<name>_seed<k>.safetensors``; resumable
+    (finished stages are skipped, interrupted ones resume from their checkpoint)."""
+    from safetensors.torch import load_file, save_file
+    from tqdm.auto import tqdm
+
+    from .sampling import read_identity_dataset
+    from .utils import atomic_path
+
+    run_dir = Path(run_dir)
+    models = run_dir / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    data = {name: read_identity_dataset(path)[:2] for name, path in synthetic.items()}
+    rows = []
+    jobs = [(seed, name) for seed in seeds for name in ("none", *synthetic)]
+    for seed, name in tqdm(jobs, desc="pretrain -> train", disable=not progress):
+        out = models / f"{name}_seed{seed}.safetensors"
+        pre = models / f"{name}_seed{seed}.pretrained.safetensors"
+        if not out.exists():
+            init = None
+            if name != "none":
+                if not pre.exists():
+                    x, y = data[name]
+                    net = train_recognizer(x, y, p, run_dir / "train" / f"{name}_seed{seed}_pre",
+                                           p["pretrain_epochs"], seed=seed, device=device,
+                                           progress=progress)
+                    with atomic_path(pre) as tmp:
+                        save_file(net.state_dict(), str(tmp))
+                init = load_file(str(pre))
+            x, y = real_training_data(p, seed)
+            net = train_recognizer(x, y, p, run_dir / "train" / f"{name}_seed{seed}_real",
+                                   p["real_epochs"], init=init, seed=seed, device=device,
+                                   progress=progress)
+            with atomic_path(out) as tmp:
+                save_file(net.state_dict(), str(tmp))
+        rows.append({"pretraining": name, "seed": seed, "model": str(out)})
+    return pd.DataFrame(rows)
+
+
+def load_backbone(p: dict[str, Any], path) -> torch.nn.Module:
+    """A backbone saved by :func:`pretrain_protocol` (safetensors: no code in the file)."""
+    from safetensors.torch import load_file
+
+    from .models.iresnet import build_iresnet
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run notebooks/03_pretraining.ipynb first")
+    net = build_iresnet(p["backbone"])
+    net.load_state_dict(load_file(str(path)))
+    return net.eval()
+
+
+def training_logs(run_dir) -> pd.DataFrame:
+    """All ``log.csv`` of a pretraining run, with columns ``pretraining``, ``seed``, ``stage``."""
+    frames = []
+    for log in sorted(Path(run_dir, "train").glob("*_seed*_*/log.csv")):
+        name, rest = log.parent.name.rsplit("_seed", 1)
+        seed, stage = rest.split("_")
+        df = pd.read_csv(log)
+        df["pretraining"], df["seed"], df["stage"] = name, int(seed), stage
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# --- benchmarks (notebook 04) -----------------------------------------------------------------
+REAL_BINS = ("lfw", "cfp_fp", "cplfw", "calfw", "agedb_30")
+
+
+def available_benchmarks(p: dict[str, Any], root=None, include_toy: bool = True) -> dict:
+    """Name -> PairSet for the toy benchmark and every real set found under
+    ``data/benchmarks/`` (``<name>.bin`` files, ``rfw/``); lists what is missing."""
+    from .data.benchmarks import read_bin, read_rfw
+    from .paths import benchmarks_dir
+
+    root = Path(root) if root else benchmarks_dir()
+    out, missing = {}, []
+    if include_toy:
+        out["toy"] = load_benchmark(p)
+    size = p.get("benchmark_size", 112)
+    for name in REAL_BINS:
+        f = root / f"{name}.bin"
+        if f.is_file():
+            out[name] = read_bin(f, image_size=size)
+        else:
+            missing.append(str(f))
+    if (root / "rfw" / "test" / "txts").is_dir():
+        out["rfw"] = read_rfw(root / "rfw", image_size=size)
+    else:
+        missing.append(str(root / "rfw"))
+    return {"sets": out, "missing": missing}

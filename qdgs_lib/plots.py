@@ -115,3 +115,41 @@ def archive_image_grid(archive: GridArchive, decode, dims: tuple[int, int] = (0,
     for k in chosen:
         tiles.append(next(it) if k >= 0 else torch.ones(3, size, size))
     return image_grid(torch.stack(tiles), nrow=cells, ax=ax, title=title)
+
+
+def distributions(samples: dict[str, np.ndarray], ax: plt.Axes | None = None,
+                  bins: int | np.ndarray = 30, xlabel: str = "", title: str = "",
+                  threshold: float | None = None):
+    """Overlaid density histograms, one per named sample; an optional vertical threshold."""
+    ax = ax or plt.gca()
+    for label, values in samples.items():
+        ax.hist(np.asarray(values), bins=bins, density=True, alpha=0.45, label=label)
+    if threshold is not None:
+        ax.axvline(threshold, color="k", lw=1, ls="--")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend()
+    return ax
+
+
+def group_bars(table: pd.DataFrame, ax: plt.Axes | None = None, ylabel: str = "accuracy",
+               title: str = "", ylim: tuple[float, float] | None = None):
+    """Grouped bars: one group of bars per row (e.g. model), one bar per column (e.g. group);
+    optional error bars from a same-shaped ``table.attrs["err"]`` frame."""
+    ax = ax or plt.gca()
+    err = table.attrs.get("err")
+    n_rows, n_cols = table.shape
+    width = 0.8 / n_cols
+    x = np.arange(n_rows)
+    for k, col in enumerate(table.columns):
+        ax.bar(x + (k - (n_cols - 1) / 2) * width, table[col].to_numpy(), width, label=str(col),
+               yerr=None if err is None else err[col].to_numpy(), capsize=2)
+    ax.set_xticks(x, [str(i) for i in table.index])
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax

@@ -43,6 +43,7 @@ _SHAPES_BASE: dict[str, Any] = {
     "bias_levels": (0.98, 0.95, 0.90, 0.85, 0.80),
     "label_margin": 0.01,  # |shape measure| below this: ambiguous, left out of the dataset
     "image_size": 64,  # classifier resolution
+    "archive_learning_rate": 0.02,
 }
 
 _FACES_BASE: dict[str, Any] = {
@@ -66,6 +67,8 @@ _FACES_BASE: dict[str, Any] = {
     "offsets": 4,  # images per solution (latent augmentations)
     "offset_scale": 0.1,
     "image_size": 64,
+    "align": "crop",  # ffhq world: fixed template crop, or "mtcnn" (facenet-pytorch, optional)
+    "dataset_solutions": None,  # cap on solutions per dataset (uniform subsample of the archive)
 }
 
 _RECOGNITION_BASE: dict[str, Any] = {
@@ -90,8 +93,9 @@ PROFILES: dict[str, dict[str, Any]] = {
                         "benchmark_pairs": 40},
     },
     "default": {
-        "shapes": {**_SHAPES_BASE, "iterations": 3000, "seeds": (0, 1, 2),
-                   "n_train": 2000, "n_test": 1000, "train_epochs": 20, "finetune_epochs": 30,
+        # CPU budget: 32x32 classifier input, fewer epochs and 2 seeds (paper: 20 + 30 epochs)
+        "shapes": {**_SHAPES_BASE, "iterations": 2000, "seeds": (0, 1), "image_size": 32,
+                   "n_train": 1000, "n_test": 1000, "train_epochs": 15, "finetune_epochs": 10,
                    "batch": 64},
         "faces": {**_FACES_BASE, "iterations": 2000},
         "recognition": {**_RECOGNITION_BASE, "pretrain_epochs": 10, "real_epochs": 10,

@@ -22,7 +22,7 @@ from ribs.schedulers import Scheduler
 from tqdm.auto import tqdm
 
 from .scoring import PromptScorer
-from .utils import RestrictedUnpickler, atomic_path, atomic_write_text, write_run_info
+from .utils import RestrictedUnpickler, atomic_path, write_run_info
 
 ALGORITHMS = ("cma_maega", "cma_mae", "cma_me", "map_elites", "random")
 DQD_ALGORITHMS = ("cma_maega",)

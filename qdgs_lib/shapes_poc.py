@@ -36,6 +36,7 @@ def search_config(p: dict[str, Any], algorithm: str, seed: int) -> SearchConfig:
     return SearchConfig(dims=p["grid"], ranges=p["ranges"], algorithm=algorithm,
                         iterations=p["iterations"], batch_size=p["batch_size"],
                         num_emitters=p["num_emitters"], sigma0=p["sigma0"], lr=p["lr"],
+                        archive_learning_rate=p["archive_learning_rate"],
                         seed=seed, checkpoint_every=max(50, p["iterations"] // 10))
 
 

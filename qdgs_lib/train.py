@@ -109,7 +109,8 @@ class RecognitionTrainer:
         self.backbone, self.head = backbone.to(self.device), head.to(self.device)
         self.images, self.labels = images, labels.long()
         self.outdir = Path(outdir)
-        self.batch_size, self.seed, self.augment, self.progress = batch_size, seed, augment, progress
+        self.batch_size, self.seed = batch_size, seed
+        self.augment, self.progress = augment, progress
         self.opt = sgd_no_bn_decay([self.backbone, self.head], lr)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, list(milestones), 0.1)
         self.epoch = 0

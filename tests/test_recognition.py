@@ -108,3 +108,22 @@ def test_face_augment_is_seeded_and_keeps_shape():
     a = face_augment(x, torch.Generator().manual_seed(1), p=1.0)
     b = face_augment(x, torch.Generator().manual_seed(1), p=1.0)
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_single_process_distributed_matches_plain_training(tmp_path):
+    """torchrun with one process: DDP wraps the backbone and gives the plain run's weights."""
+    import torch.distributed as dist
+
+    plain = make_trainer(tmp_path / "plain")
+    plain.run(2)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        ddp = make_trainer(tmp_path / "ddp")
+        assert isinstance(ddp.model, torch.nn.parallel.DistributedDataParallel)
+        ddp.run(2)
+    finally:
+        dist.destroy_process_group()
+    for (k, a), b in zip(plain.backbone.state_dict().items(),
+                         ddp.backbone.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), k

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .shapes import RED, BLUE, render, render_splatters, sample_params  # noqa: F401
+from .shapes import BLUE, RED, render, render_splatters, sample_params  # noqa: F401
 
 # caption -> attributes it asserts: kind (shape/splatter), color (red/purple/blue), sides
 SHAPE_CAPTIONS: dict[str, dict[str, str]] = {
