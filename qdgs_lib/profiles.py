@@ -53,9 +53,10 @@ _FACES_BASE: dict[str, Any] = {
     "clip_weights": None,
     "stylegan_weights": None,
     "cutouts": 0,
-    # measure ranges for the project's faces CLIP, read off its scores of toy renders with
-    # balanced attributes (see scripts/calibrate_ranges.py); the paper's ViT-B/32: +-0.1
-    "ranges": ((-0.9, 0.9),) * 4,
+    # measure ranges for the project's faces CLIP: faces.calibrate_ranges (1%/99% quantiles)
+    # of its measures of 1024 toy renders with balanced attributes (notebook 02 prints them
+    # again); the paper's ViT-B/32: +-0.1
+    "ranges": ((-0.85, 0.85), (-0.85, 0.85), (-0.7, 0.7), (-0.85, 0.8)),
     "grid": (20, 10, 5, 10),
     "batch_size": 4,
     "num_emitters": 1,
