@@ -98,9 +98,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "shapes": {**_SHAPES_BASE, "iterations": 2000, "seeds": (0, 1), "image_size": 32,
                    "n_train": 1000, "n_test": 1000, "train_epochs": 15, "finetune_epochs": 10,
                    "batch": 64},
-        "faces": {**_FACES_BASE, "iterations": 2000},
-        "recognition": {**_RECOGNITION_BASE, "pretrain_epochs": 10, "real_epochs": 10,
-                        "milestones": (6, 8)},
+        # CPU budget: 400 solutions per dataset (x 4 augmentations), 8 + 8 epochs of ir_small
+        "faces": {**_FACES_BASE, "iterations": 2000, "dataset_solutions": 400},
+        "recognition": {**_RECOGNITION_BASE, "pretrain_epochs": 8, "real_epochs": 8,
+                        "milestones": (5, 7)},
     },
     "paper": {
         "shapes": {**_SHAPES_BASE, "clip": "ViT-B-32-quickgelu", "ranges": ((-0.1, 0.1),) * 2,

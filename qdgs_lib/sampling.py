@@ -145,14 +145,32 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
     """
     from .utils import atomic_path
 
+    import hashlib
+    import json
+
+    from .utils import atomic_write_text
+
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    if (outdir / "manifest.csv").exists():
-        return outdir
     latents = np.asarray(latents, dtype=np.float32)
     offsets = np.asarray(offsets, dtype=np.float32)
     if offsets.ndim != 2 or offsets.shape[1] != latents.shape[1]:
         raise ValueError(f"offsets must be (k, {latents.shape[1]}), got {offsets.shape}")
+    # what this folder holds: a finished or half-written dataset of *other* inputs is refused
+    # rather than silently reused
+    digest = hashlib.sha256(latents.tobytes() + np.asarray(identities).tobytes()
+                            + offsets.tobytes()).hexdigest()
+    stamp = outdir / "dataset.json"
+    if stamp.exists():
+        if json.loads(stamp.read_text())["inputs_sha256"] != digest:
+            raise ValueError(f"{outdir} holds a dataset built from other solutions/identities/"
+                             "offsets: delete it or write to a new folder")
+        if (outdir / "manifest.csv").exists():
+            return outdir
+    elif outdir.exists() and any(outdir.iterdir()):
+        raise ValueError(f"{outdir} is not empty and was not written by this writer")
+    outdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp, json.dumps({"inputs_sha256": digest, "solutions": len(latents),
+                                         "offsets": len(offsets)}))
     keep = np.flatnonzero(identities >= 0)
     if len(keep) == 0:
         raise ValueError("no solution has an identity: the archive or the bins are empty")

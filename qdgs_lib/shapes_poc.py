@@ -115,3 +115,33 @@ def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress:
                                      test.labels.numpy(), test.groups.numpy(), names)
                 rows.append({"bias": bias, "seed": seed, "finetune": name, **acc})
     return pd.DataFrame(rows)
+
+
+def label_audit(p: dict[str, Any], synthetic: dict[str, dict], seed: int = 0,
+                epochs: int = 8, progress: bool = False) -> pd.DataFrame:
+    """How good is each synthetic set as training data? An *oracle* shape classifier, trained
+    on balanced renders (its own seed, not the evaluation set), reads every synthetic image;
+    per set: agreement of the CLIP labels with the oracle, the oracle's confidence (low on
+    off-manifold "splatters"), and the share of each color x shape group (color from the
+    CLIP color measure, shape from the oracle)."""
+    seed_everything(seed)
+    renders = ShapesDataset(2000, None, p["image_size"], seed=20_000 + seed)
+    oracle = ShapeClassifier()
+    train_classifier(oracle, TensorDataset(renders.images, renders.labels), epochs,
+                     batch_size=p["batch"], seed=seed, augment=augment_shapes,
+                     progress=progress, desc="oracle")
+    rows = {}
+    for name, data in synthetic.items():
+        oracle.eval()
+        with torch.no_grad():
+            prob = torch.cat([oracle(x).softmax(1) for x in data["images"].split(256)])
+        shape = prob.argmax(1).numpy()
+        red = data["measures"][:, 0] > 0
+        row = {"images": len(shape),
+               "CLIP label = oracle": float((shape == data["labels"].numpy()).mean()),
+               "oracle confidence": float(prob.max(1).values.mean())}
+        for c, is_red in (("red", True), ("blue", False)):
+            for s, k in zip(SHAPES, range(2), strict=True):
+                row[f"{c} {s}"] = float(((red == is_red) & (shape == k)).mean())
+        rows[name] = row
+    return pd.DataFrame(rows).T

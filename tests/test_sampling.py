@@ -103,7 +103,7 @@ def test_identity_dataset_resumes_after_interruption(tmp_path):
     pd.testing.assert_frame_equal(df, pd.read_csv(fresh / "manifest.csv"))
     # another set of offsets in the same folder is refused
     (root / "manifest.csv").unlink()
-    with pytest.raises(ValueError, match="other latent offsets"):
+    with pytest.raises(ValueError, match="other solutions"):
         write_identity_dataset(root, gen.decode, z, ids, offsets + 1, extra, progress=False)
 
 
@@ -119,3 +119,20 @@ def test_image_dataset_atomic_and_round_trip(tmp_path):
     with pytest.raises(ValueError, match="not in"):
         read_image_dataset(root, ["a"])
     assert not list(tmp_path.glob(".d.*"))  # no temp folder left behind
+
+
+def test_identity_dataset_refuses_a_folder_of_other_inputs(tmp_path):
+    gen, z, ids, offsets, extra = _setup()
+    root = write_identity_dataset(tmp_path / "ds", gen.decode, z, ids, offsets, extra,
+                                  progress=False)
+    # the same inputs: the finished dataset is reused as is
+    assert write_identity_dataset(root, gen.decode, z, ids, offsets, extra,
+                                  progress=False) == root
+    with pytest.raises(ValueError, match="other solutions"):
+        write_identity_dataset(root, gen.decode, z[::-1].copy(), ids, offsets, extra,
+                               progress=False)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.txt").write_text("x")
+    with pytest.raises(ValueError, match="not empty"):
+        write_identity_dataset(tmp_path / "junk", gen.decode, z, ids, offsets, extra,
+                               progress=False)
