@@ -1,7 +1,7 @@
 """Benchmarks: scoring throughput (fused vs per-output), time-to-coverage of search
 algorithms, IR-ResNet training throughput.
 
-    python bench/run.py [--quick] [--only scoring|search|training]
+    python bench/run.py [--quick] [--only scoring|search|training|profile]
 
 Writes bench/results/*.csv (with machine info) and prints a summary. Random weights are fine
 for timing: throughput depends on the architecture, not on the values.
@@ -172,6 +172,23 @@ def bench_training(device: str, quick: bool) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def profile_scoring(device: str, batch: int = 4) -> str:
+    """Where the time of one fused evaluation goes (StyleGAN2-256 + ViT-B/32): torch.profiler's
+    top operators by total time, as text."""
+    from torch.profiler import ProfilerActivity, profile
+
+    name, make = setups(device, quick=True)[-1]
+    scorer = make()
+    z = scorer.generator.sample_prior(batch, seed=0).cpu().numpy()
+    scorer.evaluate(z, jacobian=True, update_memory=False)  # warm-up
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device != "cpu" else [])
+    with profile(activities=acts) as prof:
+        scorer.evaluate(z, jacobian=True, update_memory=False)
+    key = "cuda_time_total" if device != "cpu" else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=25)
+    return f"# {name}, batch {batch}, fused evaluate with jacobians, {machine()}\n{table}"
+
+
 def write(df: pd.DataFrame, name: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.csv"
@@ -184,7 +201,7 @@ def write(df: pd.DataFrame, name: str) -> Path:
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", choices=["scoring", "search", "training"])
+    ap.add_argument("--only", choices=["scoring", "search", "training", "profile"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     tag = "gpu" if args.device.startswith("cuda") else "cpu"
@@ -194,6 +211,11 @@ def main():
         write(bench_search(args.device, args.quick), f"search_{tag}")
     if args.only in (None, "training"):
         write(bench_training(args.device, args.quick), f"training_{tag}")
+    if args.only in (None, "profile"):
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"profile_{tag}.txt"
+        path.write_text(profile_scoring(args.device))
+        print("wrote", path)
 
 
 if __name__ == "__main__":

@@ -143,12 +143,10 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
     Resumable: identities already listed in ``manifest.partial.csv`` are skipped; the final
     ``manifest.csv`` appears (atomically) only when every identity is written.
     """
-    from .utils import atomic_path
-
     import hashlib
     import json
 
-    from .utils import atomic_write_text
+    from .utils import atomic_path, atomic_write_text
 
     outdir = Path(outdir)
     latents = np.asarray(latents, dtype=np.float32)
