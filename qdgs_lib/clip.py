@@ -127,8 +127,10 @@ class Clip(nn.Module):
         return torch.cat(crops)  # (num_cutouts * B, 3, S, S)
 
     def encode_image(self, images: torch.Tensor, generator: torch.Generator | None = None,
-                     normalize: bool = True) -> torch.Tensor:
-        if not torch.isfinite(images).all():
+                     normalize: bool = True, check: bool = True) -> torch.Tensor:
+        """Unit (or raw) image embeddings. ``check=False`` skips the NaN check, which costs a
+        device->host sync; callers that check their outputs later (PromptScorer) skip it."""
+        if check and not torch.isfinite(images).all():
             raise ValueError("images contain NaN or inf: check the generator's output/latents")
         if self.num_cutouts > 0:
             emb = self.model.encode_image(self._cutouts(images, generator))

@@ -123,22 +123,22 @@ class PromptScorer:
     def _outputs(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One forward pass: (loss (B,), outputs (B, 1+m) = [objective, measures], emb)."""
         images = self.generator.decode(z)
-        if not torch.isfinite(images).all():
-            raise ValueError("the generator produced NaN/inf images; check its weights and latents")
-        emb = self.clip.encode_image(images)
+        emb = self.clip.encode_image(images, check=False)  # checked once, on the host, later
         loss = self._objective_loss(emb, z)
         measures = [-self._pair_gap(emb, k) for k in range(1, 1 + self.num_measures)]
         return loss, torch.stack([self.loss_to_objective(loss), *measures], dim=1), emb
 
     # --- public API ------------------------------------------------------------------------
     def _to_tensor(self, latents) -> torch.Tensor:
-        z = torch.as_tensor(np.asarray(latents), dtype=torch.float32, device=self.clip.device)
-        if z.ndim != 2 or z.shape[1] != self.solution_dim:
+        if isinstance(latents, torch.Tensor):
+            latents = latents.detach().cpu().numpy()
+        arr = np.asarray(latents, dtype=np.float32)
+        if arr.ndim != 2 or arr.shape[1] != self.solution_dim:
             raise ValueError(f"latents must have shape (B, {self.solution_dim}), "
-                             f"got {tuple(z.shape)}")
-        if not torch.isfinite(z).all():
+                             f"got {tuple(arr.shape)}")
+        if not np.isfinite(arr).all():  # checked on the host: no device sync
             raise ValueError("latents contain NaN or inf")
-        return z
+        return torch.from_numpy(arr).to(self.clip.device, non_blocking=True)
 
     def evaluate(self, latents, jacobian: bool = False, update_memory: bool = True) -> Scores:
         """Objective and measures (and, if asked, their jacobians) of a batch of latents."""
@@ -152,11 +152,14 @@ class PromptScorer:
             loss, out, emb = self._outputs(z)
             jac = self._jacobian(out, z)
             loss, out, emb = loss.detach(), out.detach(), emb.detach()
+        out = out.cpu().numpy().astype(np.float64)
+        jac = None if jac is None else jac.cpu().numpy().astype(np.float64)
+        if not np.isfinite(out).all() or (jac is not None and not np.isfinite(jac).all()):
+            raise ValueError("non-finite scores: the generator produced NaN/inf images (or "
+                             "CLIP NaN embeddings); check the weights and the latents' range")
         if update_memory and self.weights[2] > 0:
             self._remember(loss, emb)
-        return Scores(objective=out[:, 0].cpu().numpy().astype(np.float64),
-                      measures=out[:, 1:].cpu().numpy().astype(np.float64),
-                      jacobian=None if jac is None else jac.cpu().numpy().astype(np.float64),
+        return Scores(objective=out[:, 0], measures=out[:, 1:], jacobian=jac,
                       loss=loss.cpu().numpy())
 
     def _jacobian(self, out: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -188,7 +191,7 @@ class PromptScorer:
         for i in range(1 + self.num_measures):
             z = z0.clone().requires_grad_(True)
             images = self.generator.decode(z)
-            emb = self.clip.encode_image(images)
+            emb = self.clip.encode_image(images, check=False)
             if i == 0:
                 val = self.loss_to_objective(self._objective_loss(emb, z))
             else:

@@ -85,3 +85,16 @@ def test_prompts_must_be_pairs():
         PromptScorer(ToyGenerator(), ToyClip(), ("only one",), [("a", "b")])
     with pytest.raises(ValueError, match="at least one measure"):
         PromptScorer(ToyGenerator(), ToyClip(), ("a", "b"), [])
+
+
+class NaNGenerator(ToyGenerator):
+    def decode(self, z):
+        return super().decode(z) * torch.nan
+
+
+def test_nan_images_raise_a_clear_error():
+    sc = PromptScorer(NaNGenerator(), ToyClip(), ("a", "b"), [("c", "d"), ("e", "f")])
+    z = np.zeros((2, 4))
+    for jacobian in (False, True):
+        with pytest.raises(ValueError, match="NaN/inf images"):
+            sc.evaluate(z, jacobian=jacobian)
