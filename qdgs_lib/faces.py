@@ -245,7 +245,11 @@ def real_training_data(p: dict[str, Any], seed: int = 0):
     """The "real" data of the second training stage: the toy world's biased training set
     (``real_dataset`` None), or the user's folder of identities."""
     if p.get("real_dataset"):
-        return read_identity_folders(p["real_dataset"], size=p.get("image_size", 112))
+        from .paths import REPO_ROOT
+
+        root = Path(p["real_dataset"])  # relative paths: to the repository, not the notebook
+        return read_identity_folders(root if root.is_absolute() else REPO_ROOT / root,
+                                     size=p.get("image_size", 112))
     from .data.toy_world import real_training_set
 
     x, y, _ = real_training_set(p["real_identities"], p["real_views"], seed=1000 + seed)

@@ -80,6 +80,8 @@ _RECOGNITION_BASE: dict[str, Any] = {
     "real_identities": 300,
     "real_views": 5,
     "benchmark_pairs": 600,  # per skin x age group
+    "toy_benchmark": True,  # notebook 04 also evaluates on the toy world's benchmark
+    "benchmark_size": 112,  # real benchmarks are read at this size (then resized to the model)
     "seeds": (0,),
 }
 
@@ -101,7 +103,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         # CPU budget: 400 solutions per dataset (x 4 augmentations), 8 + 8 epochs of ir_small
         "faces": {**_FACES_BASE, "iterations": 2000, "dataset_solutions": 400},
         "recognition": {**_RECOGNITION_BASE, "pretrain_epochs": 8, "real_epochs": 8,
-                        "milestones": (5, 7)},
+                        "milestones": (5, 7), "seeds": (0, 1)},
     },
     "paper": {
         "shapes": {**_SHAPES_BASE, "clip": "ViT-B-32-quickgelu", "ranges": ((-0.1, 0.1),) * 2,
@@ -112,7 +114,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                   "sigma0": 0.5, "lr": 0.5, "bin_edge": 0.03, "offsets": 4, "image_size": 112},
         "recognition": {**_RECOGNITION_BASE, "backbone": "ir101", "pretrain_epochs": 26,
                         "real_epochs": 26, "milestones": (12, 20, 24), "seeds": (0,),
-                        "real_dataset": "data/benchmarks/train"},
+                        "real_dataset": "data/benchmarks/train", "toy_benchmark": False},
     },
 }
 

@@ -1,0 +1,32 @@
+"""Profiles: every notebook section exists; the paper profile names what is missing."""
+
+import pytest
+
+from qdgs_lib import faces
+from qdgs_lib.profiles import PROFILES, get_profile
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_every_profile_has_every_section(name):
+    for section in ("shapes", "faces", "recognition"):
+        p = get_profile(name, section)
+        assert p, (name, section)
+    f = get_profile(name, "faces")
+    assert len(f["ranges"]) == len(f["grid"]) == len(f["measures"]) == 4
+
+
+def test_overrides_are_checked():
+    assert get_profile("smoke", "faces", iterations=7)["iterations"] == 7
+    with pytest.raises(ValueError, match="unknown override"):
+        get_profile("smoke", "faces", iteration=7)
+    with pytest.raises(ValueError, match="unknown profile"):
+        get_profile("fast")
+
+
+def test_paper_profile_names_the_missing_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="pretrained"):
+        faces.build_generator(get_profile("paper", "faces"))
+    p = get_profile("paper", "recognition", real_dataset=str(tmp_path / "train"))
+    with pytest.raises(FileNotFoundError, match="<identity>"):
+        faces.real_training_data(p)
