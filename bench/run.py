@@ -134,6 +134,18 @@ def bench_search(device: str, quick: bool) -> pd.DataFrame:
     return df
 
 
+def time_to_coverage(df: pd.DataFrame, targets=(0.1, 0.2, 0.3, 0.4)) -> pd.DataFrame:
+    """Evaluations and seconds each algorithm needed to first reach each coverage target."""
+    rows = []
+    for alg, m in df.groupby("algorithm", sort=False):
+        for t in targets:
+            hit = m[m.coverage >= t]
+            rows.append({"algorithm": alg, "coverage": t,
+                         "evaluations": int(hit.evaluations.iloc[0]) if len(hit) else None,
+                         "seconds": float(hit.seconds.iloc[0]) if len(hit) else None})
+    return pd.DataFrame(rows)
+
+
 def bench_training(device: str, quick: bool) -> pd.DataFrame:
     """IR-ResNet + AdaFace training steps per second (images/s), batch 64 (CPU: 32)."""
     from qdgs_lib.models.heads import AdaFace
@@ -208,7 +220,11 @@ def main():
     if args.only in (None, "scoring"):
         write(bench_scoring(args.device, args.quick), f"scoring_{tag}")
     if args.only in (None, "search"):
-        write(bench_search(args.device, args.quick), f"search_{tag}")
+        search = bench_search(args.device, args.quick)
+        write(search, f"search_{tag}")
+        summary = time_to_coverage(search)
+        print(summary.to_string(index=False))
+        write(summary, f"search_time_to_coverage_{tag}")
     if args.only in (None, "training"):
         write(bench_training(args.device, args.quick), f"training_{tag}")
     if args.only in (None, "profile"):

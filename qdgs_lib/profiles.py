@@ -14,7 +14,7 @@ SHAPES_PROMPTS = {
     "objective": ("A regular square or a triangle.", "Splatters of colors."),
     "measures": [("A red shape.", "A blue shape."),
                  ("A triangle with 3 edges.", "A square or diamond with 4 edges.")],
-    "measure_labels": ["red vs blue", "triangle vs square"],
+    "measure_labels": ["red (+) vs blue", "triangle (+) vs square"],
 }
 
 FACES_PROMPTS = {
