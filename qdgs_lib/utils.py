@@ -68,13 +68,17 @@ def versions() -> dict[str, str]:
     return out
 
 
-def write_run_info(outdir: str | os.PathLike, config: dict[str, Any]) -> Path:
-    """Write ``config.json`` (the run's parameters and package versions) into ``outdir``."""
+def write_run_info(outdir: str | os.PathLike, config: dict[str, Any],
+                   also: str | os.PathLike | None = None) -> Path:
+    """Write ``config.json`` (the run's parameters and package versions) into ``outdir``, and
+    the same record to ``also`` (e.g. next to the figures the run makes)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    info = {"config": config, "versions": versions()}
+    text = json.dumps({"config": config, "versions": versions()}, indent=2, default=str)
     path = outdir / "config.json"
-    atomic_write_text(path, json.dumps(info, indent=2, default=str))
+    atomic_write_text(path, text)
+    if also is not None:
+        atomic_write_text(also, text)
     return path
 
 
