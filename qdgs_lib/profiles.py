@@ -103,7 +103,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         # CPU budget: 400 solutions per dataset (x 4 augmentations), 8 + 8 epochs of ir_small
         "faces": {**_FACES_BASE, "iterations": 2000, "dataset_solutions": 400},
         "recognition": {**_RECOGNITION_BASE, "pretrain_epochs": 8, "real_epochs": 8,
-                        "milestones": (5, 7), "seeds": (0, 1)},
+                        "milestones": (5, 7), "seeds": (0, 1, 2)},
     },
     "paper": {
         "shapes": {**_SHAPES_BASE, "clip": "ViT-B-32-quickgelu", "ranges": ((-0.1, 0.1),) * 2,
