@@ -28,9 +28,16 @@ def test_fused_jacobian_equals_per_output_and_finite_differences():
     np.testing.assert_allclose(fused.objective, ref.objective, rtol=1e-5)
     np.testing.assert_allclose(fused.measures, ref.measures, atol=1e-6)
     np.testing.assert_allclose(fused.jacobian, ref.jacobian, rtol=1e-4, atol=1e-4)
-    sc.jacobian_mode = "loop"
-    loop = sc.evaluate(z, jacobian=True, update_memory=False)
-    np.testing.assert_allclose(loop.jacobian, ref.jacobian, rtol=1e-4, atol=1e-4)
+    for mode in ("batched", "loop"):
+        sc.jacobian_mode = mode
+        other = sc.evaluate(z, jacobian=True, update_memory=False)
+        np.testing.assert_allclose(other.jacobian, ref.jacobian, rtol=1e-4, atol=1e-4)
+    # auto: warm-up call, then a timed call that settles on one of the two
+    sc.jacobian_mode, sc._auto_calls = "auto", 0
+    for _ in range(3):
+        auto = sc.evaluate(z, jacobian=True, update_memory=False)
+        np.testing.assert_allclose(auto.jacobian, ref.jacobian, rtol=1e-4, atol=1e-4)
+    assert sc.jacobian_mode in ("batched", "loop")
     # central differences, in float64 arithmetic on the toy models
     sc.generator.double()
     sc.clip.double()
