@@ -32,6 +32,7 @@ _SHAPES_BASE: dict[str, Any] = {
     "clip": "qdgs-shapes-clip",
     "clip_weights": None,
     "objective_weights": (1.0, 0.0, 0.0),
+    "cutouts": 0,  # random crops CLIP scores and averages (0: the whole image once)
     "grid": (50, 50),
     # measure ranges for the project's shapes CLIP, read off its scores of the VAE's prior
     # samples and of renders (not of any evaluation data); the paper's ViT-B/32 used +-0.1

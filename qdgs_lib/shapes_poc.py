@@ -28,7 +28,8 @@ from .utils import seed_everything
 
 def build_scorer(p: dict[str, Any], device: str = "cpu") -> PromptScorer:
     vae = load_shapes_vae(device=device)
-    clip = create_clip(p["clip"], weights=p["clip_weights"], device=device)
+    clip = create_clip(p["clip"], weights=p["clip_weights"], device=device,
+                       num_cutouts=p.get("cutouts", 0))
     return PromptScorer(vae, clip, p["objective"], p["measures"], weights=p["objective_weights"])
 
 
