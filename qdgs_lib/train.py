@@ -180,7 +180,9 @@ class RecognitionTrainer:
             self.scaler.step(self.opt)
             self.scaler.update()
             total += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            with torch.no_grad():  # accuracy of the plain cosine classifier (no margin)
+                cos = self.head.cosine(emb.float()) if hasattr(self.head, "cosine") else logits
+                correct += int((cos.argmax(1) == y).sum())
             count += len(y)
         self.sched.step()
         self.epoch += 1
