@@ -23,8 +23,10 @@ reproduce: setup
 	    -k python3 -p profile default || exit 1; \
 	done
 
-# Unit tests + every notebook under the smoke profile (nbval).
+# Unit tests + every notebook under the smoke profile (nbval). Smoke runs are disposable:
+# start them fresh, so a run folder left by older code never blocks a resume check.
 test: setup
+	rm -rf runs/*/smoke
 	QDGS_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 bench: setup
