@@ -18,7 +18,6 @@ as one batched backward (``torch.autograd.grad(..., is_grads_batched=True)``).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -90,9 +89,8 @@ class PromptScorer:
         self.memory = torch.empty(0, self._targets[0][0].shape[1], device=clip.device)
         self._rng = np.random.default_rng(seed)
         # "batched" (one vmapped backward) | "loop" (k backward passes over one forward graph) |
-        # "auto" (times both once and keeps the faster; see _jacobian)
+        # "auto" (the generator's preferred mode; see _jacobian)
         self.jacobian_mode = "auto"
-        self._auto_calls = 0
 
     @property
     def num_measures(self) -> int:
@@ -170,36 +168,24 @@ class PromptScorer:
         """(B, 1+m, d) from one forward graph: samples are independent, so
         d sum_b out[b, k] / d z[b] is row b of output k's jacobian.
 
-        Two ways to run the 1+m backward passes, same numbers: ``batched`` (one vmapped
-        backward) or ``loop`` (one backward per output over the retained graph). Which is
-        faster depends on the networks and the device (bench/README.md: batched is ~1.8x
-        faster for toy faces on CPU, loop ~10-20% faster for StyleGAN2 convolutions, whose
-        vmapped backward falls back to per-slice loops + stack). ``auto`` warms up with
-        ``batched``, times both on its second call, and keeps the faster one.
+        Two ways to run the 1+m backward passes, equal up to float rounding: ``batched`` (one
+        vmapped backward) or ``loop`` (one backward per output over the retained graph). Which
+        is faster depends on the networks (bench/README.md: batched ~1.5x faster for toy faces
+        on CPU; loop 10-20% faster for StyleGAN2, whose grouped-convolution backward has no
+        vmap rule). ``auto`` takes the generator's ``preferred_jacobian_mode`` (default
+        ``batched``): a fixed rule, not a timing, so a seeded run is reproducible.
         """
         mode = self.jacobian_mode
-        if mode == "loop":
-            return self._loop_jacobian(out, z)
+        if mode == "auto":
+            mode = getattr(self.generator, "preferred_jacobian_mode", "batched")
         if mode == "batched":
-            return self._batched_jacobian(out, z)
-        self._auto_calls += 1
-        try:
-            if self._auto_calls == 1:
+            try:
                 return self._batched_jacobian(out, z)
-            sync = torch.cuda.synchronize if z.is_cuda else (lambda: None)
-            sync()
-            t0 = time.perf_counter()
-            jac = self._batched_jacobian(out, z, retain_graph=True)
-            sync()
-            t1 = time.perf_counter()
-            self._loop_jacobian(out, z)
-            sync()
-            t2 = time.perf_counter()
-        except RuntimeError:  # an op without a vmap rule: loop from now on
-            self.jacobian_mode = "loop"
-            return self._loop_jacobian(out, z)
-        self.jacobian_mode = "batched" if t1 - t0 <= t2 - t1 else "loop"
-        return jac
+            except RuntimeError:
+                if self.jacobian_mode == "batched":
+                    raise
+                self.jacobian_mode = "loop"  # an op without a vmap rule: loop from now on
+        return self._loop_jacobian(out, z)
 
     @staticmethod
     def _batched_jacobian(out: torch.Tensor, z: torch.Tensor,

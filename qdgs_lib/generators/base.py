@@ -17,6 +17,9 @@ class Generator(nn.Module):
     latent_dim: int
     image_size: int
     latent_norm: float
+    # how PromptScorer runs the 1+m backward passes ("batched": one vmapped backward, or
+    # "loop"); a fixed per-generator choice keeps seeded runs reproducible
+    preferred_jacobian_mode: str = "batched"
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (B, latent_dim) -> images (B, 3, H, W) in [0, 1], differentiable in z."""

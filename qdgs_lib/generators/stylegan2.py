@@ -245,6 +245,10 @@ class StyleGAN2Generator(Generator):
     ``num_std_samples`` seeded z's; ``latent_norm`` is the mean norm of prior q's.
     """
 
+    # vmap has no batching rule for the grouped (modulated) convolution's backward: k plain
+    # backward passes are faster than one vmapped one (bench/README.md)
+    preferred_jacobian_mode = "loop"
+
     def __init__(self, net: StyleGAN2, num_std_samples: int = 10_000, seed: int = 0,
                  noise_mode: str = "const"):
         super().__init__()
