@@ -19,6 +19,7 @@ from .generators.base import Generator
 from .sampling import assign_bins, cluster_identities, write_identity_dataset
 from .scoring import PromptScorer
 from .search import QDSearch, SearchConfig, measures, solutions
+from .utils import resize_square
 
 MEASURE_NAMES = ("skin (dark+)", "masculine+", "long hair+", "20s+")
 
@@ -99,8 +100,7 @@ def build_datasets(scorer: PromptScorer, qd_df: pd.DataFrame, p: dict[str, Any],
         z_qd, m_qd = z_qd[keep], m_qd[keep]
     n = len(z_qd)
     z_rand = gen.sample_prior(n, seed=seed + 7).cpu().numpy()
-    m_rand = np.concatenate([scorer.evaluate(z_rand[i:i + 256], update_memory=False).measures
-                             for i in range(0, n, 256)])
+    m_rand = scorer.measures_of(z_rand)
     offsets = latent_offsets(p, gen)
     out = {}
     for name, z, m in (("qdgs", z_qd, m_qd), ("random", z_rand, m_rand)):
@@ -139,10 +139,7 @@ def train_recognizer(images: torch.Tensor, labels: torch.Tensor, p: dict[str, An
     backbone = build_iresnet(p["backbone"])
     if init is not None:
         backbone.load_state_dict(init)
-    side = backbone.input_size
-    if images.shape[-1] != side:
-        images = torch.nn.functional.interpolate(images, size=(side, side), mode="bilinear",
-                                                 antialias=True, align_corners=False)
+    images = resize_square(images, backbone.input_size)
     head = build_head(p["head"], backbone.embedding_dim, int(labels.max()) + 1)
     trainer = RecognitionTrainer(backbone, head, images, labels, outdir, lr=p["lr"],
                                  milestones=p["milestones"], batch_size=p["batch"], seed=seed,
@@ -172,11 +169,7 @@ def evaluate_recognizer(backbone: torch.nn.Module, bench, device: str = "cpu") -
     from .evaluate import embed, group_verification, verification_accuracy
     from .train import adaface_input
 
-    side = getattr(backbone, "input_size", bench.images.shape[-1])
-    images = bench.images
-    if images.shape[-1] != side:
-        images = torch.nn.functional.interpolate(images, size=(side, side), mode="bilinear",
-                                                 antialias=True, align_corners=False)
+    images = resize_square(bench.images, getattr(backbone, "input_size", bench.images.shape[-1]))
     emb = embed(backbone, images, device=device, transform=adaface_input)
     out = {"all": verification_accuracy(emb, bench.issame)["accuracy"]}
     if bench.groups is not None:
@@ -192,8 +185,7 @@ def measure_truth(scorer: PromptScorer, n: int = 512, seed: int = 0) -> pd.DataF
     from .generators.toy_faces import attributes, balanced_latents
 
     z = balanced_latents(n, torch.Generator().manual_seed(seed))
-    m = np.concatenate([scorer.evaluate(z[i:i + 128].numpy(), update_memory=False).measures
-                        for i in range(0, n, 128)])
+    m = scorer.measures_of(z.numpy(), batch_size=128)
     a = attributes(z)
     df = pd.DataFrame({f"measure_{k}": m[:, k] for k in range(m.shape[1])})
     # measure k's positive prompt: dark skin, masculine, long hair, in their 20s (= young)

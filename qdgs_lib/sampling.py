@@ -7,8 +7,6 @@ half-written dataset never exists under the final name.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,6 +15,8 @@ import pandas as pd
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
+
+from .utils import atomic_dir, resize_square, to_uint8_hwc
 
 Bins = Sequence[Sequence[tuple[float, float]]]  # per measure: list of [lo, hi) intervals
 
@@ -49,10 +49,7 @@ def decode_batched(decode: Callable[[torch.Tensor], torch.Tensor], latents: np.n
     with torch.no_grad():
         for i in tqdm(range(0, len(latents), batch_size), disable=not progress, desc="decode"):
             x = decode(torch.as_tensor(latents[i:i + batch_size], dtype=torch.float32))
-            if size is not None and x.shape[-1] != size:
-                x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
-                                                    antialias=True, align_corners=False)
-            out.append(x.cpu())
+            out.append((x if size is None else resize_square(x, size)).cpu())
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -64,15 +61,11 @@ def write_image_dataset(outdir: str | Path, images: torch.Tensor, classes: Seque
         raise ValueError(f"{len(images)} images but {len(classes)} class labels")
     if len(images) == 0:
         raise ValueError("no images to write: the archive/bins produced an empty dataset")
-    if outdir.exists():
-        if not overwrite:
-            raise FileExistsError(f"{outdir} exists; pass overwrite=True to replace it")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent
-                                if outdir.parent.exists() else None))
-    try:
+    if outdir.exists() and not overwrite:
+        raise FileExistsError(f"{outdir} exists; pass overwrite=True to replace it")
+    with atomic_dir(outdir) as tmp:
         rows = []
-        arr = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-        for i, (img, cls) in enumerate(zip(arr, classes, strict=True)):
+        for i, (img, cls) in enumerate(zip(to_uint8_hwc(images), classes, strict=True)):
             rel = Path(str(cls)) / f"{i:06d}.png"
             (tmp / rel.parent).mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(tmp / rel)
@@ -81,13 +74,6 @@ def write_image_dataset(outdir: str | Path, images: torch.Tensor, classes: Seque
         if manifest is not None:
             df = pd.concat([df, manifest.reset_index(drop=True)], axis=1)
         df.to_csv(tmp / "manifest.csv", index=False)
-        outdir.parent.mkdir(parents=True, exist_ok=True)
-        if outdir.exists():
-            shutil.rmtree(outdir)
-        tmp.rename(outdir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return outdir
 
 
@@ -186,7 +172,7 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
         members = np.flatnonzero(identities == ident)
         z = (latents[members, None, :] + offsets[None]).reshape(-1, latents.shape[1])
         images = decode_batched(decode, z, batch_size, size)
-        arr = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        arr = to_uint8_hwc(images)
         (outdir / str(ident)).mkdir(exist_ok=True)
         rows = []
         for j, sol in enumerate(np.repeat(members, len(offsets))):

@@ -164,6 +164,13 @@ class PromptScorer:
         return Scores(objective=out[:, 0], measures=out[:, 1:], jacobian=jac,
                       loss=loss.cpu().numpy())
 
+    def measures_of(self, latents, batch_size: int = 256) -> np.ndarray:
+        """Measures (N, m) of any number of latents, in batches, without touching the memory."""
+        latents = np.asarray(latents)
+        return np.concatenate([self.evaluate(latents[i:i + batch_size],
+                                             update_memory=False).measures
+                               for i in range(0, len(latents), batch_size)])
+
     def _jacobian(self, out: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """(B, 1+m, d) from one forward graph: samples are independent, so
         d sum_b out[b, k] / d z[b] is row b of output k's jacobian.

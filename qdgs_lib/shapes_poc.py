@@ -74,8 +74,7 @@ def qdgs_set(scorer: PromptScorer, archive_df: pd.DataFrame, p: dict[str, Any]) 
 def random_set(scorer: PromptScorer, n: int, p: dict[str, Any], seed: int = 0) -> dict:
     """``n`` labeled samples from the VAE's own prior (the size-matched baseline)."""
     z = scorer.generator.sample_prior(4 * n + 64, seed=seed).cpu().numpy()
-    m = np.concatenate([scorer.evaluate(z[i:i + 256], update_memory=False).measures
-                        for i in range(0, len(z), 256)])
+    m = scorer.measures_of(z)
     return synthetic_set(scorer, z, m, p, limit=n)
 
 

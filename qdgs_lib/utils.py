@@ -8,6 +8,7 @@ import os
 import pickle
 import platform
 import random
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
@@ -43,6 +44,36 @@ def atomic_path(path: str | os.PathLike):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike):
+    """Yield an empty temporary folder next to ``path``; on success it replaces ``path``
+    (a half-written folder never exists under the final name)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8, rounded (for saving as image files)."""
+    return (images.detach().cpu().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Antialiased bilinear resize of (B, C, H, W) to ``size`` x ``size`` (no-op if it is)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear",
+                                           antialias=True, align_corners=False)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from ..evaluate import contiguous_folds
-from ..utils import RestrictedUnpickler, atomic_write_bytes
+from ..utils import RestrictedUnpickler, atomic_write_bytes, to_uint8_hwc
 
 BIN_ALLOWED = {
     "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
@@ -88,7 +88,7 @@ def read_bin(path: str | Path, image_size: int | None = 112) -> PairSet:
 def write_bin(path: str | Path, images: torch.Tensor, issame, fmt: str = "JPEG") -> None:
     """Write pairs in the ``.bin`` format (images (2N,3,H,W) in [0,1]); atomically."""
     bins = []
-    arr = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    arr = to_uint8_hwc(images)
     for img in arr:
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))

@@ -11,8 +11,6 @@ so :func:`qdgs_lib.data.benchmarks.read_rfw` and the same evaluator serve both.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import torch
 from PIL import Image
 
 from ..generators.toy_faces import AGE, SKIN, attributes, render, same_identity
+from ..utils import atomic_dir, to_uint8_hwc
 
 GROUPS = ("dark-young", "dark-old", "light-young", "light-old")
 NOISE_STD = 0.06
@@ -72,9 +71,7 @@ def write_benchmark(root: str | Path, pairs_per_group: int = 600, size: int = 64
     if pairs_per_group % 20:
         raise ValueError("pairs_per_group must be a multiple of 20")
     g = torch.Generator().manual_seed(seed)
-    tmp = Path(tempfile.mkdtemp(prefix=".toybench.", dir=root.parent if root.parent.exists()
-                                else None))
-    try:
+    with atomic_dir(root) as tmp:
         half = pairs_per_group // 2
         block = half // 10
         for group in GROUPS:
@@ -82,7 +79,7 @@ def write_benchmark(root: str | Path, pairs_per_group: int = 600, size: int = 64
             z = group_latents(n_ids, group, g)
             views = same_identity(z, 2, g)
             imgs = photo(views, g, size)
-            arr = (imgs * 255).round().byte().permute(0, 2, 3, 1).numpy()
+            arr = to_uint8_hwc(imgs)
             for i in range(n_ids):
                 d = tmp / "test" / "data" / group / f"id{i:05d}"
                 d.mkdir(parents=True)
@@ -97,11 +94,4 @@ def write_benchmark(root: str | Path, pairs_per_group: int = 600, size: int = 64
             t = tmp / "test" / "txts" / group
             t.mkdir(parents=True)
             (t / f"{group}_pairs.txt").write_text("\n".join(lines) + "\n")
-        root.parent.mkdir(parents=True, exist_ok=True)
-        if root.exists():
-            shutil.rmtree(root)
-        tmp.rename(root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return root
