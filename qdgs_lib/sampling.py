@@ -152,16 +152,13 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
             return outdir
     elif outdir.exists() and any(outdir.iterdir()):
         raise ValueError(f"{outdir} is not empty and was not written by this writer")
-    outdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(stamp, json.dumps({"inputs_sha256": digest, "solutions": len(latents),
-                                         "offsets": len(offsets)}))
     keep = np.flatnonzero(identities >= 0)
     if len(keep) == 0:
         raise ValueError("no solution has an identity: the archive or the bins are empty")
-    if (outdir / "offsets.npy").exists():
-        if not np.allclose(np.load(outdir / "offsets.npy"), offsets):
-            raise ValueError(f"{outdir} was started with other latent offsets; use a new folder")
-    else:
+    outdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp, json.dumps({"inputs_sha256": digest, "solutions": len(latents),
+                                         "offsets": len(offsets)}))
+    if not (outdir / "offsets.npy").exists():  # same digest -> same offsets: write once
         with atomic_path(outdir / "offsets.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, offsets)  # a file object: np.save would append ".npy" to a path
     partial = outdir / "manifest.partial.csv"
