@@ -264,7 +264,7 @@ def pretrain_protocol(p: dict[str, Any], synthetic: dict[str, Path], run_dir, se
     models = run_dir / "models"
     models.mkdir(parents=True, exist_ok=True)
     data = {name: read_identity_dataset(path)[:2] for name, path in synthetic.items()}
-    rows = []
+    rows, real = [], {}
     jobs = [(seed, name) for seed in seeds for name in ("none", *synthetic)]
     for seed, name in tqdm(jobs, desc="pretrain -> train", disable=not progress):
         out = models / f"{name}_seed{seed}.safetensors"
@@ -280,7 +280,9 @@ def pretrain_protocol(p: dict[str, Any], synthetic: dict[str, Path], run_dir, se
                     with atomic_path(pre) as tmp:
                         save_file(net.state_dict(), str(tmp))
                 init = load_file(str(pre))
-            x, y = real_training_data(p, seed)
+            if seed not in real:  # rendered (or read) once per seed, shared by the 3 runs
+                real[seed] = real_training_data(p, seed)
+            x, y = real[seed]
             net = train_recognizer(x, y, p, run_dir / "train" / f"{name}_seed{seed}_real",
                                    p["real_epochs"], init=init, seed=seed, device=device,
                                    progress=progress)
