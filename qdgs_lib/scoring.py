@@ -13,7 +13,8 @@ Conventions (following the paper's released code, sign of measures flipped for r
 
 The released code ran one generator+CLIP forward and backward per output (objective, then each
 measure). Here one forward pass serves all of them and the 1 + m vector-jacobian products run
-as one batched backward (``torch.autograd.grad(..., is_grads_batched=True)``).
+over that one graph, either as one vmapped backward (``is_grads_batched``) or one after the
+other (bench/README.md has the numbers).
 """
 
 from __future__ import annotations
@@ -150,9 +151,7 @@ class PromptScorer:
                 loss, out, emb = self._outputs(z)
             jac = None
         else:
-            z.requires_grad_(True)
-            loss, out, emb = self._outputs(z)
-            jac = self._jacobian(out, z)
+            loss, out, emb, jac = self._with_jacobian(z)
             loss, out, emb = loss.detach(), out.detach(), emb.detach()
         out = out.cpu().numpy().astype(np.float64)
         jac = None if jac is None else jac.cpu().numpy().astype(np.float64)
@@ -171,45 +170,41 @@ class PromptScorer:
                                              update_memory=False).measures
                                for i in range(0, len(latents), batch_size)])
 
-    def _jacobian(self, out: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """(B, 1+m, d) from one forward graph: samples are independent, so
+    def _with_jacobian(self, z: torch.Tensor):
+        """One forward pass and the (B, 1+m, d) jacobian: samples are independent, so
         d sum_b out[b, k] / d z[b] is row b of output k's jacobian.
 
         Two ways to run the 1+m backward passes, equal up to float rounding: ``batched`` (one
-        vmapped backward) or ``loop`` (one backward per output over the retained graph). Which
-        is faster depends on the networks (bench/README.md: batched ~1.5x faster for toy faces
-        on CPU; loop 10-20% faster for StyleGAN2, whose grouped-convolution backward has no
-        vmap rule). ``auto`` takes the generator's ``preferred_jacobian_mode`` (default
-        ``batched``): a fixed rule, not a timing, so a seeded run is reproducible.
+        vmapped backward) or ``loop`` (one backward per output over the retained
+        graph). Which is faster depends on the networks and the device (bench/README.md).
+        ``auto`` takes the generator's ``preferred_jacobian_mode`` (default ``batched``): a
+        fixed rule, not a timing, so a seeded run is reproducible.
         """
         mode = self.jacobian_mode
         if mode == "auto":
             mode = getattr(self.generator, "preferred_jacobian_mode", "batched")
         if mode == "batched":
             try:
-                return self._batched_jacobian(out, z)
+                return self._batched_jacobian(z)
             except RuntimeError:
                 if self.jacobian_mode == "batched":
                     raise
                 self.jacobian_mode = "loop"  # an op without a vmap rule: loop from now on
-        return self._loop_jacobian(out, z)
-
-    @staticmethod
-    def _batched_jacobian(out: torch.Tensor, z: torch.Tensor,
-                          retain_graph: bool = False) -> torch.Tensor:
-        k = out.shape[1]
-        eye = torch.eye(k, device=out.device, dtype=out.dtype)
-        grad_out = eye[:, None, :].expand(k, out.shape[0], k)
-        (jac,) = torch.autograd.grad(out, z, grad_outputs=grad_out, is_grads_batched=True,
-                                     retain_graph=retain_graph)
-        return jac.transpose(0, 1)
-
-    @staticmethod
-    def _loop_jacobian(out: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        z = z.detach().requires_grad_(True)
+        loss, out, emb = self._outputs(z)
         k = out.shape[1]
         grads = [torch.autograd.grad(out[:, i].sum(), z, retain_graph=i < k - 1)[0]
                  for i in range(k)]
-        return torch.stack(grads, dim=1)
+        return loss, out, emb, torch.stack(grads, dim=1)
+
+    def _batched_jacobian(self, z: torch.Tensor):
+        z = z.detach().requires_grad_(True)
+        loss, out, emb = self._outputs(z)
+        b, k = out.shape
+        eye = torch.eye(k, device=out.device, dtype=out.dtype)
+        (jac,) = torch.autograd.grad(out, z, grad_outputs=eye[:, None, :].expand(k, b, k),
+                                     is_grads_batched=True)
+        return loss, out, emb, jac.transpose(0, 1)
 
     def evaluate_per_output(self, latents) -> Scores:
         """The released code's scheme: a separate forward+backward for every output.

@@ -100,7 +100,8 @@ class MappingNetwork(nn.Module):
 
 
 def modulated_conv2d(x, weight, styles, demodulate=True, up=1, padding=0, f=None):
-    """Per-sample modulated (and demodulated) conv as one grouped convolution."""
+    """Per-sample modulated (and demodulated) conv as one grouped convolution (NVIDIA's
+    "fused" form: the fastest single forward pass)."""
     b = x.shape[0]
     cout, cin, kh, kw = weight.shape
     w = weight.unsqueeze(0) * styles.view(b, 1, cin, 1, 1)
@@ -114,6 +115,81 @@ def modulated_conv2d(x, weight, styles, demodulate=True, up=1, padding=0, f=None
         x = F.conv_transpose2d(x, w, stride=2, groups=b)
         x = _fir(x, f, (1, 1), 4.0)
     return x.reshape(b, cout, *x.shape[2:])
+
+
+def _shared_conv(x, weight, up, padding, f):
+    """The split form's convolution with the shared (frozen) weight."""
+    if up == 1:
+        return F.conv2d(x, weight, padding=padding)
+    return _fir(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2), f, (1, 1), 4.0)
+
+
+def _shared_conv_adjoint(g, weight, up, padding, f):
+    """Gradient of :func:`_shared_conv` w.r.t. its input (both steps are linear)."""
+    if up == 1:
+        return F.conv_transpose2d(g, weight, padding=padding)
+    # adjoint of "pad 1, correlate with flip(f)": full correlation with f (pad 3), crop 1
+    g = _fir(g, f.flip([0, 1]), (2, 2), 4.0)
+    return F.conv2d(g, weight.transpose(0, 1), stride=2)
+
+
+class _SplitModulatedLayer(torch.autograd.Function):
+    """``clamp(act(conv(x * s, W) * d + noise + bias) * gain)`` with a hand-written backward.
+
+    NVIDIA's non-fused modulated convolution (same math as :func:`modulated_conv2d`), written
+    for jacobians: the scorer runs 1 + m backward passes over one forward pass, so the forward
+    stores the elementwise derivative once (``slope * d`` and ``slope * y``) and every backward
+    pass is one convolution and a handful of passes over the activations, with no gradient for
+    the frozen weight. Every op has a vmap rule, so the 1 + m passes can also run as one
+    batched backward (``is_grads_batched``).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, styles, weight, noise, bias, up, padding, f, demodulate, slope, gain, clamp):
+        y = _shared_conv(x * styles[:, :, None, None], weight, up, padding, f)
+        shift = bias.view(1, -1, 1, 1) if noise is None else noise + bias.view(1, -1, 1, 1)
+        w2 = weight.square().sum(dim=[2, 3])  # (Cout, Cin)
+        if demodulate:  # sum_i (w_oi s_i)^2 = s^2 @ w2^T
+            d = (styles.square() @ w2.t() + 1e-8).rsqrt()
+            pre = torch.addcmul(shift, y, d[:, :, None, None])
+        else:
+            d = y.new_ones(1, 1)
+            pre = y + shift
+        grad_pre = torch.full_like(pre, gain).masked_fill_(pre <= 0, gain * slope)  # dout/dpre
+        out = pre * grad_pre
+        if clamp is not None:
+            grad_pre = grad_pre.masked_fill_(out.abs() > clamp, 0)
+            out = out.clamp_(-clamp, clamp)
+        grad_d = grad_pre * y if demodulate else y.new_zeros(1)
+        return out, grad_pre.mul_(d[:, :, None, None]), grad_d, d.pow(3), w2
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, styles, weight, _, _, up, padding, f, demodulate, _, _, _ = inputs
+        _, grad_y, grad_d, d3, w2 = output
+        ctx.mark_non_differentiable(grad_y, grad_d, d3, w2)
+        ctx.save_for_backward(x, styles, weight, f, grad_y, grad_d, d3, w2)
+        ctx.up, ctx.padding, ctx.demodulate = up, padding, demodulate
+
+    @staticmethod
+    def backward(ctx, g, *_):
+        x, styles, weight, f, grad_y, grad_d, d3, w2 = ctx.saved_tensors
+        g_xs = _shared_conv_adjoint(g * grad_y, weight, ctx.up, ctx.padding, f)
+        g_styles = (g_xs * x).sum(dim=(2, 3))
+        if ctx.demodulate:  # d = (s^2 @ w2^T + eps)^-1/2: dd_o/ds_i = -d_o^3 w2_oi s_i
+            g_d = (g * grad_d).sum(dim=(2, 3))
+            g_styles = g_styles - ((g_d * d3) @ w2) * styles
+        g_x = g_xs * styles[:, :, None, None] if ctx.needs_input_grad[0] else None
+        return g_x, g_styles, *[None] * 10
+
+
+def split_modulated_layer(x, weight, styles, noise, bias, up=1, padding=0, f=None,
+                          demodulate=True, slope=0.2, gain=SQRT2, clamp=None):
+    """Modulated conv + noise + bias + (leaky) activation + clamp, split form (see above)."""
+    return _SplitModulatedLayer.apply(x, styles, weight, noise, bias, up, padding, f,
+                                      demodulate, slope, gain, clamp)[0]
 
 
 class SynthesisLayer(nn.Module):
@@ -130,15 +206,22 @@ class SynthesisLayer(nn.Module):
         self.register_buffer("resample_filter", _filter())
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
 
-    def forward(self, x, w, noise_mode: str = "const"):
+    def forward(self, x, w, noise_mode: str = "const", fused_modconv: bool = True):
         styles = self.affine(w)
+        noise = None
+        if noise_mode == "const":
+            noise = self.noise_const * self.noise_strength
+        elif noise_mode == "random":
+            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution,
+                                device=x.device, dtype=x.dtype) * self.noise_strength
+        if not fused_modconv:
+            return split_modulated_layer(x, self.weight, styles, noise, self.bias, self.up,
+                                         self.padding, self.resample_filter, True, 0.2, SQRT2,
+                                         self.conv_clamp)
         x = modulated_conv2d(x, self.weight, styles, True, self.up, self.padding,
                              self.resample_filter)
-        if noise_mode == "const":
-            x = x + self.noise_const * self.noise_strength
-        elif noise_mode == "random":
-            x = x + torch.randn(x.shape[0], 1, self.resolution, self.resolution,
-                                device=x.device, dtype=x.dtype) * self.noise_strength
+        if noise is not None:
+            x = x + noise
         return bias_act(x, self.bias, "lrelu", SQRT2, self.conv_clamp)
 
 
@@ -152,8 +235,11 @@ class ToRGBLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.weight_gain = 1 / math.sqrt(in_channels)
 
-    def forward(self, x, w):
+    def forward(self, x, w, fused_modconv: bool = True):
         styles = self.affine(w) * self.weight_gain
+        if not fused_modconv:
+            return split_modulated_layer(x, self.weight, styles, None, self.bias, demodulate=False,
+                                         slope=1.0, gain=1.0, clamp=self.conv_clamp)
         x = modulated_conv2d(x, self.weight, styles, demodulate=False)
         return bias_act(x, self.bias, "linear", 1.0, self.conv_clamp)
 
@@ -175,16 +261,16 @@ class SynthesisBlock(nn.Module):
                                     conv_clamp=conv_clamp)
         self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp)
 
-    def forward(self, x, img, ws, noise_mode="const"):
+    def forward(self, x, img, ws, noise_mode="const", fused_modconv: bool = True):
         if self.in_channels == 0:
             x = self.const.unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
-            x = self.conv1(x, ws[:, 0], noise_mode)
+            x = self.conv1(x, ws[:, 0], noise_mode, fused_modconv)
         else:
-            x = self.conv0(x, ws[:, 0], noise_mode)
-            x = self.conv1(x, ws[:, 1], noise_mode)
+            x = self.conv0(x, ws[:, 0], noise_mode, fused_modconv)
+            x = self.conv1(x, ws[:, 1], noise_mode, fused_modconv)
         if img is not None:
             img = upsample2d(img, self.resample_filter)
-        y = self.torgb(x, ws[:, self.num_conv])
+        y = self.torgb(x, ws[:, self.num_conv], fused_modconv)
         return x, y if img is None else img + y
 
 
@@ -207,12 +293,16 @@ class SynthesisNetwork(nn.Module):
             setattr(self, f"b{r}", block)
         self.num_ws += 1  # the last block's to-RGB
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+    def forward(self, ws: torch.Tensor, noise_mode: str = "const",
+                fused_modconv: bool | None = None) -> torch.Tensor:
+        """``fused_modconv=None``: fused unless a gradient will flow back to ``ws``."""
+        if fused_modconv is None:
+            fused_modconv = not (torch.is_grad_enabled() and ws.requires_grad)
         x = img = None
         i = 0
         for r in self.block_resolutions:
             block = getattr(self, f"b{r}")
-            x, img = block(x, img, ws[:, i:i + block.num_conv + 1], noise_mode)
+            x, img = block(x, img, ws[:, i:i + block.num_conv + 1], noise_mode, fused_modconv)
             i += block.num_conv
         return img
 
@@ -233,8 +323,9 @@ class StyleGAN2(nn.Module):
         self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers,
                                       mapping_lr_multiplier)
 
-    def forward(self, z, truncation_psi: float = 1.0, noise_mode: str = "const"):
-        return self.synthesis(self.mapping(z, truncation_psi), noise_mode)
+    def forward(self, z, truncation_psi: float = 1.0, noise_mode: str = "const",
+                fused_modconv: bool | None = None):
+        return self.synthesis(self.mapping(z, truncation_psi), noise_mode, fused_modconv)
 
 
 # --- the search space -------------------------------------------------------------------------
@@ -245,8 +336,9 @@ class StyleGAN2Generator(Generator):
     ``num_std_samples`` seeded z's; ``latent_norm`` is the mean norm of prior q's.
     """
 
-    # vmap has no batching rule for the grouped (modulated) convolution's backward: k plain
-    # backward passes are faster than one vmapped one (bench/README.md)
+    # k plain backward passes over one graph beat one vmapped backward on CPU (bench/README.md:
+    # a compute-bound CPU gains nothing from batching the big convolutions, and the vmapped
+    # ViT attention backward runs slice by slice)
     preferred_jacobian_mode = "loop"
 
     def __init__(self, net: StyleGAN2, num_std_samples: int = 10_000, seed: int = 0,
@@ -256,6 +348,9 @@ class StyleGAN2Generator(Generator):
         self.latent_dim = net.w_dim
         self.image_size = net.img_resolution
         self.noise_mode = noise_mode
+        # "auto": grouped (fused) modulated convs for values, split ones when jacobians are
+        # taken; "fused" is what NVIDIA's networks run in eval mode (the released scheme)
+        self.modconv = "auto"
         with torch.no_grad():
             g = torch.Generator().manual_seed(seed)
             z = torch.randn(num_std_samples, net.z_dim, generator=g)
@@ -272,7 +367,8 @@ class StyleGAN2Generator(Generator):
     def decode(self, q: torch.Tensor) -> torch.Tensor:
         q = self.check_latents(q).to(self.w_std.device)
         ws = self.w_from_q(q).unsqueeze(1).repeat(1, self.net.num_ws, 1)
-        img = self.net.synthesis(ws, self.noise_mode)
+        fused = {"auto": None, "fused": True, "split": False}[self.modconv]
+        img = self.net.synthesis(ws, self.noise_mode, fused)
         return ((img + 1) / 2).clamp(0, 1)
 
     def sample_prior(self, n: int, seed: int | None = None) -> torch.Tensor:
