@@ -87,8 +87,9 @@ def setups(device: str, quick: bool):
 
 
 def bench_scoring(device: str, quick: bool) -> pd.DataFrame:
-    """Solutions/s with jacobians: fused (one forward, 1+m backward passes; ``batched`` and
-    ``loop``) vs per-output (a forward and a backward per output, as the released code did).
+    """Solutions/s with jacobians: fused (one forward, 1+m backward passes; ``batched``,
+    ``func`` and ``loop``) vs per-output (a forward and a backward per output, as the released
+    code did).
 
     For StyleGAN2 the released scheme also ran NVIDIA's generator as it runs in eval mode
     (grouped "fused" modulated convolutions, whose backward computes per-sample weight
@@ -112,7 +113,7 @@ def bench_scoring(device: str, quick: bool) -> pd.DataFrame:
         for b in batch_sizes:
             z = gen.sample_prior(b, seed=0).cpu().numpy()
             t = {}
-            for mode in ("batched", "loop"):
+            for mode in ("batched", "func", "loop"):
                 scorer.jacobian_mode = mode
                 t[mode] = _time(lambda z=z, s=scorer: s.evaluate(z, jacobian=True,
                                                                  update_memory=False), repeats)
@@ -126,13 +127,15 @@ def bench_scoring(device: str, quick: bool) -> pd.DataFrame:
             best = min(t.values())
             rows.append({"setup": name, "measures": scorer.num_measures, "batch": b,
                          "fused_batched_sol_per_s": b / t["batched"],
+                         "fused_func_sol_per_s": b / t["func"],
                          "fused_loop_sol_per_s": b / t["loop"],
                          "fused_sol_per_s": b / best, "per_output_sol_per_s": b / per,
                          "per_output_released_sol_per_s": b / per_released,
                          "speedup": per / best, "speedup_vs_released": per_released / best,
                          "repeats": repeats, **machine()})
             print(f"{name:32s} B={b:3d}  fused {b / best:7.3f} sol/s (batched "
-                  f"{b / t['batched']:.3f}, loop {b / t['loop']:.3f})  per-output "
+                  f"{b / t['batched']:.3f}, func {b / t['func']:.3f}, loop {b / t['loop']:.3f})"
+                  f"  per-output "
                   f"{b / per:7.3f} (released {b / per_released:.3f})  x{per / best:.2f} "
                   f"(vs released x{per_released / best:.2f})", flush=True)
     return pd.DataFrame(rows)

@@ -89,8 +89,7 @@ class PromptScorer:
                          for p, n in pairs]
         self.memory = torch.empty(0, self._targets[0][0].shape[1], device=clip.device)
         self._rng = np.random.default_rng(seed)
-        # "batched" (one vmapped backward) | "loop" (k backward passes over one forward graph) |
-        # "auto" (the generator's preferred mode; see _jacobian)
+        # "batched" | "func" | "loop" | "auto" (the generator's preferred mode): see _with_jacobian
         self.jacobian_mode = "auto"
 
     @property
@@ -174,20 +173,29 @@ class PromptScorer:
         """One forward pass and the (B, 1+m, d) jacobian: samples are independent, so
         d sum_b out[b, k] / d z[b] is row b of output k's jacobian.
 
-        Two ways to run the 1+m backward passes, equal up to float rounding: ``batched`` (one
-        vmapped backward) or ``loop`` (one backward per output over the retained
-        graph). Which is faster depends on the networks and the device (bench/README.md).
-        ``auto`` takes the generator's ``preferred_jacobian_mode`` (default ``batched``): a
-        fixed rule, not a timing, so a seeded run is reproducible.
+        Three ways to run the 1+m backward passes, equal up to float rounding:
+
+        * ``batched``: one vmapped backward (``torch.autograd.grad(is_grads_batched=True)``);
+          ops without a batching rule there (convolutions) run slice by slice;
+        * ``func``: one vmapped backward with ``torch.func`` (``vjp`` + ``vmap``), whose
+          batching rules fold the 1+m passes of a convolution into one batched convolution;
+          meant for devices where a small batch is latency-bound (GPUs);
+        * ``loop``: one backward per output over the retained graph.
+
+        Which is fastest depends on the networks and the device (bench/README.md). ``auto``
+        takes the generator's ``preferred_jacobian_mode`` (default ``batched``): a fixed rule,
+        not a timing, so a seeded run is reproducible.
         """
         mode = self.jacobian_mode
         if mode == "auto":
             mode = getattr(self.generator, "preferred_jacobian_mode", "batched")
-        if mode == "batched":
+        if mode not in ("batched", "func", "loop"):
+            raise ValueError(f"jacobian_mode must be auto, batched, func or loop, got {mode!r}")
+        if mode != "loop":
             try:
-                return self._batched_jacobian(z)
+                return self._batched_jacobian(z) if mode == "batched" else self._func_jacobian(z)
             except RuntimeError:
-                if self.jacobian_mode == "batched":
+                if self.jacobian_mode != "auto":
                     raise
                 self.jacobian_mode = "loop"  # an op without a vmap rule: loop from now on
         z = z.detach().requires_grad_(True)
@@ -197,13 +205,26 @@ class PromptScorer:
                  for i in range(k)]
         return loss, out, emb, torch.stack(grads, dim=1)
 
+    @staticmethod
+    def _cotangents(out: torch.Tensor) -> torch.Tensor:
+        """(k, B, k): cotangent i selects output i of every sample."""
+        b, k = out.shape
+        return torch.eye(k, device=out.device, dtype=out.dtype)[:, None, :].expand(k, b, k)
+
     def _batched_jacobian(self, z: torch.Tensor):
         z = z.detach().requires_grad_(True)
         loss, out, emb = self._outputs(z)
-        b, k = out.shape
-        eye = torch.eye(k, device=out.device, dtype=out.dtype)
-        (jac,) = torch.autograd.grad(out, z, grad_outputs=eye[:, None, :].expand(k, b, k),
+        (jac,) = torch.autograd.grad(out, z, grad_outputs=self._cotangents(out),
                                      is_grads_batched=True)
+        return loss, out, emb, jac.transpose(0, 1)
+
+    def _func_jacobian(self, z: torch.Tensor):
+        def outputs(z):
+            loss, out, emb = self._outputs(z)
+            return out, (loss, emb)
+
+        out, vjp, (loss, emb) = torch.func.vjp(outputs, z.detach(), has_aux=True)
+        (jac,) = torch.func.vmap(vjp)(self._cotangents(out))
         return loss, out, emb, jac.transpose(0, 1)
 
     def evaluate_per_output(self, latents) -> Scores:

@@ -28,10 +28,13 @@ def test_fused_jacobian_equals_per_output_and_finite_differences():
     np.testing.assert_allclose(fused.objective, ref.objective, rtol=1e-5)
     np.testing.assert_allclose(fused.measures, ref.measures, atol=1e-6)
     np.testing.assert_allclose(fused.jacobian, ref.jacobian, rtol=1e-4, atol=1e-4)
-    for mode in ("batched", "loop"):
+    for mode in ("batched", "func", "loop"):
         sc.jacobian_mode = mode
         other = sc.evaluate(z, jacobian=True, update_memory=False)
         np.testing.assert_allclose(other.jacobian, ref.jacobian, rtol=1e-4, atol=1e-4)
+    sc.jacobian_mode = "fast"
+    with pytest.raises(ValueError, match="jacobian_mode"):
+        sc.evaluate(z, jacobian=True)
     # auto: the generator's preferred mode
     sc.jacobian_mode = "auto"
     sc.generator.preferred_jacobian_mode = "loop"

@@ -182,7 +182,7 @@ def test_scorer_jacobian_modes_agree_on_stylegan2():
     gen.modconv = "fused"
     ref = sc.evaluate_per_output(z)  # the released scheme
     gen.modconv = "auto"
-    for mode in ("batched", "loop"):
+    for mode in ("batched", "func", "loop"):
         sc.jacobian_mode = mode
         s = sc.evaluate(z, jacobian=True, update_memory=False)
         np.testing.assert_allclose(s.measures, ref.measures, atol=1e-5)
