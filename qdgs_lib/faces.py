@@ -344,3 +344,36 @@ def available_benchmarks(p: dict[str, Any], root=None, include_toy: bool = True)
     else:
         missing.append(str(root / "rfw"))
     return {"sets": out, "missing": missing}
+
+
+def paper_layout_table(results: pd.DataFrame, reference: pd.DataFrame | None = None,
+                       order=("none", "random", "qdgs")) -> pd.DataFrame:
+    """Mean accuracy over seeds, one row per pretraining, on the real benchmarks in the paper's
+    layout: LFW, CFP-FP, CPLFW, CALFW, AgeDB-30, their average, then RFW per race.
+
+    ``reference`` (``data.benchmarks.read_reference_numbers``) adds published rows under a
+    ``source`` index level ("ours" / "reference"), on the same columns. Empty when ``results``
+    has no real benchmark.
+    """
+    from .data.benchmarks import RFW_RACES
+
+    mean = results.groupby(["benchmark", "pretraining"]).mean(numeric_only=True)
+    cols = {b: mean.loc[b, "all"] for b in REAL_BINS if b in mean.index.levels[0]}
+    if "rfw" in mean.index.levels[0]:
+        cols |= {f"rfw_{r.lower()}": mean.loc["rfw", r] for r in RFW_RACES}
+    table = pd.DataFrame(cols)
+    if table.empty:
+        return table
+    table = table.loc[[k for k in order if k in table.index]]
+
+    def with_average(t: pd.DataFrame) -> pd.DataFrame:
+        standard = [b for b in REAL_BINS if b in t.columns]
+        if standard:
+            t.insert(len(standard), "average", t[standard].mean(axis=1, skipna=False))
+        return t
+
+    table = with_average(table)
+    if reference is None:
+        return table
+    ref = with_average(reference.reindex(columns=list(cols)))
+    return pd.concat({"ours": table, "reference": ref[table.columns]}, names=["source"])

@@ -1,10 +1,11 @@
 import pickle
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from qdgs_lib.data.benchmarks import read_bin, read_rfw, write_bin
+from qdgs_lib.data.benchmarks import read_bin, read_reference_numbers, read_rfw, write_bin
 from qdgs_lib.evaluate import (
     contiguous_folds,
     embed,
@@ -149,3 +150,50 @@ def test_rfw_layout(tmp_path):
     (tmp_path / "test/txts/Asian/Asian_pairs.txt").write_text("m.01 1 9\n")
     with pytest.raises(FileNotFoundError, match="m.01_0009"):
         read_rfw(tmp_path, races=["Asian"])
+
+
+def test_reference_numbers_csv(tmp_path):
+    f = tmp_path / "paper_numbers.csv"
+    f.write_text("pretraining,benchmark,accuracy\nqdgs,lfw,99.5\nrandom,lfw,99.25\n"
+                 "qdgs,rfw_african,90\n")
+    t = read_reference_numbers(f)
+    assert t.loc["random", "lfw"] == 0.9925 and t.loc["qdgs", "rfw_african"] == 0.9
+    assert np.isnan(t.loc["random", "rfw_african"])
+    for text, match in [("pretraining,benchmark\nqdgs,lfw\n", "missing column"),
+                        ("pretraining,benchmark,accuracy\nqdgs,lfw2,99\n", "unknown benchmark"),
+                        ("pretraining,benchmark,accuracy\nqdgs,lfw,0.99x\n", "percentage"),
+                        ("pretraining,benchmark,accuracy\nqdgs,lfw,199\n", "percentage"),
+                        ("pretraining,benchmark,accuracy\nqdgs,lfw,99\nqdgs,lfw,98\n", "twice")]:
+        f.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            read_reference_numbers(f)
+
+
+def test_paper_layout_table_with_reference(tmp_path):
+    from qdgs_lib.faces import paper_layout_table
+
+    rows = []
+    for pre, base in [("qdgs", 0.9), ("random", 0.8)]:
+        for seed in (0, 1):
+            rows.append({"pretraining": pre, "seed": seed, "benchmark": "lfw",
+                         "all": base + seed / 100})
+            rows.append({"pretraining": pre, "seed": seed, "benchmark": "cplfw", "all": base - 0.1})
+            rows.append({"pretraining": pre, "seed": seed, "benchmark": "rfw", "all": base,
+                         "African": base - 0.2, "Asian": base, "Caucasian": base + 0.05,
+                         "Indian": base})
+            rows.append({"pretraining": pre, "seed": seed, "benchmark": "toy", "all": 0.5})
+    results = pd.DataFrame(rows)
+    t = paper_layout_table(results)
+    assert list(t.index) == ["random", "qdgs"]
+    assert list(t.columns) == ["lfw", "cplfw", "average", "rfw_african", "rfw_asian",
+                               "rfw_caucasian", "rfw_indian"]
+    assert t.loc["qdgs", "lfw"] == pytest.approx(0.905)
+    assert t.loc["qdgs", "average"] == pytest.approx((0.905 + 0.8) / 2)
+    assert t.loc["random", "rfw_african"] == pytest.approx(0.6)
+    f = tmp_path / "ref.csv"
+    f.write_text("pretraining,benchmark,accuracy\nqdgs,lfw,99\nqdgs,cplfw,90\n")
+    both = paper_layout_table(results, read_reference_numbers(f))
+    assert both.loc[("reference", "qdgs"), "average"] == pytest.approx(0.945)
+    assert np.isnan(both.loc[("reference", "qdgs"), "rfw_african"])
+    assert both.loc[("ours", "qdgs"), "lfw"] == pytest.approx(0.905)
+    assert paper_layout_table(results[results.benchmark == "toy"]).empty

@@ -130,3 +130,36 @@ def read_rfw(root: str | Path, races=RFW_RACES, image_size: int = 112,
             folds.append(int(race_folds[i]))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
     return PairSet("RFW", x, np.array(issame), np.array(groups), list(races), np.array(folds))
+
+
+REFERENCE_BENCHMARKS = ("lfw", "cfp_fp", "cplfw", "calfw", "agedb_30", *(f"rfw_{r.lower()}"
+                                                                         for r in RFW_RACES))
+
+
+def read_reference_numbers(path: str | Path):
+    """Published accuracies to show next to ours (notebook 04), from a CSV you write:
+    columns ``pretraining,benchmark,accuracy``; accuracy in percent (e.g. 99.1), benchmark one of
+    :data:`REFERENCE_BENCHMARKS`. Returns a (pretraining x benchmark) table of fractions.
+
+    The project bundles no such numbers: they could not be checked against the paper offline,
+    and a number typed from memory is worse than none.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    df = pd.read_csv(path)
+    missing = {"pretraining", "benchmark", "accuracy"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected "
+                         "pretraining,benchmark,accuracy (accuracy in percent)")
+    unknown = sorted(set(df.benchmark) - set(REFERENCE_BENCHMARKS))
+    if unknown:
+        raise ValueError(f"{path}: unknown benchmark(s) {unknown}; use {REFERENCE_BENCHMARKS}")
+    acc = pd.to_numeric(df.accuracy, errors="coerce")
+    if acc.isna().any() or not acc.between(0, 100).all():
+        bad = df.loc[acc.isna() | ~acc.between(0, 100), "accuracy"].tolist()
+        raise ValueError(f"{path}: accuracy must be a percentage in [0, 100], got {bad}")
+    if df.duplicated(["pretraining", "benchmark"]).any():
+        raise ValueError(f"{path}: a (pretraining, benchmark) pair appears twice")
+    return (df.assign(accuracy=acc / 100)
+            .pivot(index="pretraining", columns="benchmark", values="accuracy"))
