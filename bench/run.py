@@ -10,6 +10,7 @@ for timing: throughput depends on the architecture, not on the values.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shutil
 import sys
@@ -33,12 +34,20 @@ from qdgs_lib.search import QDSearch, SearchConfig  # noqa: E402
 from qdgs_lib.utils import atomic_path, versions  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+# glibc returns every freed block above 128 KiB to the OS at once, so each big temporary tensor
+# page-faults afresh: a third of a grouped-convolution StyleGAN2 forward pass on CPU, and its
+# time varied 3x from call to call. Keeping freed memory (as jemalloc/tcmalloc do) removes that;
+# the benchmark re-executes itself with these settings unless --default-malloc is given.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(64 << 30),
+              "MALLOC_TOP_PAD_": str(1 << 30)}
 
 
 def machine() -> dict:
     v = versions()
+    tuned = all(os.environ.get(k) == val for k, val in MALLOC_ENV.items())
     return {"device": v["device"], "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(), "torch": v["torch"]}
+            "threads": torch.get_num_threads(), "torch": v["torch"],
+            "malloc": "keeps freed memory" if tuned else "glibc default"}
 
 
 def _time(fn, repeats: int) -> float:
@@ -138,6 +147,36 @@ def bench_scoring(device: str, quick: bool) -> pd.DataFrame:
                   f"  per-output "
                   f"{b / per:7.3f} (released {b / per_released:.3f})  x{per / best:.2f} "
                   f"(vs released x{per_released / best:.2f})", flush=True)
+    return pd.DataFrame(rows)
+
+
+def bench_components(device: str, quick: bool) -> pd.DataFrame:
+    """Milliseconds per forward and per backward pass of StyleGAN2-256 (grouped vs split
+    modulated convolutions) and of ViT-B/32, batch 1: where the scoring time goes."""
+    name, make = setups(device, quick)[-1]
+    scorer = make()
+    gen, clip = scorer.generator, scorer.clip
+    q = gen.sample_prior(1, seed=0)
+    repeats = 1 if quick else 5
+    rows = []
+
+    def fwd_bwd(part, forward, x):
+        x = x.detach().requires_grad_(True)
+        y = forward(x)
+        g = torch.randn_like(y)
+        fwd = _time(lambda: forward(x), repeats)
+        bwd = _time(lambda: torch.autograd.grad(y, x, g, retain_graph=True), repeats)
+        rows.append({"part": part, "batch": 1, "forward_ms": 1e3 * fwd, "backward_ms": 1e3 * bwd,
+                     **machine()})
+        print(f"{part:40s} forward {1e3 * fwd:7.1f} ms  backward {1e3 * bwd:7.1f} ms", flush=True)
+
+    for mode in ("fused", "split"):
+        gen.modconv = mode
+        fwd_bwd(f"StyleGAN2-256 ({mode} modconv)", gen.decode, q)
+    gen.modconv = "auto"
+    with torch.no_grad():
+        img = gen.decode(q)
+    fwd_bwd("ViT-B/32 image tower", lambda x: clip.encode_image(x, check=False), img)
     return pd.DataFrame(rows)
 
 
@@ -251,12 +290,20 @@ def write(df: pd.DataFrame, name: str) -> Path:
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", choices=["scoring", "search", "training", "profile"])
+    ap.add_argument("--only", choices=["scoring", "components", "search", "training", "profile"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="keep glibc's default allocator settings (results get a suffix)")
     args = ap.parse_args()
+    if not args.default_malloc and machine()["malloc"] == "glibc default":
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
     tag = "gpu" if args.device.startswith("cuda") else "cpu"
+    if args.default_malloc:
+        tag += "_default-malloc"
     if args.only in (None, "scoring"):
         write(bench_scoring(args.device, args.quick), f"scoring_{tag}")
+    if args.only in (None, "components"):
+        write(bench_components(args.device, args.quick), f"components_{tag}")
     if args.only in (None, "search"):
         search = bench_search(args.device, args.quick)
         write(search, f"search_{tag}")

@@ -182,9 +182,10 @@ def test_scorer_jacobian_modes_agree_on_stylegan2():
     gen.modconv = "fused"
     ref = sc.evaluate_per_output(z)  # the released scheme
     gen.modconv = "auto"
-    for mode in ("batched", "func", "loop"):
+    for mode in ("batched", "func", "loop", "auto"):
         sc.jacobian_mode = mode
         s = sc.evaluate(z, jacobian=True, update_memory=False)
         np.testing.assert_allclose(s.measures, ref.measures, atol=1e-5)
         np.testing.assert_allclose(s.jacobian, ref.jacobian, rtol=1e-3, atol=1e-4)
         assert np.abs(s.jacobian).max() > 0
+    assert sc.jacobian_mode == "auto"  # func ran without falling back to loop

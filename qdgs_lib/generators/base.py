@@ -17,8 +17,8 @@ class Generator(nn.Module):
     latent_dim: int
     image_size: int
     latent_norm: float
-    # how PromptScorer runs the 1+m backward passes ("batched": one vmapped backward, or
-    # "loop"); a fixed per-generator choice keeps seeded runs reproducible
+    # how PromptScorer runs the 1+m backward passes ("batched" | "func" | "loop", see
+    # PromptScorer._with_jacobian); a fixed per-generator choice keeps seeded runs reproducible
     preferred_jacobian_mode: str = "batched"
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -336,10 +336,9 @@ class StyleGAN2Generator(Generator):
     ``num_std_samples`` seeded z's; ``latent_norm`` is the mean norm of prior q's.
     """
 
-    # k plain backward passes over one graph beat one vmapped backward on CPU (bench/README.md:
-    # a compute-bound CPU gains nothing from batching the big convolutions, and the vmapped
-    # ViT attention backward runs slice by slice)
-    preferred_jacobian_mode = "loop"
+    # torch.func's vmapped backward runs each convolution once on the 1+m stacked cotangents:
+    # the fastest mode on CPU (bench/README.md) and the one that can batch them on a GPU
+    preferred_jacobian_mode = "func"
 
     def __init__(self, net: StyleGAN2, num_std_samples: int = 10_000, seed: int = 0,
                  noise_mode: str = "const"):
