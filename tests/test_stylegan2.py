@@ -189,3 +189,12 @@ def test_scorer_jacobian_modes_agree_on_stylegan2():
         np.testing.assert_allclose(s.jacobian, ref.jacobian, rtol=1e-3, atol=1e-4)
         assert np.abs(s.jacobian).max() > 0
     assert sc.jacobian_mode == "auto"  # func ran without falling back to loop
+
+
+def test_trainable_generator_never_takes_the_frozen_weight_backward():
+    net = small_net().train()  # parameters require grad
+    ws = net.mapping(torch.randn(2, 32)).detach().requires_grad_(True)
+    net.synthesis(ws).sum().backward()  # auto: the grouped form, weight gradients flow
+    assert net.synthesis.b16.conv1.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="frozen weights"):
+        net.synthesis(ws, fused_modconv=False)

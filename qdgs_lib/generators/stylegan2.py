@@ -141,7 +141,7 @@ class _SplitModulatedLayer(torch.autograd.Function):
     stores the elementwise derivative once (``slope * d`` and ``slope * y``) and every backward
     pass is one convolution and a handful of passes over the activations, with no gradient for
     the frozen weight. Every op has a vmap rule, so the 1 + m passes can also run as one
-    batched backward (``is_grads_batched``).
+    batched backward (``is_grads_batched`` or ``torch.func.vmap``).
     """
 
     generate_vmap_rule = True
@@ -187,7 +187,11 @@ class _SplitModulatedLayer(torch.autograd.Function):
 
 def split_modulated_layer(x, weight, styles, noise, bias, up=1, padding=0, f=None,
                           demodulate=True, slope=0.2, gain=SQRT2, clamp=None):
-    """Modulated conv + noise + bias + (leaky) activation + clamp, split form (see above)."""
+    """Modulated conv + noise + bias + (leaky) activation + clamp, split form (see above).
+    For frozen networks only: its backward gives no gradient to weight, bias or noise."""
+    if any(t is not None and t.requires_grad for t in (weight, noise, bias)):
+        raise ValueError("split modulated layers are for frozen weights (their backward skips "
+                         "weight gradients): use fused_modconv=True to train the generator")
     return _SplitModulatedLayer.apply(x, styles, weight, noise, bias, up, padding, f,
                                       demodulate, slope, gain, clamp)[0]
 
@@ -295,9 +299,11 @@ class SynthesisNetwork(nn.Module):
 
     def forward(self, ws: torch.Tensor, noise_mode: str = "const",
                 fused_modconv: bool | None = None) -> torch.Tensor:
-        """``fused_modconv=None``: fused unless a gradient will flow back to ``ws``."""
+        """``fused_modconv=None``: fused unless a gradient will flow back to ``ws`` through
+        frozen weights (the split form's backward skips weight gradients)."""
         if fused_modconv is None:
-            fused_modconv = not (torch.is_grad_enabled() and ws.requires_grad)
+            fused_modconv = not (torch.is_grad_enabled() and ws.requires_grad) or any(
+                p.requires_grad for p in self.parameters())
         x = img = None
         i = 0
         for r in self.block_resolutions:
