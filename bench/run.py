@@ -300,6 +300,8 @@ def main():
     tag = "gpu" if args.device.startswith("cuda") else "cpu"
     if args.default_malloc:
         tag += "_default-malloc"
+    if args.quick:  # a smoke run never overwrites the real numbers
+        tag += "_quick"
     if args.only in (None, "scoring"):
         write(bench_scoring(args.device, args.quick), f"scoring_{tag}")
     if args.only in (None, "components"):
