@@ -34,10 +34,11 @@ from qdgs_lib.search import QDSearch, SearchConfig  # noqa: E402
 from qdgs_lib.utils import atomic_path, versions  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-# glibc returns every freed block above 128 KiB to the OS at once, so each big temporary tensor
-# page-faults afresh: a third of a grouped-convolution StyleGAN2 forward pass on CPU, and its
-# time varied 3x from call to call. Keeping freed memory (as jemalloc/tcmalloc do) removes that;
-# the benchmark re-executes itself with these settings unless --default-malloc is given.
+# glibc maps big blocks (above a threshold that starts at 128 KiB and grows to at most 32 MiB)
+# freshly and unmaps them on free, and trims the heap, so big temporary tensors page-fault afresh:
+# a grouped-convolution StyleGAN2 forward pass on CPU took 270-820 ms instead of 220 ms. Keeping
+# freed memory (as jemalloc/tcmalloc do) removes that; the benchmark re-executes itself with
+# these settings unless --default-malloc is given.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(64 << 30),
               "MALLOC_TOP_PAD_": str(1 << 30)}
 
