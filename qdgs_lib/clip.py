@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .paths import pretrained_dir, weights_dir
+from .utils import resize_square
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -110,10 +111,7 @@ class Clip(nn.Module):
         """(B,3,H,W) in [0,1] -> model input, differentiably."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-        if images.shape[-2:] != (self.image_size, self.image_size):
-            images = F.interpolate(images, size=(self.image_size, self.image_size),
-                                   mode="bilinear", align_corners=False, antialias=True)
-        return (images - self.mean) / self.std
+        return (resize_square(images, self.image_size) - self.mean) / self.std
 
     def _cutouts(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         b, _, h, w = images.shape
