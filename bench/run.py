@@ -226,6 +226,7 @@ def time_to_coverage(df: pd.DataFrame, targets=(0.1, 0.2, 0.3, 0.4)) -> pd.DataF
 
 def bench_training(device: str, quick: bool) -> pd.DataFrame:
     """IR-ResNet + AdaFace training steps per second (images/s), batch 64 (CPU: 32)."""
+    from qdgs_lib.data.identities import TensorFaces
     from qdgs_lib.models.heads import AdaFace
     from qdgs_lib.models.iresnet import build_iresnet
     from qdgs_lib.train import RecognitionTrainer
@@ -241,11 +242,11 @@ def bench_training(device: str, quick: bool) -> pd.DataFrame:
         y = torch.arange(len(x)) % 100
         tmp = Path(tempfile.mkdtemp())
         try:
-            tr = RecognitionTrainer(net, AdaFace(net.embedding_dim, 100), x, y, tmp,
+            tr = RecognitionTrainer(net, AdaFace(net.embedding_dim, 100),
+                                    TensorFaces(x[:batch], y[:batch]), tmp,
                                     batch_size=batch, device=device, progress=False)
-            tr.images = x[:batch]
             tr.train_epoch()  # warm-up (AMP, cudnn autotune)
-            tr.images = x
+            tr.data = TensorFaces(x, y)
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             t0 = time.perf_counter()

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .paths import pretrained_dir, weights_dir
-from .utils import resize_square
+from .utils import resize_square, resolve_device
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -154,7 +154,8 @@ class Clip(nn.Module):
         return super()._apply(fn, recurse)
 
 
-def create_clip(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu",
+def create_clip(name: str, weights: str | Path | None = None,
+                device: str | torch.device = "auto",
                 num_cutouts: int = 0, pretrained: bool = True) -> Clip:
     """Build a :class:`Clip` by open_clip model name.
 
@@ -178,7 +179,7 @@ def create_clip(name: str, weights: str | Path | None = None, device: str | torc
     mean = cfg.get("preprocess_cfg", {}).get("mean", OPENAI_MEAN)
     std = cfg.get("preprocess_cfg", {}).get("std", OPENAI_STD)
     clip = Clip(model, open_clip.get_tokenizer(name), image_size, mean, std, num_cutouts, name)
-    return clip.to(device)
+    return clip.to(resolve_device(device))
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -6,10 +6,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .utils import resolve_device
+
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
-            device: str | torch.device = "cpu") -> np.ndarray:
+            device: str | torch.device = "auto") -> np.ndarray:
+    device = resolve_device(device)
     model.to(device).eval()
     out = [model(images[i:i + batch_size].to(device)).argmax(1).cpu()
            for i in range(0, len(images), batch_size)]
@@ -34,10 +37,11 @@ def group_accuracy(pred: np.ndarray, labels: np.ndarray, groups: np.ndarray,
 # --- face verification ------------------------------------------------------------------------
 @torch.no_grad()
 def embed(model: nn.Module, images: torch.Tensor, batch_size: int = 128,
-          device: str | torch.device = "cpu", flip: bool = True,
+          device: str | torch.device = "auto", flip: bool = True,
           transform=None) -> np.ndarray:
     """L2-normalized embeddings; with ``flip``, of the sum of the image's and its mirror's
     features (the InsightFace protocol). ``model`` returns features or (features, norms)."""
+    device = resolve_device(device)
     model.to(device).eval()
     out = []
     for i in range(0, len(images), batch_size):

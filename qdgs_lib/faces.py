@@ -13,18 +13,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import Dataset
 
 from .clip import create_clip
+from .data.identities import TensorFaces
 from .generators.base import Generator
 from .sampling import assign_bins, cluster_identities, write_identity_dataset
 from .scoring import PromptScorer
 from .search import QDSearch, SearchConfig, measures, solutions
-from .utils import resize_square
+from .utils import resize_square, resolve_device, save_weights
 
 MEASURE_NAMES = ("skin (dark+)", "masculine+", "long hair+", "20s+")
 
 
-def build_generator(p: dict[str, Any], device: str = "cpu") -> Generator:
+def build_generator(p: dict[str, Any], device: str | torch.device = "auto") -> Generator:
+    device = resolve_device(device)
     if p["world"] == "toy":
         from .generators.toy_faces import ToyFaces
 
@@ -32,26 +35,22 @@ def build_generator(p: dict[str, Any], device: str = "cpu") -> Generator:
     if p["world"] == "ffhq":
         from .generators.stylegan2 import StyleGAN2Generator, load_stylegan2
 
-        return StyleGAN2Generator(load_stylegan2(p.get("stylegan_weights"), device))
+        return StyleGAN2Generator(load_stylegan2(p["stylegan_weights"], device))
     raise ValueError(f"unknown world {p['world']!r}")
 
 
-def build_scorer(p: dict[str, Any], device: str = "cpu") -> PromptScorer:
+def build_scorer(p: dict[str, Any], device: str | torch.device = "auto") -> PromptScorer:
+    device = resolve_device(device)
     gen = build_generator(p, device)
     clip = create_clip(p["clip"], weights=p["clip_weights"], device=device,
-                       num_cutouts=p.get("cutouts", 0))
+                       num_cutouts=p["cutouts"])
     return PromptScorer(gen, clip, p["objective"], p["measures"], weights=p["objective_weights"],
                         memory_size=100, seed=0)
 
 
 def run_search(scorer: PromptScorer, p: dict[str, Any], algorithm: str, outdir, seed: int = 0,
                progress: bool = True) -> QDSearch:
-    cfg = SearchConfig(dims=p["grid"], ranges=p["ranges"], algorithm=algorithm,
-                       iterations=p["iterations"], batch_size=p["batch_size"],
-                       num_emitters=p["num_emitters"], sigma0=p["sigma0"], lr=p["lr"],
-                       archive_learning_rate=p["archive_learning_rate"], seed=seed,
-                       checkpoint_every=max(50, p["iterations"] // 10))
-    search = QDSearch(scorer, cfg, outdir)
+    search = QDSearch(scorer, SearchConfig.from_profile(p, algorithm, seed), outdir)
     search.run(progress=progress)
     return search
 
@@ -94,7 +93,7 @@ def build_datasets(scorer: PromptScorer, qd_df: pd.DataFrame, p: dict[str, Any],
     z_qd, m_qd = solutions(qd_df), measures(qd_df)
     if len(z_qd) == 0:
         raise ValueError("the QDGS archive is empty: run the search first")
-    cap = p.get("dataset_solutions")
+    cap = p["dataset_solutions"]
     if cap and len(z_qd) > cap:  # a uniform subsample of the archive keeps its balance
         keep = np.sort(np.random.default_rng(seed).choice(len(z_qd), cap, replace=False))
         z_qd, m_qd = z_qd[keep], m_qd[keep]
@@ -107,11 +106,10 @@ def build_datasets(scorer: PromptScorer, qd_df: pd.DataFrame, p: dict[str, Any],
         bins = assign_bins(m, paper_bins(p))
         ids = cluster_identities(z, bins, p["per_identity"], seed=seed)
         extra = pd.DataFrame({"bin": bins, **{f"measure_{k}": m[:, k]
-                                              for k in range(m.shape[1])}})
-        for k in range(z.shape[1]):
-            extra[f"latent_{k}"] = z[:, k]
+                                              for k in range(m.shape[1])},
+                              **{f"latent_{k}": z[:, k] for k in range(z.shape[1])}})
         decode = gen.decode if p["world"] == "toy" else _aligned(gen, p["image_size"],
-                                                                   p.get("align", "crop"))
+                                                                   p["align"])
         out[name] = write_identity_dataset(outdir / f"dataset_{name}", decode, z, ids, offsets,
                                            extra, size=p["image_size"], progress=progress)
     return out
@@ -125,11 +123,12 @@ def _aligned(gen: Generator, size: int, method: str = "crop"):
 
 
 # --- recognition (notebooks 03, 04) ------------------------------------------------------------
-def train_recognizer(images: torch.Tensor, labels: torch.Tensor, p: dict[str, Any], outdir,
-                     epochs: int, init: dict | None = None, seed: int = 0,
-                     device: str = "cpu", progress: bool = True) -> torch.nn.Module:
-    """Train backbone + margin head (``p["backbone"]``, ``p["head"]``) on an identity set,
-    optionally starting from a pretrained backbone state; resumes from ``outdir``."""
+def train_recognizer(data: Dataset, p: dict[str, Any], outdir, epochs: int,
+                     init: dict | None = None, seed: int = 0, device: str | torch.device = "auto",
+                     progress: bool = True) -> torch.nn.Module:
+    """Train backbone + margin head (``p["backbone"]``, ``p["head"]``) on an identity set (a
+    :mod:`~qdgs_lib.data.identities` dataset), optionally starting from a pretrained backbone
+    state; resumes from ``outdir``. Returns the backbone on the CPU, in eval mode."""
     from .models.heads import build_head
     from .models.iresnet import build_iresnet
     from .train import RecognitionTrainer
@@ -139,13 +138,22 @@ def train_recognizer(images: torch.Tensor, labels: torch.Tensor, p: dict[str, An
     backbone = build_iresnet(p["backbone"])
     if init is not None:
         backbone.load_state_dict(init)
-    images = resize_square(images, backbone.input_size)
-    head = build_head(p["head"], backbone.embedding_dim, int(labels.max()) + 1)
-    trainer = RecognitionTrainer(backbone, head, images, labels, outdir, lr=p["lr"],
+    size = backbone.input_size
+    if isinstance(data, TensorFaces):
+        data = TensorFaces(resize_square(data.images, size), data.labels)
+        workers = 0  # already in memory
+    else:
+        if getattr(data, "image_size", size) != size:
+            raise ValueError(f"the training set yields {data.image_size}px images, "
+                             f"{p['backbone']} takes {size}px: open it with image_size={size}")
+        workers = p["workers"]
+    head = build_head(p["head"], backbone.embedding_dim, data.num_classes)
+    trainer = RecognitionTrainer(backbone, head, data, outdir, lr=p["lr"],
                                  milestones=p["milestones"], batch_size=p["batch"], seed=seed,
-                                 device=device, progress=progress)
+                                 device=device, progress=progress, num_workers=workers)
     trainer.run(epochs)
-    return trainer.backbone.cpu().eval()
+    net = trainer.backbone.eval().cpu()
+    return net.to(memory_format=torch.contiguous_format)
 
 
 def load_benchmark(p: dict[str, Any], root=None, size: int = 64):
@@ -163,14 +171,15 @@ def load_benchmark(p: dict[str, Any], root=None, size: int = 64):
     return bench
 
 
-def evaluate_recognizer(backbone: torch.nn.Module, bench, device: str = "cpu") -> dict:
+def evaluate_recognizer(backbone: torch.nn.Module, bench,
+                        device: str | torch.device = "auto") -> dict:
     """Per-group 10-fold verification accuracy on ``bench`` (+ mean/std/SER), and the accuracy
     over all pairs."""
     from .evaluate import embed, group_verification, verification_accuracy
     from .train import adaface_input
 
     images = resize_square(bench.images, getattr(backbone, "input_size", bench.images.shape[-1]))
-    emb = embed(backbone, images, device=device, transform=adaface_input)
+    emb = embed(backbone, images, device=resolve_device(device), transform=adaface_input)
     out = {"all": verification_accuracy(emb, bench.issame)["accuracy"]}
     if bench.groups is not None:
         out.update(group_verification(emb, bench.issame, bench.groups, bench.group_names,
@@ -210,60 +219,45 @@ def calibrate_ranges(df: pd.DataFrame, q: float = 0.01) -> tuple[tuple[float, fl
 
 
 # --- the pretraining protocol (notebook 03) ---------------------------------------------------
-def read_identity_folders(root, size: int, max_per_identity: int | None = None):
-    """A user's real training set: ``root/<identity>/*.jpg|png`` (aligned faces). Returns
-    images (N, 3, size, size) in [0, 1] and identity labels."""
-    from PIL import Image
-
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"real training set {root} not found: put aligned face crops in "
-            f"{root}/<identity>/<image>.jpg (e.g. a CASIA-WebFace or WebFace4M subset)")
-    images, labels = [], []
-    for label, ident in enumerate(sorted(d for d in root.iterdir() if d.is_dir())):
-        files = sorted(f for f in ident.iterdir() if f.suffix.lower() in (".jpg", ".jpeg",
-                                                                          ".png"))
-        for f in files[:max_per_identity]:
-            img = Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR)
-            images.append(torch.from_numpy(np.asarray(img).copy()))
-            labels.append(label)
-    if not images:
-        raise ValueError(f"{root} holds no identity folders with images")
-    return torch.stack(images).permute(0, 3, 1, 2).float() / 255, torch.tensor(labels)
-
-
-def real_training_data(p: dict[str, Any], seed: int = 0):
+def real_training_data(p: dict[str, Any], seed: int = 0) -> Dataset:
     """The "real" data of the second training stage: the toy world's biased training set
-    (``real_dataset`` None), or the user's folder of identities."""
-    if p.get("real_dataset"):
-        from .paths import REPO_ROOT
+    (``real_dataset`` None), or the user's set on disk: InsightFace ``train.rec`` +
+    ``train.idx``, or ``<identity>/<image>`` folders (streamed, read at the backbone's input
+    size). Relative paths are relative to the data folder (``data/``, or ``QDGS_DATA_DIR``)."""
+    if p["real_dataset"]:
+        from .data.identities import open_training_set
+        from .models.iresnet import build_iresnet
 
-        root = Path(p["real_dataset"])  # relative paths: to the repository, not the notebook
-        return read_identity_folders(root if root.is_absolute() else REPO_ROOT / root,
-                                     size=p.get("image_size", 112))
+        return open_training_set(real_dataset_path(p), build_iresnet(p["backbone"]).input_size)
     from .data.toy_world import real_training_set
 
     x, y, _ = real_training_set(p["real_identities"], p["real_views"], seed=1000 + seed)
-    return x, y
+    return TensorFaces(x, y)
+
+
+def real_dataset_path(p: dict[str, Any]) -> Path:
+    from .paths import data_dir
+
+    root = Path(p["real_dataset"])
+    return root if root.is_absolute() else data_dir() / root
 
 
 def pretrain_protocol(p: dict[str, Any], synthetic: dict[str, Path], run_dir, seeds=(0,),
-                      device: str = "cpu", progress: bool = True) -> pd.DataFrame:
+                      device: str | torch.device = "auto", progress: bool = True) -> pd.DataFrame:
     """For each seed and each pretraining set (``none`` plus every entry of ``synthetic``:
     name -> dataset folder): pretrain on the synthetic identities, then train on the real data.
     Saves each final backbone to ``run_dir/models/<name>_seed<k>.safetensors``; resumable
     (finished stages are skipped, interrupted ones resume from their checkpoint)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
     from .sampling import read_identity_dataset
-    from .utils import atomic_path
 
     run_dir = Path(run_dir)
     models = run_dir / "models"
     models.mkdir(parents=True, exist_ok=True)
-    data = {name: read_identity_dataset(path)[:2] for name, path in synthetic.items()}
+    data = {name: TensorFaces(*read_identity_dataset(path)[:2])
+            for name, path in synthetic.items()}
     rows, real = [], {}
     jobs = [(seed, name) for seed in seeds for name in ("none", *synthetic)]
     for seed, name in tqdm(jobs, desc="pretrain -> train", disable=not progress):
@@ -273,23 +267,27 @@ def pretrain_protocol(p: dict[str, Any], synthetic: dict[str, Path], run_dir, se
             init = None
             if name != "none":
                 if not pre.exists():
-                    x, y = data[name]
-                    net = train_recognizer(x, y, p, run_dir / "train" / f"{name}_seed{seed}_pre",
-                                           p["pretrain_epochs"], seed=seed, device=device,
-                                           progress=progress)
-                    with atomic_path(pre) as tmp:
-                        save_file(net.state_dict(), str(tmp))
+                    stage = run_dir / "train" / f"{name}_seed{seed}_pre"
+                    net = train_recognizer(data[name], p, stage, p["pretrain_epochs"],
+                                           seed=seed, device=device, progress=progress)
+                    save_weights(net, pre)
+                    _drop_checkpoint(stage)
                 init = load_file(str(pre))
-            if seed not in real:  # rendered (or read) once per seed, shared by the 3 runs
+            if seed not in real:  # rendered (or opened) once per seed, shared by the 3 runs
                 real[seed] = real_training_data(p, seed)
-            x, y = real[seed]
-            net = train_recognizer(x, y, p, run_dir / "train" / f"{name}_seed{seed}_real",
-                                   p["real_epochs"], init=init, seed=seed, device=device,
-                                   progress=progress)
-            with atomic_path(out) as tmp:
-                save_file(net.state_dict(), str(tmp))
+            stage = run_dir / "train" / f"{name}_seed{seed}_real"
+            net = train_recognizer(real[seed], p, stage, p["real_epochs"], init=init,
+                                   seed=seed, device=device, progress=progress)
+            save_weights(net, out)
+            _drop_checkpoint(stage)
         rows.append({"pretraining": name, "seed": seed, "model": str(out)})
     return pd.DataFrame(rows)
+
+
+def _drop_checkpoint(stage: Path) -> None:
+    """A finished stage's weights are saved: its optimizer checkpoint (2-3x the weights;
+    ~0.8 GB for IR-101) is no longer needed to resume."""
+    (stage / "checkpoint.pt").unlink(missing_ok=True)
 
 
 def load_backbone(p: dict[str, Any], path) -> torch.nn.Module:
@@ -332,7 +330,7 @@ def available_benchmarks(p: dict[str, Any], root=None, include_toy: bool = True)
     out, missing = {}, []
     if include_toy:
         out["toy"] = load_benchmark(p)
-    size = p.get("benchmark_size", 112)
+    size = p["benchmark_size"]
     for name in REAL_BINS:
         f = root / f"{name}.bin"
         if f.is_file():

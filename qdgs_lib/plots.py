@@ -14,9 +14,22 @@ from ribs.visualize import grid_archive_heatmap
 
 from .utils import atomic_path
 
+_WATERMARK: str | None = None
+
+
+def set_watermark(text: str | None) -> None:
+    """Stamp ``text`` across every figure :func:`savefig` writes (None: no stamp); used to
+    label figures made from random weights."""
+    global _WATERMARK
+    _WATERMARK = text
+
 
 def savefig(fig: plt.Figure, path: str | Path, pdf: bool = True) -> list[Path]:
     """Save ``fig`` as PNG (and PDF) atomically; returns the written paths."""
+    if _WATERMARK and not getattr(fig, "_qdgs_watermarked", False):
+        fig.text(0.5, 0.5, _WATERMARK, ha="center", va="center", rotation=20, fontsize=22,
+                 color="red", alpha=0.35, weight="bold")
+        fig._qdgs_watermarked = True
     path = Path(path).with_suffix("")
     out = []
     for ext in (".png", ".pdf") if pdf else (".png",):

@@ -45,6 +45,8 @@ _SHAPES_BASE: dict[str, Any] = {
     "label_margin": 0.01,  # |shape measure| below this: ambiguous, left out of the dataset
     "image_size": 64,  # classifier resolution
     "archive_learning_rate": 0.02,
+    "x0_samples": 64,  # the emitters start at the best of this many prior samples
+    "plumbing_check": False,
 }
 
 _FACES_BASE: dict[str, Any] = {
@@ -64,6 +66,7 @@ _FACES_BASE: dict[str, Any] = {
     "sigma0": 0.5,
     "lr": 0.5,
     "archive_learning_rate": 0.02,
+    "x0_samples": 64,
     "bin_edge": 0.1,  # skin/gender bins (-inf, -e), (-e, e), (e, inf); the paper: 0.03
     "per_identity": 2,  # solutions per K-means identity
     "offsets": 4,  # images per solution (latent augmentations)
@@ -71,6 +74,9 @@ _FACES_BASE: dict[str, Any] = {
     "image_size": 64,
     "align": "crop",  # ffhq world: fixed template crop, or "mtcnn" (facenet-pytorch, optional)
     "dataset_solutions": None,  # cap on solutions per dataset (uniform subsample of the archive)
+    "prior_samples": 4000,  # random samples drawn to show the generator's bias
+    "preview_images": 32,  # of which this many are drawn
+    "plumbing_check": False,  # True: random weights; outputs check the code, not the method
 }
 
 _RECOGNITION_BASE: dict[str, Any] = {
@@ -84,7 +90,15 @@ _RECOGNITION_BASE: dict[str, Any] = {
     "toy_benchmark": True,  # notebook 04 also evaluates on the toy world's benchmark
     "benchmark_size": 112,  # real benchmarks are read at this size (then resized to the model)
     "seeds": (0,),
+    # None: the toy world's biased "real" set; else a folder (relative to data/) holding
+    # InsightFace's train.rec + train.idx, or <identity>/<image> folders
+    "real_dataset": None,
+    "workers": 0,  # DataLoader processes decoding a real set from disk
+    "benchmarks": (),  # real benchmarks a run requires (notebook 04 uses any it finds)
+    "plumbing_check": False,
 }
+
+REAL_BENCHMARKS = ("lfw", "cfp_fp", "cplfw", "calfw", "agedb_30", "rfw")
 
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -115,7 +129,29 @@ PROFILES: dict[str, dict[str, Any]] = {
                   "sigma0": 0.5, "lr": 0.5, "bin_edge": 0.03, "offsets": 4, "image_size": 112},
         "recognition": {**_RECOGNITION_BASE, "backbone": "ir101", "pretrain_epochs": 26,
                         "real_epochs": 26, "milestones": (12, 20, 24), "seeds": (0,),
-                        "real_dataset": "data/benchmarks/train", "toy_benchmark": False},
+                        "real_dataset": "benchmarks/train", "workers": 8,
+                        "toy_benchmark": False, "benchmarks": REAL_BENCHMARKS},
+    },
+    # The paper's architectures and file formats at toy sizes, on random-weight assets that
+    # `python -m qdgs_lib.plumbing` writes in the real formats: a plumbing check of the paper
+    # path (CI runs it on CPU; run it on a GPU before a real paper run). Never a result.
+    "paper-mini": {
+        # ranges +-0.01: the measures of a random-weight CLIP are ~1e-3..1e-2
+        "shapes": {**_SHAPES_BASE, "clip": "ViT-B-32-quickgelu", "ranges": ((-0.01, 0.01),) * 2,
+                   "grid": (10, 10), "iterations": 2, "x0_samples": 4, "seeds": (0,),
+                   "bias_levels": (0.95,), "n_train": 64, "n_test": 64, "train_epochs": 1,
+                   "finetune_epochs": 1, "batch": 32, "image_size": 32, "label_margin": 0.0,
+                   "plumbing_check": True},
+        "faces": {**_FACES_BASE, "world": "ffhq", "clip": "ViT-B-32-quickgelu",
+                  "ranges": ((-0.01, 0.01),) * 4, "grid": (5, 3, 3, 3), "iterations": 2,
+                  "x0_samples": 4, "bin_edge": 0.003, "offsets": 2, "image_size": 112,
+                  "dataset_solutions": 6, "prior_samples": 64, "preview_images": 8,
+                  "plumbing_check": True},
+        "recognition": {**_RECOGNITION_BASE, "backbone": "ir101", "pretrain_epochs": 1,
+                        "real_epochs": 1, "milestones": (1,), "batch": 8, "seeds": (0,),
+                        "real_dataset": "benchmarks/train", "workers": 2,
+                        "toy_benchmark": False, "benchmarks": REAL_BENCHMARKS,
+                        "plumbing_check": True},
     },
 }
 

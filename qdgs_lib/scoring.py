@@ -77,6 +77,10 @@ class PromptScorer:
             raise ValueError("prompts come in (positive, negative) pairs")
         if len(measure_prompts) == 0:
             raise ValueError("need at least one measure prompt pair")
+        if generator.device != clip.device:
+            raise ValueError(f"the generator is on {generator.device} and CLIP on "
+                             f"{clip.device}: build both with the same device (e.g. "
+                             "device='auto')")
         self.generator = generator
         self.clip = clip
         self.weights = tuple(float(w) for w in weights)
@@ -164,6 +168,8 @@ class PromptScorer:
 
     def measures_of(self, latents, batch_size: int = 256) -> np.ndarray:
         """Measures (N, m) of any number of latents, in batches, without touching the memory."""
+        if isinstance(latents, torch.Tensor):  # possibly on a GPU: copy to the host first
+            latents = latents.detach().cpu().numpy()
         latents = np.asarray(latents)
         return np.concatenate([self.evaluate(latents[i:i + batch_size],
                                              update_memory=False).measures

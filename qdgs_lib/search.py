@@ -66,6 +66,16 @@ class SearchConfig:
         if self.iterations < 1 or self.batch_size < 1 or self.num_emitters < 1:
             raise ValueError("iterations, batch_size and num_emitters must be >= 1")
 
+    @classmethod
+    def from_profile(cls, p: dict, algorithm: str, seed: int = 0) -> SearchConfig:
+        """The search of a profile section (``shapes`` or ``faces``)."""
+        return cls(dims=p["grid"], ranges=p["ranges"], algorithm=algorithm,
+                   iterations=p["iterations"], batch_size=p["batch_size"],
+                   num_emitters=p["num_emitters"], sigma0=p["sigma0"], lr=p["lr"],
+                   archive_learning_rate=p["archive_learning_rate"],
+                   x0_samples=p["x0_samples"], seed=seed,
+                   checkpoint_every=max(50, p["iterations"] // 10))
+
     @property
     def evaluations_per_iteration(self) -> int:
         """Solutions evaluated per iteration. ``random`` matches CMA-MAEGA (one gradient

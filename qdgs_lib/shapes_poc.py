@@ -23,27 +23,20 @@ from .sampling import decode_batched, write_image_dataset
 from .scoring import PromptScorer
 from .search import QDSearch, SearchConfig, measures, solutions
 from .train import train_classifier
-from .utils import seed_everything
+from .utils import resolve_device, seed_everything
 
 
-def build_scorer(p: dict[str, Any], device: str = "cpu") -> PromptScorer:
+def build_scorer(p: dict[str, Any], device: str | torch.device = "auto") -> PromptScorer:
+    device = resolve_device(device)
     vae = load_shapes_vae(device=device)
     clip = create_clip(p["clip"], weights=p["clip_weights"], device=device,
-                       num_cutouts=p.get("cutouts", 0))
+                       num_cutouts=p["cutouts"])
     return PromptScorer(vae, clip, p["objective"], p["measures"], weights=p["objective_weights"])
-
-
-def search_config(p: dict[str, Any], algorithm: str, seed: int) -> SearchConfig:
-    return SearchConfig(dims=p["grid"], ranges=p["ranges"], algorithm=algorithm,
-                        iterations=p["iterations"], batch_size=p["batch_size"],
-                        num_emitters=p["num_emitters"], sigma0=p["sigma0"], lr=p["lr"],
-                        archive_learning_rate=p["archive_learning_rate"],
-                        seed=seed, checkpoint_every=max(50, p["iterations"] // 10))
 
 
 def run_search(scorer: PromptScorer, p: dict[str, Any], algorithm: str, outdir: str | Path,
                seed: int = 0, progress: bool = True) -> QDSearch:
-    search = QDSearch(scorer, search_config(p, algorithm, seed), outdir)
+    search = QDSearch(scorer, SearchConfig.from_profile(p, algorithm, seed), outdir)
     search.run(progress=progress)
     return search
 
@@ -88,9 +81,10 @@ def save_set(data: dict, outdir: str | Path) -> Path:
 
 
 def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress: bool = True,
-                        device: str = "cpu") -> pd.DataFrame:
+                        device: str | torch.device = "auto") -> pd.DataFrame:
     """Train on color-biased real shapes, fine-tune on each synthetic set (or not), and
     evaluate on a balanced set; one row per (bias, seed, fine-tune set)."""
+    device = resolve_device(device)
     test = ShapesDataset(p["n_test"], None, p["image_size"], seed=10_000)
     names = group_names()
     rows = []
@@ -118,23 +112,26 @@ def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress:
 
 
 def label_audit(p: dict[str, Any], synthetic: dict[str, dict], seed: int = 0,
-                epochs: int = 8, progress: bool = False) -> pd.DataFrame:
+                epochs: int = 8, progress: bool = False,
+                device: str | torch.device = "auto") -> pd.DataFrame:
     """How good is each synthetic set as training data? An *oracle* shape classifier, trained
     on balanced renders (its own seed, not the evaluation set), reads every synthetic image;
     per set: agreement of the CLIP labels with the oracle, the oracle's confidence (low on
     off-manifold "splatters"), and the share of each color x shape group (color from the
     CLIP color measure, shape from the oracle)."""
+    device = resolve_device(device)
     seed_everything(seed)
     renders = ShapesDataset(2000, None, p["image_size"], seed=20_000 + seed)
     oracle = ShapeClassifier()
     train_classifier(oracle, TensorDataset(renders.images, renders.labels), epochs,
                      batch_size=p["batch"], seed=seed, augment=augment_shapes,
-                     progress=progress, desc="oracle")
+                     progress=progress, desc="oracle", device=device)
     rows = {}
     for name, data in synthetic.items():
         oracle.eval()
         with torch.no_grad():
-            prob = torch.cat([oracle(x).softmax(1) for x in data["images"].split(256)])
+            prob = torch.cat([oracle(x.to(device)).softmax(1).cpu()
+                              for x in data["images"].split(256)])
         shape = prob.argmax(1).numpy()
         red = data["measures"][:, 0] > 0
         row = {"images": len(shape),

@@ -12,12 +12,15 @@ from tqdm.auto import tqdm
 
 
 def train_classifier(model: nn.Module, dataset: Dataset, epochs: int, lr: float = 1e-3,
-                     batch_size: int = 64, seed: int = 0, device: str | torch.device = "cpu",
+                     batch_size: int = 64, seed: int = 0, device: str | torch.device = "auto",
                      augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
                      progress: bool = True, desc: str = "train") -> list[float]:
     """Adam + cross-entropy for ``epochs``; returns the mean loss of each epoch."""
     if len(dataset) == 0:
         raise ValueError("cannot train on an empty dataset")
+    from .utils import resolve_device
+
+    device = resolve_device(device)
     g = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g,
                         drop_last=len(dataset) > batch_size)
@@ -97,25 +100,31 @@ class RecognitionTrainer:
     backbone in DistributedDataParallel and shards each epoch's permutation by rank.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, images: torch.Tensor,
-                 labels: torch.Tensor, outdir, lr: float = 0.01, milestones=(12, 20, 24),
-                 batch_size: int = 64, seed: int = 0, device: str | torch.device = "cpu",
-                 augment: bool = True, progress: bool = True):
+    def __init__(self, backbone: nn.Module, head: nn.Module, data: Dataset, outdir,
+                 lr: float = 0.01, milestones=(12, 20, 24), batch_size: int = 64, seed: int = 0,
+                 device: str | torch.device = "auto", augment: bool = True,
+                 progress: bool = True, num_workers: int = 0,
+                 channels_last: bool | None = None):
         from pathlib import Path
 
-        if len(images) != len(labels) or len(images) == 0:
-            raise ValueError("need the same, non-zero number of images and labels")
-        self.device = torch.device(device)
+        from .utils import resolve_device
+
+        if len(data) == 0:
+            raise ValueError("cannot train on an empty dataset")
+        self.device = resolve_device(device)
         self.backbone, self.head = backbone.to(self.device), head.to(self.device)
-        self.images, self.labels = images, labels.long()
+        self.data = data
         self.outdir = Path(outdir)
         self.batch_size, self.seed = batch_size, seed
         self.augment, self.progress = augment, progress
+        self.num_workers = num_workers
         self.opt = sgd_no_bn_decay([self.backbone, self.head], lr)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, list(milestones), 0.1)
         self.epoch = 0
         self.amp = self.device.type == "cuda"
-        if self.amp:
+        # channels_last: faster convolutions on GPUs (tensor cores); off on CPU by default
+        self.channels_last = self.amp if channels_last is None else channels_last
+        if self.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.model = self.backbone
@@ -149,28 +158,39 @@ class RecognitionTrainer:
     def _epoch_order(self) -> tuple[torch.Tensor, torch.Generator]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         torch.manual_seed(self.seed * 100_003 + self.epoch)  # dropout: same per epoch on resume
-        order = torch.randperm(len(self.images), generator=g)
+        order = torch.randperm(len(self.data), generator=g)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
             order = order[rank::world]
         return order, g
 
+    def _loader(self, batches: list[list[int]]) -> DataLoader:
+        """Batches in the epoch's order; files are decoded in ``num_workers`` processes."""
+        return DataLoader(self.data, batch_sampler=batches, num_workers=self.num_workers,
+                          pin_memory=self.device.type == "cuda")
+
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
         self.head.train()
         order, g = self._epoch_order()
-        total, correct, count = 0.0, 0, 0
         steps = range(0, len(order) - self.batch_size + 1, self.batch_size) \
             if len(order) >= self.batch_size else [0]
-        for start in tqdm(steps, disable=not self.progress, leave=False,
-                          desc=f"epoch {self.epoch + 1}"):
-            idx = order[start:start + self.batch_size]
-            x, y = self.images[idx], self.labels[idx]
+        batches = [order[s:s + self.batch_size].tolist() for s in steps]
+        # loss and accuracy are summed on the device (float64, like Python floats): no
+        # device->host sync per step
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        count = 0
+        for x, y in tqdm(self._loader(batches), total=len(batches), disable=not self.progress,
+                         leave=False, desc=f"epoch {self.epoch + 1}"):
+            if x.dtype == torch.uint8:
+                x = x.float() / 255
             if self.augment:
                 x = face_augment(x, g)
-            x, y = adaface_input(x).to(self.device), y.to(self.device)
-            if self.amp:
-                x = x.to(memory_format=torch.channels_last)
+            x = adaface_input(x).to(self.device, non_blocking=True)
+            y = y.long().to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, enabled=self.amp):
                 emb, norms = self.model(x)
                 logits = self.head(emb.float(), norms.float(), y)
@@ -179,15 +199,15 @@ class RecognitionTrainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.opt)
             self.scaler.update()
-            total += loss.item() * len(y)
+            total += loss.detach().double() * len(y)
             with torch.no_grad():  # accuracy of the plain cosine classifier (no margin)
                 cos = self.head.cosine(emb.float()) if hasattr(self.head, "cosine") else logits
-                correct += int((cos.argmax(1) == y).sum())
+                correct += (cos.argmax(1) == y).sum()
             count += len(y)
         self.sched.step()
         self.epoch += 1
-        return {"epoch": self.epoch, "loss": total / count, "train_acc": correct / count,
-                "lr": self.opt.param_groups[0]["lr"]}
+        return {"epoch": self.epoch, "loss": float(total) / count,
+                "train_acc": int(correct) / count, "lr": self.opt.param_groups[0]["lr"]}
 
     def run(self, epochs: int) -> list[dict]:
         """Train (or resume) up to ``epochs``; append to ``log.csv``; checkpoint each epoch."""

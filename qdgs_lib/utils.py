@@ -31,6 +31,48 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (or None): CUDA when available, else CPU; anything else as torch reads it,
+    refused with a clear message when that device is not usable here."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not a device name: use 'auto', 'cpu', 'cuda' "
+                         "or 'cuda:<index>'") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU here "
+                             f"(torch {torch.__version__}, CUDA build {torch.version.cuda}): "
+                             "use device='auto' or 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA "
+                             "device(s) visible")
+    return dev
+
+
+def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A module's state as contiguous CPU tensors: what safetensors can write, whatever the
+    device and memory format (channels_last) the module was trained in."""
+    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format).contiguous()
+            for k, v in module.state_dict().items()}
+
+
+def save_weights(module: torch.nn.Module, path: str | os.PathLike) -> Path:
+    """Save a module's weights as safetensors (no code in the file), atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(cpu_state_dict(module), str(tmp))
+    return path
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path next to ``path``; move it into place only if the block succeeds."""
@@ -38,6 +80,7 @@ def atomic_path(path: str | os.PathLike):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; final files get the usual mode
     try:
         yield Path(tmp)
         os.replace(tmp, path)

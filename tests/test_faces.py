@@ -1,10 +1,7 @@
-"""Faces pipeline helpers: benchmark discovery, real identity folders, training logs."""
+"""Faces pipeline helpers: benchmark discovery, training logs."""
 
-import numpy as np
 import pandas as pd
-import pytest
 import torch
-from PIL import Image
 
 from qdgs_lib import faces
 from qdgs_lib.data.benchmarks import write_bin
@@ -19,18 +16,6 @@ def test_available_benchmarks_finds_supplied_bins_and_lists_the_rest(tmp_path):
     assert len(found["sets"]["lfw"].issame) == 20
     assert str(tmp_path / "agedb_30.bin") in found["missing"]
     assert str(tmp_path / "rfw") in found["missing"]
-
-
-def test_read_identity_folders(tmp_path):
-    for ident in ("b", "a"):
-        (tmp_path / ident).mkdir()
-        for k in range(3):
-            img = Image.fromarray(np.full((20, 20, 3), 40 * k, np.uint8))
-            img.save(tmp_path / ident / f"{k}.jpg")
-    x, y = faces.read_identity_folders(tmp_path, size=16, max_per_identity=2)
-    assert x.shape == (4, 3, 16, 16) and y.tolist() == [0, 0, 1, 1]
-    with pytest.raises(ValueError, match="no identity folders"):
-        faces.read_identity_folders(tmp_path / "a", size=16)
 
 
 def test_training_logs_parse_run_folders(tmp_path):

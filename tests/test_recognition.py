@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from qdgs_lib.data.identities import TensorFaces
 from qdgs_lib.models.heads import AdaFace, ArcFace, CosFace, build_head
 from qdgs_lib.models.iresnet import IResNet, build_iresnet
 from qdgs_lib.train import RecognitionTrainer, face_augment, sgd_no_bn_decay
@@ -79,8 +80,8 @@ def tiny_task(n_ids=4, per_id=8):
 def make_trainer(outdir, seed=0):
     torch.manual_seed(seed)
     x, y = tiny_task()
-    return RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), x, y, outdir,
-                              lr=0.05, milestones=(3,), batch_size=16, progress=False)
+    return RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), TensorFaces(x, y),
+                              outdir, lr=0.05, milestones=(3,), batch_size=16, progress=False)
 
 
 def test_loss_decreases_on_a_tiny_set(tmp_path):

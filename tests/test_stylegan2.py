@@ -4,7 +4,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from nvidia_format import write_network_pickle
 
 from qdgs_lib.generators.stylegan2 import (
     SQRT2,
@@ -19,6 +18,7 @@ from qdgs_lib.generators.stylegan2 import (
     split_modulated_layer,
     upsample2d,
 )
+from qdgs_lib.nvidia_format import write_network_pickle
 
 
 def small_net(seed=0):

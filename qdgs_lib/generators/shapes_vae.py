@@ -63,7 +63,8 @@ class ShapesVAE(Generator):
         return torch.randn(n, self.latent_dim, generator=g).to(self.device)
 
 
-def load_shapes_vae(path: str | Path | None = None, device="cpu") -> ShapesVAE:
+def load_shapes_vae(path: str | Path | None = None, device: str | torch.device = "auto"
+                    ) -> ShapesVAE:
     """The shipped shapes VAE (``data/weights/shapes_vae.safetensors``), in eval mode."""
     path = Path(path) if path else weights_dir() / WEIGHTS_FILE
     if not path.is_file():
@@ -72,7 +73,9 @@ def load_shapes_vae(path: str | Path | None = None, device="cpu") -> ShapesVAE:
             "with `python scripts/train_shapes_vae.py`.")
     model = ShapesVAE()
     model.load_state_dict(load_file(str(path)))
-    return model.eval().requires_grad_(False).to(device)
+    from ..utils import resolve_device
+
+    return model.eval().requires_grad_(False).to(resolve_device(device))
 
 
 def save_shapes_vae(model: ShapesVAE, path: str | Path) -> None:

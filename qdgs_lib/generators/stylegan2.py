@@ -527,7 +527,7 @@ def stylegan2_from_records(g: PersistentRecord) -> StyleGAN2:
     return net.eval()
 
 
-def load_stylegan2(path: str | Path | None = None, device: str | torch.device = "cpu"
+def load_stylegan2(path: str | Path | None = None, device: str | torch.device = "auto"
                    ) -> StyleGAN2:
     """Load StyleGAN2 from an NVIDIA ``.pkl`` (safely) or our ``.safetensors``.
 
@@ -540,4 +540,6 @@ def load_stylegan2(path: str | Path | None = None, device: str | torch.device = 
         net = load_stylegan2_safetensors(path)
     else:
         net = stylegan2_from_records(read_network_pickle(path)["G_ema"])
-    return net.to(device)
+    from ..utils import resolve_device
+
+    return net.to(resolve_device(device))

@@ -1,5 +1,6 @@
-"""Write a network pickle in the record format of NVIDIA's StyleGAN2-ADA-PyTorch, from one of
-our own networks: a fixture for the loader (small, random weights, no NVIDIA code)."""
+"""Write a network pickle in the record format of NVIDIA's StyleGAN2-ADA-PyTorch / StyleGAN3,
+from one of our own networks: test fixtures and the paper-mini plumbing assets (no NVIDIA code
+is written or needed; ``module_src`` holds a placeholder)."""
 
 from __future__ import annotations
 
