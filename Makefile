@@ -4,7 +4,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce test bench lint
+.PHONY: setup reproduce test test-devices paper-mini bench lint
 
 setup: .venv/.installed
 
@@ -26,11 +26,30 @@ reproduce: setup
 	    -k python3 -p profile default || exit 1; \
 	done
 
-# Unit tests + every notebook under the smoke profile (nbval). Smoke runs are disposable:
-# start them fresh, so a run folder left by older code never blocks a resume check.
+# Unit tests (incl. the paper-mini plumbing check: all four notebooks on the paper's
+# architectures and file formats, random weights) + every notebook under the smoke profile
+# (nbval). Test runs are disposable: start them fresh, so a run folder left by older code never
+# blocks a resume check.
 test: setup
-	rm -rf runs/*/smoke
+	rm -rf runs/*/smoke runs/*/paper-mini
 	QDGS_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+# The notebooks' library steps on every available device (CUDA when present) and the
+# paper-mini notebooks: the one command to run on a GPU machine.
+test-devices: setup
+	rm -rf runs/*/paper-mini
+	$(PY) -m pytest tests/test_devices.py tests/test_paper_mini.py -p no:cacheprovider -rs
+
+# The paper path on random-weight assets in the real formats (a plumbing check, not a result):
+# writes the assets to runs/paper-mini/data, then runs the four notebooks on them.
+paper-mini: setup
+	$(PY) -m qdgs_lib.plumbing
+	rm -rf runs/*/paper-mini
+	@mkdir -p runs/executed/paper-mini; for nb in $(NOTEBOOKS); do \
+	  echo "== $$nb"; \
+	  QDGS_DATA_DIR=$(CURDIR)/runs/paper-mini/data $(PY) -m papermill --cwd notebooks "$$nb" \
+	    "runs/executed/paper-mini/$$(basename $$nb)" -k python3 -p profile paper-mini || exit 1; \
+	done
 
 bench: setup
 	$(PY) bench/run.py

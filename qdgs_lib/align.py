@@ -56,7 +56,7 @@ def warp_to_template(image: torch.Tensor, landmarks: np.ndarray, size: int = 112
     pts = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)])
     src = inv @ pts
     grid = torch.tensor(np.stack([src[0] / (w - 1) * 2 - 1, src[1] / (h - 1) * 2 - 1], -1),
-                        dtype=image.dtype).view(1, size, size, 2)
+                        dtype=image.dtype, device=image.device).view(1, size, size, 2)
     return F.grid_sample(image[None], grid, mode="bilinear", align_corners=True)[0]
 
 

@@ -143,9 +143,12 @@ def check_assets(profile: str | None, section: str, **overrides) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     name = profile_name(argv[0] if argv else None)
-    status = 0
+    status, seen = 0, set()
     for section in SECTIONS:
         for a in required_assets(name, section):
+            if a.path in seen:
+                continue
+            seen.add(a.path)
             ok = a.present()
             status |= not ok
             print(f"[{'ok' if ok else 'MISSING'}] {section:11s} {a.path}"

@@ -1,0 +1,55 @@
+"""A paper run names every missing file at once, before it writes anything."""
+
+import pytest
+
+from qdgs_lib import assets, notebook
+
+
+def test_every_missing_file_is_named_with_where_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path / "data"))
+    with pytest.raises(assets.MissingAssetsError) as err:
+        assets.check_assets("paper", "faces")
+    msg = str(err.value)
+    for name in ("stylegan2-ffhq-256x256.pkl", "open_clip_model.safetensors"):
+        assert str(tmp_path / "data" / "pretrained" / name) in msg
+    assert "timm/vit_base_patch32_clip_224.openai" in msg and "NGC" in msg
+    later = msg.split("will also need")[1]  # what notebooks 01, 03 and 04 will ask for
+    for name in ("lfw.bin", "cfp_fp.bin", "cplfw.bin", "calfw.bin", "agedb_30.bin",
+                 "rfw", "benchmarks/train", "shapes_vae.safetensors"):
+        assert name in later, name
+    assert "train.rec + train.idx" in later
+
+
+def test_a_failed_check_creates_no_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("QDGS_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("QDGS_FIGURES_DIR", str(tmp_path / "figures"))
+    for nb, section in (("01_shapes_poc", "shapes"), ("03_pretraining", "recognition")):
+        with pytest.raises(assets.MissingAssetsError, match="Nothing was written"):
+            notebook.start(nb, "paper", section)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "figures").exists()
+
+
+def test_offline_profiles_need_only_shipped_files():
+    for profile in ("smoke", "default"):
+        assert assets.missing_assets(profile) == []
+
+
+def test_user_paths_and_overrides_are_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path))
+    (tmp_path / "rec").mkdir()
+    (tmp_path / "rec" / "train.rec").write_bytes(b"")
+    missing = assets.missing_assets("paper", ("recognition",), real_dataset=str(tmp_path / "rec"),
+                                    benchmarks=("lfw",))
+    assert [a.path.name for a in missing] == ["rec", "lfw.bin"]  # train.idx lacks too
+    (tmp_path / "rec" / "train.idx").write_text("")
+    missing = assets.missing_assets("paper", ("recognition",), real_dataset=str(tmp_path / "rec"),
+                                    benchmarks=())
+    assert missing == []
+
+
+def test_checklist_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path))
+    assert assets.main(["paper"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("MISSING") == 10  # VAE weights, CLIP, StyleGAN2, train set, 5 .bin, RFW

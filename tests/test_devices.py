@@ -1,0 +1,94 @@
+"""The notebooks' library steps on every available device: CPU always, CUDA when present
+(skipped otherwise). On a GPU machine: `make test-devices`."""
+
+import pytest
+import torch
+
+from qdgs_lib import faces, shapes_poc
+from qdgs_lib.profiles import get_profile
+from qdgs_lib.search import archive_frame
+from qdgs_lib.utils import resolve_device, save_weights
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))]
+
+
+def test_resolve_device():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device(None) == resolve_device("auto")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="not a device name"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU here.*device='auto'"):
+            resolve_device("cuda")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_shapes_steps(device, tmp_path):
+    p = get_profile("smoke", "shapes", iterations=3, x0_samples=4, n_train=64, n_test=64,
+                    train_epochs=1, finetune_epochs=1)
+    scorer = shapes_poc.build_scorer(p, device)
+    assert scorer.clip.device.type == device and scorer.generator.device.type == device
+    qd = shapes_poc.run_search(scorer, p, "cma_maega", tmp_path / "qd", progress=False)
+    qd_set = shapes_poc.qdgs_set(scorer, archive_frame(qd.result_archive), p)
+    rnd_set = shapes_poc.random_set(scorer, len(qd_set["labels"]), p)
+    assert qd_set["images"].device.type == "cpu" and len(rnd_set["labels"]) > 0
+    results = shapes_poc.classifier_protocol(p, {"qdgs": qd_set}, progress=False,
+                                             device=device)
+    assert set(results.finetune) == {"none", "qdgs"} and results["mean"].between(0, 1).all()
+    audit = shapes_poc.label_audit(p, {"qdgs": qd_set}, epochs=1, device=device)
+    assert 0 <= audit.loc["qdgs", "CLIP label = oracle"] <= 1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_face_steps(device, tmp_path):
+    p = get_profile("smoke", "faces", iterations=3, x0_samples=4, dataset_solutions=8,
+                    offsets=2)
+    scorer = faces.build_scorer(p, device)
+    assert scorer.clip.device.type == device and scorer.generator.device.type == device
+    prior = scorer.generator.sample_prior(16, seed=0)
+    assert prior.device.type == device
+    assert scorer.measures_of(prior).shape == (16, 4)  # a device tensor is accepted
+    qd = faces.run_search(scorer, p, "cma_maega", tmp_path / "qd", progress=False)
+    sets = faces.build_datasets(scorer, archive_frame(qd.result_archive), p, tmp_path,
+                                progress=False)
+    r = get_profile("smoke", "recognition", real_identities=8, real_views=2, batch=8,
+                    benchmark_pairs=20)
+    models = faces.pretrain_protocol(r, sets, tmp_path / "rec", device=device, progress=False)
+    assert list(models.pretraining) == ["none", *sets]
+    bench = faces.load_benchmark(r, root=tmp_path / "bench")
+    net = faces.load_backbone(r, models.model.iloc[-1])
+    res = faces.evaluate_recognizer(net, bench, device=device)
+    assert 0 <= res["all"] <= 1 and len(bench.group_names) == 4
+    assert not (tmp_path / "rec" / "train" / "qdgs_seed0_real" / "checkpoint.pt").exists()
+
+
+def test_channels_last_weights_save_as_safetensors(tmp_path):
+    """The CUDA failure of issue 13 on any device: channels_last weights are not contiguous,
+    which safetensors refuses; save_weights writes contiguous CPU copies."""
+    from safetensors.torch import load_file, save_file
+
+    from qdgs_lib.models.iresnet import build_iresnet
+
+    net = build_iresnet("ir_small").to(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="non contiguous"):
+        save_file(net.state_dict(), str(tmp_path / "raw.safetensors"))
+    save_weights(net, tmp_path / "w.safetensors")
+    loaded = load_file(str(tmp_path / "w.safetensors"))
+    for k, v in net.state_dict().items():
+        assert torch.equal(loaded[k], v), k
+
+
+def test_trainer_on_channels_last_returns_savable_weights(tmp_path):
+    from qdgs_lib.data.identities import TensorFaces
+    from qdgs_lib.models.heads import AdaFace
+    from qdgs_lib.models.iresnet import build_iresnet
+    from qdgs_lib.train import RecognitionTrainer
+
+    x, y = torch.rand(16, 3, 64, 64), torch.arange(16) % 4
+    tr = RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), TensorFaces(x, y),
+                            tmp_path, batch_size=8, progress=False, channels_last=True)
+    tr.run(1)
+    assert tr.backbone.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    save_weights(tr.backbone, tmp_path / "b.safetensors")  # raised before the fix
