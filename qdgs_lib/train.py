@@ -166,8 +166,11 @@ class RecognitionTrainer:
 
     def _loader(self, batches: list[list[int]]) -> DataLoader:
         """Batches in the epoch's order; files are decoded in ``num_workers`` processes."""
+        # its own generator: an iterator otherwise draws its worker seed from the global RNG,
+        # which would shift the dropout masks seeded in _epoch_order
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         return DataLoader(self.data, batch_sampler=batches, num_workers=self.num_workers,
-                          pin_memory=self.device.type == "cuda")
+                          pin_memory=self.device.type == "cuda", generator=g)
 
     def train_epoch(self) -> dict[str, float]:
         self.model.train()

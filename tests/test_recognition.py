@@ -128,3 +128,13 @@ def test_single_process_distributed_matches_plain_training(tmp_path):
     for (k, a), b in zip(plain.backbone.state_dict().items(),
                          ddp.backbone.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), k
+
+
+def test_the_loader_leaves_the_global_rng_alone(tmp_path):
+    """Dropout masks are seeded per epoch from the global RNG; a DataLoader iterator draws its
+    worker seed from it unless given its own generator, which would change every result."""
+    tr = make_trainer(tmp_path)
+    state = torch.get_rng_state()
+    batches = list(tr._loader([[0, 1, 2], [3, 4, 5]]))
+    assert torch.equal(state, torch.get_rng_state())
+    assert torch.equal(batches[1][0], tr.data.images[3:6])
