@@ -120,6 +120,27 @@ def missing_assets(profile: str | None, sections=SECTIONS, **overrides) -> list[
     return out
 
 
+def fingerprint(path: Path, max_bytes: int = 2 << 30) -> dict[str, Any]:
+    """What makes a run traceable to its inputs: sha256 of each file (files above
+    ``max_bytes``, e.g. a multi-GB train.rec, by size and modification time; RecordIO sets by
+    their .idx's sha256)."""
+    from .utils import sha256_file
+
+    path = Path(path)
+    if path.is_file():
+        st = path.stat()
+        if st.st_size > max_bytes:
+            return {"bytes": st.st_size, "mtime": int(st.st_mtime)}
+        return {"sha256": sha256_file(path), "bytes": st.st_size}
+    if (path / "train.idx").is_file():
+        return {"train.idx": fingerprint(path / "train.idx"),
+                "train.rec": fingerprint(path / "train.rec", max_bytes)}
+    if path.is_dir():
+        files = [f for f in path.rglob("*") if f.is_file()]
+        return {"files": len(files), "bytes": sum(f.stat().st_size for f in files)}
+    return {"missing": True}
+
+
 def _lines(assets: list[Asset]) -> str:
     return "\n".join(f"  - {a.path}  ({a.what}): {a.where}" for a in assets)
 

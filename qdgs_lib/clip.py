@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .paths import pretrained_dir, weights_dir
-from .utils import resize_square, resolve_device
+from .utils import check_recorded_sha256, reading, resize_square, resolve_device
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -169,11 +169,19 @@ def create_clip(name: str, weights: str | Path | None = None,
     if name not in open_clip.list_models():
         raise ValueError(f"unknown CLIP model '{name}'. Known: {open_clip.list_models()[:8]}...")
     path = resolve_weights(name, weights) if pretrained else None
-    if path is not None and path.suffix == ".pt" and _is_torchscript(path):
-        model, _ = open_clip.load_openai_model(str(path), device="cpu", jit=False)
-    else:
-        model = open_clip.create_model(name, pretrained=str(path) if path else None,
-                                       weights_only=True)
+    if path is not None and name in OWN_MODELS and weights is None:
+        check_recorded_sha256(path, f"Restore the shipped file (`git checkout {path.name}` under "
+                              f"data/weights) or rebuild it: python scripts/train_clip.py "
+                              f"--model {name}")
+    where = KNOWN_PRETRAINED.get(name, ("", "the file it was trained with"))[1]
+    fix = (f"Pass the weights of '{name}' ({where}), or the model name these weights "
+           "belong to.")
+    with reading(path, f"open_clip weights for '{name}'", fix):
+        if path is not None and path.suffix == ".pt" and _is_torchscript(path):
+            model, _ = open_clip.load_openai_model(str(path), device="cpu", jit=False)
+        else:
+            model = open_clip.create_model(name, pretrained=str(path) if path else None,
+                                           weights_only=True)
     cfg = open_clip.get_model_config(name) or {}
     image_size = cfg.get("vision_cfg", {}).get("image_size", 224)
     mean = cfg.get("preprocess_cfg", {}).get("mean", OPENAI_MEAN)

@@ -287,7 +287,8 @@ def pretrain_protocol(p: dict[str, Any], synthetic: dict[str, Path], run_dir, se
 def _drop_checkpoint(stage: Path) -> None:
     """A finished stage's weights are saved: its optimizer checkpoint (2-3x the weights;
     ~0.8 GB for IR-101) is no longer needed to resume."""
-    (stage / "checkpoint.pt").unlink(missing_ok=True)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (stage / name).unlink(missing_ok=True)
 
 
 def load_backbone(p: dict[str, Any], path) -> torch.nn.Module:

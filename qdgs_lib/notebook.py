@@ -14,9 +14,9 @@ from typing import Any
 import torch
 
 from . import plots
-from .assets import check_assets
+from .assets import check_assets, fingerprint, required_assets
 from .paths import notebook_dirs
-from .profiles import get_profile, profile_name
+from .profiles import get_profile, parse_overrides, profile_name
 from .utils import resolve_device, write_run_info
 
 PLUMBING_LABEL = "RANDOM WEIGHTS - plumbing check, not a result"
@@ -31,15 +31,20 @@ class NotebookRun:
     device: torch.device
 
 
-def start(notebook: str, profile: str | None, section: str, overrides: dict | None = None,
-          device: str | torch.device = "auto") -> NotebookRun:
-    """Resolve the profile and device, check assets, create the run folders, record the run."""
+def start(notebook: str, profile: str | None, section: str,
+          overrides: dict | str | None = None, device: str | torch.device = "auto"
+          ) -> NotebookRun:
+    """Resolve the profile (``overrides``: a dict or a JSON string) and device, check assets,
+    create the run folders, record the run (with the sha256 of the inputs read from disk)."""
     name = profile_name(profile)
-    p = get_profile(name, section, **(overrides or {}))
+    overrides = parse_overrides(overrides)
+    p = get_profile(name, section, **overrides)
     dev = resolve_device(device)
-    check_assets(name, section, **(overrides or {}))
+    check_assets(name, section, **overrides)
+    inputs = {str(a.path): fingerprint(a.path) for a in required_assets(name, section,
+                                                                         **overrides)}
     fig_dir, run_dir = notebook_dirs(notebook, name)
-    record = {"profile": name, "device": str(dev), **p}
+    record = {"profile": name, "device": str(dev), **p, "inputs": inputs}
     write_run_info(run_dir, record, also=fig_dir / f"{notebook}_config.json")
     plots.set_watermark(PLUMBING_LABEL if p["plumbing_check"] else None)
     if p["plumbing_check"]:

@@ -7,6 +7,7 @@ falling back to ``default``) and may override any key.
 from __future__ import annotations
 
 import copy
+import json
 import os
 from typing import Any
 
@@ -163,9 +164,49 @@ def profile_name(profile: str | None = None) -> str:
     return name
 
 
+def parse_overrides(overrides: dict | str | None) -> dict[str, Any]:
+    """Overrides as a dict; papermill passes ``-p overrides '{"iterations": 10}'`` as a JSON
+    string (``-y`` passes YAML, which arrives as a dict)."""
+    if overrides is None or overrides == "":
+        return {}
+    if isinstance(overrides, str):
+        try:
+            overrides = json.loads(overrides)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"overrides {overrides!r} is not a JSON object: {e}; write e.g. "
+                             '\'{"iterations": 10}\' (or use papermill -y for YAML)') from e
+    if not isinstance(overrides, dict):
+        raise ValueError(f"overrides must be a dict (or a JSON object), got "
+                         f"{type(overrides).__name__}")
+    return dict(overrides)
+
+
+def _check_type(key: str, default: Any, value: Any) -> None:
+    """An override has the type of the profile's value: ints/floats interchange (no bools),
+    lists and tuples interchange, None defaults take anything, None replaces optional paths."""
+    if default is None or value is None and key in _OPTIONAL:
+        return
+    number = (int, float)
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(default, bool) and isinstance(value, bool)
+    elif isinstance(default, number):
+        ok = isinstance(value, number) and (isinstance(value, int) or isinstance(default, float))
+    elif isinstance(default, list | tuple):
+        ok = isinstance(value, list | tuple)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ValueError(f"override {key}={value!r} ({type(value).__name__}) does not match the "
+                         f"profile's {key}={default!r} ({type(default).__name__})")
+
+
+_OPTIONAL = {"clip_weights", "stylegan_weights", "real_dataset", "dataset_solutions"}
+
+
 def get_profile(profile: str | None = None, section: str | None = None,
                 **overrides) -> dict[str, Any]:
-    """A deep copy of a profile (or one of its sections), with ``overrides`` applied."""
+    """A deep copy of a profile (or one of its sections), with ``overrides`` applied (checked:
+    known keys, and values of the profile's types)."""
     p = copy.deepcopy(PROFILES[profile_name(profile)])
     if section is not None:
         if section not in p:
@@ -174,5 +215,8 @@ def get_profile(profile: str | None = None, section: str | None = None,
     unknown = set(overrides) - set(p)
     if unknown:
         raise ValueError(f"unknown override(s) {sorted(unknown)}; known: {sorted(p)}")
+    if section is not None:
+        for key, value in overrides.items():
+            _check_type(key, p[key], value)
     p.update(overrides)
     return p

@@ -61,6 +61,9 @@ def write_image_dataset(outdir: str | Path, images: torch.Tensor, classes: Seque
         raise ValueError(f"{len(images)} images but {len(classes)} class labels")
     if len(images) == 0:
         raise ValueError("no images to write: the archive/bins produced an empty dataset")
+    refuse_nonfinite(nonfinite(images, np.arange(len(images))), "image")
+    for cls in set(map(str, classes)):
+        check_class_name(cls)
     if outdir.exists() and not overwrite:
         raise FileExistsError(f"{outdir} exists; pass overwrite=True to replace it")
     with atomic_dir(outdir) as tmp:
@@ -75,6 +78,27 @@ def write_image_dataset(outdir: str | Path, images: torch.Tensor, classes: Seque
             df = pd.concat([df, manifest.reset_index(drop=True)], axis=1)
         df.to_csv(tmp / "manifest.csv", index=False)
     return outdir
+
+
+def nonfinite(images: torch.Tensor, ids: np.ndarray) -> list[int]:
+    """``ids`` of the images with NaN/inf pixels (written as PNGs they would turn black/white)."""
+    bad = ~torch.isfinite(images.flatten(1)).all(1).cpu().numpy()
+    return sorted({int(i) for i in np.asarray(ids)[bad]})
+
+
+def refuse_nonfinite(which: list[int], what: str) -> None:
+    if which:
+        raise ValueError(f"non-finite (NaN/inf) pixels in the images of {what}(s) "
+                         f"{which[:20]}{' ...' if len(which) > 20 else ''}: the generator "
+                         "diverged there (check its weights and the latents' range); nothing "
+                         "was written for them and the dataset is left unfinished")
+
+
+def check_class_name(name: str) -> None:
+    """A class label becomes a folder name: refuse anything that is not a plain name."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"class label {name!r} cannot be a folder name inside the dataset "
+                         "(no path separators, '.' or '..')")
 
 
 def read_image_dataset(root: str | Path, classes: Sequence[str]) -> tuple[torch.Tensor,
@@ -137,6 +161,12 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
     outdir = Path(outdir)
     latents = np.asarray(latents, dtype=np.float32)
     offsets = np.asarray(offsets, dtype=np.float32)
+    identities = np.asarray(identities)
+    if identities.shape != (len(latents),):
+        raise ValueError(f"need one identity per solution: {len(latents)} latents, identities "
+                         f"of shape {identities.shape}")
+    if not np.issubdtype(identities.dtype, np.integer):
+        raise ValueError(f"identities must be integers (-1: left out), got {identities.dtype}")
     if offsets.ndim != 2 or offsets.shape[1] != latents.shape[1]:
         raise ValueError(f"offsets must be (k, {latents.shape[1]}), got {offsets.shape}")
     # what this folder holds: a finished or half-written dataset of *other* inputs is refused
@@ -163,12 +193,17 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
             np.save(f, offsets)  # a file object: np.save would append ".npy" to a path
     partial = outdir / "manifest.partial.csv"
     done = set(pd.read_csv(partial)["identity"]) if partial.exists() else set()
+    diverged: list[int] = []
     for ident in tqdm(np.unique(identities[keep]), disable=not progress, desc="identities"):
         if ident in done:
             continue
         members = np.flatnonzero(identities == ident)
         z = (latents[members, None, :] + offsets[None]).reshape(-1, latents.shape[1])
         images = decode_batched(decode, z, batch_size, size)
+        bad = nonfinite(images, np.repeat(members, len(offsets)))
+        if bad:  # this identity is not written; the others are, then the call fails
+            diverged += bad
+            continue
         arr = to_uint8_hwc(images)
         (outdir / str(ident)).mkdir(exist_ok=True)
         rows = []
@@ -181,6 +216,7 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
                 row.update(extra.iloc[sol].to_dict())
             rows.append(row)
         pd.DataFrame(rows).to_csv(partial, mode="a", header=not partial.exists(), index=False)
+    refuse_nonfinite(sorted(diverged), "solution")
     with atomic_path(outdir / "manifest.csv") as tmp:
         pd.read_csv(partial).to_csv(tmp, index=False)
     partial.unlink()

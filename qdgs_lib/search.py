@@ -22,7 +22,15 @@ from ribs.schedulers import Scheduler
 from tqdm.auto import tqdm
 
 from .scoring import PromptScorer
-from .utils import RestrictedUnpickler, atomic_path, write_run_info
+from .utils import (
+    BadFileError,
+    RestrictedUnpickler,
+    atomic_path,
+    load_checkpoint_with_fallback,
+    reading,
+    write_checkpoint,
+    write_run_info,
+)
 
 ALGORITHMS = ("cma_maega", "cma_mae", "cma_me", "map_elites", "random")
 DQD_ALGORITHMS = ("cma_maega",)
@@ -131,11 +139,19 @@ _CKPT_GLOBALS = {
     "builtins.complex", "_codecs.encode", "copyreg._reconstructor", "builtins.object"}
 
 
+CHECKPOINT_KEYS = {"iteration", "seconds", "config", "scheduler", "result_archive", "scorer"}
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load a search checkpoint with a restricted unpickler (pyribs/numpy objects only)."""
-    with open(path, "rb") as f:
-        return RestrictedUnpickler(f, allowed=_CKPT_GLOBALS,
-                                   allowed_prefixes=_CKPT_PREFIXES).load()
+    with reading(path, "a qdgs search checkpoint", "See the message above for what to delete."):
+        with open(path, "rb") as f:
+            state = RestrictedUnpickler(f, allowed=_CKPT_GLOBALS,
+                                        allowed_prefixes=_CKPT_PREFIXES).load()
+    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
+        raise BadFileError(f"{path} is not a qdgs search checkpoint (missing "
+                           f"{sorted(CHECKPOINT_KEYS - set(state or {}))}).")
+    return state
 
 
 class QDSearch:
@@ -188,14 +204,16 @@ class QDSearch:
                  "config": json.dumps(self._config_dict(), sort_keys=True, default=str),
                  "scheduler": self.scheduler, "result_archive": self.result_archive,
                  "scorer": self.scorer.state_dict()}
-        with atomic_path(self.checkpoint_path) as tmp:
+        def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
                 pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
 
+        write_checkpoint(self.checkpoint_path, write)
+
     def _try_resume(self) -> bool:
-        if not self.checkpoint_path.exists():
+        state = load_checkpoint_with_fallback(self.checkpoint_path, load_checkpoint, "search")
+        if state is None:
             return False
-        state = load_checkpoint(self.checkpoint_path)
         mine = json.dumps(self._config_dict(), sort_keys=True, default=str)
         if state["config"] != mine:
             raise ValueError(

@@ -141,13 +141,37 @@ class RecognitionTrainer:
                 "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict()}
 
     def save(self) -> None:
-        from .utils import atomic_path
+        from .utils import write_checkpoint
 
-        with atomic_path(self.checkpoint_path) as tmp:
-            torch.save(self.state_dict(), tmp)
+        state = self.state_dict()
+        write_checkpoint(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
 
-    def load(self) -> None:
-        st = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+    def _read(self, path) -> dict:
+        from .utils import BadFileError, reading
+
+        with reading(path, "a qdgs training checkpoint (torch.save, weights only)",
+                     "See the message above for what to delete."):
+            st = torch.load(path, map_location=self.device, weights_only=True)
+        keys = {"epoch", "backbone", "head", "opt", "sched", "scaler"}
+        if not isinstance(st, dict) or not keys <= set(st):
+            raise BadFileError(f"{path} is not a qdgs training checkpoint")
+        return st
+
+    def load(self) -> bool:
+        """Resume from the latest readable checkpoint (falling back to the previous one);
+        False when there is none."""
+        from .utils import load_checkpoint_with_fallback, reading
+
+        st = load_checkpoint_with_fallback(self.checkpoint_path, self._read, "training")
+        if st is None:
+            return False
+        with reading(self.checkpoint_path, "a checkpoint of this network and head",
+                     f"It belongs to another model: use a new folder or delete "
+                     f"{self.outdir}/checkpoint*.pt to start over."):
+            self._load_state(st)
+        return True
+
+    def _load_state(self, st: dict) -> None:
         self.backbone.load_state_dict(st["backbone"])
         self.head.load_state_dict(st["head"])
         self.opt.load_state_dict(st["opt"])
@@ -218,8 +242,7 @@ class RecognitionTrainer:
 
         self.outdir.mkdir(parents=True, exist_ok=True)
         log_path = self.outdir / "log.csv"
-        if self.checkpoint_path.exists():
-            self.load()
+        if self.load():
             if log_path.exists():  # drop rows past the checkpoint (logged, then killed)
                 log = pd.read_csv(log_path)
                 log[log.epoch <= self.epoch].to_csv(log_path, index=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -9,6 +10,7 @@ import pickle
 import platform
 import random
 import shutil
+import struct
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
@@ -156,6 +158,107 @@ def write_run_info(outdir: str | os.PathLike, config: dict[str, Any],
     return path
 
 
+class BadFileError(ValueError):
+    """A file that cannot be read as what it should be. The message names the file, what it
+    was expected to be, and what to do next."""
+
+
+class UnsafePickleError(BadFileError, pickle.UnpicklingError):
+    """A pickle that asks for a global outside the allow-list (refused before import)."""
+
+
+# Everything a parser may raise on garbage: truncated pickles (EOFError, UnpicklingError),
+# absurd sizes (MemoryError, OverflowError), wrong structure (KeyError, TypeError, ...),
+# safetensors' own error, torch's RuntimeError, open_clip's AssertionError.
+_PARSE_ERRORS = (pickle.UnpicklingError, EOFError, MemoryError, OverflowError, ValueError,
+                 TypeError, KeyError, IndexError, AttributeError, RuntimeError, AssertionError,
+                 UnicodeDecodeError, OSError, ImportError, RecursionError, struct.error)
+
+
+@contextmanager
+def reading(path: str | os.PathLike, what: str, fix: str):
+    """Turn any parse failure inside the block into a :class:`BadFileError` that names
+    ``path``, says it should be ``what`` and what to do (``fix``)."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (BadFileError, FileNotFoundError):
+        raise
+    except (*_PARSE_ERRORS, SafetensorError) as e:
+        detail = " ".join(str(e).split())[:240]
+        raise BadFileError(f"{path}: cannot read it as {what} ({type(e).__name__}"
+                           f"{': ' + detail if detail else ''}). {fix}") from e
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_recorded_sha256(path: str | os.PathLike, fix: str) -> None:
+    """Compare a shipped weights file with the sha256 in the ``.json`` written beside it."""
+    path = Path(path)
+    record = path.with_name(path.name + ".json")
+    if not record.is_file():
+        return
+    expected = json.loads(record.read_text()).get("sha256")
+    if expected and sha256_file(path) != expected:
+        raise BadFileError(f"{path}: its sha256 differs from the one recorded in {record.name}: "
+                           f"the file is corrupted or was replaced. {fix}")
+
+
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where the checkpoint before the latest is kept: ``checkpoint.prev.pkl``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def write_checkpoint(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Write a checkpoint atomically with ``write(tmp_path)``, keeping the previous one beside
+    it (a crash or a corrupted latest file then costs one checkpoint interval, not the run)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        write(tmp)
+        if path.exists():
+            os.replace(path, previous_path(path))
+
+
+def load_checkpoint_with_fallback(path: str | os.PathLike, load: Callable[[Path], Any],
+                                  what: str) -> Any | None:
+    """``load`` the latest checkpoint, or, when it is missing or unreadable (BadFileError),
+    the previous one, with a warning; None when there is neither. The unreadable file is kept
+    as ``<name>.unreadable`` for inspection."""
+    import warnings
+
+    path = Path(path)
+    prev = previous_path(path)
+    errors = []
+    for candidate in (path, prev):
+        if not candidate.exists():
+            continue
+        try:
+            state = load(candidate)
+        except BadFileError as e:
+            errors.append(e)
+            continue
+        if errors:
+            os.replace(path, path.with_name(path.name + ".unreadable"))
+            warnings.warn(f"{errors[0]}\nResumed from the previous checkpoint {candidate} "
+                          f"instead; the unreadable file is kept as {path.name}.unreadable.",
+                          stacklevel=2)
+        return state
+    if errors:
+        raise BadFileError(
+            f"no readable {what} checkpoint in {path.parent}: "
+            + " | ".join(str(e) for e in errors)
+            + f" To start this run over, delete {path.name} and {prev.name} in {path.parent}.")
+    return None
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that only resolves an explicit allow-list of globals.
 
@@ -183,7 +286,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             return self.overrides[key]
         if key in self.allowed or module.startswith(self.allowed_prefixes):
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(
+        raise UnsafePickleError(
             f"refusing to load global '{key}' from a pickle: it is not on the allow-list. "
             "The file may be malicious or of an unsupported format."
         )

@@ -26,7 +26,13 @@ from qdgs_lib.data.captions import (
     true_captions,
 )
 from qdgs_lib.paths import weights_dir
-from qdgs_lib.utils import atomic_path, atomic_write_text, seed_everything, versions
+from qdgs_lib.utils import (
+    atomic_path,
+    atomic_write_text,
+    seed_everything,
+    sha256_file,
+    versions,
+)
 
 WORLDS = {"qdgs-shapes-clip": (shapes_batch, SHAPE_CAPTIONS),
           "qdgs-faces-clip": (faces_batch, FACE_CAPTIONS)}
@@ -91,7 +97,7 @@ def main():
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     atomic_write_text(out + ".json", json.dumps(
         {"config": vars(args), "final_loss": loss.item(), "captions": list(captions),
-         "versions": versions()}, indent=2))
+         "versions": versions(), "sha256": sha256_file(out)}, indent=2))
     print("wrote", out)
 
 

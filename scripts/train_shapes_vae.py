@@ -16,7 +16,13 @@ from tqdm import tqdm
 from qdgs_lib.data.shapes import biased_groups, render, sample_params
 from qdgs_lib.generators.shapes_vae import WEIGHTS_FILE, ShapesVAE, save_shapes_vae
 from qdgs_lib.paths import weights_dir
-from qdgs_lib.utils import atomic_path, atomic_write_text, seed_everything, versions
+from qdgs_lib.utils import (
+    atomic_path,
+    atomic_write_text,
+    seed_everything,
+    sha256_file,
+    versions,
+)
 
 
 def main():
@@ -53,7 +59,7 @@ def main():
         save_shapes_vae(model, tmp)
     atomic_write_text(args.out + ".json", json.dumps(
         {"config": vars(args), "final": {"rec": rec.item(), "kl": kl.item()},
-         "versions": versions()}, indent=2))
+         "versions": versions(), "sha256": sha256_file(args.out)}, indent=2))
     print("wrote", args.out)
 
 

@@ -20,7 +20,13 @@ import torch
 from PIL import Image
 
 from ..evaluate import contiguous_folds
-from ..utils import RestrictedUnpickler, atomic_write_bytes, to_uint8_hwc
+from ..utils import (
+    BadFileError,
+    RestrictedUnpickler,
+    atomic_write_bytes,
+    reading,
+    to_uint8_hwc,
+)
 
 BIN_ALLOWED = {
     "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
@@ -48,12 +54,14 @@ class PairSet:
 
 
 def _decode(item, where: str) -> np.ndarray:
+    if not isinstance(item, bytes | bytearray | np.ndarray):
+        raise BadFileError(f"{where}: expected encoded image bytes, got {type(item).__name__}")
     data = item.tobytes() if isinstance(item, np.ndarray) else bytes(item)
     try:
-        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        return np.array(Image.open(io.BytesIO(data)).convert("RGB"))
     except Exception as e:  # noqa: BLE001 - PIL raises several types
-        raise ValueError(f"{where}: cannot decode image ({e}); the file may be truncated or "
-                         "not an InsightFace validation .bin") from e
+        raise BadFileError(f"{where}: cannot decode image ({e}); the file may be truncated or "
+                           "not an InsightFace validation .bin") from e
 
 
 def read_bin(path: str | Path, image_size: int | None = 112) -> PairSet:
@@ -65,24 +73,51 @@ def read_bin(path: str | Path, image_size: int | None = 112) -> PairSet:
             "agedb_30.bin, calfw.bin, cplfw.bin; from the InsightFace/AdaFace dataset "
             f"releases) under {path.parent}.")
     raw = path.read_bytes()
-    try:
+    with reading(path, BIN_WHAT, BIN_FIX):
         obj = RestrictedUnpickler(io.BytesIO(raw), allowed=BIN_ALLOWED, encoding="bytes").load()
-    except (EOFError, pickle.UnpicklingError, ValueError) as e:
-        if isinstance(e, pickle.UnpicklingError) and "allow-list" in str(e):
-            raise
-        raise ValueError(f"{path}: truncated or corrupt .bin file ({e})") from e
-    if not (isinstance(obj, tuple | list) and len(obj) == 2):
-        raise ValueError(f"{path}: expected a pickled (bins, issame_list) pair")
+    if not (isinstance(obj, tuple | list) and len(obj) == 2
+            and all(isinstance(o, list | tuple | np.ndarray) for o in obj)):
+        raise BadFileError(f"{path}: expected a pickled (bins, issame_list) pair of lists, got "
+                           f"{type(obj).__name__}. {BIN_FIX}")
     bins, issame = obj
-    issame = np.asarray(issame, dtype=bool)
+    issame = np.array([_as_bool(v, path, i) for i, v in enumerate(issame)], dtype=bool)
+    if len(issame) == 0:
+        raise BadFileError(f"{path} holds no pairs. {BIN_FIX}")
     if len(bins) != 2 * len(issame):
-        raise ValueError(f"{path}: {len(bins)} images for {len(issame)} pairs")
+        raise BadFileError(f"{path}: {len(bins)} images for {len(issame)} pairs (need 2 per "
+                           f"pair). {BIN_FIX}")
     imgs = [_decode(b, f"{path} image {i}") for i, b in enumerate(bins)]
-    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
-    if image_size and x.shape[-1] != image_size:
-        x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear",
-                                            antialias=True, align_corners=False)
+    sizes = {im.shape for im in imgs}
+    if len(sizes) > 1 and not image_size:
+        raise BadFileError(f"{path}: images of different sizes {sorted(sizes)}; pass "
+                           "image_size to resize them to one")
+    target = image_size or imgs[0].shape[0]
+    x = torch.cat([_resize(torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255, target)
+                   for im in imgs]) if len(sizes) > 1 else \
+        _resize(torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255, target)
     return PairSet(path.stem, x, issame)
+
+
+BIN_WHAT = "an InsightFace validation .bin (a pickled (encoded images, issame) pair)"
+BIN_FIX = ("Download it again (InsightFace's faces_webface_112x112.zip / faces_emore.zip, or "
+           "AdaFace's validation release).")
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-2:] == (size, size):
+        return x
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
+                                           antialias=True, align_corners=False)
+
+
+def _as_bool(v, path: Path, i: int) -> bool:
+    """issame labels: bools, numpy bools or the integers 0/1; anything else is refused (a
+    string 'no' would otherwise read as True)."""
+    if isinstance(v, bool | np.bool_):
+        return bool(v)
+    if isinstance(v, int | np.integer) and v in (0, 1):
+        return bool(v)
+    raise BadFileError(f"{path}: issame label {i} is {v!r}; expected a bool or 0/1. {BIN_FIX}")
 
 
 def write_bin(path: str | Path, images: torch.Tensor, issame, fmt: str = "JPEG") -> None:

@@ -20,13 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils import BadFileError
+
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _LEN_MASK = (1 << 29) - 1
 _HEADER = struct.Struct("<IfQQ")
 
 
-class RecordIOError(ValueError):
+class RecordIOError(BadFileError):
     """A ``.rec``/``.idx`` file that cannot be read as InsightFace RecordIO."""
 
 

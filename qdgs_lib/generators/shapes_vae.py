@@ -71,9 +71,14 @@ def load_shapes_vae(path: str | Path | None = None, device: str | torch.device =
         raise FileNotFoundError(
             f"shapes VAE weights not found at {path}. They are shipped in git; rebuild them "
             "with `python scripts/train_shapes_vae.py`.")
+    from ..utils import check_recorded_sha256, reading, resolve_device
+
+    fix = ("Restore the shipped file (`git checkout data/weights/shapes_vae.safetensors`) or "
+           "rebuild it with `python scripts/train_shapes_vae.py`.")
+    check_recorded_sha256(path, fix)
     model = ShapesVAE()
-    model.load_state_dict(load_file(str(path)))
-    from ..utils import resolve_device
+    with reading(path, "shapes VAE weights (safetensors, latent 6)", fix):
+        model.load_state_dict(load_file(str(path)))
 
     return model.eval().requires_grad_(False).to(resolve_device(device))
 

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..paths import pretrained_dir
-from ..utils import RestrictedUnpickler
+from ..utils import BadFileError, RestrictedUnpickler, reading
 from .base import Generator
 
 SQRT2 = math.sqrt(2)
@@ -394,12 +394,15 @@ def save_stylegan2(net: StyleGAN2, path: str | Path) -> None:
 def load_stylegan2_safetensors(path: str | Path) -> StyleGAN2:
     from safetensors import safe_open
 
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if "qdgs_stylegan2_config" not in meta:
-        raise ValueError(f"{path} is not a qdgs StyleGAN2 safetensors file (no config metadata)")
-    net = StyleGAN2(**json.loads(meta["qdgs_stylegan2_config"]))
-    net.load_state_dict(load_file(str(path)))
+    fix = "Write it again with save_stylegan2 from NVIDIA's network pickle."
+    with reading(path, "a qdgs StyleGAN2 safetensors file", fix):
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if "qdgs_stylegan2_config" not in meta:
+            raise BadFileError(f"{path} is not a qdgs StyleGAN2 safetensors file (no config "
+                               f"metadata). {fix}")
+        net = StyleGAN2(**json.loads(meta["qdgs_stylegan2_config"]))
+        net.load_state_dict(load_file(str(path)))
     return net.eval()
 
 
@@ -448,10 +451,15 @@ _NV_OVERRIDES = {
 
 MISSING_FFHQ = (
     "StyleGAN2-FFHQ-256 weights not found at {path}. Download NVIDIA's "
-    "'stylegan2-ffhq-256x256.pkl' (StyleGAN2-ADA-PyTorch / StyleGAN3 pretrained networks, "
-    "transfer-learning-source-nets) and put it there, or pass its path. It is licensed by NVIDIA "
-    "(non-commercial): never commit it."
+    "'stylegan2-ffhq-256x256.pkl' (NGC catalog nvidia/research/stylegan3, StyleGAN2 pretrained "
+    "models; or StyleGAN2-ADA-PyTorch's transfer-learning-source-nets/"
+    "ffhq-res256-mirror-paper256-noaug.pkl, renamed) and put it there, or pass its path. It is "
+    "licensed by NVIDIA (non-commercial): never commit it."
 )
+NETWORK_PICKLE = ("an NVIDIA StyleGAN2 network pickle (a dict with G_ema, e.g. "
+                  "stylegan2-ffhq-256x256.pkl)")
+REFETCH = ("Download it again (NGC: nvidia/research/stylegan3, stylegan2-ffhq-256x256.pkl), or "
+           "pass our .safetensors written by save_stylegan2.")
 
 
 def read_network_pickle(path: str | Path) -> dict[str, Any]:
@@ -460,9 +468,17 @@ def read_network_pickle(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(MISSING_FFHQ.format(path=path))
     with open(path, "rb") as f:
-        data = RestrictedUnpickler(f, allowed=_NV_ALLOWED, overrides=_NV_OVERRIDES).load()
-    if not isinstance(data, dict) or "G_ema" not in data:
-        raise ValueError(f"{path} is not a StyleGAN2-ADA network pickle (no 'G_ema' entry)")
+        head = f.read(4)
+        if head.startswith(b"PK"):
+            raise BadFileError(
+                f"{path} is a zip archive (torch.save's format, e.g. a state dict), not "
+                f"{NETWORK_PICKLE}. {REFETCH}")
+        f.seek(0)
+        with reading(path, NETWORK_PICKLE, REFETCH):
+            data = RestrictedUnpickler(f, allowed=_NV_ALLOWED, overrides=_NV_OVERRIDES).load()
+    if not isinstance(data, dict) or not isinstance(data.get("G_ema"), PersistentRecord):
+        raise BadFileError(f"{path} is not {NETWORK_PICKLE}: no G_ema network record. "
+                           f"{REFETCH}")
     return data
 
 
@@ -539,7 +555,9 @@ def load_stylegan2(path: str | Path | None = None, device: str | torch.device = 
     if path.suffix == ".safetensors":
         net = load_stylegan2_safetensors(path)
     else:
-        net = stylegan2_from_records(read_network_pickle(path)["G_ema"])
+        records = read_network_pickle(path)["G_ema"]
+        with reading(path, NETWORK_PICKLE + " of a supported StyleGAN2 architecture", REFETCH):
+            net = stylegan2_from_records(records)
     from ..utils import resolve_device
 
     return net.to(resolve_device(device))

@@ -1,0 +1,334 @@
+"""Bad input never turns into a silent wrong result, and every bad file is named with what to
+do (issue 16). Each test feeds a file or value the tests write themselves."""
+
+import json
+import pickle
+import shutil
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from toys import ToyClip, ToyGenerator
+
+from qdgs_lib.data.benchmarks import read_bin, write_bin
+from qdgs_lib.profiles import get_profile, parse_overrides
+from qdgs_lib.sampling import write_identity_dataset, write_image_dataset
+from qdgs_lib.utils import BadFileError
+
+
+# --- silent wrong results ----------------------------------------------------------------------
+def test_non_finite_images_are_refused_with_their_solutions(tmp_path):
+    def decode(z):
+        x = torch.full((len(z), 3, 8, 8), 0.5)
+        x[z[:, 0] > 5] = float("nan")  # solutions 2 and 4 diverge
+        return x
+
+    z = np.zeros((5, 2), np.float32)
+    z[[2, 4], 0] = 9
+    with pytest.raises(ValueError, match=r"non-finite .* solution\(s\) \[2, 4\]"):
+        write_identity_dataset(tmp_path / "ids", decode, z, np.arange(5), np.zeros((1, 2)),
+                               progress=False)
+    assert not (tmp_path / "ids" / "manifest.csv").exists()
+    images = torch.rand(3, 3, 8, 8)
+    images[1, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"image\(s\) \[1\]"):
+        write_image_dataset(tmp_path / "img", images, ["a", "b", "a"])
+    assert not (tmp_path / "img").exists()
+
+
+def test_identities_must_match_the_solutions(tmp_path):
+    z = np.zeros((4, 2), np.float32)
+    with pytest.raises(ValueError, match="one identity per solution"):
+        write_identity_dataset(tmp_path / "d", lambda z: torch.rand(len(z), 3, 8, 8), z,
+                               np.arange(3), np.zeros((1, 2)), progress=False)
+
+
+@pytest.mark.parametrize("label", ["../../x", "a/b", "..", ""])
+def test_class_labels_cannot_leave_the_dataset_folder(tmp_path, label):
+    with pytest.raises(ValueError, match="cannot be a folder name"):
+        write_image_dataset(tmp_path / "ds" / "inner", torch.rand(2, 3, 8, 8), ["ok", label])
+    assert not any(tmp_path.rglob("*.png"))
+
+
+def _bin(path, issame, images=None):
+    import io
+
+    from PIL import Image
+    imgs = images if images is not None else [np.full((16, 16, 3), 20 * i, np.uint8)
+                                              for i in range(2 * len(issame))]
+    data = []
+    for im in imgs:
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="PNG")
+        data.append(buf.getvalue())
+    path.write_bytes(pickle.dumps((data, issame), protocol=2))
+    return path
+
+
+def test_bin_labels_must_be_bool_like(tmp_path):
+    ok = read_bin(_bin(tmp_path / "ok.bin", [True, np.bool_(False), 1, 0]), image_size=None)
+    assert ok.issame.tolist() == [True, False, True, False]
+    for bad, shown in (("no", "'no'"), (None, "None"), (2, "2"), (0.5, "0.5")):
+        with pytest.raises(BadFileError, match=rf"issame label 1 is {shown}"):
+            read_bin(_bin(tmp_path / "bad.bin", [True, bad]), image_size=None)
+
+
+def test_bin_structure_errors_name_the_file(tmp_path):
+    path = tmp_path / "x.bin"
+    for obj, match in ((5, "pair of lists"), (([], []), "no pairs"),
+                       (([b"a"], [True]), "1 images for 1 pairs"),
+                       (([5, 6], [True]), "expected encoded image bytes")):
+        path.write_bytes(pickle.dumps(obj))
+        with pytest.raises(BadFileError, match=match) as err:
+            read_bin(path)
+        assert str(path) in str(err.value)
+    mixed = [np.zeros((16, 16, 3), np.uint8), np.zeros((20, 20, 3), np.uint8)]
+    _bin(path, [True], mixed)
+    with pytest.raises(BadFileError, match="different sizes"):
+        read_bin(path, image_size=None)
+    assert read_bin(path, image_size=12).images.shape == (2, 3, 12, 12)
+
+
+def test_shipped_weights_are_checked_against_their_recorded_sha256(tmp_path, monkeypatch):
+    from qdgs_lib.generators.shapes_vae import load_shapes_vae
+    from qdgs_lib.paths import weights_dir
+
+    for f in weights_dir().glob("shapes_vae.safetensors*"):
+        shutil.copy(f, tmp_path / f.name)
+    record = json.loads((tmp_path / "shapes_vae.safetensors.json").read_text())
+    assert len(record["sha256"]) == 64
+    load_shapes_vae(tmp_path / "shapes_vae.safetensors", device="cpu")  # intact: loads
+    raw = bytearray((tmp_path / "shapes_vae.safetensors").read_bytes())
+    raw[-100] ^= 0x01  # one flipped bit inside a tensor: a valid file with a wrong weight
+    (tmp_path / "shapes_vae.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(BadFileError, match="sha256 differs.*git checkout"):
+        load_shapes_vae(tmp_path / "shapes_vae.safetensors", device="cpu")
+
+
+def test_run_record_holds_the_sha256_of_its_inputs(tmp_path, monkeypatch):
+    from qdgs_lib import notebook
+    from qdgs_lib.paths import weights_dir
+    from qdgs_lib.utils import sha256_file
+
+    monkeypatch.setenv("QDGS_RUNS_DIR", str(tmp_path))
+    run = notebook.start("01_shapes_poc", "smoke", "shapes", '{"iterations": 3}', "cpu")
+    cfg = json.loads((run.run_dir / "config.json").read_text())["config"]
+    clip = weights_dir() / "qdgs-shapes-clip.safetensors"
+    assert cfg["inputs"][str(clip)]["sha256"] == sha256_file(clip)
+    assert cfg["iterations"] == 3 and cfg["device"] == "cpu"
+
+
+# --- errors that name the file and the next step ------------------------------------------------
+@pytest.fixture(scope="module")
+def stylegan_pickle(tmp_path_factory):
+    from qdgs_lib.generators.stylegan2 import StyleGAN2
+    from qdgs_lib.nvidia_format import write_network_pickle
+
+    torch.manual_seed(0)
+    net = StyleGAN2(z_dim=8, w_dim=8, img_resolution=8, channel_base=64, channel_max=8)
+    path = tmp_path_factory.mktemp("sg") / "net.pkl"
+    write_network_pickle(net.eval(), path)
+    return path
+
+
+def test_stylegan2_loader_names_bad_files(tmp_path, stylegan_pickle):
+    from qdgs_lib.generators.stylegan2 import load_stylegan2
+
+    good = stylegan_pickle.read_bytes()
+    cases = {"empty.pkl": b"", "truncated.pkl": good[: len(good) // 2],
+             "random.pkl": np.random.default_rng(0).bytes(4096),
+             "list.pkl": pickle.dumps([1, 2, 3])}
+    torch.save({"w": torch.zeros(2)}, tmp_path / "state_dict.pkl")
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    for name in [*cases, "state_dict.pkl"]:
+        with pytest.raises(BadFileError, match="NVIDIA StyleGAN2 network pickle") as err:
+            load_stylegan2(tmp_path / name, device="cpu")
+        assert str(tmp_path / name) in str(err.value) and "Download it again" in str(err.value)
+
+
+def test_safetensors_loaders_name_bad_files(tmp_path):
+    from qdgs_lib.clip import create_clip
+    from qdgs_lib.generators.shapes_vae import load_shapes_vae
+    from qdgs_lib.paths import weights_dir
+
+    good = (weights_dir() / "shapes_vae.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(good[:5000])
+    with pytest.raises(BadFileError, match="cut.safetensors: cannot read it as shapes VAE"):
+        load_shapes_vae(tmp_path / "cut.safetensors", device="cpu")
+    with pytest.raises(BadFileError, match="cut.safetensors: cannot read it as open_clip"):
+        create_clip("qdgs-faces-clip", weights=tmp_path / "cut.safetensors", device="cpu")
+    # weights of another architecture (the VAE's) for a CLIP
+    with pytest.raises(BadFileError, match="open_clip weights for 'qdgs-faces-clip'"):
+        create_clip("qdgs-faces-clip", weights=weights_dir() / "shapes_vae.safetensors",
+                    device="cpu")
+
+
+def _search(outdir, iterations):
+    from qdgs_lib.scoring import PromptScorer
+    from qdgs_lib.search import QDSearch, SearchConfig
+
+    scorer = PromptScorer(ToyGenerator(), ToyClip(), ("good", "bad"), [("a", "b"), ("c", "d")])
+    cfg = SearchConfig(dims=(10, 10), ranges=((-0.5, 0.2), (0.0, 1.1)), iterations=iterations,
+                       checkpoint_every=5, seed=1)
+    return QDSearch(scorer, cfg, outdir)
+
+
+def test_an_unreadable_search_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    full = _search(tmp_path / "full", 20)
+    full.run(progress=False)
+    part = _search(tmp_path / "part", 20)
+    step = part._step
+
+    def killed_after_12():
+        if part.iteration == 12:
+            raise KeyboardInterrupt
+        step()
+
+    part._step = killed_after_12
+    with pytest.raises(KeyboardInterrupt):
+        part.run(progress=False)  # checkpoints at 5 and 10: latest + previous
+    ckpt = tmp_path / "part" / "checkpoint.pkl"
+    assert (tmp_path / "part" / "checkpoint.prev.pkl").exists()
+    ckpt.write_bytes(ckpt.read_bytes()[:100])  # the latest is damaged
+    resumed = _search(tmp_path / "part", 20)
+    with pytest.warns(UserWarning, match="Resumed from the previous checkpoint"):
+        archive = resumed.run(progress=False)
+    assert (tmp_path / "part" / "checkpoint.pkl.unreadable").exists()
+    assert list(resumed.metrics().iteration) == list(range(1, 21))
+    a, b = full.result_archive.data(return_type="pandas"), archive.data(return_type="pandas")
+    assert a.sort_values("index").reset_index(drop=True).equals(
+        b.sort_values("index").reset_index(drop=True))
+    for name in ("checkpoint.pkl", "checkpoint.prev.pkl"):
+        (tmp_path / "part" / name).write_bytes(b"garbage")
+    with pytest.raises(BadFileError, match="delete checkpoint.pkl and checkpoint.prev.pkl"):
+        _search(tmp_path / "part", 30).run(progress=False)
+
+
+def test_an_unreadable_training_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    from qdgs_lib.data.identities import TensorFaces
+    from qdgs_lib.models.heads import AdaFace
+    from qdgs_lib.models.iresnet import build_iresnet
+    from qdgs_lib.train import RecognitionTrainer
+
+    def trainer(out):
+        torch.manual_seed(0)
+        x = torch.rand(16, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        return RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4),
+                                  TensorFaces(x, torch.arange(16) % 4), out, batch_size=8,
+                                  progress=False)
+
+    full = trainer(tmp_path / "full")
+    full.run(3)
+    part = trainer(tmp_path / "part")
+    part.run(2)
+    (tmp_path / "part" / "checkpoint.pt").write_bytes(b"")
+    resumed = trainer(tmp_path / "part")
+    with pytest.warns(UserWarning, match="previous checkpoint"):
+        resumed.run(3)
+    assert list(pd.read_csv(tmp_path / "part" / "log.csv").epoch) == [1, 2, 3]
+    for k, v in full.backbone.state_dict().items():
+        assert torch.allclose(v.float(), resumed.backbone.state_dict()[k].float(), atol=1e-5)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (tmp_path / "part" / name).write_bytes(b"not a checkpoint")
+    with pytest.raises(BadFileError, match="delete checkpoint.pt and checkpoint.prev.pt"):
+        trainer(tmp_path / "part").run(4)
+
+
+def test_override_types_are_checked():
+    assert get_profile("smoke", "faces", iterations=7, lr=1)["lr"] == 1
+    assert get_profile("smoke", "recognition", seeds=[0, 1])["seeds"] == [0, 1]
+    for key, value in (("iterations", "lots"), ("iterations", 2.5), ("lr", "fast"),
+                       ("grid", 5), ("clip", 3), ("world", None)):
+        with pytest.raises(ValueError, match=f"override {key}="):
+            get_profile("smoke", "faces", **{key: value})
+
+
+def test_overrides_from_papermill_as_json():
+    assert parse_overrides('{"iterations": 5}') == {"iterations": 5}
+    assert parse_overrides(None) == {} and parse_overrides({"a": 1}) == {"a": 1}
+    with pytest.raises(ValueError, match="not a JSON object"):
+        parse_overrides("iterations=5")
+    with pytest.raises(ValueError, match="must be a dict"):
+        parse_overrides("[1, 2]")
+
+
+# --- fuzz: every loader, a few hundred random / truncated byte strings ---------------------------
+def _fuzz_inputs(good: bytes, rng: np.random.Generator, n: int):
+    yield b""
+    for _ in range(n):
+        kind = rng.integers(3)
+        if kind == 0:  # truncated
+            yield good[: int(rng.integers(1, max(2, len(good))))]
+        elif kind == 1:  # random bytes, sometimes with the right opening
+            junk = rng.bytes(int(rng.integers(1, 2048)))
+            yield (good[:8] + junk) if rng.random() < 0.5 else junk
+        else:  # a valid prefix, then garbage
+            cut = int(rng.integers(1, max(2, len(good))))
+            yield good[:cut] + rng.bytes(int(rng.integers(1, 512)))
+
+
+def test_fuzzed_files_raise_only_clear_errors(tmp_path, stylegan_pickle):
+    from qdgs_lib.data.identities import RecordIOFaces
+    from qdgs_lib.data.recordio import write_insightface_set
+    from qdgs_lib.generators.shapes_vae import load_shapes_vae
+    from qdgs_lib.generators.stylegan2 import load_stylegan2
+    from qdgs_lib.paths import weights_dir
+    from qdgs_lib.search import load_checkpoint
+
+    search = _search(tmp_path / "s", 5)
+    search.run(progress=False)
+    write_bin(tmp_path / "g.bin", torch.rand(4, 3, 8, 8), [True, False])
+    write_insightface_set(tmp_path / "rec", [_png(k) for k in range(4)], [0, 0, 1, 1])
+
+    def read_rec(path):
+        shutil.copy(path, tmp_path / "fz" / "train.rec")
+        ds = RecordIOFaces(tmp_path / "fz")
+        loaded[:] = [int(ds[i][1]) for i in range(len(ds))]
+
+    loaded = []
+
+    (tmp_path / "fz").mkdir()
+    shutil.copy(tmp_path / "rec" / "train.idx", tmp_path / "fz" / "train.idx")
+    loaders = {
+        "stylegan2.pkl": (stylegan_pickle, lambda p: load_stylegan2(p, device="cpu")),
+        "vae.safetensors": (weights_dir() / "shapes_vae.safetensors",
+                            lambda p: load_shapes_vae(p, device="cpu")),
+        "search.pkl": (search.checkpoint_path, load_checkpoint),
+        "g.bin": (tmp_path / "g.bin", read_bin),
+        "train.rec": (tmp_path / "rec" / "train.rec", read_rec),
+    }
+    rng = np.random.default_rng(0)
+    tried = 0
+    for name, (good, load) in loaders.items():
+        good_bytes = good.read_bytes()
+        for k, data in enumerate(_fuzz_inputs(good_bytes, rng, 60)):
+            path = tmp_path / f"fuzz_{k}_{name}"
+            path.write_bytes(data)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    load(path)
+                except BadFileError as e:
+                    assert str(path.name) in str(e) or "train.rec" in str(e), str(e)
+                except Exception as e:  # noqa: BLE001
+                    pytest.fail(f"{name} input {k} ({len(data)} bytes): {type(e).__name__}: {e}")
+                else:  # only an intact file loads; in train.rec, bytes inside an image
+                    # (JPEG/PNG data has no checksum PIL verifies) or in the identity records
+                    # at the end (never read) can change unnoticed, its records cannot
+                    assert data == good_bytes or name == "train.rec" and loaded == [0, 0, 1, 1], \
+                        f"{name} input {k} loaded although damaged"
+            path.unlink()
+            tried += 1
+    assert tried >= 300
+
+
+def _png(k):
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), 50 * k, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
