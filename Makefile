@@ -4,7 +4,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce test test-devices paper-mini bench lint
+.PHONY: setup reproduce test test-devices paper-mini lab bench lint
 
 setup: .venv/.installed
 
@@ -50,6 +50,10 @@ paper-mini: setup
 	  QDGS_DATA_DIR=$(CURDIR)/runs/paper-mini/data $(PY) -m papermill --cwd notebooks "$$nb" \
 	    "runs/executed/paper-mini/$$(basename $$nb)" -k python3 -p profile paper-mini || exit 1; \
 	done
+
+# JupyterLab from the project's venv, on the notebooks folder.
+lab: setup
+	.venv/bin/jupyter lab notebooks/
 
 bench: setup
 	$(PY) bench/run.py

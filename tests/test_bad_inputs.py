@@ -332,3 +332,10 @@ def _png(k):
     buf = io.BytesIO()
     Image.fromarray(np.full((8, 8, 3), 50 * k, np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_missing_stylegan_names_nvidias_file(tmp_path):
+    from qdgs_lib.generators.stylegan2 import load_stylegan2
+
+    with pytest.raises(FileNotFoundError, match="stylegan2-ffhq-256x256.pkl.*NGC"):
+        load_stylegan2(tmp_path / "nope.pkl", device="cpu")
