@@ -91,6 +91,25 @@ def sgd_no_bn_decay(modules: list[nn.Module], lr: float, weight_decay: float = 5
                            momentum=momentum)
 
 
+class BackboneAndHead(nn.Module):
+    """Backbone + margin head as one module: (images, labels) -> (embeddings, logits); what
+    DistributedDataParallel wraps, so both are synchronized."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb, norms = self.backbone(x)
+        return emb, self.head(emb.float(), norms.float(), y)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 class RecognitionTrainer:
     """Backbone + margin head trained with SGD and MultiStepLR; checkpoint every epoch.
 
@@ -127,9 +146,11 @@ class RecognitionTrainer:
         if self.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.model = self.backbone
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            self.model = nn.parallel.DistributedDataParallel(self.backbone)
+        self.model = BackboneAndHead(self.backbone, self.head)
+        self.rank, self.world = _rank_and_world()
+        self.is_main = self.rank == 0  # only rank 0 writes checkpoints and logs
+        if self.world > 1:  # the head too: its class weights must be averaged across ranks
+            self.model = nn.parallel.DistributedDataParallel(self.model)
 
     @property
     def checkpoint_path(self):
@@ -143,6 +164,8 @@ class RecognitionTrainer:
     def save(self) -> None:
         from .utils import write_checkpoint
 
+        if not self.is_main:
+            return
         state = self.state_dict()
         write_checkpoint(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
 
@@ -162,7 +185,8 @@ class RecognitionTrainer:
         False when there is none."""
         from .utils import load_checkpoint_with_fallback, reading
 
-        st = load_checkpoint_with_fallback(self.checkpoint_path, self._read, "training")
+        st = load_checkpoint_with_fallback(self.checkpoint_path, self._read, "training",
+                                           rename=self.is_main)
         if st is None:
             return False
         with reading(self.checkpoint_path, "a checkpoint of this network and head",
@@ -183,9 +207,8 @@ class RecognitionTrainer:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         torch.manual_seed(self.seed * 100_003 + self.epoch)  # dropout: same per epoch on resume
         order = torch.randperm(len(self.data), generator=g)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-            order = order[rank::world]
+        if self.world > 1:  # equal shares (a rank with an extra batch would hang the others)
+            order = order[: len(order) // self.world * self.world][self.rank::self.world]
         return order, g
 
     def _loader(self, batches: list[list[int]]) -> DataLoader:
@@ -198,7 +221,6 @@ class RecognitionTrainer:
 
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
-        self.head.train()
         order, g = self._epoch_order()
         steps = range(0, len(order) - self.batch_size + 1, self.batch_size) \
             if len(order) >= self.batch_size else [0]
@@ -219,8 +241,7 @@ class RecognitionTrainer:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, enabled=self.amp):
-                emb, norms = self.model(x)
-                logits = self.head(emb.float(), norms.float(), y)
+                emb, logits = self.model(x, y)
                 loss = F.cross_entropy(logits, y)
             self.opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -233,6 +254,12 @@ class RecognitionTrainer:
             count += len(y)
         self.sched.step()
         self.epoch += 1
+        if self.world > 1:  # the log reports all ranks' samples
+            sums = torch.stack([total, correct.double(),
+                                torch.tensor(float(count), dtype=torch.float64,
+                                             device=self.device)])
+            torch.distributed.all_reduce(sums)
+            total, correct, count = sums[0], sums[1].long(), int(sums[2])
         return {"epoch": self.epoch, "loss": float(total) / count,
                 "train_acc": int(correct) / count, "lr": self.opt.param_groups[0]["lr"]}
 
@@ -242,15 +269,17 @@ class RecognitionTrainer:
 
         self.outdir.mkdir(parents=True, exist_ok=True)
         log_path = self.outdir / "log.csv"
-        if self.load():
-            if log_path.exists():  # drop rows past the checkpoint (logged, then killed)
-                log = pd.read_csv(log_path)
-                log[log.epoch <= self.epoch].to_csv(log_path, index=False)
+        if self.load() and self.is_main and log_path.exists():
+            log = pd.read_csv(log_path)  # drop rows past the checkpoint (logged, then killed)
+            log[log.epoch <= self.epoch].to_csv(log_path, index=False)
         rows = []
         while self.epoch < epochs:
             row = self.train_epoch()
             self.save()
-            pd.DataFrame([row]).to_csv(log_path, mode="a", header=not log_path.exists(),
-                                       index=False)
+            if self.is_main:
+                pd.DataFrame([row]).to_csv(log_path, mode="a", header=not log_path.exists(),
+                                           index=False)
+            if self.world > 1:  # no rank runs ahead of the checkpoint on disk
+                torch.distributed.barrier()
             rows.append(row)
         return rows

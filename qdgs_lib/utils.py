@@ -228,10 +228,11 @@ def write_checkpoint(path: str | os.PathLike, write: Callable[[Path], None]) -> 
 
 
 def load_checkpoint_with_fallback(path: str | os.PathLike, load: Callable[[Path], Any],
-                                  what: str) -> Any | None:
+                                  what: str, rename: bool = True) -> Any | None:
     """``load`` the latest checkpoint, or, when it is missing or unreadable (BadFileError),
     the previous one, with a warning; None when there is neither. The unreadable file is kept
-    as ``<name>.unreadable`` for inspection."""
+    as ``<name>.unreadable`` for inspection (``rename=False``: left in place, e.g. on all but
+    one of several processes)."""
     import warnings
 
     path = Path(path)
@@ -246,7 +247,8 @@ def load_checkpoint_with_fallback(path: str | os.PathLike, load: Callable[[Path]
             errors.append(e)
             continue
         if errors:
-            os.replace(path, path.with_name(path.name + ".unreadable"))
+            if rename and path.exists():
+                os.replace(path, path.with_name(path.name + ".unreadable"))
             warnings.warn(f"{errors[0]}\nResumed from the previous checkpoint {candidate} "
                           f"instead; the unreadable file is kept as {path.name}.unreadable.",
                           stacklevel=2)

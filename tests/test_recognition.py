@@ -112,7 +112,8 @@ def test_face_augment_is_seeded_and_keeps_shape():
 
 
 def test_single_process_distributed_matches_plain_training(tmp_path):
-    """torchrun with one process: DDP wraps the backbone and gives the plain run's weights."""
+    """torchrun with one process: nothing to synchronize (no DDP wrapper), the plain run's
+    weights; two processes: tests/test_ddp.py."""
     import torch.distributed as dist
 
     plain = make_trainer(tmp_path / "plain")
@@ -121,7 +122,7 @@ def test_single_process_distributed_matches_plain_training(tmp_path):
                             world_size=1)
     try:
         ddp = make_trainer(tmp_path / "ddp")
-        assert isinstance(ddp.model, torch.nn.parallel.DistributedDataParallel)
+        assert not isinstance(ddp.model, torch.nn.parallel.DistributedDataParallel)
         ddp.run(2)
     finally:
         dist.destroy_process_group()
