@@ -1,7 +1,7 @@
 """Benchmarks: scoring throughput (fused vs per-output), time-to-coverage of search
 algorithms, IR-ResNet training throughput.
 
-    python bench/run.py [--quick] [--only scoring|search|training|profile]
+    python bench/run.py [--quick] [--only scoring|components|search|training|loader|profile]
 
 Writes bench/results/*.csv (with machine info) and prints a summary. Random weights are fine
 for timing: throughput depends on the architecture, not on the values.
@@ -263,6 +263,43 @@ def bench_training(device: str, quick: bool) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def bench_loader(device: str, quick: bool) -> pd.DataFrame:
+    """Images/s the streaming training sets deliver (decode + resize + collate), batch 64:
+    InsightFace RecordIO and identity folders of 112x112 JPEGs, 0-2 DataLoader workers. The
+    trainer's GPU must not wait on this (IR-101 + AdaFace: ~1,200-2,700 images/s on an H200)."""
+    from torch.utils.data import DataLoader
+
+    from qdgs_lib.data.identities import IdentityFolders, RecordIOFaces
+    from qdgs_lib.data.recordio import write_insightface_set
+    from qdgs_lib.plumbing import _images, _jpeg
+
+    n = 512 if quick else 4096
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        images = [_jpeg(im) for im in _images(n, np.random.default_rng(0))]
+        labels = np.arange(n) % 64
+        write_insightface_set(tmp / "rec", images, labels)
+        for k, (data, y) in enumerate(zip(images, labels, strict=True)):
+            (tmp / "folders" / f"{y:03d}").mkdir(parents=True, exist_ok=True)
+            (tmp / "folders" / f"{y:03d}" / f"{k:05d}.jpg").write_bytes(data)
+        rows = []
+        for name, ds in (("recordio", RecordIOFaces(tmp / "rec")),
+                         ("identity folders", IdentityFolders(tmp / "folders"))):
+            for workers in (0, 1, 2):
+                loader = DataLoader(ds, batch_size=64, shuffle=True, num_workers=workers,
+                                    pin_memory=device.startswith("cuda"),
+                                    generator=torch.Generator().manual_seed(0))
+                t0 = time.perf_counter()
+                count = sum(len(y) for _, y in loader)
+                ips = count / (time.perf_counter() - t0)
+                rows.append({"dataset": name, "workers": workers, "batch": 64,
+                             "images": count, "images_per_s": ips, **machine()})
+                print(f"{name:17s} workers {workers}: {ips:8.0f} images/s", flush=True)
+    finally:
+        shutil.rmtree(tmp)
+    return pd.DataFrame(rows)
+
+
 def profile_scoring(device: str, batch: int = 4) -> str:
     """Where the time of one fused evaluation goes (StyleGAN2-256 + ViT-B/32): torch.profiler's
     top operators by total time, as text."""
@@ -292,7 +329,8 @@ def write(df: pd.DataFrame, name: str) -> Path:
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", choices=["scoring", "components", "search", "training", "profile"])
+    ap.add_argument("--only", choices=["scoring", "components", "search", "training", "loader",
+                                       "profile"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--default-malloc", action="store_true",
                     help="keep glibc's default allocator settings (results get a suffix)")
@@ -316,6 +354,8 @@ def main():
         write(summary, f"search_time_to_coverage_{tag}")
     if args.only in (None, "training"):
         write(bench_training(args.device, args.quick), f"training_{tag}")
+    if args.only in (None, "loader"):
+        write(bench_loader(args.device, args.quick), f"loader_{tag}")
     if args.only in (None, "profile"):
         RESULTS.mkdir(parents=True, exist_ok=True)
         path = RESULTS / f"profile_{tag}.txt"

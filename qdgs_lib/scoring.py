@@ -55,6 +55,15 @@ class Scores:
     loss: np.ndarray | None = None  # (B,) objective loss before the transform
 
 
+def preferred_mode(generator: Generator, device: torch.device) -> str:
+    """The generator's jacobian mode for ``device``: ``preferred_jacobian_mode`` is a mode, or
+    a dict by device type (``{"cpu": ..., "cuda": ...}``, other types: ``batched``)."""
+    pref = getattr(generator, "preferred_jacobian_mode", "batched")
+    if isinstance(pref, dict):
+        return pref.get(torch.device(device).type, "batched")
+    return pref
+
+
 class PromptScorer:
     """Scores latents of ``generator`` with ``clip`` against prompt pairs.
 
@@ -189,12 +198,12 @@ class PromptScorer:
         * ``loop``: one backward per output over the retained graph.
 
         Which is fastest depends on the networks and the device (bench/README.md). ``auto``
-        takes the generator's ``preferred_jacobian_mode`` (default ``batched``): a fixed rule,
-        not a timing, so a seeded run is reproducible.
+        takes the generator's ``preferred_jacobian_mode`` (default ``batched``; a dict chooses
+        by device type): a fixed rule, not a timing, so a seeded run is reproducible.
         """
         mode = self.jacobian_mode
         if mode == "auto":
-            mode = getattr(self.generator, "preferred_jacobian_mode", "batched")
+            mode = preferred_mode(self.generator, self.clip.device)
         if mode not in ("batched", "func", "loop"):
             raise ValueError(f"jacobian_mode must be auto, batched, func or loop, got {mode!r}")
         if mode != "loop":

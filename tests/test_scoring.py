@@ -107,3 +107,17 @@ def test_nan_images_raise_a_clear_error():
     for jacobian in (False, True):
         with pytest.raises(ValueError, match="NaN/inf images"):
             sc.evaluate(z, jacobian=jacobian)
+
+
+def test_preferred_jacobian_mode_by_device_type():
+    from qdgs_lib.generators.stylegan2 import StyleGAN2Generator
+    from qdgs_lib.scoring import preferred_mode
+
+    gen = ToyGenerator()
+    assert preferred_mode(gen, torch.device("cpu")) == "batched"
+    gen.preferred_jacobian_mode = {"cpu": "loop", "cuda": "func"}
+    assert preferred_mode(gen, torch.device("cpu")) == "loop"
+    assert preferred_mode(gen, "cuda") == "func" and preferred_mode(gen, "mps") == "batched"
+    # StyleGAN2: func on CPU (bench/README.md), batched on CUDA (H200 measurement)
+    rule = StyleGAN2Generator.preferred_jacobian_mode
+    assert rule == {"cpu": "func", "cuda": "batched"}
