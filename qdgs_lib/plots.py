@@ -35,9 +35,22 @@ def savefig(fig: plt.Figure, path: str | Path, pdf: bool = True) -> list[Path]:
     for ext in (".png", ".pdf") if pdf else (".png",):
         target = path.with_suffix(ext)
         with atomic_path(target) as tmp:
-            fig.savefig(tmp, format=ext[1:], dpi=150, bbox_inches="tight")
-        out.append(target)
+            # no creation date: an unchanged figure is an unchanged file (clean git status
+            # after a reproduction)
+            meta = {"CreationDate": None} if ext == ".pdf" else None
+            fig.savefig(tmp, format=ext[1:], dpi=150, bbox_inches="tight", metadata=meta)
+        out.append(_relative(target))
     return out
+
+
+def _relative(path: Path) -> Path:
+    """Paths under the repository as relative ones (what notebooks print)."""
+    from .paths import REPO_ROOT
+
+    try:
+        return path.resolve().relative_to(REPO_ROOT)
+    except ValueError:
+        return path
 
 
 def heatmap(archive: GridArchive, ax: plt.Axes | None = None, dims: tuple[int, int] = (0, 1),

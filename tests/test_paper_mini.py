@@ -113,3 +113,22 @@ def test_figures_of_plumbing_runs_are_labelled(tmp_path):
     red = (stamped[..., 0] - stamped[..., 1:].max(-1)) > 60
     assert red.sum() > 100 and ((plain[..., 0] - plain[..., 1:].max(-1)) > 60).sum() == 0
     assert Path(tmp_path / "fTrue.png").is_file()
+
+
+def test_saved_figures_are_byte_identical_when_unchanged(tmp_path):
+    import hashlib
+    import time
+
+    import matplotlib.pyplot as plt
+
+    from qdgs_lib import plots
+
+    digests = []
+    for k in range(2):
+        fig, ax = plt.subplots(figsize=(3, 2))
+        ax.plot([0, 1], [1, 0])
+        paths = plots.savefig(fig, tmp_path / f"f{k}")
+        plt.close(fig)
+        digests.append([hashlib.sha256(p.read_bytes()).hexdigest() for p in paths])
+        time.sleep(1.1)  # a creation date would now differ
+    assert digests[0] == digests[1] and [p.suffix for p in paths] == [".png", ".pdf"]
