@@ -216,8 +216,11 @@ class RecognitionTrainer:
         # its own generator: an iterator otherwise draws its worker seed from the global RNG,
         # which would shift the dropout masks seeded in _epoch_order
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        from .data.identities import collate_faces
+
         return DataLoader(self.data, batch_sampler=batches, num_workers=self.num_workers,
-                          pin_memory=self.device.type == "cuda", generator=g)
+                          pin_memory=self.device.type == "cuda", generator=g,
+                          collate_fn=collate_faces)
 
     def train_epoch(self) -> dict[str, float]:
         self.model.train()

@@ -139,3 +139,16 @@ def test_the_loader_leaves_the_global_rng_alone(tmp_path):
     batches = list(tr._loader([[0, 1, 2], [3, 4, 5]]))
     assert torch.equal(state, torch.get_rng_state())
     assert torch.equal(batches[1][0], tr.data.images[3:6])
+
+
+def test_in_memory_batches_keep_the_memory_layout(tmp_path):
+    """Images read from HWC files are channels_last-strided; a batch must be one indexing of
+    the tensor (same strides, hence the same float rounding in the convolutions), not a stack
+    of items, or results change with the data pipeline."""
+    hwc = torch.rand(16, 64, 64, 3)
+    x = hwc.permute(0, 3, 1, 2)
+    tr = RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4),
+                            TensorFaces(x, torch.arange(16) % 4), tmp_path, progress=False)
+    (xb, yb), = list(tr._loader([[3, 1, 2]]))
+    ref = x[torch.tensor([3, 1, 2])]
+    assert torch.equal(xb, ref) and xb.stride() == ref.stride() and yb.tolist() == [3, 1, 2]

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from .recordio import RecordIOError, RecordIOReader, unpack
 
@@ -32,8 +33,21 @@ def _to_tensor(img: Image.Image, size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
 
+class FaceBatch(NamedTuple):
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def collate_faces(items):
+    """DataLoader collate: batches a dataset fetched whole (TensorFaces) pass through as they
+    are; lists of (image, label) items are stacked."""
+    return tuple(items) if isinstance(items, FaceBatch) else default_collate(items)
+
+
 class TensorFaces(Dataset):
-    """In-memory images (N, 3, S, S) in [0, 1] and identity labels."""
+    """In-memory images (N, 3, S, S) in [0, 1] and identity labels. A batch is one indexing of
+    the tensor (``__getitems__``), which keeps its memory layout: images read from HWC files
+    are channels_last-strided, and the convolutions' float rounding depends on the layout."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
         if len(images) != len(labels) or len(images) == 0:
@@ -47,6 +61,10 @@ class TensorFaces(Dataset):
 
     def __getitem__(self, i: int):
         return self.images[i], self.labels[i]
+
+    def __getitems__(self, indices: list[int]) -> FaceBatch:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return FaceBatch(self.images[idx], self.labels[idx])
 
 
 class IdentityFolders(Dataset):
