@@ -41,8 +41,8 @@ def start(notebook: str, profile: str | None, section: str,
     p = get_profile(name, section, **overrides)
     dev = resolve_device(device)
     check_assets(name, section, **overrides)
-    inputs = {str(a.path): fingerprint(a.path) for a in required_assets(name, section,
-                                                                         **overrides)}
+    inputs = {str(plots.relative(a.path)): fingerprint(a.path)
+              for a in required_assets(name, section, **overrides)}
     fig_dir, run_dir = notebook_dirs(notebook, name)
     record = {"profile": name, "device": str(dev), **p, "inputs": inputs}
     write_run_info(run_dir, record, also=fig_dir / f"{notebook}_config.json")

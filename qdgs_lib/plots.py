@@ -39,11 +39,11 @@ def savefig(fig: plt.Figure, path: str | Path, pdf: bool = True) -> list[Path]:
             # after a reproduction)
             meta = {"CreationDate": None} if ext == ".pdf" else None
             fig.savefig(tmp, format=ext[1:], dpi=150, bbox_inches="tight", metadata=meta)
-        out.append(_relative(target))
+        out.append(relative(target))
     return out
 
 
-def _relative(path: Path) -> Path:
+def relative(path: Path) -> Path:
     """Paths under the repository as relative ones (what notebooks print)."""
     from .paths import REPO_ROOT
 

@@ -116,7 +116,9 @@ def test_run_record_holds_the_sha256_of_its_inputs(tmp_path, monkeypatch):
     run = notebook.start("01_shapes_poc", "smoke", "shapes", '{"iterations": 3}', "cpu")
     cfg = json.loads((run.run_dir / "config.json").read_text())["config"]
     clip = weights_dir() / "qdgs-shapes-clip.safetensors"
-    assert cfg["inputs"][str(clip)]["sha256"] == sha256_file(clip)
+    # paths inside the repository are recorded relative to it (the record is portable)
+    assert cfg["inputs"]["data/weights/qdgs-shapes-clip.safetensors"]["sha256"] == \
+        sha256_file(clip)
     assert cfg["iterations"] == 3 and cfg["device"] == "cpu"
 
 
