@@ -46,9 +46,11 @@ class Asset:
     def present(self) -> bool:
         if self.kind == "file":
             return self.path.is_file()
-        if self.kind == "trainset":
-            return ((self.path / "train.rec").is_file() and (self.path / "train.idx").is_file()) \
-                or (self.path.is_dir() and any(d.is_dir() for d in self.path.iterdir()))
+        if self.kind == "trainset":  # what data.identities.open_training_set reads
+            rec = self.path if self.path.suffix == ".rec" else self.path / "train.rec"
+            if rec.is_file() or self.path.suffix == ".rec":
+                return rec.is_file() and rec.with_suffix(".idx").is_file()
+            return self.path.is_dir() and any(d.is_dir() for d in self.path.iterdir())
         return self.path.is_dir()
 
 
@@ -66,10 +68,12 @@ def _clip_asset(p: dict[str, Any]) -> Asset:
         return Asset(weights_dir() / OWN_MODELS[name], f"the project's CLIP {name}",
                      f"shipped in git; rebuild: python scripts/train_clip.py --model {name}")
     if name in KNOWN_PRETRAINED:
-        path = pretrained_dir() / KNOWN_PRETRAINED[name][0]
-        for alt in (pretrained_dir() / f"{name}.safetensors", pretrained_dir() / "ViT-B-32.pt"):
-            if alt.is_file():
-                path = alt
+        from .clip import resolve_weights
+
+        try:  # the file create_clip will load (the first of its candidates that exists)
+            path = resolve_weights(name, None)
+        except FileNotFoundError:
+            path = pretrained_dir() / KNOWN_PRETRAINED[name][0]
         return Asset(path, f"CLIP {name} weights", WHERE["clip"])
     return Asset(Path(f"<weights for {name}>"), f"CLIP {name} weights",
                  "set clip_weights in the profile overrides")

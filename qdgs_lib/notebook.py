@@ -22,6 +22,13 @@ from .utils import resolve_device, write_run_info
 PLUMBING_LABEL = "RANDOM WEIGHTS - plumbing check, not a result"
 
 
+def _repo_relative(path: Path) -> Path:
+    from .paths import REPO_ROOT
+
+    path = Path(path).resolve()
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+
+
 @dataclass
 class NotebookRun:
     profile: str
@@ -41,7 +48,7 @@ def start(notebook: str, profile: str | None, section: str,
     p = get_profile(name, section, **overrides)
     dev = resolve_device(device)
     check_assets(name, section, **overrides)
-    inputs = {str(plots.relative(a.path)): fingerprint(a.path)
+    inputs = {str(_repo_relative(a.path)): fingerprint(a.path)
               for a in required_assets(name, section, **overrides)}
     fig_dir, run_dir = notebook_dirs(notebook, name)
     record = {"profile": name, "device": str(dev), **p, "inputs": inputs}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,13 +45,14 @@ def savefig(fig: plt.Figure, path: str | Path, pdf: bool = True) -> list[Path]:
 
 
 def relative(path: Path) -> Path:
-    """Paths under the repository as relative ones (what notebooks print)."""
+    """Paths under the repository, relative to the working directory (short to print, and
+    still valid to open); others unchanged."""
     from .paths import REPO_ROOT
 
-    try:
-        return path.resolve().relative_to(REPO_ROOT)
-    except ValueError:
+    path = Path(path).resolve()
+    if not path.is_relative_to(REPO_ROOT):
         return path
+    return Path(os.path.relpath(path, Path.cwd()))
 
 
 def heatmap(archive: GridArchive, ax: plt.Axes | None = None, dims: tuple[int, int] = (0, 1),

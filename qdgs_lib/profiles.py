@@ -184,7 +184,16 @@ def parse_overrides(overrides: dict | str | None) -> dict[str, Any]:
 def _check_type(key: str, default: Any, value: Any) -> None:
     """An override has the type of the profile's value: ints/floats interchange (no bools),
     lists and tuples interchange, None defaults take anything, None replaces optional paths."""
-    if default is None or value is None and key in _OPTIONAL:
+    if value is None and key in _OPTIONAL:
+        return
+    if key in _OPTIONAL:  # paths, or a count
+        ok = isinstance(value, int) if key == "dataset_solutions" else \
+            isinstance(value, str | os.PathLike)
+        if not ok:
+            raise ValueError(f"override {key}={value!r} ({type(value).__name__}) must be "
+                             f"{'an int' if key == 'dataset_solutions' else 'a path'} or None")
+        return
+    if default is None:
         return
     number = (int, float)
     if isinstance(default, bool) or isinstance(value, bool):

@@ -150,6 +150,9 @@ class RecognitionTrainer:
         self.rank, self.world = _rank_and_world()
         self.is_main = self.rank == 0  # only rank 0 writes checkpoints and logs
         if self.world > 1:  # the head too: its class weights must be averaged across ranks
+            if len(data) < self.world * batch_size:
+                raise ValueError(f"{len(data)} samples cannot give each of {self.world} "
+                                 f"processes a batch of {batch_size}")
             self.model = nn.parallel.DistributedDataParallel(self.model)
 
     @property
@@ -174,7 +177,8 @@ class RecognitionTrainer:
 
         with reading(path, "a qdgs training checkpoint (torch.save, weights only)",
                      "See the message above for what to delete."):
-            st = torch.load(path, map_location=self.device, weights_only=True)
+            # on the CPU first: a busy GPU's out-of-memory is not a corrupt file
+            st = torch.load(path, map_location="cpu", weights_only=True)
         keys = {"epoch", "backbone", "head", "opt", "sched", "scaler"}
         if not isinstance(st, dict) or not keys <= set(st):
             raise BadFileError(f"{path} is not a qdgs training checkpoint")
@@ -185,8 +189,9 @@ class RecognitionTrainer:
         False when there is none."""
         from .utils import load_checkpoint_with_fallback, reading
 
+        # several processes read the same files: none of them renames one under the others
         st = load_checkpoint_with_fallback(self.checkpoint_path, self._read, "training",
-                                           rename=self.is_main)
+                                           rename=self.world == 1)
         if st is None:
             return False
         with reading(self.checkpoint_path, "a checkpoint of this network and head",

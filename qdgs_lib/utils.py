@@ -183,8 +183,9 @@ def reading(path: str | os.PathLike, what: str, fix: str):
 
     try:
         yield
-    except (BadFileError, FileNotFoundError):
-        raise
+    except (BadFileError, FileNotFoundError, PermissionError, IsADirectoryError,
+            torch.OutOfMemoryError):
+        raise  # not the file's content: nothing to fall back from
     except (*_PARSE_ERRORS, SafetensorError) as e:
         detail = " ".join(str(e).split())[:240]
         raise BadFileError(f"{path}: cannot read it as {what} ({type(e).__name__}"
@@ -249,9 +250,9 @@ def load_checkpoint_with_fallback(path: str | os.PathLike, load: Callable[[Path]
         if errors:
             if rename and path.exists():
                 os.replace(path, path.with_name(path.name + ".unreadable"))
+            kept = f"kept as {path.name}.unreadable" if rename else "left in place"
             warnings.warn(f"{errors[0]}\nResumed from the previous checkpoint {candidate} "
-                          f"instead; the unreadable file is kept as {path.name}.unreadable.",
-                          stacklevel=2)
+                          f"instead; the unreadable file is {kept}.", stacklevel=2)
         return state
     if errors:
         raise BadFileError(

@@ -341,3 +341,45 @@ def test_missing_stylegan_names_nvidias_file(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="stylegan2-ffhq-256x256.pkl.*NGC"):
         load_stylegan2(tmp_path / "nope.pkl", device="cpu")
+
+
+def test_review_fixes(tmp_path, monkeypatch):
+    """Resource errors are not corrupt files; asset checks mirror the loaders; optional path
+    overrides are typed; .bin images keep their shape without image_size."""
+    from qdgs_lib import assets
+    from qdgs_lib.utils import reading
+
+    with pytest.raises(torch.OutOfMemoryError):
+        with reading(tmp_path / "x", "a thing", "fix"):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+    with pytest.raises(ValueError, match="must be a path or None"):
+        get_profile("paper", "faces", clip_weights=5)
+    monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path))
+    (tmp_path / "rec").mkdir()
+    (tmp_path / "rec" / "train.rec").write_bytes(b"x")
+    (tmp_path / "rec" / "sub").mkdir()  # a folder beside train.rec does not count
+    recs = {"real_dataset": str(tmp_path / "rec"), "benchmarks": ()}
+    assert len(assets.missing_assets("paper", ("recognition",), **recs)) == 1
+    (tmp_path / "rec" / "train.idx").write_text("")
+    assert assets.missing_assets("paper", ("recognition",), **recs) == []
+    recs["real_dataset"] = str(tmp_path / "rec" / "train.rec")  # open_training_set takes it
+    assert assets.missing_assets("paper", ("recognition",), **recs) == []
+    (tmp_path / "pretrained").mkdir()
+    for name in ("open_clip_model.safetensors", "ViT-B-32.pt"):
+        (tmp_path / "pretrained" / name).write_bytes(b"x")
+    clip = assets.required_assets("paper", "faces")[1]
+    assert clip.path.name == "open_clip_model.safetensors"  # the file create_clip loads
+    wide = [np.zeros((8, 12, 3), np.uint8)] * 2
+    assert read_bin(_bin(tmp_path / "w.bin", [True], wide), image_size=None).images.shape == \
+        (2, 3, 8, 12)
+
+
+def test_recordio_without_a_meta_record(tmp_path):
+    from qdgs_lib.data.identities import RecordIOFaces
+    from qdgs_lib.data.recordio import pack, write_recordio
+
+    records = {k: pack(float(k % 3), _png(k % 5)) for k in (5, 6, 7, 9)}  # no key 0
+    write_recordio(tmp_path / "train.rec", records)
+    ds = RecordIOFaces(tmp_path, image_size=8)
+    assert len(ds) == 4 and ds.num_classes == 3 and [int(ds[i][1]) for i in range(4)] == \
+        [2, 0, 1, 0]

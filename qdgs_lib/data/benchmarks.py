@@ -91,10 +91,13 @@ def read_bin(path: str | Path, image_size: int | None = 112) -> PairSet:
     if len(sizes) > 1 and not image_size:
         raise BadFileError(f"{path}: images of different sizes {sorted(sizes)}; pass "
                            "image_size to resize them to one")
-    target = image_size or imgs[0].shape[0]
-    x = torch.cat([_resize(torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255, target)
-                   for im in imgs]) if len(sizes) > 1 else \
-        _resize(torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255, target)
+    if len(sizes) > 1:
+        x = torch.cat([_resize(torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255,
+                               image_size) for im in imgs])
+    else:
+        x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
+        if image_size:
+            x = _resize(x, image_size)
     return PairSet(path.stem, x, issame)
 
 

@@ -109,21 +109,21 @@ class RecordIOFaces(Dataset):
         path = Path(path)
         rec = path / "train.rec" if path.is_dir() else path
         self.reader, self.image_size = RecordIOReader(rec), image_size
-        labels, _, _ = unpack(self.reader.read(0), f"{rec} record 0")
-        keys = sorted(self.reader.index)
+        keys = self.reader.keys
+        labels = unpack(self.reader.read(0), f"{rec} record 0")[0] if 0 in self.reader else []
         if len(labels) >= 2 and int(labels[0]) > 1:  # meta record: [first identity key, end]
             first_id, end = int(labels[0]), int(labels[1])
             self.keys = np.arange(1, first_id)
             self.num_classes = end - first_id
-            missing = set(self.keys.tolist()) - set(keys)
+            missing = set(self.keys.tolist()) - set(keys.tolist())
             if missing:
                 raise RecordIOError(f"{rec}: meta record lists images 1..{first_id - 1} but the "
                                     f".idx lacks {len(missing)} of them (e.g. key "
                                     f"{min(missing)})")
         else:  # no meta record: every key is an image; classes from the labels
             self.keys = np.asarray(keys)
-            self.num_classes = 1 + max(int(unpack(self.reader.read(int(k)))[0][0])
-                                       for k in self.keys)
+            self.num_classes = 1 + max(
+                int(unpack(self.reader.read(int(k)), f"{rec} key {k}")[0][0]) for k in self.keys)
         prop = rec.parent / "property"
         if prop.is_file():  # InsightFace's "num_classes,H,W"
             n = int(prop.read_text().split(",")[0])
@@ -138,7 +138,7 @@ class RecordIOFaces(Dataset):
 
     def __getitem__(self, i: int):
         key = int(self.keys[i])
-        where = f"{self.reader.path} key {key} (offset {self.reader.index[key]})"
+        where = f"{self.reader.path} key {key} (offset {self.reader.offset(key)})"
         labels, _, data = unpack(self.reader.read(key), where)
         label = int(labels[0])
         if not 0 <= label < self.num_classes:
