@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from toys import ToyClip, ToyGenerator
+from toys import ToyClip, ToyGenerator, interrupt_at
 
 from qdgs_lib.data.benchmarks import read_bin, write_bin
 from qdgs_lib.profiles import get_profile, parse_overrides
@@ -182,14 +182,7 @@ def test_an_unreadable_search_checkpoint_falls_back_to_the_previous_one(tmp_path
     full = _search(tmp_path / "full", 20)
     full.run(progress=False)
     part = _search(tmp_path / "part", 20)
-    step = part._step
-
-    def killed_after_12():
-        if part.iteration == 12:
-            raise KeyboardInterrupt
-        step()
-
-    part._step = killed_after_12
+    interrupt_at(part, 12, KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):
         part.run(progress=False)  # checkpoints at 5 and 10: latest + previous
     ckpt = tmp_path / "part" / "checkpoint.pkl"

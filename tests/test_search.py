@@ -3,7 +3,7 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
-from toys import ToyClip, ToyGenerator
+from toys import ToyClip, ToyGenerator, interrupt_at
 
 from qdgs_lib.scoring import PromptScorer
 from qdgs_lib.search import QDSearch, SearchConfig, load_checkpoint, read_archive
@@ -46,14 +46,7 @@ def test_resume_after_interruption_continues_the_same_run(tmp_path):
         pass
 
     part = QDSearch(scorer(), config("cma_maega", 60, checkpoint_every=20), tmp_path / "part")
-    step = part._step
-
-    def dying_step():
-        if part.iteration == 47:
-            raise Killed
-        step()
-
-    part._step = dying_step
+    interrupt_at(part, 47, Killed)
     with pytest.raises(Killed):
         part.run(progress=False)
     assert load_checkpoint(tmp_path / "part" / "checkpoint.pkl")["iteration"] == 40

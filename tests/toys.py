@@ -11,6 +11,18 @@ from torch import nn
 from qdgs_lib.generators.base import Generator
 
 
+def interrupt_at(search, iteration: int, exc: type[BaseException]) -> None:
+    """Make ``search.run`` raise ``exc`` when it reaches ``iteration`` (a simulated kill)."""
+    step = search._step
+
+    def dying_step():
+        if search.iteration == iteration:
+            raise exc
+        step()
+
+    search._step = dying_step
+
+
 class ToyGenerator(Generator):
     """z (d) -> 3x8x8 image through a fixed random smooth map; prior N(0, prior_std^2)."""
 

@@ -25,6 +25,7 @@ from ..utils import (
     RestrictedUnpickler,
     atomic_write_bytes,
     reading,
+    resize_square,
     to_uint8_hwc,
 )
 
@@ -92,25 +93,18 @@ def read_bin(path: str | Path, image_size: int | None = 112) -> PairSet:
         raise BadFileError(f"{path}: images of different sizes {sorted(sizes)}; pass "
                            "image_size to resize them to one")
     if len(sizes) > 1:
-        x = torch.cat([_resize(torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255,
-                               image_size) for im in imgs])
+        x = torch.cat([resize_square(torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255,
+                                     image_size) for im in imgs])
     else:
         x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
         if image_size:
-            x = _resize(x, image_size)
+            x = resize_square(x, image_size)
     return PairSet(path.stem, x, issame)
 
 
 BIN_WHAT = "an InsightFace validation .bin (a pickled (encoded images, issame) pair)"
 BIN_FIX = ("Download it again (InsightFace's faces_webface_112x112.zip / faces_emore.zip, or "
            "AdaFace's validation release).")
-
-
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    if x.shape[-2:] == (size, size):
-        return x
-    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
-                                           antialias=True, align_corners=False)
 
 
 def _as_bool(v, path: Path, i: int) -> bool:
