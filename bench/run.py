@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 from qdgs_lib.clip import create_clip  # noqa: E402
 from qdgs_lib.generators.shapes_vae import ShapesVAE, load_shapes_vae  # noqa: E402
 from qdgs_lib.generators.stylegan2 import StyleGAN2, StyleGAN2Generator  # noqa: E402
-from qdgs_lib.profiles import FACES_PROMPTS, SHAPES_PROMPTS  # noqa: E402
+from qdgs_lib.measures import grid, prompts, ranges  # noqa: E402
+from qdgs_lib.profiles import get_profile  # noqa: E402
 from qdgs_lib.scoring import PromptScorer  # noqa: E402
 from qdgs_lib.search import QDSearch, SearchConfig  # noqa: E402
 from qdgs_lib.utils import atomic_path, versions  # noqa: E402
@@ -68,28 +69,30 @@ def _time(fn, repeats: int) -> float:
 
 def setups(device: str, quick: bool):
     """(name, scorer factory) for each generator + CLIP architecture."""
+    shapes_p, faces_p = get_profile("default", "shapes"), get_profile("default", "faces")
+
     def shapes():
         try:
             vae = load_shapes_vae(device=device)
         except FileNotFoundError:
             vae = ShapesVAE().eval().to(device)
         clip = create_clip("qdgs-shapes-clip", device=device, pretrained=False)
-        return PromptScorer(vae, clip, SHAPES_PROMPTS["objective"], SHAPES_PROMPTS["measures"])
+        return PromptScorer(vae, clip, shapes_p["objective"], prompts(shapes_p))
 
     def stylegan_vit():
         torch.manual_seed(0)
         net = StyleGAN2().to(device)  # the paper's FFHQ-256 architecture, random weights
         gen = StyleGAN2Generator(net, num_std_samples=2000)
         clip = create_clip("ViT-B-32-quickgelu", device=device, pretrained=False)
-        return PromptScorer(gen, clip, FACES_PROMPTS["objective"], FACES_PROMPTS["measures"],
-                            weights=FACES_PROMPTS["objective_weights"])
+        return PromptScorer(gen, clip, faces_p["objective"], prompts(faces_p),
+                            weights=faces_p["objective_weights"])
 
     def toy_faces():
         from qdgs_lib.generators.toy_faces import ToyFaces
 
         clip = create_clip("qdgs-faces-clip", device=device, pretrained=False)
-        return PromptScorer(ToyFaces().to(device), clip, FACES_PROMPTS["objective"],
-                            FACES_PROMPTS["measures"], weights=FACES_PROMPTS["objective_weights"])
+        return PromptScorer(ToyFaces().to(device), clip, faces_p["objective"], prompts(faces_p),
+                            weights=faces_p["objective_weights"])
 
     out = [("shapes-VAE + qdgs-shapes-clip", shapes), ("toy faces + qdgs-faces-clip", toy_faces)]
     out.append(("StyleGAN2-256 + ViT-B/32", stylegan_vit))
@@ -183,7 +186,6 @@ def bench_components(device: str, quick: bool) -> pd.DataFrame:
 
 def bench_search(device: str, quick: bool) -> pd.DataFrame:
     """Coverage reached per evaluation and per second, shapes VAE + shapes CLIP."""
-    from qdgs_lib.profiles import get_profile
     from qdgs_lib.shapes_poc import build_scorer
 
     p = get_profile("default", "shapes")
@@ -193,7 +195,7 @@ def bench_search(device: str, quick: bool) -> pd.DataFrame:
     try:
         for alg in ["cma_maega", "cma_mae", "random"]:
             scorer = build_scorer(p, device)
-            cfg = SearchConfig(dims=p["grid"], ranges=p["ranges"], algorithm=alg,
+            cfg = SearchConfig(dims=grid(p), ranges=ranges(p), algorithm=alg,
                                iterations=iterations, sigma0=p["sigma0"], lr=p["lr"], seed=0,
                                checkpoint_every=10**9)
             s = QDSearch(scorer, cfg, tmp / alg)

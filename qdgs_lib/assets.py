@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .paths import benchmarks_dir, pretrained_dir, weights_dir
+from .paths import benchmarks_dir, pretrained_dir, real_dataset_path, weights_dir
 from .profiles import get_profile, profile_name
 
 SECTIONS = ("shapes", "faces", "recognition")
@@ -96,8 +96,6 @@ def required_assets(profile: str | None, section: str, **overrides) -> list[Asse
         out.append(_clip_asset(p))
     elif section == "recognition":
         if p["real_dataset"]:
-            from .faces import real_dataset_path
-
             out.append(Asset(real_dataset_path(p), "real face training set", WHERE["train"],
                              "trainset"))
         for bench in p["benchmarks"]:

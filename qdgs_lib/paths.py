@@ -40,9 +40,14 @@ def notebook_dirs(notebook: str, profile: str) -> tuple[Path, Path]:
     write to ``figures/``; ``smoke`` (CI) writes its figures under ``runs/`` so that running
     the tests never overwrites the committed figures."""
     run = runs_dir() / notebook / profile
-    fig = figures_dir() if profile in ("default", "paper") else run / "figures"
-    if profile == "paper":
-        fig = figures_dir() / "paper"
+    fig = {"default": figures_dir(), "paper": figures_dir() / "paper"}.get(profile,
+                                                                           run / "figures")
     fig.mkdir(parents=True, exist_ok=True)
     run.mkdir(parents=True, exist_ok=True)
     return fig, run
+
+
+def real_dataset_path(p: dict) -> Path:
+    """A recognition section's ``real_dataset``; relative paths are under the data folder."""
+    root = Path(p["real_dataset"])
+    return root if root.is_absolute() else data_dir() / root

@@ -11,33 +11,40 @@ import json
 import os
 from typing import Any
 
-SHAPES_PROMPTS = {
-    "objective": ("A regular square or a triangle.", "Splatters of colors."),
-    "measures": [("A red shape.", "A blue shape."),
-                 ("A triangle with 3 edges.", "A square or diamond with 4 edges.")],
-    "measure_labels": ["red (+) vs blue", "triangle (+) vs square"],
-}
+from .measures import Measure, as_measures, placed
 
-FACES_PROMPTS = {
-    "objective": ("A detailed photo of an individual with diverse features.",
-                  "An obscure, fake, or discolored photo of a person."),
-    "measures": [("A person with dark skin.", "A person with light skin."),
-                 ("A masculine person.", "A feminine person."),
-                 ("A person with long hair.", "A person with short hair."),
-                 ("A person in their 20s.", "A person in their 50s.")],
-    "objective_weights": (1.0, 0.5, 0.2),
-}
+SHAPES_OBJECTIVE = ("A regular square or a triangle.", "Splatters of colors.")
+# ranges: the project's shapes CLIP, read off its scores of the VAE's prior samples and of
+# renders (not of any evaluation data); the paper's ViT-B/32 used +-0.1
+SHAPES_MEASURES = (
+    Measure("color", "A red shape.", "A blue shape.", "red (+) vs blue", (-0.9, 0.9), 50),
+    Measure("shape", "A triangle with 3 edges.", "A square or diamond with 4 edges.",
+            "triangle (+) vs square", (-0.9, 0.9), 50),
+)
+
+FACES_OBJECTIVE = ("A detailed photo of an individual with diverse features.",
+                   "An obscure, fake, or discolored photo of a person.")
+# ranges: the project's faces CLIP, face_synthesis.calibrate_ranges (1%/99% quantiles) of its
+# measures of 1024 toy renders with balanced attributes (notebook 02 prints them again); the
+# paper's ViT-B/32: +-0.1. Datasets are balanced over skin x gender, as in the paper.
+FACES_MEASURES = (
+    Measure("skin", "A person with dark skin.", "A person with light skin.",
+            "dark skin (+) vs light", (-0.85, 0.85), 20, attribute="skin", balanced=True),
+    Measure("gender", "A masculine person.", "A feminine person.",
+            "masculine (+) vs feminine", (-0.85, 0.85), 10, attribute="masc", balanced=True),
+    Measure("hair", "A person with long hair.", "A person with short hair.",
+            "long hair (+) vs short", (-0.7, 0.7), 5, attribute="hair"),
+    Measure("age", "A person in their 20s.", "A person in their 50s.",
+            "20s (+) vs 50s", (-0.85, 0.8), 10, attribute="age", sign=-1),
+)
 
 _SHAPES_BASE: dict[str, Any] = {
-    **SHAPES_PROMPTS,
+    "objective": SHAPES_OBJECTIVE,
+    "measures": SHAPES_MEASURES,
     "clip": "qdgs-shapes-clip",
     "clip_weights": None,
-    "objective_weights": (1.0, 0.0, 0.0),
+    "objective_weights": (1.0, 0.0, 0.0),  # prompt gap, latent norm, uniqueness
     "cutouts": 0,  # random crops CLIP scores and averages (0: the whole image once)
-    "grid": (50, 50),
-    # measure ranges for the project's shapes CLIP, read off its scores of the VAE's prior
-    # samples and of renders (not of any evaluation data); the paper's ViT-B/32 used +-0.1
-    "ranges": ((-0.9, 0.9), (-0.9, 0.9)),
     "batch_size": 4,
     "num_emitters": 1,
     "sigma0": 0.5,
@@ -51,24 +58,21 @@ _SHAPES_BASE: dict[str, Any] = {
 }
 
 _FACES_BASE: dict[str, Any] = {
-    **FACES_PROMPTS,
+    "objective": FACES_OBJECTIVE,
+    "measures": FACES_MEASURES,
+    "objective_weights": (1.0, 0.5, 0.2),  # prompt gap, latent norm, uniqueness (the paper)
     "world": "toy",
     "clip": "qdgs-faces-clip",
     "clip_weights": None,
     "stylegan_weights": None,
     "cutouts": 0,
-    # measure ranges for the project's faces CLIP: faces.calibrate_ranges (1%/99% quantiles)
-    # of its measures of 1024 toy renders with balanced attributes (notebook 02 prints them
-    # again); the paper's ViT-B/32: +-0.1
-    "ranges": ((-0.85, 0.85), (-0.85, 0.85), (-0.7, 0.7), (-0.85, 0.8)),
-    "grid": (20, 10, 5, 10),
     "batch_size": 4,
     "num_emitters": 1,
     "sigma0": 0.5,
     "lr": 0.5,
     "archive_learning_rate": 0.02,
     "x0_samples": 64,
-    "bin_edge": 0.1,  # skin/gender bins (-inf, -e), (-e, e), (e, inf); the paper: 0.03
+    "bin_edge": 0.1,  # balanced measures' bins (-inf, -e), (-e, e), (e, inf); the paper: 0.03
     "per_identity": 2,  # solutions per K-means identity
     "offsets": 4,  # images per solution (latent augmentations)
     "offset_scale": 0.1,
@@ -103,10 +107,12 @@ REAL_BENCHMARKS = ("lfw", "cfp_fp", "cplfw", "calfw", "agedb_30", "rfw")
 
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
-        "shapes": {**_SHAPES_BASE, "grid": (20, 20), "iterations": 60, "seeds": (0,),
+        "shapes": {**_SHAPES_BASE, "measures": placed(SHAPES_MEASURES, bins=(20, 20)),
+                   "iterations": 60, "seeds": (0,),
                    "bias_levels": (0.95,), "n_train": 256, "n_test": 128, "train_epochs": 2,
                    "finetune_epochs": 2, "batch": 64},
-        "faces": {**_FACES_BASE, "grid": (6, 4, 3, 4), "iterations": 30},
+        "faces": {**_FACES_BASE, "measures": placed(FACES_MEASURES, bins=(6, 4, 3, 4)),
+                  "iterations": 30},
         "recognition": {**_RECOGNITION_BASE, "pretrain_epochs": 1, "real_epochs": 1,
                         "milestones": (1,), "real_identities": 24, "real_views": 3,
                         "benchmark_pairs": 40},
@@ -122,11 +128,14 @@ PROFILES: dict[str, dict[str, Any]] = {
                         "milestones": (5, 7), "seeds": (0, 1, 2)},
     },
     "paper": {
-        "shapes": {**_SHAPES_BASE, "clip": "ViT-B-32-quickgelu", "ranges": ((-0.1, 0.1),) * 2,
+        "shapes": {**_SHAPES_BASE, "clip": "ViT-B-32-quickgelu",
+                   "measures": placed(SHAPES_MEASURES, ranges=((-0.1, 0.1),) * 2),
                    "iterations": 70000, "seeds": (0, 1, 2, 3, 4), "n_train": 10000,
                    "n_test": 2000, "train_epochs": 20, "finetune_epochs": 30, "batch": 64},
         "faces": {**_FACES_BASE, "world": "ffhq", "clip": "ViT-B-32-quickgelu",
-                  "ranges": ((-0.1, 0.1),) * 4, "grid": (50, 25, 5, 25), "iterations": 60000,
+                  "measures": placed(FACES_MEASURES, ranges=((-0.1, 0.1),) * 4,
+                                     bins=(50, 25, 5, 25)),
+                  "iterations": 60000,
                   "sigma0": 0.5, "lr": 0.5, "bin_edge": 0.03, "offsets": 4, "image_size": 112},
         "recognition": {**_RECOGNITION_BASE, "backbone": "ir101", "pretrain_epochs": 26,
                         "real_epochs": 26, "milestones": (12, 20, 24), "seeds": (0,),
@@ -138,13 +147,17 @@ PROFILES: dict[str, dict[str, Any]] = {
     # path (CI runs it on CPU; run it on a GPU before a real paper run). Never a result.
     "paper-mini": {
         # ranges +-0.01: the measures of a random-weight CLIP are ~1e-3..1e-2
-        "shapes": {**_SHAPES_BASE, "clip": "ViT-B-32-quickgelu", "ranges": ((-0.01, 0.01),) * 2,
-                   "grid": (10, 10), "iterations": 2, "x0_samples": 4, "seeds": (0,),
+        "shapes": {**_SHAPES_BASE, "clip": "ViT-B-32-quickgelu",
+                   "measures": placed(SHAPES_MEASURES, ranges=((-0.01, 0.01),) * 2,
+                                      bins=(10, 10)),
+                   "iterations": 2, "x0_samples": 4, "seeds": (0,),
                    "bias_levels": (0.95,), "n_train": 64, "n_test": 64, "train_epochs": 1,
                    "finetune_epochs": 1, "batch": 32, "image_size": 32, "label_margin": 0.0,
                    "plumbing_check": True},
         "faces": {**_FACES_BASE, "world": "ffhq", "clip": "ViT-B-32-quickgelu",
-                  "ranges": ((-0.01, 0.01),) * 4, "grid": (5, 3, 3, 3), "iterations": 2,
+                  "measures": placed(FACES_MEASURES, ranges=((-0.01, 0.01),) * 4,
+                                     bins=(5, 3, 3, 3)),
+                  "iterations": 2,
                   "x0_samples": 4, "bin_edge": 0.003, "offsets": 2, "image_size": 112,
                   "dataset_solutions": 6, "prior_samples": 64, "preview_images": 8,
                   "plumbing_check": True},
@@ -215,17 +228,38 @@ _OPTIONAL = {"clip_weights", "stylegan_weights", "real_dataset", "dataset_soluti
 def get_profile(profile: str | None = None, section: str | None = None,
                 **overrides) -> dict[str, Any]:
     """A deep copy of a profile (or one of its sections), with ``overrides`` applied (checked:
-    known keys, and values of the profile's types)."""
+    known keys, and values of the profile's types).
+
+    In a section with ``measures``, ``measures`` may be given as dicts (JSON overrides), and
+    ``ranges`` / ``grid`` (one value per measure) set the measures' archive ranges / bins.
+    """
     p = copy.deepcopy(PROFILES[profile_name(profile)])
     if section is not None:
         if section not in p:
             raise ValueError(f"profile '{profile_name(profile)}' has no section '{section}'")
         p = p[section]
+    shortcuts = {k: overrides.pop(k) for k in ("ranges", "grid")
+                 if k in overrides and section is not None and "measures" in p}
     unknown = set(overrides) - set(p)
     if unknown:
-        raise ValueError(f"unknown override(s) {sorted(unknown)}; known: {sorted(p)}")
+        raise ValueError(f"unknown override(s) {sorted(unknown)}; known: "
+                         f"{sorted(p) + (['grid', 'ranges'] if 'measures' in p else [])}")
     if section is not None:
         for key, value in overrides.items():
-            _check_type(key, p[key], value)
+            if key != "measures":
+                _check_type(key, p[key], value)
     p.update(overrides)
+    if "measures" in overrides:
+        p["measures"] = as_measures(_sequence("measures", overrides["measures"]))
+    if shortcuts:
+        p["measures"] = placed(p["measures"],
+                               ranges=_sequence("ranges", shortcuts.get("ranges")),
+                               bins=_sequence("grid", shortcuts.get("grid")))
     return p
+
+
+def _sequence(key: str, value: Any) -> Any:
+    if value is not None and not isinstance(value, list | tuple):
+        raise ValueError(f"override {key}={value!r} ({type(value).__name__}) must be a list "
+                         "with one entry per measure")
+    return value

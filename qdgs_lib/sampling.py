@@ -41,6 +41,17 @@ def assign_bins(measures: np.ndarray, bins: Bins) -> np.ndarray:
     return np.where(valid, index, -1)
 
 
+def solution_columns(measures: np.ndarray, latents: np.ndarray,
+                     **extra: np.ndarray) -> pd.DataFrame:
+    """Manifest columns of solutions: ``extra``, then ``measures_k`` and ``solution_k`` (the
+    names of pyribs' archive frames, so :func:`qdgs_lib.search.measures` and
+    :func:`~qdgs_lib.search.solutions` read a manifest too)."""
+    measures, latents = np.asarray(measures), np.asarray(latents)
+    return pd.DataFrame({**extra, **{f"measures_{k}": measures[:, k]
+                                     for k in range(measures.shape[1])},
+                         **{f"solution_{k}": latents[:, k] for k in range(latents.shape[1])}})
+
+
 def decode_batched(decode: Callable[[torch.Tensor], torch.Tensor], latents: np.ndarray,
                    batch_size: int = 64, size: int | None = None,
                    progress: bool = False) -> torch.Tensor:

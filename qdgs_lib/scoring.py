@@ -26,8 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .clip import Clip
+from .clip import Clip, create_clip
 from .generators.base import Generator
+from .measures import prompts
 
 Prompt = str | Sequence[str]
 
@@ -281,3 +282,12 @@ class PromptScorer:
     def load_state_dict(self, state: dict) -> None:
         self.memory = torch.as_tensor(state["memory"], device=self.clip.device)
         self._rng.bit_generator.state = state["rng"]
+
+
+def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> PromptScorer:
+    """The profile section's CLIP (``clip``, ``clip_weights``, ``cutouts``) scoring
+    ``generator`` with its objective prompts, measures and ``objective_weights``."""
+    clip = create_clip(p["clip"], weights=p["clip_weights"], device=device,
+                       num_cutouts=p["cutouts"])
+    return PromptScorer(generator, clip, p["objective"], prompts(p),
+                        weights=p["objective_weights"])

@@ -21,6 +21,7 @@ from ribs.emitters import EvolutionStrategyEmitter, GaussianEmitter, GradientArb
 from ribs.schedulers import Scheduler
 from tqdm.auto import tqdm
 
+from .measures import grid, ranges
 from .scoring import PromptScorer
 from .utils import (
     BadFileError,
@@ -77,7 +78,7 @@ class SearchConfig:
     @classmethod
     def from_profile(cls, p: dict, algorithm: str, seed: int = 0) -> SearchConfig:
         """The search of a profile section (``shapes`` or ``faces``)."""
-        return cls(dims=p["grid"], ranges=p["ranges"], algorithm=algorithm,
+        return cls(dims=grid(p), ranges=ranges(p), algorithm=algorithm,
                    iterations=p["iterations"], batch_size=p["batch_size"],
                    num_emitters=p["num_emitters"], sigma0=p["sigma0"], lr=p["lr"],
                    archive_learning_rate=p["archive_learning_rate"],
@@ -296,8 +297,26 @@ class QDSearch:
         return pd.read_csv(self.metrics_path)
 
 
+def run_search(scorer: PromptScorer, p: dict, algorithm: str, outdir: str | Path,
+               seed: int = 0, progress: bool = True) -> QDSearch:
+    """Run (or resume, or reload when finished) the search of a profile section in
+    ``outdir``."""
+    search = QDSearch(scorer, SearchConfig.from_profile(p, algorithm, seed), outdir)
+    search.run(progress=progress)
+    return search
+
+
+def archive_summary(searches: dict[str, QDSearch]) -> pd.DataFrame:
+    """One row per search: coverage, QD score, elites, evaluations of its result archive."""
+    return pd.DataFrame({name: {"coverage": s.result_archive.stats.coverage,
+                                "qd_score": s.result_archive.stats.qd_score,
+                                "elites": s.result_archive.stats.num_elites,
+                                "evaluations": s.metrics()["evaluations"].iloc[-1]}
+                         for name, s in searches.items()}).T
+
+
 def archive_frame(archive: GridArchive) -> pd.DataFrame:
-    """The archive's elites as a DataFrame (index, objective, measure_*, solution_*)."""
+    """The archive's elites as a DataFrame (index, objective, measures_*, solution_*)."""
     return archive.data(return_type="pandas")
 
 

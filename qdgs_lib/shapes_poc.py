@@ -14,43 +14,39 @@ import pandas as pd
 import torch
 from torch.utils.data import TensorDataset
 
-from .clip import create_clip
 from .data.shapes import SHAPES, ShapesDataset, augment_shapes, group_names
 from .evaluate import group_accuracy, predict
 from .generators.shapes_vae import load_shapes_vae
+from .measures import index
 from .models.shape_classifier import ShapeClassifier
-from .sampling import decode_batched, write_image_dataset
-from .scoring import PromptScorer
-from .search import QDSearch, SearchConfig, measures, solutions
+from .sampling import decode_batched, solution_columns, write_image_dataset
+from .scoring import PromptScorer, scorer_for_profile
+from .search import measures, solutions
 from .train import train_classifier
 from .utils import resolve_device, seed_everything
 
 
 def build_scorer(p: dict[str, Any], device: str | torch.device = "auto") -> PromptScorer:
     device = resolve_device(device)
-    vae = load_shapes_vae(device=device)
-    clip = create_clip(p["clip"], weights=p["clip_weights"], device=device,
-                       num_cutouts=p["cutouts"])
-    return PromptScorer(vae, clip, p["objective"], p["measures"], weights=p["objective_weights"])
+    return scorer_for_profile(load_shapes_vae(device=device), p, device)
 
 
-def run_search(scorer: PromptScorer, p: dict[str, Any], algorithm: str, outdir: str | Path,
-               seed: int = 0, progress: bool = True) -> QDSearch:
-    search = QDSearch(scorer, SearchConfig.from_profile(p, algorithm, seed), outdir)
-    search.run(progress=progress)
-    return search
+def label_by_shape_measure(m: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    """Class from the shape measure: > ``label_margin`` triangle (0), < -``label_margin``
+    square (1), otherwise -1 (ambiguous, dropped)."""
+    shape, margin = m[:, index(p, "shape")], p["label_margin"]
+    return np.where(shape > margin, 0, np.where(shape < -margin, 1, -1))
 
 
-def label_by_shape_measure(m: np.ndarray, margin: float) -> np.ndarray:
-    """Class from the shape measure (measure 1): > margin triangle (0), < -margin square (1),
-    otherwise -1 (ambiguous, dropped)."""
-    return np.where(m[:, 1] > margin, 0, np.where(m[:, 1] < -margin, 1, -1))
+def is_red(m: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    """Color from the CLIP color measure (> 0: red)."""
+    return m[:, index(p, "color")] > 0
 
 
 def synthetic_set(scorer: PromptScorer, latents: np.ndarray, m: np.ndarray, p: dict[str, Any],
                   limit: int | None = None) -> dict[str, Any]:
     """Decode latents, label them by the CLIP shape measure; drop ambiguous ones."""
-    labels = label_by_shape_measure(m, p["label_margin"])
+    labels = label_by_shape_measure(m, p)
     keep = np.flatnonzero(labels >= 0)[:limit]
     if len(keep) == 0:
         raise ValueError("no solution has an unambiguous shape measure: the archive is empty "
@@ -72,10 +68,7 @@ def random_set(scorer: PromptScorer, n: int, p: dict[str, Any], seed: int = 0) -
 
 
 def save_set(data: dict, outdir: str | Path) -> Path:
-    man = pd.DataFrame({f"measure_{k}": data["measures"][:, k]
-                        for k in range(data["measures"].shape[1])})
-    for k in range(data["latents"].shape[1]):
-        man[f"latent_{k}"] = data["latents"][:, k]
+    man = solution_columns(data["measures"], data["latents"])
     classes = [SHAPES[int(y)] for y in data["labels"]]
     return write_image_dataset(outdir, data["images"], classes, man, overwrite=True)
 
@@ -133,12 +126,12 @@ def label_audit(p: dict[str, Any], synthetic: dict[str, dict], seed: int = 0,
             prob = torch.cat([oracle(x.to(device)).softmax(1).cpu()
                               for x in data["images"].split(256)])
         shape = prob.argmax(1).numpy()
-        red = data["measures"][:, 0] > 0
+        red = is_red(data["measures"], p)
         row = {"images": len(shape),
                "CLIP label = oracle": float((shape == data["labels"].numpy()).mean()),
                "oracle confidence": float(prob.max(1).values.mean())}
-        for c, is_red in (("red", True), ("blue", False)):
+        for c, want_red in (("red", True), ("blue", False)):
             for s, k in zip(SHAPES, range(2), strict=True):
-                row[f"{c} {s}"] = float(((red == is_red) & (shape == k)).mean())
+                row[f"{c} {s}"] = float(((red == want_red) & (shape == k)).mean())
         rows[name] = row
     return pd.DataFrame(rows).T

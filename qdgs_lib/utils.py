@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import io
 import json
 import os
 import pickle
@@ -29,15 +29,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` (or None): CUDA when available, else CPU; anything else as torch reads it,
     refused with a clear message when that device is not usable here."""
     if device is None or (isinstance(device, str) and device == "auto"):
-        return default_device()
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
@@ -144,13 +140,20 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _jsonable(value: Any) -> Any:
+    """Records (dataclasses, e.g. measures) as dicts; anything else as its string."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
 def write_run_info(outdir: str | os.PathLike, config: dict[str, Any],
                    also: str | os.PathLike | None = None) -> Path:
     """Write ``config.json`` (the run's parameters and package versions) into ``outdir``, and
     the same record to ``also`` (e.g. next to the figures the run makes)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"config": config, "versions": versions()}, indent=2, default=str)
+    text = json.dumps({"config": config, "versions": versions()}, indent=2, default=_jsonable)
     path = outdir / "config.json"
     atomic_write_text(path, text)
     if also is not None:
@@ -293,7 +296,3 @@ class RestrictedUnpickler(pickle.Unpickler):
             f"refusing to load global '{key}' from a pickle: it is not on the allow-list. "
             "The file may be malicious or of an unsupported format."
         )
-
-
-def restricted_loads(data: bytes, **kwargs) -> Any:
-    return RestrictedUnpickler(io.BytesIO(data), **kwargs).load()

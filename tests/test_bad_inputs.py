@@ -136,7 +136,7 @@ def stylegan_pickle(tmp_path_factory):
 
 
 def test_stylegan2_loader_names_bad_files(tmp_path, stylegan_pickle):
-    from qdgs_lib.generators.stylegan2 import load_stylegan2
+    from qdgs_lib.generators.stylegan2_legacy import load_stylegan2
 
     good = stylegan_pickle.read_bytes()
     cases = {"empty.pkl": b"", "truncated.pkl": good[: len(good) // 2],
@@ -269,7 +269,7 @@ def test_fuzzed_files_raise_only_clear_errors(tmp_path, stylegan_pickle):
     from qdgs_lib.data.identities import RecordIOFaces
     from qdgs_lib.data.recordio import write_insightface_set
     from qdgs_lib.generators.shapes_vae import load_shapes_vae
-    from qdgs_lib.generators.stylegan2 import load_stylegan2
+    from qdgs_lib.generators.stylegan2_legacy import load_stylegan2
     from qdgs_lib.paths import weights_dir
     from qdgs_lib.search import load_checkpoint
 
@@ -330,7 +330,7 @@ def _png(k):
 
 
 def test_missing_stylegan_names_nvidias_file(tmp_path):
-    from qdgs_lib.generators.stylegan2 import load_stylegan2
+    from qdgs_lib.generators.stylegan2_legacy import load_stylegan2
 
     with pytest.raises(FileNotFoundError, match="stylegan2-ffhq-256x256.pkl.*NGC"):
         load_stylegan2(tmp_path / "nope.pkl", device="cpu")

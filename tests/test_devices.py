@@ -4,9 +4,9 @@
 import pytest
 import torch
 
-from qdgs_lib import faces, shapes_poc
+from qdgs_lib import face_synthesis, recognition, shapes_poc
 from qdgs_lib.profiles import get_profile
-from qdgs_lib.search import archive_frame
+from qdgs_lib.search import archive_frame, run_search
 from qdgs_lib.utils import resolve_device, save_weights
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
@@ -30,7 +30,7 @@ def test_shapes_steps(device, tmp_path):
                     train_epochs=1, finetune_epochs=1)
     scorer = shapes_poc.build_scorer(p, device)
     assert scorer.clip.device.type == device and scorer.generator.device.type == device
-    qd = shapes_poc.run_search(scorer, p, "cma_maega", tmp_path / "qd", progress=False)
+    qd = run_search(scorer, p, "cma_maega", tmp_path / "qd", progress=False)
     qd_set = shapes_poc.qdgs_set(scorer, archive_frame(qd.result_archive), p)
     rnd_set = shapes_poc.random_set(scorer, len(qd_set["labels"]), p)
     assert qd_set["images"].device.type == "cpu" and len(rnd_set["labels"]) > 0
@@ -45,21 +45,21 @@ def test_shapes_steps(device, tmp_path):
 def test_face_steps(device, tmp_path):
     p = get_profile("smoke", "faces", iterations=3, x0_samples=4, dataset_solutions=8,
                     offsets=2)
-    scorer = faces.build_scorer(p, device)
+    scorer = face_synthesis.build_scorer(p, device)
     assert scorer.clip.device.type == device and scorer.generator.device.type == device
     prior = scorer.generator.sample_prior(16, seed=0)
     assert prior.device.type == device
     assert scorer.measures_of(prior).shape == (16, 4)  # a device tensor is accepted
-    qd = faces.run_search(scorer, p, "cma_maega", tmp_path / "qd", progress=False)
-    sets = faces.build_datasets(scorer, archive_frame(qd.result_archive), p, tmp_path,
-                                progress=False)
+    qd = run_search(scorer, p, "cma_maega", tmp_path / "qd", progress=False)
+    sets = face_synthesis.build_datasets(scorer, archive_frame(qd.result_archive), p,
+                                         tmp_path, progress=False)
     r = get_profile("smoke", "recognition", real_identities=8, real_views=2, batch=8,
                     benchmark_pairs=20)
-    models = faces.pretrain_protocol(r, sets, tmp_path / "rec", device=device, progress=False)
+    models = recognition.pretrain_protocol(r, sets, tmp_path / "rec", device=device, progress=False)
     assert list(models.pretraining) == ["none", *sets]
-    bench = faces.load_benchmark(r, root=tmp_path / "bench")
-    net = faces.load_backbone(r, models.model.iloc[-1])
-    res = faces.evaluate_recognizer(net, bench, device=device)
+    bench = recognition.load_benchmark(r, root=tmp_path / "bench")
+    net = recognition.load_backbone(r, models.model.iloc[-1])
+    res = recognition.evaluate_recognizer(net, bench, device=device)
     assert 0 <= res["all"] <= 1 and len(bench.group_names) == 4
     assert not (tmp_path / "rec" / "train" / "qdgs_seed0_real" / "checkpoint.pt").exists()
 

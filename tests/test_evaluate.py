@@ -170,7 +170,7 @@ def test_reference_numbers_csv(tmp_path):
 
 
 def test_paper_layout_table_with_reference(tmp_path):
-    from qdgs_lib.faces import paper_layout_table
+    from qdgs_lib.recognition import paper_layout_table
 
     rows = []
     for pre, base in [("qdgs", 0.9), ("random", 0.8)]:

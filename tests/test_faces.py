@@ -1,9 +1,10 @@
-"""Faces pipeline helpers: benchmark discovery, training logs."""
+"""Recognition helpers: benchmark discovery, training logs."""
 
 import pandas as pd
+import pytest
 import torch
 
-from qdgs_lib import faces
+from qdgs_lib import recognition
 from qdgs_lib.data.benchmarks import write_bin
 from qdgs_lib.profiles import get_profile
 
@@ -11,7 +12,7 @@ from qdgs_lib.profiles import get_profile
 def test_available_benchmarks_finds_supplied_bins_and_lists_the_rest(tmp_path):
     write_bin(tmp_path / "lfw.bin", torch.rand(40, 3, 32, 32), [True, False] * 10)
     p = get_profile("smoke", "recognition", benchmark_size=32)
-    found = faces.available_benchmarks(p, root=tmp_path, include_toy=False)
+    found = recognition.available_benchmarks(p, root=tmp_path, include_toy=False)
     assert list(found["sets"]) == ["lfw"]
     assert len(found["sets"]["lfw"].issame) == 20
     assert str(tmp_path / "agedb_30.bin") in found["missing"]
@@ -23,8 +24,19 @@ def test_training_logs_parse_run_folders(tmp_path):
         d = tmp_path / "train" / f"{name}_seed1_{stage}"
         d.mkdir(parents=True)
         pd.DataFrame({"epoch": [1, 2], "loss": [2.0, 1.0]}).to_csv(d / "log.csv", index=False)
-    logs = faces.training_logs(tmp_path)
+    logs = recognition.training_logs(tmp_path)
     assert len(logs) == 6
     pairs = set(zip(logs.pretraining, logs.stage, strict=True))
     assert pairs == {("qdgs", "pre"), ("qdgs", "real"), ("none", "real")}
     assert (logs.seed == 1).all()
+
+
+def test_group_table_means_over_seeds_with_errors():
+    rows = [{"pretraining": name, "seed": s, "benchmark": "toy", "a": acc + 0.01 * s,
+             "b": 0.5, "fair_mean": 0.6, "fair_std": 0.1, "fair_ser": 1.2, "all": 0.55}
+            for name, acc in (("qdgs", 0.9), ("none", 0.7)) for s in (0, 2)]
+    rows.append({**rows[0], "benchmark": "other", "a": 0.0})
+    t = recognition.group_table(pd.DataFrame(rows), "toy", ["a", "b"])
+    assert list(t.index) == ["none", "qdgs"]  # the paper's order, absent ones left out
+    assert t.loc["qdgs", "a"] == pytest.approx(0.91)
+    assert t.attrs["err"].loc["none", "a"] == pytest.approx(0.01414, abs=1e-4)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from qdgs_lib import faces
+from qdgs_lib import face_synthesis
 from qdgs_lib.paths import weights_dir
 from qdgs_lib.profiles import get_profile
 
@@ -13,12 +13,14 @@ RHO_MIN = 0.8  # every measure must rank renders like the true attribute does
                     reason="faces CLIP weights not trained yet (scripts/train_clip.py)")
 def test_faces_clip_measures_correlate_with_true_attributes():
     p = get_profile("default", "faces")
-    scorer = faces.build_scorer(p)
-    df = faces.measure_truth(scorer, n=384, seed=123)
-    rho = faces.measure_correlations(df)
+    scorer = face_synthesis.build_scorer(p)
+    df = face_synthesis.measure_truth(scorer, p, n=384, seed=123)
+    rho = face_synthesis.measure_correlations(df, p)
     print("Spearman rho:", rho)
+    assert set(rho) == {"skin", "gender", "hair", "age"}
     assert all(r > RHO_MIN for r in rho.values()), rho
     # the profile's archive ranges hold the bulk of the measures of balanced renders
-    for k, (lo, hi) in enumerate(p["ranges"]):
-        inside = df[f"measure_{k}"].between(lo, hi).mean()
-        assert inside > 0.9, (k, inside)
+    for k, m in enumerate(p["measures"]):
+        lo, hi = m.range
+        inside = df[f"measures_{k}"].between(lo, hi).mean()
+        assert inside > 0.9, (m.key, inside)

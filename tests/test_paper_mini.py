@@ -27,7 +27,7 @@ def test_assets_are_in_the_real_formats(data_root, monkeypatch):
     from qdgs_lib.clip import create_clip
     from qdgs_lib.data.benchmarks import read_bin, read_rfw
     from qdgs_lib.data.identities import open_training_set
-    from qdgs_lib.generators.stylegan2 import load_stylegan2
+    from qdgs_lib.generators.stylegan2_legacy import load_stylegan2
 
     monkeypatch.setenv("QDGS_DATA_DIR", str(data_root))
     assert assets.missing_assets("paper-mini") == []

@@ -2,7 +2,7 @@
 
 import pytest
 
-from qdgs_lib import faces
+from qdgs_lib import face_synthesis, measures, recognition
 from qdgs_lib.profiles import PROFILES, get_profile
 
 
@@ -12,7 +12,8 @@ def test_every_profile_has_every_section(name):
         p = get_profile(name, section)
         assert p, (name, section)
     f = get_profile(name, "faces")
-    assert len(f["ranges"]) == len(f["grid"]) == len(f["measures"]) == 4
+    assert len(measures.ranges(f)) == len(measures.grid(f)) == len(f["measures"]) == 4
+    assert [m.key for m in f["measures"]] == ["skin", "gender", "hair", "age"]
 
 
 def test_overrides_are_checked():
@@ -26,7 +27,7 @@ def test_overrides_are_checked():
 def test_paper_profile_names_the_missing_files(tmp_path, monkeypatch):
     monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="pretrained"):
-        faces.build_generator(get_profile("paper", "faces"))
+        face_synthesis.build_generator(get_profile("paper", "faces"))
     p = get_profile("paper", "recognition", real_dataset=str(tmp_path / "train"))
     with pytest.raises(FileNotFoundError, match="<identity>"):
-        faces.real_training_data(p)
+        recognition.real_training_data(p)

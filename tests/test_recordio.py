@@ -142,15 +142,15 @@ def test_identity_folders(tmp_path):
 
 
 def test_trainer_streams_a_recordio_set_with_workers(tmp_path):
-    from qdgs_lib import faces
+    from qdgs_lib import recognition
     from qdgs_lib.profiles import get_profile
 
     write_insightface_set(tmp_path / "s", [jpeg(30 * (k % 4)) for k in range(16)],
                           np.arange(16) % 4)
     p = get_profile("smoke", "recognition", real_dataset=str(tmp_path / "s"), workers=2,
                     batch=8)
-    data = faces.real_training_data(p)
+    data = recognition.real_training_data(p)
     assert isinstance(data, RecordIOFaces) and data.image_size == 64  # ir_small's input
-    net = faces.train_recognizer(data, p, tmp_path / "run", epochs=2, progress=False)
+    net = recognition.train_recognizer(data, p, tmp_path / "run", epochs=2, progress=False)
     log = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert len(log) == 3 and not any(v.is_cuda for v in net.state_dict().values())

@@ -11,13 +11,11 @@ from qdgs_lib.generators.stylegan2 import (
     StyleGAN2Generator,
     _filter,
     bias_act,
-    load_stylegan2,
     modulated_conv2d,
-    read_network_pickle,
-    save_stylegan2,
     split_modulated_layer,
     upsample2d,
 )
+from qdgs_lib.generators.stylegan2_legacy import load_stylegan2, read_network_pickle, save_stylegan2
 from qdgs_lib.nvidia_format import write_network_pickle
 
 

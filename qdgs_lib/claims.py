@@ -1,0 +1,89 @@
+"""The verdicts the notebooks print and the README quotes, computed from result tables.
+
+Each function takes the CSV-shaped results a notebook writes and returns a table with one row
+per comparison and a ``verdict`` column decided by the numbers alone (no expected outcome).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def shapes_verdicts(results: pd.DataFrame) -> pd.DataFrame:
+    """Notebook 01: per color bias, the balanced accuracy (``mean`` over groups, then over
+    seeds) without fine-tuning, with random and with QDGS fine-tuning; QDGS "helps" when it
+    beats both."""
+    m = results.groupby(["bias", "finetune"])["mean"].mean().unstack()
+    out = pd.DataFrame({"none": m["none"], "random": m["random"], "qdgs": m["qdgs"]})
+    out["qdgs - none"] = out["qdgs"] - out["none"]
+    out["qdgs - random"] = out["qdgs"] - out["random"]
+    helps = (out["qdgs - none"] > 0) & (out["qdgs - random"] > 0)
+    out["verdict"] = helps.map({True: "QDGS helps", False: "QDGS does NOT beat both baselines"})
+    return out
+
+
+def format_shapes_verdicts(v: pd.DataFrame) -> str:
+    return "\n".join(
+        f"bias {bias:.2f}: biased {r['none']:.3f}, +random {r['random']:.3f}, "
+        f"+QDGS {r['qdgs']:.3f} -> {r['qdgs - none'] * 100:+.1f} pts vs none, "
+        f"{r['qdgs - random'] * 100:+.1f} vs random: {r['verdict']}" for bias, r in v.iterrows())
+
+
+def share_verdicts(shares: pd.DataFrame, before: str = "random sampling",
+                   after: str = "QDGS archive") -> pd.DataFrame:
+    """Notebook 02: each share (a column of ``shares``, rows ``before``/``after``) moved
+    towards balance (0.5) or away from it."""
+    b, a = shares.loc[before].astype(float), shares.loc[after].astype(float)
+    out = pd.DataFrame({before: b, after: a, "change": a - b})
+    closer = (a - 0.5).abs() < (b - 0.5).abs()
+    out["verdict"] = closer.map({True: "closer to balance", False: "NOT closer to balance"})
+    return out
+
+
+def format_share_verdicts(v: pd.DataFrame) -> str:
+    before, after = v.columns[:2]
+    return "\n".join(f"{name}: {before} {r[before]:.1%} -> {after} {r[after]:.1%} "
+                     f"({r['change'] * 100:+.1f} pts): {r['verdict']}" for name, r in v.iterrows())
+
+
+def fairness_verdicts(results: pd.DataFrame, benchmark: str, groups: list[str],
+                      versus: tuple[str, ...] = ("random", "none")) -> pd.DataFrame:
+    """Notebook 04: QDGS pretraining against each baseline on one benchmark with groups.
+
+    On the means over seeds, QDGS is "fairer" when its spread across groups (``fair_std``) is
+    smaller *and* the baseline's worst group is more accurate. The same test is also made seed
+    by seed on paired runs (same seed: same real data and initialisation), counted in
+    ``fairer_seeds`` of ``seeds``.
+    """
+    r = results[results.benchmark == benchmark]
+    mean = r.groupby("pretraining")[[*groups, "fair_mean", "fair_std"]].mean()
+    per_seed = r.set_index(["pretraining", "seed"])
+    seeds = sorted(r.seed.unique())
+    rows = []
+    for base in versus:
+        if base not in mean.index or "qdgs" not in mean.index:
+            continue
+        q, b = mean.loc["qdgs"], mean.loc[base]
+        worst = b[groups].astype(float).idxmin()
+        holds = sum(per_seed.loc[("qdgs", s), "fair_std"] < per_seed.loc[(base, s), "fair_std"]
+                    and per_seed.loc[("qdgs", s), worst] > per_seed.loc[(base, s), worst]
+                    for s in seeds if (base, s) in per_seed.index and ("qdgs", s) in per_seed.index)
+        rows.append({"benchmark": benchmark, "versus": base, "worst group": worst,
+                     "std before": b["fair_std"], "std after": q["fair_std"],
+                     "worst before": b[worst], "worst after": q[worst],
+                     "mean before": b["fair_mean"], "mean after": q["fair_mean"],
+                     "fairer": bool(q["fair_std"] < b["fair_std"] and q[worst] > b[worst]),
+                     "accuracy cost": bool(q["fair_mean"] < b["fair_mean"]),
+                     "fairer_seeds": int(holds), "seeds": len(seeds)})
+    return pd.DataFrame(rows)
+
+
+def format_fairness_verdicts(v: pd.DataFrame) -> str:
+    return "\n".join(
+        f"{r['benchmark']}: QDGS vs {r['versus']}: std {r['std before']:.4f} -> "
+        f"{r['std after']:.4f}, worst group ({r['worst group']}) {r['worst before']:.4f} -> "
+        f"{r['worst after']:.4f}, mean {r['mean before']:.4f} -> {r['mean after']:.4f} "
+        f"({(r['mean after'] - r['mean before']) * 100:+.2f} pts): "
+        f"{'fairer' if r['fairer'] else 'NOT fairer'} on average"
+        f"{', at an accuracy cost' if r['accuracy cost'] else ''}; "
+        f"fairer in {r['fairer_seeds']} of {r['seeds']} seeds" for _, r in v.iterrows())

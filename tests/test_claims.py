@@ -1,0 +1,68 @@
+"""Verdicts from known numbers: the README's tables, and hand-made per-seed results."""
+
+import pandas as pd
+import pytest
+
+from qdgs_lib import claims
+
+
+def _shapes_results(table):
+    rows = []
+    for bias, (none, rand, qd) in table.items():
+        for seed, jitter in ((0, -0.01), (1, 0.01)):
+            for name, acc in (("none", none), ("random", rand), ("qdgs", qd)):
+                rows.append({"bias": bias, "seed": seed, "finetune": name, "mean": acc + jitter})
+    return pd.DataFrame(rows)
+
+
+def test_shapes_verdicts_from_the_readme_numbers():
+    res = _shapes_results({0.98: (0.626, 0.916, 0.854), 0.90: (0.900, 0.950, 0.960)})
+    v = claims.shapes_verdicts(res)
+    assert v.loc[0.98, "qdgs - none"] == pytest.approx(0.228)
+    assert v.loc[0.98, "qdgs - random"] == pytest.approx(-0.062)
+    assert v.loc[0.98, "verdict"] == "QDGS does NOT beat both baselines"
+    assert v.loc[0.90, "verdict"] == "QDGS helps"
+    text = claims.format_shapes_verdicts(v)
+    assert "bias 0.98: biased 0.626, +random 0.916, +QDGS 0.854 -> +22.8 pts vs none, " \
+           "-6.2 vs random" in text
+
+
+def test_share_verdicts():
+    shares = pd.DataFrame({"dark": [0.091, 0.286], "50s": [0.35, 0.46], "masc": [0.5, 0.9]},
+                          index=["random sampling", "QDGS archive"])
+    v = claims.share_verdicts(shares)
+    assert v.loc["dark", "change"] == pytest.approx(0.195)
+    assert list(v.verdict) == ["closer to balance", "closer to balance",
+                               "NOT closer to balance"]
+    assert "dark: random sampling 9.1% -> QDGS archive 28.6% (+19.5 pts)" in \
+        claims.format_share_verdicts(v)
+
+
+def _fair_results():
+    """Two groups; QDGS narrows the gap in seed 0 only, and on average."""
+    acc = {("none", 0): (0.90, 0.70), ("none", 1): (0.90, 0.76),
+           ("qdgs", 0): (0.86, 0.80), ("qdgs", 1): (0.88, 0.74)}
+    rows = []
+    for (name, seed), (a, b) in acc.items():
+        mean, std = (a + b) / 2, abs(a - b) / 2
+        rows.append({"pretraining": name, "seed": seed, "benchmark": "toy", "young": a,
+                     "old": b, "fair_mean": mean, "fair_std": std, "fair_ser": 1.0, "all": 0.8})
+    return pd.DataFrame(rows)
+
+
+def test_fairness_verdicts_on_means_and_paired_seeds():
+    v = claims.fairness_verdicts(_fair_results(), "toy", ["young", "old"])
+    assert list(v.versus) == ["none"]  # no random pretraining in these results
+    r = v.iloc[0]
+    assert r["worst group"] == "old"
+    assert r["worst before"] == pytest.approx(0.73) and r["worst after"] == pytest.approx(0.77)
+    assert r["fairer"] and not r["accuracy cost"]
+    assert (r["fairer_seeds"], r["seeds"]) == (1, 2)
+    assert "fairer on average; fairer in 1 of 2 seeds" in claims.format_fairness_verdicts(v)
+
+
+def test_fairness_verdict_says_not_fairer_and_cost():
+    res = _fair_results()
+    res.loc[res.pretraining == "qdgs", ["old", "fair_mean"]] -= 0.1
+    r = claims.fairness_verdicts(res, "toy", ["young", "old"]).iloc[0]
+    assert not r["fairer"] and r["accuracy cost"]
