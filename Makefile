@@ -4,7 +4,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce test test-devices paper-mini lab bench lint
+.PHONY: setup reproduce test test-ui test-devices paper-mini lab bench lint
 
 setup: .venv/.installed
 
@@ -33,6 +33,15 @@ reproduce: setup
 test: setup
 	rm -rf runs/*/smoke runs/*/paper-mini
 	QDGS_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+# The archive explorer in a real browser: JupyterLab from the venv, notebook 02 (smoke) run in
+# headless Chromium (Debian's package, installed here if missing), an archive cell selected;
+# screenshot in runs/ui/explorer.png.
+test-ui: setup
+	@test -n "$$QDGS_CHROMIUM" || command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || { echo "test-ui needs Debian's chromium: apt-get install chromium (or set QDGS_CHROMIUM)"; exit 1; }
+	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install -q -e ".[ui]"
+	$(PY) -m pytest tests_ui -p no:cacheprovider -v
 
 # The notebooks' library steps on every available device (CUDA when present) and the
 # paper-mini notebooks: the one command to run on a GPU machine.

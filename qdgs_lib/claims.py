@@ -6,7 +6,23 @@ per comparison and a ``verdict`` column decided by the numbers alone (no expecte
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+from scipy import stats
+
+
+def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and its two-sided ``level`` t-interval (n - 1 degrees of freedom) over seeds;
+    the interval is NaN for fewer than two values (one seed says nothing about spread)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return (float("nan"),) * 3
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return m, m - half, m + half
 
 
 def shapes_verdicts(results: pd.DataFrame) -> pd.DataFrame:
@@ -87,3 +103,16 @@ def format_fairness_verdicts(v: pd.DataFrame) -> str:
         f"{'fairer' if r['fairer'] else 'NOT fairer'} on average"
         f"{', at an accuracy cost' if r['accuracy cost'] else ''}; "
         f"fairer in {r['fairer_seeds']} of {r['seeds']} seeds" for _, r in v.iterrows())
+
+
+def latent_norm_summary(norms: dict[str, np.ndarray], typical: float) -> pd.DataFrame:
+    """Are the elites where the generator was trained? Per set of latents (e.g. QDGS elites,
+    random-sampling elites, prior samples): median and 99th percentile of the latent norm, and
+    the share beyond twice the prior's typical norm (the generator's ``latent_norm``)."""
+    rows = {}
+    for name, v in norms.items():
+        v = np.asarray(v, dtype=float)
+        rows[name] = {"latents": len(v), "median norm": float(np.median(v)) if len(v) else np.nan,
+                      "99th percentile": float(np.percentile(v, 99)) if len(v) else np.nan,
+                      "share > 2x typical": float((v > 2 * typical).mean()) if len(v) else np.nan}
+    return pd.DataFrame(rows).T

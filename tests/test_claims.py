@@ -66,3 +66,20 @@ def test_fairness_verdict_says_not_fairer_and_cost():
     res.loc[res.pretraining == "qdgs", ["old", "fair_mean"]] -= 0.1
     r = claims.fairness_verdicts(res, "toy", ["young", "old"]).iloc[0]
     assert not r["fairer"] and r["accuracy cost"]
+
+
+def test_mean_ci_is_the_t_interval():
+    m, lo, hi = claims.mean_ci([0.80, 0.84, 0.88])
+    # mean 0.84, sd 0.04, t(0.975, 2) = 4.3027: half width 4.3027 * 0.04 / sqrt(3)
+    assert m == pytest.approx(0.84) and hi - m == pytest.approx(0.099366, abs=1e-6)
+    assert m - lo == pytest.approx(hi - m)
+    m, lo, hi = claims.mean_ci([0.7, float("nan")])  # one finite seed: no interval
+    assert m == 0.7 and lo != lo and hi != hi
+
+
+def test_latent_norm_summary():
+    t = claims.latent_norm_summary({"elites": [1.0, 2.0, 10.0, 50.0], "prior": [2.0, 2.5]},
+                                   typical=2.45)
+    assert t.loc["elites", "median norm"] == 6.0
+    assert t.loc["elites", "share > 2x typical"] == 0.5
+    assert t.loc["prior", "share > 2x typical"] == 0.0 and t.loc["prior", "latents"] == 2

@@ -49,7 +49,7 @@ class ShapesVAE(Generator):
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        z = self.check_latents(z)
+        z = self.check_latents(z).to(self.device)  # latents may come from the host
         h = self.fc(z).view(-1, 4 * self.width, 4, 4)
         return torch.sigmoid(self.decoder(h))
 

@@ -1,0 +1,49 @@
+"""Figures: per-seed statistics drawn from the data, files written without dates."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from qdgs_lib import claims, plots  # noqa: E402
+
+
+def _results():
+    rows = [{"bias": b, "seed": s, "finetune": f, "mean": 0.5 + 0.1 * k + 0.02 * s + 0.1 * b}
+            for b in (0.9, 0.8) for s in range(3) for k, f in enumerate(("none", "qdgs"))]
+    return pd.DataFrame(rows)
+
+
+def test_seed_points_draw_every_seed_and_the_t_interval():
+    res = _results()
+    fig, ax = plt.subplots()
+    plots.seed_points(res, x="bias", y="mean", hue="finetune", ax=ax, order=[0.9, 0.8],
+                      hue_order=["none", "qdgs"], labels={"qdgs": "+ QDGS"}, title="t")
+    seeds = np.concatenate([np.asarray(c.get_offsets())[:, 1] for c in ax.collections])
+    assert np.sort(seeds) == pytest.approx(np.sort(res["mean"].to_numpy()))  # every seed
+    means = np.concatenate([np.asarray(line.get_ydata(), float) for line in ax.lines
+                            if line.get_marker() == "D"])
+    groups = res.groupby(["bias", "finetune"])["mean"]
+    assert np.sort(means) == pytest.approx(np.sort(groups.mean().to_numpy()))
+    # each error bar spans the t-interval of claims.mean_ci
+    bars = [np.asarray(line.get_ydata(), float) for line in ax.lines if line.get_marker() != "D"
+            and len(line.get_ydata())]
+    spans = sorted((round(np.nanmin(y), 6), round(np.nanmax(y), 6)) for y in bars)
+    want = sorted(tuple(round(v, 6) for v in claims.mean_ci(g)[1:]) for _, g in groups)
+    assert spans == want
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["none", "+ QDGS"]
+    plt.close(fig)
+
+
+def test_pdfs_have_no_creation_date(tmp_path):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    a = plots.savefig(fig, tmp_path / "a")
+    plots.savefig(fig, tmp_path / "b")
+    assert (tmp_path / "a.pdf").read_bytes() == (tmp_path / "b.pdf").read_bytes()
+    assert b"CreationDate" not in (tmp_path / "a.pdf").read_bytes()
+    assert len(a) == 2
+    plt.close(fig)
