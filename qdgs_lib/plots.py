@@ -208,10 +208,11 @@ def _t_interval(values) -> tuple[float, float]:
 def seed_points(data: pd.DataFrame, x: str, y: str, hue: str, ax: plt.Axes | None = None,
                 order: Sequence | None = None, hue_order: Sequence[str] | None = None,
                 labels: dict[str, str] | None = None, title: str = "", xlabel: str = "",
-                ylabel: str = "") -> plt.Axes:
+                ylabel: str = "", ylim: tuple[float, float] | None = None) -> plt.Axes:
     """Per-seed results as points (one per seed, dodged by ``hue``) over the mean with its
     95% t-interval (:func:`qdgs_lib.claims.mean_ci`; n - 1 degrees of freedom, so few seeds
-    give wide intervals, as they should)."""
+    give wide intervals, as they should; ``ylim`` cuts them at the axis, e.g. at accuracy 0
+    and 1)."""
     ax = ax or plt.gca()
     data = data.copy()
     if labels:
@@ -227,6 +228,8 @@ def seed_points(data: pd.DataFrame, x: str, y: str, hue: str, ax: plt.Axes | Non
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel or x)
         ax.set_ylabel(ylabel or y)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
         ax.grid(axis="y", alpha=0.35)  # the axes may predate the theme: style them here
         ax.set_axisbelow(True)
         sns.despine(ax=ax)
