@@ -185,6 +185,17 @@ class PromptScorer:
                                              update_memory=False).measures
                                for i in range(0, len(latents), batch_size)])
 
+    def measures_of_images(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """Measures (N, m) of images (N, 3, H, W) in [0, 1] that need not come from the
+        generator (e.g. renders with known attributes, to check the CLIP)."""
+        out = []
+        with torch.no_grad():
+            for x in images.split(batch_size):
+                emb = self.clip.encode_image(x.to(self.clip.device))
+                out.append(torch.stack([-self._pair_gap(emb, k)
+                                        for k in range(1, 1 + self.num_measures)], 1).cpu())
+        return torch.cat(out).numpy().astype(np.float64)
+
     def _with_jacobian(self, z: torch.Tensor):
         """One forward pass and the (B, 1+m, d) jacobian: samples are independent, so
         d sum_b out[b, k] / d z[b] is row b of output k's jacobian.

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch.utils.data import TensorDataset
 
-from .data.shapes import SHAPES, ShapesDataset, augment_shapes, group_names
+from .data.shapes import BLUE, RED, SHAPES, ShapesDataset, augment_shapes, group_names
 from .evaluate import group_accuracy, predict
 from .generators.shapes_vae import load_shapes_vae
 from .measures import index
@@ -104,6 +104,46 @@ def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress:
     return pd.DataFrame(rows)
 
 
+def train_oracle(p: dict[str, Any], seed: int = 0, epochs: int = 8, progress: bool = False,
+                 device: str | torch.device = "auto") -> ShapeClassifier:
+    """The *oracle* shape classifier: trained on 2000 balanced renders at ``image_size`` (its
+    own seed, not the evaluation set); the reference CLIP shape labels are checked against."""
+    seed_everything(seed)
+    renders = ShapesDataset(2000, None, p["image_size"], seed=20_000 + seed)
+    oracle = ShapeClassifier()
+    train_classifier(oracle, TensorDataset(renders.images, renders.labels), epochs,
+                     batch_size=p["batch"], seed=seed, augment=augment_shapes,
+                     progress=progress, desc="oracle", device=resolve_device(device))
+    return oracle
+
+
+def pixel_color(images: torch.Tensor) -> np.ndarray:
+    """Color of each shape read off its pixels, on the renderer's scale (0 red .. 1 blue):
+    the mean of the non-background (non-white) pixels projected on the red -> blue line."""
+    x = images.detach().float().cpu()
+    fg = (x.min(dim=1).values < 0.8).float()[:, None]  # white background is ~1 everywhere
+    rgb = (x * fg).sum((2, 3)) / fg.sum((2, 3)).clamp(min=1)
+    d = BLUE - RED
+    return (((rgb - RED) @ d) / (d @ d)).clamp(0, 1).numpy()
+
+
+def prior_label_agreement(scorer: PromptScorer, p: dict[str, Any], oracle: ShapeClassifier,
+                          n: int = 1000, seed: int = 0) -> dict[str, float]:
+    """How often the CLIP labels of ``n`` samples of the VAE's prior are right: shape (the
+    shape measure's sign vs the oracle; ambiguous |measure| <= ``label_margin`` counts as
+    wrong) and color (the color measure's sign vs the pixels' color)."""
+    z = scorer.generator.sample_prior(n, seed=seed).cpu().numpy()
+    m = scorer.measures_of(z)
+    images = decode_batched(scorer.generator.decode, z, size=p["image_size"])
+    device = next(oracle.parameters()).device
+    oracle.eval()
+    with torch.no_grad():
+        shape = torch.cat([oracle(x.to(device)).argmax(1).cpu()
+                           for x in images.split(256)]).numpy()
+    return {"shape": float((label_by_shape_measure(m, p) == shape).mean()),
+            "color": float((is_red(m, p) == (pixel_color(images) < 0.5)).mean())}
+
+
 def label_audit(p: dict[str, Any], synthetic: dict[str, dict], seed: int = 0,
                 epochs: int = 8, progress: bool = False,
                 device: str | torch.device = "auto") -> pd.DataFrame:
@@ -113,12 +153,7 @@ def label_audit(p: dict[str, Any], synthetic: dict[str, dict], seed: int = 0,
     off-manifold "splatters"), and the share of each color x shape group (color from the
     CLIP color measure, shape from the oracle)."""
     device = resolve_device(device)
-    seed_everything(seed)
-    renders = ShapesDataset(2000, None, p["image_size"], seed=20_000 + seed)
-    oracle = ShapeClassifier()
-    train_classifier(oracle, TensorDataset(renders.images, renders.labels), epochs,
-                     batch_size=p["batch"], seed=seed, augment=augment_shapes,
-                     progress=progress, desc="oracle", device=device)
+    oracle = train_oracle(p, seed, epochs, progress, device)
     rows = {}
     for name, data in synthetic.items():
         oracle.eval()

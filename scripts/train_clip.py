@@ -1,7 +1,11 @@
 """Train one of the project's small CLIPs (open_clip architecture, JSON config) on captioned
 renders, with a multi-positive contrastive loss (see qdgs_lib/data/captions.py).
 
-    python scripts/train_clip.py --model qdgs-shapes-clip [--steps 2500]
+    python scripts/train_clip.py --model qdgs-shapes-clip [--steps 2500] [--vae-frac 0.35]
+
+Shapes: ``--vae-frac`` of every batch are decodes of the shapes VAE across its prior, captioned
+from their pixels' color and an oracle shape classifier trained on renders (its own seed, not
+the one the label checks use), so the CLIP also reads the softer images the search scores.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from qdgs_lib.clip import OWN_MODELS, Clip, register_configs
 from qdgs_lib.data.captions import (
     FACE_CAPTIONS,
     SHAPE_CAPTIONS,
+    color_name,
     faces_batch,
     match_matrix,
     shapes_batch,
@@ -49,6 +54,44 @@ def blur_some(x: torch.Tensor, g: torch.Generator, p: float = 0.3) -> torch.Tens
     return x
 
 
+def flip_some(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random horizontal/vertical flips: color and number of sides do not change."""
+    for dim in (2, 3):
+        mask = torch.rand(len(x), generator=g) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(dim), x)
+    return x
+
+
+def vae_batch_fn(frac: float, oracle_seed: int = 1):
+    """Shapes batches where ``frac`` of the images are VAE prior decodes (latents at a random
+    scale 0.7..1.3 of the prior), captioned by pixel color and the oracle's shape."""
+    from qdgs_lib.generators.shapes_vae import load_shapes_vae
+    from qdgs_lib.profiles import get_profile
+    from qdgs_lib.shapes_poc import pixel_color, train_oracle
+    from qdgs_lib.utils import resize_square
+
+    p = get_profile("default", "shapes")
+    vae = load_shapes_vae(device="cpu")
+    oracle = train_oracle(p, seed=oracle_seed).eval()
+
+    def batch(n: int, g: torch.Generator):
+        n_vae = int(round(n * frac))
+        images, attrs = shapes_batch(n - n_vae, g)
+        if n_vae == 0:
+            return images, attrs
+        scale = 0.7 + 0.6 * torch.rand(n_vae, 1, generator=g)
+        z = torch.randn(n_vae, vae.latent_dim, generator=g) * scale
+        with torch.no_grad():
+            dec = vae.decode(z)
+            shape = oracle(resize_square(dec, p["image_size"])).argmax(1)
+        color = pixel_color(dec)
+        extra = [{"kind": "shape", "color": color_name(float(c)), "sides": "4" if s else "3"}
+                 for c, s in zip(color, shape.tolist(), strict=True)]
+        return torch.cat([images, dec]), attrs + extra
+
+    return batch
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="qdgs-shapes-clip", choices=list(WORLDS))
@@ -57,6 +100,9 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--flips", action="store_true", help="random horizontal/vertical flips")
+    ap.add_argument("--vae-frac", type=float, default=0.0,
+                    help="shapes: share of each batch that are VAE decodes (oracle-captioned)")
     args = ap.parse_args()
     out = args.out or str(weights_dir() / OWN_MODELS[args.model])
     seed_everything(args.seed)
@@ -66,6 +112,10 @@ def main():
     wrapper = Clip(model, open_clip.get_tokenizer(args.model), 64)
     wrapper.model.train().requires_grad_(True)
     batch_fn, captions = WORLDS[args.model]
+    if args.vae_frac > 0:
+        if args.model != "qdgs-shapes-clip":
+            raise SystemExit("--vae-frac is for qdgs-shapes-clip (the shapes VAE)")
+        batch_fn = vae_batch_fn(args.vae_frac)
     tokenizer = open_clip.get_tokenizer(args.model)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps,
@@ -75,6 +125,8 @@ def main():
     for _ in bar:
         images, attrs = batch_fn(args.batch, g)
         images = blur_some(images, g)
+        if args.flips:
+            images = flip_some(images, g)
         chosen = [rng.choice(true_captions(a, captions)) for a in attrs]
         texts = sorted(set(chosen))
         target = match_matrix(attrs, texts, captions)  # (B, T)

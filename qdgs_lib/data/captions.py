@@ -31,7 +31,7 @@ for _c in ("red", "blue", "purple"):
         SHAPE_CAPTIONS[f"A {_c} {_s}."] = {"kind": "shape", "color": _c, "sides": _n}
 
 
-def _color_name(c: float) -> str:
+def color_name(c: float) -> str:
     return "red" if c < 0.35 else ("blue" if c > 0.65 else "purple")
 
 
@@ -45,7 +45,7 @@ def shapes_batch(n: int, generator: torch.Generator, splatter_frac: float = 0.2,
     p = sample_params(n_shp, colors, shapes, generator)
     p.color = torch.rand(n_shp, generator=generator)  # the full red..blue range
     images = torch.cat([render(p, size), render_splatters(n_spl, generator, size)])
-    attrs = [{"kind": "shape", "color": _color_name(float(c)), "sides": "4" if s else "3"}
+    attrs = [{"kind": "shape", "color": color_name(float(c)), "sides": "4" if s else "3"}
              for c, s in zip(p.color, p.shape, strict=True)]
     attrs += [{"kind": "splatter"}] * n_spl
     return images, attrs

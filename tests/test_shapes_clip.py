@@ -1,0 +1,57 @@
+"""The shipped shapes CLIP labels what its prompts say: on renders its measures rank the true
+color and shape, and on samples of the VAE's prior its labels agree with the pixels' color and
+an oracle shape classifier (what the search's datasets are labeled by)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from qdgs_lib import shapes_poc
+from qdgs_lib.data.shapes import render, sample_params
+from qdgs_lib.measures import index
+from qdgs_lib.paths import weights_dir
+from qdgs_lib.profiles import get_profile
+
+SHAPE_MIN, COLOR_MIN = 0.95, 0.98  # agreement on prior samples (issue 15)
+RHO_MIN = 0.8
+
+pytestmark = pytest.mark.skipif(not (weights_dir() / "qdgs-shapes-clip.safetensors").exists(),
+                                reason="shapes CLIP weights not trained (scripts/train_clip.py)")
+
+
+@pytest.fixture(scope="module")
+def setup():
+    p = get_profile("default", "shapes")
+    return p, shapes_poc.build_scorer(p, "cpu")
+
+
+def test_measures_rank_true_color_and_shape_of_renders(setup):
+    p, scorer = setup
+    g = torch.Generator().manual_seed(5)
+    n = 400
+    shape = (torch.rand(n, generator=g) < 0.5).long()
+    params = sample_params(n, torch.zeros(n, dtype=torch.long), shape, g)
+    params.color = torch.rand(n, generator=g)
+    m = scorer.measures_of_images(render(params, 128))
+    df = pd.DataFrame({"color": m[:, index(p, "color")], "shape": m[:, index(p, "shape")],
+                       "red": 1 - params.color.numpy(), "triangle": (shape == 0).numpy()})
+    rho_color = df["color"].corr(df["red"], method="spearman")
+    rho_shape = df["shape"].corr(df["triangle"].astype(float), method="spearman")
+    print(f"Spearman rho: color {rho_color:.3f}, shape {rho_shape:.3f}")
+    # a binary truth caps Spearman's rho at sqrt(3)/2 = 0.866 (perfect separation)
+    assert rho_color > RHO_MIN and rho_shape > RHO_MIN * np.sqrt(3) / 2
+
+
+# Not met yet (issue 15): the shipped CLIP agrees 82% (shape) / 98.6% (color); a CLIP retrained
+# with oracle-captioned VAE decodes (scripts/train_clip.py --vae-frac 0.35 --flips) 86-87% /
+# 97-98%; and two oracles trained on renders with different seeds agree only 87-92% with each
+# other on VAE decodes, so the oracle must get better first (bench/README.md). Strict: the
+# suite fails once the target is met, so this marker cannot outlive the fix.
+@pytest.mark.xfail(strict=True, reason="issue 15: shape agreement on prior samples < 95%")
+def test_labels_of_prior_samples_agree_with_the_oracle(setup):
+    p, scorer = setup
+    oracle = shapes_poc.train_oracle(p, seed=0)
+    agree = shapes_poc.prior_label_agreement(scorer, p, oracle, n=1000, seed=11)
+    print("agreement on prior samples:", agree)
+    assert agree["shape"] >= SHAPE_MIN and agree["color"] >= COLOR_MIN, agree
