@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file
@@ -66,14 +67,26 @@ def load_benchmark(p: dict[str, Any], root=None, size: int = 64):
 
 def evaluate_recognizer(backbone: torch.nn.Module, bench,
                         device: str | torch.device = "auto") -> dict:
-    """Per-group 10-fold verification accuracy on ``bench`` (+ mean/std/SER), and the accuracy
-    over all pairs."""
+    """Per-group 10-fold verification accuracy on ``bench`` (+ mean/std/SER), the accuracy over
+    all pairs with one threshold (``all``), and the distance threshold chosen for all pairs and
+    for each group (``threshold <group>``).
+
+    ``all`` uses the benchmark's own folds when it has them: its pairs are stored group after
+    group, so contiguous folds would each hold one group and fit its threshold on the others."""
     images = resize_square(bench.images, getattr(backbone, "input_size", bench.images.shape[-1]))
     emb = embed(backbone, images, device=resolve_device(device), transform=adaface_input)
-    out = {"all": verification_accuracy(emb, bench.issame)["accuracy"]}
+    pooled = verification_accuracy(emb, bench.issame, folds=bench.folds)
+    out = {"all": pooled["accuracy"]}
     if bench.groups is not None:
         out.update(group_verification(emb, bench.issame, bench.groups, bench.group_names,
                                       folds=bench.folds))
+        out["threshold all"] = pooled["threshold"]
+        for k, name in enumerate(bench.group_names):
+            mask = np.asarray(bench.groups) == k
+            folds = None if bench.folds is None else np.asarray(bench.folds)[mask]
+            pair_mask = np.repeat(mask, 2)  # embeddings come in pairs
+            out[f"threshold {name}"] = verification_accuracy(
+                emb[pair_mask], np.asarray(bench.issame)[mask], folds=folds)["threshold"]
     return out
 
 

@@ -1,5 +1,6 @@
 """Recognition helpers: benchmark discovery, training logs."""
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -40,3 +41,39 @@ def test_group_table_means_over_seeds_with_errors():
     assert list(t.index) == ["none", "qdgs"]  # the paper's order, absent ones left out
     assert t.loc["qdgs", "a"] == pytest.approx(0.91)
     assert t.attrs["err"].loc["none", "a"] == pytest.approx(0.01414, abs=1e-4)
+
+
+class _AngleNet(torch.nn.Module):
+    """Embeds an image as the unit vector at angle = its mean value (after AdaFace's input
+    normalisation): pair distances are set exactly by the images."""
+
+    input_size = 8
+
+    def forward(self, x):
+        theta = x.mean(dim=(1, 2, 3))
+        return torch.stack([theta.cos(), theta.sin()], 1)
+
+
+def test_pooled_accuracy_uses_the_benchmark_folds_and_reports_thresholds():
+    """Two groups whose distances live on different scales: each group is separable, no single
+    threshold separates both (so "all" < every group: a single threshold, not a bug), and the
+    pairs are stored group after group with same-pairs first, as in RFW."""
+    from qdgs_lib.data.benchmarks import PairSet
+
+    rows, groups, issame = [], [], []
+    for g, (same, diff) in enumerate(((0.05, 0.2), (0.4, 1.2))):
+        for is_same, gap in ((True, same), (False, diff)):
+            for i in range(50):
+                base = 0.01 * i
+                rows += [base, base + gap]
+                groups.append(g)
+                issame.append(is_same)
+    v = torch.tensor(rows)  # image value v -> embedding angle 2v - 1 (AdaFace normalisation)
+    images = ((v / 2 + 0.5)[:, None, None, None]).expand(-1, 3, 8, 8).contiguous()
+    folds = np.tile(np.repeat(np.arange(10), 5), 4)  # every fold: both groups, both kinds
+    bench = PairSet("two scales", images, np.array(issame), np.array(groups), ["near", "far"],
+                    folds)
+    res = recognition.evaluate_recognizer(_AngleNet(), bench, device="cpu")
+    assert res["near"] == 1.0 and res["far"] == 1.0
+    assert 0.6 < res["all"] < 0.9
+    assert res["threshold near"] < 0.04 < 0.15 < res["threshold far"]
