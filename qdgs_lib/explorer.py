@@ -27,6 +27,7 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from .measures import Measure
+from .plots import plane_maxima
 from .search import solutions
 
 Truth = Callable[[np.ndarray], dict[str, np.ndarray]]  # latents (N, d) -> attribute -> (N,)
@@ -63,19 +64,11 @@ class ArchiveData:
             np.zeros((0, len(shape)), int)
         self.prior_norms = np.sort(np.asarray(self.prior_norms, dtype=float))
 
-    @property
-    def labels(self) -> list[str]:
-        return [m.label for m in self.measures]
-
     def plane(self, dims: tuple[int, int]) -> np.ndarray:
         """Best objective of each cell of the (dims[0], dims[1]) plane, over the other
         measures: array (bins of dims[1], bins of dims[0]); NaN where no elite is."""
-        i, j = self._check_dims(dims)
-        grid = np.full((self.measures[j].bins, self.measures[i].bins), np.nan)
-        for (a, b), obj in zip(self._cells[:, [i, j]], self.frame["objective"].to_numpy(),
-                               strict=True):
-            grid[b, a] = obj if np.isnan(grid[b, a]) else max(grid[b, a], obj)
-        return grid
+        return plane_maxima(self._cells, self.frame["objective"].to_numpy(),
+                            self._check_dims(dims), [m.bins for m in self.measures])
 
     def elite_at(self, dims: tuple[int, int], cell: tuple[int, int]) -> int | None:
         """Row of the best elite in ``cell`` = (bin of dims[0], bin of dims[1]) of the plane,
@@ -177,12 +170,17 @@ def _draw_plane(ax, data: ArchiveData, dims, cell, title: str, vmax: float | Non
     ax.set_title(title, fontsize=10)
 
 
+def _vmax(archives: dict[str, ArchiveData], dims) -> float | None:
+    """One colour scale for all archives' planes."""
+    return max((float(np.nanmax(a.plane(dims))) for a in archives.values() if len(a.frame)),
+               default=None)
+
+
 def render_view(archives: dict[str, ArchiveData], dims: tuple[int, int],
                 cell: tuple[int, int]) -> plt.Figure:
     """The explorer's view as one matplotlib figure: per archive, the plane's heatmap with
     the chosen cell outlined, that cell's elite and its facts."""
-    vmax = max((float(np.nanmax(a.plane(dims))) for a in archives.values()
-                if len(a.frame)), default=None)
+    vmax = _vmax(archives, dims)
     fig, axes = plt.subplots(2, len(archives), figsize=(5.2 * len(archives), 8.4),
                              squeeze=False, gridspec_kw={"height_ratios": [1, 1.15]})
     for c, (name, data) in enumerate(archives.items()):
@@ -295,8 +293,7 @@ class ArchiveExplorer:
 
     def refresh(self) -> None:
         dims, cell = self.dims, self.cell
-        vmax = max((float(np.nanmax(a.plane(dims))) for a in self.archives.values()
-                    if len(a.frame)), default=None)
+        vmax = _vmax(self.archives, dims)
         for name, data in self.archives.items():
             plane, img, facts = self.panels[name]
             fig, ax = plt.subplots(figsize=(4.2, 3.2))

@@ -58,6 +58,18 @@ def relative(path: Path) -> Path:
     return Path(os.path.relpath(path, Path.cwd()))
 
 
+def plane_maxima(cells: np.ndarray, objective: np.ndarray, dims: tuple[int, int],
+                 shape: Sequence[int]) -> np.ndarray:
+    """Best objective in each cell of the (dims[0], dims[1]) plane of a grid of ``shape``,
+    over the other measures: (shape[dims[1]], shape[dims[0]]), NaN where no elite is.
+    ``cells``: the elites' grid indices (N, len(shape))."""
+    i, j = dims
+    grid = np.full((shape[j], shape[i]), np.nan)
+    for (a, b), obj in zip(np.asarray(cells)[:, [i, j]], objective, strict=True):
+        grid[b, a] = obj if np.isnan(grid[b, a]) else max(grid[b, a], obj)
+    return grid
+
+
 def heatmap(archive: GridArchive, ax: plt.Axes | None = None, dims: tuple[int, int] = (0, 1),
             labels: Sequence[str] | None = None, vmin=None, vmax=None, title: str = ""):
     """Objective heatmap of an archive over two of its measures.
@@ -71,11 +83,9 @@ def heatmap(archive: GridArchive, ax: plt.Axes | None = None, dims: tuple[int, i
     else:
         i, j = dims
         df = archive.data(return_type="pandas")
-        grid = np.full((archive.dims[j], archive.dims[i]), np.nan)
-        if len(df):
-            idx = archive.int_to_grid_index(df["index"].to_numpy())
-            for (a, b), obj in zip(idx[:, [i, j]], df["objective"].to_numpy(), strict=True):
-                grid[b, a] = obj if np.isnan(grid[b, a]) else max(grid[b, a], obj)
+        cells = archive.int_to_grid_index(df["index"].to_numpy()) if len(df) else \
+            np.zeros((0, archive.measure_dim), int)
+        grid = plane_maxima(cells, df["objective"].to_numpy(), dims, archive.dims)
         lo_i, hi_i = archive.lower_bounds[i], archive.upper_bounds[i]
         lo_j, hi_j = archive.lower_bounds[j], archive.upper_bounds[j]
         im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax,

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file
@@ -78,15 +77,11 @@ def evaluate_recognizer(backbone: torch.nn.Module, bench,
     pooled = verification_accuracy(emb, bench.issame, folds=bench.folds)
     out = {"all": pooled["accuracy"]}
     if bench.groups is not None:
-        out.update(group_verification(emb, bench.issame, bench.groups, bench.group_names,
-                                      folds=bench.folds))
-        out["threshold all"] = pooled["threshold"]
-        for k, name in enumerate(bench.group_names):
-            mask = np.asarray(bench.groups) == k
-            folds = None if bench.folds is None else np.asarray(bench.folds)[mask]
-            pair_mask = np.repeat(mask, 2)  # embeddings come in pairs
-            out[f"threshold {name}"] = verification_accuracy(
-                emb[pair_mask], np.asarray(bench.issame)[mask], folds=folds)["threshold"]
+        per_group = group_verification(emb, bench.issame, bench.groups, bench.group_names,
+                                       folds=bench.folds)
+        thresholds = {k: v for k, v in per_group.items() if k.startswith("threshold ")}
+        out |= {k: v for k, v in per_group.items() if k not in thresholds}
+        out |= {"threshold all": pooled["threshold"], **thresholds}
     return out
 
 

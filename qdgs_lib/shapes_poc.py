@@ -135,11 +135,7 @@ def prior_label_agreement(scorer: PromptScorer, p: dict[str, Any], oracle: Shape
     z = scorer.generator.sample_prior(n, seed=seed).cpu().numpy()
     m = scorer.measures_of(z)
     images = decode_batched(scorer.generator.decode, z, size=p["image_size"])
-    device = next(oracle.parameters()).device
-    oracle.eval()
-    with torch.no_grad():
-        shape = torch.cat([oracle(x.to(device)).argmax(1).cpu()
-                           for x in images.split(256)]).numpy()
+    shape = predict(oracle, images, device=next(oracle.parameters()).device)
     return {"shape": float((label_by_shape_measure(m, p) == shape).mean()),
             "color": float((is_red(m, p) == (pixel_color(images) < 0.5)).mean())}
 
