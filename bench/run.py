@@ -1,7 +1,8 @@
 """Benchmarks: scoring throughput (fused vs per-output), time-to-coverage of search
 algorithms, IR-ResNet training throughput.
 
-    python bench/run.py [--quick] [--only scoring|components|search|training|loader|profile]
+    python bench/run.py [--quick]
+                        [--only scoring|components|search|iteration|training|loader|profile]
 
 Writes bench/results/*.csv (with machine info) and prints a summary. Random weights are fine
 for timing: throughput depends on the architecture, not on the values.
@@ -34,7 +35,8 @@ from qdgs_lib.scoring import PromptScorer  # noqa: E402
 from qdgs_lib.search import QDSearch, SearchConfig  # noqa: E402
 from qdgs_lib.utils import atomic_path, versions  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
+# QDGS_BENCH_RESULTS: another folder for the result files (e.g. a GPU machine's outbox)
+RESULTS = Path(os.environ.get("QDGS_BENCH_RESULTS", ROOT / "bench" / "results"))
 # glibc maps big blocks (above a threshold that starts at 128 KiB and grows to at most 32 MiB)
 # freshly and unmaps them on free, and trims the heap, so big temporary tensors page-fault afresh:
 # a grouped-convolution StyleGAN2 forward pass on CPU took 270-820 ms instead of 220 ms. Keeping
@@ -123,13 +125,24 @@ def bench_scoring(device: str, quick: bool) -> pd.DataFrame:
         else:
             batch_sizes = [1, 4, 8, 16, 32, 64]
         repeats = 1 if quick else 3
+        if scorer.weights[2] > 0:  # a full uniqueness memory, as in a search's steady state
+            with torch.no_grad():
+                scorer.memory = scorer.clip.encode_image(gen.decode(gen.sample_prior(
+                    scorer.memory_size, seed=1)))
         for b in batch_sizes:
             z = gen.sample_prior(b, seed=0).cpu().numpy()
             t = {}
+            scorer.cuda_graphs = False
             for mode in ("batched", "func", "loop"):
                 scorer.jacobian_mode = mode
                 t[mode] = _time(lambda z=z, s=scorer: s.evaluate(z, jacobian=True,
                                                                  update_memory=False), repeats)
+            graphed = float("nan")  # the auto mode as one captured CUDA graph per call
+            if device.startswith("cuda") and b <= scorer.static_max_batch:
+                scorer.cuda_graphs = True
+                graphed = _time(lambda z=z, s=scorer: s.evaluate(z, jacobian=True,
+                                                                 update_memory=False), repeats)
+            scorer.cuda_graphs = False  # the three modes above and below: eager
             per = _time(lambda z=z, s=scorer: s.evaluate_per_output(z), repeats)
             per_released = per
             if hasattr(gen, "modconv"):
@@ -142,12 +155,14 @@ def bench_scoring(device: str, quick: bool) -> pd.DataFrame:
                          "fused_batched_sol_per_s": b / t["batched"],
                          "fused_func_sol_per_s": b / t["func"],
                          "fused_loop_sol_per_s": b / t["loop"],
-                         "fused_sol_per_s": b / best, "per_output_sol_per_s": b / per,
+                         "fused_sol_per_s": b / best, "graphed_auto_sol_per_s": b / graphed,
+                         "per_output_sol_per_s": b / per,
                          "per_output_released_sol_per_s": b / per_released,
                          "speedup": per / best, "speedup_vs_released": per_released / best,
                          "repeats": repeats, **machine()})
             print(f"{name:32s} B={b:3d}  fused {b / best:7.3f} sol/s (batched "
-                  f"{b / t['batched']:.3f}, func {b / t['func']:.3f}, loop {b / t['loop']:.3f})"
+                  f"{b / t['batched']:.3f}, func {b / t['func']:.3f}, loop {b / t['loop']:.3f},"
+                  f" graphed {b / graphed:.3f})"
                   f"  per-output "
                   f"{b / per:7.3f} (released {b / per_released:.3f})  x{per / best:.2f} "
                   f"(vs released x{per_released / best:.2f})", flush=True)
@@ -214,6 +229,54 @@ def bench_search(device: str, quick: bool) -> pd.DataFrame:
     return df
 
 
+def bench_iteration(device: str, quick: bool) -> pd.DataFrame:
+    """Milliseconds per CMA-MAEGA iteration at the paper's scale: StyleGAN2-256 + ViT-B/32
+    (random weights), objective + 4 measures with the paper's objective weights (a full
+    uniqueness memory, as after a search's first iterations), the paper's 50x25x5x25
+    archive over +-0.1, batch 4, one emitter; eager and CUDA-graphed, both vmapped jacobian
+    modes. Timed after warm-up iterations (graph captures, cuDNN autotuning)."""
+    p = get_profile("paper", "faces")
+    warmup, timed = (2, 3) if quick or device == "cpu" else (10, 60)
+    rows = []
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        for graphs in (False, True):
+            if graphs and not device.startswith("cuda"):
+                continue
+            for mode in ("batched", "func"):
+                torch.manual_seed(0)
+                gen = StyleGAN2Generator(StyleGAN2().to(device), num_std_samples=2000)
+                clip = create_clip("ViT-B-32-quickgelu", device=device, pretrained=False)
+                scorer = PromptScorer(gen, clip, p["objective"], prompts(p),
+                                      weights=p["objective_weights"])
+                with torch.no_grad():
+                    scorer.memory = clip.encode_image(gen.decode(gen.sample_prior(
+                        scorer.memory_size, seed=1)))
+                scorer.jacobian_mode, scorer.cuda_graphs = mode, graphs
+                cfg = SearchConfig(dims=(50, 25, 5, 25), ranges=[(-0.1, 0.1)] * 4,
+                                   iterations=warmup + timed, batch_size=4, num_emitters=1,
+                                   x0_samples=8, seed=0, checkpoint_every=10**9)
+                search = QDSearch(scorer, cfg, tmp / f"{mode}_{graphs}")
+                if device.startswith("cuda"):
+                    torch.cuda.reset_peak_memory_stats()
+                search.run(progress=False)
+                sec = search.metrics().set_index("iteration").seconds
+                ms = 1e3 * (sec[warmup + timed] - sec[warmup]) / timed
+                peak = torch.cuda.max_memory_allocated() / 2**30 \
+                    if device.startswith("cuda") else float("nan")
+                rows.append({"jacobian_mode": mode, "cuda_graphs": graphs,
+                             "ms_per_iteration": ms, "iterations_timed": timed,
+                             "hours_for_60k": ms * 60_000 / 3.6e6, "peak_gpu_gib": peak,
+                             "coverage": search.result_archive.stats.coverage, **machine()})
+                print(f"CMA-MAEGA paper-scale iteration, {mode:7s} graphs={graphs!s:5s}: "
+                      f"{ms:7.1f} ms  (60k iterations: {ms * 60_000 / 3.6e6:.2f} h, peak "
+                      f"{peak:.1f} GiB)", flush=True)
+                del search, scorer, gen, clip
+    finally:
+        shutil.rmtree(tmp)
+    return pd.DataFrame(rows)
+
+
 def time_to_coverage(df: pd.DataFrame, targets=(0.1, 0.2, 0.3, 0.4)) -> pd.DataFrame:
     """Evaluations and seconds each algorithm needed to first reach each coverage target."""
     rows = []
@@ -226,42 +289,93 @@ def time_to_coverage(df: pd.DataFrame, targets=(0.1, 0.2, 0.3, 0.4)) -> pd.DataF
     return pd.DataFrame(rows)
 
 
+def _plain_loop_ips(name: str, batch: int, precision: str, steps: int, device: str) -> float:
+    """The ceiling: the same network, head and optimizer in a bare loop, the batch already on
+    the GPU, no augmentation, no logging, no host sync until the end."""
+    from qdgs_lib.models.heads import AdaFace
+    from qdgs_lib.models.iresnet import build_iresnet
+    from qdgs_lib.train import sgd_no_bn_decay
+
+    net = build_iresnet(name).to(device).to(memory_format=torch.channels_last)
+    head = AdaFace(net.embedding_dim, 100).to(device)
+    opt = sgd_no_bn_decay([net, head], 0.1)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    x = torch.randn(batch, 3, net.input_size, net.input_size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.arange(batch, device=device) % 100
+
+    def step():
+        with torch.autocast("cuda", dtype=dtype):
+            emb, norms = net(x)
+            loss = torch.nn.functional.cross_entropy(head(emb.float(), norms.float(), y), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - t0)
+
+
 def bench_training(device: str, quick: bool) -> pd.DataFrame:
-    """IR-ResNet + AdaFace training steps per second (images/s), batch 64 (CPU: 32)."""
+    """IR-ResNet + AdaFace training throughput (images/s) of ``RecognitionTrainer`` on uint8
+    images (as decoded), with its augmentations. CPU: batch 32, fp32. GPU: IR-101 at the
+    paper's batch 64 (fp16) and at 256 (bf16), channels_last, next to the bare-loop ceiling
+    (``_plain_loop_ips``)."""
     from qdgs_lib.data.identities import TensorFaces
     from qdgs_lib.models.heads import AdaFace
     from qdgs_lib.models.iresnet import build_iresnet
     from qdgs_lib.train import RecognitionTrainer
 
-    nets = ["ir_small"] + ([] if quick else ["ir18", "ir50"]) + \
-        (["ir101"] if device != "cpu" and not quick else [])
+    gpu = device.startswith("cuda")
+    if not gpu:
+        runs = [(n, 32, "fp32") for n in ["ir_small"] + ([] if quick else ["ir18", "ir50"])]
+    elif quick:
+        runs = [("ir_small", 64, "fp16")]
+    else:
+        runs = [("ir50", 64, "fp16"), ("ir101", 64, "fp16"), ("ir101", 64, "bf16"),
+                ("ir101", 256, "bf16")]
     rows = []
-    for name in nets:
+    for name, batch, precision in runs:
         net = build_iresnet(name)
-        batch = 64 if device != "cpu" else 32
-        steps = 2 if device == "cpu" and name != "ir_small" else 5
-        x = torch.rand(batch * (steps + 1), 3, net.input_size, net.input_size)
+        steps = (2 if name != "ir_small" else 5) if not gpu else (5 if quick else 20)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (batch * (steps + 1), 3, net.input_size, net.input_size),
+                          dtype=torch.uint8, generator=g)
         y = torch.arange(len(x)) % 100
         tmp = Path(tempfile.mkdtemp())
         try:
             tr = RecognitionTrainer(net, AdaFace(net.embedding_dim, 100),
                                     TensorFaces(x[:batch], y[:batch]), tmp,
-                                    batch_size=batch, device=device, progress=False)
+                                    batch_size=batch, device=device, progress=False,
+                                    precision=precision)
             tr.train_epoch()  # warm-up (AMP, cudnn autotune)
             tr.data = TensorFaces(x, y)
-            if torch.cuda.is_available():
+            if gpu:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             tr.train_epoch()
-            if torch.cuda.is_available():
+            if gpu:
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
         finally:
             shutil.rmtree(tmp)
         ips = (len(x) // batch) * batch / dt
+        plain = _plain_loop_ips(name, batch, precision, steps, device) if gpu else float("nan")
         rows.append({"backbone": name, "input": net.input_size, "batch": batch,
-                     "amp": device != "cpu", "images_per_s": ips, **machine()})
-        print(f"{name:9s} {net.input_size}px batch {batch}: {ips:8.1f} images/s", flush=True)
+                     "precision": precision, "images_per_s": ips,
+                     "plain_loop_images_per_s": plain, "share_of_plain": ips / plain,
+                     **machine()})
+        print(f"{name:9s} {net.input_size}px batch {batch:3d} {precision}: trainer {ips:8.1f} "
+              f"images/s (bare loop {plain:8.1f}, {ips / plain:.0%})", flush=True)
+        del tr, net
     return pd.DataFrame(rows)
 
 
@@ -287,7 +401,7 @@ def bench_loader(device: str, quick: bool) -> pd.DataFrame:
         rows = []
         for name, ds in (("recordio", RecordIOFaces(tmp / "rec")),
                          ("identity folders", IdentityFolders(tmp / "folders"))):
-            for workers in (0, 1, 2):
+            for workers in [w for w in (0, 1, 2, 4, 8) if w <= (os.cpu_count() or 1)]:
                 loader = DataLoader(ds, batch_size=64, shuffle=True, num_workers=workers,
                                     pin_memory=device.startswith("cuda"),
                                     generator=torch.Generator().manual_seed(0))
@@ -331,8 +445,9 @@ def write(df: pd.DataFrame, name: str) -> Path:
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", choices=["scoring", "components", "search", "training", "loader",
-                                       "profile"])
+    ap.add_argument("--only", nargs="+", choices=["scoring", "components", "search",
+                                                  "iteration", "training", "loader",
+                                                  "profile"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--default-malloc", action="store_true",
                     help="keep glibc's default allocator settings (results get a suffix)")
@@ -344,21 +459,23 @@ def main():
         tag += "_default-malloc"
     if args.quick:  # a smoke run never overwrites the real numbers
         tag += "_quick"
-    if args.only in (None, "scoring"):
+    if args.only is None or "scoring" in args.only:
         write(bench_scoring(args.device, args.quick), f"scoring_{tag}")
-    if args.only in (None, "components"):
+    if args.only is None or "components" in args.only:
         write(bench_components(args.device, args.quick), f"components_{tag}")
-    if args.only in (None, "search"):
+    if args.only is None or "search" in args.only:
         search = bench_search(args.device, args.quick)
         write(search, f"search_{tag}")
         summary = time_to_coverage(search)
         print(summary.to_string(index=False))
         write(summary, f"search_time_to_coverage_{tag}")
-    if args.only in (None, "training"):
+    if args.only is None or "iteration" in args.only:
+        write(bench_iteration(args.device, args.quick), f"iteration_{tag}")
+    if args.only is None or "training" in args.only:
         write(bench_training(args.device, args.quick), f"training_{tag}")
-    if args.only in (None, "loader"):
+    if args.only is None or "loader" in args.only:
         write(bench_loader(args.device, args.quick), f"loader_{tag}")
-    if args.only in (None, "profile"):
+    if args.only is None or "profile" in args.only:
         RESULTS.mkdir(parents=True, exist_ok=True)
         path = RESULTS / f"profile_{tag}.txt"
         path.write_text(profile_scoring(args.device))

@@ -19,6 +19,7 @@ other (bench/README.md has the numbers).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -65,6 +66,40 @@ def preferred_mode(generator: Generator, device: torch.device) -> str:
     return pref
 
 
+class StaticCall:
+    """``fn(inputs, memory)`` bound to static input buffers of one shape.
+
+    On CUDA the call is captured once as a CUDA graph (after two warm-up calls on a side
+    stream, which also let cuDNN pick its algorithms) and each call copies its inputs into
+    the buffers and replays the graph: the same kernels on the same buffers, so the same
+    numbers as eager calls, with one launch instead of hundreds. The outputs are static too:
+    read (copy) them before the next call. Elsewhere ``fn`` runs eagerly on the buffers.
+    """
+
+    def __init__(self, fn, inputs: torch.Tensor, memory: torch.Tensor):
+        self.fn = fn
+        self.inputs, self.memory = inputs.clone(), memory.clone()
+        self.graph = None
+        if inputs.is_cuda:
+            stream = torch.cuda.Stream(inputs.device)
+            stream.wait_stream(torch.cuda.current_stream(inputs.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    fn(self.inputs, self.memory)
+            torch.cuda.current_stream(inputs.device).wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.outputs = fn(self.inputs, self.memory)
+
+    def __call__(self, inputs: torch.Tensor, memory: torch.Tensor):
+        self.inputs.copy_(inputs)
+        self.memory.copy_(memory)
+        if self.graph is None:
+            return self.fn(self.inputs, self.memory)
+        self.graph.replay()
+        return self.outputs
+
+
 class PromptScorer:
     """Scores latents of ``generator`` with ``clip`` against prompt pairs.
 
@@ -105,6 +140,10 @@ class PromptScorer:
         self._rng = np.random.default_rng(seed)
         # "batched" | "func" | "loop" | "auto" (the generator's preferred mode): see _with_jacobian
         self.jacobian_mode = "auto"
+        # "auto" | True | False, and the largest batch captured: see _static_call
+        self.cuda_graphs: bool | str = "auto"
+        self.static_max_batch = 16
+        self._static_calls: dict[tuple, StaticCall] = {}
 
     @property
     def num_measures(self) -> int:
@@ -120,15 +159,17 @@ class PromptScorer:
         pos, neg = self._targets[k]
         return angdist(emb, pos).mean(1) - angdist(emb, neg).mean(1)
 
-    def _objective_loss(self, emb: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def _objective_loss(self, emb: torch.Tensor, z: torch.Tensor,
+                        memory: torch.Tensor | None = None) -> torch.Tensor:
         w_prompt, w_reg, w_unique = self.weights
+        memory = self.memory if memory is None else memory
         loss = w_prompt * self._pair_gap(emb, 0)
         if w_reg > 0:
             norm = z.norm(dim=1)
             q = float(self.generator.latent_norm)
             loss = loss + w_reg * (torch.clamp(norm, min=q) - q).pow(2)
-        if w_unique > 0 and len(self.memory) > 0:
-            uniqueness = angdist(emb, self.memory).min(dim=1).values
+        if w_unique > 0 and len(memory) > 0:
+            uniqueness = angdist(emb, memory).min(dim=1).values
             loss = loss + w_unique * (1 - uniqueness)
         return loss
 
@@ -136,11 +177,12 @@ class PromptScorer:
     def loss_to_objective(loss: torch.Tensor) -> torch.Tensor:
         return F.softplus(100 - 50 * loss, beta=0.1)
 
-    def _outputs(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _outputs(self, z: torch.Tensor, memory: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One forward pass: (loss (B,), outputs (B, 1+m) = [objective, measures], emb)."""
         images = self.generator.decode(z)
         emb = self.clip.encode_image(images, check=False)  # checked once, on the host, later
-        loss = self._objective_loss(emb, z)
+        loss = self._objective_loss(emb, z, memory)
         measures = [-self._pair_gap(emb, k) for k in range(1, 1 + self.num_measures)]
         return loss, torch.stack([self.loss_to_objective(loss), *measures], dim=1), emb
 
@@ -159,13 +201,16 @@ class PromptScorer:
     def evaluate(self, latents, jacobian: bool = False, update_memory: bool = True) -> Scores:
         """Objective and measures (and, if asked, their jacobians) of a batch of latents."""
         z = self._to_tensor(latents)
-        if not jacobian:
+        static = self._static_call(jacobian, z)
+        if static is not None:  # one CUDA graph replay (see _static_call)
+            loss, out, emb, jac = static(z, self.memory)
+        elif not jacobian:
             with torch.no_grad():
                 loss, out, emb = self._outputs(z)
             jac = None
         else:
             loss, out, emb, jac = self._with_jacobian(z)
-            loss, out, emb = loss.detach(), out.detach(), emb.detach()
+        loss, out, emb = loss.detach(), out.detach(), emb.detach()
         out = out.cpu().numpy().astype(np.float64)
         jac = None if jac is None else jac.cpu().numpy().astype(np.float64)
         if not np.isfinite(out).all() or (jac is not None and not np.isfinite(jac).all()):
@@ -213,11 +258,7 @@ class PromptScorer:
         takes the generator's ``preferred_jacobian_mode`` (default ``batched``; a dict chooses
         by device type): a fixed rule, not a timing, so a seeded run is reproducible.
         """
-        mode = self.jacobian_mode
-        if mode == "auto":
-            mode = preferred_mode(self.generator, self.clip.device)
-        if mode not in ("batched", "func", "loop"):
-            raise ValueError(f"jacobian_mode must be auto, batched, func or loop, got {mode!r}")
+        mode = self._resolved_mode()
         if mode != "loop":
             try:
                 return self._batched_jacobian(z) if mode == "batched" else self._func_jacobian(z)
@@ -232,22 +273,73 @@ class PromptScorer:
                  for i in range(k)]
         return loss, out, emb, torch.stack(grads, dim=1)
 
+    def _resolved_mode(self) -> str:
+        mode = self.jacobian_mode
+        if mode == "auto":
+            mode = preferred_mode(self.generator, self.clip.device)
+        if mode not in ("batched", "func", "loop"):
+            raise ValueError(f"jacobian_mode must be auto, batched, func or loop, got {mode!r}")
+        return mode
+
+    # --- static shapes: CUDA graphs ----------------------------------------------------------
+    def _static_call(self, jacobian: bool, z: torch.Tensor) -> StaticCall | None:
+        """The captured call for this batch shape, or None to run eagerly.
+
+        A search asks for the same small shapes again and again (CMA-MAEGA: jacobians at
+        batch 1 per emitter, values at ``batch_size``), and at batch 1 StyleGAN2 + CLIP are
+        launch-bound: hundreds of small kernels whose launches cost more than their math. A
+        CUDA graph replays them with one launch. Used only where the call's work is fixed:
+        no random cutouts (drawn on the host), a full (or unused) uniqueness memory, batches
+        up to ``static_max_batch``, a vmapped jacobian mode. ``cuda_graphs``: ``auto`` (on
+        for CUDA), True (on any device: on a CPU the same static buffers run eagerly, which
+        is what tests check), False.
+        """
+        use = self.cuda_graphs
+        if use == "auto":
+            use = z.is_cuda
+        if not use or getattr(self.clip, "num_cutouts", 0) > 0 or len(z) > self.static_max_batch:
+            return None
+        if self.weights[2] > 0 and len(self.memory) != self.memory_size:
+            return None  # the memory still grows: its shape changes from call to call
+        mode = self._resolved_mode() if jacobian else "values"
+        if mode == "loop":
+            return None
+        key = (mode, tuple(z.shape), tuple(self.memory.shape))
+        if key not in self._static_calls:
+            if mode == "values":
+                def fn(z, memory):
+                    with torch.no_grad():
+                        return (*self._outputs(z, memory), None)
+            else:
+                jac_fn = self._batched_jacobian if mode == "batched" else self._func_jacobian
+
+                def fn(z, memory):
+                    return jac_fn(z, memory)
+            try:
+                self._static_calls[key] = StaticCall(fn, z, self.memory)
+            except RuntimeError as e:  # an op that cannot be captured: stay eager
+                warnings.warn(f"CUDA graph capture failed ({e}); scoring runs eagerly",
+                              stacklevel=3)
+                self.cuda_graphs = False
+                return None
+        return self._static_calls[key]
+
     @staticmethod
     def _cotangents(out: torch.Tensor) -> torch.Tensor:
         """(k, B, k): cotangent i selects output i of every sample."""
         b, k = out.shape
         return torch.eye(k, device=out.device, dtype=out.dtype)[:, None, :].expand(k, b, k)
 
-    def _batched_jacobian(self, z: torch.Tensor):
+    def _batched_jacobian(self, z: torch.Tensor, memory: torch.Tensor | None = None):
         z = z.detach().requires_grad_(True)
-        loss, out, emb = self._outputs(z)
+        loss, out, emb = self._outputs(z, memory)
         (jac,) = torch.autograd.grad(out, z, grad_outputs=self._cotangents(out),
                                      is_grads_batched=True)
         return loss, out, emb, jac.transpose(0, 1)
 
-    def _func_jacobian(self, z: torch.Tensor):
+    def _func_jacobian(self, z: torch.Tensor, memory: torch.Tensor | None = None):
         def outputs(z):
-            loss, out, emb = self._outputs(z)
+            loss, out, emb = self._outputs(z, memory)
             return out, (loss, emb)
 
         out, vjp, (loss, emb) = torch.func.vjp(outputs, z.detach(), has_aux=True)

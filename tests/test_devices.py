@@ -92,3 +92,65 @@ def test_trainer_on_channels_last_returns_savable_weights(tmp_path):
     tr.run(1)
     assert tr.backbone.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     save_weights(tr.backbone, tmp_path / "b.safetensors")  # raised before the fix
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("mode", ["batched", "func"])
+def test_cuda_graphs_give_the_eager_numbers_on_the_paper_architectures(mode):
+    """StyleGAN2-256 + ViT-B/32 (random weights), the paper's objective weights with a full
+    uniqueness memory: captured graphs (jacobians at batch 1, values at batch 4) against
+    eager calls, up to float rounding, over calls whose memory contents change."""
+    import numpy as np
+
+    from qdgs_lib.clip import create_clip
+    from qdgs_lib.generators.stylegan2 import StyleGAN2, StyleGAN2Generator
+    from qdgs_lib.measures import prompts
+    from qdgs_lib.scoring import PromptScorer
+
+    p = get_profile("paper", "faces")
+    torch.manual_seed(0)
+    gen = StyleGAN2Generator(StyleGAN2().cuda(), num_std_samples=500)
+    clip = create_clip("ViT-B-32-quickgelu", device="cuda", pretrained=False)
+    scorers = [PromptScorer(gen, clip, p["objective"], prompts(p), weights=(1.0, 0.5, 0.2),
+                            memory_size=4) for _ in range(2)]
+    memory = clip.encode_image(gen.decode(gen.sample_prior(4, seed=1))).detach()
+    rng = np.random.default_rng(0)
+    for graphs, sc in zip((False, True), scorers, strict=True):
+        sc.jacobian_mode, sc.cuda_graphs, sc.memory = mode, graphs, memory.clone()
+    for step in range(3):
+        for b in (1, 4):
+            z = gen.sample_prior(b, seed=10 * step + b).cpu().numpy()
+            eager, graphed = (sc.evaluate(z, jacobian=b == 1) for sc in scorers)
+            np.testing.assert_allclose(graphed.objective, eager.objective, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(graphed.measures, eager.measures, rtol=1e-4, atol=1e-5)
+            if b == 1:
+                scale = np.abs(eager.jacobian).max()
+                np.testing.assert_allclose(graphed.jacobian, eager.jacobian, rtol=1e-3,
+                                           atol=1e-4 * scale)
+            torch.testing.assert_close(scorers[1].memory, scorers[0].memory)
+        noise = torch.as_tensor(rng.normal(0, 0.1, memory.shape), device="cuda").float()
+        for sc in scorers:  # new contents, same shape: replayed with the new memory
+            sc.memory = torch.nn.functional.normalize(sc.memory + noise, dim=1)
+    assert {k[0] for k in scorers[1]._static_calls} == {mode, "values"}
+    assert all(c.graph is not None for c in scorers[1]._static_calls.values())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_trainer_precisions(device, tmp_path):
+    from qdgs_lib.data.identities import TensorFaces
+    from qdgs_lib.models.heads import AdaFace
+    from qdgs_lib.models.iresnet import build_iresnet
+    from qdgs_lib.train import RecognitionTrainer
+
+    x = (torch.rand(16, 3, 64, 64) * 255).to(torch.uint8)  # decoded images stay uint8
+    data = TensorFaces(x, torch.arange(16) % 4)
+    for precision in ("bf16", "fp32"):
+        tr = RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), data,
+                                tmp_path / precision, batch_size=8, device=device,
+                                progress=False, precision=precision)
+        (row,) = tr.run(1)
+        assert tr.amp == (precision == "bf16") and not tr.scaler.is_enabled()
+        assert torch.isfinite(torch.tensor(row["loss"])) and 0 <= row["train_acc"] <= 1
+    with pytest.raises(ValueError, match="precision must be"):
+        RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), data, tmp_path,
+                           precision="half")

@@ -121,3 +121,54 @@ def test_preferred_jacobian_mode_by_device_type():
     # StyleGAN2: func on CPU (bench/README.md), batched on CUDA (H200 measurement)
     rule = StyleGAN2Generator.preferred_jacobian_mode
     assert rule == {"cpu": "func", "cuda": "batched"}
+
+
+def _run_calls(sc, calls):
+    rows = []
+    for z, jacobian in calls:
+        s = sc.evaluate(z, jacobian=jacobian)
+        rows.append((s.objective, s.measures, s.jacobian, s.loss, sc.memory.clone()))
+    return rows
+
+
+@pytest.mark.parametrize("mode", ["batched", "func"])
+def test_static_calls_equal_eager_calls_while_the_memory_fills_and_changes(mode):
+    """CMA-MAEGA's shapes (jacobians at batch 1, values at batch 4) through static buffers
+    (on CUDA: captured graphs) give the eager numbers, also after the memory is full and its
+    contents change, and nothing is captured while the memory still grows."""
+    rng = np.random.default_rng(0)
+    calls = [(rng.normal(0, 0.5, (b, 4)), b == 1) for _ in range(6) for b in (1, 4)]
+    runs = []
+    for graphs in (False, True):
+        sc = PromptScorer(ToyGenerator(), ToyClip(), ("good", "bad"), [("a", "b"), ("c", "d")],
+                          weights=(1.0, 0.5, 0.2), memory_size=3)
+        sc._remember = lambda loss, emb, sc=sc: setattr(  # remember every batch's first
+            sc, "memory", torch.cat([sc.memory, emb[:1]])[-sc.memory_size:])
+        sc.jacobian_mode, sc.cuda_graphs = mode, graphs
+        runs.append(_run_calls(sc, calls))
+        if graphs:
+            assert {k[0] for k in sc._static_calls} == {mode, "values"}
+            assert all(k[2] == (3, 16) for k in sc._static_calls)  # only with a full memory
+    for eager, static in zip(*runs, strict=True):
+        for a, b in zip(eager, static, strict=True):
+            if a is None:
+                assert b is None
+            else:
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_static_calls_are_skipped_where_the_work_is_not_fixed():
+    sc = make_scorer(weights=(1.0, 0.5, 0.0))
+    sc.cuda_graphs = True
+    z = np.zeros((1, 4))
+    sc.jacobian_mode = "loop"  # one backward per output: not captured
+    sc.evaluate(z, jacobian=True)
+    sc.static_max_batch = 2
+    sc.evaluate(np.zeros((3, 4)))  # too large
+    assert sc._static_calls == {}
+    sc.evaluate(z)
+    assert list(sc._static_calls) == [("values", (1, 4), (0, 16))]
+    sc.cuda_graphs = "auto"  # on the CPU: eager
+    sc._static_calls.clear()
+    sc.evaluate(z)
+    assert sc._static_calls == {}

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The GPU numbers and checks in one run (about 6 minutes on one H100/H200):
+#
+#   bash bench/gpu_check.sh            # needs the repository, a CUDA GPU, the pip dependencies
+#
+# Writes bench/results/ (or $QDGS_BENCH_RESULTS):
+#   iteration_gpu.csv   ms per paper-scale CMA-MAEGA iteration (StyleGAN2-256 + ViT-B/32,
+#                       50x25x5x25 archive, batch 4), eager vs CUDA graphs, batched vs func
+#   training_gpu.csv    RecognitionTrainer images/s (IR-50/IR-101, batch 64 fp16, 64/256 bf16)
+#                       next to a bare loop with the batch already on the GPU
+#   scoring_gpu.csv     solutions/s with jacobians, every mode, batch 1..64, vs the released scheme
+#   components_gpu.csv  ms per forward/backward of StyleGAN2-256 and ViT-B/32 at batch 1
+#   loader_gpu.csv      images/s of the streaming training sets alone (0-8 workers)
+#   profile_gpu.txt     operator table of one fused evaluation
+#   device_tests_gpu.csv  tests/test_devices.py (incl. CUDA graphs = eager) and
+#                       tests/test_paper_mini.py (the four notebooks, paper architectures)
+# Random weights throughout: throughput depends on the architecture, not on the values.
+# Every row names its source: the `device`, `torch` and `malloc` columns; the log says which
+# function of bench/run.py made each file.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg
+RESULTS=${QDGS_BENCH_RESULTS:-bench/results}
+export QDGS_BENCH_RESULTS=$RESULTS
+mkdir -p "$RESULTS"
+
+$PY - <<'EOF' || exit 1
+import torch
+assert torch.cuda.is_available(), "bench/gpu_check.sh needs a CUDA GPU (torch sees none)"
+p = torch.cuda.get_device_properties(0)
+print(f"GPU: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, "
+      f"CUDA {torch.version.cuda}")
+EOF
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader 2>/dev/null
+
+failed=""
+step() {  # step NAME COMMAND...: run, time, remember failures, go on
+    local name=$1 t0=$SECONDS
+    shift
+    echo "== $(date +%T) $name: $*"
+    "$@" || failed="$failed $name"
+    echo "== $name: $((SECONDS - t0)) s"
+}
+
+# bench/run.py: bench_iteration, bench_training (+ _plain_loop_ips) first: the goals
+step "iteration+training" $PY bench/run.py --only iteration training
+# bench_scoring, bench_components, bench_loader, profile_scoring
+step "scoring+components+loader+profile" $PY bench/run.py --only scoring components loader profile
+# correctness on CUDA: the notebooks' library steps, CUDA graphs vs eager, the four notebooks
+# under paper-mini (StyleGAN2-256 + ViT-B/32 + IR-101 assets in the real file formats)
+step "device tests" $PY -m pytest tests/test_devices.py tests/test_paper_mini.py \
+    -p no:cacheprovider -q -rs --junitxml="$RESULTS/device_tests_gpu.xml"
+$PY - "$RESULTS" <<'EOF'
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+out = Path(sys.argv[1])
+rows = []
+for case in ET.parse(out / "device_tests_gpu.xml").iter("testcase"):
+    kids = {child.tag for child in case}
+    outcome = next((k for k in ("failure", "error", "skipped") if k in kids), "passed")
+    rows.append({"test": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome,
+                 "seconds": float(case.get("time", 0)), "device": torch.cuda.get_device_name(),
+                 "torch": torch.__version__})
+pd.DataFrame(rows).to_csv(out / "device_tests_gpu.csv", index=False)
+(out / "device_tests_gpu.xml").unlink()
+print(pd.DataFrame(rows).outcome.value_counts().to_string())
+EOF
+
+if [ -n "$failed" ]; then
+    echo "FAILED:$failed"
+    exit 1
+fi
+echo "all GPU checks ran; results in $RESULTS"
