@@ -4,7 +4,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce test test-ui test-devices paper-mini lab bench lint
+.PHONY: setup reproduce test test-ui test-devices paper-mini lab bench gpu-check lint
 
 setup: .venv/.installed
 
@@ -66,6 +66,10 @@ lab: setup
 
 bench: setup
 	$(PY) bench/run.py
+
+# On a GPU machine: every GPU number (bench/results/*_gpu.csv) and the CUDA tests, ~6 minutes.
+gpu-check: setup
+	PY=$(CURDIR)/$(PY) bash bench/gpu_check.sh
 
 lint: setup
 	$(PY) -m ruff check qdgs_lib tests scripts bench

@@ -101,7 +101,7 @@ def setups(device: str, quick: bool):
     return out
 
 
-def bench_scoring(device: str, quick: bool) -> pd.DataFrame:
+def bench_scoring(device: str, quick: bool, only_setup: str | None = None) -> pd.DataFrame:
     """Solutions/s with jacobians: fused (one forward, 1+m backward passes; ``batched``,
     ``func`` and ``loop``) vs per-output (a forward and a backward per output, as the released
     code did).
@@ -114,6 +114,8 @@ def bench_scoring(device: str, quick: bool) -> pd.DataFrame:
     """
     rows = []
     for name, make in setups(device, quick):
+        if only_setup and only_setup not in name:
+            continue
         scorer = make()
         gen = scorer.generator
         big = "StyleGAN2" in name
@@ -139,7 +141,7 @@ def bench_scoring(device: str, quick: bool) -> pd.DataFrame:
                                                                  update_memory=False), repeats)
             graphed = float("nan")  # the auto mode as one captured CUDA graph per call
             if device.startswith("cuda") and b <= scorer.static_max_batch:
-                scorer.cuda_graphs = True
+                scorer.jacobian_mode, scorer.cuda_graphs = "auto", True
                 graphed = _time(lambda z=z, s=scorer: s.evaluate(z, jacobian=True,
                                                                  update_memory=False), repeats)
             scorer.cuda_graphs = False  # the three modes above and below: eager
@@ -345,7 +347,7 @@ def bench_training(device: str, quick: bool) -> pd.DataFrame:
     rows = []
     for name, batch, precision in runs:
         net = build_iresnet(name)
-        steps = (2 if name != "ir_small" else 5) if not gpu else (5 if quick else 20)
+        steps = (2 if name != "ir_small" else 5) if not gpu else (5 if quick else 60)
         g = torch.Generator().manual_seed(0)
         x = torch.randint(0, 256, (batch * (steps + 1), 3, net.input_size, net.input_size),
                           dtype=torch.uint8, generator=g)
@@ -448,6 +450,7 @@ def main():
     ap.add_argument("--only", nargs="+", choices=["scoring", "components", "search",
                                                   "iteration", "training", "loader",
                                                   "profile"])
+    ap.add_argument("--setup", help="scoring: only the setups whose name contains this")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--default-malloc", action="store_true",
                     help="keep glibc's default allocator settings (results get a suffix)")
@@ -460,7 +463,7 @@ def main():
     if args.quick:  # a smoke run never overwrites the real numbers
         tag += "_quick"
     if args.only is None or "scoring" in args.only:
-        write(bench_scoring(args.device, args.quick), f"scoring_{tag}")
+        write(bench_scoring(args.device, args.quick, args.setup), f"scoring_{tag}")
     if args.only is None or "components" in args.only:
         write(bench_components(args.device, args.quick), f"components_{tag}")
     if args.only is None or "search" in args.only:

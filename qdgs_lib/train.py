@@ -244,6 +244,22 @@ class RecognitionTrainer:
                           pin_memory=self.device.type == "cuda", generator=g,
                           collate_fn=collate_faces)
 
+    def _prepare(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loaded batch on the device, augmented, in the network's input format."""
+        # to the device first: uint8 crosses the bus at a quarter of float32's bytes, and the
+        # augmentations run there
+        x = x.to(self.device, non_blocking=True)
+        y = y.long().to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = x.float() / 255
+        if self.augment:
+            x = face_augment(x, g)
+        x = adaface_input(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
         order, g = self._epoch_order()
@@ -255,24 +271,20 @@ class RecognitionTrainer:
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         count = 0
-        for x, y in tqdm(self._loader(batches), total=len(batches), disable=not self.progress,
-                         leave=False, desc=f"epoch {self.epoch + 1}"):
-            # to the device first: uint8 crosses the bus at a quarter of float32's bytes, and
-            # the augmentations run there
-            x = x.to(self.device, non_blocking=True)
-            y = y.long().to(self.device, non_blocking=True)
-            if x.dtype == torch.uint8:
-                x = x.float() / 255
-            if self.augment:
-                x = face_augment(x, g)
-            x = adaface_input(x)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+        loader = iter(self._loader(batches))
+        nxt = self._prepare(*next(loader), g)
+        for step in tqdm(range(len(batches)), disable=not self.progress, leave=False,
+                         desc=f"epoch {self.epoch + 1}"):
+            x, y = nxt
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 emb, logits = self.model(x, y)
                 loss = F.cross_entropy(logits, y)
             self.opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            # the next batch is read, moved and augmented while the GPU runs this backward:
+            # the fp16 loss scaler's step below waits for the GPU (it reads an overflow flag)
+            if step + 1 < len(batches):
+                nxt = self._prepare(*next(loader), g)
             self.scaler.step(self.opt)
             self.scaler.update()
             total += loss.detach().double() * len(y)

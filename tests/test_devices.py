@@ -123,10 +123,12 @@ def test_cuda_graphs_give_the_eager_numbers_on_the_paper_architectures(mode):
             eager, graphed = (sc.evaluate(z, jacobian=b == 1) for sc in scorers)
             np.testing.assert_allclose(graphed.objective, eager.objective, rtol=1e-4, atol=1e-4)
             np.testing.assert_allclose(graphed.measures, eager.measures, rtol=1e-4, atol=1e-5)
-            if b == 1:
-                scale = np.abs(eager.jacobian).max()
-                np.testing.assert_allclose(graphed.jacobian, eager.jacobian, rtol=1e-3,
-                                           atol=1e-4 * scale)
+            if b == 1:  # per output, the error relative to the jacobian's size: float rounding
+                # gave up to 2e-4 (batched) and 1e-3 (func) of the largest entry on an H200;
+                # a stale input or memory would give ~1
+                err = np.linalg.norm(graphed.jacobian - eager.jacobian, axis=2)
+                size = np.linalg.norm(eager.jacobian, axis=2)
+                assert (err <= 1e-2 * size + 1e-30).all(), (err / size).max()
             torch.testing.assert_close(scorers[1].memory, scorers[0].memory)
         noise = torch.as_tensor(rng.normal(0, 0.1, memory.shape), device="cuda").float()
         for sc in scorers:  # new contents, same shape: replayed with the new memory
