@@ -25,24 +25,47 @@ def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
-def shapes_verdicts(results: pd.DataFrame) -> pd.DataFrame:
-    """Notebook 01: per color bias, the balanced accuracy (``mean`` over groups, then over
-    seeds) without fine-tuning, with random and with QDGS fine-tuning; QDGS "helps" when it
-    beats both."""
-    m = results.groupby(["bias", "finetune"])["mean"].mean().unstack()
-    out = pd.DataFrame({"none": m["none"], "random": m["random"], "qdgs": m["qdgs"]})
-    out["qdgs - none"] = out["qdgs"] - out["none"]
-    out["qdgs - random"] = out["qdgs"] - out["random"]
-    helps = (out["qdgs - none"] > 0) & (out["qdgs - random"] > 0)
-    out["verdict"] = helps.map({True: "QDGS helps", False: "QDGS does NOT beat both baselines"})
-    return out
+def shapes_verdicts(results: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Notebook 01: per color bias, the balanced accuracy (``mean`` over groups) without
+    fine-tuning, with random and with QDGS fine-tuning, averaged over seeds, and the paired
+    differences (same seed: same real data, initialisation and search seed) with their
+    ``level`` t-intervals. QDGS "helps" when both intervals (vs none, vs random) lie above 0,
+    is "worse than random" when that interval lies below 0; otherwise the seeds cannot tell
+    (with one seed there is no interval, and the verdict says so)."""
+    wide = results.pivot_table(index=["bias", "seed"], columns="finetune", values="mean")
+    rows = {}
+    for bias, r in wide.groupby(level="bias"):
+        row = {k: float(r[k].mean()) for k in ("none", "random", "qdgs")}
+        for base in ("none", "random"):
+            m, lo, hi = mean_ci(r["qdgs"] - r[base], level)
+            row.update({f"qdgs - {base}": m, f"qdgs - {base} low": lo,
+                        f"qdgs - {base} high": hi})
+        row["seeds"] = len(r)
+        lo_n, lo_r = row["qdgs - none low"], row["qdgs - random low"]
+        if np.isnan(lo_r):
+            verdict = "one seed: no interval, no verdict"
+        elif lo_n > 0 and lo_r > 0:
+            verdict = "QDGS helps"
+        elif row["qdgs - random high"] < 0:
+            verdict = "QDGS is worse than random"
+        else:
+            verdict = "QDGS does NOT beat both baselines"
+        row["verdict"] = verdict
+        rows[bias] = row
+    out = pd.DataFrame(rows).T
+    out.index.name = "bias"
+    return out.sort_index(ascending=False)
 
 
 def format_shapes_verdicts(v: pd.DataFrame) -> str:
+    def diff(r, base):
+        return (f"{r[f'qdgs - {base}'] * 100:+.1f} pts vs {base} "
+                f"[{r[f'qdgs - {base} low'] * 100:+.1f}, {r[f'qdgs - {base} high'] * 100:+.1f}]")
+
     return "\n".join(
         f"bias {bias:.2f}: biased {r['none']:.3f}, +random {r['random']:.3f}, "
-        f"+QDGS {r['qdgs']:.3f} -> {r['qdgs - none'] * 100:+.1f} pts vs none, "
-        f"{r['qdgs - random'] * 100:+.1f} vs random: {r['verdict']}" for bias, r in v.iterrows())
+        f"+QDGS {r['qdgs']:.3f} -> {diff(r, 'none')}, {diff(r, 'random')} "
+        f"({r['seeds']} paired seeds, 95% intervals): {r['verdict']}" for bias, r in v.iterrows())
 
 
 def share_verdicts(shares: pd.DataFrame, before: str = "random sampling",

@@ -76,7 +76,11 @@ def save_set(data: dict, outdir: str | Path) -> Path:
 def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress: bool = True,
                         device: str | torch.device = "auto") -> pd.DataFrame:
     """Train on color-biased real shapes, fine-tune on each synthetic set (or not), and
-    evaluate on a balanced set; one row per (bias, seed, fine-tune set)."""
+    evaluate on a balanced set; one row per (bias, seed, fine-tune set).
+
+    ``synthetic`` maps a name to one set for every seed, or to ``{seed: set}`` (e.g. the
+    archive of the search with that seed), so seed k pairs classifier seed k with search k.
+    """
     device = resolve_device(device)
     test = ShapesDataset(p["n_test"], None, p["image_size"], seed=10_000)
     names = group_names()
@@ -94,6 +98,7 @@ def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress:
                 model.load_state_dict(base.state_dict())
                 if name != "none":
                     data = synthetic[name]
+                    data = data if "images" in data else data[seed]
                     train_classifier(model, TensorDataset(data["images"], data["labels"]),
                                      p["finetune_epochs"], lr=1e-4, batch_size=p["batch"],
                                      seed=seed, augment=augment_shapes, progress=progress,

@@ -20,11 +20,31 @@ def test_shapes_verdicts_from_the_readme_numbers():
     v = claims.shapes_verdicts(res)
     assert v.loc[0.98, "qdgs - none"] == pytest.approx(0.228)
     assert v.loc[0.98, "qdgs - random"] == pytest.approx(-0.062)
-    assert v.loc[0.98, "verdict"] == "QDGS does NOT beat both baselines"
+    # the same jitter for every set of a seed: paired differences have no spread
+    assert v.loc[0.98, "qdgs - random low"] == pytest.approx(-0.062)
+    assert v.loc[0.98, "verdict"] == "QDGS is worse than random"
     assert v.loc[0.90, "verdict"] == "QDGS helps"
     text = claims.format_shapes_verdicts(v)
-    assert "bias 0.98: biased 0.626, +random 0.916, +QDGS 0.854 -> +22.8 pts vs none, " \
-           "-6.2 vs random" in text
+    assert "bias 0.98: biased 0.626, +random 0.916, +QDGS 0.854 -> +22.8 pts vs none " \
+           "[+22.8, +22.8], -6.2 pts vs random [-6.2, -6.2] (2 paired seeds" in text
+
+
+def test_shapes_verdicts_use_paired_intervals():
+    """Seed noise larger than the effect: the means favour QDGS, the paired interval over
+    three seeds does not exclude 0, so no "helps"; one seed gives no verdict."""
+    rows = []
+    for seed, (none, rand, qd) in enumerate([(0.6, 0.80, 0.90), (0.7, 0.90, 0.85),
+                                             (0.5, 0.70, 0.74)]):
+        for name, acc in (("none", none), ("random", rand), ("qdgs", qd)):
+            rows.append({"bias": 0.98, "seed": seed, "finetune": name, "mean": acc})
+    res = pd.DataFrame(rows)
+    v = claims.shapes_verdicts(res).loc[0.98]
+    assert v["qdgs - random"] == pytest.approx(0.03)
+    assert v["qdgs - random low"] < 0 < v["qdgs - random high"]
+    assert v["qdgs - none low"] > 0 and v["seeds"] == 3
+    assert v["verdict"] == "QDGS does NOT beat both baselines"
+    one = claims.shapes_verdicts(res[res.seed == 0]).loc[0.98]
+    assert one["verdict"] == "one seed: no interval, no verdict"
 
 
 def test_share_verdicts():

@@ -148,12 +148,29 @@ class ShapesDataset(Dataset):
 
 
 def augment_shapes(x: torch.Tensor) -> torch.Tensor:
-    """The paper's shape augmentations: random rotation and random resized crop."""
-    from torchvision.transforms import v2
+    """The paper's shape augmentations, for a whole batch at once: a random rotation (+-30
+    degrees, white fill) and a random resized crop (70-100% of the area, aspect 3/4-4/3),
+    composed into one affine resampling per image (torch's global RNG: seeded runs repeat)."""
+    import math
 
-    t = v2.Compose([v2.RandomRotation(30, fill=1.0),
-                    v2.RandomResizedCrop(x.shape[-1], scale=(0.7, 1.0), antialias=True)])
-    return torch.stack([t(img) for img in x])
+    import torch.nn.functional as F
+
+    b = x.shape[0]
+    u = torch.rand(b, 5, device=x.device)
+    angle = math.radians(30) * (2 * u[:, 0] - 1)
+    area = 0.7 + 0.3 * u[:, 1]
+    log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[:, 2]
+    sw = (area * log_ratio.exp()).sqrt().clamp(max=1)  # crop size / image size
+    sh = (area / log_ratio.exp()).sqrt().clamp(max=1)
+    cx, cy = (1 - sw) * (2 * u[:, 3] - 1), (1 - sh) * (2 * u[:, 4] - 1)  # crop centre
+    cos, sin = angle.cos(), angle.sin()
+    # output (normalised) -> crop box -> rotated about the centre -> input
+    theta = torch.stack([torch.stack([cos * sw, -sin * sh, cos * cx - sin * cy], 1),
+                         torch.stack([sin * sw, cos * sh, sin * cx + cos * cy], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    # white outside the image: sample x - 1 with zero padding, add 1 back
+    return (F.grid_sample(x - 1, grid, mode="bilinear", padding_mode="zeros",
+                          align_corners=False) + 1).clamp(0, 1)
 
 
 def _slice(p: ShapeParams, a: int, b: int) -> ShapeParams:
