@@ -25,13 +25,17 @@ def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
+def _paired(low: float, high: float) -> str:
+    return "better" if low > 0 else "worse" if high < 0 else "no clear difference"
+
+
 def shapes_verdicts(results: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Notebook 01: per color bias, the balanced accuracy (``mean`` over groups) without
     fine-tuning, with random and with QDGS fine-tuning, averaged over seeds, and the paired
     differences (same seed: same real data, initialisation and search seed) with their
-    ``level`` t-intervals. QDGS "helps" when both intervals (vs none, vs random) lie above 0,
-    is "worse than random" when that interval lies below 0; otherwise the seeds cannot tell
-    (with one seed there is no interval, and the verdict says so)."""
+    ``level`` t-intervals. Against each baseline QDGS is "better" (interval above 0), "worse"
+    (below 0) or shows "no clear difference"; it "helps" when it is better than both. One seed
+    gives no interval, and the verdict says so."""
     wide = results.pivot_table(index=["bias", "seed"], columns="finetune", values="mean")
     rows = {}
     for bias, r in wide.groupby(level="bias"):
@@ -41,15 +45,14 @@ def shapes_verdicts(results: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
             row.update({f"qdgs - {base}": m, f"qdgs - {base} low": lo,
                         f"qdgs - {base} high": hi})
         row["seeds"] = len(r)
-        lo_n, lo_r = row["qdgs - none low"], row["qdgs - random low"]
-        if np.isnan(lo_r):
+        vs = {base: _paired(row[f"qdgs - {base} low"], row[f"qdgs - {base} high"])
+              for base in ("none", "random")}
+        if np.isnan(row["qdgs - random low"]):
             verdict = "one seed: no interval, no verdict"
-        elif lo_n > 0 and lo_r > 0:
-            verdict = "QDGS helps"
-        elif row["qdgs - random high"] < 0:
-            verdict = "QDGS is worse than random"
+        elif set(vs.values()) == {"better"}:
+            verdict = "QDGS helps (better than both)"
         else:
-            verdict = "QDGS does NOT beat both baselines"
+            verdict = f"vs biased-only: {vs['none']}; vs random: {vs['random']}"
         row["verdict"] = verdict
         rows[bias] = row
     out = pd.DataFrame(rows).T

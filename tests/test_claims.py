@@ -22,8 +22,8 @@ def test_shapes_verdicts_from_the_readme_numbers():
     assert v.loc[0.98, "qdgs - random"] == pytest.approx(-0.062)
     # the same jitter for every set of a seed: paired differences have no spread
     assert v.loc[0.98, "qdgs - random low"] == pytest.approx(-0.062)
-    assert v.loc[0.98, "verdict"] == "QDGS is worse than random"
-    assert v.loc[0.90, "verdict"] == "QDGS helps"
+    assert v.loc[0.98, "verdict"] == "vs biased-only: better; vs random: worse"
+    assert v.loc[0.90, "verdict"] == "QDGS helps (better than both)"
     text = claims.format_shapes_verdicts(v)
     assert "bias 0.98: biased 0.626, +random 0.916, +QDGS 0.854 -> +22.8 pts vs none " \
            "[+22.8, +22.8], -6.2 pts vs random [-6.2, -6.2] (2 paired seeds" in text
@@ -42,7 +42,7 @@ def test_shapes_verdicts_use_paired_intervals():
     assert v["qdgs - random"] == pytest.approx(0.03)
     assert v["qdgs - random low"] < 0 < v["qdgs - random high"]
     assert v["qdgs - none low"] > 0 and v["seeds"] == 3
-    assert v["verdict"] == "QDGS does NOT beat both baselines"
+    assert v["verdict"] == "vs biased-only: better; vs random: no clear difference"
     one = claims.shapes_verdicts(res[res.seed == 0]).loc[0.98]
     assert one["verdict"] == "one seed: no interval, no verdict"
 

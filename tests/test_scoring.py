@@ -167,8 +167,11 @@ def test_static_calls_are_skipped_where_the_work_is_not_fixed():
     sc.evaluate(np.zeros((3, 4)))  # too large
     assert sc._static_calls == {}
     sc.evaluate(z)
+    assert sc._static_calls == {}  # a shape seen once is not captured
+    sc.evaluate(z)
     assert list(sc._static_calls) == [("values", (1, 4), (0, 16))]
     sc.cuda_graphs = "auto"  # on the CPU: eager
     sc._static_calls.clear()
+    sc.evaluate(z)
     sc.evaluate(z)
     assert sc._static_calls == {}
