@@ -101,6 +101,15 @@ def setups(device: str, quick: bool):
     return out
 
 
+def _fill_memory(scorer: PromptScorer) -> None:
+    """A full uniqueness memory, as in a search's steady state (when the objective uses it)."""
+    if scorer.weights[2] > 0:
+        gen = scorer.generator
+        with torch.no_grad():
+            scorer.memory = scorer.clip.encode_image(gen.decode(gen.sample_prior(
+                scorer.memory_size, seed=1)))
+
+
 def bench_scoring(device: str, quick: bool, only_setup: str | None = None) -> pd.DataFrame:
     """Solutions/s with jacobians: fused (one forward, 1+m backward passes; ``batched``,
     ``func`` and ``loop``) vs per-output (a forward and a backward per output, as the released
@@ -127,14 +136,11 @@ def bench_scoring(device: str, quick: bool, only_setup: str | None = None) -> pd
         else:
             batch_sizes = [1, 4, 8, 16, 32, 64]
         repeats = 1 if quick else 3
-        if scorer.weights[2] > 0:  # a full uniqueness memory, as in a search's steady state
-            with torch.no_grad():
-                scorer.memory = scorer.clip.encode_image(gen.decode(gen.sample_prior(
-                    scorer.memory_size, seed=1)))
+        _fill_memory(scorer)
         for b in batch_sizes:
             z = gen.sample_prior(b, seed=0).cpu().numpy()
             t = {}
-            scorer.cuda_graphs = False
+            scorer.cuda_graphs = False  # the three modes and the per-output scheme: eager
             for mode in ("batched", "func", "loop"):
                 scorer.jacobian_mode = mode
                 t[mode] = _time(lambda z=z, s=scorer: s.evaluate(z, jacobian=True,
@@ -144,7 +150,7 @@ def bench_scoring(device: str, quick: bool, only_setup: str | None = None) -> pd
                 scorer.jacobian_mode, scorer.cuda_graphs = "auto", True
                 graphed = _time(lambda z=z, s=scorer: s.evaluate(z, jacobian=True,
                                                                  update_memory=False), repeats)
-            scorer.cuda_graphs = False  # the three modes above and below: eager
+                scorer.cuda_graphs = False
             per = _time(lambda z=z, s=scorer: s.evaluate_per_output(z), repeats)
             per_released = per
             if hasattr(gen, "modconv"):
@@ -237,7 +243,7 @@ def bench_iteration(device: str, quick: bool) -> pd.DataFrame:
     uniqueness memory, as after a search's first iterations), the paper's 50x25x5x25
     archive over +-0.1, batch 4, one emitter; eager and CUDA-graphed, both vmapped jacobian
     modes. Timed after warm-up iterations (graph captures, cuDNN autotuning)."""
-    p = get_profile("paper", "faces")
+    make = setups(device, quick)[-1][1]  # StyleGAN2-256 + ViT-B/32, the faces objective
     warmup, timed = (2, 3) if quick or device == "cpu" else (10, 60)
     rows = []
     tmp = Path(tempfile.mkdtemp())
@@ -246,14 +252,8 @@ def bench_iteration(device: str, quick: bool) -> pd.DataFrame:
             if graphs and not device.startswith("cuda"):
                 continue
             for mode in ("batched", "func"):
-                torch.manual_seed(0)
-                gen = StyleGAN2Generator(StyleGAN2().to(device), num_std_samples=2000)
-                clip = create_clip("ViT-B-32-quickgelu", device=device, pretrained=False)
-                scorer = PromptScorer(gen, clip, p["objective"], prompts(p),
-                                      weights=p["objective_weights"])
-                with torch.no_grad():
-                    scorer.memory = clip.encode_image(gen.decode(gen.sample_prior(
-                        scorer.memory_size, seed=1)))
+                scorer = make()
+                _fill_memory(scorer)
                 scorer.jacobian_mode, scorer.cuda_graphs = mode, graphs
                 cfg = SearchConfig(dims=(50, 25, 5, 25), ranges=[(-0.1, 0.1)] * 4,
                                    iterations=warmup + timed, batch_size=4, num_emitters=1,
@@ -273,7 +273,7 @@ def bench_iteration(device: str, quick: bool) -> pd.DataFrame:
                 print(f"CMA-MAEGA paper-scale iteration, {mode:7s} graphs={graphs!s:5s}: "
                       f"{ms:7.1f} ms  (60k iterations: {ms * 60_000 / 3.6e6:.2f} h, peak "
                       f"{peak:.1f} GiB)", flush=True)
-                del search, scorer, gen, clip
+                del search, scorer
     finally:
         shutil.rmtree(tmp)
     return pd.DataFrame(rows)
