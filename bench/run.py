@@ -338,16 +338,17 @@ def bench_training(device: str, quick: bool) -> pd.DataFrame:
 
     gpu = device.startswith("cuda")
     if not gpu:
-        runs = [(n, 32, "fp32") for n in ["ir_small"] + ([] if quick else ["ir18", "ir50"])]
+        runs = [(n, 32, "fp32", True) for n in ["ir_small"] + ([] if quick else ["ir18", "ir50"])]
+        runs += [("ir_small", 64, "fp32", False), ("ir_small", 64, "fp32", True)]
     elif quick:
-        runs = [("ir_small", 64, "fp16")]
+        runs = [("ir_small", 64, "fp16", True)]
     else:
-        runs = [("ir50", 64, "fp16"), ("ir101", 64, "fp16"), ("ir101", 64, "bf16"),
-                ("ir101", 256, "bf16")]
+        runs = [("ir50", 64, "fp16", True), ("ir101", 64, "fp16", True),
+                ("ir101", 64, "bf16", True), ("ir101", 256, "bf16", True)]
     rows = []
-    for name, batch, precision in runs:
+    for name, batch, precision, channels_last in runs:
         net = build_iresnet(name)
-        steps = (2 if name != "ir_small" else 5) if not gpu else (5 if quick else 60)
+        steps = (2 if name != "ir_small" else 10) if not gpu else (5 if quick else 60)
         g = torch.Generator().manual_seed(0)
         x = torch.randint(0, 256, (batch * (steps + 1), 3, net.input_size, net.input_size),
                           dtype=torch.uint8, generator=g)
@@ -357,7 +358,7 @@ def bench_training(device: str, quick: bool) -> pd.DataFrame:
             tr = RecognitionTrainer(net, AdaFace(net.embedding_dim, 100),
                                     TensorFaces(x[:batch], y[:batch]), tmp,
                                     batch_size=batch, device=device, progress=False,
-                                    precision=precision)
+                                    precision=precision, channels_last=channels_last)
             tr.train_epoch()  # warm-up (AMP, cudnn autotune)
             tr.data = TensorFaces(x, y)
             if gpu:
@@ -372,10 +373,12 @@ def bench_training(device: str, quick: bool) -> pd.DataFrame:
         ips = (len(x) // batch) * batch / dt
         plain = _plain_loop_ips(name, batch, precision, steps, device) if gpu else float("nan")
         rows.append({"backbone": name, "input": net.input_size, "batch": batch,
-                     "precision": precision, "images_per_s": ips,
+                     "precision": precision, "channels_last": channels_last,
+                     "images_per_s": ips,
                      "plain_loop_images_per_s": plain, "share_of_plain": ips / plain,
                      **machine()})
-        print(f"{name:9s} {net.input_size}px batch {batch:3d} {precision}: trainer {ips:8.1f} "
+        print(f"{name:9s} {net.input_size}px batch {batch:3d} {precision} channels_last "
+              f"{channels_last}: trainer {ips:8.1f} "
               f"images/s (bare loop {plain:8.1f}, {ips / plain:.0%})", flush=True)
         del tr, net
     return pd.DataFrame(rows)

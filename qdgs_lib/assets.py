@@ -87,6 +87,9 @@ def required_assets(profile: str | None, section: str, **overrides) -> list[Asse
     if section == "shapes":
         out += [Asset(weights_dir() / "shapes_vae.safetensors", "the project's shapes VAE",
                       "shipped in git; rebuild: python scripts/train_shapes_vae.py"),
+                Asset(weights_dir() / "shapes_oracle.safetensors",
+                      "the project's shapes oracle (the label audit's reference)",
+                      "shipped in git; rebuild: python scripts/train_shapes_oracle.py"),
                 _clip_asset(p)]
     elif section == "faces":
         if p["world"] == "ffhq":

@@ -89,45 +89,72 @@ def format_share_verdicts(v: pd.DataFrame) -> str:
 
 
 def fairness_verdicts(results: pd.DataFrame, benchmark: str, groups: list[str],
-                      versus: tuple[str, ...] = ("random", "none")) -> pd.DataFrame:
+                      versus: tuple[str, ...] = ("random", "none"),
+                      level: float = 0.95) -> pd.DataFrame:
     """Notebook 04: QDGS pretraining against each baseline on one benchmark with groups.
 
     On the means over seeds, QDGS is "fairer" when its spread across groups (``fair_std``) is
-    smaller *and* the baseline's worst group is more accurate. The same test is also made seed
-    by seed on paired runs (same seed: same real data and initialisation), counted in
-    ``fairer_seeds`` of ``seeds``.
+    smaller *and* the baseline's worst group is more accurate; the same test made seed by seed
+    on paired runs (same seed: same real data and initialisation) is counted in
+    ``fairer_seeds`` of ``seeds``. The paired differences QDGS - baseline of the spread, the
+    worst group's accuracy and the mean accuracy get ``level`` t-intervals, and ``verdict``
+    reads them: "fairer" only when the spread is clearly smaller and the worst group clearly
+    more accurate, "less fair" for the reverse, else "no clear difference"; then the accuracy
+    change ("costs accuracy", "more accurate", "no clear accuracy change").
     """
     r = results[results.benchmark == benchmark]
     mean = r.groupby("pretraining")[[*groups, "fair_mean", "fair_std"]].mean()
     per_seed = r.set_index(["pretraining", "seed"])
-    seeds = sorted(r.seed.unique())
     rows = []
     for base in versus:
         if base not in mean.index or "qdgs" not in mean.index:
             continue
         q, b = mean.loc["qdgs"], mean.loc[base]
         worst = b[groups].astype(float).idxmin()
-        holds = sum(per_seed.loc[("qdgs", s), "fair_std"] < per_seed.loc[(base, s), "fair_std"]
-                    and per_seed.loc[("qdgs", s), worst] > per_seed.loc[(base, s), worst]
-                    for s in seeds if (base, s) in per_seed.index and ("qdgs", s) in per_seed.index)
-        rows.append({"benchmark": benchmark, "versus": base, "worst group": worst,
-                     "std before": b["fair_std"], "std after": q["fair_std"],
-                     "worst before": b[worst], "worst after": q[worst],
-                     "mean before": b["fair_mean"], "mean after": q["fair_mean"],
-                     "fairer": bool(q["fair_std"] < b["fair_std"] and q[worst] > b[worst]),
-                     "accuracy cost": bool(q["fair_mean"] < b["fair_mean"]),
-                     "fairer_seeds": int(holds), "seeds": len(seeds)})
+        seeds = [s for s in sorted(r.seed.unique())
+                 if (base, s) in per_seed.index and ("qdgs", s) in per_seed.index]
+        diff = {col: [per_seed.loc[("qdgs", s), col] - per_seed.loc[(base, s), col]
+                      for s in seeds] for col in ("fair_std", worst, "fair_mean")}
+        holds = sum(d_std < 0 and d_worst > 0
+                    for d_std, d_worst in zip(diff["fair_std"], diff[worst], strict=True))
+        row = {"benchmark": benchmark, "versus": base, "worst group": worst,
+               "std before": b["fair_std"], "std after": q["fair_std"],
+               "worst before": b[worst], "worst after": q[worst],
+               "mean before": b["fair_mean"], "mean after": q["fair_mean"],
+               "fairer": bool(q["fair_std"] < b["fair_std"] and q[worst] > b[worst]),
+               "accuracy cost": bool(q["fair_mean"] < b["fair_mean"]),
+               "fairer_seeds": int(holds), "seeds": len(seeds)}
+        for name, col in (("std", "fair_std"), ("worst", worst), ("mean", "fair_mean")):
+            m, lo, hi = mean_ci(diff[col], level)
+            row.update({f"{name} diff": m, f"{name} diff low": lo, f"{name} diff high": hi})
+        if len(seeds) < 2:
+            row["verdict"] = "one seed: no interval, no verdict"
+        else:
+            spread = _paired(-row["std diff high"], -row["std diff low"])  # lower std: better
+            worst_acc = _paired(row["worst diff low"], row["worst diff high"])
+            fair = ("fairer" if spread == worst_acc == "better" else
+                    "less fair" if spread == worst_acc == "worse" else "no clear difference")
+            acc = _paired(row["mean diff low"], row["mean diff high"])
+            row["verdict"] = f"{fair} ({spread} spread, {worst_acc} worst group); " + {
+                "better": "more accurate", "worse": "costs accuracy",
+                "no clear difference": "no clear accuracy change"}[acc]
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
 def format_fairness_verdicts(v: pd.DataFrame) -> str:
+    def diff(r, name, scale=100):
+        return (f"{r[f'{name} diff'] * scale:+.2f} [{r[f'{name} diff low'] * scale:+.2f}, "
+                f"{r[f'{name} diff high'] * scale:+.2f}]")
+
     return "\n".join(
-        f"{r['benchmark']}: QDGS vs {r['versus']}: std {r['std before']:.4f} -> "
-        f"{r['std after']:.4f}, worst group ({r['worst group']}) {r['worst before']:.4f} -> "
-        f"{r['worst after']:.4f}, mean {r['mean before']:.4f} -> {r['mean after']:.4f} "
-        f"({(r['mean after'] - r['mean before']) * 100:+.2f} pts): "
+        f"{r['benchmark']}: QDGS vs {r['versus']} ({r['seeds']} paired seeds, 95% intervals, "
+        f"points): std across groups {r['std before']:.4f} -> {r['std after']:.4f} "
+        f"{diff(r, 'std')}, worst group ({r['worst group']}) {r['worst before']:.4f} -> "
+        f"{r['worst after']:.4f} {diff(r, 'worst')}, mean {r['mean before']:.4f} -> "
+        f"{r['mean after']:.4f} {diff(r, 'mean')}: {r['verdict']}; "
         f"{'fairer' if r['fairer'] else 'NOT fairer'} on average"
-        f"{', at an accuracy cost' if r['accuracy cost'] else ''}; "
+        f"{', at an accuracy cost' if r['accuracy cost'] else ''}, "
         f"fairer in {r['fairer_seeds']} of {r['seeds']} seeds" for _, r in v.iterrows())
 
 

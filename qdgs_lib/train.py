@@ -157,9 +157,10 @@ class RecognitionTrainer:
             raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
         self.precision, self.amp_dtype = precision, dtypes[precision]
         self.amp = self.amp_dtype is not None
-        # channels_last: faster convolutions on GPUs (tensor cores); off on CPU by default
+        # channels_last: faster convolutions on GPUs (tensor cores) and on CPUs too (oneDNN:
+        # ir_small at batch 64 trains at 295 vs 223 images/s on 2 cores, bench/README.md)
         on_gpu = self.device.type == "cuda"
-        self.channels_last = on_gpu if channels_last is None else channels_last
+        self.channels_last = True if channels_last is None else channels_last
         if self.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and on_gpu)

@@ -4,8 +4,8 @@ renders, with a multi-positive contrastive loss (see qdgs_lib/data/captions.py).
     python scripts/train_clip.py --model qdgs-shapes-clip [--steps 2500] [--vae-frac 0.35]
 
 Shapes: ``--vae-frac`` of every batch are decodes of the shapes VAE across its prior, captioned
-from their pixels' color and an oracle shape classifier trained on renders (its own seed, not
-the one the label checks use), so the CLIP also reads the softer images the search scores.
+from their pixels' color and the shipped shapes oracle (qdgs_lib/shapes_oracle.py; no shape
+where its members disagree), so the CLIP also reads the softer images the search scores.
 """
 
 from __future__ import annotations
@@ -62,17 +62,17 @@ def flip_some(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x
 
 
-def vae_batch_fn(frac: float, oracle_seed: int = 1):
+def vae_batch_fn(frac: float):
     """Shapes batches where ``frac`` of the images are VAE prior decodes (latents at a random
-    scale 0.7..1.3 of the prior), captioned by pixel color and the oracle's shape."""
+    scale 0.7..1.3 of the prior), captioned by pixel color and the shipped shapes oracle's
+    shape; decodes the oracle's members do not label unanimously (between a triangle and a
+    square) get no shape, so no shape caption is true for them."""
     from qdgs_lib.generators.shapes_vae import load_shapes_vae
-    from qdgs_lib.profiles import get_profile
-    from qdgs_lib.shapes_poc import pixel_color, train_oracle
-    from qdgs_lib.utils import resize_square
+    from qdgs_lib.shapes_oracle import load_shapes_oracle
+    from qdgs_lib.shapes_poc import pixel_color
 
-    p = get_profile("default", "shapes")
     vae = load_shapes_vae(device="cpu")
-    oracle = train_oracle(p, seed=oracle_seed).eval()
+    oracle = load_shapes_oracle(device="cpu")
 
     def batch(n: int, g: torch.Generator):
         n_vae = int(round(n * frac))
@@ -83,10 +83,11 @@ def vae_batch_fn(frac: float, oracle_seed: int = 1):
         z = torch.randn(n_vae, vae.latent_dim, generator=g) * scale
         with torch.no_grad():
             dec = vae.decode(z)
-            shape = oracle(resize_square(dec, p["image_size"])).argmax(1)
+        shape, unanimous, _ = oracle.labels(dec)
         color = pixel_color(dec)
-        extra = [{"kind": "shape", "color": color_name(float(c)), "sides": "4" if s else "3"}
-                 for c, s in zip(color, shape.tolist(), strict=True)]
+        extra = [{"kind": "shape", "color": color_name(float(c)),
+                  **({"sides": "4" if s else "3"} if sure else {})}
+                 for c, s, sure in zip(color, shape.tolist(), unanimous.tolist(), strict=True)]
         return torch.cat([images, dec]), attrs + extra
 
     return batch

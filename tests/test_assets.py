@@ -15,7 +15,8 @@ def test_every_missing_file_is_named_with_where_to_get_it(tmp_path, monkeypatch)
     assert "timm/vit_base_patch32_clip_224.openai" in msg and "NGC" in msg
     later = msg.split("will also need")[1]  # what notebooks 01, 03 and 04 will ask for
     for name in ("lfw.bin", "cfp_fp.bin", "cplfw.bin", "calfw.bin", "agedb_30.bin",
-                 "rfw", "benchmarks/train", "shapes_vae.safetensors"):
+                 "rfw", "benchmarks/train", "shapes_vae.safetensors",
+                 "shapes_oracle.safetensors"):
         assert name in later, name
     assert "train.rec + train.idx" in later
 
@@ -52,4 +53,5 @@ def test_checklist_command(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path))
     assert assets.main(["paper"]) == 1
     out = capsys.readouterr().out
-    assert out.count("MISSING") == 10  # VAE weights, CLIP, StyleGAN2, train set, 5 .bin, RFW
+    # VAE weights, shapes oracle, CLIP, StyleGAN2, train set, 5 .bin, RFW
+    assert out.count("MISSING") == 11

@@ -78,7 +78,14 @@ def test_fairness_verdicts_on_means_and_paired_seeds():
     assert r["worst before"] == pytest.approx(0.73) and r["worst after"] == pytest.approx(0.77)
     assert r["fairer"] and not r["accuracy cost"]
     assert (r["fairer_seeds"], r["seeds"]) == (1, 2)
-    assert "fairer on average; fairer in 1 of 2 seeds" in claims.format_fairness_verdicts(v)
+    text = claims.format_fairness_verdicts(v)
+    assert "fairer on average, fairer in 1 of 2 seeds" in text
+    # seed 0: std 0.10 -> 0.03, seed 1: 0.07 -> 0.07; paired std diff -0.035, its interval
+    # spans 0 over 2 seeds, so the verdict does not say fairer
+    assert r["std diff"] == pytest.approx(-0.035)
+    assert r["std diff low"] < 0 < r["std diff high"]
+    assert r["verdict"].startswith("no clear difference")
+    assert "QDGS vs none (2 paired seeds, 95% intervals, points)" in text
 
 
 def test_fairness_verdict_says_not_fairer_and_cost():
@@ -86,6 +93,24 @@ def test_fairness_verdict_says_not_fairer_and_cost():
     res.loc[res.pretraining == "qdgs", ["old", "fair_mean"]] -= 0.1
     r = claims.fairness_verdicts(res, "toy", ["young", "old"]).iloc[0]
     assert not r["fairer"] and r["accuracy cost"]
+
+
+def test_fairness_verdict_from_paired_intervals():
+    """Three seeds where QDGS lowers the spread and lifts the worst group in each by similar
+    amounts: the intervals exclude 0 and the verdict says fairer; one seed says nothing."""
+    rows = []
+    for seed, shift in enumerate((0.0, 0.01, -0.01)):
+        for name, (a, b) in {"none": (0.90, 0.70), "qdgs": (0.89, 0.80)}.items():
+            a, b = a + shift, b + shift + 0.002 * seed
+            rows.append({"pretraining": name, "seed": seed, "benchmark": "toy", "young": a,
+                         "old": b, "fair_mean": (a + b) / 2, "fair_std": abs(a - b) / 2})
+    res = pd.DataFrame(rows)
+    r = claims.fairness_verdicts(res, "toy", ["young", "old"]).iloc[0]
+    assert r["std diff high"] < 0 and r["worst diff low"] > 0
+    assert r["verdict"].startswith("fairer (better spread, better worst group)")
+    assert r["mean diff low"] > 0 and r["verdict"].endswith("more accurate")
+    one = claims.fairness_verdicts(res[res.seed == 0], "toy", ["young", "old"]).iloc[0]
+    assert one["verdict"] == "one seed: no interval, no verdict"
 
 
 def test_mean_ci_is_the_t_interval():

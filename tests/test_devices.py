@@ -37,7 +37,7 @@ def test_shapes_steps(device, tmp_path):
     results = shapes_poc.classifier_protocol(p, {"qdgs": qd_set}, progress=False,
                                              device=device)
     assert set(results.finetune) == {"none", "qdgs"} and results["mean"].between(0, 1).all()
-    audit = shapes_poc.label_audit(p, {"qdgs": qd_set}, epochs=1, device=device)
+    audit = shapes_poc.label_audit(p, {"qdgs": qd_set}, device=device)
     assert 0 <= audit.loc["qdgs", "CLIP label = oracle"] <= 1
 
 

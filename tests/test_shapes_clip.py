@@ -12,6 +12,7 @@ from qdgs_lib.data.shapes import render, sample_params
 from qdgs_lib.measures import index
 from qdgs_lib.paths import weights_dir
 from qdgs_lib.profiles import get_profile
+from qdgs_lib.shapes_oracle import load_shapes_oracle
 
 SHAPE_MIN, COLOR_MIN = 0.95, 0.98  # agreement on prior samples (issue 15)
 RHO_MIN = 0.8
@@ -51,7 +52,7 @@ def test_measures_rank_true_color_and_shape_of_renders(setup):
 @pytest.mark.xfail(strict=True, reason="issue 15: shape agreement on prior samples < 95%")
 def test_labels_of_prior_samples_agree_with_the_oracle(setup):
     p, scorer = setup
-    oracle = shapes_poc.train_oracle(p, seed=0)
+    oracle = load_shapes_oracle()
     agree = shapes_poc.prior_label_agreement(scorer, p, oracle, n=1000, seed=11)
     print("agreement on prior samples:", agree)
     assert agree["shape"] >= SHAPE_MIN and agree["color"] >= COLOR_MIN, agree

@@ -38,3 +38,73 @@ def test_shape_augmentation_is_seeded_white_filled_and_keeps_the_shape():
     # the shape stays mostly in view: its ink (1 - brightness) keeps >= 70% of its amount
     ink = (1 - d.images.mean(1)).sum((1, 2))
     assert ((1 - a.mean(1)).sum((1, 2)) / ink).min() > 0.7
+
+
+class _Fixed(torch.nn.Module):
+    """A stand-in member whose "square" logit is a fixed function of the mean brightness."""
+
+    def __init__(self, threshold: float):
+        super().__init__()
+        self.t = torch.nn.Parameter(torch.tensor(threshold), requires_grad=False)
+
+    def forward(self, x):
+        s = 50 * (x.mean((1, 2, 3)) - self.t)
+        return torch.stack([torch.zeros_like(s), s], 1)
+
+
+def test_oracle_labels_by_mean_probability_and_flags_disagreement():
+    from qdgs_lib.shapes_oracle import ShapeOracle
+
+    oracle = ShapeOracle([_Fixed(0.3), _Fixed(0.5), _Fixed(0.7)], size=8)
+    x = torch.stack([torch.full((3, 16, 16), v) for v in (0.1, 0.45, 0.55, 0.9)])
+    label, unanimous, confidence = oracle.labels(x)
+    assert label.tolist() == [0, 0, 1, 1]  # majority: 0/3, 1/3, 2/3, 3/3 members say square
+    assert unanimous.tolist() == [True, False, False, True]
+    assert (confidence > 0.5).all() and confidence[0] > 0.99
+
+
+def test_oracle_rejects_bad_images_and_missing_weights(tmp_path):
+    import pytest
+
+    from qdgs_lib.shapes_oracle import ShapeOracle, load_shapes_oracle, save_shapes_oracle
+
+    oracle = ShapeOracle([_Fixed(0.5)], size=8)
+    with pytest.raises(ValueError, match="NaN"):
+        oracle.labels(torch.full((2, 3, 8, 8), float("nan")))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        oracle.labels(torch.zeros(3, 8, 8))
+    with pytest.raises(FileNotFoundError, match="train_shapes_oracle.py"):
+        load_shapes_oracle(tmp_path / "none.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(Exception, match="train_shapes_oracle.py"):
+        load_shapes_oracle(tmp_path / "bad.safetensors")
+    from qdgs_lib.models.shape_classifier import ShapeClassifier
+
+    real = ShapeOracle([ShapeClassifier(), ShapeClassifier()], size=16)
+    save_shapes_oracle(real, tmp_path / "o.safetensors")
+    back = load_shapes_oracle(tmp_path / "o.safetensors")
+    x = torch.rand(4, 3, 32, 32)
+    assert back.size == 16 and len(back.members) == 2
+    assert torch.equal(back.member_probs(x), real.eval().member_probs(x))
+
+
+def test_shipped_oracle_reads_renders_and_is_sure_of_most_prior_decodes():
+    """Each member labels held-out renders (resized as decodes are) right; on decodes of the
+    VAE's prior the members are unanimous on most images (the rest lie between a triangle and
+    a square: see bench/README.md)."""
+    from qdgs_lib.generators.shapes_vae import load_shapes_vae
+    from qdgs_lib.sampling import decode_batched
+    from qdgs_lib.shapes_oracle import load_shapes_oracle
+    from qdgs_lib.utils import resize_square
+
+    oracle = load_shapes_oracle()
+    renders = ShapesDataset(400, None, 128, seed=5)
+    votes = oracle.member_probs(resize_square(renders.images, oracle.size)) > 0.5
+    accuracy = (votes == renders.labels.bool()).float().mean(1)
+    print("member accuracy on renders:", accuracy.tolist())
+    assert (accuracy >= 0.99).all()
+    vae = load_shapes_vae(device="cpu")
+    decodes = decode_batched(vae.decode, vae.sample_prior(500, seed=3).numpy(), size=oracle.size)
+    _, unanimous, _ = oracle.labels(decodes)
+    print("unanimous on prior decodes:", unanimous.mean())
+    assert unanimous.mean() >= 0.85
