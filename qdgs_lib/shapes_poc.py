@@ -160,7 +160,8 @@ def label_audit(p: dict[str, Any], synthetic: dict[str, dict], oracle: ShapeOrac
     (three render classifiers) reads every synthetic image; per set: agreement of the CLIP
     labels with the oracle on the images its members label unanimously, and on all images
     (mean probability), the unanimous share, the oracle's mean confidence (low on
-    off-manifold "splatters"), and the share of each color x shape group (color from the CLIP
+    off-manifold "splatters"), how often the CLIP color measure's sign matches the pixels'
+    color, and the share of each color x shape group (color from the CLIP
     color measure, shape from the oracle)."""
     oracle = oracle if oracle is not None else load_shapes_oracle(device=resolve_device(device))
     rows = {}
@@ -172,7 +173,9 @@ def label_audit(p: dict[str, Any], synthetic: dict[str, dict], oracle: ShapeOrac
                "CLIP label = oracle": float(hit[unanimous].mean()) if unanimous.any() else np.nan,
                "CLIP label = oracle, all images": float(hit.mean()) if len(hit) else np.nan,
                "oracle unanimous": float(unanimous.mean()) if len(hit) else np.nan,
-               "oracle confidence": float(confidence.mean()) if len(hit) else np.nan}
+               "oracle confidence": float(confidence.mean()) if len(hit) else np.nan,
+               "CLIP color = pixels": float((red == (pixel_color(data["images"]) < 0.5)).mean())
+               if len(hit) else np.nan}
         for c, want_red in (("red", True), ("blue", False)):
             for s, k in zip(SHAPES, range(2), strict=True):
                 row[f"{c} {s}"] = float(((red == want_red) & (shape == k)).mean())

@@ -39,6 +39,7 @@ def test_shapes_steps(device, tmp_path):
     assert set(results.finetune) == {"none", "qdgs"} and results["mean"].between(0, 1).all()
     audit = shapes_poc.label_audit(p, {"qdgs": qd_set}, device=device)
     assert 0 <= audit.loc["qdgs", "CLIP label = oracle"] <= 1
+    assert 0 <= audit.loc["qdgs", "CLIP color = pixels"] <= 1
 
 
 @pytest.mark.parametrize("device", DEVICES)
