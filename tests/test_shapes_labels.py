@@ -78,6 +78,11 @@ def test_oracle_rejects_bad_images_and_missing_weights(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(Exception, match="train_shapes_oracle.py"):
         load_shapes_oracle(tmp_path / "bad.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))  # not an oracle
+    with pytest.raises(Exception, match="train_shapes_oracle.py"):
+        load_shapes_oracle(tmp_path / "other.safetensors")
     from qdgs_lib.models.shape_classifier import ShapeClassifier
 
     real = ShapeOracle([ShapeClassifier(), ShapeClassifier()], size=16)
