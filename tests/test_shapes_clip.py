@@ -44,15 +44,15 @@ def test_measures_rank_true_color_and_shape_of_renders(setup):
     assert rho_color > RHO_MIN and rho_shape > RHO_MIN * np.sqrt(3) / 2
 
 
-# Not met yet (issue 15): the shipped CLIP agrees 82% (shape) / 98.6% (color); a CLIP retrained
-# with oracle-captioned VAE decodes (scripts/train_clip.py --vae-frac 0.35 --flips) 86-87% /
-# 97-98%; and two oracles trained on renders with different seeds agree only 87-92% with each
-# other on VAE decodes, so the oracle must get better first (bench/README.md). Strict: the
-# suite fails once the target is met, so this marker cannot outlive the fix.
-@pytest.mark.xfail(strict=True, reason="issue 15: shape agreement on prior samples < 95%")
+# The reference is the shipped shapes oracle (qdgs_lib/shapes_oracle.py) on the decodes its
+# three members label unanimously (~91%; the rest lie between a triangle and a square). 4000
+# decodes: at ~3,600 unanimous ones a proportion near 0.95 has a standard error of ~0.4 points
+# (with 1000 decodes ~0.7, as wide as the margin). Measured: 0.963 shape, 0.995 color (the CLIP
+# before the oracle-captioned decodes: 0.918 / 0.989).
 def test_labels_of_prior_samples_agree_with_the_oracle(setup):
     p, scorer = setup
     oracle = load_shapes_oracle()
-    agree = shapes_poc.prior_label_agreement(scorer, p, oracle, n=1000, seed=11)
+    agree = shapes_poc.prior_label_agreement(scorer, p, oracle, n=4000, seed=123)
     print("agreement on prior samples:", agree)
+    assert agree["unanimous"] >= 0.85, agree
     assert agree["shape"] >= SHAPE_MIN and agree["color"] >= COLOR_MIN, agree
