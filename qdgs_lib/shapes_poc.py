@@ -154,6 +154,19 @@ def prior_label_agreement(scorer: PromptScorer, p: dict[str, Any], oracle: Shape
             "color": float((is_red(m, p) == (pixel_color(images) < 0.5)).mean())}
 
 
+def _color_columns(red: np.ndarray, color: np.ndarray) -> dict[str, float]:
+    """CLIP color labels vs the pixels' color (0 red .. 1 blue); *purple*: 0.35-0.65, the
+    captions' own boundaries (``data.captions.color_name``)."""
+    if len(color) == 0:
+        return dict.fromkeys(("CLIP color = pixels", "purple share",
+                              "CLIP color = pixels, red or blue images"), np.nan)
+    hit = red == (color < 0.5)
+    clear = (color < 0.35) | (color > 0.65)
+    return {"CLIP color = pixels": float(hit.mean()), "purple share": float(1 - clear.mean()),
+            "CLIP color = pixels, red or blue images":
+                float(hit[clear].mean()) if clear.any() else np.nan}
+
+
 def label_audit(p: dict[str, Any], synthetic: dict[str, dict], oracle: ShapeOracle | None = None,
                 device: str | torch.device = "auto") -> pd.DataFrame:
     """How good is each synthetic set as training data? The shipped :mod:`.shapes_oracle`
@@ -161,7 +174,8 @@ def label_audit(p: dict[str, Any], synthetic: dict[str, dict], oracle: ShapeOrac
     labels with the oracle on the images its members label unanimously, and on all images
     (mean probability), the unanimous share, the oracle's mean confidence (low on
     off-manifold "splatters"), how often the CLIP color measure's sign matches the pixels'
-    color, and the share of each color x shape group (color from the CLIP
+    color (on all images, and on the clearly red or blue ones: a purple shape has no right
+    answer), the purple share, and the share of each color x shape group (color from the CLIP
     color measure, shape from the oracle)."""
     oracle = oracle if oracle is not None else load_shapes_oracle(device=resolve_device(device))
     rows = {}
@@ -174,8 +188,7 @@ def label_audit(p: dict[str, Any], synthetic: dict[str, dict], oracle: ShapeOrac
                "CLIP label = oracle, all images": float(hit.mean()) if len(hit) else np.nan,
                "oracle unanimous": float(unanimous.mean()) if len(hit) else np.nan,
                "oracle confidence": float(confidence.mean()) if len(hit) else np.nan,
-               "CLIP color = pixels": float((red == (pixel_color(data["images"]) < 0.5)).mean())
-               if len(hit) else np.nan}
+               **_color_columns(red, pixel_color(data["images"]))}
         for c, want_red in (("red", True), ("blue", False)):
             for s, k in zip(SHAPES, range(2), strict=True):
                 row[f"{c} {s}"] = float(((red == want_red) & (shape == k)).mean())

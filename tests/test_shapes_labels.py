@@ -1,6 +1,7 @@
 """Shapes ground truth for label checks: color read off the pixels, the oracle's agreement."""
 
 import numpy as np
+import pytest
 import torch
 
 from qdgs_lib.data.shapes import ShapesDataset, render, sample_params
@@ -113,3 +114,15 @@ def test_shipped_oracle_reads_renders_and_is_sure_of_most_prior_decodes():
     _, unanimous, _ = oracle.labels(decodes)
     print("unanimous on prior decodes:", unanimous.mean())
     assert unanimous.mean() >= 0.85
+
+
+def test_color_columns_leave_purple_out_of_the_clear_agreement():
+    from qdgs_lib.shapes_poc import _color_columns
+
+    color = np.array([0.1, 0.2, 0.5, 0.6, 0.9])  # red, red, purple, purple, blue
+    red = np.array([True, True, False, True, False])  # wrong on the purple at 0.5 only
+    c = _color_columns(red, color)
+    assert c["CLIP color = pixels"] == pytest.approx(0.8)
+    assert c["purple share"] == pytest.approx(0.4)
+    assert c["CLIP color = pixels, red or blue images"] == 1.0
+    assert all(np.isnan(v) for v in _color_columns(red[:0], color[:0]).values())
