@@ -157,8 +157,8 @@ class RecognitionTrainer:
             raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
         self.precision, self.amp_dtype = precision, dtypes[precision]
         self.amp = self.amp_dtype is not None
-        # channels_last: faster convolutions on GPUs (tensor cores) and on CPUs too (oneDNN:
-        # ir_small at batch 64 trains at 295 vs 223 images/s on 2 cores, bench/README.md)
+        # channels_last: faster convolutions on GPUs (tensor cores), and not slower on CPUs
+        # (2 cores, ir_small at batch 64: +35% in bench/run.py, +4-5% on notebook 03's stages)
         on_gpu = self.device.type == "cuda"
         self.channels_last = True if channels_last is None else channels_last
         if self.channels_last:
