@@ -76,8 +76,9 @@ def main() -> None:
     rows = []
     for v in variants:
         t = time.time()
+        members = [member(v, s) for s in (0, 1, 2)]  # trained outside no_grad
         with torch.no_grad():
-            probs = np.stack([member(v, s)(x).softmax(1)[:, 1].numpy() for s in (0, 1, 2)])
+            probs = np.stack([m(x).softmax(1)[:, 1].numpy() for m in members])
         votes = probs > 0.5
         unanimous = (votes == votes[:1]).all(0)
         label = (probs.mean(0) > 0.5).astype(int)
