@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from torch.utils.data import TensorDataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +32,7 @@ from qdgs_lib.data.shapes import ShapesDataset, augment_shapes  # noqa: E402
 from qdgs_lib.models.shape_classifier import ShapeClassifier  # noqa: E402
 from qdgs_lib.profiles import get_profile  # noqa: E402
 from qdgs_lib.sampling import decode_batched, resize_square  # noqa: E402
-from qdgs_lib.shapes_oracle import blur_augment, train_member  # noqa: E402
+from qdgs_lib.shapes_oracle import ShapeOracle, blur_augment, train_member, vote  # noqa: E402
 from qdgs_lib.train import train_classifier  # noqa: E402
 from qdgs_lib.utils import atomic_path, seed_everything  # noqa: E402
 
@@ -45,13 +44,7 @@ def member(variant: str, seed: int) -> ShapeClassifier:
     if variant == "A":
         return shapes_poc.train_oracle(p, seed=seed, device="cpu").eval()
     if variant == "B":
-        seed_everything(seed)
-        renders = ShapesDataset(8000, None, 128, seed=20_000 + seed)
-        m = ShapeClassifier()
-        train_classifier(m, TensorDataset(resize_square(renders.images, 32), renders.labels), 10,
-                         batch_size=64, seed=seed, augment=augment_shapes, progress=False,
-                         device="cpu")
-        return m.eval()
+        return train_member(seed, augment=augment_shapes)
     if variant == "C":
         return train_member(seed)
     if variant == "E":
@@ -77,11 +70,9 @@ def main() -> None:
     for v in variants:
         t = time.time()
         members = [member(v, s) for s in (0, 1, 2)]  # trained outside no_grad
-        with torch.no_grad():
-            probs = np.stack([m(x).softmax(1)[:, 1].numpy() for m in members])
-        votes = probs > 0.5
-        unanimous = (votes == votes[:1]).all(0)
-        label = (probs.mean(0) > 0.5).astype(int)
+        probs = ShapeOracle(members).member_probs(x)
+        label, unanimous, _ = vote(probs)
+        votes, probs = (probs > 0.5).numpy(), probs.numpy()
         row = {"variant": v, "train seconds (3 members)": round(time.time() - t),
                **{f"member {i} = member {j}": float((votes[i] == votes[j]).mean())
                   for i, j in itertools.combinations(range(3), 2)},

@@ -50,14 +50,16 @@ def blur_augment(x: torch.Tensor) -> torch.Tensor:
 
 
 def train_member(seed: int, n: int = 8000, epochs: int = 10, size: int = SIZE,
-                 progress: bool = False, device: str | torch.device = "cpu") -> ShapeClassifier:
+                 progress: bool = False, device: str | torch.device = "cpu",
+                 augment=blur_augment) -> ShapeClassifier:
     """One oracle member: ``n`` balanced renders (seed ``20_000 + seed``, disjoint from every
-    evaluation set) at 128 px resized to ``size``, ``epochs`` of Adam with :func:`blur_augment`."""
+    evaluation set) at 128 px resized to ``size``, ``epochs`` of Adam with ``augment``
+    (:func:`blur_augment`; ``bench/shapes_oracle_variants.py`` also tries it without blur)."""
     seed_everything(seed)
     renders = ShapesDataset(n, None, 128, seed=20_000 + seed)
     member = ShapeClassifier()
     train_classifier(member, TensorDataset(resize_square(renders.images, size), renders.labels),
-                     epochs, batch_size=64, seed=seed, augment=blur_augment,
+                     epochs, batch_size=64, seed=seed, augment=augment,
                      progress=progress, desc=f"oracle member {seed}",
                      device=resolve_device(device))
     return member.eval()
@@ -91,13 +93,17 @@ class ShapeOracle(nn.Module):
     def labels(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(label, unanimous, confidence) per image: the label from the mean probability,
         whether all members agree on it, and the mean probability of that label."""
-        p = self.member_probs(images)
-        mean = p.mean(0)
-        label = (mean > 0.5).long()
-        votes = p > 0.5
-        unanimous = (votes == votes[:1]).all(0)
-        confidence = torch.where(label == 1, mean, 1 - mean)
-        return label.numpy(), unanimous.numpy(), confidence.numpy()
+        return vote(self.member_probs(images))
+
+
+def vote(probs: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(label, unanimous, confidence) from members' (members, B) probabilities of "square"."""
+    mean = probs.mean(0)
+    label = (mean > 0.5).long()
+    votes = probs > 0.5
+    unanimous = (votes == votes[:1]).all(0)
+    confidence = torch.where(label == 1, mean, 1 - mean)
+    return label.numpy(), unanimous.numpy(), confidence.numpy()
 
 
 def train_shapes_oracle(seeds=SEEDS, n: int = 8000, epochs: int = 10, size: int = SIZE,

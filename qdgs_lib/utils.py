@@ -203,6 +203,15 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def write_weights_record(path: str | os.PathLike, config: dict, **fields: Any) -> None:
+    """The ``.json`` beside a weights file the project trains: its ``config``, ``fields``
+    (losses, checks), package versions and the sha256 that :func:`check_recorded_sha256`
+    compares the file with."""
+    atomic_write_text(f"{path}.json", json.dumps(
+        {"config": config, **fields, "versions": versions(), "sha256": sha256_file(path)},
+        indent=2))
+
+
 def check_recorded_sha256(path: str | os.PathLike, fix: str) -> None:
     """Compare a shipped weights file with the sha256 in the ``.json`` written beside it."""
     path = Path(path)

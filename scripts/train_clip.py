@@ -11,7 +11,6 @@ where its members disagree), so the CLIP also reads the softer images the search
 from __future__ import annotations
 
 import argparse
-import json
 import random
 
 import open_clip
@@ -31,13 +30,7 @@ from qdgs_lib.data.captions import (
     true_captions,
 )
 from qdgs_lib.paths import weights_dir
-from qdgs_lib.utils import (
-    atomic_path,
-    atomic_write_text,
-    seed_everything,
-    sha256_file,
-    versions,
-)
+from qdgs_lib.utils import atomic_path, seed_everything, write_weights_record
 
 WORLDS = {"qdgs-shapes-clip": (shapes_batch, SHAPE_CAPTIONS),
           "qdgs-faces-clip": (faces_batch, FACE_CAPTIONS)}
@@ -148,9 +141,7 @@ def main():
     model.eval()
     with atomic_path(out) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    atomic_write_text(out + ".json", json.dumps(
-        {"config": vars(args), "final_loss": loss.item(), "captions": list(captions),
-         "versions": versions(), "sha256": sha256_file(out)}, indent=2))
+    write_weights_record(out, vars(args), final_loss=loss.item(), captions=list(captions))
     print("wrote", out)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from pathlib import Path
 
 from qdgs_lib.generators.shapes_vae import load_shapes_vae
@@ -22,8 +21,9 @@ from qdgs_lib.shapes_oracle import (
     WEIGHTS_FILE,
     save_shapes_oracle,
     train_shapes_oracle,
+    vote,
 )
-from qdgs_lib.utils import atomic_path, atomic_write_text, sha256_file, versions
+from qdgs_lib.utils import atomic_path, write_weights_record
 
 
 def main():
@@ -37,8 +37,9 @@ def main():
     oracle = train_shapes_oracle(args.seeds, args.renders, args.epochs, args.size)
     vae = load_shapes_vae(device="cpu")
     images = decode_batched(vae.decode, vae.sample_prior(1000, seed=7).numpy(), size=args.size)
-    votes = (oracle.member_probs(images) > 0.5).numpy()
-    _, unanimous, _ = oracle.labels(images)
+    probs = oracle.member_probs(images)
+    votes = (probs > 0.5).numpy()
+    _, unanimous, _ = vote(probs)
     check = {"prior decodes": 1000, "prior sample seed": 7,
              "members agree pairwise": [float((votes[i] == votes[j]).mean())
                                         for i, j in itertools.combinations(range(len(votes)), 2)],
@@ -46,9 +47,8 @@ def main():
     print(check)
     with atomic_path(args.out) as tmp:
         save_shapes_oracle(oracle, tmp)
-    atomic_write_text(args.out + ".json", json.dumps(
-        {"config": {**vars(args), "out": Path(args.out).name}, "prior check": check,
-         "versions": versions(), "sha256": sha256_file(args.out)}, indent=2))
+    write_weights_record(args.out, {**vars(args), "out": Path(args.out).name},
+                         **{"prior check": check})
     print("wrote", args.out)
 
 

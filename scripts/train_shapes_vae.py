@@ -8,7 +8,6 @@ Data are rendered on the fly (a new seeded batch every step), so nothing is stor
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 from tqdm import tqdm
@@ -16,13 +15,7 @@ from tqdm import tqdm
 from qdgs_lib.data.shapes import biased_groups, render, sample_params
 from qdgs_lib.generators.shapes_vae import WEIGHTS_FILE, ShapesVAE, save_shapes_vae
 from qdgs_lib.paths import weights_dir
-from qdgs_lib.utils import (
-    atomic_path,
-    atomic_write_text,
-    seed_everything,
-    sha256_file,
-    versions,
-)
+from qdgs_lib.utils import atomic_path, seed_everything, write_weights_record
 
 
 def main():
@@ -57,9 +50,7 @@ def main():
     model.eval()
     with atomic_path(args.out) as tmp:
         save_shapes_vae(model, tmp)
-    atomic_write_text(args.out + ".json", json.dumps(
-        {"config": vars(args), "final": {"rec": rec.item(), "kl": kl.item()},
-         "versions": versions(), "sha256": sha256_file(args.out)}, indent=2))
+    write_weights_record(args.out, vars(args), final={"rec": rec.item(), "kl": kl.item()})
     print("wrote", args.out)
 
 

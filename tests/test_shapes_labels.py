@@ -126,3 +126,20 @@ def test_color_columns_leave_purple_out_of_the_clear_agreement():
     assert c["purple share"] == pytest.approx(0.4)
     assert c["CLIP color = pixels, red or blue images"] == 1.0
     assert all(np.isnan(v) for v in _color_columns(red[:0], color[:0]).values())
+
+
+def test_weights_record_is_what_the_sha256_check_reads(tmp_path):
+    import json
+
+    from qdgs_lib.utils import BadFileError, check_recorded_sha256, write_weights_record
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"weights")
+    write_weights_record(weights, {"steps": 3}, final={"loss": 0.5})
+    record = json.loads((tmp_path / "w.safetensors.json").read_text())
+    assert list(record) == ["config", "final", "versions", "sha256"]
+    assert record["config"] == {"steps": 3} and record["final"] == {"loss": 0.5}
+    check_recorded_sha256(weights, "rebuild it")  # intact: passes
+    weights.write_bytes(b"changed")
+    with pytest.raises(BadFileError, match="rebuild it"):
+        check_recorded_sha256(weights, "rebuild it")
