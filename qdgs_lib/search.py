@@ -9,8 +9,12 @@ checkpoint that lets a killed run resume where it stopped.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import pickle
 import time
+from collections.abc import Callable, Hashable, Mapping
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -274,6 +278,7 @@ class QDSearch:
                 x0 = self.start_latent()
                 self.scheduler = make_scheduler(self.scorer.solution_dim, self.cfg, x0,
                                                 self.result_archive)
+        start = self.iteration
         bar = tqdm(total=self.cfg.iterations, initial=self.iteration, disable=not progress,
                    desc=f"{self.cfg.algorithm}", unit="it")
         while self.iteration < self.cfg.iterations:
@@ -289,8 +294,9 @@ class QDSearch:
                 st = self.result_archive.stats
                 bar.set_postfix(cov=f"{st.coverage:.3f}", qd=f"{st.qd_score:.0f}")
         bar.close()
-        self.save_checkpoint()
-        export_archive(self.result_archive, self.outdir / "archive.parquet")
+        if self.iteration > start or not (self.outdir / "archive.parquet").exists():
+            self.save_checkpoint()  # a finished run that was only reloaded is left as it is
+            export_archive(self.result_archive, self.outdir / "archive.parquet")
         return self.result_archive
 
     def metrics(self) -> pd.DataFrame:
@@ -304,6 +310,96 @@ def run_search(scorer: PromptScorer, p: dict, algorithm: str, outdir: str | Path
     search = QDSearch(scorer, SearchConfig.from_profile(p, algorithm, seed), outdir)
     search.run(progress=progress)
     return search
+
+
+def run_searches(scorer: PromptScorer, p: dict,
+                 runs: Mapping[Hashable, tuple[str, int, str | Path]],
+                 build_scorer: Callable[[dict, str], PromptScorer] | None = None,
+                 workers: int | None = None, progress: bool = True) -> dict[Hashable, QDSearch]:
+    """Several searches (``runs``: key -> (algorithm, seed, outdir)), each as :func:`run_search`.
+
+    On a CPU with ``build_scorer`` (a module-level ``(p, device) -> scorer``, e.g.
+    ``shapes_poc.build_scorer``) the unfinished runs go to ``workers`` processes (default: one
+    per core, at most one per run) that split the cores between them: a batch-4 search is too
+    small to use two threads well, so two one-thread searches finish in about the time of one.
+    On this project's CPU a CMA-MAEGA search comes out bitwise the same as in-process (its
+    batch-4 passes do not depend on the thread count; ``tests/test_search.py`` checks it);
+    larger batches (random sampling) may differ by float rounding. On a GPU, or without
+    ``build_scorer``, the runs go one after the other. Then every run is reloaded with
+    ``scorer`` from its final checkpoint; interrupted runs resume as :func:`run_search` does.
+    From a script, call it under ``if __name__ == "__main__":`` (worker processes are spawned).
+    """
+    configs = {key: SearchConfig.from_profile(p, algorithm, seed)
+               for key, (algorithm, seed, _) in runs.items()}
+    done = {key: _finished(Path(outdir), configs[key].iterations)
+            for key, (_, _, outdir) in runs.items()}
+    pending = [key for key in runs if not done[key]]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = min(workers or cores or 1, len(pending))
+    if build_scorer is not None and workers > 1 and scorer.clip.device.type == "cpu":
+        _run_in_workers(build_scorer, p, {key: runs[key] for key in pending}, configs, workers,
+                        threads=max(1, (cores or 1) // workers), progress=progress)
+    out = {}
+    for key, (algorithm, seed, outdir) in runs.items():
+        out[key] = run_search(scorer, p, algorithm, outdir, seed=seed,
+                              progress=progress and key in pending)
+    return out
+
+
+def _finished(outdir: Path, iterations: int) -> bool:
+    """Whether a run folder already holds ``iterations`` rows of metrics (reloads quickly)."""
+    path = outdir / "metrics.csv"
+    return path.exists() and _rows(path) >= iterations and (outdir / "checkpoint.pkl").exists()
+
+
+def _rows(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return max(0, f.read().count(b"\n") - 1)
+    except FileNotFoundError:
+        return 0
+
+
+def _search_worker(build_scorer, p: dict, algorithm: str, seed: int, outdir: str,
+                   threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    run_search(build_scorer(p, "cpu"), p, algorithm, outdir, seed=seed, progress=False)
+
+
+def _run_in_workers(build_scorer, p: dict, runs: Mapping, configs: Mapping, workers: int,
+                    threads: int, progress: bool) -> None:
+    # spawn, not fork: the parent's OpenMP threads do not survive a fork
+    ctx = multiprocessing.get_context("spawn")
+    total = sum(configs[key].iterations for key in runs)
+    bar = tqdm(total=total, disable=not progress, unit="it",
+               desc=f"{len(runs)} searches in {workers} processes")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = {pool.submit(_search_worker, build_scorer, p, algorithm, seed, str(outdir),
+                               threads): key for key, (algorithm, seed, outdir) in runs.items()}
+        pending = set(futures)
+        try:
+            while pending:
+                finished, pending = wait(pending, timeout=1.0, return_when=FIRST_EXCEPTION)
+                # progress from the runs' metrics files (one row per iteration)
+                bar.n = sum(min(_rows(Path(runs[key][2]) / "metrics.csv"),
+                                configs[key].iterations) for key in runs)
+                bar.refresh()
+                for fut in finished:
+                    if fut.exception() is not None:
+                        raise RuntimeError(
+                            f"search {futures[fut]!r} failed in its worker process: "
+                            f"{fut.exception()}. Finished runs are kept and interrupted ones "
+                            "resume from their checkpoint: fix the cause and run again (or "
+                            "pass workers=1 to see the full traceback in this process)."
+                        ) from fut.exception()
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+        finally:
+            bar.close()
 
 
 def archive_summary(searches: dict[str, QDSearch]) -> pd.DataFrame:

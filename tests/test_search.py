@@ -95,3 +95,50 @@ def test_empty_archive_file_raises(tmp_path):
     pd.DataFrame({"index": np.array([], dtype=int)}).to_parquet(tmp_path / "a.parquet")
     with pytest.raises(ValueError, match="empty"):
         read_archive(tmp_path / "a.parquet")
+
+
+def test_searches_in_worker_processes_match_in_process_runs(tmp_path):
+    # Two one-thread worker processes vs. this process (all its threads), on the real shapes
+    # networks: CMA-MAEGA's archives and metrics bit for bit; random sampling (larger batches)
+    # up to float rounding.
+    from qdgs_lib import shapes_poc
+    from qdgs_lib.profiles import get_profile
+    from qdgs_lib.search import archive_frame, run_search, run_searches
+
+    p = get_profile("smoke", "shapes", iterations=25)
+    shapes = shapes_poc.build_scorer(p, "cpu")
+    runs = {0: ("cma_maega", 0, tmp_path / "par0"), 1: ("cma_maega", 1, tmp_path / "par1"),
+            "random": ("random", 0, tmp_path / "par_random")}
+    parallel = run_searches(shapes, p, runs, build_scorer=shapes_poc.build_scorer, workers=2,
+                            progress=False)
+    for key, (algorithm, seed, _) in runs.items():
+        alone = run_search(shapes_poc.build_scorer(p, "cpu"), p, algorithm,
+                           tmp_path / f"alone_{key}", seed=seed, progress=False)
+        a, b = (archive_frame(s.result_archive).sort_values("index").reset_index(drop=True)
+                for s in (parallel[key], alone))
+        assert len(a) > 5
+        exact = algorithm == "cma_maega"
+        pd.testing.assert_frame_equal(a, b, check_exact=exact, rtol=1e-5)
+        cols = ["iteration", "num_elites", "coverage", "qd_score"]
+        pd.testing.assert_frame_equal(parallel[key].metrics()[cols], alone.metrics()[cols],
+                                      check_exact=exact, rtol=1e-5)
+    # finished runs are reloaded, not rerun
+    mtime = (tmp_path / "par0" / "checkpoint.pkl").stat().st_mtime_ns
+    again = run_searches(shapes, p, runs, build_scorer=shapes_poc.build_scorer, workers=2,
+                         progress=False)
+    assert (tmp_path / "par0" / "checkpoint.pkl").stat().st_mtime_ns == mtime
+    assert again[0].result_archive.stats.num_elites == parallel[0].result_archive.stats.num_elites
+
+
+def test_a_failing_worker_names_its_search(tmp_path):
+    from toys import broken_scorer
+
+    from qdgs_lib import shapes_poc
+    from qdgs_lib.profiles import get_profile
+    from qdgs_lib.search import run_searches
+
+    p = get_profile("smoke", "shapes", iterations=3)
+    runs = {0: ("cma_maega", 0, tmp_path / "a"), 1: ("cma_maega", 1, tmp_path / "b")}
+    with pytest.raises(RuntimeError, match="failed in its worker process: toy weights"):
+        run_searches(shapes_poc.build_scorer(p, "cpu"), p, runs, build_scorer=broken_scorer,
+                     workers=2, progress=False)

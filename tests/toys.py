@@ -71,3 +71,8 @@ class ToyClip(nn.Module):
             seed = int(hashlib.sha256(p.encode()).hexdigest()[:8], 16)
             out.append(torch.randn(self.dim, generator=torch.Generator().manual_seed(seed)))
         return F.normalize(torch.stack(out), dim=-1).to(self.device)
+
+
+def broken_scorer(p, device):
+    """A scorer builder for worker processes that fails like missing weights would."""
+    raise FileNotFoundError("toy weights are missing")
