@@ -328,9 +328,10 @@ def _plain_loop_ips(name: str, batch: int, precision: str, steps: int, device: s
 
 def bench_training(device: str, quick: bool) -> pd.DataFrame:
     """IR-ResNet + AdaFace training throughput (images/s) of ``RecognitionTrainer`` on uint8
-    images (as decoded), with its augmentations. CPU: batch 32, fp32. GPU: IR-101 at the
-    paper's batch 64 (fp16) and at 256 (bf16), channels_last, next to the bare-loop ceiling
-    (``_plain_loop_ips``)."""
+    images (as decoded), with its augmentations. CPU: batch 32, fp32; ir_small at batch 64
+    with and without channels_last and torch.compile (its compile is timed apart, in the
+    warm-up epoch). GPU: IR-101 at the paper's batch 64 (fp16) and at 256 (bf16),
+    channels_last, next to the bare-loop ceiling (``_plain_loop_ips``)."""
     from qdgs_lib.data.identities import TensorFaces
     from qdgs_lib.models.heads import AdaFace
     from qdgs_lib.models.iresnet import build_iresnet
@@ -338,15 +339,17 @@ def bench_training(device: str, quick: bool) -> pd.DataFrame:
 
     gpu = device.startswith("cuda")
     if not gpu:
-        runs = [(n, 32, "fp32", True) for n in ["ir_small"] + ([] if quick else ["ir18", "ir50"])]
-        runs += [("ir_small", 64, "fp32", False), ("ir_small", 64, "fp32", True)]
+        runs = [(n, 32, "fp32", True, False)
+                for n in ["ir_small"] + ([] if quick else ["ir18", "ir50"])]
+        runs += [("ir_small", 64, "fp32", False, False), ("ir_small", 64, "fp32", True, False),
+                 ("ir_small", 64, "fp32", True, True)]
     elif quick:
-        runs = [("ir_small", 64, "fp16", True)]
+        runs = [("ir_small", 64, "fp16", True, False)]
     else:
-        runs = [("ir50", 64, "fp16", True), ("ir101", 64, "fp16", True),
-                ("ir101", 64, "bf16", True), ("ir101", 256, "bf16", True)]
+        runs = [("ir50", 64, "fp16", True, False), ("ir101", 64, "fp16", True, False),
+                ("ir101", 64, "bf16", True, False), ("ir101", 256, "bf16", True, False)]
     rows = []
-    for name, batch, precision, channels_last in runs:
+    for name, batch, precision, channels_last, compile in runs:
         net = build_iresnet(name)
         steps = (2 if name != "ir_small" else 10) if not gpu else (5 if quick else 60)
         g = torch.Generator().manual_seed(0)
@@ -358,8 +361,11 @@ def bench_training(device: str, quick: bool) -> pd.DataFrame:
             tr = RecognitionTrainer(net, AdaFace(net.embedding_dim, 100),
                                     TensorFaces(x[:batch], y[:batch]), tmp,
                                     batch_size=batch, device=device, progress=False,
-                                    precision=precision, channels_last=channels_last)
-            tr.train_epoch()  # warm-up (AMP, cudnn autotune)
+                                    precision=precision, channels_last=channels_last,
+                                    compile=compile)
+            t0 = time.perf_counter()
+            tr.train_epoch()  # warm-up (AMP, cudnn autotune, torch.compile)
+            warmup = time.perf_counter() - t0
             tr.data = TensorFaces(x, y)
             if gpu:
                 torch.cuda.synchronize()
@@ -374,11 +380,11 @@ def bench_training(device: str, quick: bool) -> pd.DataFrame:
         plain = _plain_loop_ips(name, batch, precision, steps, device) if gpu else float("nan")
         rows.append({"backbone": name, "input": net.input_size, "batch": batch,
                      "precision": precision, "channels_last": channels_last,
-                     "images_per_s": ips,
+                     "compile": compile, "warmup_s": warmup, "images_per_s": ips,
                      "plain_loop_images_per_s": plain, "share_of_plain": ips / plain,
                      **machine()})
         print(f"{name:9s} {net.input_size}px batch {batch:3d} {precision} channels_last "
-              f"{channels_last}: trainer {ips:8.1f} "
+              f"{channels_last} compile {compile}: trainer {ips:8.1f} "
               f"images/s (bare loop {plain:8.1f}, {ips / plain:.0%})", flush=True)
         del tr, net
     return pd.DataFrame(rows)

@@ -47,7 +47,8 @@ def train_recognizer(data: Dataset, p: dict[str, Any], outdir, epochs: int,
     head = build_head(p["head"], backbone.embedding_dim, data.num_classes)
     trainer = RecognitionTrainer(backbone, head, data, outdir, lr=p["lr"],
                                  milestones=p["milestones"], batch_size=p["batch"], seed=seed,
-                                 device=device, progress=progress, num_workers=workers)
+                                 device=device, progress=progress, num_workers=workers,
+                                 compile=p["compile"])
     trainer.run(epochs)
     net = trainer.backbone.eval().cpu()
     return net.to(memory_format=torch.contiguous_format)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -98,15 +100,35 @@ def sgd_no_bn_decay(modules: list[nn.Module], lr: float, weight_decay: float = 5
 
 class BackboneAndHead(nn.Module):
     """Backbone + margin head as one module: (images, labels) -> (embeddings, logits); what
-    DistributedDataParallel wraps, so both are synchronized."""
+    DistributedDataParallel wraps, so both are synchronized. ``compile``: the backbone's
+    forward through ``torch.compile`` (the head's class count changes between datasets, the
+    backbone's shapes do not, so one compiled graph serves every stage of a protocol)."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module):
+    def __init__(self, backbone: nn.Module, head: nn.Module, compile: bool = False):
         super().__init__()
         self.backbone, self.head = backbone, head
+        # a plain function, not a submodule: the state dicts stay the backbone's own;
+        # fallback_random: dropout draws the eager masks, so compiled = eager up to rounding
+        self._backbone_forward = torch.compile(
+            backbone.forward, dynamic=False, options={"fallback_random": True}) if compile \
+            else backbone
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb, norms = self.backbone(x)
+        emb, norms = self._backbone_forward(x)
         return emb, self.head(emb.float(), norms.float(), y)
+
+
+def compile_available(device: torch.device) -> str | None:
+    """None when ``torch.compile`` can build kernels for ``device``, else why not (on a CPU
+    its inductor backend compiles C++: it needs a compiler on the PATH)."""
+    import shutil
+
+    if device.type == "cpu":
+        cxx = os.environ.get("CXX", "g++")
+        if shutil.which(cxx) is None and shutil.which("clang++") is None:
+            return (f"torch.compile on a CPU needs a C++ compiler and {cxx} is not on the PATH "
+                    "(apt-get install g++, or conda install -c conda-forge cxx-compiler)")
+    return None
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -123,6 +145,9 @@ class RecognitionTrainer:
     ``precision``: ``auto`` (fp16 autocast with loss scaling on CUDA, fp32 elsewhere),
     ``fp32``, ``fp16`` or ``bf16`` (autocast, no loss scaling needed). Augmentations run on
     the training device, so ``num_workers`` loader processes only decode.
+    ``compile``: the backbone's forward (and so its backward) through ``torch.compile``:
+    ir_small at batch 64 on 2 CPU cores 1.4x faster after a one-time ~1 min compile (reused
+    by later trainers in the same process); results differ from eager by float rounding.
     Multi-GPU: launch with ``torchrun --nproc_per_node=N``; the trainer then wraps the
     backbone in DistributedDataParallel and shards each epoch's permutation by rank.
     """
@@ -131,7 +156,8 @@ class RecognitionTrainer:
                  lr: float = 0.01, milestones=(12, 20, 24), batch_size: int = 64, seed: int = 0,
                  device: str | torch.device = "auto", augment: bool = True,
                  progress: bool = True, num_workers: int = 0,
-                 channels_last: bool | None = None, precision: str = "auto"):
+                 channels_last: bool | None = None, precision: str = "auto",
+                 compile: bool = False):
         from pathlib import Path
 
         from .utils import resolve_device
@@ -164,7 +190,12 @@ class RecognitionTrainer:
         if self.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and on_gpu)
-        self.model = BackboneAndHead(self.backbone, self.head)
+        self.compiled = compile
+        if compile and (why := compile_available(self.device)):
+            warnings.warn(f"{why}: training runs eagerly instead (slower, and its numbers "
+                          "differ by float rounding from a compiled run's)", stacklevel=2)
+            self.compiled = False
+        self.model = BackboneAndHead(self.backbone, self.head, compile=self.compiled)
         self.rank, self.world = _rank_and_world()
         self.is_main = self.rank == 0  # only rank 0 writes checkpoints and logs
         if self.world > 1:  # the head too: its class weights must be averaged across ranks

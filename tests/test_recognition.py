@@ -152,3 +152,63 @@ def test_in_memory_batches_keep_the_memory_layout(tmp_path):
     (xb, yb), = list(tr._loader([[3, 1, 2]]))
     ref = x[torch.tensor([3, 1, 2])]
     assert torch.equal(xb, ref) and xb.stride() == ref.stride() and yb.tolist() == [3, 1, 2]
+
+
+def test_compiled_training_matches_eager_up_to_rounding(tmp_path):
+    # torch.compile (inductor on this CPU): for the same weights, batch and dropout seed, the
+    # loss of eager, and gradients as close to float64's as eager's are (fp32 rounding through
+    # 8 BatchNorms leaves ~0.5% in some tensors either way); a trainer's epoch within
+    # rounding of the eager one, and the same checkpoint layout, so eager resumes compiled
+    from qdgs_lib.train import BackboneAndHead
+
+    torch.manual_seed(0)
+    x, y = tiny_task()
+    net, head = build_iresnet("ir_small").train(), AdaFace(128, 4).train()
+
+    def loss_and_grads(model, dtype=torch.float32):
+        net.zero_grad()
+        torch.manual_seed(1)  # the dropout masks
+        loss = torch.nn.functional.cross_entropy(model(x[:16].to(dtype), y[:16]), y[:16])
+        loss.backward()
+        return loss.item(), [q.grad.double().clone() for q in net.parameters()]
+
+    eager_loss, eager = loss_and_grads(lambda a, b: BackboneAndHead(net, head)(a, b)[1])
+    compiled_model = BackboneAndHead(net, head, compile=True)
+    comp_loss, comp = loss_and_grads(lambda a, b: compiled_model(a, b)[1])
+    net.double(), head.double()
+    ref_loss, ref = loss_and_grads(lambda a, b: head(*net(a), b), torch.float64)
+    assert math.isclose(eager_loss, comp_loss, rel_tol=1e-5) and \
+        math.isclose(ref_loss, comp_loss, rel_tol=1e-5), (eager_loss, comp_loss, ref_loss)
+    # tensors with a real gradient (a bias before a BatchNorm has ~1e-15: pure rounding)
+    real = [i for i, g in enumerate(ref) if g.norm() > 1e-6]
+    assert len(real) > 50
+
+    def worst(grads):
+        return max(float((grads[i] - ref[i]).norm() / ref[i].norm()) for i in real)
+
+    assert worst(comp) <= 3 * worst(eager) + 1e-6, (worst(comp), worst(eager))
+
+    eager = make_trainer(tmp_path / "eager")
+    rows_eager = eager.run(1)
+    torch.manual_seed(0)
+    compiled = RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), TensorFaces(x, y),
+                                  tmp_path / "compiled", lr=0.05, milestones=(3,),
+                                  batch_size=16, progress=False, compile=True)
+    assert compiled.compiled
+    rows = compiled.run(1)
+    assert math.isclose(rows_eager[0]["loss"], rows[0]["loss"], rel_tol=1e-3), (rows_eager, rows)
+    resumed = make_trainer(tmp_path / "compiled")
+    assert resumed.load() and resumed.epoch == 1
+
+
+def test_compile_without_a_compiler_warns_and_trains_eagerly(tmp_path, monkeypatch):
+    from qdgs_lib.train import compile_available
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no g++ / clang++ here
+    why = compile_available(torch.device("cpu"))
+    assert why is not None and "C++ compiler" in why
+    x, y = tiny_task()
+    with pytest.warns(UserWarning, match=r"C\+\+ compiler.*eagerly"):
+        tr = RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), TensorFaces(x, y),
+                                tmp_path / "run", batch_size=16, progress=False, compile=True)
+    assert not tr.compiled and tr.model._backbone_forward is tr.backbone
