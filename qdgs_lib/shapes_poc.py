@@ -61,11 +61,20 @@ def qdgs_set(scorer: PromptScorer, archive_df: pd.DataFrame, p: dict[str, Any]) 
     return synthetic_set(scorer, solutions(archive_df), measures(archive_df), p)
 
 
-def random_set(scorer: PromptScorer, n: int, p: dict[str, Any], seed: int = 0) -> dict:
-    """``n`` labeled samples from the VAE's own prior (the size-matched baseline)."""
+def random_set(scorer: PromptScorer, n: int, p: dict[str, Any], seed: int = 0,
+               chunk: int = 256) -> dict:
+    """``n`` labeled samples from the VAE's own prior (the size-matched baseline): the first
+    ``n`` unambiguous ones of ``4n + 64`` draws."""
     z = scorer.generator.sample_prior(4 * n + 64, seed=seed).cpu().numpy()
-    m = scorer.measures_of(z)
-    return synthetic_set(scorer, z, m, p, limit=n)
+    # scored a chunk at a time until n are unambiguous (~n / 0.95 draws, not all 4n + 64):
+    # the chunks are measures_of's own, so every score is the number scoring all would give
+    m = []
+    for i in range(0, len(z), chunk):
+        m.append(scorer.measures_of(z[i:i + chunk], batch_size=chunk))
+        if (label_by_shape_measure(np.concatenate(m), p) >= 0).sum() >= n:
+            break
+    m = np.concatenate(m)
+    return synthetic_set(scorer, z[:len(m)], m, p, limit=n)
 
 
 def save_set(data: dict, outdir: str | Path) -> Path:

@@ -143,3 +143,19 @@ def test_weights_record_is_what_the_sha256_check_reads(tmp_path):
     weights.write_bytes(b"changed")
     with pytest.raises(BadFileError, match="rebuild it"):
         check_recorded_sha256(weights, "rebuild it")
+
+
+def test_random_set_scores_only_what_it_needs_and_gives_the_full_scoring_set():
+    from qdgs_lib import shapes_poc
+    from qdgs_lib.profiles import get_profile
+
+    p = get_profile("smoke", "shapes")
+    scorer = shapes_poc.build_scorer(p, "cpu")
+    n = 300
+    fast = shapes_poc.random_set(scorer, n, p, seed=4)
+    z = scorer.generator.sample_prior(4 * n + 64, seed=4).cpu().numpy()
+    full = shapes_poc.synthetic_set(scorer, z, scorer.measures_of(z), p, limit=n)
+    assert len(fast["labels"]) == n
+    for key in ("images", "labels", "latents", "measures"):
+        a, b = (torch.as_tensor(d[key]) for d in (fast, full))
+        assert torch.equal(a, b), key
