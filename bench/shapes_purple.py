@@ -9,7 +9,7 @@ purple images (read off the pixels: the renderer's ground truth, which a real us
 have; a diagnostic, not a method). Writes results/shapes_purple.csv (one row per seed and
 fine-tune set) and prints the paired differences with 95% t-intervals.
 
-    python bench/shapes_purple.py   # after `make reproduce` (runs/01_shapes_poc/default); ~3 min
+    python bench/shapes_purple.py   # after `make reproduce` (runs/01_shapes_poc/default); ~4 min
 """
 
 from __future__ import annotations
@@ -57,6 +57,10 @@ def main() -> None:
     sets = {"random": rnd, "qdgs": qd,
             "random, red/blue only": {s: red_or_blue(d) for s, d in rnd.items()},
             "qdgs, red/blue only": {s: red_or_blue(d) for s, d in qd.items()}}
+    # dropping purple halves QDGS's sets but not random's: the same size as a control
+    sets["random, red/blue only, QDGS's size"] = {
+        s: {k: v[: len(sets["qdgs, red/blue only"][s]["labels"])] for k, v in d.items()}
+        for s, d in sets["random, red/blue only"].items()}
     sizes = {name: {s: len(d["labels"]) for s, d in v.items()} for name, v in sets.items()}
     res = classifier_protocol(p, sets, progress=False)
     res["images"] = [sizes[f].get(s, 0) if f != "none" else 0
@@ -67,10 +71,12 @@ def main() -> None:
     print(f"bias {args.bias}: balanced accuracy, mean over {len(wide)} seeds (images per set)")
     for name in ["none", *sets]:
         n = np.mean(list(sizes[name].values())) if name in sizes else 0
-        print(f"  {name:24s} {wide[name].mean():.3f}  ({n:.0f} images)")
+        print(f"  {name:36s} {wide[name].mean():.3f}  ({n:.0f} images)")
     print("paired differences, points [95% t-interval]:")
     for a, b in [("qdgs", "random"), ("qdgs, red/blue only", "random, red/blue only"),
-                 ("qdgs, red/blue only", "random"), ("qdgs, red/blue only", "qdgs")]:
+                 ("qdgs, red/blue only", "random, red/blue only, QDGS's size"),
+                 ("qdgs, red/blue only", "qdgs"),
+                 ("random, red/blue only, QDGS's size", "random, red/blue only")]:
         m, lo, hi = (100 * v for v in mean_ci(wide[a] - wide[b]))
         print(f"  {a} - {b}: {m:+.1f} [{lo:+.1f}, {hi:+.1f}]")
 

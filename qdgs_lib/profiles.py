@@ -104,7 +104,7 @@ _RECOGNITION_BASE: dict[str, Any] = {
     "real_dataset": None,
     "workers": 0,  # DataLoader processes decoding a real set from disk
     "benchmarks": (),  # real benchmarks a run requires (notebook 04 uses any it finds)
-    # torch.compile the backbone: on 2 CPU cores ir_small trains 1.4x faster after a ~1 min
+    # torch.compile the backbone: on 2 CPU cores ir_small trains 1.2-1.4x faster after a ~1 min
     # compile (bench/run.py); off where a stage is too short to pay for it
     "compile": False,
     "plumbing_check": False,

@@ -146,7 +146,7 @@ class RecognitionTrainer:
     ``fp32``, ``fp16`` or ``bf16`` (autocast, no loss scaling needed). Augmentations run on
     the training device, so ``num_workers`` loader processes only decode.
     ``compile``: the backbone's forward (and so its backward) through ``torch.compile``:
-    ir_small at batch 64 on 2 CPU cores 1.4x faster after a one-time ~1 min compile (reused
+    ir_small at batch 64 on 2 CPU cores 1.2-1.4x faster after a one-time ~1 min compile (reused
     by later trainers in the same process); results differ from eager by float rounding.
     Multi-GPU: launch with ``torchrun --nproc_per_node=N``; the trainer then wraps the
     backbone in DistributedDataParallel and shards each epoch's permutation by rank.
