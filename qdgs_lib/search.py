@@ -394,9 +394,13 @@ def _run_in_workers(build_scorer, p: dict, runs: Mapping, configs: Mapping, work
                             "resume from their checkpoint: fix the cause and run again (or "
                             "pass workers=1 to see the full traceback in this process)."
                         ) from fut.exception()
-        except BaseException:
+        except BaseException:  # a failed run, or an interrupt: stop the others now
             for fut in pending:
                 fut.cancel()
+            # leaving the pool would wait for the running searches; their checkpoints are
+            # written atomically, so a killed run resumes from its last one
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
             raise
         finally:
             bar.close()
