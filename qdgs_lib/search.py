@@ -323,9 +323,8 @@ def run_searches(scorer: PromptScorer, p: dict,
     per core, at most one per run) that split the cores between them: a batch-4 search is too
     small to use two threads well, so two one-thread searches finish in about the time of one.
     On this project's CPU a CMA-MAEGA search comes out bitwise the same as in-process (its
-    batch-4 passes do not depend on the thread count; ``tests/test_search.py`` checks it).
-    Random sampling scores larger batches, which round differently with fewer threads: it
-    runs in this process, on the core the last round leaves idle. On a GPU, or without
+    batch-4 passes do not depend on the thread count; ``tests/test_search.py`` checks it);
+    larger batches (random sampling) may differ by float rounding. On a GPU, or without
     ``build_scorer``, the runs go one after the other. Then every run is reloaded with
     ``scorer`` from its final checkpoint; interrupted runs resume as :func:`run_search` does.
     From a script, call it under ``if __name__ == "__main__":`` (worker processes are spawned).
@@ -335,22 +334,11 @@ def run_searches(scorer: PromptScorer, p: dict,
     done = {key: _finished(Path(outdir), configs[key].iterations)
             for key, (_, _, outdir) in runs.items()}
     pending = [key for key in runs if not done[key]]
-    # random sampling scores larger batches, whose rounding depends on the thread count: it
-    # stays in this process (as run_search would run it), started once a worker is idle
-    remote = [key for key in pending if runs[key][0] != "random"]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = min(workers or cores or 1, len(remote))
+    workers = min(workers or cores or 1, len(pending))
     if build_scorer is not None and workers > 1 and scorer.clip.device.type == "cpu":
-        local = [key for key in pending if key not in remote]
-
-        def run_local() -> None:
-            for key in local:
-                algorithm, seed, outdir = runs[key]
-                run_search(scorer, p, algorithm, outdir, seed=seed, progress=progress)
-
-        _run_in_workers(build_scorer, p, {key: runs[key] for key in remote}, configs, workers,
-                        threads=max(1, (cores or 1) // workers), progress=progress,
-                        when_idle=run_local)
+        _run_in_workers(build_scorer, p, {key: runs[key] for key in pending}, configs, workers,
+                        threads=max(1, (cores or 1) // workers), progress=progress)
     out = {}
     for key, (algorithm, seed, outdir) in runs.items():
         out[key] = run_search(scorer, p, algorithm, outdir, seed=seed,
@@ -381,9 +369,7 @@ def _search_worker(build_scorer, p: dict, algorithm: str, seed: int, outdir: str
 
 
 def _run_in_workers(build_scorer, p: dict, runs: Mapping, configs: Mapping, workers: int,
-                    threads: int, progress: bool, when_idle: Callable[[], None]) -> None:
-    """The runs in ``workers`` spawned processes; ``when_idle`` runs in this process once
-    every run has started and a worker has none left (the last round's spare core)."""
+                    threads: int, progress: bool) -> None:
     # spawn, not fork: the parent's OpenMP threads do not survive a fork
     ctx = multiprocessing.get_context("spawn")
     total = sum(configs[key].iterations for key in runs)
@@ -392,14 +378,10 @@ def _run_in_workers(build_scorer, p: dict, runs: Mapping, configs: Mapping, work
     with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
         futures = {pool.submit(_search_worker, build_scorer, p, algorithm, seed, str(outdir),
                                threads): key for key, (algorithm, seed, outdir) in runs.items()}
-        pending, idle_done = set(futures), False
+        pending = set(futures)
         try:
             while pending:
                 finished, pending = wait(pending, timeout=1.0, return_when=FIRST_EXCEPTION)
-                if not idle_done and not any(f.exception() for f in finished) and \
-                        len(pending) < workers and all(f.running() for f in pending):
-                    idle_done = True
-                    when_idle()
                 # progress from the runs' metrics files (one row per iteration)
                 bar.n = sum(min(_rows(Path(runs[key][2]) / "metrics.csv"),
                                 configs[key].iterations) for key in runs)
@@ -412,8 +394,6 @@ def _run_in_workers(build_scorer, p: dict, runs: Mapping, configs: Mapping, work
                             "resume from their checkpoint: fix the cause and run again (or "
                             "pass workers=1 to see the full traceback in this process)."
                         ) from fut.exception()
-            if not idle_done:
-                when_idle()
         except BaseException:  # a failed run, or an interrupt: stop the others now
             for fut in pending:
                 fut.cancel()

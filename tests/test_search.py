@@ -99,8 +99,8 @@ def test_empty_archive_file_raises(tmp_path):
 
 def test_searches_in_worker_processes_match_in_process_runs(tmp_path):
     # Two one-thread worker processes vs. this process (all its threads), on the real shapes
-    # networks: CMA-MAEGA's archives and metrics bit for bit; random sampling runs in this
-    # process beside the last worker, so it is the same too.
+    # networks: CMA-MAEGA's archives and metrics bit for bit; random sampling (larger batches)
+    # up to float rounding.
     from qdgs_lib import shapes_poc
     from qdgs_lib.profiles import get_profile
     from qdgs_lib.search import archive_frame, run_search, run_searches
@@ -117,10 +117,11 @@ def test_searches_in_worker_processes_match_in_process_runs(tmp_path):
         a, b = (archive_frame(s.result_archive).sort_values("index").reset_index(drop=True)
                 for s in (parallel[key], alone))
         assert len(a) > 5
-        pd.testing.assert_frame_equal(a, b, check_exact=True)
+        exact = algorithm == "cma_maega"
+        pd.testing.assert_frame_equal(a, b, check_exact=exact, rtol=1e-5)
         cols = ["iteration", "num_elites", "coverage", "qd_score"]
         pd.testing.assert_frame_equal(parallel[key].metrics()[cols], alone.metrics()[cols],
-                                      check_exact=True)
+                                      check_exact=exact, rtol=1e-5)
     # finished runs are reloaded, not rerun
     mtime = (tmp_path / "par0" / "checkpoint.pkl").stat().st_mtime_ns
     again = run_searches(shapes, p, runs, build_scorer=shapes_poc.build_scorer, workers=2,
