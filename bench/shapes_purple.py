@@ -26,18 +26,16 @@ from qdgs_lib.search import read_archive
 from qdgs_lib.shapes_poc import (
     build_scorer,
     classifier_protocol,
+    clearly_red_or_blue,
     pixel_color,
     qdgs_set,
     random_set,
 )
 
-PURPLE = (0.35, 0.65)  # as the label audit (shapes_poc.label_audit)
-
 
 def red_or_blue(data: dict) -> dict:
-    """The set without its purple images."""
-    c = pixel_color(data["images"])
-    keep = np.flatnonzero((c < PURPLE[0]) | (c > PURPLE[1]))
+    """The set without its purple images (as the label audit, shapes_poc.label_audit)."""
+    keep = np.flatnonzero(clearly_red_or_blue(pixel_color(data["images"])))
     return {k: v[torch.as_tensor(keep)] if torch.is_tensor(v) else v[keep]
             for k, v in data.items()}
 

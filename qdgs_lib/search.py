@@ -39,6 +39,7 @@ from .utils import (
 
 ALGORITHMS = ("cma_maega", "cma_mae", "cma_me", "map_elites", "random")
 DQD_ALGORITHMS = ("cma_maega",)
+CHECKPOINT, METRICS = "checkpoint.pkl", "metrics.csv"  # in a search's folder
 METRIC_COLUMNS = ["iteration", "evaluations", "seconds", "num_elites", "coverage",
                   "qd_score", "obj_max", "obj_mean"]
 
@@ -181,11 +182,11 @@ class QDSearch:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.outdir / "checkpoint.pkl"
+        return self.outdir / CHECKPOINT
 
     @property
     def metrics_path(self) -> Path:
-        return self.outdir / "metrics.csv"
+        return self.outdir / METRICS
 
     def _config_dict(self) -> dict:
         return {**asdict(self.cfg), "objective_prompts": self.scorer.objective_prompts,
@@ -348,8 +349,7 @@ def run_searches(scorer: PromptScorer, p: dict,
 
 def _finished(outdir: Path, iterations: int) -> bool:
     """Whether a run folder already holds ``iterations`` rows of metrics (reloads quickly)."""
-    path = outdir / "metrics.csv"
-    return path.exists() and _rows(path) >= iterations and (outdir / "checkpoint.pkl").exists()
+    return _rows(outdir / METRICS) >= iterations and (outdir / CHECKPOINT).exists()
 
 
 def _rows(path: Path) -> int:
@@ -383,7 +383,7 @@ def _run_in_workers(build_scorer, p: dict, runs: Mapping, configs: Mapping, work
             while pending:
                 finished, pending = wait(pending, timeout=1.0, return_when=FIRST_EXCEPTION)
                 # progress from the runs' metrics files (one row per iteration)
-                bar.n = sum(min(_rows(Path(runs[key][2]) / "metrics.csv"),
+                bar.n = sum(min(_rows(Path(runs[key][2]) / METRICS),
                                 configs[key].iterations) for key in runs)
                 bar.refresh()
                 for fut in finished:

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from torch.utils.data import TensorDataset
 
+from .data.captions import BLUE_ABOVE, RED_BELOW
 from .data.shapes import BLUE, RED, SHAPES, ShapesDataset, augment_shapes, group_names
 from .evaluate import group_accuracy, predict
 from .generators.shapes_vae import load_shapes_vae
@@ -68,10 +69,11 @@ def random_set(scorer: PromptScorer, n: int, p: dict[str, Any], seed: int = 0,
     z = scorer.generator.sample_prior(4 * n + 64, seed=seed).cpu().numpy()
     # scored a chunk at a time until n are unambiguous (~n / 0.95 draws, not all 4n + 64):
     # the chunks are measures_of's own, so every score is the number scoring all would give
-    m = []
+    m, labeled = [], 0
     for i in range(0, len(z), chunk):
         m.append(scorer.measures_of(z[i:i + chunk], batch_size=chunk))
-        if (label_by_shape_measure(np.concatenate(m), p) >= 0).sum() >= n:
+        labeled += int((label_by_shape_measure(m[-1], p) >= 0).sum())
+        if labeled >= n:
             break
     m = np.concatenate(m)
     return synthetic_set(scorer, z[:len(m)], m, p, limit=n)
@@ -163,14 +165,20 @@ def prior_label_agreement(scorer: PromptScorer, p: dict[str, Any], oracle: Shape
             "color": float((is_red(m, p) == (pixel_color(images) < 0.5)).mean())}
 
 
-def _color_columns(red: np.ndarray, color: np.ndarray) -> dict[str, float]:
-    """CLIP color labels vs the pixels' color (0 red .. 1 blue); *purple*: 0.35-0.65, the
+def clearly_red_or_blue(color: np.ndarray) -> np.ndarray:
+    """Whether a pixel color (0 red .. 1 blue, :func:`pixel_color`) is not purple, by the
     captions' own boundaries (``data.captions.color_name``)."""
+    return (color < RED_BELOW) | (color > BLUE_ABOVE)
+
+
+def _color_columns(red: np.ndarray, color: np.ndarray) -> dict[str, float]:
+    """CLIP color labels vs the pixels' color (0 red .. 1 blue); *purple*: not
+    :func:`clearly_red_or_blue`."""
     if len(color) == 0:
         return dict.fromkeys(("CLIP color = pixels", "purple share",
                               "CLIP color = pixels, red or blue images"), np.nan)
     hit = red == (color < 0.5)
-    clear = (color < 0.35) | (color > 0.65)
+    clear = clearly_red_or_blue(color)
     return {"CLIP color = pixels": float(hit.mean()), "purple share": float(1 - clear.mean()),
             "CLIP color = pixels, red or blue images":
                 float(hit[clear].mean()) if clear.any() else np.nan}

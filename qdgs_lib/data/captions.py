@@ -31,8 +31,12 @@ for _c in ("red", "blue", "purple"):
         SHAPE_CAPTIONS[f"A {_c} {_s}."] = {"kind": "shape", "color": _c, "sides": _n}
 
 
+# the renderer's color scale (0 red .. 1 blue): between these bounds a shape is purple
+RED_BELOW, BLUE_ABOVE = 0.35, 0.65
+
+
 def color_name(c: float) -> str:
-    return "red" if c < 0.35 else ("blue" if c > 0.65 else "purple")
+    return "red" if c < RED_BELOW else ("blue" if c > BLUE_ABOVE else "purple")
 
 
 def shapes_batch(n: int, generator: torch.Generator, splatter_frac: float = 0.2,
