@@ -5,11 +5,13 @@
 #
 # Writes bench/results/ (or $QDGS_BENCH_RESULTS):
 #   iteration_gpu.csv   ms per paper-scale CMA-MAEGA iteration (StyleGAN2-256 + ViT-B/32,
-#                       50x25x5x25 archive, batch 4), eager vs CUDA graphs, batched vs func
+#                       50x25x5x25 archive, batch 4), eager vs CUDA graphs, batched vs func;
+#                       graphed also with open_clip's own attention and with TF32 matmuls
 #   training_gpu.csv    RecognitionTrainer images/s (IR-50/IR-101, batch 64 fp16, 64/256 bf16)
 #                       next to a bare loop with the batch already on the GPU
 #   scoring_gpu.csv     solutions/s with jacobians, every mode, batch 1..64, vs the released scheme
-#   components_gpu.csv  ms per forward/backward of StyleGAN2-256 and ViT-B/32 at batch 1
+#   components_gpu.csv  ms per forward/backward (and 5 vmapped backward passes) of
+#                       StyleGAN2-256 and ViT-B/32 (open_clip vs packed attention)
 #   loader_gpu.csv      images/s of the streaming training sets alone (0-8 workers)
 #   profile_gpu.txt     operator table of one fused evaluation
 #   device_tests_gpu.csv  tests/test_devices.py (incl. CUDA graphs = eager) and

@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qdgs_lib.clip import create_clip  # noqa: E402
+from qdgs_lib.clip import PackedSelfAttention, create_clip  # noqa: E402
 from qdgs_lib.generators.shapes_vae import ShapesVAE, load_shapes_vae  # noqa: E402
 from qdgs_lib.generators.stylegan2 import StyleGAN2, StyleGAN2Generator  # noqa: E402
 from qdgs_lib.measures import grid, prompts, ranges  # noqa: E402
@@ -81,11 +81,12 @@ def setups(device: str, quick: bool):
         clip = create_clip("qdgs-shapes-clip", device=device, pretrained=False)
         return PromptScorer(vae, clip, shapes_p["objective"], prompts(shapes_p))
 
-    def stylegan_vit():
+    def stylegan_vit(packed_attention="auto"):
         torch.manual_seed(0)
         net = StyleGAN2().to(device)  # the paper's FFHQ-256 architecture, random weights
         gen = StyleGAN2Generator(net, num_std_samples=2000)
-        clip = create_clip("ViT-B-32-quickgelu", device=device, pretrained=False)
+        clip = create_clip("ViT-B-32-quickgelu", device=device, pretrained=False,
+                           packed_attention=packed_attention)
         return PromptScorer(gen, clip, faces_p["objective"], prompts(faces_p),
                             weights=faces_p["objective_weights"])
 
@@ -179,7 +180,9 @@ def bench_scoring(device: str, quick: bool, only_setup: str | None = None) -> pd
 
 def bench_components(device: str, quick: bool) -> pd.DataFrame:
     """Milliseconds per forward and per backward pass of StyleGAN2-256 (grouped vs split
-    modulated convolutions) and of ViT-B/32, batch 1: where the scoring time goes."""
+    modulated convolutions; batch 1) and of ViT-B/32 (open_clip's attention modules vs
+    PackedSelfAttention; batch 1 and 4): where the scoring time goes. The vmapped column is
+    the scorer's backward: 1 + 4 cotangents in one pass."""
     name, make = setups(device, quick)[-1]
     scorer = make()
     gen, clip = scorer.generator, scorer.clip
@@ -187,23 +190,36 @@ def bench_components(device: str, quick: bool) -> pd.DataFrame:
     repeats = 1 if quick else 5
     rows = []
 
-    def fwd_bwd(part, forward, x):
+    def fwd_bwd(part, forward, x, cotangents=5):
+        """forward, one backward, and the scorer's backward: ``cotangents`` (1 + m outputs)
+        in one vmapped pass (``is_grads_batched``)."""
         x = x.detach().requires_grad_(True)
         y = forward(x)
         g = torch.randn_like(y)
+        gs = torch.randn(cotangents, *y.shape, device=y.device)
         fwd = _time(lambda: forward(x), repeats)
         bwd = _time(lambda: torch.autograd.grad(y, x, g, retain_graph=True), repeats)
-        rows.append({"part": part, "batch": 1, "forward_ms": 1e3 * fwd, "backward_ms": 1e3 * bwd,
-                     **machine()})
-        print(f"{part:40s} forward {1e3 * fwd:7.1f} ms  backward {1e3 * bwd:7.1f} ms", flush=True)
+        vmapped = _time(lambda: torch.autograd.grad(y, x, gs, retain_graph=True,
+                                                    is_grads_batched=True), repeats)
+        rows.append({"part": part, "batch": len(x), "forward_ms": 1e3 * fwd,
+                     "backward_ms": 1e3 * bwd, f"backward_x{cotangents}_vmapped_ms":
+                     1e3 * vmapped, **machine()})
+        print(f"{part:42s} B={len(x)} forward {1e3 * fwd:7.1f} ms  backward {1e3 * bwd:7.1f} "
+              f"ms  {cotangents} vmapped backward passes {1e3 * vmapped:7.1f} ms", flush=True)
 
     for mode in ("fused", "split"):
         gen.modconv = mode
         fwd_bwd(f"StyleGAN2-256 ({mode} modconv)", gen.decode, q)
     gen.modconv = "auto"
     with torch.no_grad():
-        img = gen.decode(q)
-    fwd_bwd("ViT-B/32 image tower", lambda x: clip.encode_image(x, check=False), img)
+        img = gen.decode(gen.sample_prior(4, seed=0))
+    for packed in (False, True):  # open_clip's attention modules vs PackedSelfAttention
+        pack = create_clip("ViT-B-32-quickgelu", device=device, pretrained=False,
+                           packed_attention=packed)
+        pack.load_state_dict(clip.state_dict())
+        for b in (1, 4):
+            fwd_bwd(f"ViT-B/32 image tower ({'packed' if packed else 'open_clip'} attention)",
+                    lambda x, c=pack: c.encode_image(x, check=False), img[:b])
     return pd.DataFrame(rows)
 
 
@@ -242,23 +258,33 @@ def bench_iteration(device: str, quick: bool) -> pd.DataFrame:
     (random weights), objective + 4 measures with the paper's objective weights (a full
     uniqueness memory, as after a search's first iterations), the paper's 50x25x5x25
     archive over +-0.1, batch 4, one emitter; eager and CUDA-graphed, both vmapped jacobian
-    modes. Timed after warm-up iterations (graph captures, cuDNN autotuning)."""
+    modes. Timed after warm-up iterations (graph captures, cuDNN autotuning).
+
+    The CUDA-graphed runs are repeated with open_clip's own attention modules (what packing
+    ViT-B/32's attention saves) and with TF32 matmuls (``torch.backends.cuda.matmul
+    .allow_tf32``, off by default; cuDNN convolutions use TF32 by default), the next steps
+    towards the 15 ms goal. Each row says which."""
     make = setups(device, quick)[-1][1]  # StyleGAN2-256 + ViT-B/32, the faces objective
     warmup, timed = (2, 3) if quick or device == "cpu" else (10, 60)
+    cuda = device.startswith("cuda")
+    # (cuda graphs, packed attention, tf32 matmuls): packed is create_clip's CUDA default
+    variants = [(False, "auto", False)]
+    if cuda:
+        variants += [(True, "auto", False), (True, False, False), (True, "auto", True)]
     rows = []
     tmp = Path(tempfile.mkdtemp())
+    tf32 = torch.backends.cuda.matmul.allow_tf32
     try:
-        for graphs in (False, True):
-            if graphs and not device.startswith("cuda"):
-                continue
+        for graphs, packed, tf32_matmul in variants:
             for mode in ("batched", "func"):
-                scorer = make()
+                torch.backends.cuda.matmul.allow_tf32 = tf32_matmul
+                scorer = make(packed_attention=packed)
                 _fill_memory(scorer)
                 scorer.jacobian_mode, scorer.cuda_graphs = mode, graphs
                 cfg = SearchConfig(dims=(50, 25, 5, 25), ranges=[(-0.1, 0.1)] * 4,
                                    iterations=warmup + timed, batch_size=4, num_emitters=1,
                                    x0_samples=8, seed=0, checkpoint_every=10**9)
-                search = QDSearch(scorer, cfg, tmp / f"{mode}_{graphs}")
+                search = QDSearch(scorer, cfg, tmp / f"{mode}_{len(rows)}")
                 if device.startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()
                 search.run(progress=False)
@@ -266,15 +292,21 @@ def bench_iteration(device: str, quick: bool) -> pd.DataFrame:
                 ms = 1e3 * (sec[warmup + timed] - sec[warmup]) / timed
                 peak = torch.cuda.max_memory_allocated() / 2**30 \
                     if device.startswith("cuda") else float("nan")
+                packed_on = any(isinstance(m, PackedSelfAttention) and (cuda or not m.cuda_only)
+                                for m in scorer.clip.modules())
                 rows.append({"jacobian_mode": mode, "cuda_graphs": graphs,
+                             "packed_attention": packed_on, "tf32_matmul": tf32_matmul,
+                             "tf32_conv": torch.backends.cudnn.allow_tf32 and cuda,
                              "ms_per_iteration": ms, "iterations_timed": timed,
                              "hours_for_60k": ms * 60_000 / 3.6e6, "peak_gpu_gib": peak,
                              "coverage": search.result_archive.stats.coverage, **machine()})
-                print(f"CMA-MAEGA paper-scale iteration, {mode:7s} graphs={graphs!s:5s}: "
+                print(f"CMA-MAEGA paper-scale iteration, {mode:7s} graphs={graphs!s:5s} "
+                      f"packed attention={packed_on!s:5s} tf32 matmul={tf32_matmul!s:5s}: "
                       f"{ms:7.1f} ms  (60k iterations: {ms * 60_000 / 3.6e6:.2f} h, peak "
                       f"{peak:.1f} GiB)", flush=True)
                 del search, scorer
     finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
         shutil.rmtree(tmp)
     return pd.DataFrame(rows)
 

@@ -39,6 +39,65 @@ KNOWN_PRETRAINED = {
 _registered = False
 
 
+class PackedSelfAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` for self-attention on contiguous (B, L, E) tokens, computed as
+    one in-projection matmul + ``scaled_dot_product_attention``: the same math, parameters and
+    state_dict keys.
+
+    Why: with ``batch_first=True`` the stock module transposes its input to (L, B, E) before the
+    in-projection, and a linear layer on that strided view runs as a batched matmul over L with
+    the weight broadcast L times. Its backward, vmapped over the scorer's 1 + m cotangents, was
+    the largest kernel of a ViT-B/32 jacobian on an H200 (cuBLAS picked a slow batched kernel).
+    One (B*L, E) matmul does the same work. On a CPU a ViT-B/32 jacobian at batch 4 is ~15-20%
+    faster and bitwise equal, but large batches differ in the last bits (another matmul
+    blocking), so ``cuda_only`` (create_clip's ``"auto"``) keeps the stock code off CUDA and
+    the offline default's results unchanged. Anything else (masks, cross-attention, attention
+    weights) runs the stock code.
+    """
+
+    cuda_only = False
+
+    def forward(self, query, key, value, need_weights=True, attn_mask=None, **kwargs):
+        stock = (need_weights or attn_mask is not None or kwargs or not self.batch_first
+                 or not self._qkv_same_embed_dim or not (query is key is value)
+                 or query.ndim != 3 or (self.cuda_only and not query.is_cuda))
+        if stock:
+            return super().forward(query, key, value, need_weights=need_weights,
+                                   attn_mask=attn_mask, **kwargs)
+        return self._packed(query), None
+
+    def _packed(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, e = x.shape
+        h = self.num_heads
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.view(b, n, 3, h, e // h).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, E/H)
+        out = F.scaled_dot_product_attention(q, k, v,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(b, n, e)
+        return F.linear(out, self.out_proj.weight, self.out_proj.bias)
+
+
+def pack_self_attention(tower: nn.Module, cuda_only: bool = False) -> int:
+    """Swap each stock ``nn.MultiheadAttention`` in ``tower`` (an open_clip image tower) for a
+    :class:`PackedSelfAttention` holding the same parameters; returns how many were swapped."""
+    swapped = 0
+    for module in tower.modules():
+        for name, child in list(module.named_children()):
+            if type(child) is nn.MultiheadAttention and child.batch_first \
+                    and child._qkv_same_embed_dim and child.bias_k is None \
+                    and not child.add_zero_attn:
+                packed = PackedSelfAttention(child.embed_dim, child.num_heads, child.dropout,
+                                             bias=child.in_proj_bias is not None,
+                                             batch_first=True, device="meta")
+                # the same parameter tensors, not copies
+                packed.load_state_dict(child.state_dict(keep_vars=True), assign=True)
+                packed.train(child.training)
+                packed.cuda_only = cuda_only
+                setattr(module, name, packed)
+                swapped += 1
+    return swapped
+
+
 def register_configs() -> None:
     """Make the JSON configs in ``model_configs/`` known to open_clip's factory."""
     global _registered
@@ -156,7 +215,8 @@ class Clip(nn.Module):
 
 def create_clip(name: str, weights: str | Path | None = None,
                 device: str | torch.device = "auto",
-                num_cutouts: int = 0, pretrained: bool = True) -> Clip:
+                num_cutouts: int = 0, pretrained: bool = True,
+                packed_attention: bool | str = "auto") -> Clip:
     """Build a :class:`Clip` by open_clip model name.
 
     Args:
@@ -164,6 +224,9 @@ def create_clip(name: str, weights: str | Path | None = None,
             project's own (``"qdgs-shapes-clip"``, ``"qdgs-faces-clip"``).
         weights: a local weights file; if None, the default location for ``name`` is used.
         pretrained: False builds the architecture with random weights (benchmarks only).
+        packed_attention: run the image tower's self-attention as
+            :class:`PackedSelfAttention` (same math, faster jacobians): ``"auto"`` on CUDA
+            only, True everywhere, False never (benchmarks compare the two).
     """
     register_configs()
     if name not in open_clip.list_models():
@@ -182,6 +245,11 @@ def create_clip(name: str, weights: str | Path | None = None,
         else:
             model = open_clip.create_model(name, pretrained=str(path) if path else None,
                                            weights_only=True)
+    if packed_attention not in ("auto", True, False):
+        raise ValueError("packed_attention must be 'auto', True or False, "
+                         f"got {packed_attention!r}")
+    if packed_attention:
+        pack_self_attention(model.visual, cuda_only=packed_attention == "auto")
     cfg = open_clip.get_model_config(name) or {}
     image_size = cfg.get("vision_cfg", {}).get("image_size", 224)
     mean = cfg.get("preprocess_cfg", {}).get("mean", OPENAI_MEAN)

@@ -37,3 +37,71 @@ def test_preprocessing_is_differentiable_and_cutouts_average():
     assert emb.shape[0] == 2 and torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
     emb.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def _embedding_and_jacobian(clip, x: torch.Tensor, k: int = 5):
+    """Embeddings and the vmapped backward of k embedding dimensions, as the scorer runs it."""
+    x = x.clone().requires_grad_(True)
+    emb = clip.encode_image(x, check=False)
+    cot = torch.eye(emb.shape[1], device=x.device)[:k, None, :].expand(k, *emb.shape)
+    (jac,) = torch.autograd.grad(emb, x, cot.contiguous(), is_grads_batched=True)
+    return emb.detach(), jac
+
+
+def test_packed_attention_is_the_stock_attention(monkeypatch):
+    """PackedSelfAttention: open_clip's parameters, state_dict keys and numbers (embeddings and
+    vmapped backward passes); "auto" keeps the stock code off CUDA; text (masked) stays stock."""
+    from qdgs_lib.clip import PackedSelfAttention
+
+    stock = create_clip("qdgs-shapes-clip", packed_attention=False)
+    packed = create_clip("qdgs-shapes-clip", packed_attention=True)
+    auto = create_clip("qdgs-shapes-clip")
+    assert stock.model.state_dict().keys() == packed.model.state_dict().keys()
+    for a, b in zip(stock.model.state_dict().values(), packed.model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+    layers = sum(isinstance(m, PackedSelfAttention) for m in packed.modules())
+    assert layers == 4 and not any(isinstance(m, PackedSelfAttention) for m in stock.modules())
+
+    calls = []
+    run = PackedSelfAttention._packed
+    monkeypatch.setattr(PackedSelfAttention, "_packed",
+                        lambda self, x: calls.append(1) or run(self, x))
+    for batch in (1, 4, 32):
+        x = torch.rand(batch, 3, 64, 64, generator=torch.Generator().manual_seed(batch))
+        emb, jac = _embedding_and_jacobian(stock, x)
+        n = len(calls)
+        emb_p, jac_p = _embedding_and_jacobian(packed, x)
+        assert len(calls) == n + layers  # the packed path ran (vmapped backward included)
+        torch.testing.assert_close(emb_p, emb, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(jac_p, jac, rtol=1e-4, atol=1e-6)
+        n = len(calls)
+        emb_a, jac_a = _embedding_and_jacobian(auto, x)
+        assert len(calls) == n and torch.equal(emb_a, emb) and torch.equal(jac_a, jac)
+    text = ["a red circle", "a blue triangle"]
+    assert torch.equal(packed.encode_text(text), stock.encode_text(text))
+    assert len(calls) == 3 * layers  # the causal text tower never takes the packed path
+
+
+def test_packed_attention_shares_the_parameters_and_trains():
+    """The swap keeps the very parameter tensors (no copy), and a training step through the
+    packed modules gives the stock module's gradients."""
+    import copy
+
+    import open_clip
+
+    from qdgs_lib.clip import pack_self_attention, register_configs
+
+    register_configs()
+    torch.manual_seed(0)
+    model = open_clip.create_model("qdgs-shapes-clip")
+    stock = copy.deepcopy(model.visual)
+    before = {n: p for n, p in model.visual.named_parameters()}
+    assert pack_self_attention(model.visual) == 4
+    after = dict(model.visual.named_parameters())
+    assert before.keys() == after.keys() and all(before[n] is after[n] for n in before)
+    x = torch.rand(3, 3, 64, 64)
+    stock(x).square().sum().backward()
+    model.visual(x).square().sum().backward()
+    for (name, p), q in zip(model.visual.named_parameters(), stock.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)

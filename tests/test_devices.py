@@ -138,6 +138,34 @@ def test_cuda_graphs_give_the_eager_numbers_on_the_paper_architectures(mode):
     assert all(c.graph is not None for c in scorers[1]._static_calls.values())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_packed_attention_gives_the_stock_numbers_on_vit_b32():
+    """On CUDA, ``create_clip``'s default (``auto``) packs ViT-B/32's self-attention: its
+    embeddings and vmapped jacobians (batch 1 and 4, as a search asks) equal open_clip's own
+    modules up to float rounding."""
+    from qdgs_lib.clip import PackedSelfAttention, create_clip
+
+    torch.manual_seed(0)
+    stock = create_clip("ViT-B-32-quickgelu", device="cuda", pretrained=False,
+                        packed_attention=False)
+    torch.manual_seed(0)
+    packed = create_clip("ViT-B-32-quickgelu", device="cuda", pretrained=False)
+    assert sum(isinstance(m, PackedSelfAttention) for m in packed.modules()) == 12
+    for batch in (1, 4):
+        x = torch.rand(batch, 3, 256, 256, device="cuda")
+        out = []
+        for clip in (stock, packed):
+            z = x.clone().requires_grad_(True)
+            emb = clip.encode_image(z, check=False)
+            cot = torch.eye(emb.shape[1], device="cuda")[:5, None, :].expand(5, *emb.shape)
+            (jac,) = torch.autograd.grad(emb, z, cot.contiguous(), is_grads_batched=True)
+            out.append((emb.detach(), jac))
+        (emb, jac), (emb_p, jac_p) = out
+        torch.testing.assert_close(emb_p, emb, rtol=1e-4, atol=1e-5)
+        err = (jac_p - jac).flatten(2).norm(dim=2)
+        assert (err <= 1e-3 * jac.flatten(2).norm(dim=2) + 1e-30).all()
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_trainer_precisions(device, tmp_path):
     from qdgs_lib.data.identities import TensorFaces
