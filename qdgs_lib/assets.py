@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .paths import benchmarks_dir, pretrained_dir, real_dataset_path, weights_dir
+from .paths import (
+    benchmarks_dir,
+    pretrained_dir,
+    real_dataset_path,
+    shipped_weights_fix,
+    weights_dir,
+)
 from .profiles import get_profile, profile_name
 
 SECTIONS = ("shapes", "faces", "recognition")
@@ -66,7 +72,7 @@ def _clip_asset(p: dict[str, Any]) -> Asset:
         return Asset(Path(p["clip_weights"]), f"CLIP {name} weights", "the file you named")
     if name in OWN_MODELS:
         return Asset(weights_dir() / OWN_MODELS[name], f"the project's CLIP {name}",
-                     f"shipped in git; rebuild: python scripts/train_clip.py --model {name}")
+                     shipped_weights_fix(OWN_MODELS[name], f"train_clip.py --model {name}"))
     if name in KNOWN_PRETRAINED:
         from .clip import resolve_weights
 
@@ -86,10 +92,11 @@ def required_assets(profile: str | None, section: str, **overrides) -> list[Asse
     out: list[Asset] = []
     if section == "shapes":
         out += [Asset(weights_dir() / "shapes_vae.safetensors", "the project's shapes VAE",
-                      "shipped in git; rebuild: python scripts/train_shapes_vae.py"),
+                      shipped_weights_fix("shapes_vae.safetensors", "train_shapes_vae.py")),
                 Asset(weights_dir() / "shapes_oracle.safetensors",
                       "the project's shapes oracle (the label audit's reference)",
-                      "shipped in git; rebuild: python scripts/train_shapes_oracle.py"),
+                      shipped_weights_fix("shapes_oracle.safetensors",
+                                          "train_shapes_oracle.py")),
                 _clip_asset(p)]
     elif section == "faces":
         if p["world"] == "ffhq":

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .paths import pretrained_dir, weights_dir
+from .paths import pretrained_dir, shipped_weights_fix, weights_dir
 from .utils import check_recorded_sha256, reading, resize_square, resolve_device
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -116,10 +116,9 @@ def resolve_weights(name: str, weights: str | Path | None) -> Path | None:
     if name in OWN_MODELS:
         path = weights_dir() / OWN_MODELS[name]
         if not path.is_file():
-            raise FileNotFoundError(
-                f"The project's CLIP weights {path} are missing. They are shipped in git; "
-                f"rebuild them with `python scripts/train_clip.py --model {name}`."
-            )
+            raise FileNotFoundError(f"The project's CLIP weights {path} are missing. " +
+                                    shipped_weights_fix(path.name,
+                                                        f"train_clip.py --model {name}"))
         return path
     if name in KNOWN_PRETRAINED:
         filename, where = KNOWN_PRETRAINED[name]
@@ -233,9 +232,8 @@ def create_clip(name: str, weights: str | Path | None = None,
         raise ValueError(f"unknown CLIP model '{name}'. Known: {open_clip.list_models()[:8]}...")
     path = resolve_weights(name, weights) if pretrained else None
     if path is not None and name in OWN_MODELS and weights is None:
-        check_recorded_sha256(path, f"Restore the shipped file (`git checkout {path.name}` under "
-                              f"data/weights) or rebuild it: python scripts/train_clip.py "
-                              f"--model {name}")
+        check_recorded_sha256(path, shipped_weights_fix(path.name,
+                                                        f"train_clip.py --model {name}"))
     where = KNOWN_PRETRAINED.get(name, ("", "the file it was trained with"))[1]
     fix = (f"Pass the weights of '{name}' ({where}), or the model name these weights "
            "belong to.")

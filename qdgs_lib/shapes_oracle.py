@@ -24,7 +24,7 @@ from torch.utils.data import TensorDataset
 
 from .data.shapes import ShapesDataset, augment_shapes
 from .models.shape_classifier import ShapeClassifier
-from .paths import weights_dir
+from .paths import shipped_weights_fix, weights_dir
 from .train import train_classifier
 from .utils import resize_square, resolve_device, seed_everything
 
@@ -124,8 +124,7 @@ def load_shapes_oracle(path: str | Path | None = None,
     from .utils import check_recorded_sha256, reading
 
     path = Path(path) if path else weights_dir() / WEIGHTS_FILE
-    fix = ("Restore the shipped file (`git checkout data/weights/shapes_oracle.safetensors`) or "
-           "rebuild it with `python scripts/train_shapes_oracle.py` (about 2 minutes on 2 cores).")
+    fix = shipped_weights_fix(WEIGHTS_FILE, "train_shapes_oracle.py")
     if not path.is_file():
         raise FileNotFoundError(f"shapes oracle weights not found at {path}. {fix}")
     check_recorded_sha256(path, fix)

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..paths import weights_dir
+from ..paths import shipped_weights_fix, weights_dir
 from .base import Generator
 
 WEIGHTS_FILE = "shapes_vae.safetensors"
@@ -67,14 +67,11 @@ def load_shapes_vae(path: str | Path | None = None, device: str | torch.device =
                     ) -> ShapesVAE:
     """The shipped shapes VAE (``data/weights/shapes_vae.safetensors``), in eval mode."""
     path = Path(path) if path else weights_dir() / WEIGHTS_FILE
+    fix = shipped_weights_fix(WEIGHTS_FILE, "train_shapes_vae.py")
     if not path.is_file():
-        raise FileNotFoundError(
-            f"shapes VAE weights not found at {path}. They are shipped in git; rebuild them "
-            "with `python scripts/train_shapes_vae.py`.")
+        raise FileNotFoundError(f"shapes VAE weights not found at {path}. {fix}")
     from ..utils import check_recorded_sha256, reading, resolve_device
 
-    fix = ("Restore the shipped file (`git checkout data/weights/shapes_vae.safetensors`) or "
-           "rebuild it with `python scripts/train_shapes_vae.py`.")
     check_recorded_sha256(path, fix)
     model = ShapesVAE()
     with reading(path, "shapes VAE weights (safetensors, latent 6)", fix):

@@ -1,0 +1,101 @@
+"""Face alignment to the ArcFace 112x112 template.
+
+* :func:`ffhq_crop`: FFHQ-aligned generator output (StyleGAN2-FFHQ) already has the eyes and
+  mouth at fixed places, so a fixed crop + resize maps it close to the template.
+* :func:`similarity_transform` / :func:`warp_to_template`: the standard alignment from five
+  landmarks (Umeyama similarity fit), e.g. from MTCNN (facenet-pytorch, optional).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                             [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
+# In FFHQ-aligned images the eyes sit near y = 0.47 and the mouth near y = 0.74 of the side;
+# this box puts them where the ArcFace template has them (y = 0.46 and 0.82 of 112).
+FFHQ_CROP = (0.20, 0.22, 0.80, 0.82)  # x0, y0, x1, y1 as fractions of the side
+
+
+def ffhq_crop(images: torch.Tensor, size: int = 112) -> torch.Tensor:
+    """Fixed template crop of FFHQ-aligned images (B, 3, H, W) -> (B, 3, size, size)."""
+    _, _, h, w = images.shape
+    x0, y0, x1, y1 = FFHQ_CROP
+    crop = images[..., int(y0 * h):int(y1 * h), int(x0 * w):int(x1 * w)]
+    return F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping src -> dst
+    (Umeyama, 1991); returns a 2x3 matrix."""
+    src, dst = np.asarray(src, float), np.asarray(dst, float)
+    if src.shape != dst.shape or src.shape[1] != 2 or len(src) < 2:
+        raise ValueError("need matching (N >= 2, 2) point sets")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    cov = d.T @ s / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    sign = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[1, 1] = -1
+    rot = u @ sign @ vt
+    scale = np.trace(np.diag(sig) @ sign) / s.var(0).sum()
+    t = mu_d - scale * rot @ mu_s
+    return np.hstack([scale * rot, t[:, None]])
+
+
+def warp_to_template(image: torch.Tensor, landmarks: np.ndarray, size: int = 112) -> torch.Tensor:
+    """Warp one image (3, H, W) so its 5 landmarks (x, y pixels) land on the ArcFace template."""
+    _, h, w = image.shape
+    m = similarity_transform(landmarks, ARCFACE_TEMPLATE * size / 112)
+    inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]  # output pixel -> input pixel
+    ys, xs = np.meshgrid(np.arange(size) + 0.0, np.arange(size) + 0.0, indexing="ij")
+    pts = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)])
+    src = inv @ pts
+    grid = torch.tensor(np.stack([src[0] / (w - 1) * 2 - 1, src[1] / (h - 1) * 2 - 1], -1),
+                        dtype=image.dtype, device=image.device).view(1, size, size, 2)
+    return F.grid_sample(image[None], grid, mode="bilinear", align_corners=True)[0]
+
+
+def mtcnn_landmarks(images: torch.Tensor) -> list[np.ndarray | None]:
+    """Five landmarks per image with facenet-pytorch's MTCNN (optional dependency)."""
+    try:
+        from facenet_pytorch import MTCNN
+    except ImportError as e:
+        raise ImportError("MTCNN alignment needs facenet-pytorch: "
+                          "`pip install --no-deps facenet-pytorch==2.5.3`") from e
+    mtcnn = MTCNN(keep_all=False, device=images.device)
+    arr = (images.clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+    _, _, points = mtcnn.detect(list(arr), landmarks=True)
+    return [None if p is None else p[0] for p in points]
+
+
+def mtcnn_align(images: torch.Tensor, size: int = 112) -> torch.Tensor:
+    """MTCNN landmarks + similarity warp to the template; images without a detected face fall
+    back to :func:`ffhq_crop` (counted in a warning)."""
+    import warnings
+
+    points = mtcnn_landmarks(images)
+    out, missed = [], 0
+    for img, pts in zip(images, points, strict=True):
+        if pts is None:
+            missed += 1
+            out.append(ffhq_crop(img[None], size)[0])
+        else:
+            out.append(warp_to_template(img, pts, size))
+    if missed:
+        warnings.warn(f"MTCNN found no face in {missed}/{len(images)} images; used the "
+                      "fixed template crop for those", stacklevel=2)
+    return torch.stack(out)
+
+
+def aligner(method: str, size: int = 112):
+    """``"crop"`` (fixed template crop of FFHQ-aligned images) or ``"mtcnn"``."""
+    if method == "crop":
+        return lambda x: ffhq_crop(x, size)
+    if method == "mtcnn":
+        return lambda x: mtcnn_align(x, size)
+    raise ValueError(f"unknown alignment {method!r}: use 'crop' or 'mtcnn'")

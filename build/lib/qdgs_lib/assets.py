@@ -1,0 +1,186 @@
+"""The files a profile needs, checked all at once before a notebook writes anything.
+
+``check_assets(profile, section)`` raises one :class:`MissingAssetsError` that lists every
+missing file of that notebook's section (with where to get it and where to put it), and names
+the files later notebooks will also need, so a paper run does not fail one file at a time.
+``python -m qdgs_lib.assets paper`` prints the checklist.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .paths import benchmarks_dir, pretrained_dir, real_dataset_path, weights_dir
+from .profiles import get_profile, profile_name
+
+SECTIONS = ("shapes", "faces", "recognition")
+PLUMBING_HINT = ("random-weight stand-in: write all of them with `python -m qdgs_lib.plumbing` "
+                 "and set QDGS_DATA_DIR=runs/paper-mini/data (or run `make paper-mini`)")
+
+WHERE = {
+    "stylegan": "NVIDIA's StyleGAN2 FFHQ 256x256 network pickle `stylegan2-ffhq-256x256.pkl` "
+                "(NGC catalog: nvidia/research/stylegan3, 'StyleGAN2 pretrained models'; "
+                "non-commercial licence; never commit it)",
+    "clip": "the OpenAI ViT-B/32 weights: Hugging Face repo timm/vit_base_patch32_clip_224.openai, "
+            "file open_clip_model.safetensors (or OpenAI's original ViT-B-32.pt)",
+    "bin": "InsightFace's validation files (inside faces_webface_112x112.zip / faces_emore.zip "
+           "from the InsightFace dataset zoo, or AdaFace's validation set release)",
+    "rfw": "RFW (Racial Faces in-the-Wild), on request from its authors; unpack so that "
+           "rfw/test/data/<Race>/ and rfw/test/txts/<Race>/<Race>_pairs.txt exist",
+    "train": "an aligned 112x112 training set: InsightFace's train.rec + train.idx (e.g. "
+             "faces_webface_112x112 = CASIA-WebFace, the released code's data) or "
+             "<identity>/<image>.jpg folders",
+}
+
+
+@dataclass(frozen=True)
+class Asset:
+    path: Path
+    what: str
+    where: str
+    kind: str = "file"  # file | dir | trainset
+
+    def present(self) -> bool:
+        if self.kind == "file":
+            return self.path.is_file()
+        if self.kind == "trainset":  # what data.identities.open_training_set reads
+            rec = self.path if self.path.suffix == ".rec" else self.path / "train.rec"
+            if rec.is_file() or self.path.suffix == ".rec":
+                return rec.is_file() and rec.with_suffix(".idx").is_file()
+            return self.path.is_dir() and any(d.is_dir() for d in self.path.iterdir())
+        return self.path.is_dir()
+
+
+class MissingAssetsError(FileNotFoundError):
+    """Every missing file of a run, in one message."""
+
+
+def _clip_asset(p: dict[str, Any]) -> Asset:
+    from .clip import KNOWN_PRETRAINED, OWN_MODELS
+
+    name = p["clip"]
+    if p["clip_weights"]:
+        return Asset(Path(p["clip_weights"]), f"CLIP {name} weights", "the file you named")
+    if name in OWN_MODELS:
+        return Asset(weights_dir() / OWN_MODELS[name], f"the project's CLIP {name}",
+                     f"shipped in git; rebuild: python scripts/train_clip.py --model {name}")
+    if name in KNOWN_PRETRAINED:
+        from .clip import resolve_weights
+
+        try:  # the file create_clip will load (the first of its candidates that exists)
+            path = resolve_weights(name, None)
+        except FileNotFoundError:
+            path = pretrained_dir() / KNOWN_PRETRAINED[name][0]
+        return Asset(path, f"CLIP {name} weights", WHERE["clip"])
+    return Asset(Path(f"<weights for {name}>"), f"CLIP {name} weights",
+                 "set clip_weights in the profile overrides")
+
+
+def required_assets(profile: str | None, section: str, **overrides) -> list[Asset]:
+    """What ``section`` ("shapes" | "faces" | "recognition") of ``profile`` reads from disk."""
+    name = profile_name(profile)
+    p = get_profile(name, section, **overrides)
+    out: list[Asset] = []
+    if section == "shapes":
+        out += [Asset(weights_dir() / "shapes_vae.safetensors", "the project's shapes VAE",
+                      "shipped in git; rebuild: python scripts/train_shapes_vae.py"),
+                Asset(weights_dir() / "shapes_oracle.safetensors",
+                      "the project's shapes oracle (the label audit's reference)",
+                      "shipped in git; rebuild: python scripts/train_shapes_oracle.py"),
+                _clip_asset(p)]
+    elif section == "faces":
+        if p["world"] == "ffhq":
+            path = Path(p["stylegan_weights"]) if p["stylegan_weights"] else \
+                pretrained_dir() / "stylegan2-ffhq-256x256.pkl"
+            out.append(Asset(path, "StyleGAN2-FFHQ-256", WHERE["stylegan"]))
+        out.append(_clip_asset(p))
+    elif section == "recognition":
+        if p["real_dataset"]:
+            out.append(Asset(real_dataset_path(p), "real face training set", WHERE["train"],
+                             "trainset"))
+        for bench in p["benchmarks"]:
+            if bench == "rfw":
+                out.append(Asset(benchmarks_dir() / "rfw" / "test" / "txts", "RFW",
+                                 WHERE["rfw"], "dir"))
+            else:
+                out.append(Asset(benchmarks_dir() / f"{bench}.bin", f"{bench}.bin",
+                                 WHERE["bin"]))
+    else:
+        raise ValueError(f"unknown section {section!r}; choose from {SECTIONS}")
+    if p["plumbing_check"]:
+        out = [Asset(a.path, a.what, PLUMBING_HINT, a.kind) for a in out]
+    return out
+
+
+def missing_assets(profile: str | None, sections=SECTIONS, **overrides) -> list[Asset]:
+    seen, out = set(), []
+    for section in sections:
+        for a in required_assets(profile, section, **(overrides if len(sections) == 1 else {})):
+            if a.path not in seen and not a.present():
+                seen.add(a.path)
+                out.append(a)
+    return out
+
+
+def fingerprint(path: Path, max_bytes: int = 2 << 30) -> dict[str, Any]:
+    """What makes a run traceable to its inputs: sha256 of each file (files above
+    ``max_bytes``, e.g. a multi-GB train.rec, by size and modification time; RecordIO sets by
+    their .idx's sha256)."""
+    from .utils import sha256_file
+
+    path = Path(path)
+    if path.is_file():
+        st = path.stat()
+        if st.st_size > max_bytes:
+            return {"bytes": st.st_size, "mtime": int(st.st_mtime)}
+        return {"sha256": sha256_file(path), "bytes": st.st_size}
+    if (path / "train.idx").is_file():
+        return {"train.idx": fingerprint(path / "train.idx"),
+                "train.rec": fingerprint(path / "train.rec", max_bytes)}
+    if path.is_dir():
+        files = [f for f in path.rglob("*") if f.is_file()]
+        return {"files": len(files), "bytes": sum(f.stat().st_size for f in files)}
+    return {"missing": True}
+
+
+def _lines(assets: list[Asset]) -> str:
+    return "\n".join(f"  - {a.path}  ({a.what}): {a.where}" for a in assets)
+
+
+def check_assets(profile: str | None, section: str, **overrides) -> None:
+    """Raise :class:`MissingAssetsError` naming every missing file of ``section`` (and, as a
+    note, those the other notebooks of the profile will need). Call before writing outputs."""
+    name = profile_name(profile)
+    missing = missing_assets(name, (section,), **overrides)
+    if not missing:
+        return
+    later = [a for a in missing_assets(name) if a.path not in {m.path for m in missing}]
+    msg = (f"profile '{name}' ({section}) cannot start: {len(missing)} file(s) missing\n"
+           + _lines(missing))
+    if later:
+        msg += "\nthe other notebooks of this profile will also need:\n" + _lines(later)
+    raise MissingAssetsError(msg + "\nNothing was written. Paths under data/ move with "
+                             "QDGS_DATA_DIR.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    name = profile_name(argv[0] if argv else None)
+    status, seen = 0, set()
+    for section in SECTIONS:
+        for a in required_assets(name, section):
+            if a.path in seen:
+                continue
+            seen.add(a.path)
+            ok = a.present()
+            status |= not ok
+            print(f"[{'ok' if ok else 'MISSING'}] {section:11s} {a.path}"
+                  + ("" if ok else f"\n      {a.what}: {a.where}"))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""CLIP models for scoring: open_clip by name with local weights, or the project's own small CLIPs.
+
+Images enter as float tensors in [0, 1], shape (B, 3, H, W); preprocessing (resize, normalize,
+optional random cutouts) is differentiable so that gradients reach the generator's latent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .paths import pretrained_dir, weights_dir
+from .utils import check_recorded_sha256, reading, resize_square, resolve_device
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# The project's own CLIPs: open_clip architectures from JSON configs in model_configs/,
+# trained by scripts/train_clip.py; weights shipped under data/weights/.
+OWN_MODELS = {
+    "qdgs-shapes-clip": "qdgs-shapes-clip.safetensors",
+    "qdgs-faces-clip": "qdgs-faces-clip.safetensors",
+}
+
+# Third-party weights the user supplies, and where to find them.
+KNOWN_PRETRAINED = {
+    "ViT-B-32-quickgelu": (
+        "open_clip_model.safetensors",
+        "the OpenAI ViT-B/32 weights: Hugging Face repo timm/vit_base_patch32_clip_224.openai, "
+        "file open_clip_model.safetensors (or OpenAI's original ViT-B-32.pt)",
+    ),
+}
+
+_registered = False
+
+
+class PackedSelfAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` for self-attention on contiguous (B, L, E) tokens, computed as
+    one in-projection matmul + ``scaled_dot_product_attention``: the same math, parameters and
+    state_dict keys.
+
+    Why: with ``batch_first=True`` the stock module transposes its input to (L, B, E) before the
+    in-projection, and a linear layer on that strided view runs as a batched matmul over L with
+    the weight broadcast L times. Its backward, vmapped over the scorer's 1 + m cotangents, was
+    the largest kernel of a ViT-B/32 jacobian on an H200 (cuBLAS picked a slow batched kernel).
+    One (B*L, E) matmul does the same work. On a CPU a ViT-B/32 jacobian at batch 4 is ~15-20%
+    faster and bitwise equal, but large batches differ in the last bits (another matmul
+    blocking), so ``cuda_only`` (create_clip's ``"auto"``) keeps the stock code off CUDA and
+    the offline default's results unchanged. Anything else (masks, cross-attention, attention
+    weights) runs the stock code.
+    """
+
+    cuda_only = False
+
+    def forward(self, query, key, value, need_weights=True, attn_mask=None, **kwargs):
+        stock = (need_weights or attn_mask is not None or kwargs or not self.batch_first
+                 or not self._qkv_same_embed_dim or not (query is key is value)
+                 or query.ndim != 3 or (self.cuda_only and not query.is_cuda))
+        if stock:
+            return super().forward(query, key, value, need_weights=need_weights,
+                                   attn_mask=attn_mask, **kwargs)
+        return self._packed(query), None
+
+    def _packed(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, e = x.shape
+        h = self.num_heads
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.view(b, n, 3, h, e // h).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, E/H)
+        out = F.scaled_dot_product_attention(q, k, v,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(b, n, e)
+        return F.linear(out, self.out_proj.weight, self.out_proj.bias)
+
+
+def pack_self_attention(tower: nn.Module, cuda_only: bool = False) -> int:
+    """Swap each stock ``nn.MultiheadAttention`` in ``tower`` (an open_clip image tower) for a
+    :class:`PackedSelfAttention` holding the same parameters; returns how many were swapped."""
+    swapped = 0
+    for module in tower.modules():
+        for name, child in list(module.named_children()):
+            if type(child) is nn.MultiheadAttention and child.batch_first \
+                    and child._qkv_same_embed_dim and child.bias_k is None \
+                    and not child.add_zero_attn:
+                packed = PackedSelfAttention(child.embed_dim, child.num_heads, child.dropout,
+                                             bias=child.in_proj_bias is not None,
+                                             batch_first=True, device="meta")
+                # the same parameter tensors, not copies
+                packed.load_state_dict(child.state_dict(keep_vars=True), assign=True)
+                packed.train(child.training)
+                packed.cuda_only = cuda_only
+                setattr(module, name, packed)
+                swapped += 1
+    return swapped
+
+
+def register_configs() -> None:
+    """Make the JSON configs in ``model_configs/`` known to open_clip's factory."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered = True
+
+
+def resolve_weights(name: str, weights: str | Path | None) -> Path | None:
+    """Find the weights file for ``name``; raise a FileNotFoundError that says what to do."""
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"CLIP weights file not found: {path}")
+        return path
+    if name in OWN_MODELS:
+        path = weights_dir() / OWN_MODELS[name]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"The project's CLIP weights {path} are missing. They are shipped in git; "
+                f"rebuild them with `python scripts/train_clip.py --model {name}`."
+            )
+        return path
+    if name in KNOWN_PRETRAINED:
+        filename, where = KNOWN_PRETRAINED[name]
+        candidates = [pretrained_dir() / filename, pretrained_dir() / f"{name}.safetensors",
+                      pretrained_dir() / "ViT-B-32.pt"]
+        for path in candidates:
+            if path.is_file():
+                return path
+        raise FileNotFoundError(
+            f"No local weights for CLIP '{name}'. Download {where} and put it at "
+            f"{pretrained_dir() / filename} (or pass weights=<path>). "
+            "Nothing is downloaded at run time."
+        )
+    raise FileNotFoundError(
+        f"No weights given for CLIP '{name}'. Pass weights=<local .safetensors/.bin/.pt file>."
+    )
+
+
+class Clip(nn.Module):
+    """A CLIP model with differentiable image preprocessing and a prompt cache.
+
+    Args:
+        model: an open_clip ``CLIP`` module.
+        tokenizer: its tokenizer.
+        image_size: the model's input resolution.
+        mean, std: normalization of the model's image tower.
+        num_cutouts: if > 0, images are encoded as the mean embedding over this many random
+            square crops (the CLIP-guidance trick the paper's code used); 0 encodes the whole image.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, image_size: int,
+                 mean=OPENAI_MEAN, std=OPENAI_STD, num_cutouts: int = 0, name: str = ""):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.image_size = int(image_size)
+        self.num_cutouts = num_cutouts
+        self.name = name
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) in [0,1] -> model input, differentiably."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        return (resize_square(images, self.image_size) - self.mean) / self.std
+
+    def _cutouts(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        b, _, h, w = images.shape
+        side = min(h, w)
+        crops = []
+        for _ in range(self.num_cutouts):
+            size = int(side * (0.6 + 0.4 * torch.rand((), generator=generator).item()))
+            y = int(torch.randint(0, h - size + 1, (), generator=generator))
+            x = int(torch.randint(0, w - size + 1, (), generator=generator))
+            crops.append(self.preprocess(images[:, :, y:y + size, x:x + size]))
+        return torch.cat(crops)  # (num_cutouts * B, 3, S, S)
+
+    def encode_image(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                     normalize: bool = True, check: bool = True) -> torch.Tensor:
+        """Unit (or raw) image embeddings. ``check=False`` skips the NaN check, which costs a
+        device->host sync; callers that check their outputs later (PromptScorer) skip it."""
+        if check and not torch.isfinite(images).all():
+            raise ValueError("images contain NaN or inf: check the generator's output/latents")
+        if self.num_cutouts > 0:
+            emb = self.model.encode_image(self._cutouts(images, generator))
+            emb = emb.view(self.num_cutouts, images.shape[0], -1).mean(0)
+        else:
+            emb = self.model.encode_image(self.preprocess(images))
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str], normalize: bool = True) -> torch.Tensor:
+        """Embeddings of ``prompts`` (cached: the same prompt is tokenized and encoded once)."""
+        missing = [p for p in prompts if p not in self._text_cache]
+        if missing:
+            tokens = self.tokenizer(missing).to(self.device)
+            emb = self.model.encode_text(tokens).float()
+            for p, e in zip(missing, emb, strict=True):
+                self._text_cache[p] = e
+        emb = torch.stack([self._text_cache[p] for p in prompts])
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def _apply(self, fn, recurse=True):
+        self._text_cache = {}  # cached embeddings live on the old device/dtype
+        return super()._apply(fn, recurse)
+
+
+def create_clip(name: str, weights: str | Path | None = None,
+                device: str | torch.device = "auto",
+                num_cutouts: int = 0, pretrained: bool = True,
+                packed_attention: bool | str = "auto") -> Clip:
+    """Build a :class:`Clip` by open_clip model name.
+
+    Args:
+        name: an open_clip model name (``"ViT-B-32-quickgelu"`` for the paper) or one of the
+            project's own (``"qdgs-shapes-clip"``, ``"qdgs-faces-clip"``).
+        weights: a local weights file; if None, the default location for ``name`` is used.
+        pretrained: False builds the architecture with random weights (benchmarks only).
+        packed_attention: run the image tower's self-attention as
+            :class:`PackedSelfAttention` (same math, faster jacobians): ``"auto"`` on CUDA
+            only, True everywhere, False never (benchmarks compare the two).
+    """
+    register_configs()
+    if name not in open_clip.list_models():
+        raise ValueError(f"unknown CLIP model '{name}'. Known: {open_clip.list_models()[:8]}...")
+    path = resolve_weights(name, weights) if pretrained else None
+    if path is not None and name in OWN_MODELS and weights is None:
+        check_recorded_sha256(path, f"Restore the shipped file (`git checkout {path.name}` under "
+                              f"data/weights) or rebuild it: python scripts/train_clip.py "
+                              f"--model {name}")
+    where = KNOWN_PRETRAINED.get(name, ("", "the file it was trained with"))[1]
+    fix = (f"Pass the weights of '{name}' ({where}), or the model name these weights "
+           "belong to.")
+    with reading(path, f"open_clip weights for '{name}'", fix):
+        if path is not None and path.suffix == ".pt" and _is_torchscript(path):
+            model, _ = open_clip.load_openai_model(str(path), device="cpu", jit=False)
+        else:
+            model = open_clip.create_model(name, pretrained=str(path) if path else None,
+                                           weights_only=True)
+    if packed_attention not in ("auto", True, False):
+        raise ValueError("packed_attention must be 'auto', True or False, "
+                         f"got {packed_attention!r}")
+    if packed_attention:
+        pack_self_attention(model.visual, cuda_only=packed_attention == "auto")
+    cfg = open_clip.get_model_config(name) or {}
+    image_size = cfg.get("vision_cfg", {}).get("image_size", 224)
+    mean = cfg.get("preprocess_cfg", {}).get("mean", OPENAI_MEAN)
+    std = cfg.get("preprocess_cfg", {}).get("std", OPENAI_STD)
+    clip = Clip(model, open_clip.get_tokenizer(name), image_size, mean, std, num_cutouts, name)
+    return clip.to(resolve_device(device))
+
+
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.endswith("constants.pkl") for n in zf.namelist())
+    except zipfile.BadZipFile:
+        return False

@@ -1,0 +1,197 @@
+"""Face verification benchmarks: InsightFace validation ``.bin`` files and RFW pair lists.
+
+``.bin`` (LFW, CFP-FP, CPLFW, CALFW, AgeDB-30): a pickle of ``(bins, issame_list)``; pair i is
+``bins[2i], bins[2i+1]``, each an encoded JPEG/PNG (bytes or a uint8 array). Read with a
+restricted unpickler: such files are pickles, and pickles are code.
+
+RFW: ``test/data/<Race>/<id>/<id>_000N.jpg`` and ``test/txts/<Race>/<Race>_pairs.txt`` with
+positive lines ``id n1 n2`` and negative lines ``id1 n1 id2 n2``; fold = line // 600.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..evaluate import contiguous_folds
+from ..utils import (
+    BadFileError,
+    RestrictedUnpickler,
+    atomic_write_bytes,
+    reading,
+    resize_square,
+    to_uint8_hwc,
+)
+
+BIN_ALLOWED = {
+    "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
+    "numpy.ndarray", "numpy.dtype", "_codecs.encode",
+    "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
+}
+RFW_RACES = ("African", "Asian", "Caucasian", "Indian")
+
+
+@dataclass
+class PairSet:
+    """Verification pairs: images (2N, 3, H, W) in [0, 1]; pair i = images[2i], images[2i+1]."""
+
+    name: str
+    images: torch.Tensor
+    issame: np.ndarray  # (N,) bool
+    groups: np.ndarray | None = None  # (N,) group id per pair (e.g. race), optional
+    group_names: list[str] = field(default_factory=list)
+    folds: np.ndarray | None = None  # (N,) fold id per pair, if the protocol fixes folds
+
+    def __post_init__(self):
+        if len(self.images) != 2 * len(self.issame):
+            raise ValueError(f"{self.name}: {len(self.images)} images for "
+                             f"{len(self.issame)} pairs (need exactly 2 per pair)")
+
+
+def _decode(item, where: str) -> np.ndarray:
+    if not isinstance(item, bytes | bytearray | np.ndarray):
+        raise BadFileError(f"{where}: expected encoded image bytes, got {type(item).__name__}")
+    data = item.tobytes() if isinstance(item, np.ndarray) else bytes(item)
+    try:
+        return np.array(Image.open(io.BytesIO(data)).convert("RGB"))
+    except Exception as e:  # noqa: BLE001 - PIL raises several types
+        raise BadFileError(f"{where}: cannot decode image ({e}); the file may be truncated or "
+                           "not an InsightFace validation .bin") from e
+
+
+def read_bin(path: str | Path, image_size: int | None = 112) -> PairSet:
+    """Read an InsightFace/AdaFace validation ``.bin`` file (safely)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found. Put the InsightFace validation files (lfw.bin, cfp_fp.bin, "
+            "agedb_30.bin, calfw.bin, cplfw.bin; from the InsightFace/AdaFace dataset "
+            f"releases) under {path.parent}.")
+    raw = path.read_bytes()
+    with reading(path, BIN_WHAT, BIN_FIX):
+        obj = RestrictedUnpickler(io.BytesIO(raw), allowed=BIN_ALLOWED, encoding="bytes").load()
+    if not (isinstance(obj, tuple | list) and len(obj) == 2
+            and all(isinstance(o, list | tuple | np.ndarray) for o in obj)):
+        raise BadFileError(f"{path}: expected a pickled (bins, issame_list) pair of lists, got "
+                           f"{type(obj).__name__}. {BIN_FIX}")
+    bins, issame = obj
+    issame = np.array([_as_bool(v, path, i) for i, v in enumerate(issame)], dtype=bool)
+    if len(issame) == 0:
+        raise BadFileError(f"{path} holds no pairs. {BIN_FIX}")
+    if len(bins) != 2 * len(issame):
+        raise BadFileError(f"{path}: {len(bins)} images for {len(issame)} pairs (need 2 per "
+                           f"pair). {BIN_FIX}")
+    imgs = [_decode(b, f"{path} image {i}") for i, b in enumerate(bins)]
+    sizes = {im.shape for im in imgs}
+    if len(sizes) > 1 and not image_size:
+        raise BadFileError(f"{path}: images of different sizes {sorted(sizes)}; pass "
+                           "image_size to resize them to one")
+    if len(sizes) > 1:
+        x = torch.cat([resize_square(torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255,
+                                     image_size) for im in imgs])
+    else:
+        x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
+        if image_size:
+            x = resize_square(x, image_size)
+    return PairSet(path.stem, x, issame)
+
+
+BIN_WHAT = "an InsightFace validation .bin (a pickled (encoded images, issame) pair)"
+BIN_FIX = ("Download it again (InsightFace's faces_webface_112x112.zip / faces_emore.zip, or "
+           "AdaFace's validation release).")
+
+
+def _as_bool(v, path: Path, i: int) -> bool:
+    """issame labels: bools, numpy bools or the integers 0/1; anything else is refused (a
+    string 'no' would otherwise read as True)."""
+    if isinstance(v, bool | np.bool_):
+        return bool(v)
+    if isinstance(v, int | np.integer) and v in (0, 1):
+        return bool(v)
+    raise BadFileError(f"{path}: issame label {i} is {v!r}; expected a bool or 0/1. {BIN_FIX}")
+
+
+def write_bin(path: str | Path, images: torch.Tensor, issame, fmt: str = "JPEG") -> None:
+    """Write pairs in the ``.bin`` format (images (2N,3,H,W) in [0,1]); atomically."""
+    bins = []
+    arr = to_uint8_hwc(images)
+    for img in arr:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        bins.append(buf.getvalue())
+    atomic_write_bytes(path, pickle.dumps((bins, [bool(s) for s in issame]), protocol=4))
+
+
+def read_rfw(root: str | Path, races=RFW_RACES, image_size: int = 112,
+             limit_per_race: int | None = None) -> PairSet:
+    """Read RFW-style pairs of every race into one PairSet with race groups and folds."""
+    root = Path(root)
+    images, issame, groups, folds = [], [], [], []
+    for g, race in enumerate(races):
+        pairs_file = root / "test" / "txts" / race / f"{race}_pairs.txt"
+        if not pairs_file.is_file():
+            raise FileNotFoundError(f"{pairs_file} not found: expected the RFW layout "
+                                    "test/txts/<Race>/<Race>_pairs.txt under {root}")
+        lines = [ln.split() for ln in pairs_file.read_text().splitlines() if ln.strip()]
+        lines = lines[:limit_per_race]
+        # 10 contiguous folds per group (RFW: 6000 lines -> fold = line // 600)
+        race_folds = contiguous_folds(len(lines)) if len(lines) >= 10 else np.zeros(len(lines))
+        for i, parts in enumerate(lines):
+            if len(parts) == 3:
+                (a, n1, n2), same = parts, True
+                files = [(a, n1), (a, n2)]
+            elif len(parts) == 4:
+                files, same = [(parts[0], parts[1]), (parts[2], parts[3])], False
+            else:
+                raise ValueError(f"{pairs_file}:{i + 1}: expected 3 or 4 fields, got {parts}")
+            for ident, n in files:
+                f = root / "test" / "data" / race / ident / f"{ident}_{int(n):04d}.jpg"
+                if not f.is_file():
+                    raise FileNotFoundError(f"{f} (listed in {pairs_file}:{i + 1}) is missing")
+                img = Image.open(f).convert("RGB").resize((image_size, image_size),
+                                                          Image.BILINEAR)
+                images.append(np.asarray(img))
+            issame.append(same)
+            groups.append(g)
+            folds.append(int(race_folds[i]))
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    return PairSet("RFW", x, np.array(issame), np.array(groups), list(races), np.array(folds))
+
+
+REFERENCE_BENCHMARKS = ("lfw", "cfp_fp", "cplfw", "calfw", "agedb_30", *(f"rfw_{r.lower()}"
+                                                                         for r in RFW_RACES))
+
+
+def read_reference_numbers(path: str | Path):
+    """Published accuracies to show next to ours (notebook 04), from a CSV you write:
+    columns ``pretraining,benchmark,accuracy``; accuracy in percent (e.g. 99.1), benchmark one of
+    :data:`REFERENCE_BENCHMARKS`. Returns a (pretraining x benchmark) table of fractions.
+
+    The project bundles no such numbers: they could not be checked against the paper offline,
+    and a number typed from memory is worse than none.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    df = pd.read_csv(path)
+    missing = {"pretraining", "benchmark", "accuracy"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected "
+                         "pretraining,benchmark,accuracy (accuracy in percent)")
+    unknown = sorted(set(df.benchmark) - set(REFERENCE_BENCHMARKS))
+    if unknown:
+        raise ValueError(f"{path}: unknown benchmark(s) {unknown}; use {REFERENCE_BENCHMARKS}")
+    acc = pd.to_numeric(df.accuracy, errors="coerce")
+    if acc.isna().any() or not acc.between(0, 100).all():
+        bad = df.loc[acc.isna() | ~acc.between(0, 100), "accuracy"].tolist()
+        raise ValueError(f"{path}: accuracy must be a percentage in [0, 100], got {bad}")
+    if df.duplicated(["pretraining", "benchmark"]).any():
+        raise ValueError(f"{path}: a (pretraining, benchmark) pair appears twice")
+    return (df.assign(accuracy=acc / 100)
+            .pivot(index="pretraining", columns="benchmark", values="accuracy"))

@@ -1,0 +1,146 @@
+"""Face synthesis (notebook 02) as library calls: generator + scorer, search, datasets.
+
+World ``toy``: the toy-face generator + the project's faces CLIP (ground truth known). World
+``ffhq`` (``paper`` profile): StyleGAN2-FFHQ-256 + CLIP ViT-B/32 from local files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .align import aligner
+from .generators import toy_faces
+from .generators.base import Generator
+from .generators.stylegan2 import StyleGAN2Generator
+from .generators.stylegan2_legacy import load_stylegan2
+from .measures import dataset_bins, index
+from .sampling import assign_bins, cluster_identities, solution_columns, write_identity_dataset
+from .scoring import PromptScorer, scorer_for_profile
+from .search import measures, solutions
+from .utils import resolve_device
+
+
+def build_generator(p: dict[str, Any], device: str | torch.device = "auto") -> Generator:
+    device = resolve_device(device)
+    if p["world"] == "toy":
+        return toy_faces.ToyFaces().to(device)
+    if p["world"] == "ffhq":
+        return StyleGAN2Generator(load_stylegan2(p["stylegan_weights"], device))
+    raise ValueError(f"unknown world {p['world']!r}: 'toy' or 'ffhq'")
+
+
+def build_scorer(p: dict[str, Any], device: str | torch.device = "auto") -> PromptScorer:
+    device = resolve_device(device)
+    return scorer_for_profile(build_generator(p, device), p, device)
+
+
+def true_attribute_shares(latents: np.ndarray) -> dict[str, float]:
+    """Toy world only: the share of dark-skinned, old, long-haired and masculine faces (true
+    attributes above 0.5)."""
+    a = toy_faces.attributes(torch.as_tensor(latents, dtype=torch.float32))
+    return {"dark skin": float((a["skin"] > 0.5).float().mean()),
+            "old (50s)": float((a["age"] > 0.5).float().mean()),
+            "long hair": float((a["hair"] > 0.5).float().mean()),
+            "masculine": float((a["masc"] > 0.5).float().mean())}
+
+
+def measure_shares(m: np.ndarray, p: dict[str, Any]) -> dict[str, float]:
+    """Shares the paper reports, by the CLIP measures: dark skin (skin measure above the bin
+    edge) and faces in their 50s (age measure below 0)."""
+    return {"dark (CLIP skin > bin edge)": float((m[:, index(p, "skin")] > p["bin_edge"]).mean()),
+            "50s (CLIP age < 0)": float((m[:, index(p, "age")] < 0).mean())}
+
+
+def latent_offsets(p: dict[str, Any], generator: Generator) -> np.ndarray:
+    """The latent augmentations added to every solution (offset 0 is the solution itself)."""
+    if p["world"] == "toy":
+        return toy_faces.toy_latent_offsets(p["offsets"], seed=0).numpy()
+    g = torch.Generator().manual_seed(0)
+    off = p["offset_scale"] * torch.randn(p["offsets"], generator.latent_dim, generator=g)
+    off[0] = 0
+    return off.numpy()
+
+
+def build_datasets(scorer: PromptScorer, qd_df: pd.DataFrame, p: dict[str, Any], outdir,
+                   seed: int = 0, progress: bool = True) -> dict[str, Path]:
+    """QDGS dataset from the archive and a random-sampling dataset of equal size, written by
+    the same code: bins -> K-means identities -> latent augmentations -> image folders."""
+    outdir = Path(outdir)
+    gen = scorer.generator
+    z_qd, m_qd = solutions(qd_df), measures(qd_df)
+    if len(z_qd) == 0:
+        raise ValueError("the QDGS archive is empty: run the search first")
+    cap = p["dataset_solutions"]
+    if cap and len(z_qd) > cap:  # a uniform subsample of the archive keeps its balance
+        keep = np.sort(np.random.default_rng(seed).choice(len(z_qd), cap, replace=False))
+        z_qd, m_qd = z_qd[keep], m_qd[keep]
+    n = len(z_qd)
+    z_rand = gen.sample_prior(n, seed=seed + 7).cpu().numpy()
+    m_rand = scorer.measures_of(z_rand)
+    offsets = latent_offsets(p, gen)
+    if p["world"] == "toy":
+        decode = gen.decode
+    else:
+        align = aligner(p["align"], p["image_size"])
+        decode = lambda z: align(gen.decode(z))  # noqa: E731
+    out = {}
+    for name, z, m in (("qdgs", z_qd, m_qd), ("random", z_rand, m_rand)):
+        bins = assign_bins(m, dataset_bins(p))
+        ids = cluster_identities(z, bins, p["per_identity"], seed=seed)
+        out[name] = write_identity_dataset(outdir / f"dataset_{name}", decode, z, ids, offsets,
+                                           solution_columns(m, z, bin=bins),
+                                           size=p["image_size"], progress=progress)
+    return out
+
+
+def dataset_summary(datasets: dict[str, Path], p: dict[str, Any]) -> pd.DataFrame:
+    """Per dataset: images, identities, solutions, solutions per bin, and (toy world) the
+    true attribute shares of its solutions."""
+    rows = {}
+    for name, path in datasets.items():
+        man = pd.read_csv(Path(path) / "manifest.csv")
+        per_solution = man.drop_duplicates("solution")
+        row = {"images": len(man), "identities": man["identity"].nunique(),
+               "solutions": len(per_solution)}
+        row |= {f"bin {b}": int(n) for b, n in per_solution["bin"].value_counts().sort_index()
+                .items()}
+        if p["world"] == "toy":
+            row |= {f"true {k}": round(v, 3)
+                    for k, v in true_attribute_shares(solutions(per_solution)).items()}
+        rows[name] = row
+    return pd.DataFrame(rows).T.fillna(0)
+
+
+# --- measures vs truth (toy world) -----------------------------------------------------------
+def measure_truth(scorer: PromptScorer, p: dict[str, Any], n: int = 512,
+                  seed: int = 0) -> pd.DataFrame:
+    """Toy world: CLIP measures (``measures_k``) and, per measure with a true attribute, that
+    attribute oriented like the prompt (column: the measure's key), of ``n`` renders with
+    balanced attributes."""
+    z = toy_faces.balanced_latents(n, torch.Generator().manual_seed(seed))
+    m = scorer.measures_of(z.numpy(), batch_size=128)
+    a = toy_faces.attributes(z)
+    df = pd.DataFrame({f"measures_{k}": m[:, k] for k in range(m.shape[1])})
+    for meas in p["measures"]:
+        if meas.attribute is not None:
+            df[meas.key] = meas.oriented(a[meas.attribute]).numpy()
+    return df
+
+
+def measure_correlations(df: pd.DataFrame, p: dict[str, Any]) -> dict[str, float]:
+    """Spearman rho of each measure with its true attribute (oriented like the prompt)."""
+    return {m.key: float(df[f"measures_{k}"].corr(df[m.key], method="spearman"))
+            for k, m in enumerate(p["measures"]) if m.key in df}
+
+
+def calibrate_ranges(df: pd.DataFrame, q: float = 0.01) -> tuple[tuple[float, float], ...]:
+    """Archive ranges per measure: the [q, 1 - q] quantiles of the measures of balanced
+    renders, rounded outwards to 0.05 (how the default profile's ranges were set)."""
+    cols = [c for c in df.columns if c.startswith("measures_")]
+    return tuple((float(np.floor(df[c].quantile(q) * 20) / 20),
+                  float(np.ceil(df[c].quantile(1 - q) * 20) / 20)) for c in cols)

@@ -1,0 +1,51 @@
+"""The one protocol every generator follows."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Generator(nn.Module):
+    """A differentiable image generator over a search latent space.
+
+    Subclasses set ``latent_dim`` and implement :meth:`decode` and :meth:`sample_prior`.
+    ``latent_norm`` is the typical norm of a prior sample (the paper's regularizer keeps the
+    search near it); ``image_size`` is the output resolution.
+    """
+
+    latent_dim: int
+    image_size: int
+    latent_norm: float
+    # how PromptScorer runs the 1+m backward passes ("batched" | "func" | "loop", see
+    # PromptScorer._with_jacobian); a fixed per-generator choice keeps seeded runs reproducible
+    preferred_jacobian_mode: str = "batched"
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, latent_dim) -> images (B, 3, H, W) in [0, 1], differentiable in z."""
+        raise NotImplementedError
+
+    def sample_prior(self, n: int, seed: int | None = None) -> torch.Tensor:
+        """``n`` latents from the generator's own (possibly biased) prior."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")
+
+    def check_latents(self, z: torch.Tensor) -> torch.Tensor:
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(
+                f"{type(self).__name__} expects latents of shape (B, {self.latent_dim}), "
+                f"got {tuple(z.shape)}"
+            )
+        # (not while a CUDA graph is captured: reading the answer would sync with the host;
+        # the scorer checks the latents on the host before they reach the graph)
+        capturing = z.is_cuda and torch.cuda.is_current_stream_capturing()
+        if not capturing and not torch.isfinite(z).all():
+            raise ValueError("latents contain NaN or inf")
+        return z

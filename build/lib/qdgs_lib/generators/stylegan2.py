@@ -1,0 +1,379 @@
+"""StyleGAN2 mapping + synthesis networks in plain torch (files: :mod:`.stylegan2_legacy`).
+
+Written from the published architecture (Karras et al., 2020; the StyleGAN2-ADA "skip"
+generator): modulated convolution with demodulation, [1,3,3,1] FIR up-sampling, per-layer
+noise, skip to-RGB outputs, truncation around ``w_avg``. Parameter and buffer names follow
+NVIDIA's so that a network pickle maps onto this module one to one. No custom CUDA ops.
+
+The paper searches a *normalized* w-space: ``w = q * std(w) + w_avg`` (one w for all layers);
+:class:`StyleGAN2Generator` exposes that space through the :class:`Generator` protocol.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Generator
+
+SQRT2 = math.sqrt(2)
+
+
+def _filter() -> torch.Tensor:
+    f = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    f = torch.outer(f, f)
+    return f / f.sum()
+
+
+def _fir(x: torch.Tensor, f: torch.Tensor, pad: tuple[int, int], gain: float) -> torch.Tensor:
+    """Pad (pad[0] before, pad[1] after, both axes) and convolve each channel with f * gain."""
+    c = x.shape[1]
+    x = F.pad(x, [pad[0], pad[1], pad[0], pad[1]])
+    w = (f * gain).flip([0, 1])[None, None].repeat(c, 1, 1, 1).to(x.dtype)
+    return F.conv2d(x, w, groups=c)
+
+
+def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """2x up-sampling: zero insertion, pad (2, 1), FIR with gain 4."""
+    b, c, h, w = x.shape
+    up = torch.zeros(b, c, h, 2, w, 2, dtype=x.dtype, device=x.device)
+    up[:, :, :, 0, :, 0] = x
+    return _fir(up.view(b, c, 2 * h, 2 * w), f, (2, 1), 4.0)
+
+
+def bias_act(x: torch.Tensor, b: torch.Tensor, act: str, gain: float,
+             clamp: float | None) -> torch.Tensor:
+    x = x + b.view(1, -1, *([1] * (x.ndim - 2)))
+    if act == "lrelu":
+        x = F.leaky_relu(x, 0.2)
+    x = x * gain
+    return x.clamp(-clamp, clamp) if clamp is not None else x
+
+
+class FullyConnectedLayer(nn.Module):
+    def __init__(self, in_features: int, out_features: int, activation: str = "linear",
+                 lr_multiplier: float = 1.0, bias_init: float = 0.0):
+        super().__init__()
+        self.activation = activation
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_multiplier)
+        self.bias = nn.Parameter(torch.full([out_features], float(bias_init)))
+        self.weight_gain = lr_multiplier / math.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x):
+        w = self.weight * self.weight_gain
+        b = self.bias * self.bias_gain
+        if self.activation == "linear":
+            return torch.addmm(b.unsqueeze(0), x, w.t())
+        return bias_act(x @ w.t(), b, self.activation, SQRT2, None)
+
+
+class MappingNetwork(nn.Module):
+    def __init__(self, z_dim: int, w_dim: int, num_ws: int, num_layers: int = 8,
+                 lr_multiplier: float = 0.01):
+        super().__init__()
+        self.z_dim, self.w_dim, self.num_ws, self.num_layers = z_dim, w_dim, num_ws, num_layers
+        features = [z_dim] + [w_dim] * num_layers
+        for i in range(num_layers):
+            setattr(self, f"fc{i}", FullyConnectedLayer(features[i], features[i + 1], "lrelu",
+                                                        lr_multiplier))
+        self.register_buffer("w_avg", torch.zeros(w_dim))
+
+    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Tensor:
+        x = z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
+        for i in range(self.num_layers):
+            x = getattr(self, f"fc{i}")(x)
+        if truncation_psi != 1:
+            x = self.w_avg.lerp(x, truncation_psi)
+        return x.unsqueeze(1).repeat(1, self.num_ws, 1)
+
+
+def modulated_conv2d(x, weight, styles, demodulate=True, up=1, padding=0, f=None):
+    """Per-sample modulated (and demodulated) conv as one grouped convolution (NVIDIA's
+    "fused" form: the fastest single forward pass)."""
+    b = x.shape[0]
+    cout, cin, kh, kw = weight.shape
+    w = weight.unsqueeze(0) * styles.view(b, 1, cin, 1, 1)
+    if demodulate:
+        w = w * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt().view(b, cout, 1, 1, 1)
+    x = x.reshape(1, b * cin, *x.shape[2:])
+    if up == 1:
+        x = F.conv2d(x, w.reshape(b * cout, cin, kh, kw), padding=padding, groups=b)
+    else:  # transposed conv (in/out swapped, no flip), then FIR: 2H+1 -> pad 1 -> 2H
+        w = w.transpose(1, 2).reshape(b * cin, cout, kh, kw)
+        x = F.conv_transpose2d(x, w, stride=2, groups=b)
+        x = _fir(x, f, (1, 1), 4.0)
+    return x.reshape(b, cout, *x.shape[2:])
+
+
+def _shared_conv(x, weight, up, padding, f):
+    """The split form's convolution with the shared (frozen) weight."""
+    if up == 1:
+        return F.conv2d(x, weight, padding=padding)
+    return _fir(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2), f, (1, 1), 4.0)
+
+
+def _shared_conv_adjoint(g, weight, up, padding, f):
+    """Gradient of :func:`_shared_conv` w.r.t. its input (both steps are linear)."""
+    if up == 1:
+        return F.conv_transpose2d(g, weight, padding=padding)
+    # adjoint of "pad 1, correlate with flip(f)": full correlation with f (pad 3), crop 1
+    g = _fir(g, f.flip([0, 1]), (2, 2), 4.0)
+    return F.conv2d(g, weight.transpose(0, 1), stride=2)
+
+
+class _SplitModulatedLayer(torch.autograd.Function):
+    """``clamp(act(conv(x * s, W) * d + noise + bias) * gain)`` with a hand-written backward.
+
+    NVIDIA's non-fused modulated convolution (same math as :func:`modulated_conv2d`), written
+    for jacobians: the scorer runs 1 + m backward passes over one forward pass, so the forward
+    stores the elementwise derivative once (``slope * d`` and ``slope * y``) and every backward
+    pass is one convolution and a handful of passes over the activations, with no gradient for
+    the frozen weight. Every op has a vmap rule, so the 1 + m passes can also run as one
+    batched backward (``is_grads_batched`` or ``torch.func.vmap``).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, styles, weight, noise, bias, up, padding, f, demodulate, slope, gain, clamp):
+        y = _shared_conv(x * styles[:, :, None, None], weight, up, padding, f)
+        shift = bias.view(1, -1, 1, 1) if noise is None else noise + bias.view(1, -1, 1, 1)
+        w2 = weight.square().sum(dim=[2, 3])  # (Cout, Cin)
+        if demodulate:  # sum_i (w_oi s_i)^2 = s^2 @ w2^T
+            d = (styles.square() @ w2.t() + 1e-8).rsqrt()
+            pre = torch.addcmul(shift, y, d[:, :, None, None])
+        else:
+            d = y.new_ones(1, 1)
+            pre = y + shift
+        grad_pre = torch.full_like(pre, gain).masked_fill_(pre <= 0, gain * slope)  # dout/dpre
+        out = pre * grad_pre
+        if clamp is not None:
+            grad_pre = grad_pre.masked_fill_(out.abs() > clamp, 0)
+            out = out.clamp_(-clamp, clamp)
+        grad_d = grad_pre * y if demodulate else y.new_zeros(1)
+        return out, grad_pre.mul_(d[:, :, None, None]), grad_d, d.pow(3), w2
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, styles, weight, _, _, up, padding, f, demodulate, _, _, _ = inputs
+        _, grad_y, grad_d, d3, w2 = output
+        ctx.mark_non_differentiable(grad_y, grad_d, d3, w2)
+        ctx.save_for_backward(x, styles, weight, f, grad_y, grad_d, d3, w2)
+        ctx.up, ctx.padding, ctx.demodulate = up, padding, demodulate
+
+    @staticmethod
+    def backward(ctx, g, *_):
+        x, styles, weight, f, grad_y, grad_d, d3, w2 = ctx.saved_tensors
+        g_xs = _shared_conv_adjoint(g * grad_y, weight, ctx.up, ctx.padding, f)
+        g_styles = (g_xs * x).sum(dim=(2, 3))
+        if ctx.demodulate:  # d = (s^2 @ w2^T + eps)^-1/2: dd_o/ds_i = -d_o^3 w2_oi s_i
+            g_d = (g * grad_d).sum(dim=(2, 3))
+            g_styles = g_styles - ((g_d * d3) @ w2) * styles
+        g_x = g_xs * styles[:, :, None, None] if ctx.needs_input_grad[0] else None
+        return g_x, g_styles, *[None] * 10
+
+
+def split_modulated_layer(x, weight, styles, noise, bias, up=1, padding=0, f=None,
+                          demodulate=True, slope=0.2, gain=SQRT2, clamp=None):
+    """Modulated conv + noise + bias + (leaky) activation + clamp, split form (see above).
+    For frozen networks only: its backward gives no gradient to weight, bias or noise."""
+    if any(t is not None and t.requires_grad for t in (weight, noise, bias)):
+        raise ValueError("split modulated layers are for frozen weights (their backward skips "
+                         "weight gradients): use fused_modconv=True to train the generator")
+    return _SplitModulatedLayer.apply(x, styles, weight, noise, bias, up, padding, f,
+                                      demodulate, slope, gain, clamp)[0]
+
+
+class SynthesisLayer(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
+                 up: int = 1, conv_clamp: float | None = 256, kernel_size: int = 3):
+        super().__init__()
+        self.up, self.resolution, self.conv_clamp = up, resolution, conv_clamp
+        self.padding = kernel_size // 2
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size,
+                                               kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.register_buffer("resample_filter", _filter())
+        self.register_buffer("noise_const", torch.randn(resolution, resolution))
+
+    def forward(self, x, w, noise_mode: str = "const", fused_modconv: bool = True):
+        styles = self.affine(w)
+        noise = None
+        if noise_mode == "const":
+            noise = self.noise_const * self.noise_strength
+        elif noise_mode == "random":
+            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution,
+                                device=x.device, dtype=x.dtype) * self.noise_strength
+        if not fused_modconv:
+            return split_modulated_layer(x, self.weight, styles, noise, self.bias, self.up,
+                                         self.padding, self.resample_filter, True, 0.2, SQRT2,
+                                         self.conv_clamp)
+        x = modulated_conv2d(x, self.weight, styles, True, self.up, self.padding,
+                             self.resample_filter)
+        if noise is not None:
+            x = x + noise
+        return bias_act(x, self.bias, "lrelu", SQRT2, self.conv_clamp)
+
+
+class ToRGBLayer(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int,
+                 conv_clamp: float | None = 256):
+        super().__init__()
+        self.conv_clamp = conv_clamp
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.weight_gain = 1 / math.sqrt(in_channels)
+
+    def forward(self, x, w, fused_modconv: bool = True):
+        styles = self.affine(w) * self.weight_gain
+        if not fused_modconv:
+            return split_modulated_layer(x, self.weight, styles, None, self.bias, demodulate=False,
+                                         slope=1.0, gain=1.0, clamp=self.conv_clamp)
+        x = modulated_conv2d(x, self.weight, styles, demodulate=False)
+        return bias_act(x, self.bias, "linear", 1.0, self.conv_clamp)
+
+
+class SynthesisBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
+                 img_channels: int = 3, conv_clamp: float | None = 256):
+        super().__init__()
+        self.in_channels, self.resolution = in_channels, resolution
+        self.register_buffer("resample_filter", _filter())
+        if in_channels == 0:
+            self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
+            self.num_conv = 1
+        else:
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2,
+                                        conv_clamp=conv_clamp)
+            self.num_conv = 2
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution,
+                                    conv_clamp=conv_clamp)
+        self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp)
+
+    def forward(self, x, img, ws, noise_mode="const", fused_modconv: bool = True):
+        if self.in_channels == 0:
+            x = self.const.unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
+            x = self.conv1(x, ws[:, 0], noise_mode, fused_modconv)
+        else:
+            x = self.conv0(x, ws[:, 0], noise_mode, fused_modconv)
+            x = self.conv1(x, ws[:, 1], noise_mode, fused_modconv)
+        if img is not None:
+            img = upsample2d(img, self.resample_filter)
+        y = self.torgb(x, ws[:, self.num_conv], fused_modconv)
+        return x, y if img is None else img + y
+
+
+class SynthesisNetwork(nn.Module):
+    def __init__(self, w_dim: int, img_resolution: int, img_channels: int = 3,
+                 channel_base: int = 16384, channel_max: int = 512,
+                 conv_clamp: float | None = 256):
+        super().__init__()
+        self.w_dim, self.img_resolution = w_dim, img_resolution
+        log2 = int(np.log2(img_resolution))
+        if 2**log2 != img_resolution or img_resolution < 4:
+            raise ValueError(f"img_resolution must be a power of 2 >= 4, got {img_resolution}")
+        self.block_resolutions = [2**i for i in range(2, log2 + 1)]
+        ch = {r: min(channel_base // r, channel_max) for r in self.block_resolutions}
+        self.num_ws = 0
+        for r in self.block_resolutions:
+            block = SynthesisBlock(ch[r // 2] if r > 4 else 0, ch[r], w_dim, r, img_channels,
+                                   conv_clamp)
+            self.num_ws += block.num_conv
+            setattr(self, f"b{r}", block)
+        self.num_ws += 1  # the last block's to-RGB
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "const",
+                fused_modconv: bool | None = None) -> torch.Tensor:
+        """``fused_modconv=None``: fused unless a gradient will flow back to ``ws`` through
+        frozen weights (the split form's backward skips weight gradients)."""
+        if fused_modconv is None:
+            fused_modconv = not (torch.is_grad_enabled() and ws.requires_grad) or any(
+                p.requires_grad for p in self.parameters())
+        x = img = None
+        i = 0
+        for r in self.block_resolutions:
+            block = getattr(self, f"b{r}")
+            x, img = block(x, img, ws[:, i:i + block.num_conv + 1], noise_mode, fused_modconv)
+            i += block.num_conv
+        return img
+
+
+class StyleGAN2(nn.Module):
+    """Mapping + synthesis (unconditional). ``forward(z)`` -> images in about [-1, 1]."""
+
+    def __init__(self, z_dim: int = 512, w_dim: int = 512, img_resolution: int = 256,
+                 img_channels: int = 3, mapping_layers: int = 8, channel_base: int = 16384,
+                 channel_max: int = 512, conv_clamp: float | None = 256,
+                 mapping_lr_multiplier: float = 0.01):
+        super().__init__()
+        self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.z_dim, self.w_dim, self.img_resolution = z_dim, w_dim, img_resolution
+        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, channel_base,
+                                          channel_max, conv_clamp)
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers,
+                                      mapping_lr_multiplier)
+
+    def forward(self, z, truncation_psi: float = 1.0, noise_mode: str = "const",
+                fused_modconv: bool | None = None):
+        return self.synthesis(self.mapping(z, truncation_psi), noise_mode, fused_modconv)
+
+
+# --- the search space -------------------------------------------------------------------------
+class StyleGAN2Generator(Generator):
+    """The :class:`Generator` protocol over normalized w-space: ``w = q * w_std + w_avg``.
+
+    ``w_std`` is the per-dimension std of mapped prior samples, estimated once from
+    ``num_std_samples`` seeded z's; ``latent_norm`` is the mean norm of prior q's.
+    """
+
+    # CPU: torch.func's vmapped backward runs each convolution once on the 1+m stacked
+    # cotangents, the fastest mode there (bench/README.md). CUDA: autograd's batched backward
+    # measured faster at the batch CMA-MAEGA takes jacobians at (H200, batch 1, StyleGAN2-256 +
+    # ViT-B/32: 17.8 vs 11.2 solutions/s); func also lacks a vmap rule for SDPA's backward there
+    preferred_jacobian_mode = {"cpu": "func", "cuda": "batched"}
+
+    def __init__(self, net: StyleGAN2, num_std_samples: int = 10_000, seed: int = 0,
+                 noise_mode: str = "const"):
+        super().__init__()
+        self.net = net.eval().requires_grad_(False)
+        self.latent_dim = net.w_dim
+        self.image_size = net.img_resolution
+        self.noise_mode = noise_mode
+        # "auto": grouped (fused) modulated convs for values, split ones when jacobians are
+        # taken; "fused" is what NVIDIA's networks run in eval mode (the released scheme)
+        self.modconv = "auto"
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(seed)
+            z = torch.randn(num_std_samples, net.z_dim, generator=g)
+            dev = net.mapping.w_avg.device
+            w = torch.cat([net.mapping(z[i:i + 1000].to(dev))[:, 0]
+                           for i in range(0, len(z), 1000)])
+        self.register_buffer("w_std", w.std(0))
+        q = (w - net.mapping.w_avg) / self.w_std
+        self.latent_norm = float(q.norm(dim=1).mean())
+
+    def w_from_q(self, q: torch.Tensor) -> torch.Tensor:
+        return q * self.w_std + self.net.mapping.w_avg
+
+    def decode(self, q: torch.Tensor) -> torch.Tensor:
+        q = self.check_latents(q).to(self.w_std.device)
+        ws = self.w_from_q(q).unsqueeze(1).repeat(1, self.net.num_ws, 1)
+        fused = {"auto": None, "fused": True, "split": False}[self.modconv]
+        img = self.net.synthesis(ws, self.noise_mode, fused)
+        return ((img + 1) / 2).clamp(0, 1)
+
+    def sample_prior(self, n: int, seed: int | None = None) -> torch.Tensor:
+        g = torch.Generator().manual_seed(0 if seed is None else seed)
+        z = torch.randn(n, self.net.z_dim, generator=g).to(self.w_std.device)
+        with torch.no_grad():
+            w = self.net.mapping(z)[:, 0]
+        return (w - self.net.mapping.w_avg) / self.w_std

@@ -1,0 +1,197 @@
+"""Reading StyleGAN2 files: NVIDIA's network pickles (safely) and the project's safetensors.
+
+Kept apart from the network (as NVIDIA keeps ``legacy.py`` beside ``networks.py``). A network
+pickle is read by a restricted unpickler that maps NVIDIA's persistence records onto plain data
+(:class:`PersistentRecord`): no class or source from the file is ever imported or run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..paths import pretrained_dir
+from ..utils import BadFileError, RestrictedUnpickler, reading, resolve_device
+from .stylegan2 import StyleGAN2
+
+
+# --- our own format ---------------------------------------------------------------------------
+def save_stylegan2(net: StyleGAN2, path: str | Path) -> None:
+    """Safetensors with the architecture config in the metadata."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    save_file(tensors, str(path), metadata={"qdgs_stylegan2_config": json.dumps(net.config)})
+
+
+def load_stylegan2_safetensors(path: str | Path) -> StyleGAN2:
+    from safetensors import safe_open
+
+    fix = "Write it again with save_stylegan2 from NVIDIA's network pickle."
+    with reading(path, "a qdgs StyleGAN2 safetensors file", fix):
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if "qdgs_stylegan2_config" not in meta:
+            raise BadFileError(f"{path} is not a qdgs StyleGAN2 safetensors file (no config "
+                               f"metadata). {fix}")
+        net = StyleGAN2(**json.loads(meta["qdgs_stylegan2_config"]))
+        net.load_state_dict(load_file(str(path)))
+    return net.eval()
+
+
+# --- NVIDIA network pickles -----------------------------------------------------------------
+class PersistentRecord:
+    """What a ``torch_utils.persistence`` record holds, as data: no class, no source."""
+
+    def __init__(self, meta: dict):
+        if not isinstance(meta, dict) or meta.get("type") != "class":
+            raise ValueError("unsupported persistent record in network pickle")
+        self.class_name = meta.get("class_name")
+        self.version = meta.get("version")
+        self.state = meta.get("state") or {}
+        # module_src is NVIDIA's source text: never executed and not kept.
+
+    def __repr__(self):
+        return f"PersistentRecord({self.class_name})"
+
+
+class _EasyDict(dict):
+    """Stand-in for ``dnnlib.util.EasyDict`` (a dict with attribute access)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError as e:
+            raise AttributeError(name) from e
+
+
+def _load_storage(b: bytes):
+    return torch.load(io.BytesIO(b), weights_only=True)
+
+
+_NV_ALLOWED = {
+    "collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state", "_codecs.encode", "numpy.dtype", "numpy.ndarray",
+    "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
+    "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
+    "builtins.set", "torch.FloatStorage", "torch.float32",
+}
+_NV_OVERRIDES = {
+    "torch_utils.persistence._reconstruct_persistent_obj": PersistentRecord,
+    "dnnlib.util.EasyDict": _EasyDict,
+    "torch.storage._load_from_bytes": _load_storage,
+}
+
+MISSING_FFHQ = (
+    "StyleGAN2-FFHQ-256 weights not found at {path}. Download NVIDIA's "
+    "'stylegan2-ffhq-256x256.pkl' (NGC catalog nvidia/research/stylegan3, StyleGAN2 pretrained "
+    "models; or StyleGAN2-ADA-PyTorch's transfer-learning-source-nets/"
+    "ffhq-res256-mirror-paper256-noaug.pkl, renamed) and put it there, or pass its path. It is "
+    "licensed by NVIDIA (non-commercial): never commit it."
+)
+NETWORK_PICKLE = ("an NVIDIA StyleGAN2 network pickle (a dict with G_ema, e.g. "
+                  "stylegan2-ffhq-256x256.pkl)")
+REFETCH = ("Download it again (NGC: nvidia/research/stylegan3, stylegan2-ffhq-256x256.pkl), or "
+           "pass our .safetensors written by save_stylegan2.")
+
+
+def read_network_pickle(path: str | Path) -> dict[str, Any]:
+    """Read an NVIDIA network pickle into plain records, running no code from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(MISSING_FFHQ.format(path=path))
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if head.startswith(b"PK"):
+            raise BadFileError(
+                f"{path} is a zip archive (torch.save's format, e.g. a state dict), not "
+                f"{NETWORK_PICKLE}. {REFETCH}")
+        f.seek(0)
+        with reading(path, NETWORK_PICKLE, REFETCH):
+            data = RestrictedUnpickler(f, allowed=_NV_ALLOWED, overrides=_NV_OVERRIDES).load()
+    if not isinstance(data, dict) or not isinstance(data.get("G_ema"), PersistentRecord):
+        raise BadFileError(f"{path} is not {NETWORK_PICKLE}: no G_ema network record. "
+                           f"{REFETCH}")
+    return data
+
+
+def _flatten(rec: PersistentRecord, prefix: str = "") -> dict[str, torch.Tensor]:
+    out = {}
+    for group in ("_parameters", "_buffers"):
+        for name, t in (rec.state.get(group) or {}).items():
+            if t is not None:
+                out[prefix + name] = t.detach() if isinstance(t, torch.Tensor) else t
+    for name, child in (rec.state.get("_modules") or {}).items():
+        if isinstance(child, PersistentRecord):
+            out.update(_flatten(child, f"{prefix}{name}."))
+        elif child is not None:
+            raise ValueError(f"unexpected module {name!r} of type {type(child).__name__}")
+    return out
+
+
+def _find(rec: PersistentRecord, key: str):
+    """First value of attribute ``key`` in the record tree (depth-first)."""
+    if key in rec.state:
+        return rec.state[key]
+    for child in (rec.state.get("_modules") or {}).values():
+        if isinstance(child, PersistentRecord):
+            v = _find(child, key)
+            if v is not None:
+                return v
+    return None
+
+
+def stylegan2_from_records(g: PersistentRecord) -> StyleGAN2:
+    """Build :class:`StyleGAN2` from a ``G_ema`` record and load its tensors (strictly)."""
+    if not isinstance(g, PersistentRecord) or g.class_name != "Generator":
+        raise ValueError(f"expected a Generator record, got {g!r}")
+    st = g.state
+    if st.get("c_dim", 0):
+        raise ValueError("conditional StyleGAN2 (c_dim > 0) is not supported")
+    synth = st["_modules"]["synthesis"]
+    arch = _find(synth, "architecture")
+    if arch not in (None, "skip"):
+        raise ValueError(f"only the 'skip' synthesis architecture is supported, got {arch!r}")
+    tensors = _flatten(g)
+    res = int(st["img_resolution"])
+    ch = {int(k.split(".")[1][1:]): v.shape[0] for k, v in tensors.items()
+          if k.startswith("synthesis.b") and k.endswith("conv1.weight")}
+    mapping = st["_modules"]["mapping"]
+    fc0 = mapping.state["_modules"]["fc0"].state
+    net = StyleGAN2(
+        z_dim=int(st["z_dim"]), w_dim=int(st["w_dim"]), img_resolution=res,
+        img_channels=int(st.get("img_channels", 3)),
+        mapping_layers=int(mapping.state.get("num_layers", 8)),
+        channel_base=max(r * c for r, c in ch.items()), channel_max=max(ch.values()),
+        conv_clamp=_find(synth, "conv_clamp"),
+        mapping_lr_multiplier=float(fc0.get("bias_gain", 0.01)))
+    expected = {r: c for r, c in ch.items()}
+    got = {r: getattr(net.synthesis, f"b{r}").conv1.weight.shape[0] for r in expected}
+    if got != expected:
+        raise ValueError(f"unsupported channel layout {expected}")
+    missing, unexpected = net.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"network pickle does not match StyleGAN2: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    return net.eval()
+
+
+def load_stylegan2(path: str | Path | None = None, device: str | torch.device = "auto"
+                   ) -> StyleGAN2:
+    """Load StyleGAN2 from an NVIDIA ``.pkl`` (safely) or our ``.safetensors``.
+
+    Default: ``data/pretrained/stylegan2-ffhq-256x256.pkl``.
+    """
+    path = Path(path) if path else pretrained_dir() / "stylegan2-ffhq-256x256.pkl"
+    if not path.is_file():
+        raise FileNotFoundError(MISSING_FFHQ.format(path=path))
+    if path.suffix == ".safetensors":
+        net = load_stylegan2_safetensors(path)
+    else:
+        records = read_network_pickle(path)["G_ema"]
+        with reading(path, NETWORK_PICKLE + " of a supported StyleGAN2 architecture", REFETCH):
+            net = stylegan2_from_records(records)
+    return net.to(resolve_device(device))

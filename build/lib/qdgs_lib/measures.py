@@ -1,0 +1,134 @@
+"""What each archive axis means: one :class:`Measure` record per CLIP prompt pair.
+
+A profile's ``measures`` is a tuple of records; the scorer's prompts, the archive's grid and
+ranges, the plots' labels, the toy world's ground truth and the datasets' balancing bins are all
+read from it, so adding or reordering a measure is one edit. Code names a measure by ``key``
+(``index(p, "skin")``), never by position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One measure: ``angdist(e, negative) - angdist(e, positive)`` of an image embedding e.
+
+    Args:
+        key: short name code refers to (``"skin"``).
+        positive, negative: the prompt pair; the measure grows towards ``positive``.
+        label: axis label for plots.
+        range: archive range (low, high) of the measure for this profile's CLIP.
+        bins: archive cells along this measure.
+        attribute: the toy world's true attribute the measure should track
+            (:func:`qdgs_lib.generators.toy_faces.attributes` key), if any.
+        sign: +1 if ``positive`` means a high ``attribute``, -1 if it means a low one.
+        balanced: face datasets are balanced over this measure's three bins
+            ``(-inf, -e), (-e, e), (e, inf)`` (``e``: the profile's ``bin_edge``; the paper
+            balances skin tone and gender).
+    """
+
+    key: str
+    positive: str
+    negative: str
+    label: str
+    range: tuple[float, float]
+    bins: int
+    attribute: str | None = None
+    sign: int = 1
+    balanced: bool = False
+
+    def __post_init__(self):
+        lo, hi = (float(v) for v in self.range)
+        object.__setattr__(self, "range", (lo, hi))
+        if not lo < hi:
+            raise ValueError(f"measure {self.key!r}: range needs low < high, got {self.range}")
+        if int(self.bins) != self.bins or self.bins < 1:
+            raise ValueError(f"measure {self.key!r}: bins must be a positive int, got "
+                             f"{self.bins!r}")
+        if self.sign not in (1, -1):
+            raise ValueError(f"measure {self.key!r}: sign must be +1 or -1, got {self.sign!r}")
+
+    @property
+    def prompts(self) -> tuple[str, str]:
+        return (self.positive, self.negative)
+
+    def oriented(self, attribute_values):
+        """The true attribute oriented like the prompt (high = more like ``positive``)."""
+        return attribute_values if self.sign > 0 else 1 - attribute_values
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Measure:
+        """From a JSON-like dict (papermill overrides); ``range`` may be a list."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise ValueError(f"unknown measure field(s) {sorted(unknown)}; known: "
+                             f"{sorted(fields)}")
+        d = dict(d)
+        if "range" in d:
+            d["range"] = tuple(d["range"])
+        return cls(**d)
+
+
+def placed(measures: Sequence[Measure], ranges: Iterable | None = None,
+           bins: Iterable[int] | None = None) -> tuple[Measure, ...]:
+    """The same measures with new archive ranges and/or bins (one per measure)."""
+    out = tuple(measures)
+    for name, values in (("range", ranges), ("bins", bins)):
+        if values is None:
+            continue
+        values = list(values)
+        if len(values) != len(out):
+            raise ValueError(f"{len(values)} {name} values for {len(out)} measures "
+                             f"({[m.key for m in out]})")
+        out = tuple(dataclasses.replace(m, **{name: tuple(v) if name == "range" else v})
+                    for m, v in zip(out, values, strict=True))
+    return out
+
+
+def as_measures(value: Iterable) -> tuple[Measure, ...]:
+    """Records from records or dicts, keys checked unique."""
+    out = tuple(v if isinstance(v, Measure) else Measure.from_dict(v) for v in value)
+    keys = [m.key for m in out]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"measure keys must be unique, got {keys}")
+    return out
+
+
+def index(p: dict[str, Any], key: str) -> int:
+    """Position of measure ``key`` in a profile section (its column in measure arrays)."""
+    keys = [m.key for m in p["measures"]]
+    if key not in keys:
+        raise KeyError(f"no measure {key!r} in this profile; measures: {keys}")
+    return keys.index(key)
+
+
+def prompts(p: dict[str, Any]) -> list[tuple[str, str]]:
+    return [m.prompts for m in p["measures"]]
+
+
+def labels(p: dict[str, Any]) -> list[str]:
+    return [m.label for m in p["measures"]]
+
+
+def ranges(p: dict[str, Any]) -> tuple[tuple[float, float], ...]:
+    return tuple(m.range for m in p["measures"])
+
+
+def grid(p: dict[str, Any]) -> tuple[int, ...]:
+    return tuple(int(m.bins) for m in p["measures"])
+
+
+def dataset_bins(p: dict[str, Any]) -> list[list[tuple[float, float]]]:
+    """Bins that face datasets are balanced over: three per ``balanced`` measure, split at
+    +-``bin_edge``; one unbounded bin for the others."""
+    e = p["bin_edge"]
+    three = [(-np.inf, -e), (-e, e), (e, np.inf)]
+    return [three if m.balanced else [(-np.inf, np.inf)] for m in p["measures"]]

@@ -1,0 +1,274 @@
+"""Parameter sets: ``smoke`` (CI, minutes), ``default`` (offline CPU reproduction), ``paper``.
+
+A notebook calls ``get_profile(profile)["shapes"]`` (``profile=None`` reads ``QDGS_PROFILE``,
+falling back to ``default``) and may override any key.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+from .measures import Measure, as_measures, placed
+
+SHAPES_OBJECTIVE = ("A regular square or a triangle.", "Splatters of colors.")
+# ranges: the project's shapes CLIP, read off its scores of the VAE's prior samples and of
+# renders (not of any evaluation data); the paper's ViT-B/32 used +-0.1
+SHAPES_MEASURES = (
+    Measure("color", "A red shape.", "A blue shape.", "red (+) vs blue", (-0.9, 0.9), 50),
+    Measure("shape", "A triangle with 3 edges.", "A square or diamond with 4 edges.",
+            "triangle (+) vs square", (-0.9, 0.9), 50),
+)
+
+FACES_OBJECTIVE = ("A detailed photo of an individual with diverse features.",
+                   "An obscure, fake, or discolored photo of a person.")
+# ranges: the project's faces CLIP, face_synthesis.calibrate_ranges (1%/99% quantiles) of its
+# measures of 1024 toy renders with balanced attributes (notebook 02 prints them again); the
+# paper's ViT-B/32: +-0.1. Datasets are balanced over skin x gender, as in the paper.
+FACES_MEASURES = (
+    Measure("skin", "A person with dark skin.", "A person with light skin.",
+            "dark skin (+) vs light", (-0.85, 0.85), 20, attribute="skin", balanced=True),
+    Measure("gender", "A masculine person.", "A feminine person.",
+            "masculine (+) vs feminine", (-0.85, 0.85), 10, attribute="masc", balanced=True),
+    Measure("hair", "A person with long hair.", "A person with short hair.",
+            "long hair (+) vs short", (-0.7, 0.7), 5, attribute="hair"),
+    Measure("age", "A person in their 20s.", "A person in their 50s.",
+            "20s (+) vs 50s", (-0.85, 0.8), 10, attribute="age", sign=-1),
+)
+
+_SHAPES_BASE: dict[str, Any] = {
+    "objective": SHAPES_OBJECTIVE,
+    "measures": SHAPES_MEASURES,
+    "clip": "qdgs-shapes-clip",
+    "clip_weights": None,
+    # prompt gap, latent norm, uniqueness. The paper used (1, 0, 0) for shapes; without the
+    # latent-norm penalty 91% of the elites left the VAE's prior (median norm 14.6 vs 2.3),
+    # where the CLIP's shape labels agree with an oracle for 62-68% of the images; weight 2
+    # keeps them at the prior's norm (agreement 0.79-0.80; bench/shapes_support.py, issue 15)
+    "objective_weights": (1.0, 2.0, 0.0),
+    "cutouts": 0,  # random crops CLIP scores and averages (0: the whole image once)
+    "batch_size": 4,
+    "num_emitters": 1,
+    "sigma0": 0.5,
+    "lr": 0.5,
+    "bias_levels": (0.98, 0.95, 0.90, 0.85, 0.80),
+    "label_margin": 0.01,  # |shape measure| below this: ambiguous, left out of the dataset
+    "image_size": 64,  # classifier resolution
+    "archive_learning_rate": 0.02,
+    "x0_samples": 64,  # the emitters start at the best of this many prior samples
+    "plumbing_check": False,
+}
+
+_FACES_BASE: dict[str, Any] = {
+    "objective": FACES_OBJECTIVE,
+    "measures": FACES_MEASURES,
+    "objective_weights": (1.0, 0.5, 0.2),  # prompt gap, latent norm, uniqueness (the paper)
+    "world": "toy",
+    "clip": "qdgs-faces-clip",
+    "clip_weights": None,
+    "stylegan_weights": None,
+    "cutouts": 0,
+    "batch_size": 4,
+    "num_emitters": 1,
+    "sigma0": 0.5,
+    "lr": 0.5,
+    "archive_learning_rate": 0.02,
+    "x0_samples": 64,
+    "bin_edge": 0.1,  # balanced measures' bins (-inf, -e), (-e, e), (e, inf); the paper: 0.03
+    "per_identity": 2,  # solutions per K-means identity
+    "offsets": 4,  # images per solution (latent augmentations)
+    "offset_scale": 0.1,
+    "image_size": 64,
+    "align": "crop",  # ffhq world: fixed template crop, or "mtcnn" (facenet-pytorch, optional)
+    "dataset_solutions": None,  # cap on solutions per dataset (uniform subsample of the archive)
+    "prior_samples": 4000,  # random samples drawn to show the generator's bias
+    "preview_images": 32,  # of which this many are drawn
+    "plumbing_check": False,  # True: random weights; outputs check the code, not the method
+}
+
+_RECOGNITION_BASE: dict[str, Any] = {
+    "backbone": "ir_small",
+    "head": "adaface",
+    "lr": 0.01,
+    "batch": 64,
+    "real_identities": 300,
+    "real_views": 5,
+    "benchmark_pairs": 600,  # per skin x age group
+    "toy_benchmark": True,  # notebook 04 also evaluates on the toy world's benchmark
+    "benchmark_size": 112,  # real benchmarks are read at this size (then resized to the model)
+    "seeds": (0,),
+    # None: the toy world's biased "real" set; else a folder (relative to data/) holding
+    # InsightFace's train.rec + train.idx, or <identity>/<image> folders
+    "real_dataset": None,
+    "workers": 0,  # DataLoader processes decoding a real set from disk
+    "benchmarks": (),  # real benchmarks a run requires (notebook 04 uses any it finds)
+    # torch.compile the backbone: on 2 CPU cores ir_small trains 1.2-1.4x faster after a ~1 min
+    # compile (bench/run.py); off where a stage is too short to pay for it
+    "compile": False,
+    "plumbing_check": False,
+}
+
+REAL_BENCHMARKS = ("lfw", "cfp_fp", "cplfw", "calfw", "agedb_30", "rfw")
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "shapes": {**_SHAPES_BASE, "measures": placed(SHAPES_MEASURES, bins=(20, 20)),
+                   "iterations": 60, "seeds": (0,),
+                   "bias_levels": (0.95,), "n_train": 256, "n_test": 128, "train_epochs": 2,
+                   "finetune_epochs": 2, "batch": 64},
+        "faces": {**_FACES_BASE, "measures": placed(FACES_MEASURES, bins=(6, 4, 3, 4)),
+                  "iterations": 30},
+        "recognition": {**_RECOGNITION_BASE, "pretrain_epochs": 1, "real_epochs": 1,
+                        "milestones": (1,), "real_identities": 24, "real_views": 3,
+                        "benchmark_pairs": 40},
+    },
+    "default": {
+        # CPU budget: 32x32 classifier input, fewer epochs (paper: 20 + 30) and three bias
+        # levels; the paper's 5 seeds (search seed k paired with classifier seed k)
+        "shapes": {**_SHAPES_BASE, "iterations": 2000, "seeds": (0, 1, 2, 3, 4),
+                   "bias_levels": (0.98, 0.90, 0.80), "image_size": 32, "n_train": 1000,
+                   "n_test": 2000, "train_epochs": 15, "finetune_epochs": 10, "batch": 64},
+        # CPU budget: 400 solutions per dataset (x 4 augmentations), 8 + 8 epochs of ir_small;
+        # the paper's 5 seeds, paired across pretrainings (same real data and initialisation)
+        "faces": {**_FACES_BASE, "iterations": 2000, "dataset_solutions": 400},
+        "recognition": {**_RECOGNITION_BASE, "pretrain_epochs": 8, "real_epochs": 8,
+                        "milestones": (5, 7), "seeds": (0, 1, 2, 3, 4), "compile": True},
+    },
+    "paper": {
+        "shapes": {**_SHAPES_BASE, "clip": "ViT-B-32-quickgelu",
+                   "measures": placed(SHAPES_MEASURES, ranges=((-0.1, 0.1),) * 2),
+                   "iterations": 70000, "seeds": (0, 1, 2, 3, 4), "n_train": 10000,
+                   "n_test": 2000, "train_epochs": 20, "finetune_epochs": 30, "batch": 64},
+        "faces": {**_FACES_BASE, "world": "ffhq", "clip": "ViT-B-32-quickgelu",
+                  "measures": placed(FACES_MEASURES, ranges=((-0.1, 0.1),) * 4,
+                                     bins=(50, 25, 5, 25)),
+                  "iterations": 60000,
+                  "sigma0": 0.5, "lr": 0.5, "bin_edge": 0.03, "offsets": 4, "image_size": 112},
+        "recognition": {**_RECOGNITION_BASE, "backbone": "ir101", "pretrain_epochs": 26,
+                        "real_epochs": 26, "milestones": (12, 20, 24), "seeds": (0,),
+                        "real_dataset": "benchmarks/train", "workers": 8,
+                        "toy_benchmark": False, "benchmarks": REAL_BENCHMARKS},
+    },
+    # The paper's architectures and file formats at toy sizes, on random-weight assets that
+    # `python -m qdgs_lib.plumbing` writes in the real formats: a plumbing check of the paper
+    # path (CI runs it on CPU; run it on a GPU before a real paper run). Never a result.
+    "paper-mini": {
+        # ranges +-0.01: the measures of a random-weight CLIP are ~1e-3..1e-2
+        "shapes": {**_SHAPES_BASE, "clip": "ViT-B-32-quickgelu",
+                   "measures": placed(SHAPES_MEASURES, ranges=((-0.01, 0.01),) * 2,
+                                      bins=(10, 10)),
+                   "iterations": 2, "x0_samples": 4, "seeds": (0,),
+                   "bias_levels": (0.95,), "n_train": 64, "n_test": 64, "train_epochs": 1,
+                   "finetune_epochs": 1, "batch": 32, "image_size": 32, "label_margin": 0.0,
+                   "plumbing_check": True},
+        "faces": {**_FACES_BASE, "world": "ffhq", "clip": "ViT-B-32-quickgelu",
+                  "measures": placed(FACES_MEASURES, ranges=((-0.01, 0.01),) * 4,
+                                     bins=(5, 3, 3, 3)),
+                  "iterations": 2,
+                  "x0_samples": 4, "bin_edge": 0.003, "offsets": 2, "image_size": 112,
+                  "dataset_solutions": 6, "prior_samples": 64, "preview_images": 8,
+                  "plumbing_check": True},
+        "recognition": {**_RECOGNITION_BASE, "backbone": "ir101", "pretrain_epochs": 1,
+                        "real_epochs": 1, "milestones": (1,), "batch": 8, "seeds": (0,),
+                        "real_dataset": "benchmarks/train", "workers": 2,
+                        "toy_benchmark": False, "benchmarks": REAL_BENCHMARKS,
+                        "plumbing_check": True},
+    },
+}
+
+
+def profile_name(profile: str | None = None) -> str:
+    name = profile or os.environ.get("QDGS_PROFILE") or "default"
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile '{name}'; choose from {sorted(PROFILES)}")
+    return name
+
+
+def parse_overrides(overrides: dict | str | None) -> dict[str, Any]:
+    """Overrides as a dict; papermill passes ``-p overrides '{"iterations": 10}'`` as a JSON
+    string (``-y`` passes YAML, which arrives as a dict)."""
+    if overrides is None or overrides == "":
+        return {}
+    if isinstance(overrides, str):
+        try:
+            overrides = json.loads(overrides)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"overrides {overrides!r} is not a JSON object: {e}; write e.g. "
+                             '\'{"iterations": 10}\' (or use papermill -y for YAML)') from e
+    if not isinstance(overrides, dict):
+        raise ValueError(f"overrides must be a dict (or a JSON object), got "
+                         f"{type(overrides).__name__}")
+    return dict(overrides)
+
+
+def _check_type(key: str, default: Any, value: Any) -> None:
+    """An override has the type of the profile's value: ints/floats interchange (no bools),
+    lists and tuples interchange, None defaults take anything, None replaces optional paths."""
+    if value is None and key in _OPTIONAL:
+        return
+    if key in _OPTIONAL:  # paths, or a count
+        ok = isinstance(value, int) if key == "dataset_solutions" else \
+            isinstance(value, str | os.PathLike)
+        if not ok:
+            raise ValueError(f"override {key}={value!r} ({type(value).__name__}) must be "
+                             f"{'an int' if key == 'dataset_solutions' else 'a path'} or None")
+        return
+    if default is None:
+        return
+    number = (int, float)
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(default, bool) and isinstance(value, bool)
+    elif isinstance(default, number):
+        ok = isinstance(value, number) and (isinstance(value, int) or isinstance(default, float))
+    elif isinstance(default, list | tuple):
+        ok = isinstance(value, list | tuple)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ValueError(f"override {key}={value!r} ({type(value).__name__}) does not match the "
+                         f"profile's {key}={default!r} ({type(default).__name__})")
+
+
+_OPTIONAL = {"clip_weights", "stylegan_weights", "real_dataset", "dataset_solutions"}
+
+
+def get_profile(profile: str | None = None, section: str | None = None,
+                **overrides) -> dict[str, Any]:
+    """A deep copy of a profile (or one of its sections), with ``overrides`` applied (checked:
+    known keys, and values of the profile's types).
+
+    In a section with ``measures``, ``measures`` may be given as dicts (JSON overrides), and
+    ``ranges`` / ``grid`` (one value per measure) set the measures' archive ranges / bins.
+    """
+    p = copy.deepcopy(PROFILES[profile_name(profile)])
+    if section is not None:
+        if section not in p:
+            raise ValueError(f"profile '{profile_name(profile)}' has no section '{section}'")
+        p = p[section]
+    shortcuts = {k: overrides.pop(k) for k in ("ranges", "grid")
+                 if k in overrides and section is not None and "measures" in p}
+    unknown = set(overrides) - set(p)
+    if unknown:
+        raise ValueError(f"unknown override(s) {sorted(unknown)}; known: "
+                         f"{sorted(p) + (['grid', 'ranges'] if 'measures' in p else [])}")
+    if section is not None:
+        for key, value in overrides.items():
+            if key != "measures":
+                _check_type(key, p[key], value)
+    p.update(overrides)
+    if "measures" in overrides:
+        p["measures"] = as_measures(_sequence("measures", overrides["measures"]))
+    if shortcuts:
+        p["measures"] = placed(p["measures"],
+                               ranges=_sequence("ranges", shortcuts.get("ranges")),
+                               bins=_sequence("grid", shortcuts.get("grid")))
+    return p
+
+
+def _sequence(key: str, value: Any) -> Any:
+    if value is not None and not isinstance(value, list | tuple):
+        raise ValueError(f"override {key}={value!r} ({type(value).__name__}) must be a list "
+                         "with one entry per measure")
+    return value

@@ -1,0 +1,232 @@
+"""Face recognition (notebooks 03-04) as library calls: the real training data, the pretraining
+protocol (synthetic -> real), benchmarks, evaluation and the paper-layout table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .data.benchmarks import RFW_RACES, read_bin, read_rfw
+from .data.identities import TensorFaces, open_training_set
+from .data.toy_world import GROUPS, real_training_set, write_benchmark
+from .evaluate import embed, group_verification, verification_accuracy
+from .models.heads import build_head
+from .models.iresnet import build_iresnet
+from .paths import benchmarks_dir, data_dir, real_dataset_path
+from .sampling import read_identity_dataset
+from .train import RecognitionTrainer, adaface_input
+from .utils import resize_square, resolve_device, save_weights, seed_everything
+
+
+def train_recognizer(data: Dataset, p: dict[str, Any], outdir, epochs: int,
+                     init: dict | None = None, seed: int = 0, device: str | torch.device = "auto",
+                     progress: bool = True) -> torch.nn.Module:
+    """Train backbone + margin head (``p["backbone"]``, ``p["head"]``) on an identity set (a
+    :mod:`~qdgs_lib.data.identities` dataset), optionally starting from a pretrained backbone
+    state; resumes from ``outdir``. Returns the backbone on the CPU, in eval mode."""
+    seed_everything(seed)
+    backbone = build_iresnet(p["backbone"])
+    if init is not None:
+        backbone.load_state_dict(init)
+    size = backbone.input_size
+    if isinstance(data, TensorFaces):
+        data = TensorFaces(resize_square(data.images, size), data.labels)
+        workers = 0  # already in memory
+    else:
+        if getattr(data, "image_size", size) != size:
+            raise ValueError(f"the training set yields {data.image_size}px images, "
+                             f"{p['backbone']} takes {size}px: open it with image_size={size}")
+        workers = p["workers"]
+    head = build_head(p["head"], backbone.embedding_dim, data.num_classes)
+    trainer = RecognitionTrainer(backbone, head, data, outdir, lr=p["lr"],
+                                 milestones=p["milestones"], batch_size=p["batch"], seed=seed,
+                                 device=device, progress=progress, num_workers=workers,
+                                 compile=p["compile"])
+    trainer.run(epochs)
+    net = trainer.backbone.eval().cpu()
+    return net.to(memory_format=torch.contiguous_format)
+
+
+def load_benchmark(p: dict[str, Any], root=None, size: int = 64):
+    """The toy world's balanced benchmark (written on first use, RFW layout, 4 skin x age
+    groups) as a :class:`~qdgs_lib.data.benchmarks.PairSet`."""
+    pairs = p["benchmark_pairs"]
+    root = Path(root) if root else data_dir() / "cache" / f"toy_benchmark_{pairs}"
+    write_benchmark(root, pairs_per_group=pairs, size=size)
+    bench = read_rfw(root, races=GROUPS, image_size=size)
+    bench.name = "toy benchmark"
+    return bench
+
+
+def evaluate_recognizer(backbone: torch.nn.Module, bench,
+                        device: str | torch.device = "auto") -> dict:
+    """Per-group 10-fold verification accuracy on ``bench`` (+ mean/std/SER), the accuracy over
+    all pairs with one threshold (``all``), and the distance threshold chosen for all pairs and
+    for each group (``threshold <group>``).
+
+    ``all`` uses the benchmark's own folds when it has them: its pairs are stored group after
+    group, so contiguous folds would each hold one group and fit its threshold on the others."""
+    images = resize_square(bench.images, getattr(backbone, "input_size", bench.images.shape[-1]))
+    emb = embed(backbone, images, device=resolve_device(device), transform=adaface_input)
+    pooled = verification_accuracy(emb, bench.issame, folds=bench.folds)
+    out = {"all": pooled["accuracy"]}
+    if bench.groups is not None:
+        per_group = group_verification(emb, bench.issame, bench.groups, bench.group_names,
+                                       folds=bench.folds)
+        thresholds = {k: v for k, v in per_group.items() if k.startswith("threshold ")}
+        out |= {k: v for k, v in per_group.items() if k not in thresholds}
+        out |= {"threshold all": pooled["threshold"], **thresholds}
+    return out
+
+
+# --- the pretraining protocol (notebook 03) ---------------------------------------------------
+def real_training_data(p: dict[str, Any], seed: int = 0) -> Dataset:
+    """The "real" data of the second training stage: the toy world's biased training set
+    (``real_dataset`` None), or the user's set on disk: InsightFace ``train.rec`` +
+    ``train.idx``, or ``<identity>/<image>`` folders (streamed, read at the backbone's input
+    size). Relative paths are relative to the data folder (``data/``, or ``QDGS_DATA_DIR``)."""
+    if p["real_dataset"]:
+        return open_training_set(real_dataset_path(p), build_iresnet(p["backbone"]).input_size)
+    x, y, _ = real_training_set(p["real_identities"], p["real_views"], seed=1000 + seed)
+    return TensorFaces(x, y)
+
+
+def pretrain_protocol(p: dict[str, Any], synthetic: dict[str, Path], run_dir, seeds=(0,),
+                      device: str | torch.device = "auto", progress: bool = True) -> pd.DataFrame:
+    """For each seed and each pretraining set (``none`` plus every entry of ``synthetic``:
+    name -> dataset folder): pretrain on the synthetic identities, then train on the real data.
+    Saves each final backbone to ``run_dir/models/<name>_seed<k>.safetensors``; resumable
+    (finished stages are skipped, interrupted ones resume from their checkpoint)."""
+    run_dir = Path(run_dir)
+    models = run_dir / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    data = {name: TensorFaces(*read_identity_dataset(path)[:2])
+            for name, path in synthetic.items()}
+    rows, real = [], {}
+    jobs = [(seed, name) for seed in seeds for name in ("none", *synthetic)]
+    for seed, name in tqdm(jobs, desc="pretrain -> train", disable=not progress):
+        out = models / f"{name}_seed{seed}.safetensors"
+        pre = models / f"{name}_seed{seed}.pretrained.safetensors"
+        if not out.exists():
+            init = None
+            if name != "none":
+                if not pre.exists():
+                    stage = run_dir / "train" / f"{name}_seed{seed}_pre"
+                    net = train_recognizer(data[name], p, stage, p["pretrain_epochs"],
+                                           seed=seed, device=device, progress=progress)
+                    save_weights(net, pre)
+                    _drop_checkpoint(stage)
+                init = load_file(str(pre))
+            if seed not in real:  # rendered (or opened) once per seed, shared by the 3 runs
+                real[seed] = real_training_data(p, seed)
+            stage = run_dir / "train" / f"{name}_seed{seed}_real"
+            net = train_recognizer(real[seed], p, stage, p["real_epochs"], init=init,
+                                   seed=seed, device=device, progress=progress)
+            save_weights(net, out)
+            _drop_checkpoint(stage)
+        rows.append({"pretraining": name, "seed": seed, "model": str(out)})
+    return pd.DataFrame(rows)
+
+
+def _drop_checkpoint(stage: Path) -> None:
+    """A finished stage's weights are saved: its optimizer checkpoint (2-3x the weights;
+    ~0.8 GB for IR-101) is no longer needed to resume."""
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (stage / name).unlink(missing_ok=True)
+
+
+def load_backbone(p: dict[str, Any], path) -> torch.nn.Module:
+    """A backbone saved by :func:`pretrain_protocol` (safetensors: no code in the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run notebooks/03_pretraining.ipynb first")
+    net = build_iresnet(p["backbone"])
+    net.load_state_dict(load_file(str(path)))
+    return net.eval()
+
+
+def training_logs(run_dir) -> pd.DataFrame:
+    """All ``log.csv`` of a pretraining run, with columns ``pretraining``, ``seed``, ``stage``."""
+    frames = []
+    for log in sorted(Path(run_dir, "train").glob("*_seed*_*/log.csv")):
+        name, rest = log.parent.name.rsplit("_seed", 1)
+        seed, stage = rest.split("_")
+        df = pd.read_csv(log)
+        df["pretraining"], df["seed"], df["stage"] = name, int(seed), stage
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# --- benchmarks (notebook 04) -----------------------------------------------------------------
+REAL_BINS = ("lfw", "cfp_fp", "cplfw", "calfw", "agedb_30")
+
+
+def available_benchmarks(p: dict[str, Any], root=None, include_toy: bool = True) -> dict:
+    """Name -> PairSet for the toy benchmark and every real set found under
+    ``data/benchmarks/`` (``<name>.bin`` files, ``rfw/``); lists what is missing."""
+    root = Path(root) if root else benchmarks_dir()
+    out, missing = {}, []
+    if include_toy:
+        out["toy"] = load_benchmark(p)
+    size = p["benchmark_size"]
+    for name in REAL_BINS:
+        f = root / f"{name}.bin"
+        if f.is_file():
+            out[name] = read_bin(f, image_size=size)
+        else:
+            missing.append(str(f))
+    if (root / "rfw" / "test" / "txts").is_dir():
+        out["rfw"] = read_rfw(root / "rfw", image_size=size)
+    else:
+        missing.append(str(root / "rfw"))
+    return {"sets": out, "missing": missing}
+
+
+def paper_layout_table(results: pd.DataFrame, reference: pd.DataFrame | None = None,
+                       order=("none", "random", "qdgs")) -> pd.DataFrame:
+    """Mean accuracy over seeds, one row per pretraining, on the real benchmarks in the paper's
+    layout: LFW, CFP-FP, CPLFW, CALFW, AgeDB-30, their average, then RFW per race.
+
+    ``reference`` (``data.benchmarks.read_reference_numbers``) adds published rows under a
+    ``source`` index level ("ours" / "reference"), on the same columns. Empty when ``results``
+    has no real benchmark.
+    """
+    mean = results.groupby(["benchmark", "pretraining"]).mean(numeric_only=True)
+    cols = {b: mean.loc[b, "all"] for b in REAL_BINS if b in mean.index.levels[0]}
+    if "rfw" in mean.index.levels[0]:
+        cols |= {f"rfw_{r.lower()}": mean.loc["rfw", r] for r in RFW_RACES}
+    table = pd.DataFrame(cols)
+    if table.empty:
+        return table
+    table = table.loc[[k for k in order if k in table.index]]
+
+    def with_average(t: pd.DataFrame) -> pd.DataFrame:
+        standard = [b for b in REAL_BINS if b in t.columns]
+        if standard:
+            t.insert(len(standard), "average", t[standard].mean(axis=1, skipna=False))
+        return t
+
+    table = with_average(table)
+    if reference is None:
+        return table
+    ref = with_average(reference.reindex(columns=list(cols)))
+    return pd.concat({"ours": table, "reference": ref[table.columns]}, names=["source"])
+
+
+def group_table(results: pd.DataFrame, benchmark: str, groups: list[str],
+                order=("none", "random", "qdgs")) -> pd.DataFrame:
+    """Mean over seeds per pretraining of one benchmark's per-group accuracies, fairness
+    summary and pooled accuracy; the std over seeds in ``attrs["err"]`` (for error bars)."""
+    cols = [*groups, "fair_mean", "fair_std", "fair_ser", "all"]
+    r = results[results.benchmark == benchmark].groupby("pretraining")[cols]
+    rows = [k for k in order if k in r.groups]
+    table = r.mean().loc[rows]
+    table.attrs["err"] = r.std().loc[rows].fillna(0)
+    return table

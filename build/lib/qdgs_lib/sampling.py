@@ -1,0 +1,248 @@
+"""Archive -> dataset: measure bins, class folders, manifest; written atomically.
+
+A dataset folder holds one sub-folder per class (PNG images) and ``manifest.csv`` (file,
+class, bin, measures, latent). It is built in a temporary folder and renamed into place, so a
+half-written dataset never exists under the final name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .utils import atomic_dir, resize_square, to_uint8_hwc
+
+Bins = Sequence[Sequence[tuple[float, float]]]  # per measure: list of [lo, hi) intervals
+
+
+def assign_bins(measures: np.ndarray, bins: Bins) -> np.ndarray:
+    """Index of the bin (row-major over measures) each row falls in; -1 if it falls in none.
+
+    ``bins[k]`` lists half-open intervals [lo, hi) of measure k; e.g. the paper's shape bins
+    ``[[(-inf, inf)], [(-inf, -0.01), (0, inf)]]`` ignore color and split on shape.
+    """
+    measures = np.asarray(measures, dtype=float)
+    if measures.ndim != 2 or measures.shape[1] != len(bins):
+        raise ValueError(f"measures must be (N, {len(bins)}), got {measures.shape}")
+    index = np.zeros(len(measures), dtype=int)
+    valid = np.ones(len(measures), dtype=bool)
+    for k, intervals in enumerate(bins):
+        which = np.full(len(measures), -1)
+        for b, (lo, hi) in enumerate(intervals):
+            which[(measures[:, k] >= lo) & (measures[:, k] < hi) & (which < 0)] = b
+        valid &= which >= 0
+        index = index * len(intervals) + np.maximum(which, 0)
+    return np.where(valid, index, -1)
+
+
+def solution_columns(measures: np.ndarray, latents: np.ndarray,
+                     **extra: np.ndarray) -> pd.DataFrame:
+    """Manifest columns of solutions: ``extra``, then ``measures_k`` and ``solution_k`` (the
+    names of pyribs' archive frames, so :func:`qdgs_lib.search.measures` and
+    :func:`~qdgs_lib.search.solutions` read a manifest too)."""
+    measures, latents = np.asarray(measures), np.asarray(latents)
+    return pd.DataFrame({**extra, **{f"measures_{k}": measures[:, k]
+                                     for k in range(measures.shape[1])},
+                         **{f"solution_{k}": latents[:, k] for k in range(latents.shape[1])}})
+
+
+def decode_batched(decode: Callable[[torch.Tensor], torch.Tensor], latents: np.ndarray,
+                   batch_size: int = 64, size: int | None = None,
+                   progress: bool = False) -> torch.Tensor:
+    """Decode latents to images (optionally resized to ``size``), in batches, without grad."""
+    out = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(latents), batch_size), disable=not progress, desc="decode"):
+            x = decode(torch.as_tensor(latents[i:i + batch_size], dtype=torch.float32))
+            out.append((x if size is None else resize_square(x, size)).cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def write_image_dataset(outdir: str | Path, images: torch.Tensor, classes: Sequence[str],
+                        manifest: pd.DataFrame | None = None, overwrite: bool = False) -> Path:
+    """Write images into ``outdir/<class>/<i>.png`` plus ``manifest.csv``, atomically."""
+    outdir = Path(outdir)
+    if len(images) != len(classes):
+        raise ValueError(f"{len(images)} images but {len(classes)} class labels")
+    if len(images) == 0:
+        raise ValueError("no images to write: the archive/bins produced an empty dataset")
+    refuse_nonfinite(nonfinite(images, np.arange(len(images))), "image")
+    for cls in set(map(str, classes)):
+        check_class_name(cls)
+    if outdir.exists() and not overwrite:
+        raise FileExistsError(f"{outdir} exists; pass overwrite=True to replace it")
+    with atomic_dir(outdir) as tmp:
+        rows = []
+        for i, (img, cls) in enumerate(zip(to_uint8_hwc(images), classes, strict=True)):
+            rel = Path(str(cls)) / f"{i:06d}.png"
+            (tmp / rel.parent).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(tmp / rel)
+            rows.append({"file": str(rel), "class": cls})
+        df = pd.DataFrame(rows)
+        if manifest is not None:
+            df = pd.concat([df, manifest.reset_index(drop=True)], axis=1)
+        df.to_csv(tmp / "manifest.csv", index=False)
+    return outdir
+
+
+def nonfinite(images: torch.Tensor, ids: np.ndarray) -> list[int]:
+    """``ids`` of the images with NaN/inf pixels (written as PNGs they would turn black/white)."""
+    bad = ~torch.isfinite(images.flatten(1)).all(1).cpu().numpy()
+    return sorted({int(i) for i in np.asarray(ids)[bad]})
+
+
+def refuse_nonfinite(which: list[int], what: str) -> None:
+    if which:
+        raise ValueError(f"non-finite (NaN/inf) pixels in the images of {what}(s) "
+                         f"{which[:20]}{' ...' if len(which) > 20 else ''}: the generator "
+                         "diverged there (check its weights and the latents' range); nothing "
+                         "was written for them and the dataset is left unfinished")
+
+
+def check_class_name(name: str) -> None:
+    """A class label becomes a folder name: refuse anything that is not a plain name."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"class label {name!r} cannot be a folder name inside the dataset "
+                         "(no path separators, '.' or '..')")
+
+
+def read_image_dataset(root: str | Path, classes: Sequence[str]) -> tuple[torch.Tensor,
+                                                                          torch.Tensor]:
+    """Load a dataset written by :func:`write_image_dataset`; labels index into ``classes``."""
+    root = Path(root)
+    path = root / "manifest.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {root} a dataset written by qdgs?")
+    df = pd.read_csv(path)
+    unknown = set(df["class"].astype(str)) - set(classes)
+    if unknown:
+        raise ValueError(f"dataset has classes {sorted(unknown)} not in {list(classes)}")
+    imgs = [torch.from_numpy(np.array(Image.open(root / f).convert("RGB"))) for f in df["file"]]
+    x = torch.stack(imgs).permute(0, 3, 1, 2).float() / 255
+    y = torch.tensor([list(classes).index(str(c)) for c in df["class"]])
+    return x, y
+
+
+# --- identities (faces) -----------------------------------------------------------------------
+def cluster_identities(latents: np.ndarray, bin_index: np.ndarray, per_identity: int,
+                       seed: int = 0) -> np.ndarray:
+    """Identity id per solution: within each measure bin, K-means on the latents into
+    ceil(n / per_identity) clusters (the paper: identities of ``per_identity`` solutions).
+    Solutions outside every bin (bin -1) get identity -1."""
+    from sklearn.cluster import KMeans
+
+    if per_identity < 1:
+        raise ValueError("per_identity must be >= 1")
+    ids = np.full(len(latents), -1)
+    next_id = 0
+    for b in np.unique(bin_index[bin_index >= 0]):
+        members = np.flatnonzero(bin_index == b)
+        k = max(1, int(np.ceil(len(members) / per_identity)))
+        if k == 1:
+            labels = np.zeros(len(members), dtype=int)
+        else:
+            labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(
+                latents[members])
+        ids[members] = next_id + labels
+        next_id += k
+    return ids
+
+
+def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], torch.Tensor],
+                           latents: np.ndarray, identities: np.ndarray, offsets: np.ndarray,
+                           extra: pd.DataFrame | None = None, size: int | None = None,
+                           batch_size: int = 64, progress: bool = True) -> Path:
+    """Write a face-recognition dataset: ``outdir/<identity>/<solution>_<k>.png`` for each
+    solution and each latent offset (augmentation), plus ``manifest.csv`` and ``offsets.npy``.
+
+    Resumable: identities already listed in ``manifest.partial.csv`` are skipped; the final
+    ``manifest.csv`` appears (atomically) only when every identity is written.
+    """
+    import hashlib
+    import json
+
+    from .utils import atomic_path, atomic_write_text
+
+    outdir = Path(outdir)
+    latents = np.asarray(latents, dtype=np.float32)
+    offsets = np.asarray(offsets, dtype=np.float32)
+    identities = np.asarray(identities)
+    if identities.shape != (len(latents),):
+        raise ValueError(f"need one identity per solution: {len(latents)} latents, identities "
+                         f"of shape {identities.shape}")
+    if not np.issubdtype(identities.dtype, np.integer):
+        raise ValueError(f"identities must be integers (-1: left out), got {identities.dtype}")
+    if offsets.ndim != 2 or offsets.shape[1] != latents.shape[1]:
+        raise ValueError(f"offsets must be (k, {latents.shape[1]}), got {offsets.shape}")
+    # what this folder holds: a finished or half-written dataset of *other* inputs is refused
+    # rather than silently reused
+    digest = hashlib.sha256(latents.tobytes() + np.asarray(identities).tobytes()
+                            + offsets.tobytes()).hexdigest()
+    stamp = outdir / "dataset.json"
+    if stamp.exists():
+        if json.loads(stamp.read_text())["inputs_sha256"] != digest:
+            raise ValueError(f"{outdir} holds a dataset built from other solutions/identities/"
+                             "offsets: delete it or write to a new folder")
+        if (outdir / "manifest.csv").exists():
+            return outdir
+    elif outdir.exists() and any(outdir.iterdir()):
+        raise ValueError(f"{outdir} is not empty and was not written by this writer")
+    keep = np.flatnonzero(identities >= 0)
+    if len(keep) == 0:
+        raise ValueError("no solution has an identity: the archive or the bins are empty")
+    outdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp, json.dumps({"inputs_sha256": digest, "solutions": len(latents),
+                                         "offsets": len(offsets)}))
+    if not (outdir / "offsets.npy").exists():  # same digest -> same offsets: write once
+        with atomic_path(outdir / "offsets.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, offsets)  # a file object: np.save would append ".npy" to a path
+    partial = outdir / "manifest.partial.csv"
+    done = set(pd.read_csv(partial)["identity"]) if partial.exists() else set()
+    diverged: list[int] = []
+    for ident in tqdm(np.unique(identities[keep]), disable=not progress, desc="identities"):
+        if ident in done:
+            continue
+        members = np.flatnonzero(identities == ident)
+        z = (latents[members, None, :] + offsets[None]).reshape(-1, latents.shape[1])
+        images = decode_batched(decode, z, batch_size, size)
+        bad = nonfinite(images, np.repeat(members, len(offsets)))
+        if bad:  # this identity is not written; the others are, then the call fails
+            diverged += bad
+            continue
+        arr = to_uint8_hwc(images)
+        (outdir / str(ident)).mkdir(exist_ok=True)
+        rows = []
+        for j, sol in enumerate(np.repeat(members, len(offsets))):
+            k = j % len(offsets)
+            rel = f"{ident}/{sol:06d}_{k:02d}.png"
+            Image.fromarray(arr[j]).save(outdir / rel)
+            row = {"file": rel, "identity": int(ident), "solution": int(sol), "offset": k}
+            if extra is not None:
+                row.update(extra.iloc[sol].to_dict())
+            rows.append(row)
+        pd.DataFrame(rows).to_csv(partial, mode="a", header=not partial.exists(), index=False)
+    refuse_nonfinite(sorted(diverged), "solution")
+    with atomic_path(outdir / "manifest.csv") as tmp:
+        pd.read_csv(partial).to_csv(tmp, index=False)
+    partial.unlink()
+    return outdir
+
+
+def read_identity_dataset(root: str | Path) -> tuple[torch.Tensor, torch.Tensor, pd.DataFrame]:
+    """Images (N, 3, H, W) in [0, 1], contiguous identity labels, and the manifest."""
+    root = Path(root)
+    path = root / "manifest.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the dataset is missing or unfinished "
+                                "(re-run the writer to resume it)")
+    df = pd.read_csv(path)
+    imgs = [torch.from_numpy(np.array(Image.open(root / f).convert("RGB"))) for f in df["file"]]
+    x = torch.stack(imgs).permute(0, 3, 1, 2).float() / 255
+    _, labels = np.unique(df["identity"].to_numpy(), return_inverse=True)
+    return x, torch.as_tensor(labels), df

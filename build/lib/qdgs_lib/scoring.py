@@ -1,0 +1,402 @@
+"""Objective and measures of generated images from CLIP prompt pairs, with jacobians.
+
+Conventions (following the paper's released code, sign of measures flipped for readability):
+
+* ``angdist(e, t) = 2 * arcsin(|e - t| / 2)``, the angle between unit embeddings.
+* measure k of a pair (pos, neg) is ``angdist(e, neg) - angdist(e, pos)``: larger means
+  "more like the first prompt".
+* objective loss = w_prompt * (angdist(e, pos) - angdist(e, neg))
+                 + w_reg * (max(|z|, latent_norm) - latent_norm)^2
+                 + w_unique * (1 - min_j angdist(e, memory_j))
+  and objective = softplus(100 - 50 * loss) (the released code's 100 - 50 * loss, with a
+  soft floor at 0 so pyribs' ``threshold_min=0`` never rejects a solution).
+
+The released code ran one generator+CLIP forward and backward per output (objective, then each
+measure). Here one forward pass serves all of them and the 1 + m vector-jacobian products run
+over that one graph, either as one vmapped backward (``is_grads_batched``) or one after the
+other (bench/README.md has the numbers).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .clip import Clip, create_clip
+from .generators.base import Generator
+from .measures import prompts
+
+Prompt = str | Sequence[str]
+
+
+def angdist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Angular distance between unit vectors; x (B, D), y (P, D) -> (B, P)."""
+    chord = (x[:, None, :] - y[None, :, :]).norm(dim=-1)
+    return 2 * torch.arcsin((chord / 2).clamp(max=1.0))
+
+
+def _alternatives(p: Prompt) -> list[str]:
+    """``"a | b"`` or ``["a", "b"]`` -> ["a", "b"] (distances are averaged over alternatives)."""
+    items = [p] if isinstance(p, str) else list(p)
+    out = [s.strip() for item in items for s in item.split("|") if s.strip()]
+    if not out:
+        raise ValueError(f"empty prompt: {p!r}")
+    return out
+
+
+@dataclass
+class Scores:
+    objective: np.ndarray  # (B,)
+    measures: np.ndarray  # (B, m)
+    jacobian: np.ndarray | None = None  # (B, 1 + m, d): d objective, d measures / d latent
+    loss: np.ndarray | None = None  # (B,) objective loss before the transform
+
+
+def preferred_mode(generator: Generator, device: torch.device) -> str:
+    """The generator's jacobian mode for ``device``: ``preferred_jacobian_mode`` is a mode, or
+    a dict by device type (``{"cpu": ..., "cuda": ...}``, other types: ``batched``)."""
+    pref = getattr(generator, "preferred_jacobian_mode", "batched")
+    if isinstance(pref, dict):
+        return pref.get(torch.device(device).type, "batched")
+    return pref
+
+
+class StaticCall:
+    """``fn(inputs, memory)`` bound to static input buffers of one shape.
+
+    On CUDA the call is captured once as a CUDA graph (after two warm-up calls on a side
+    stream, which also let cuDNN pick its algorithms) and each call copies its inputs into
+    the buffers and replays the graph: the same kernels on the same buffers, so the same
+    numbers as eager calls, with one launch instead of hundreds. The outputs are static too:
+    read (copy) them before the next call. Elsewhere ``fn`` runs eagerly on the buffers.
+    """
+
+    def __init__(self, fn, inputs: torch.Tensor, memory: torch.Tensor):
+        self.fn = fn
+        self.inputs, self.memory = inputs.clone(), memory.clone()
+        self.graph = None
+        if inputs.is_cuda:
+            stream = torch.cuda.Stream(inputs.device)
+            stream.wait_stream(torch.cuda.current_stream(inputs.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    fn(self.inputs, self.memory)
+            torch.cuda.current_stream(inputs.device).wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.outputs = fn(self.inputs, self.memory)
+
+    def __call__(self, inputs: torch.Tensor, memory: torch.Tensor):
+        self.inputs.copy_(inputs)
+        self.memory.copy_(memory)
+        if self.graph is None:
+            return self.fn(self.inputs, self.memory)
+        self.graph.replay()
+        return self.outputs
+
+
+class PromptScorer:
+    """Scores latents of ``generator`` with ``clip`` against prompt pairs.
+
+    Args:
+        generator: a :class:`~qdgs_lib.generators.base.Generator`.
+        clip: a :class:`~qdgs_lib.clip.Clip`.
+        objective_prompts: (positive, negative) prompt pair of the quality objective.
+        measure_prompts: one (positive, negative) pair per measure.
+        weights: (prompt, latent-norm regularizer, uniqueness) weights of the objective loss;
+            the paper used (1, 0, 0) for shapes and (1, 0.5, 0.2) for faces.
+        memory_size: size of the uniqueness memory (FIFO of image embeddings).
+        seed: seeds the memory's choice of which embedding to remember.
+    """
+
+    def __init__(self, generator: Generator, clip: Clip, objective_prompts: tuple[Prompt, Prompt],
+                 measure_prompts: Sequence[tuple[Prompt, Prompt]],
+                 weights: tuple[float, float, float] = (1.0, 0.0, 0.0),
+                 memory_size: int = 100, seed: int = 0):
+        if len(objective_prompts) != 2 or any(len(p) != 2 for p in measure_prompts):
+            raise ValueError("prompts come in (positive, negative) pairs")
+        if len(measure_prompts) == 0:
+            raise ValueError("need at least one measure prompt pair")
+        if generator.device != clip.device:
+            raise ValueError(f"the generator is on {generator.device} and CLIP on "
+                             f"{clip.device}: build both with the same device (e.g. "
+                             "device='auto')")
+        self.generator = generator
+        self.clip = clip
+        self.weights = tuple(float(w) for w in weights)
+        self.memory_size = memory_size
+        self.objective_prompts = objective_prompts
+        self.measure_prompts = list(measure_prompts)
+        pairs = [objective_prompts, *self.measure_prompts]
+        # Each pair -> (P_pos, D), (P_neg, D) unit text embeddings, computed once.
+        self._targets = [(clip.encode_text(_alternatives(p)), clip.encode_text(_alternatives(n)))
+                         for p, n in pairs]
+        self.memory = torch.empty(0, self._targets[0][0].shape[1], device=clip.device)
+        self._rng = np.random.default_rng(seed)
+        # "batched" | "func" | "loop" | "auto" (the generator's preferred mode): see _with_jacobian
+        self.jacobian_mode = "auto"
+        # "auto" | True | False, and the largest batch captured: see _static_call
+        self.cuda_graphs: bool | str = "auto"
+        self.static_max_batch = 16
+        self._static_calls: dict[tuple, StaticCall] = {}
+        self._shape_counts: dict[tuple, int] = {}
+
+    @property
+    def num_measures(self) -> int:
+        return len(self.measure_prompts)
+
+    @property
+    def solution_dim(self) -> int:
+        return self.generator.latent_dim
+
+    # --- the math -------------------------------------------------------------------------
+    def _pair_gap(self, emb: torch.Tensor, k: int) -> torch.Tensor:
+        """angdist to positive minus angdist to negative prompt(s) of pair k; (B,)."""
+        pos, neg = self._targets[k]
+        return angdist(emb, pos).mean(1) - angdist(emb, neg).mean(1)
+
+    def _objective_loss(self, emb: torch.Tensor, z: torch.Tensor,
+                        memory: torch.Tensor | None = None) -> torch.Tensor:
+        w_prompt, w_reg, w_unique = self.weights
+        memory = self.memory if memory is None else memory
+        loss = w_prompt * self._pair_gap(emb, 0)
+        if w_reg > 0:
+            norm = z.norm(dim=1)
+            q = float(self.generator.latent_norm)
+            loss = loss + w_reg * (torch.clamp(norm, min=q) - q).pow(2)
+        if w_unique > 0 and len(memory) > 0:
+            uniqueness = angdist(emb, memory).min(dim=1).values
+            loss = loss + w_unique * (1 - uniqueness)
+        return loss
+
+    @staticmethod
+    def loss_to_objective(loss: torch.Tensor) -> torch.Tensor:
+        return F.softplus(100 - 50 * loss, beta=0.1)
+
+    def _outputs(self, z: torch.Tensor, memory: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward pass: (loss (B,), outputs (B, 1+m) = [objective, measures], emb)."""
+        images = self.generator.decode(z)
+        emb = self.clip.encode_image(images, check=False)  # checked once, on the host, later
+        loss = self._objective_loss(emb, z, memory)
+        measures = [-self._pair_gap(emb, k) for k in range(1, 1 + self.num_measures)]
+        return loss, torch.stack([self.loss_to_objective(loss), *measures], dim=1), emb
+
+    # --- public API ------------------------------------------------------------------------
+    def _to_tensor(self, latents) -> torch.Tensor:
+        if isinstance(latents, torch.Tensor):
+            latents = latents.detach().cpu().numpy()
+        arr = np.asarray(latents, dtype=np.float32)
+        if arr.ndim != 2 or arr.shape[1] != self.solution_dim:
+            raise ValueError(f"latents must have shape (B, {self.solution_dim}), "
+                             f"got {tuple(arr.shape)}")
+        if not np.isfinite(arr).all():  # checked on the host: no device sync
+            raise ValueError("latents contain NaN or inf")
+        return torch.from_numpy(arr).to(self.clip.device, non_blocking=True)
+
+    def evaluate(self, latents, jacobian: bool = False, update_memory: bool = True) -> Scores:
+        """Objective and measures (and, if asked, their jacobians) of a batch of latents."""
+        z = self._to_tensor(latents)
+        static = self._static_call(jacobian, z)
+        if static is not None:  # one CUDA graph replay (see _static_call)
+            loss, out, emb, jac = static(z, self.memory)
+        elif not jacobian:
+            with torch.no_grad():
+                loss, out, emb = self._outputs(z)
+            jac = None
+        else:
+            loss, out, emb, jac = self._with_jacobian(z)
+        loss, out, emb = loss.detach(), out.detach(), emb.detach()
+        out = out.cpu().numpy().astype(np.float64)
+        jac = None if jac is None else jac.cpu().numpy().astype(np.float64)
+        if not np.isfinite(out).all() or (jac is not None and not np.isfinite(jac).all()):
+            raise ValueError("non-finite scores: the generator produced NaN/inf images (or "
+                             "CLIP NaN embeddings); check the weights and the latents' range")
+        if update_memory and self.weights[2] > 0:
+            self._remember(loss, emb)
+        return Scores(objective=out[:, 0], measures=out[:, 1:], jacobian=jac,
+                      loss=loss.cpu().numpy())
+
+    def measures_of(self, latents, batch_size: int = 256) -> np.ndarray:
+        """Measures (N, m) of any number of latents, in batches, without touching the memory."""
+        if isinstance(latents, torch.Tensor):  # possibly on a GPU: copy to the host first
+            latents = latents.detach().cpu().numpy()
+        latents = np.asarray(latents)
+        return np.concatenate([self.evaluate(latents[i:i + batch_size],
+                                             update_memory=False).measures
+                               for i in range(0, len(latents), batch_size)])
+
+    def measures_of_images(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """Measures (N, m) of images (N, 3, H, W) in [0, 1] that need not come from the
+        generator (e.g. renders with known attributes, to check the CLIP)."""
+        out = []
+        with torch.no_grad():
+            for x in images.split(batch_size):
+                emb = self.clip.encode_image(x.to(self.clip.device))
+                out.append(torch.stack([-self._pair_gap(emb, k)
+                                        for k in range(1, 1 + self.num_measures)], 1).cpu())
+        return torch.cat(out).numpy().astype(np.float64)
+
+    def _with_jacobian(self, z: torch.Tensor):
+        """One forward pass and the (B, 1+m, d) jacobian: samples are independent, so
+        d sum_b out[b, k] / d z[b] is row b of output k's jacobian.
+
+        Three ways to run the 1+m backward passes, equal up to float rounding:
+
+        * ``batched``: one vmapped backward (``torch.autograd.grad(is_grads_batched=True)``);
+          ops without a batching rule there (convolutions) run slice by slice;
+        * ``func``: one vmapped backward with ``torch.func`` (``vjp`` + ``vmap``), whose
+          batching rules fold the 1+m passes of a convolution into one batched convolution;
+          meant for devices where a small batch is latency-bound (GPUs);
+        * ``loop``: one backward per output over the retained graph.
+
+        Which is fastest depends on the networks and the device (bench/README.md). ``auto``
+        takes the generator's ``preferred_jacobian_mode`` (default ``batched``; a dict chooses
+        by device type): a fixed rule, not a timing, so a seeded run is reproducible.
+        """
+        mode = self._resolved_mode()
+        if mode != "loop":
+            try:
+                return self._batched_jacobian(z) if mode == "batched" else self._func_jacobian(z)
+            except RuntimeError:
+                if self.jacobian_mode != "auto":
+                    raise
+                self.jacobian_mode = "loop"  # an op without a vmap rule: loop from now on
+        z = z.detach().requires_grad_(True)
+        loss, out, emb = self._outputs(z)
+        k = out.shape[1]
+        grads = [torch.autograd.grad(out[:, i].sum(), z, retain_graph=i < k - 1)[0]
+                 for i in range(k)]
+        return loss, out, emb, torch.stack(grads, dim=1)
+
+    def _resolved_mode(self) -> str:
+        mode = self.jacobian_mode
+        if mode == "auto":
+            mode = preferred_mode(self.generator, self.clip.device)
+        if mode not in ("batched", "func", "loop"):
+            raise ValueError(f"jacobian_mode must be auto, batched, func or loop, got {mode!r}")
+        return mode
+
+    # --- static shapes: CUDA graphs ----------------------------------------------------------
+    def _static_call(self, jacobian: bool, z: torch.Tensor) -> StaticCall | None:
+        """The captured call for this batch shape, or None to run eagerly.
+
+        A search asks for the same small shapes again and again (CMA-MAEGA: jacobians at
+        batch 1 per emitter, values at ``batch_size``), and at batch 1 StyleGAN2 + CLIP are
+        launch-bound: hundreds of small kernels whose launches cost more than their math. A
+        CUDA graph replays them with one launch. Used only where the call's work is fixed:
+        no random cutouts (drawn on the host), a full (or unused) uniqueness memory, batches
+        up to ``static_max_batch``, a vmapped jacobian mode, and from a shape's second call.
+        ``cuda_graphs``: ``auto`` (on for CUDA), True (on any device: on a CPU the same
+        static buffers run eagerly, which is what tests check), False.
+        """
+        use = self.cuda_graphs
+        if use == "auto":
+            use = z.is_cuda
+        if not use or getattr(self.clip, "num_cutouts", 0) > 0 or len(z) > self.static_max_batch:
+            return None
+        if self.weights[2] > 0 and len(self.memory) != self.memory_size:
+            return None  # the memory still grows: its shape changes from call to call
+        mode = self._resolved_mode() if jacobian else "values"
+        if mode == "loop":
+            return None
+        key = (mode, tuple(z.shape), tuple(self.memory.shape))
+        if key not in self._static_calls:
+            # capture a shape only when it comes back (a search's shapes do; the last,
+            # shorter batch of measures_of does not): each graph holds its own memory pool
+            self._shape_counts[key] = self._shape_counts.get(key, 0) + 1
+            if self._shape_counts[key] < 2:
+                return None
+            if mode == "values":
+                def fn(z, memory):
+                    with torch.no_grad():
+                        return (*self._outputs(z, memory), None)
+            else:
+                jac_fn = self._batched_jacobian if mode == "batched" else self._func_jacobian
+
+                def fn(z, memory):
+                    return jac_fn(z, memory)
+            try:
+                self._static_calls[key] = StaticCall(fn, z, self.memory)
+            except RuntimeError as e:  # an op that cannot be captured: stay eager
+                warnings.warn(f"CUDA graph capture failed ({e}); scoring runs eagerly",
+                              stacklevel=3)
+                self.cuda_graphs = False
+                return None
+        return self._static_calls[key]
+
+    @staticmethod
+    def _cotangents(out: torch.Tensor) -> torch.Tensor:
+        """(k, B, k): cotangent i selects output i of every sample."""
+        b, k = out.shape
+        return torch.eye(k, device=out.device, dtype=out.dtype)[:, None, :].expand(k, b, k)
+
+    def _batched_jacobian(self, z: torch.Tensor, memory: torch.Tensor | None = None):
+        z = z.detach().requires_grad_(True)
+        loss, out, emb = self._outputs(z, memory)
+        (jac,) = torch.autograd.grad(out, z, grad_outputs=self._cotangents(out),
+                                     is_grads_batched=True)
+        return loss, out, emb, jac.transpose(0, 1)
+
+    def _func_jacobian(self, z: torch.Tensor, memory: torch.Tensor | None = None):
+        def outputs(z):
+            loss, out, emb = self._outputs(z, memory)
+            return out, (loss, emb)
+
+        out, vjp, (loss, emb) = torch.func.vjp(outputs, z.detach(), has_aux=True)
+        (jac,) = torch.func.vmap(vjp)(self._cotangents(out))
+        return loss, out, emb, jac.transpose(0, 1)
+
+    def evaluate_per_output(self, latents) -> Scores:
+        """The released code's scheme: a separate forward+backward for every output.
+
+        Kept as the reference for tests and the speed benchmark; same numbers as
+        ``evaluate(latents, jacobian=True, update_memory=False)``.
+        """
+        z0 = self._to_tensor(latents)
+        values, jacs = [], []
+        for i in range(1 + self.num_measures):
+            z = z0.clone().requires_grad_(True)
+            images = self.generator.decode(z)
+            emb = self.clip.encode_image(images, check=False)
+            if i == 0:
+                val = self.loss_to_objective(self._objective_loss(emb, z))
+            else:
+                val = -self._pair_gap(emb, i)
+            (g,) = torch.autograd.grad(val.sum(), z)
+            values.append(val.detach())
+            jacs.append(g)
+        out = torch.stack(values, 1)
+        return Scores(objective=out[:, 0].cpu().numpy().astype(np.float64),
+                      measures=out[:, 1:].cpu().numpy().astype(np.float64),
+                      jacobian=torch.stack(jacs, 1).cpu().numpy().astype(np.float64))
+
+    def _remember(self, loss: torch.Tensor, emb: torch.Tensor) -> None:
+        """Remember one random good (loss < 1) embedding of the batch, FIFO of memory_size."""
+        good = np.flatnonzero(loss.cpu().numpy() < 1)
+        if len(good) == 0:
+            return
+        i = int(self._rng.choice(good))
+        self.memory = torch.cat([self.memory, emb[i:i + 1]])[-self.memory_size:]
+
+    # --- checkpointing ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"memory": self.memory.cpu().numpy(), "rng": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.memory = torch.as_tensor(state["memory"], device=self.clip.device)
+        self._rng.bit_generator.state = state["rng"]
+
+
+def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> PromptScorer:
+    """The profile section's CLIP (``clip``, ``clip_weights``, ``cutouts``) scoring
+    ``generator`` with its objective prompts, measures and ``objective_weights``."""
+    clip = create_clip(p["clip"], weights=p["clip_weights"], device=device,
+                       num_cutouts=p["cutouts"])
+    return PromptScorer(generator, clip, p["objective"], prompts(p),
+                        weights=p["objective_weights"])

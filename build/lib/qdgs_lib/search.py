@@ -1,0 +1,447 @@
+"""The QDGS loop on pyribs: CMA-MAEGA (the paper), CMA-MAE, CMA-ME, MAP-Elites, random sampling.
+
+A :class:`QDSearch` owns a pyribs scheduler (or, for ``random``, just the generator's prior),
+a *result archive* (a plain elitist GridArchive over the same grid: what the dataset is built
+from, and what every algorithm is compared on), a CSV of QD metrics per iteration, and a
+checkpoint that lets a killed run resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import pickle
+import time
+from collections.abc import Callable, Hashable, Mapping
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from ribs.archives import GridArchive
+from ribs.emitters import EvolutionStrategyEmitter, GaussianEmitter, GradientArborescenceEmitter
+from ribs.schedulers import Scheduler
+from tqdm.auto import tqdm
+
+from .measures import grid, ranges
+from .scoring import PromptScorer
+from .utils import (
+    BadFileError,
+    RestrictedUnpickler,
+    atomic_path,
+    load_checkpoint_with_fallback,
+    reading,
+    write_checkpoint,
+    write_run_info,
+)
+
+ALGORITHMS = ("cma_maega", "cma_mae", "cma_me", "map_elites", "random")
+DQD_ALGORITHMS = ("cma_maega",)
+CHECKPOINT, METRICS = "checkpoint.pkl", "metrics.csv"  # in a search's folder
+METRIC_COLUMNS = ["iteration", "evaluations", "seconds", "num_elites", "coverage",
+                  "qd_score", "obj_max", "obj_mean"]
+
+
+@dataclass
+class SearchConfig:
+    """Parameters of one search (defaults: the paper's CMA-MAEGA settings).
+
+    ``batch_size`` is solutions per emitter per ``ask``; ``x0="prior_best"`` starts the
+    emitters at the best of ``x0_samples`` prior samples (as the released code did).
+    """
+
+    dims: tuple[int, ...]
+    ranges: tuple[tuple[float, float], ...]
+    algorithm: str = "cma_maega"
+    iterations: int = 1000
+    batch_size: int = 4
+    num_emitters: int = 1
+    sigma0: float = 0.5
+    lr: float = 0.5
+    archive_learning_rate: float = 0.02
+    threshold_min: float = 0.0
+    x0: str = "prior_best"
+    x0_samples: int = 64
+    seed: int = 0
+    checkpoint_every: int = 200
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm '{self.algorithm}'; choose from {ALGORITHMS}")
+        self.dims = tuple(int(d) for d in self.dims)
+        self.ranges = tuple((float(lo), float(hi)) for lo, hi in self.ranges)
+        if len(self.dims) != len(self.ranges):
+            raise ValueError(f"{len(self.dims)} grid dims but {len(self.ranges)} ranges")
+        if any(lo >= hi for lo, hi in self.ranges):
+            raise ValueError(f"each range needs low < high, got {self.ranges}")
+        if self.iterations < 1 or self.batch_size < 1 or self.num_emitters < 1:
+            raise ValueError("iterations, batch_size and num_emitters must be >= 1")
+
+    @classmethod
+    def from_profile(cls, p: dict, algorithm: str, seed: int = 0) -> SearchConfig:
+        """The search of a profile section (``shapes`` or ``faces``)."""
+        return cls(dims=grid(p), ranges=ranges(p), algorithm=algorithm,
+                   iterations=p["iterations"], batch_size=p["batch_size"],
+                   num_emitters=p["num_emitters"], sigma0=p["sigma0"], lr=p["lr"],
+                   archive_learning_rate=p["archive_learning_rate"],
+                   x0_samples=p["x0_samples"], seed=seed,
+                   checkpoint_every=max(50, p["iterations"] // 10))
+
+    @property
+    def evaluations_per_iteration(self) -> int:
+        """Solutions evaluated per iteration. ``random`` matches CMA-MAEGA (one gradient
+        solution + ``batch_size`` branches per emitter) so equal iterations cost the same."""
+        dqd = self.num_emitters if self.algorithm in (*DQD_ALGORITHMS, "random") else 0
+        return dqd + self.num_emitters * self.batch_size
+
+
+def make_result_archive(solution_dim: int, cfg: SearchConfig) -> GridArchive:
+    """The plain elitist archive every algorithm fills (what datasets are made from)."""
+    return GridArchive(solution_dim=solution_dim, dims=cfg.dims, ranges=cfg.ranges,
+                       seed=cfg.seed)
+
+
+def make_scheduler(solution_dim: int, cfg: SearchConfig, x0: np.ndarray,
+                   result_archive: GridArchive) -> Scheduler:
+    """Archive + emitters + scheduler for ``cfg.algorithm`` (not for ``random``)."""
+    annealing = cfg.algorithm in ("cma_maega", "cma_mae")
+    archive = GridArchive(
+        solution_dim=solution_dim, dims=cfg.dims, ranges=cfg.ranges, seed=cfg.seed,
+        **({"learning_rate": cfg.archive_learning_rate, "threshold_min": cfg.threshold_min}
+           if annealing else {}))
+    seeds = [cfg.seed * 1000 + i for i in range(cfg.num_emitters)]
+    if cfg.algorithm == "cma_maega":
+        emitters = [GradientArborescenceEmitter(
+            archive, x0=x0, sigma0=cfg.sigma0, lr=cfg.lr, ranker="imp", grad_opt="adam",
+            selection_rule="mu", restart_rule="basic", batch_size=cfg.batch_size, seed=s)
+            for s in seeds]
+    elif cfg.algorithm == "cma_mae":
+        emitters = [EvolutionStrategyEmitter(
+            archive, x0=x0, sigma0=cfg.sigma0, ranker="imp", selection_rule="mu",
+            restart_rule="basic", batch_size=cfg.batch_size, seed=s) for s in seeds]
+    elif cfg.algorithm == "cma_me":
+        emitters = [EvolutionStrategyEmitter(
+            archive, x0=x0, sigma0=cfg.sigma0, ranker="2imp", selection_rule="filter",
+            restart_rule="no_improvement", batch_size=cfg.batch_size, seed=s) for s in seeds]
+    elif cfg.algorithm == "map_elites":
+        emitters = [GaussianEmitter(archive, sigma=cfg.sigma0, x0=x0,
+                                    batch_size=cfg.batch_size, seed=s) for s in seeds]
+    else:
+        raise ValueError(f"no scheduler for algorithm '{cfg.algorithm}'")
+    return Scheduler(archive, emitters, result_archive=result_archive)
+
+
+# Checkpoints are pickles of pyribs objects; load them with an allow-list, never plain pickle.
+_CKPT_PREFIXES = ("ribs.archives.", "ribs.emitters.", "ribs.schedulers.", "numpy.random.")
+_CKPT_GLOBALS = {
+    f"numpy{core}.{name}" for core in ("._core", ".core")
+    for name in ("multiarray.scalar", "multiarray._reconstruct", "numeric._frombuffer")
+} | {f"numpy.{t}" for t in ("dtype", "ndarray", "int32", "int64", "float32", "float64",
+                            "bool_", "uint8", "uint32", "uint64")} | {
+    "collections.OrderedDict", "builtins.set", "builtins.frozenset", "builtins.slice",
+    "builtins.complex", "_codecs.encode", "copyreg._reconstructor", "builtins.object"}
+
+
+CHECKPOINT_KEYS = {"iteration", "seconds", "config", "scheduler", "result_archive", "scorer"}
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a search checkpoint with a restricted unpickler (pyribs/numpy objects only)."""
+    with reading(path, "a qdgs search checkpoint", "See the message above for what to delete."):
+        with open(path, "rb") as f:
+            state = RestrictedUnpickler(f, allowed=_CKPT_GLOBALS,
+                                        allowed_prefixes=_CKPT_PREFIXES).load()
+    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
+        raise BadFileError(f"{path} is not a qdgs search checkpoint (missing "
+                           f"{sorted(CHECKPOINT_KEYS - set(state or {}))}).")
+    return state
+
+
+class QDSearch:
+    """One quality-diversity search run in ``outdir``.
+
+    Files: ``config.json`` (parameters + versions), ``metrics.csv`` (one row per iteration),
+    ``checkpoint.pkl`` (resume state), ``archive.parquet`` (the result archive at the end).
+    Calling :meth:`run` again on the same ``outdir`` resumes from the last checkpoint.
+    """
+
+    def __init__(self, scorer: PromptScorer, config: SearchConfig, outdir: str | Path):
+        if len(config.dims) != scorer.num_measures:
+            raise ValueError(f"the archive has {len(config.dims)} dims but the scorer "
+                             f"{scorer.num_measures} measures")
+        self.scorer = scorer
+        self.cfg = config
+        self.outdir = Path(outdir)
+        self.iteration = 0
+        self.scheduler: Scheduler | None = None
+        self.result_archive = make_result_archive(scorer.solution_dim, config)
+        self.seconds = 0.0
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.outdir / CHECKPOINT
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.outdir / METRICS
+
+    def _config_dict(self) -> dict:
+        return {**asdict(self.cfg), "objective_prompts": self.scorer.objective_prompts,
+                "measure_prompts": self.scorer.measure_prompts,
+                "objective_weights": self.scorer.weights,
+                "generator": type(self.scorer.generator).__name__,
+                "clip": self.scorer.clip.name}
+
+    def start_latent(self) -> np.ndarray:
+        if self.cfg.x0 == "zeros":
+            return np.zeros(self.scorer.solution_dim)
+        if self.cfg.x0 != "prior_best":
+            raise ValueError(f"x0 must be 'prior_best' or 'zeros', got {self.cfg.x0!r}")
+        z = self.scorer.generator.sample_prior(self.cfg.x0_samples, seed=self.cfg.seed)
+        scores = self.scorer.evaluate(z.cpu().numpy(), update_memory=False)
+        return z[int(np.argmax(scores.objective))].cpu().numpy().astype(np.float64)
+
+    # --- checkpoints -----------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        state = {"iteration": self.iteration, "seconds": self.seconds,
+                 "config": json.dumps(self._config_dict(), sort_keys=True, default=str),
+                 "scheduler": self.scheduler, "result_archive": self.result_archive,
+                 "scorer": self.scorer.state_dict()}
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+        write_checkpoint(self.checkpoint_path, write)
+
+    def _try_resume(self) -> bool:
+        state = load_checkpoint_with_fallback(self.checkpoint_path, load_checkpoint, "search")
+        if state is None:
+            return False
+        mine = json.dumps(self._config_dict(), sort_keys=True, default=str)
+        if state["config"] != mine:
+            raise ValueError(
+                f"{self.checkpoint_path} belongs to a run with different settings. "
+                "Use a new output folder, or delete the checkpoint to start over.")
+        self.iteration = state["iteration"]
+        self.seconds = state["seconds"]
+        self.scheduler = state["scheduler"]
+        self.result_archive = state["result_archive"]
+        self.scorer.load_state_dict(state["scorer"])
+        # Drop metric rows logged after the checkpoint: they are recomputed now.
+        if self.metrics_path.exists():
+            df = pd.read_csv(self.metrics_path)
+            df = df[df["iteration"] <= self.iteration]
+            with atomic_path(self.metrics_path) as tmp:
+                df.to_csv(tmp, index=False)
+        return True
+
+    # --- the loop --------------------------------------------------------------------------
+    def _step(self) -> None:
+        cfg, scorer = self.cfg, self.scorer
+        if cfg.algorithm == "random":
+            n = cfg.evaluations_per_iteration
+            z = scorer.generator.sample_prior(n, seed=cfg.seed * 1_000_003 + self.iteration)
+            z = z.cpu().numpy().astype(np.float64)
+            s = scorer.evaluate(z)
+            self.result_archive.add(z, s.objective, s.measures)
+            return
+        if cfg.algorithm in DQD_ALGORITHMS:
+            sols = self.scheduler.ask_dqd()
+            s = scorer.evaluate(sols, jacobian=True)
+            self.scheduler.tell_dqd(s.objective, s.measures, s.jacobian)
+        sols = self.scheduler.ask()
+        s = scorer.evaluate(sols)
+        self.scheduler.tell(s.objective, s.measures)
+
+    def _log(self) -> None:
+        st = self.result_archive.stats
+        row = {"iteration": self.iteration,
+               "evaluations": self.iteration * self.cfg.evaluations_per_iteration,
+               "seconds": round(self.seconds, 3), "num_elites": st.num_elites,
+               "coverage": st.coverage, "qd_score": st.qd_score,
+               "obj_max": st.obj_max if st.num_elites else np.nan,
+               "obj_mean": st.obj_mean if st.num_elites else np.nan}
+        new = not self.metrics_path.exists()
+        with open(self.metrics_path, "a") as f:
+            pd.DataFrame([row], columns=METRIC_COLUMNS).to_csv(f, header=new, index=False)
+
+    def run(self, progress: bool = True) -> GridArchive:
+        """Run (or resume) until ``cfg.iterations``; return the result archive."""
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        if not self._try_resume():
+            write_run_info(self.outdir, self._config_dict())
+            if self.metrics_path.exists():
+                self.metrics_path.unlink()
+            if self.cfg.algorithm != "random":
+                x0 = self.start_latent()
+                self.scheduler = make_scheduler(self.scorer.solution_dim, self.cfg, x0,
+                                                self.result_archive)
+        start = self.iteration
+        bar = tqdm(total=self.cfg.iterations, initial=self.iteration, disable=not progress,
+                   desc=f"{self.cfg.algorithm}", unit="it")
+        while self.iteration < self.cfg.iterations:
+            t0 = time.perf_counter()
+            self._step()
+            self.seconds += time.perf_counter() - t0
+            self.iteration += 1
+            self._log()
+            if self.iteration % self.cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            bar.update(1)
+            if self.iteration % 10 == 0:
+                st = self.result_archive.stats
+                bar.set_postfix(cov=f"{st.coverage:.3f}", qd=f"{st.qd_score:.0f}")
+        bar.close()
+        if self.iteration > start or not (self.outdir / "archive.parquet").exists():
+            self.save_checkpoint()  # a finished run that was only reloaded is left as it is
+            export_archive(self.result_archive, self.outdir / "archive.parquet")
+        return self.result_archive
+
+    def metrics(self) -> pd.DataFrame:
+        return pd.read_csv(self.metrics_path)
+
+
+def run_search(scorer: PromptScorer, p: dict, algorithm: str, outdir: str | Path,
+               seed: int = 0, progress: bool = True) -> QDSearch:
+    """Run (or resume, or reload when finished) the search of a profile section in
+    ``outdir``."""
+    search = QDSearch(scorer, SearchConfig.from_profile(p, algorithm, seed), outdir)
+    search.run(progress=progress)
+    return search
+
+
+def run_searches(scorer: PromptScorer, p: dict,
+                 runs: Mapping[Hashable, tuple[str, int, str | Path]],
+                 build_scorer: Callable[[dict, str], PromptScorer] | None = None,
+                 workers: int | None = None, progress: bool = True) -> dict[Hashable, QDSearch]:
+    """Several searches (``runs``: key -> (algorithm, seed, outdir)), each as :func:`run_search`.
+
+    On a CPU with ``build_scorer`` (a module-level ``(p, device) -> scorer``, e.g.
+    ``shapes_poc.build_scorer``) the unfinished runs go to ``workers`` processes (default: one
+    per core, at most one per run) that split the cores between them: a batch-4 search is too
+    small to use two threads well, so two one-thread searches finish in about the time of one.
+    On this project's CPU a CMA-MAEGA search comes out bitwise the same as in-process (its
+    batch-4 passes do not depend on the thread count; ``tests/test_search.py`` checks it);
+    larger batches (random sampling) may differ by float rounding. On a GPU, or without
+    ``build_scorer``, the runs go one after the other. Then every run is reloaded with
+    ``scorer`` from its final checkpoint; interrupted runs resume as :func:`run_search` does.
+    From a script, call it under ``if __name__ == "__main__":`` (worker processes are spawned).
+    """
+    configs = {key: SearchConfig.from_profile(p, algorithm, seed)
+               for key, (algorithm, seed, _) in runs.items()}
+    done = {key: _finished(Path(outdir), configs[key].iterations)
+            for key, (_, _, outdir) in runs.items()}
+    pending = [key for key in runs if not done[key]]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = min(workers or cores or 1, len(pending))
+    if build_scorer is not None and workers > 1 and scorer.clip.device.type == "cpu":
+        _run_in_workers(build_scorer, p, {key: runs[key] for key in pending}, configs, workers,
+                        threads=max(1, (cores or 1) // workers), progress=progress)
+    out = {}
+    for key, (algorithm, seed, outdir) in runs.items():
+        out[key] = run_search(scorer, p, algorithm, outdir, seed=seed,
+                              progress=progress and key in pending)
+    return out
+
+
+def _finished(outdir: Path, iterations: int) -> bool:
+    """Whether a run folder already holds ``iterations`` rows of metrics (reloads quickly)."""
+    return _rows(outdir / METRICS) >= iterations and (outdir / CHECKPOINT).exists()
+
+
+def _rows(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return max(0, f.read().count(b"\n") - 1)
+    except FileNotFoundError:
+        return 0
+
+
+def _search_worker(build_scorer, p: dict, algorithm: str, seed: int, outdir: str,
+                   threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    run_search(build_scorer(p, "cpu"), p, algorithm, outdir, seed=seed, progress=False)
+
+
+def _run_in_workers(build_scorer, p: dict, runs: Mapping, configs: Mapping, workers: int,
+                    threads: int, progress: bool) -> None:
+    # spawn, not fork: the parent's OpenMP threads do not survive a fork
+    ctx = multiprocessing.get_context("spawn")
+    total = sum(configs[key].iterations for key in runs)
+    bar = tqdm(total=total, disable=not progress, unit="it",
+               desc=f"{len(runs)} searches in {workers} processes")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = {pool.submit(_search_worker, build_scorer, p, algorithm, seed, str(outdir),
+                               threads): key for key, (algorithm, seed, outdir) in runs.items()}
+        pending = set(futures)
+        try:
+            while pending:
+                finished, pending = wait(pending, timeout=1.0, return_when=FIRST_EXCEPTION)
+                # progress from the runs' metrics files (one row per iteration)
+                bar.n = sum(min(_rows(Path(runs[key][2]) / METRICS),
+                                configs[key].iterations) for key in runs)
+                bar.refresh()
+                for fut in finished:
+                    if fut.exception() is not None:
+                        raise RuntimeError(
+                            f"search {futures[fut]!r} failed in its worker process: "
+                            f"{fut.exception()}. Finished runs are kept and interrupted ones "
+                            "resume from their checkpoint: fix the cause and run again (or "
+                            "pass workers=1 to see the full traceback in this process)."
+                        ) from fut.exception()
+        except BaseException:  # a failed run, or an interrupt: stop the others now
+            for fut in pending:
+                fut.cancel()
+            # leaving the pool would wait for the running searches; their checkpoints are
+            # written atomically, so a killed run resumes from its last one
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+            raise
+        finally:
+            bar.close()
+
+
+def archive_summary(searches: dict[str, QDSearch]) -> pd.DataFrame:
+    """One row per search: coverage, QD score, elites, evaluations of its result archive."""
+    return pd.DataFrame({name: {"coverage": s.result_archive.stats.coverage,
+                                "qd_score": s.result_archive.stats.qd_score,
+                                "elites": s.result_archive.stats.num_elites,
+                                "evaluations": s.metrics()["evaluations"].iloc[-1]}
+                         for name, s in searches.items()}).T
+
+
+def archive_frame(archive: GridArchive) -> pd.DataFrame:
+    """The archive's elites as a DataFrame (index, objective, measures_*, solution_*)."""
+    return archive.data(return_type="pandas")
+
+
+def export_archive(archive: GridArchive, path: str | Path) -> Path:
+    """Write the archive's elites to parquet, atomically."""
+    df = archive_frame(archive)
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+    return Path(path)
+
+
+def read_archive(path: str | Path) -> pd.DataFrame:
+    df = pd.read_parquet(path)
+    if len(df) == 0:
+        raise ValueError(f"archive {path} is empty: the search found no solutions")
+    return df
+
+
+def solutions(df: pd.DataFrame) -> np.ndarray:
+    cols = sorted((c for c in df.columns if c.startswith("solution_")),
+                  key=lambda c: int(c.split("_")[1]))
+    return df[cols].to_numpy()
+
+
+def measures(df: pd.DataFrame) -> np.ndarray:
+    cols = sorted((c for c in df.columns if c.startswith("measures_")),
+                  key=lambda c: int(c.split("_")[1]))
+    return df[cols].to_numpy()

@@ -1,0 +1,213 @@
+"""The shapes proof of concept (notebook 01) as library calls.
+
+QDGS over the shapes VAE with the paper's prompts -> a synthetic set labeled by the CLIP shape
+measure -> fine-tune a classifier trained on color-biased shapes -> balanced accuracy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import TensorDataset
+
+from .data.captions import BLUE_ABOVE, RED_BELOW
+from .data.shapes import BLUE, RED, SHAPES, ShapesDataset, augment_shapes, group_names
+from .evaluate import group_accuracy, predict
+from .generators.shapes_vae import load_shapes_vae
+from .measures import index
+from .models.shape_classifier import ShapeClassifier
+from .sampling import decode_batched, solution_columns, write_image_dataset
+from .scoring import PromptScorer, scorer_for_profile
+from .search import measures, solutions
+from .shapes_oracle import ShapeOracle, load_shapes_oracle
+from .train import train_classifier
+from .utils import resolve_device, seed_everything
+
+
+def build_scorer(p: dict[str, Any], device: str | torch.device = "auto") -> PromptScorer:
+    device = resolve_device(device)
+    return scorer_for_profile(load_shapes_vae(device=device), p, device)
+
+
+def label_by_shape_measure(m: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    """Class from the shape measure: > ``label_margin`` triangle (0), < -``label_margin``
+    square (1), otherwise -1 (ambiguous, dropped)."""
+    shape, margin = m[:, index(p, "shape")], p["label_margin"]
+    return np.where(shape > margin, 0, np.where(shape < -margin, 1, -1))
+
+
+def is_red(m: np.ndarray, p: dict[str, Any]) -> np.ndarray:
+    """Color from the CLIP color measure (> 0: red)."""
+    return m[:, index(p, "color")] > 0
+
+
+def synthetic_set(scorer: PromptScorer, latents: np.ndarray, m: np.ndarray, p: dict[str, Any],
+                  limit: int | None = None) -> dict[str, Any]:
+    """Decode latents, label them by the CLIP shape measure; drop ambiguous ones."""
+    labels = label_by_shape_measure(m, p)
+    keep = np.flatnonzero(labels >= 0)[:limit]
+    if len(keep) == 0:
+        raise ValueError("no solution has an unambiguous shape measure: the archive is empty "
+                         "or the measure ranges do not fit this CLIP")
+    images = decode_batched(scorer.generator.decode, latents[keep], size=p["image_size"])
+    return {"images": images, "labels": torch.as_tensor(labels[keep]), "latents": latents[keep],
+            "measures": m[keep]}
+
+
+def qdgs_set(scorer: PromptScorer, archive_df: pd.DataFrame, p: dict[str, Any]) -> dict:
+    return synthetic_set(scorer, solutions(archive_df), measures(archive_df), p)
+
+
+def random_set(scorer: PromptScorer, n: int, p: dict[str, Any], seed: int = 0,
+               chunk: int = 256) -> dict:
+    """``n`` labeled samples from the VAE's own prior (the size-matched baseline): the first
+    ``n`` unambiguous ones of ``4n + 64`` draws."""
+    z = scorer.generator.sample_prior(4 * n + 64, seed=seed).cpu().numpy()
+    # scored a chunk at a time until n are unambiguous (~n / 0.95 draws, not all 4n + 64):
+    # the chunks are measures_of's own, so every score is the number scoring all would give
+    m, labeled = [], 0
+    for i in range(0, len(z), chunk):
+        m.append(scorer.measures_of(z[i:i + chunk], batch_size=chunk))
+        labeled += int((label_by_shape_measure(m[-1], p) >= 0).sum())
+        if labeled >= n:
+            break
+    m = np.concatenate(m)
+    return synthetic_set(scorer, z[:len(m)], m, p, limit=n)
+
+
+def save_set(data: dict, outdir: str | Path) -> Path:
+    man = solution_columns(data["measures"], data["latents"])
+    classes = [SHAPES[int(y)] for y in data["labels"]]
+    return write_image_dataset(outdir, data["images"], classes, man, overwrite=True)
+
+
+def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress: bool = True,
+                        device: str | torch.device = "auto") -> pd.DataFrame:
+    """Train on color-biased real shapes, fine-tune on each synthetic set (or not), and
+    evaluate on a balanced set; one row per (bias, seed, fine-tune set).
+
+    ``synthetic`` maps a name to one set for every seed, or to ``{seed: set}`` (e.g. the
+    archive of the search with that seed), so seed k pairs classifier seed k with search k.
+    """
+    device = resolve_device(device)
+    test = ShapesDataset(p["n_test"], None, p["image_size"], seed=10_000)
+    names = group_names()
+    rows = []
+    for bias in p["bias_levels"]:
+        for seed in p["seeds"]:
+            seed_everything(seed)
+            real = ShapesDataset(p["n_train"], bias, p["image_size"], seed=seed)
+            base = ShapeClassifier()
+            train_classifier(base, TensorDataset(real.images, real.labels), p["train_epochs"],
+                             batch_size=p["batch"], seed=seed, augment=augment_shapes,
+                             progress=progress, desc=f"bias {bias} seed {seed}", device=device)
+            for name in ["none", *synthetic]:
+                model = ShapeClassifier()
+                model.load_state_dict(base.state_dict())
+                if name != "none":
+                    data = synthetic[name]
+                    data = data if "images" in data else data[seed]
+                    train_classifier(model, TensorDataset(data["images"], data["labels"]),
+                                     p["finetune_epochs"], lr=1e-4, batch_size=p["batch"],
+                                     seed=seed, augment=augment_shapes, progress=progress,
+                                     desc=f"fine-tune {name}", device=device)
+                acc = group_accuracy(predict(model, test.images, device=device),
+                                     test.labels.numpy(), test.groups.numpy(), names)
+                rows.append({"bias": bias, "seed": seed, "finetune": name, **acc})
+    return pd.DataFrame(rows)
+
+
+def train_oracle(p: dict[str, Any], seed: int = 0, epochs: int = 8, progress: bool = False,
+                 device: str | torch.device = "auto") -> ShapeClassifier:
+    """A single quick render classifier: 2000 balanced renders at ``image_size`` (its own
+    seed, not the evaluation set). The first label reference, kept for the bench studies that
+    measured it (``bench/shapes_oracles.py``); labels are now checked against the shipped
+    three-member :mod:`.shapes_oracle`."""
+    seed_everything(seed)
+    renders = ShapesDataset(2000, None, p["image_size"], seed=20_000 + seed)
+    oracle = ShapeClassifier()
+    train_classifier(oracle, TensorDataset(renders.images, renders.labels), epochs,
+                     batch_size=p["batch"], seed=seed, augment=augment_shapes,
+                     progress=progress, desc="oracle", device=resolve_device(device))
+    return oracle
+
+
+def pixel_color(images: torch.Tensor) -> np.ndarray:
+    """Color of each shape read off its pixels, on the renderer's scale (0 red .. 1 blue):
+    the mean of the non-background (non-white) pixels projected on the red -> blue line."""
+    x = images.detach().float().cpu()
+    fg = (x.min(dim=1).values < 0.8).float()[:, None]  # white background is ~1 everywhere
+    rgb = (x * fg).sum((2, 3)) / fg.sum((2, 3)).clamp(min=1)
+    d = BLUE - RED
+    return (((rgb - RED) @ d) / (d @ d)).clamp(0, 1).numpy()
+
+
+def prior_label_agreement(scorer: PromptScorer, p: dict[str, Any], oracle: ShapeOracle,
+                          n: int = 1000, seed: int = 0) -> dict[str, float]:
+    """How often the CLIP labels of ``n`` samples of the VAE's prior are right.
+
+    ``shape``: the shape measure's sign vs the oracle on the decodes its members label
+    unanimously (an ambiguous |measure| <= ``label_margin`` counts as wrong); ``shape, all``:
+    the same on every decode, against the oracle's mean probability; ``unanimous``: the share
+    of decodes the oracle is sure of; ``color``: the color measure's sign vs the pixels' color.
+    """
+    z = scorer.generator.sample_prior(n, seed=seed).cpu().numpy()
+    m = scorer.measures_of(z)
+    images = decode_batched(scorer.generator.decode, z, size=p["image_size"])
+    shape, unanimous, _ = oracle.labels(images)
+    hit = label_by_shape_measure(m, p) == shape
+    return {"shape": float(hit[unanimous].mean()), "shape, all": float(hit.mean()),
+            "unanimous": float(unanimous.mean()),
+            "color": float((is_red(m, p) == (pixel_color(images) < 0.5)).mean())}
+
+
+def clearly_red_or_blue(color: np.ndarray) -> np.ndarray:
+    """Whether a pixel color (0 red .. 1 blue, :func:`pixel_color`) is not purple, by the
+    captions' own boundaries (``data.captions.color_name``)."""
+    return (color < RED_BELOW) | (color > BLUE_ABOVE)
+
+
+def _color_columns(red: np.ndarray, color: np.ndarray) -> dict[str, float]:
+    """CLIP color labels vs the pixels' color (0 red .. 1 blue); *purple*: not
+    :func:`clearly_red_or_blue`."""
+    if len(color) == 0:
+        return dict.fromkeys(("CLIP color = pixels", "purple share",
+                              "CLIP color = pixels, red or blue images"), np.nan)
+    hit = red == (color < 0.5)
+    clear = clearly_red_or_blue(color)
+    return {"CLIP color = pixels": float(hit.mean()), "purple share": float(1 - clear.mean()),
+            "CLIP color = pixels, red or blue images":
+                float(hit[clear].mean()) if clear.any() else np.nan}
+
+
+def label_audit(p: dict[str, Any], synthetic: dict[str, dict], oracle: ShapeOracle | None = None,
+                device: str | torch.device = "auto") -> pd.DataFrame:
+    """How good is each synthetic set as training data? The shipped :mod:`.shapes_oracle`
+    (three render classifiers) reads every synthetic image; per set: agreement of the CLIP
+    labels with the oracle on the images its members label unanimously, and on all images
+    (mean probability), the unanimous share, the oracle's mean confidence (low on
+    off-manifold "splatters"), how often the CLIP color measure's sign matches the pixels'
+    color (on all images, and on the clearly red or blue ones: a purple shape has no right
+    answer), the purple share, and the share of each color x shape group (color from the CLIP
+    color measure, shape from the oracle)."""
+    oracle = oracle if oracle is not None else load_shapes_oracle(device=resolve_device(device))
+    rows = {}
+    for name, data in synthetic.items():
+        shape, unanimous, confidence = oracle.labels(data["images"])
+        hit = shape == data["labels"].numpy()
+        red = is_red(data["measures"], p)
+        row = {"images": len(shape),
+               "CLIP label = oracle": float(hit[unanimous].mean()) if unanimous.any() else np.nan,
+               "CLIP label = oracle, all images": float(hit.mean()) if len(hit) else np.nan,
+               "oracle unanimous": float(unanimous.mean()) if len(hit) else np.nan,
+               "oracle confidence": float(confidence.mean()) if len(hit) else np.nan,
+               **_color_columns(red, pixel_color(data["images"]))}
+        for c, want_red in (("red", True), ("blue", False)):
+            for s, k in zip(SHAPES, range(2), strict=True):
+                row[f"{c} {s}"] = float(((red == want_red) & (shape == k)).mean())
+        rows[name] = row
+    return pd.DataFrame(rows).T

@@ -1,0 +1,357 @@
+"""Training loops (device-agnostic)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+
+def train_classifier(model: nn.Module, dataset: Dataset, epochs: int, lr: float = 1e-3,
+                     batch_size: int = 64, seed: int = 0, device: str | torch.device = "auto",
+                     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     progress: bool = True, desc: str = "train") -> list[float]:
+    """Adam + cross-entropy for ``epochs``; returns the mean loss of each epoch."""
+    if len(dataset) == 0:
+        raise ValueError("cannot train on an empty dataset")
+    from .utils import resolve_device
+
+    device = resolve_device(device)
+    g = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g,
+                        drop_last=len(dataset) > batch_size)
+    model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
+        total, count = 0.0, 0
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            if augment is not None:
+                x = augment(x)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(y)
+            count += len(y)
+        losses.append(total / count)
+    return losses
+
+
+# --- face recognition -------------------------------------------------------------------------
+def face_augment(x: torch.Tensor, generator: torch.Generator, p: float = 0.2) -> torch.Tensor:
+    """The paper's (AdaFace's) augmentations, each with probability ``p``: low resolution
+    (down- then up-sampling), random crop (resized back), photometric jitter.
+
+    The random draws come from ``generator`` on the host (no device sync); the image math
+    runs where ``x`` is, e.g. on the GPU, so the loader only decodes. Only the ~1-(1-p)^3
+    of samples that draw an augmentation are touched one by one.
+    """
+    b, _, h, w = x.shape
+    out = x.clone()
+    u = torch.rand(b, 3, generator=generator)
+    for i in torch.nonzero((u < p).any(1)).flatten().tolist():
+        img = out[i:i + 1]
+        if u[i, 0] < p:  # low resolution
+            side = int(h * (0.2 + 0.8 * torch.rand((), generator=generator)))
+            img = F.interpolate(F.interpolate(img, size=max(side, 8), mode="bilinear",
+                                              antialias=True), size=(h, w), mode="bilinear")
+        if u[i, 1] < p:  # crop
+            scale = 0.7 + 0.3 * torch.rand((), generator=generator).item()
+            ch, cw = int(h * scale), int(w * scale)
+            y0 = int(torch.randint(0, h - ch + 1, (), generator=generator))
+            x0 = int(torch.randint(0, w - cw + 1, (), generator=generator))
+            img = F.interpolate(img[..., y0:y0 + ch, x0:x0 + cw], size=(h, w), mode="bilinear")
+        if u[i, 2] < p:  # photometric
+            c = (1 + 0.4 * (torch.rand(3, generator=generator) - 0.5)).tolist()
+            mean = img.mean()
+            img = ((img - mean) * c[1] + mean) * c[0]
+            gray = img.mean(1, keepdim=True)
+            img = gray + (img - gray) * c[2]
+        out[i:i + 1] = img
+    return out.clamp_(0, 1)
+
+
+def adaface_input(x: torch.Tensor) -> torch.Tensor:
+    """AdaFace models take BGR input normalized as (x - 0.5) / 0.5."""
+    return (x.flip(1) - 0.5) / 0.5
+
+
+def sgd_no_bn_decay(modules: list[nn.Module], lr: float, weight_decay: float = 5e-4,
+                    momentum: float = 0.9) -> torch.optim.SGD:
+    """SGD with weight decay on everything but batch-norm parameters."""
+    decay, no_decay = [], []
+    for m in modules:
+        for mod in m.modules():
+            params = list(mod.parameters(recurse=False))
+            (no_decay if isinstance(mod, nn.modules.batchnorm._BatchNorm) else decay).extend(
+                params)
+    return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}], lr=lr,
+                           momentum=momentum)
+
+
+class BackboneAndHead(nn.Module):
+    """Backbone + margin head as one module: (images, labels) -> (embeddings, logits); what
+    DistributedDataParallel wraps, so both are synchronized. ``compile``: the backbone's
+    forward through ``torch.compile`` (the head's class count changes between datasets, the
+    backbone's shapes do not, so one compiled graph serves every stage of a protocol)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, compile: bool = False):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+        # a plain function, not a submodule: the state dicts stay the backbone's own;
+        # fallback_random: dropout draws the eager masks, so compiled = eager up to rounding
+        self._backbone_forward = torch.compile(
+            backbone.forward, dynamic=False, options={"fallback_random": True}) if compile \
+            else backbone
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb, norms = self._backbone_forward(x)
+        return emb, self.head(emb.float(), norms.float(), y)
+
+
+def compile_available(device: torch.device) -> str | None:
+    """None when ``torch.compile`` can build kernels for ``device``, else why not (on a CPU
+    its inductor backend compiles C++: it needs a compiler on the PATH)."""
+    import shutil
+
+    if device.type == "cpu":
+        cxx = os.environ.get("CXX", "g++")
+        if shutil.which(cxx) is None and shutil.which("clang++") is None:
+            return (f"torch.compile on a CPU needs a C++ compiler and {cxx} is not on the PATH "
+                    "(apt-get install g++, or conda install -c conda-forge cxx-compiler)")
+    return None
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class RecognitionTrainer:
+    """Backbone + margin head trained with SGD and MultiStepLR; checkpoint every epoch.
+
+    ``run(epochs)`` resumes from ``outdir/checkpoint.pt`` when it exists (weights_only load),
+    so a killed run continues at the next epoch with the same data order and augmentations.
+    ``precision``: ``auto`` (fp16 autocast with loss scaling on CUDA, fp32 elsewhere),
+    ``fp32``, ``fp16`` or ``bf16`` (autocast, no loss scaling needed). Augmentations run on
+    the training device, so ``num_workers`` loader processes only decode.
+    ``compile``: the backbone's forward (and so its backward) through ``torch.compile``:
+    ir_small at batch 64 on 2 CPU cores 1.2-1.4x faster after a one-time ~1 min compile (reused
+    by later trainers in the same process); results differ from eager by float rounding.
+    Multi-GPU: launch with ``torchrun --nproc_per_node=N``; the trainer then wraps the
+    backbone in DistributedDataParallel and shards each epoch's permutation by rank.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, data: Dataset, outdir,
+                 lr: float = 0.01, milestones=(12, 20, 24), batch_size: int = 64, seed: int = 0,
+                 device: str | torch.device = "auto", augment: bool = True,
+                 progress: bool = True, num_workers: int = 0,
+                 channels_last: bool | None = None, precision: str = "auto",
+                 compile: bool = False):
+        from pathlib import Path
+
+        from .utils import resolve_device
+
+        if len(data) == 0:
+            raise ValueError("cannot train on an empty dataset")
+        self.device = resolve_device(device)
+        self.backbone, self.head = backbone.to(self.device), head.to(self.device)
+        self.data = data
+        self.outdir = Path(outdir)
+        self.batch_size, self.seed = batch_size, seed
+        self.augment, self.progress = augment, progress
+        self.num_workers = num_workers
+        self.opt = sgd_no_bn_decay([self.backbone, self.head], lr)
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, list(milestones), 0.1)
+        self.epoch = 0
+        # auto: fp16 autocast on CUDA (the paper's mixed precision), fp32 elsewhere; bf16 has
+        # fp32's range, so it needs no loss scaling
+        if precision == "auto":
+            precision = "fp16" if self.device.type == "cuda" else "fp32"
+        dtypes = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+        if precision not in dtypes:
+            raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
+        self.precision, self.amp_dtype = precision, dtypes[precision]
+        self.amp = self.amp_dtype is not None
+        # channels_last: faster convolutions on GPUs (tensor cores), and not slower on CPUs
+        # (2 cores, ir_small at batch 64: +35% in bench/run.py, +4-5% on notebook 03's stages)
+        on_gpu = self.device.type == "cuda"
+        self.channels_last = True if channels_last is None else channels_last
+        if self.channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16" and on_gpu)
+        self.compiled = compile
+        if compile and (why := compile_available(self.device)):
+            warnings.warn(f"{why}: training runs eagerly instead (slower, and its numbers "
+                          "differ by float rounding from a compiled run's)", stacklevel=2)
+            self.compiled = False
+        self.model = BackboneAndHead(self.backbone, self.head, compile=self.compiled)
+        self.rank, self.world = _rank_and_world()
+        self.is_main = self.rank == 0  # only rank 0 writes checkpoints and logs
+        if self.world > 1:  # the head too: its class weights must be averaged across ranks
+            if len(data) < self.world * batch_size:
+                raise ValueError(f"{len(data)} samples cannot give each of {self.world} "
+                                 f"processes a batch of {batch_size}")
+            self.model = nn.parallel.DistributedDataParallel(self.model)
+
+    @property
+    def checkpoint_path(self):
+        return self.outdir / "checkpoint.pt"
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "backbone": self.backbone.state_dict(),
+                "head": self.head.state_dict(), "opt": self.opt.state_dict(),
+                "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def save(self) -> None:
+        from .utils import write_checkpoint
+
+        if not self.is_main:
+            return
+        state = self.state_dict()
+        write_checkpoint(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+
+    def _read(self, path) -> dict:
+        from .utils import BadFileError, reading
+
+        with reading(path, "a qdgs training checkpoint (torch.save, weights only)",
+                     "See the message above for what to delete."):
+            # on the CPU first: a busy GPU's out-of-memory is not a corrupt file
+            st = torch.load(path, map_location="cpu", weights_only=True)
+        keys = {"epoch", "backbone", "head", "opt", "sched", "scaler"}
+        if not isinstance(st, dict) or not keys <= set(st):
+            raise BadFileError(f"{path} is not a qdgs training checkpoint")
+        return st
+
+    def load(self) -> bool:
+        """Resume from the latest readable checkpoint (falling back to the previous one);
+        False when there is none."""
+        from .utils import load_checkpoint_with_fallback, reading
+
+        # several processes read the same files: none of them renames one under the others
+        st = load_checkpoint_with_fallback(self.checkpoint_path, self._read, "training",
+                                           rename=self.world == 1)
+        if st is None:
+            return False
+        with reading(self.checkpoint_path, "a checkpoint of this network and head",
+                     f"It belongs to another model: use a new folder or delete "
+                     f"{self.outdir}/checkpoint*.pt to start over."):
+            self._load_state(st)
+        return True
+
+    def _load_state(self, st: dict) -> None:
+        self.backbone.load_state_dict(st["backbone"])
+        self.head.load_state_dict(st["head"])
+        self.opt.load_state_dict(st["opt"])
+        self.sched.load_state_dict(st["sched"])
+        self.scaler.load_state_dict(st["scaler"])
+        self.epoch = st["epoch"]
+
+    def _epoch_order(self) -> tuple[torch.Tensor, torch.Generator]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        torch.manual_seed(self.seed * 100_003 + self.epoch)  # dropout: same per epoch on resume
+        order = torch.randperm(len(self.data), generator=g)
+        if self.world > 1:  # equal shares (a rank with an extra batch would hang the others)
+            order = order[: len(order) // self.world * self.world][self.rank::self.world]
+        return order, g
+
+    def _loader(self, batches: list[list[int]]) -> DataLoader:
+        """Batches in the epoch's order; files are decoded in ``num_workers`` processes."""
+        # its own generator: an iterator otherwise draws its worker seed from the global RNG,
+        # which would shift the dropout masks seeded in _epoch_order
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        from .data.identities import collate_faces
+
+        return DataLoader(self.data, batch_sampler=batches, num_workers=self.num_workers,
+                          pin_memory=self.device.type == "cuda", generator=g,
+                          collate_fn=collate_faces)
+
+    def _prepare(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loaded batch on the device, augmented, in the network's input format."""
+        # to the device first: uint8 crosses the bus at a quarter of float32's bytes, and the
+        # augmentations run there
+        x = x.to(self.device, non_blocking=True)
+        y = y.long().to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = x.float() / 255
+        if self.augment:
+            x = face_augment(x, g)
+        x = adaface_input(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        order, g = self._epoch_order()
+        steps = range(0, len(order) - self.batch_size + 1, self.batch_size) \
+            if len(order) >= self.batch_size else [0]
+        batches = [order[s:s + self.batch_size].tolist() for s in steps]
+        # loss and accuracy are summed on the device (float64, like Python floats): no
+        # device->host sync per step
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        count = 0
+        loader = iter(self._loader(batches))
+        nxt = self._prepare(*next(loader), g)
+        for step in tqdm(range(len(batches)), disable=not self.progress, leave=False,
+                         desc=f"epoch {self.epoch + 1}"):
+            x, y = nxt
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                emb, logits = self.model(x, y)
+                loss = F.cross_entropy(logits, y)
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            # the next batch is read, moved and augmented while the GPU runs this backward:
+            # the fp16 loss scaler's step below waits for the GPU (it reads an overflow flag)
+            if step + 1 < len(batches):
+                nxt = self._prepare(*next(loader), g)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            total += loss.detach().double() * len(y)
+            with torch.no_grad():  # accuracy of the plain cosine classifier (no margin)
+                cos = self.head.cosine(emb.float()) if hasattr(self.head, "cosine") else logits
+                correct += (cos.argmax(1) == y).sum()
+            count += len(y)
+        self.sched.step()
+        self.epoch += 1
+        if self.world > 1:  # the log reports all ranks' samples
+            sums = torch.stack([total, correct.double(),
+                                torch.tensor(float(count), dtype=torch.float64,
+                                             device=self.device)])
+            torch.distributed.all_reduce(sums)
+            total, correct, count = sums[0], sums[1].long(), int(sums[2])
+        return {"epoch": self.epoch, "loss": float(total) / count,
+                "train_acc": int(correct) / count, "lr": self.opt.param_groups[0]["lr"]}
+
+    def run(self, epochs: int) -> list[dict]:
+        """Train (or resume) up to ``epochs``; append to ``log.csv``; checkpoint each epoch."""
+        import pandas as pd
+
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        log_path = self.outdir / "log.csv"
+        if self.load() and self.is_main and log_path.exists():
+            log = pd.read_csv(log_path)  # drop rows past the checkpoint (logged, then killed)
+            log[log.epoch <= self.epoch].to_csv(log_path, index=False)
+        rows = []
+        while self.epoch < epochs:
+            row = self.train_epoch()
+            self.save()
+            if self.is_main:
+                pd.DataFrame([row]).to_csv(log_path, mode="a", header=not log_path.exists(),
+                                           index=False)
+            if self.world > 1:  # no rank runs ahead of the checkpoint on disk
+                torch.distributed.barrier()
+            rows.append(row)
+        return rows

@@ -1,0 +1,307 @@
+"""Small shared helpers: seeding, atomic writes, run metadata, restricted unpickling."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import platform
+import random
+import shutil
+import struct
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (or None): CUDA when available, else CPU; anything else as torch reads it,
+    refused with a clear message when that device is not usable here."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not a device name: use 'auto', 'cpu', 'cuda' "
+                         "or 'cuda:<index>'") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU here "
+                             f"(torch {torch.__version__}, CUDA build {torch.version.cuda}): "
+                             "use device='auto' or 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA "
+                             "device(s) visible")
+    return dev
+
+
+def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A module's state as contiguous CPU tensors: what safetensors can write, whatever the
+    device and memory format (channels_last) the module was trained in."""
+    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format).contiguous()
+            for k, v in module.state_dict().items()}
+
+
+def save_weights(module: torch.nn.Module, path: str | os.PathLike) -> Path:
+    """Save a module's weights as safetensors (no code in the file), atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(cpu_state_dict(module), str(tmp))
+    return path
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path next to ``path``; move it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; final files get the usual mode
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike):
+    """Yield an empty temporary folder next to ``path``; on success it replaces ``path``
+    (a half-written folder never exists under the final name)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8, rounded (for saving as image files)."""
+    return (images.detach().cpu().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Antialiased bilinear resize of (B, C, H, W) to ``size`` x ``size`` (no-op if it is)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear",
+                                           antialias=True, align_corners=False)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that decide a result."""
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in ["torch", "torchvision", "ribs", "open_clip", "numpy", "pandas", "sklearn"]:
+        try:
+            mod = __import__(name)
+            out[name] = getattr(mod, "__version__", "?")
+        except ImportError:
+            out[name] = "not installed"
+    out["cuda"] = torch.version.cuda or "none"
+    out["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    """Records (dataclasses, e.g. measures) as dicts; anything else as its string."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+def write_run_info(outdir: str | os.PathLike, config: dict[str, Any],
+                   also: str | os.PathLike | None = None) -> Path:
+    """Write ``config.json`` (the run's parameters and package versions) into ``outdir``, and
+    the same record to ``also`` (e.g. next to the figures the run makes)."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"config": config, "versions": versions()}, indent=2, default=_jsonable)
+    path = outdir / "config.json"
+    atomic_write_text(path, text)
+    if also is not None:
+        atomic_write_text(also, text)
+    return path
+
+
+class BadFileError(ValueError):
+    """A file that cannot be read as what it should be. The message names the file, what it
+    was expected to be, and what to do next."""
+
+
+class UnsafePickleError(BadFileError, pickle.UnpicklingError):
+    """A pickle that asks for a global outside the allow-list (refused before import)."""
+
+
+# Everything a parser may raise on garbage: truncated pickles (EOFError, UnpicklingError),
+# absurd sizes (MemoryError, OverflowError), wrong structure (KeyError, TypeError, ...),
+# safetensors' own error, torch's RuntimeError, open_clip's AssertionError.
+_PARSE_ERRORS = (pickle.UnpicklingError, EOFError, MemoryError, OverflowError, ValueError,
+                 TypeError, KeyError, IndexError, AttributeError, RuntimeError, AssertionError,
+                 UnicodeDecodeError, OSError, ImportError, RecursionError, struct.error)
+
+
+@contextmanager
+def reading(path: str | os.PathLike, what: str, fix: str):
+    """Turn any parse failure inside the block into a :class:`BadFileError` that names
+    ``path``, says it should be ``what`` and what to do (``fix``)."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (BadFileError, FileNotFoundError, PermissionError, IsADirectoryError,
+            torch.OutOfMemoryError):
+        raise  # not the file's content: nothing to fall back from
+    except (*_PARSE_ERRORS, SafetensorError) as e:
+        detail = " ".join(str(e).split())[:240]
+        raise BadFileError(f"{path}: cannot read it as {what} ({type(e).__name__}"
+                           f"{': ' + detail if detail else ''}). {fix}") from e
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_weights_record(path: str | os.PathLike, config: dict, **fields: Any) -> None:
+    """The ``.json`` beside a weights file the project trains: its ``config``, ``fields``
+    (losses, checks), package versions and the sha256 that :func:`check_recorded_sha256`
+    compares the file with."""
+    atomic_write_text(f"{path}.json", json.dumps(
+        {"config": config, **fields, "versions": versions(), "sha256": sha256_file(path)},
+        indent=2))
+
+
+def check_recorded_sha256(path: str | os.PathLike, fix: str) -> None:
+    """Compare a shipped weights file with the sha256 in the ``.json`` written beside it."""
+    path = Path(path)
+    record = path.with_name(path.name + ".json")
+    if not record.is_file():
+        return
+    expected = json.loads(record.read_text()).get("sha256")
+    if expected and sha256_file(path) != expected:
+        raise BadFileError(f"{path}: its sha256 differs from the one recorded in {record.name}: "
+                           f"the file is corrupted or was replaced. {fix}")
+
+
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where the checkpoint before the latest is kept: ``checkpoint.prev.pkl``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def write_checkpoint(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Write a checkpoint atomically with ``write(tmp_path)``, keeping the previous one beside
+    it (a crash or a corrupted latest file then costs one checkpoint interval, not the run)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        write(tmp)
+        if path.exists():
+            os.replace(path, previous_path(path))
+
+
+def load_checkpoint_with_fallback(path: str | os.PathLike, load: Callable[[Path], Any],
+                                  what: str, rename: bool = True) -> Any | None:
+    """``load`` the latest checkpoint, or, when it is missing or unreadable (BadFileError),
+    the previous one, with a warning; None when there is neither. The unreadable file is kept
+    as ``<name>.unreadable`` for inspection (``rename=False``: left in place, e.g. on all but
+    one of several processes)."""
+    import warnings
+
+    path = Path(path)
+    prev = previous_path(path)
+    errors = []
+    for candidate in (path, prev):
+        if not candidate.exists():
+            continue
+        try:
+            state = load(candidate)
+        except BadFileError as e:
+            errors.append(e)
+            continue
+        if errors:
+            if rename and path.exists():
+                os.replace(path, path.with_name(path.name + ".unreadable"))
+            kept = f"kept as {path.name}.unreadable" if rename else "left in place"
+            warnings.warn(f"{errors[0]}\nResumed from the previous checkpoint {candidate} "
+                          f"instead; the unreadable file is {kept}.", stacklevel=2)
+        return state
+    if errors:
+        raise BadFileError(
+            f"no readable {what} checkpoint in {path.parent}: "
+            + " | ".join(str(e) for e in errors)
+            + f" To start this run over, delete {path.name} and {prev.name} in {path.parent}.")
+    return None
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that only resolves an explicit allow-list of globals.
+
+    ``allowed`` holds exact ``"module.name"`` strings; ``allowed_prefixes`` holds module
+    prefixes (``"ribs."``) whose every global is accepted. Anything else raises
+    :class:`pickle.UnpicklingError` *before* it is imported, so no code from the file runs.
+    """
+
+    def __init__(
+        self,
+        file,
+        allowed: Iterable[str] = (),
+        allowed_prefixes: Iterable[str] = (),
+        overrides: dict[str, Callable] | None = None,
+        **kwargs,
+    ):
+        super().__init__(file, **kwargs)
+        self.allowed = set(allowed)
+        self.allowed_prefixes = tuple(allowed_prefixes)
+        self.overrides = overrides or {}
+
+    def find_class(self, module: str, name: str):
+        key = f"{module}.{name}"
+        if key in self.overrides:
+            return self.overrides[key]
+        if key in self.allowed or module.startswith(self.allowed_prefixes):
+            return super().find_class(module, name)
+        raise UnsafePickleError(
+            f"refusing to load global '{key}' from a pickle: it is not on the allow-list. "
+            "The file may be malicious or of an unsupported format."
+        )
