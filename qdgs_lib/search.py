@@ -134,15 +134,28 @@ def make_scheduler(solution_dim: int, cfg: SearchConfig, x0: np.ndarray,
     return Scheduler(archive, emitters, result_archive=result_archive)
 
 
-# Checkpoints are pickles of pyribs objects; load them with an allow-list, never plain pickle.
-_CKPT_PREFIXES = ("ribs.archives.", "ribs.emitters.", "ribs.schedulers.", "numpy.random.")
+# Checkpoints are pickles of pyribs objects; load them with an exact allow-list (the classes
+# that every algorithm's checkpoint holds, collected by loading them), never plain pickle.
 _CKPT_GLOBALS = {
     f"numpy{core}.{name}" for core in ("._core", ".core")
     for name in ("multiarray.scalar", "multiarray._reconstruct", "numeric._frombuffer")
 } | {f"numpy.{t}" for t in ("dtype", "ndarray", "int32", "int64", "float32", "float64",
                             "bool_", "uint8", "uint32", "uint64")} | {
     "collections.OrderedDict", "builtins.set", "builtins.frozenset", "builtins.slice",
-    "builtins.complex", "_codecs.encode", "copyreg._reconstructor", "builtins.object"}
+    "builtins.complex", "_codecs.encode", "copyreg._reconstructor", "builtins.object"} | {
+    "numpy.random._pickle.__generator_ctor", "numpy.random._pickle.__bit_generator_ctor",
+    "numpy.random._pcg64.PCG64", "numpy.random._mt19937.MT19937",
+    "numpy.random._philox.Philox", "numpy.random._sfc64.SFC64",
+    "numpy.random.bit_generator.SeedSequence",
+    "numpy.random.bit_generator.__pyx_unpickle_SeedSequence",
+    "ribs.archives._archive_stats.ArchiveStats", "ribs.archives._array_store.ArrayStore",
+    "ribs.archives._grid_archive.GridArchive", "ribs.schedulers._scheduler.Scheduler",
+    "ribs.emitters._evolution_strategy_emitter.EvolutionStrategyEmitter",
+    "ribs.emitters._gaussian_emitter.GaussianEmitter",
+    "ribs.emitters._gradient_arborescence_emitter.GradientArborescenceEmitter",
+    "ribs.emitters.opt._adam_opt.AdamOpt", "ribs.emitters.opt._cma_es.CMAEvolutionStrategy",
+    "ribs.emitters.opt._cma_es.DecompMatrix", "ribs.emitters.rankers.ImprovementRanker",
+    "ribs.emitters.rankers.TwoStageImprovementRanker"}
 
 
 CHECKPOINT_KEYS = {"iteration", "seconds", "config", "scheduler", "result_archive", "scorer"}
@@ -152,8 +165,7 @@ def load_checkpoint(path: str | Path) -> dict:
     """Load a search checkpoint with a restricted unpickler (pyribs/numpy objects only)."""
     with reading(path, "a qdgs search checkpoint", "See the message above for what to delete."):
         with open(path, "rb") as f:
-            state = RestrictedUnpickler(f, allowed=_CKPT_GLOBALS,
-                                        allowed_prefixes=_CKPT_PREFIXES).load()
+            state = RestrictedUnpickler(f, allowed=_CKPT_GLOBALS).load()
     if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
         raise BadFileError(f"{path} is not a qdgs search checkpoint (missing "
                            f"{sorted(CHECKPOINT_KEYS - set(state or {}))}).")

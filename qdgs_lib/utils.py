@@ -277,29 +277,24 @@ def load_checkpoint_with_fallback(path: str | os.PathLike, load: Callable[[Path]
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that only resolves an explicit allow-list of globals.
 
-    ``allowed`` holds exact ``"module.name"`` strings; ``allowed_prefixes`` holds module
-    prefixes (``"ribs."``) whose every global is accepted. Anything else raises
+    ``allowed`` holds exact ``"module.name"`` strings. Anything else raises
     :class:`pickle.UnpicklingError` *before* it is imported, so no code from the file runs.
+    Dotted names are always refused: protocol 4 resolves ``name`` attribute by attribute, so
+    an allowed module's ``__builtins__.exec`` would reach any builtin. No module prefixes
+    either, for the same reason: a module's every global includes what it imported.
     """
 
-    def __init__(
-        self,
-        file,
-        allowed: Iterable[str] = (),
-        allowed_prefixes: Iterable[str] = (),
-        overrides: dict[str, Callable] | None = None,
-        **kwargs,
-    ):
+    def __init__(self, file, allowed: Iterable[str] = (),
+                 overrides: dict[str, Callable] | None = None, **kwargs):
         super().__init__(file, **kwargs)
         self.allowed = set(allowed)
-        self.allowed_prefixes = tuple(allowed_prefixes)
         self.overrides = overrides or {}
 
     def find_class(self, module: str, name: str):
         key = f"{module}.{name}"
-        if key in self.overrides:
+        if "." not in name and key in self.overrides:
             return self.overrides[key]
-        if key in self.allowed or module.startswith(self.allowed_prefixes):
+        if "." not in name and key in self.allowed:
             return super().find_class(module, name)
         raise UnsafePickleError(
             f"refusing to load global '{key}' from a pickle: it is not on the allow-list. "

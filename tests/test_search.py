@@ -6,7 +6,7 @@ import pytest
 from toys import ToyClip, ToyGenerator, interrupt_at
 
 from qdgs_lib.scoring import PromptScorer
-from qdgs_lib.search import QDSearch, SearchConfig, load_checkpoint, read_archive
+from qdgs_lib.search import ALGORITHMS, QDSearch, SearchConfig, load_checkpoint, read_archive
 
 RANGES = ((-0.5, 0.2), (0.0, 1.1))  # the toy's reachable measure region
 
@@ -78,6 +78,38 @@ def test_malicious_checkpoint_is_refused_without_running(tmp_path):
     with pytest.raises(pickle.UnpicklingError, match="allow-list"):
         load_checkpoint(path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("module, name", [
+    ("numpy.random._common", "__builtins__.exec"),  # a dotted name walks attributes
+    ("ribs.archives._grid_archive", "np.load"),      # what an allowed module imported
+    ("numpy.random._pickle", "__builtins__"),
+])
+def test_checkpoint_globals_are_exact_names(tmp_path, module, name):
+    """A protocol-4 pickle resolves ``module`` + dotted ``name`` attribute by attribute: from a
+    numpy.random module that reaches the real builtins. Only exact names load."""
+    marker = tmp_path / "pwned"
+    code = f"open({str(marker)!r}, 'w').write('ran')".encode()
+
+    def short(b: bytes) -> bytes:  # SHORT_BINUNICODE
+        return b"\x8c" + bytes([len(b)]) + b
+
+    payload = (b"\x80\x04" + short(module.encode()) + short(name.encode()) + b"\x93"
+               + short(code) + b"\x85R0}.")  # STACK_GLOBAL, (code,), REDUCE, POP, {}
+    path = tmp_path / "checkpoint.pkl"
+    path.write_bytes(payload)
+    with pytest.raises(pickle.UnpicklingError, match="allow-list"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithms_checkpoint_loads(tmp_path, algorithm):
+    """The exact allow-list covers what each algorithm's checkpoint holds (2 emitters)."""
+    cfg = config(algorithm, 3, num_emitters=2)
+    QDSearch(scorer(), cfg, tmp_path).run(progress=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pkl")
+    assert state["iteration"] == 3
 
 
 def test_bad_configs_raise():
