@@ -6,6 +6,7 @@ optional random cutouts) is differentiable so that gradients reach the generator
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import open_clip
@@ -14,7 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .paths import pretrained_dir, shipped_weights_fix, weights_dir
-from .utils import check_recorded_sha256, reading, resize_square, resolve_device
+from .utils import (
+    check_recorded_sha256,
+    read_weights_record,
+    reading,
+    resize_square,
+    resolve_device,
+)
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -237,9 +244,14 @@ def create_clip(name: str, weights: str | Path | None = None,
     where = KNOWN_PRETRAINED.get(name, ("", "the file it was trained with"))[1]
     fix = (f"Pass the weights of '{name}' ({where}), or the model name these weights "
            "belong to.")
+    if path is not None:
+        _check_weights_belong_to(name, path, fix)
     with reading(path, f"open_clip weights for '{name}'", fix):
         if path is not None and path.suffix == ".pt" and _is_torchscript(path):
-            model, _ = open_clip.load_openai_model(str(path), device="cpu", jit=False)
+            # OpenAI's original release: a TorchScript archive (TorchScript code, not Python
+            # pickles); open_clip rebuilds the plain model from its state dict, in float32
+            model = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
+            _check_architecture(name, model, path)
         else:
             model = open_clip.create_model(name, pretrained=str(path) if path else None,
                                            weights_only=True)
@@ -254,6 +266,38 @@ def create_clip(name: str, weights: str | Path | None = None,
     std = cfg.get("preprocess_cfg", {}).get("std", OPENAI_STD)
     clip = Clip(model, open_clip.get_tokenizer(name), image_size, mean, std, num_cutouts, name)
     return clip.to(resolve_device(device))
+
+
+def _check_weights_belong_to(name: str, path: Path, fix: str) -> None:
+    """Refuse weights whose record names another model; warn when OpenAI's QuickGELU weights
+    are loaded into a GELU architecture (the shapes fit, the embeddings are degraded)."""
+    config = (read_weights_record(path, fix) or {}).get("config")
+    trained_as = config.get("model") if isinstance(config, dict) else None
+    if trained_as and trained_as != name:
+        raise ValueError(f"{path} was trained as '{trained_as}' (its record {path.name}.json "
+                         f"says so), not '{name}': pass model name '{trained_as}'")
+    openai_files = {f for f, _ in KNOWN_PRETRAINED.values()} | {"ViT-B-32.pt"}
+    if path.name in openai_files and name not in KNOWN_PRETRAINED:
+        warnings.warn(f"{path.name} holds OpenAI's weights, trained with QuickGELU; '{name}' "
+                      f"builds another activation around them. Use one of "
+                      f"{sorted(KNOWN_PRETRAINED)}.", stacklevel=3)
+
+
+def _check_architecture(name: str, model: nn.Module, path: Path) -> None:
+    """A TorchScript file brings its own architecture: it must be ``name``'s."""
+    vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
+    want = (vision.get("width"), vision.get("layers"), vision.get("patch_size"))
+    if want[2] is None:  # not a ViT (OpenAI's ResNets): nothing to compare here
+        return
+    visual = model.visual
+    got = (None, None, None)
+    if hasattr(visual, "conv1") and hasattr(visual, "transformer"):
+        width, _, patch, _ = visual.conv1.weight.shape
+        got = (width, len(visual.transformer.resblocks), patch)
+    if got != want:
+        raise ValueError(f"{path} holds a ViT of width {got[0]}, {got[1]} layers and patch "
+                         f"{got[2]}, but '{name}' has {want[0]}, {want[1]} and {want[2]}: pass "
+                         "the model name these weights belong to")
 
 
 def _is_torchscript(path: Path) -> bool:

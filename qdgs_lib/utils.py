@@ -212,13 +212,30 @@ def write_weights_record(path: str | os.PathLike, config: dict, **fields: Any) -
         indent=2))
 
 
+def read_weights_record(path: str | os.PathLike, fix: str) -> dict | None:
+    """The ``.json`` record beside a weights file (None if there is none)."""
+    record = Path(f"{path}.json")
+    if not record.is_file():
+        return None
+    try:
+        data = json.loads(record.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadFileError(f"{record} is not a readable weights record ({e}). Delete it (it "
+                           f"only records how {Path(path).name} was made) or: {fix}") from e
+    if not isinstance(data, dict):
+        raise BadFileError(f"{record} is not a weights record (a JSON object was expected). "
+                           f"Delete it or: {fix}")
+    return data
+
+
 def check_recorded_sha256(path: str | os.PathLike, fix: str) -> None:
     """Compare a shipped weights file with the sha256 in the ``.json`` written beside it."""
     path = Path(path)
     record = path.with_name(path.name + ".json")
-    if not record.is_file():
+    data = read_weights_record(path, fix)
+    if data is None:
         return
-    expected = json.loads(record.read_text()).get("sha256")
+    expected = data.get("sha256")
     if expected and sha256_file(path) != expected:
         raise BadFileError(f"{path}: its sha256 differs from the one recorded in {record.name}: "
                            f"the file is corrupted or was replaced. {fix}")

@@ -105,3 +105,87 @@ def test_packed_attention_shares_the_parameters_and_trains():
     model.visual(x).square().sum().backward()
     for (name, p), q in zip(model.visual.named_parameters(), stock.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+TINY_OPENAI = {  # an OpenAI-layout CLIP small enough for a test (ViT, QuickGELU)
+    "embed_dim": 32, "quick_gelu": True,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1,
+                 "layers": 1},
+}
+
+
+def _torchscript_like_openai(state: dict, path):
+    """A TorchScript archive holding ``state`` under its keys, as OpenAI's ``ViT-B-32.pt``."""
+    from torch import nn
+
+    class Holder(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    root = Holder()
+    for key, value in state.items():
+        *parents, leaf = key.split(".")
+        module = root
+        for part in parents:
+            if not hasattr(module, part):
+                module.add_module(part, Holder())
+            module = getattr(module, part)
+        module.register_buffer(leaf, value.clone())
+    torch.jit.save(torch.jit.script(root), str(path))
+
+
+def test_openai_torchscript_file_loads(tmp_path):
+    """OpenAI's original release format (a TorchScript archive, fp16 weights) loads through
+    open_clip's rebuild; a file of another architecture is refused with the model name."""
+    import json
+
+    import open_clip
+
+    (tmp_path / "tiny-openai-test.json").write_text(json.dumps(TINY_OPENAI))
+    open_clip.add_model_config(tmp_path / "tiny-openai-test.json")
+    torch.manual_seed(0)
+    ref = open_clip.create_model("tiny-openai-test")
+    state = {k: v.half() if v.is_floating_point() else v for k, v in ref.state_dict().items()}
+    _torchscript_like_openai(state, tmp_path / "tiny.pt")
+    ref.load_state_dict({k: v.float() for k, v in state.items()})  # OpenAI ships fp16 weights
+
+    clip = create_clip("tiny-openai-test", weights=tmp_path / "tiny.pt", device="cpu")
+    x = torch.rand(3, 3, 64, 64)
+    want = torch.nn.functional.normalize(ref.eval().encode_image(clip.preprocess(x)), dim=-1)
+    torch.testing.assert_close(clip.encode_image(x), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="holds a ViT of width 64, 2 layers and patch 32"):
+        create_clip("ViT-B-32-quickgelu", weights=tmp_path / "tiny.pt", device="cpu")
+
+
+def test_weights_of_another_model_or_a_broken_record_are_refused(tmp_path):
+    import shutil
+
+    from qdgs_lib.paths import weights_dir
+    from qdgs_lib.utils import BadFileError
+
+    for suffix in ("", ".json"):
+        shutil.copy(weights_dir() / f"qdgs-faces-clip.safetensors{suffix}",
+                    tmp_path / f"faces.safetensors{suffix}")
+    # same architecture, so open_clip would load it silently; the record says what it is
+    with pytest.raises(ValueError, match="trained as 'qdgs-faces-clip'.*not 'qdgs-shapes-clip'"):
+        create_clip("qdgs-shapes-clip", weights=tmp_path / "faces.safetensors")
+    create_clip("qdgs-faces-clip", weights=tmp_path / "faces.safetensors")  # its own name: fine
+    (tmp_path / "faces.safetensors.json").write_text("{not json")
+    with pytest.raises(BadFileError, match="not a readable weights record"):
+        create_clip("qdgs-faces-clip", weights=tmp_path / "faces.safetensors")
+    (tmp_path / "faces.safetensors.json").write_text("[1, 2]")
+    with pytest.raises(BadFileError, match="not a weights record"):
+        create_clip("qdgs-faces-clip", weights=tmp_path / "faces.safetensors")
+
+
+def test_openai_weights_in_a_gelu_model_warn(tmp_path):
+    import shutil
+
+    from qdgs_lib.paths import weights_dir
+
+    # a file named like OpenAI's download, loaded into a non-QuickGELU architecture
+    shutil.copy(weights_dir() / "qdgs-shapes-clip.safetensors",
+                tmp_path / "open_clip_model.safetensors")
+    with pytest.warns(UserWarning, match="QuickGELU"):
+        create_clip("qdgs-shapes-clip", weights=tmp_path / "open_clip_model.safetensors")
