@@ -17,6 +17,7 @@ from torch import nn
 from .paths import pretrained_dir, shipped_weights_fix, weights_dir
 from .utils import (
     check_recorded_sha256,
+    check_unit_images,
     read_weights_record,
     reading,
     resize_square,
@@ -193,8 +194,11 @@ class Clip(nn.Module):
                      normalize: bool = True, check: bool = True) -> torch.Tensor:
         """Unit (or raw) image embeddings. ``check=False`` skips the NaN check, which costs a
         device->host sync; callers that check their outputs later (PromptScorer) skip it."""
-        if check and not torch.isfinite(images).all():
-            raise ValueError("images contain NaN or inf: check the generator's output/latents")
+        if check:
+            if isinstance(images, torch.Tensor) and not torch.isfinite(images).all():
+                raise ValueError("images contain NaN or inf: check the generator's "
+                                 "output/latents")
+            check_unit_images(images)
         if self.num_cutouts > 0:
             emb = self.model.encode_image(self._cutouts(images, generator))
             emb = emb.view(self.num_cutouts, images.shape[0], -1).mean(0)

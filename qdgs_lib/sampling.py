@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .utils import atomic_dir, resize_square, to_uint8_hwc
+from .utils import atomic_dir, check_unit_images, resize_square, to_uint8_hwc
 
 Bins = Sequence[Sequence[tuple[float, float]]]  # per measure: list of [lo, hi) intervals
 
@@ -72,11 +72,20 @@ def write_image_dataset(outdir: str | Path, images: torch.Tensor, classes: Seque
         raise ValueError(f"{len(images)} images but {len(classes)} class labels")
     if len(images) == 0:
         raise ValueError("no images to write: the archive/bins produced an empty dataset")
+    check_unit_images(images)
     refuse_nonfinite(nonfinite(images, np.arange(len(images))), "image")
     for cls in set(map(str, classes)):
         check_class_name(cls)
-    if outdir.exists() and not overwrite:
-        raise FileExistsError(f"{outdir} exists; pass overwrite=True to replace it")
+    if manifest is not None and len(manifest) != len(images):
+        raise ValueError(f"the manifest has {len(manifest)} rows for {len(images)} images")
+    if outdir.exists():
+        if not overwrite:
+            raise FileExistsError(f"{outdir} exists; pass overwrite=True to replace it")
+        if not outdir.is_dir() or (any(outdir.iterdir())
+                                   and not (outdir / "manifest.csv").is_file()):
+            raise FileExistsError(f"refusing to replace {outdir}: it is not an image dataset "
+                                  "written by qdgs (no manifest.csv), and overwrite=True would "
+                                  "delete it. Remove it yourself or write to another folder")
     with atomic_dir(outdir) as tmp:
         rows = []
         for i, (img, cls) in enumerate(zip(to_uint8_hwc(images), classes, strict=True)):
@@ -178,8 +187,9 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
                          f"of shape {identities.shape}")
     if not np.issubdtype(identities.dtype, np.integer):
         raise ValueError(f"identities must be integers (-1: left out), got {identities.dtype}")
-    if offsets.ndim != 2 or offsets.shape[1] != latents.shape[1]:
-        raise ValueError(f"offsets must be (k, {latents.shape[1]}), got {offsets.shape}")
+    if offsets.ndim != 2 or offsets.shape[1] != latents.shape[1] or len(offsets) == 0:
+        raise ValueError(f"offsets must be (k >= 1, {latents.shape[1]}) (the zero offset "
+                         f"included), got {offsets.shape}")
     # what this folder holds: a finished or half-written dataset of *other* inputs is refused
     # rather than silently reused
     digest = hashlib.sha256(latents.tobytes() + np.asarray(identities).tobytes()
@@ -211,6 +221,7 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
         members = np.flatnonzero(identities == ident)
         z = (latents[members, None, :] + offsets[None]).reshape(-1, latents.shape[1])
         images = decode_batched(decode, z, batch_size, size)
+        check_unit_images(images, "decoded images")
         bad = nonfinite(images, np.repeat(members, len(offsets)))
         if bad:  # this identity is not written; the others are, then the call fails
             diverged += bad

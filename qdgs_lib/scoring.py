@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from .clip import Clip, create_clip
 from .generators.base import Generator
 from .measures import prompts
+from .utils import check_unit_images
 
 Prompt = str | Sequence[str]
 
@@ -126,6 +127,9 @@ class PromptScorer:
             raise ValueError(f"the generator is on {generator.device} and CLIP on "
                              f"{clip.device}: build both with the same device (e.g. "
                              "device='auto')")
+        with torch.no_grad():  # the [0, 1] convention, checked once on two prior samples
+            check_unit_images(generator.decode(generator.sample_prior(2, seed=0)),
+                              f"{type(generator).__name__}.decode's images")
         self.generator = generator
         self.clip = clip
         self.weights = tuple(float(w) for w in weights)

@@ -104,6 +104,24 @@ def atomic_dir(path: str | os.PathLike):
             shutil.rmtree(tmp)
 
 
+def check_unit_images(images: torch.Tensor, what: str = "images", tol: float = 1e-3) -> None:
+    """Refuse images that are not float tensors in [0, 1] (the library's one convention), the
+    usual slips being uint8 / 0-255 images and a generator's [-1, 1] output. Non-finite
+    pixels are left to the NaN checks, which say more."""
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        kind = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
+        raise TypeError(f"{what} must be float tensors in [0, 1], got {kind}: convert with "
+                        "torch.as_tensor(x).float() / 255 for 8-bit images")
+    finite = images.detach()[torch.isfinite(images.detach())]
+    if finite.numel() == 0:
+        return
+    lo, hi = finite.aminmax()
+    lo, hi = float(lo), float(hi)
+    if lo < -tol or hi > 1 + tol:
+        raise ValueError(f"{what} must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]: "
+                         "divide 0-255 images by 255, map [-1, 1] output with (x + 1) / 2")
+
+
 def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8, rounded (for saving as image files)."""
     return (images.detach().cpu().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()

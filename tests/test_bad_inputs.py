@@ -376,3 +376,77 @@ def test_recordio_without_a_meta_record(tmp_path):
     ds = RecordIOFaces(tmp_path, image_size=8)
     assert len(ds) == 4 and ds.num_classes == 3 and [int(ds[i][1]) for i in range(4)] == \
         [2, 0, 1, 0]
+
+
+# --- second probe (2026-11-26): ranges, folders, latents ----------------------------------------
+def test_image_writers_keep_unrelated_folders_and_the_unit_range(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not an image dataset written by qdgs"):
+        write_image_dataset(victim, torch.rand(2, 3, 8, 8), ["a", "b"], overwrite=True)
+    assert (victim / "notes.txt").read_text() == "keep me"
+    out = write_image_dataset(tmp_path / "set", torch.rand(2, 3, 8, 8), ["a", "b"])
+    write_image_dataset(out, torch.rand(3, 3, 8, 8), ["a", "b", "b"], overwrite=True)
+    assert len(pd.read_csv(out / "manifest.csv")) == 3  # an earlier dataset is replaced
+    with pytest.raises(TypeError, match="float tensors in"):
+        write_image_dataset(tmp_path / "u8", torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
+                            ["a", "b"])
+    with pytest.raises(ValueError, match=r"\[0, 1\], got values in \[0.*, 25\d\]"):
+        write_image_dataset(tmp_path / "255", torch.rand(2, 3, 8, 8) * 255, ["a", "b"])
+    with pytest.raises(ValueError, match="manifest has 1 rows for 2 images"):
+        write_image_dataset(tmp_path / "m", torch.rand(2, 3, 8, 8), ["a", "b"],
+                            manifest=pd.DataFrame({"x": [1]}))
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):  # a generator's raw tanh output
+        write_identity_dataset(tmp_path / "ids", lambda z: torch.rand(len(z), 3, 8, 8) * 2 - 1,
+                               np.zeros((2, 2), np.float32), np.arange(2), np.zeros((1, 2)),
+                               progress=False)
+    with pytest.raises(ValueError, match="k >= 1"):
+        write_identity_dataset(tmp_path / "none", lambda z: torch.rand(len(z), 3, 8, 8),
+                               np.zeros((2, 2), np.float32), np.arange(2), np.zeros((0, 2)),
+                               progress=False)
+    assert not (tmp_path / "none").exists()  # no stamp left to block a corrected rerun
+
+
+def test_clip_and_scorer_refuse_images_outside_the_unit_range():
+    from qdgs_lib.clip import create_clip
+    from qdgs_lib.scoring import PromptScorer
+
+    clip = create_clip("qdgs-shapes-clip", device="cpu")
+    with pytest.raises(TypeError, match="float tensors"):
+        clip.encode_image(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="got values in"):
+        clip.encode_image(torch.rand(1, 3, 64, 64) * 255)
+
+    class SignedToy(ToyGenerator):  # forgot to map its output to [0, 1]
+        def decode(self, z):
+            return super().decode(z) * 2 - 1
+
+    with pytest.raises(ValueError, match=r"SignedToy.decode's images must lie in \[0, 1\]"):
+        PromptScorer(SignedToy(), ToyClip(), ("good", "bad"), [("a", "b")])
+
+
+def test_latents_of_other_types():
+    gen = ToyGenerator()
+    with pytest.raises(TypeError, match="torch.as_tensor"):
+        gen.decode(np.zeros((2, 4), np.float32))
+    with pytest.raises(TypeError, match="float tensor"):
+        gen.decode(torch.zeros(2, 4, dtype=torch.long))
+    z = torch.randn(3, 4)
+    assert torch.equal(gen.decode(z.double()), gen.decode(z))  # float64 from numpy: cast
+
+
+def test_protocol_5_bin_and_rfw_message(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from qdgs_lib.data.benchmarks import read_rfw
+
+    buf = io.BytesIO()
+    Image.new("RGB", (112, 112), (10, 200, 10)).save(buf, format="JPEG")
+    item = np.frombuffer(buf.getvalue(), dtype=np.uint8).copy()
+    (tmp_path / "p5.bin").write_bytes(pickle.dumps(([item, item], [True]), protocol=5))
+    assert read_bin(tmp_path / "p5.bin").images.shape == (2, 3, 112, 112)
+    with pytest.raises(FileNotFoundError, match=f"under {tmp_path}"):
+        read_rfw(tmp_path)

@@ -33,6 +33,8 @@ BIN_ALLOWED = {
     "numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct",
     "numpy.ndarray", "numpy.dtype", "_codecs.encode",
     "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar",
+    # protocol 5 (numpy 2 arrays): an array from its raw buffer, dtype and shape
+    "numpy.core.numeric._frombuffer", "numpy._core.numeric._frombuffer",
 }
 RFW_RACES = ("African", "Asian", "Caucasian", "Indian")
 
@@ -137,7 +139,7 @@ def read_rfw(root: str | Path, races=RFW_RACES, image_size: int = 112,
         pairs_file = root / "test" / "txts" / race / f"{race}_pairs.txt"
         if not pairs_file.is_file():
             raise FileNotFoundError(f"{pairs_file} not found: expected the RFW layout "
-                                    "test/txts/<Race>/<Race>_pairs.txt under {root}")
+                                    f"test/txts/<Race>/<Race>_pairs.txt under {root}")
         lines = [ln.split() for ln in pairs_file.read_text().splitlines() if ln.strip()]
         lines = lines[:limit_per_race]
         # 10 contiguous folds per group (RFW: 6000 lines -> fold = line // 600)

@@ -38,6 +38,15 @@ class Generator(nn.Module):
         return torch.device("cpu")
 
     def check_latents(self, z: torch.Tensor) -> torch.Tensor:
+        if not isinstance(z, torch.Tensor) or not z.is_floating_point():
+            kind = z.dtype if isinstance(z, torch.Tensor) else type(z).__name__
+            raise TypeError(f"{type(self).__name__}.decode takes a float tensor of latents "
+                            f"(B, {self.latent_dim}), got {kind}: use "
+                            "torch.as_tensor(z, dtype=torch.float32)")
+        dtype = next((t.dtype for t in (*self.parameters(), *self.buffers())
+                      if t.is_floating_point()), torch.float32)
+        if z.dtype != dtype:  # e.g. float64 latents from numpy into a float32 network
+            z = z.to(dtype)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(
                 f"{type(self).__name__} expects latents of shape (B, {self.latent_dim}), "
