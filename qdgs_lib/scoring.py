@@ -19,6 +19,7 @@ other (bench/README.md has the numbers).
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,6 +150,20 @@ class PromptScorer:
         self.static_max_batch = 16
         self._static_calls: dict[tuple, StaticCall] = {}
         self._shape_counts: dict[tuple, int] = {}
+
+    def weights_sha256(self) -> str:
+        """sha256 over the generator's and CLIP's tensors (names, dtypes, shapes, bytes): what
+        a search records so that it never resumes or reloads a run scored by other weights.
+        Computed once per scorer (the networks are frozen)."""
+        if getattr(self, "_weights_sha256", None) is None:
+            h = hashlib.sha256()
+            for part in (self.generator, self.clip):
+                for name, t in sorted(part.state_dict().items()):
+                    t = t.detach().cpu().contiguous()
+                    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+                    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._weights_sha256 = h.hexdigest()
+        return self._weights_sha256
 
     @property
     def num_measures(self) -> int:

@@ -205,7 +205,7 @@ class QDSearch:
                 "measure_prompts": self.scorer.measure_prompts,
                 "objective_weights": self.scorer.weights,
                 "generator": type(self.scorer.generator).__name__,
-                "clip": self.scorer.clip.name}
+                "clip": self.scorer.clip.name, "weights_sha256": self.scorer.weights_sha256()}
 
     def start_latent(self) -> np.ndarray:
         if self.cfg.x0 == "zeros":
@@ -232,10 +232,16 @@ class QDSearch:
         state = load_checkpoint_with_fallback(self.checkpoint_path, load_checkpoint, "search")
         if state is None:
             return False
-        mine = json.dumps(self._config_dict(), sort_keys=True, default=str)
-        if state["config"] != mine:
+        stored = json.loads(state["config"])
+        mine = json.loads(json.dumps(self._config_dict(), sort_keys=True, default=str))
+        if "weights_sha256" not in stored:  # checkpoints written before weights were recorded
+            mine.pop("weights_sha256")
+        if stored != mine:
+            differ = sorted(k for k in stored.keys() | mine.keys()
+                            if stored.get(k) != mine.get(k))
             raise ValueError(
-                f"{self.checkpoint_path} belongs to a run with different settings. "
+                f"{self.checkpoint_path} belongs to a run with different settings "
+                f"({', '.join(differ)}; 'weights_sha256': other generator or CLIP weights). "
                 "Use a new output folder, or delete the checkpoint to start over.")
         self.iteration = state["iteration"]
         self.seconds = state["seconds"]

@@ -66,6 +66,29 @@ def test_checkpoint_of_other_settings_is_refused(tmp_path):
         QDSearch(scorer(), config("cma_maega", 10, batch_size=8), tmp_path).run(progress=False)
 
 
+def test_checkpoint_scored_by_other_weights_is_refused(tmp_path):
+    """Same settings and prompts, another CLIP's weights: the finished run is neither reloaded
+    nor resumed (it was before: its archive came back as if it were this scorer's)."""
+    import json
+
+    def scorer_with(clip_seed):
+        return PromptScorer(ToyGenerator(prior_std=0.05), ToyClip(seed=clip_seed),
+                            ("good", "bad"), [("a", "b"), ("c", "d")])
+
+    QDSearch(scorer_with(1), config("cma_maega", 5), tmp_path).run(progress=False)
+    with pytest.raises(ValueError, match="weights_sha256"):
+        QDSearch(scorer_with(2), config("cma_maega", 5), tmp_path).run(progress=False)
+    # a checkpoint from before weights were recorded still loads (nothing to compare)
+    state = load_checkpoint(tmp_path / "checkpoint.pkl")
+    cfg = json.loads(state["config"])
+    del cfg["weights_sha256"]
+    state["config"] = json.dumps(cfg, sort_keys=True)
+    (tmp_path / "checkpoint.pkl").write_bytes(pickle.dumps(state))
+    search = QDSearch(scorer_with(2), config("cma_maega", 5), tmp_path)
+    search.run(progress=False)
+    assert search.iteration == 5
+
+
 def test_malicious_checkpoint_is_refused_without_running(tmp_path):
     marker = tmp_path / "pwned"
 
