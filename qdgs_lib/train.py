@@ -164,12 +164,27 @@ class RecognitionTrainer:
 
         if len(data) == 0:
             raise ValueError("cannot train on an empty dataset")
+        classes = getattr(data, "num_classes", None)
+        if classes is not None and classes < 2:
+            raise ValueError(f"the dataset has {classes} identity: a margin loss needs at least "
+                             "2 (with one, every sample is trivially right and nothing is "
+                             "learned)")
+        kernel = getattr(head, "kernel", None)
+        if classes is not None and kernel is not None and kernel.shape[1] < classes:
+            raise ValueError(f"the head has {kernel.shape[1]} classes but the dataset "
+                             f"{classes} identities: build the head with "
+                             f"num_classes=data.num_classes")
         self.device = resolve_device(device)
         self.backbone, self.head = backbone.to(self.device), head.to(self.device)
         self.data = data
         self.outdir = Path(outdir)
         self.batch_size, self.seed = batch_size, seed
         self.augment, self.progress = augment, progress
+        # what a resumed run must share with the run that wrote the checkpoint
+        self.settings = {"lr": float(lr), "milestones": [int(m) for m in milestones],
+                         "batch_size": int(batch_size), "seed": int(seed),
+                         "augment": bool(augment), "samples": len(data),
+                         "identities": None if classes is None else int(classes)}
         self.num_workers = num_workers
         self.opt = sgd_no_bn_decay([self.backbone, self.head], lr)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, list(milestones), 0.1)
@@ -211,7 +226,8 @@ class RecognitionTrainer:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "backbone": self.backbone.state_dict(),
                 "head": self.head.state_dict(), "opt": self.opt.state_dict(),
-                "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict()}
+                "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+                "settings": self.settings}
 
     def save(self) -> None:
         from .utils import write_checkpoint
@@ -243,6 +259,14 @@ class RecognitionTrainer:
                                            rename=self.world == 1)
         if st is None:
             return False
+        theirs = st.get("settings")  # (checkpoints before 2026-11-26 have none)
+        if theirs is not None and theirs != self.settings:
+            differ = {k: (theirs.get(k), v) for k, v in self.settings.items()
+                      if theirs.get(k) != v}
+            raise ValueError(f"{self.checkpoint_path} belongs to a training run with other "
+                             f"settings or data (checkpoint vs now: {differ}). Use a new "
+                             f"folder, or delete {self.outdir}/checkpoint*.pt and log.csv to "
+                             "start over.")
         with reading(self.checkpoint_path, "a checkpoint of this network and head",
                      f"It belongs to another model: use a new folder or delete "
                      f"{self.outdir}/checkpoint*.pt to start over."):
@@ -339,11 +363,21 @@ class RecognitionTrainer:
         """Train (or resume) up to ``epochs``; append to ``log.csv``; checkpoint each epoch."""
         import pandas as pd
 
+        from .utils import atomic_path, reading
+
         self.outdir.mkdir(parents=True, exist_ok=True)
         log_path = self.outdir / "log.csv"
-        if self.load() and self.is_main and log_path.exists():
-            log = pd.read_csv(log_path)  # drop rows past the checkpoint (logged, then killed)
-            log[log.epoch <= self.epoch].to_csv(log_path, index=False)
+        resumed = self.load()
+        if self.is_main and log_path.exists():
+            if not resumed:  # a fresh start: an old log would mix two runs' epochs
+                log_path.unlink()
+            else:  # drop rows past the checkpoint (logged, then killed)
+                with reading(log_path, "the training log (CSV)",
+                             f"Delete {log_path}; the checkpoint holds the training state."):
+                    log = pd.read_csv(log_path)
+                    log = log[log.epoch <= self.epoch]
+                with atomic_path(log_path) as tmp:
+                    log.to_csv(tmp, index=False)
         rows = []
         while self.epoch < epochs:
             row = self.train_epoch()

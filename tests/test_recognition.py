@@ -212,3 +212,33 @@ def test_compile_without_a_compiler_warns_and_trains_eagerly(tmp_path, monkeypat
         tr = RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), TensorFaces(x, y),
                                 tmp_path / "run", batch_size=16, progress=False, compile=True)
     assert not tr.compiled and tr.model._backbone_forward is tr.backbone
+
+
+def test_resume_refuses_other_settings_and_a_fresh_start_starts_a_fresh_log(tmp_path):
+    import pandas as pd
+
+    make_trainer(tmp_path).run(1)
+    x, y = tiny_task()
+    other_data = TensorFaces(x[:24], y[:24])  # 3 identities instead of 4
+    for kwargs in ({"lr": 0.5}, {"seed": 7}, {"data": other_data}):
+        args = {"data": TensorFaces(x, y), "lr": 0.05, "seed": 0, **kwargs}
+        tr = RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), args.pop("data"),
+                                tmp_path, milestones=(3,), batch_size=16, progress=False,
+                                **args)
+        with pytest.raises(ValueError, match="other settings or data"):
+            tr.run(2)
+    # the advice: delete the checkpoints; the rerun's log then holds this run's epochs only
+    for f in tmp_path.glob("checkpoint*.pt"):
+        f.unlink()
+    make_trainer(tmp_path).run(2)
+    assert list(pd.read_csv(tmp_path / "log.csv").epoch) == [1, 2]
+
+
+def test_datasets_the_head_cannot_learn_are_refused(tmp_path):
+    x, y = tiny_task()
+    with pytest.raises(ValueError, match="at least 2"):
+        RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 1),
+                           TensorFaces(x[:8], y[:8]), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="head has 3 classes but the dataset 4"):
+        RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 3), TensorFaces(x, y),
+                           tmp_path, progress=False)
