@@ -209,6 +209,9 @@ class Clip(nn.Module):
     @torch.no_grad()
     def encode_text(self, prompts: list[str], normalize: bool = True) -> torch.Tensor:
         """Embeddings of ``prompts`` (cached: the same prompt is tokenized and encoded once)."""
+        if isinstance(prompts, str) or len(prompts) == 0:
+            raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r} "
+                             "(a single prompt: [prompt])")
         missing = [p for p in prompts if p not in self._text_cache]
         if missing:
             tokens = self.tokenizer(missing).to(self.device)

@@ -9,6 +9,7 @@ read from it, so adding or reordering a measure is one edit. Code names a measur
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,8 +48,9 @@ class Measure:
     def __post_init__(self):
         lo, hi = (float(v) for v in self.range)
         object.__setattr__(self, "range", (lo, hi))
-        if not lo < hi:
-            raise ValueError(f"measure {self.key!r}: range needs low < high, got {self.range}")
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"measure {self.key!r}: range needs finite low < high, got "
+                             f"{self.range}")
         if int(self.bins) != self.bins or self.bins < 1:
             raise ValueError(f"measure {self.key!r}: bins must be a positive int, got "
                              f"{self.bins!r}")

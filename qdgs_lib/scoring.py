@@ -124,6 +124,9 @@ class PromptScorer:
             raise ValueError("prompts come in (positive, negative) pairs")
         if len(measure_prompts) == 0:
             raise ValueError("need at least one measure prompt pair")
+        if int(memory_size) != memory_size or memory_size < 1:
+            raise ValueError(f"memory_size must be an int >= 1 (the uniqueness memory's "
+                             f"length), got {memory_size!r}")
         if generator.device != clip.device:
             raise ValueError(f"the generator is on {generator.device} and CLIP on "
                              f"{clip.device}: build both with the same device (e.g. "
@@ -246,6 +249,8 @@ class PromptScorer:
         if isinstance(latents, torch.Tensor):  # possibly on a GPU: copy to the host first
             latents = latents.detach().cpu().numpy()
         latents = np.asarray(latents)
+        if len(latents) == 0:
+            return np.zeros((0, self.num_measures))
         return np.concatenate([self.evaluate(latents[i:i + batch_size],
                                              update_memory=False).measures
                                for i in range(0, len(latents), batch_size)])
@@ -253,7 +258,7 @@ class PromptScorer:
     def measures_of_images(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """Measures (N, m) of images (N, 3, H, W) in [0, 1] that need not come from the
         generator (e.g. renders with known attributes, to check the CLIP)."""
-        out = []
+        out = [torch.zeros(0, self.num_measures)]
         with torch.no_grad():
             for x in images.split(batch_size):
                 emb = self.clip.encode_image(x.to(self.clip.device))

@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import pickle
 import time
+import warnings
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -75,10 +76,21 @@ class SearchConfig:
         self.ranges = tuple((float(lo), float(hi)) for lo, hi in self.ranges)
         if len(self.dims) != len(self.ranges):
             raise ValueError(f"{len(self.dims)} grid dims but {len(self.ranges)} ranges")
+        if not all(np.isfinite(self.ranges).ravel()):
+            raise ValueError(f"each range needs finite bounds (the grid divides them into "
+                             f"cells), got {self.ranges}")
         if any(lo >= hi for lo, hi in self.ranges):
             raise ValueError(f"each range needs low < high, got {self.ranges}")
-        if self.iterations < 1 or self.batch_size < 1 or self.num_emitters < 1:
-            raise ValueError("iterations, batch_size and num_emitters must be >= 1")
+        if any(d < 1 for d in self.dims):
+            raise ValueError(f"each grid dim needs >= 1 cell, got {self.dims}")
+        counts = {"iterations": self.iterations, "batch_size": self.batch_size,
+                  "num_emitters": self.num_emitters, "x0_samples": self.x0_samples,
+                  "checkpoint_every": self.checkpoint_every}
+        if bad := [k for k, v in counts.items() if v < 1]:
+            raise ValueError(f"{', '.join(bad)} must be >= 1, got {counts}")
+        if not (self.sigma0 > 0 and self.lr > 0 and 0 < self.archive_learning_rate <= 1):
+            raise ValueError("sigma0 and lr must be > 0 and archive_learning_rate in (0, 1], "
+                             f"got {self.sigma0}, {self.lr}, {self.archive_learning_rate}")
 
     @classmethod
     def from_profile(cls, p: dict, algorithm: str, seed: int = 0) -> SearchConfig:
@@ -249,11 +261,19 @@ class QDSearch:
         self.result_archive = state["result_archive"]
         self.scorer.load_state_dict(state["scorer"])
         # Drop metric rows logged after the checkpoint: they are recomputed now.
+        df = pd.DataFrame(columns=METRIC_COLUMNS)
         if self.metrics_path.exists():
-            df = pd.read_csv(self.metrics_path)
-            df = df[df["iteration"] <= self.iteration]
+            with reading(self.metrics_path, "the search's metrics (CSV)",
+                         f"Delete {self.metrics_path}: the checkpoint holds the search; only "
+                         "the curve's earlier rows are lost."):
+                df = pd.read_csv(self.metrics_path)
+                df = df[df["iteration"] <= self.iteration]
             with atomic_path(self.metrics_path) as tmp:
                 df.to_csv(tmp, index=False)
+        if len(df) < self.iteration:
+            warnings.warn(f"{self.metrics_path} has {len(df)} rows for the checkpoint's "
+                          f"{self.iteration} iterations (deleted or cut?): the curves lack the "
+                          "missing iterations", stacklevel=3)
         return True
 
     # --- the loop --------------------------------------------------------------------------

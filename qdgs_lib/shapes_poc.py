@@ -66,6 +66,8 @@ def random_set(scorer: PromptScorer, n: int, p: dict[str, Any], seed: int = 0,
                chunk: int = 256) -> dict:
     """``n`` labeled samples from the VAE's own prior (the size-matched baseline): the first
     ``n`` unambiguous ones of ``4n + 64`` draws."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
     z = scorer.generator.sample_prior(4 * n + 64, seed=seed).cpu().numpy()
     # scored a chunk at a time until n are unambiguous (~n / 0.95 draws, not all 4n + 64):
     # the chunks are measures_of's own, so every score is the number scoring all would give
@@ -76,6 +78,10 @@ def random_set(scorer: PromptScorer, n: int, p: dict[str, Any], seed: int = 0,
         if labeled >= n:
             break
     m = np.concatenate(m)
+    if labeled < n:
+        raise ValueError(f"only {labeled} of {len(z)} prior samples have an unambiguous shape "
+                         f"label, fewer than the {n} asked for (the size-matched baseline "
+                         f"needs all of them): lower the profile's label_margin")
     return synthetic_set(scorer, z[:len(m)], m, p, limit=n)
 
 

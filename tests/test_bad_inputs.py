@@ -450,3 +450,86 @@ def test_protocol_5_bin_and_rfw_message(tmp_path):
     assert read_bin(tmp_path / "p5.bin").images.shape == (2, 3, 112, 112)
     with pytest.raises(FileNotFoundError, match=f"under {tmp_path}"):
         read_rfw(tmp_path)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"ranges": ((-float("inf"), 1.0), (0.0, 1.0))}, "finite bounds"),
+    ({"ranges": ((float("nan"), 1.0), (0.0, 1.0))}, "finite bounds"),
+    ({"dims": (0, 10)}, ">= 1 cell"),
+    ({"sigma0": 0.0}, "sigma0 and lr must be > 0"),
+    ({"checkpoint_every": 0}, "checkpoint_every must be >= 1"),
+    ({"x0_samples": 0}, "x0_samples must be >= 1"),
+])
+def test_degenerate_search_settings_are_refused(kwargs, match):
+    from qdgs_lib.search import SearchConfig
+
+    args = {"dims": (10, 10), "ranges": ((0.0, 1.0), (0.0, 1.0)), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        SearchConfig(**args)
+
+
+def test_degenerate_measures_memory_and_prompts():
+    from qdgs_lib.clip import create_clip
+    from qdgs_lib.measures import Measure
+    from qdgs_lib.scoring import PromptScorer
+
+    with pytest.raises(ValueError, match="finite low < high"):
+        Measure("skin", "a", "b", "skin", (-float("inf"), 1.0), 10)
+    with pytest.raises(ValueError, match="memory_size must be an int >= 1"):
+        PromptScorer(ToyGenerator(), ToyClip(), ("g", "b"), [("a", "b")], memory_size=0)
+    sc = PromptScorer(ToyGenerator(), ToyClip(), ("g", "b"), [("a", "b"), ("c", "d")])
+    assert sc.measures_of(np.zeros((0, 4))).shape == (0, 2)
+    assert sc.measures_of_images(torch.zeros(0, 3, 8, 8)).shape == (0, 2)
+    clip = create_clip("qdgs-shapes-clip", device="cpu")
+    with pytest.raises(ValueError, match="list of strings"):
+        clip.encode_text("A red shape.")  # would have encoded 12 one-letter prompts
+    with pytest.raises(ValueError, match="list of strings"):
+        clip.encode_text([])
+
+
+def test_stylegan2_generator_settings():
+    from qdgs_lib.generators.stylegan2 import StyleGAN2, StyleGAN2Generator
+
+    net = StyleGAN2(z_dim=32, w_dim=32, img_resolution=16, channel_base=256, channel_max=32)
+    with pytest.raises(ValueError, match="num_std_samples must be >= 2"):
+        StyleGAN2Generator(net, num_std_samples=1)
+    gen = StyleGAN2Generator(net, num_std_samples=64)
+    gen.modconv = "fast"
+    with pytest.raises(ValueError, match="modconv must be one of"):
+        gen.decode(gen.sample_prior(1))
+
+
+def test_damaged_or_missing_metrics_of_a_search(tmp_path):
+    from qdgs_lib.scoring import PromptScorer
+    from qdgs_lib.search import QDSearch, SearchConfig
+
+    def search():
+        sc = PromptScorer(ToyGenerator(), ToyClip(), ("g", "b"), [("a", "b"), ("c", "d")])
+        cfg = SearchConfig(dims=(5, 5), ranges=((-1, 1), (-1, 1)), iterations=6,
+                           checkpoint_every=3, x0_samples=4)
+        return QDSearch(sc, cfg, tmp_path)
+
+    s = search()
+    interrupt_at(s, 4, KeyboardInterrupt)  # killed after the checkpoint at 3
+    with pytest.raises(KeyboardInterrupt):
+        s.run(progress=False)
+    (tmp_path / "metrics.csv").write_bytes(b"\xff\xfe garbage")
+    with pytest.raises(BadFileError, match="metrics.csv.*Delete"):
+        search().run(progress=False)
+    (tmp_path / "metrics.csv").unlink()
+    with pytest.warns(UserWarning, match="0 rows for the checkpoint's 3 iterations"):
+        search().run(progress=False)
+
+
+def test_random_baseline_must_reach_its_size():
+    from qdgs_lib import shapes_poc
+    from qdgs_lib.profiles import get_profile
+    from qdgs_lib.scoring import PromptScorer
+
+    p = get_profile("smoke", "shapes")
+    sc = PromptScorer(ToyGenerator(), ToyClip(), p["objective"],
+                      [m.prompts for m in p["measures"]])
+    with pytest.raises(ValueError, match="unambiguous shape label.*label_margin"):
+        shapes_poc.random_set(sc, 20, dict(p, label_margin=10.0))  # no sample is that sure
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        shapes_poc.random_set(sc, 0, p)

@@ -344,6 +344,11 @@ class StyleGAN2Generator(Generator):
     def __init__(self, net: StyleGAN2, num_std_samples: int = 10_000, seed: int = 0,
                  noise_mode: str = "const"):
         super().__init__()
+        if num_std_samples < 2:
+            raise ValueError(f"num_std_samples must be >= 2 (w's standard deviation is "
+                             f"estimated from them), got {num_std_samples}")
+        if noise_mode not in ("const", "random", "none"):
+            raise ValueError(f"noise_mode must be const, random or none, got {noise_mode!r}")
         self.net = net.eval().requires_grad_(False)
         self.latent_dim = net.w_dim
         self.image_size = net.img_resolution
@@ -367,7 +372,10 @@ class StyleGAN2Generator(Generator):
     def decode(self, q: torch.Tensor) -> torch.Tensor:
         q = self.check_latents(q).to(self.w_std.device)
         ws = self.w_from_q(q).unsqueeze(1).repeat(1, self.net.num_ws, 1)
-        fused = {"auto": None, "fused": True, "split": False}[self.modconv]
+        modes = {"auto": None, "fused": True, "split": False}
+        if self.modconv not in modes:
+            raise ValueError(f"modconv must be one of {sorted(modes)}, got {self.modconv!r}")
+        fused = modes[self.modconv]
         img = self.net.synthesis(ws, self.noise_mode, fused)
         return ((img + 1) / 2).clamp(0, 1)
 
