@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from typing import Any
 
@@ -209,11 +210,12 @@ def _check_type(key: str, default: Any, value: Any) -> None:
     if value is None and key in _OPTIONAL:
         return
     if key in _OPTIONAL:  # paths, or a count
-        ok = isinstance(value, int) if key == "dataset_solutions" else \
-            isinstance(value, str | os.PathLike)
+        ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 1) \
+            if key == "dataset_solutions" else isinstance(value, str | os.PathLike)
         if not ok:
             raise ValueError(f"override {key}={value!r} ({type(value).__name__}) must be "
-                             f"{'an int' if key == 'dataset_solutions' else 'a path'} or None")
+                             f"{'an int >= 1' if key == 'dataset_solutions' else 'a path'} "
+                             "or None")
         return
     if default is None:
         return
@@ -229,9 +231,27 @@ def _check_type(key: str, default: Any, value: Any) -> None:
     if not ok:
         raise ValueError(f"override {key}={value!r} ({type(value).__name__}) does not match the "
                          f"profile's {key}={default!r} ({type(default).__name__})")
+    if isinstance(default, list | tuple) and default:
+        # a list holds what the profile's list holds; some cannot be empty
+        if not value and key in _NON_EMPTY:
+            raise ValueError(f"override {key}={value!r} is empty; the profile's {key} is "
+                             f"{default!r}")
+        if key in _FIXED_LENGTH and len(value) != len(default):
+            raise ValueError(f"override {key}={value!r} needs {len(default)} entries, like "
+                             f"the profile's {default!r}")
+        for item in value:
+            _check_type(f"{key}[]", default[0], item)
+    elif isinstance(value, number) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError(f"override {key}={value!r} must be finite")
+        if isinstance(default, int) and default >= 1 and value < 1:  # counts: epochs, sizes
+            raise ValueError(f"override {key}={value!r} must be >= 1 (a count, like the "
+                             f"profile's {default!r})")
 
 
 _OPTIONAL = {"clip_weights", "stylegan_weights", "real_dataset", "dataset_solutions"}
+_NON_EMPTY = {"seeds", "bias_levels", "objective", "objective_weights"}  # (benchmarks may be)
+_FIXED_LENGTH = {"objective", "objective_weights"}  # a prompt pair; 3 loss weights
 
 
 def get_profile(profile: str | None = None, section: str | None = None,

@@ -239,6 +239,15 @@ def test_override_types_are_checked():
                        ("grid", 5), ("clip", 3), ("world", None)):
         with pytest.raises(ValueError, match=f"override {key}="):
             get_profile("smoke", "faces", **{key: value})
+    # values of the right type that make no sense: counts below 1, empty lists, list items
+    for section, key, value, match in (
+            ("faces", "iterations", -3, "must be >= 1"), ("recognition", "seeds", [], "empty"),
+            ("faces", "objective_weights", ["a", "b", "c"], r"objective_weights\[\]="),
+            ("faces", "dataset_solutions", True, "int >= 1"),
+            ("faces", "lr", float("nan"), "finite"),
+            ("faces", "objective_weights", [1.0, 0.5], "needs 3 entries")):
+        with pytest.raises(ValueError, match=match):
+            get_profile("smoke", section, **{key: value})
 
 
 def test_overrides_from_papermill_as_json():
