@@ -542,3 +542,25 @@ def test_random_baseline_must_reach_its_size():
         shapes_poc.random_set(sc, 20, dict(p, label_margin=10.0))  # no sample is that sure
     with pytest.raises(ValueError, match="n must be >= 1"):
         shapes_poc.random_set(sc, 0, p)
+
+
+def test_rfw_and_recordio_side_files(tmp_path):
+    from qdgs_lib.data.benchmarks import read_rfw
+    from qdgs_lib.data.identities import RecordIOFaces
+    from qdgs_lib.data.recordio import RecordIOError
+    from qdgs_lib.plumbing import write_benchmarks, write_training_set
+
+    write_benchmarks(tmp_path)
+    rfw = tmp_path / "rfw"
+    assert len(read_rfw(rfw, limit_per_race=2).issame) == 8
+    with pytest.raises(BadFileError, match="limit_per_race=0"):
+        read_rfw(rfw, limit_per_race=0)
+    jpg = next((rfw / "test" / "data" / "African").rglob("*_0001.jpg"))
+    jpg.write_bytes(b"not a jpeg")
+    with pytest.raises(BadFileError,
+                       match=r"listed in .*African_pairs.txt:\d+\) is not a readable"):
+        read_rfw(rfw)
+    write_training_set(tmp_path / "train")
+    (tmp_path / "train" / "property").write_text("lots,112,112")
+    with pytest.raises(RecordIOError, match="num_classes,H,W"):
+        RecordIOFaces(tmp_path / "train" / "train.rec")

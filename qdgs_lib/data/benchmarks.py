@@ -156,12 +156,20 @@ def read_rfw(root: str | Path, races=RFW_RACES, image_size: int = 112,
                 f = root / "test" / "data" / race / ident / f"{ident}_{int(n):04d}.jpg"
                 if not f.is_file():
                     raise FileNotFoundError(f"{f} (listed in {pairs_file}:{i + 1}) is missing")
-                img = Image.open(f).convert("RGB").resize((image_size, image_size),
-                                                          Image.BILINEAR)
+                try:
+                    img = Image.open(f).convert("RGB").resize((image_size, image_size),
+                                                              Image.BILINEAR)
+                except (OSError, ValueError) as e:  # PIL: unreadable or truncated image
+                    raise BadFileError(f"{f} (listed in {pairs_file}:{i + 1}) is not a "
+                                       f"readable image ({e}): restore it from the RFW "
+                                       "release") from e
                 images.append(np.asarray(img))
             issame.append(same)
             groups.append(g)
             folds.append(int(race_folds[i]))
+    if not issame:
+        raise BadFileError(f"no pairs read from {root / 'test' / 'txts'} (empty pairs files, "
+                           f"or limit_per_race={limit_per_race})")
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
     return PairSet("RFW", x, np.array(issame), np.array(groups), list(races), np.array(folds))
 

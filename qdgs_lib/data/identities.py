@@ -126,7 +126,12 @@ class RecordIOFaces(Dataset):
                 int(unpack(self.reader.read(int(k)), f"{rec} key {k}")[0][0]) for k in self.keys)
         prop = rec.parent / "property"
         if prop.is_file():  # InsightFace's "num_classes,H,W"
-            n = int(prop.read_text().split(",")[0])
+            try:
+                n = int(prop.read_text().split(",")[0])
+            except (ValueError, UnicodeDecodeError) as e:
+                raise RecordIOError(f"{prop} is not InsightFace's 'num_classes,H,W' ({e}): "
+                                    "restore it, or delete it (the labels give the count)"
+                                    ) from e
             if n < self.num_classes:
                 raise RecordIOError(f"{prop} says {n} identities, {rec} has "
                                     f"{self.num_classes}")
