@@ -40,11 +40,15 @@ def test_preprocessing_is_differentiable_and_cutouts_average():
 
 
 def _embedding_and_jacobian(clip, x: torch.Tensor, k: int = 5):
-    """Embeddings and the vmapped backward of k embedding dimensions, as the scorer runs it."""
+    """Embeddings and the vmapped backward of k embedding dimensions, both ways the scorer
+    runs it (``batched``: autograd's is_grads_batched; ``func``: torch.func vjp + vmap)."""
     x = x.clone().requires_grad_(True)
     emb = clip.encode_image(x, check=False)
     cot = torch.eye(emb.shape[1], device=x.device)[:k, None, :].expand(k, *emb.shape)
     (jac,) = torch.autograd.grad(emb, x, cot.contiguous(), is_grads_batched=True)
+    _, vjp = torch.func.vjp(lambda z: clip.encode_image(z, check=False), x.detach())
+    (jac_func,) = torch.func.vmap(vjp)(cot.contiguous())
+    torch.testing.assert_close(jac_func, jac, rtol=1e-4, atol=1e-6)
     return emb.detach(), jac
 
 
@@ -72,7 +76,7 @@ def test_packed_attention_is_the_stock_attention(monkeypatch):
         emb, jac = _embedding_and_jacobian(stock, x)
         n = len(calls)
         emb_p, jac_p = _embedding_and_jacobian(packed, x)
-        assert len(calls) == n + layers  # the packed path ran (vmapped backward included)
+        assert len(calls) == n + 2 * layers  # the packed path ran (in both jacobian modes)
         torch.testing.assert_close(emb_p, emb, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(jac_p, jac, rtol=1e-4, atol=1e-6)
         n = len(calls)
@@ -80,7 +84,7 @@ def test_packed_attention_is_the_stock_attention(monkeypatch):
         assert len(calls) == n and torch.equal(emb_a, emb) and torch.equal(jac_a, jac)
     text = ["a red circle", "a blue triangle"]
     assert torch.equal(packed.encode_text(text), stock.encode_text(text))
-    assert len(calls) == 3 * layers  # the causal text tower never takes the packed path
+    assert len(calls) == 3 * 2 * layers  # the causal text tower never takes the packed path
 
 
 def test_packed_attention_shares_the_parameters_and_trains():
