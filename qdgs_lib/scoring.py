@@ -145,6 +145,7 @@ class PromptScorer:
         self._targets = [(clip.encode_text(_alternatives(p)), clip.encode_text(_alternatives(n)))
                          for p, n in pairs]
         self.memory = torch.empty(0, self._targets[0][0].shape[1], device=clip.device)
+        self._seed = seed
         self._rng = np.random.default_rng(seed)
         # "batched" | "func" | "loop" | "auto" (the generator's preferred mode): see _with_jacobian
         self.jacobian_mode = "auto"
@@ -407,6 +408,12 @@ class PromptScorer:
             return
         i = int(self._rng.choice(good))
         self.memory = torch.cat([self.memory, emb[i:i + 1]])[-self.memory_size:]
+
+    def reset(self) -> None:
+        """Back to a fresh scorer's state: an empty uniqueness memory and its seeded choices.
+        Every new search starts here, so a run never depends on the runs scored before it."""
+        self.memory = self.memory.new_empty((0, self.memory.shape[1]))
+        self._rng = np.random.default_rng(self._seed)
 
     # --- checkpointing ---------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -310,6 +310,7 @@ class QDSearch:
         """Run (or resume) until ``cfg.iterations``; return the result archive."""
         self.outdir.mkdir(parents=True, exist_ok=True)
         if not self._try_resume():
+            self.scorer.reset()  # not the memory a previous search on this scorer left
             write_run_info(self.outdir, self._config_dict())
             if self.metrics_path.exists():
                 self.metrics_path.unlink()

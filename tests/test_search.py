@@ -18,8 +18,9 @@ def scorer(prior_std=0.05):
 
 
 def config(algorithm, iterations=300, **kw):
+    kw = {"sigma0": 0.3, "lr": 0.3, "seed": 1, **kw}
     return SearchConfig(dims=(20, 20), ranges=RANGES, algorithm=algorithm,
-                        iterations=iterations, sigma0=0.3, lr=0.3, seed=1, **kw)
+                        iterations=iterations, **kw)
 
 
 def test_cma_maega_covers_more_than_random_sampling(tmp_path):
@@ -87,6 +88,23 @@ def test_checkpoint_scored_by_other_weights_is_refused(tmp_path):
     search = QDSearch(scorer_with(2), config("cma_maega", 5), tmp_path)
     search.run(progress=False)
     assert search.iteration == 5
+
+
+@pytest.mark.parametrize("second", ["cma_maega", "random"])
+def test_a_search_does_not_inherit_the_previous_searchs_memory(tmp_path, second):
+    """With a uniqueness term, a search run after another one on the same scorer gives the
+    archive a fresh scorer gives (before: it started from the first search's memory)."""
+    def make():
+        return PromptScorer(ToyGenerator(prior_std=0.05), ToyClip(), ("good", "bad"),
+                            [("a", "b"), ("c", "d")], weights=(1, 0, 0.2), memory_size=5)
+
+    shared = make()
+    QDSearch(shared, config("cma_maega", 30), tmp_path / "first").run(progress=False)
+    assert len(shared.memory) == 5  # the first search left a full memory behind
+    after = QDSearch(shared, config(second, 30, seed=2), tmp_path / "after").run(progress=False)
+    alone = QDSearch(make(), config(second, 30, seed=2), tmp_path / "alone").run(progress=False)
+    pd.testing.assert_frame_equal(after.data(return_type="pandas"),
+                                  alone.data(return_type="pandas"))
 
 
 def test_malicious_checkpoint_is_refused_without_running(tmp_path):
