@@ -65,13 +65,15 @@ class PackedSelfAttention(nn.MultiheadAttention):
 
     cuda_only = False
 
-    def forward(self, query, key, value, need_weights=True, attn_mask=None, **kwargs):
-        stock = (need_weights or attn_mask is not None or kwargs or not self.batch_first
-                 or not self._qkv_same_embed_dim or not (query is key is value)
-                 or query.ndim != 3 or (self.cuda_only and not query.is_cuda))
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
+                attn_mask=None, average_attn_weights=True, is_causal=False):
+        stock = (need_weights or attn_mask is not None or key_padding_mask is not None
+                 or is_causal or not self.batch_first or not self._qkv_same_embed_dim
+                 or not (query is key is value) or query.is_nested or query.ndim != 3
+                 or (self.cuda_only and not query.is_cuda))
         if stock:
-            return super().forward(query, key, value, need_weights=need_weights,
-                                   attn_mask=attn_mask, **kwargs)
+            return super().forward(query, key, value, key_padding_mask, need_weights,
+                                   attn_mask, average_attn_weights, is_causal)
         return self._packed(query), None
 
     def _packed(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,14 +93,20 @@ def pack_self_attention(tower: nn.Module, cuda_only: bool = False) -> int:
     swapped = 0
     for module in tower.modules():
         for name, child in list(module.named_children()):
+            hooks = (child._forward_hooks, child._forward_pre_hooks, child._backward_hooks)
             if type(child) is nn.MultiheadAttention and child.batch_first \
                     and child._qkv_same_embed_dim and child.bias_k is None \
-                    and not child.add_zero_attn:
+                    and not child.add_zero_attn and not any(hooks):  # (hooks would be lost)
                 packed = PackedSelfAttention(child.embed_dim, child.num_heads, child.dropout,
                                              bias=child.in_proj_bias is not None,
                                              batch_first=True, device="meta")
-                # the same parameter tensors, not copies
-                packed.load_state_dict(child.state_dict(keep_vars=True), assign=True)
+                # the same parameter tensors, not copies (assign takes the meta module's
+                # requires_grad: put each tensor's own back)
+                params = child.state_dict(keep_vars=True)
+                grads = {k: t.requires_grad for k, t in params.items()}
+                packed.load_state_dict(params, assign=True)
+                for k, t in packed.state_dict(keep_vars=True).items():
+                    t.requires_grad_(grads[k])
                 packed.train(child.training)
                 packed.cuda_only = cuda_only
                 setattr(module, name, packed)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable
 
@@ -109,25 +108,33 @@ class BackboneAndHead(nn.Module):
         self.backbone, self.head = backbone, head
         # a plain function, not a submodule: the state dicts stay the backbone's own;
         # fallback_random: dropout draws the eager masks, so compiled = eager up to rounding
-        self._backbone_forward = torch.compile(
+        self._compiled_forward = torch.compile(
             backbone.forward, dynamic=False, options={"fallback_random": True}) if compile \
-            else backbone
+            else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb, norms = self._backbone_forward(x)
+        emb, norms = (self._compiled_forward or self.backbone)(x)
         return emb, self.head(emb.float(), norms.float(), y)
 
 
 def compile_available(device: torch.device) -> str | None:
     """None when ``torch.compile`` can build kernels for ``device``, else why not (on a CPU
     its inductor backend compiles C++: it needs a compiler on the PATH)."""
-    import shutil
+    if device.type != "cpu":
+        return None
+    from torch._inductor import config
+    from torch._inductor.cpp_builder import cpp_compiler_search
 
-    if device.type == "cpu":
-        cxx = os.environ.get("CXX", "g++")
-        if shutil.which(cxx) is None and shutil.which("clang++") is None:
-            return (f"torch.compile on a CPU needs a C++ compiler and {cxx} is not on the PATH "
-                    "(apt-get install g++, or conda install -c conda-forge cxx-compiler)")
+    # the compilers inductor itself tries (CXX when set at import, else g++), uncached
+    search = tuple(config.cpp.cxx) if isinstance(config.cpp.cxx, list | tuple) \
+        else (config.cpp.cxx,)
+    try:
+        getattr(cpp_compiler_search, "__wrapped__", cpp_compiler_search)(search)
+    except Exception:  # noqa: BLE001 - inductor's InvalidCxxCompiler and what leads to it
+        names = " or ".join(c for c in search if c)
+        return (f"torch.compile on a CPU needs a C++ compiler and {names} does not run "
+                "(apt-get install g++, conda install -c conda-forge cxx-compiler, or set "
+                "CXX to a compiler before starting Python)")
     return None
 
 
@@ -278,7 +285,8 @@ class RecognitionTrainer:
         self.head.load_state_dict(st["head"])
         self.opt.load_state_dict(st["opt"])
         self.sched.load_state_dict(st["sched"])
-        self.scaler.load_state_dict(st["scaler"])
+        if st["scaler"]:  # empty when written without fp16 loss scaling (CPU, fp32, bf16):
+            self.scaler.load_state_dict(st["scaler"])  # an fp16 resume then starts its scale
         self.epoch = st["epoch"]
 
     def _epoch_order(self) -> tuple[torch.Tensor, torch.Generator]:

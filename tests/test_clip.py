@@ -193,3 +193,32 @@ def test_openai_weights_in_a_gelu_model_warn(tmp_path):
                 tmp_path / "open_clip_model.safetensors")
     with pytest.warns(UserWarning, match="QuickGELU"):
         create_clip("qdgs-shapes-clip", weights=tmp_path / "open_clip_model.safetensors")
+
+
+def test_packed_attention_keeps_the_stock_call_and_freezing():
+    """The stock signature (positional key_padding_mask / need_weights) and the stock path for
+    what the packed one does not do; a frozen tower stays frozen; hooked modules stay stock."""
+    from torch import nn
+
+    from qdgs_lib.clip import PackedSelfAttention, pack_self_attention
+
+    torch.manual_seed(0)
+    tower = nn.Sequential(nn.MultiheadAttention(16, 2, batch_first=True)).requires_grad_(False)
+    stock = nn.MultiheadAttention(16, 2, batch_first=True)
+    stock.load_state_dict(tower[0].state_dict())
+    assert pack_self_attention(tower) == 1 and isinstance(tower[0], PackedSelfAttention)
+    assert not any(p.requires_grad for p in tower.parameters())
+    x = torch.randn(3, 5, 16)
+    pad = torch.zeros(3, 5, dtype=torch.bool)
+    pad[:, -1] = True
+    for args in ((pad, False), (None, False), (None, True)):  # positional, as the stock takes
+        got, want = tower[0](x, x, x, *args), stock(x, x, x, *args)
+        torch.testing.assert_close(got[0], want[0])
+        assert (got[1] is None) == (want[1] is None)
+    torch.testing.assert_close(tower[0](x, x, x, is_causal=True, need_weights=False,
+                                        attn_mask=nn.Transformer.generate_square_subsequent_mask(5))[0],
+                               stock(x, x, x, is_causal=True, need_weights=False,
+                                     attn_mask=nn.Transformer.generate_square_subsequent_mask(5))[0])
+    hooked = nn.Sequential(nn.MultiheadAttention(16, 2, batch_first=True))
+    hooked[0].register_forward_hook(lambda *a: None)
+    assert pack_self_attention(hooked) == 0

@@ -211,7 +211,9 @@ def test_compile_without_a_compiler_warns_and_trains_eagerly(tmp_path, monkeypat
     with pytest.warns(UserWarning, match=r"C\+\+ compiler.*eagerly"):
         tr = RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), TensorFaces(x, y),
                                 tmp_path / "run", batch_size=16, progress=False, compile=True)
-    assert not tr.compiled and tr.model._backbone_forward is tr.backbone
+    assert not tr.compiled and tr.model._compiled_forward is None
+    # eager: the backbone is registered once (its keys are not repeated under another name)
+    assert all(k.startswith(("backbone.", "head.")) for k in tr.model.state_dict())
 
 
 def test_resume_refuses_other_settings_and_a_fresh_start_starts_a_fresh_log(tmp_path):
@@ -242,3 +244,12 @@ def test_datasets_the_head_cannot_learn_are_refused(tmp_path):
     with pytest.raises(ValueError, match="head has 3 classes but the dataset 4"):
         RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 3), TensorFaces(x, y),
                            tmp_path, progress=False)
+
+
+def test_a_cpu_checkpoint_resumes_with_fp16_loss_scaling(tmp_path):
+    """A run written without loss scaling (CPU, fp32 or bf16: an empty scaler state) resumes
+    where fp16 scaling is on (CUDA's default); it was refused as "another model"."""
+    make_trainer(tmp_path).run(1)
+    tr = make_trainer(tmp_path)
+    tr.scaler = torch.amp.GradScaler("cpu", enabled=True)  # stands in for CUDA fp16's scaler
+    assert tr.load() and tr.epoch == 1
