@@ -16,6 +16,8 @@ import time
 import warnings
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -254,7 +256,8 @@ class QDSearch:
             raise ValueError(
                 f"{self.checkpoint_path} belongs to a run with different settings "
                 f"({', '.join(differ)}; 'weights_sha256': other generator or CLIP weights). "
-                "Use a new output folder, or delete the checkpoint to start over.")
+                f"Use a new output folder, or delete {CHECKPOINT} and its previous copy "
+                f"checkpoint.prev.pkl in {self.outdir} to start over.")
         self.iteration = state["iteration"]
         self.seconds = state["seconds"]
         self.scheduler = state["scheduler"]
@@ -309,6 +312,12 @@ class QDSearch:
     def run(self, progress: bool = True) -> GridArchive:
         """Run (or resume) until ``cfg.iterations``; return the result archive."""
         self.outdir.mkdir(parents=True, exist_ok=True)
+        with _folder_lock(self.outdir):
+            return self._run(progress)
+
+    def _run(self, progress: bool) -> GridArchive:
+        for stale in self.outdir.glob(".*.tmp"):  # left by a process killed mid-write
+            stale.unlink(missing_ok=True)
         if not self._try_resume():
             self.scorer.reset()  # not the memory a previous search on this scorer left
             write_run_info(self.outdir, self._config_dict())
@@ -343,6 +352,27 @@ class QDSearch:
         return pd.read_csv(self.metrics_path)
 
 
+@contextmanager
+def _folder_lock(outdir: Path):
+    """Hold ``outdir/.lock`` (an advisory lock the OS drops when the process dies): two
+    processes running a search in one folder would interleave its metrics and checkpoints."""
+    try:
+        import fcntl
+    except ImportError:  # (Windows: no advisory locks here)
+        yield
+        return
+    with open(outdir / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another process is running a search in {outdir}: wait for "
+                               "it, or give this run another folder") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def run_search(scorer: PromptScorer, p: dict, algorithm: str, outdir: str | Path,
                seed: int = 0, progress: bool = True) -> QDSearch:
     """Run (or resume, or reload when finished) the search of a profile section in
@@ -369,6 +399,10 @@ def run_searches(scorer: PromptScorer, p: dict,
     ``scorer`` from its final checkpoint; interrupted runs resume as :func:`run_search` does.
     From a script, call it under ``if __name__ == "__main__":`` (worker processes are spawned).
     """
+    folders = [Path(outdir).resolve() for _, _, outdir in runs.values()]
+    if len(set(folders)) < len(folders):
+        twice = sorted({str(f) for f in folders if folders.count(f) > 1})
+        raise ValueError(f"two runs share a folder ({', '.join(twice)}): give each its own")
     configs = {key: SearchConfig.from_profile(p, algorithm, seed)
                for key, (algorithm, seed, _) in runs.items()}
     done = {key: _finished(Path(outdir), configs[key].iterations)
@@ -426,6 +460,12 @@ def _run_in_workers(build_scorer, p: dict, runs: Mapping, configs: Mapping, work
                                 configs[key].iterations) for key in runs)
                 bar.refresh()
                 for fut in finished:
+                    if isinstance(fut.exception(), BrokenProcessPool):
+                        raise RuntimeError(
+                            "a search worker process died (killed, or out of memory?). "
+                            "Finished runs are kept and interrupted ones resume from their "
+                            "checkpoint: run again, with fewer workers if memory is short."
+                        ) from fut.exception()
                     if fut.exception() is not None:
                         raise RuntimeError(
                             f"search {futures[fut]!r} failed in its worker process: "

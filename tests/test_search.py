@@ -203,6 +203,37 @@ def test_searches_in_worker_processes_match_in_process_runs(tmp_path):
     assert again[0].result_archive.stats.num_elites == parallel[0].result_archive.stats.num_elites
 
 
+def test_a_dead_worker_and_shared_folders_are_named(tmp_path):
+    from toys import dying_scorer
+
+    from qdgs_lib import shapes_poc
+    from qdgs_lib.profiles import get_profile
+    from qdgs_lib.search import run_searches
+
+    p = get_profile("smoke", "shapes", iterations=3)
+    scorer = shapes_poc.build_scorer(p, "cpu")
+    runs = {0: ("cma_maega", 0, tmp_path / "a"), 1: ("cma_maega", 1, tmp_path / "b")}
+    with pytest.raises(RuntimeError, match="worker process died"):
+        run_searches(scorer, p, runs, build_scorer=dying_scorer, workers=2, progress=False)
+    runs[1] = ("random", 0, tmp_path / "x" / ".." / "a")  # the same folder, spelled otherwise
+    with pytest.raises(ValueError, match="two runs share a folder"):
+        run_searches(scorer, p, runs, progress=False)
+
+
+def test_one_search_per_folder_at_a_time(tmp_path):
+    """A second process in the same folder is refused while the first holds it; a temp file
+    left by a killed writer is cleared when the run starts."""
+    from qdgs_lib.search import _folder_lock
+
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / ".checkpoint.pkl.abc123.tmp").write_bytes(b"half a checkpoint")
+    with _folder_lock(tmp_path):  # (flock: a second open file conflicts even in one process)
+        with pytest.raises(RuntimeError, match="another process is running a search"):
+            QDSearch(scorer(), config("cma_maega", 3), tmp_path).run(progress=False)
+    QDSearch(scorer(), config("cma_maega", 3), tmp_path).run(progress=False)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_a_failing_worker_names_its_search(tmp_path):
     from toys import broken_scorer
 

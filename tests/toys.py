@@ -76,3 +76,10 @@ class ToyClip(nn.Module):
 def broken_scorer(p, device):
     """A scorer builder for worker processes that fails like missing weights would."""
     raise FileNotFoundError("toy weights are missing")
+
+
+def dying_scorer(p, device):
+    """A scorer builder whose worker process dies at once, as an out-of-memory kill would."""
+    import os
+
+    os._exit(9)
