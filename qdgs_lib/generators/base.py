@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -43,8 +45,8 @@ class Generator(nn.Module):
             raise TypeError(f"{type(self).__name__}.decode takes a float tensor of latents "
                             f"(B, {self.latent_dim}), got {kind}: use "
                             "torch.as_tensor(z, dtype=torch.float32)")
-        dtype = next((t.dtype for t in (*self.parameters(), *self.buffers())
-                      if t.is_floating_point()), torch.float32)
+        dtype = next((t.dtype for t in itertools.chain(self.parameters(), self.buffers())
+                      if t.is_floating_point()), torch.float32)  # (lazy: the first one)
         if z.dtype != dtype:  # e.g. float64 latents from numpy into a float32 network
             z = z.to(dtype)
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
