@@ -318,7 +318,9 @@ class PromptScorer:
         no random cutouts (drawn on the host), a full (or unused) uniqueness memory, batches
         up to ``static_max_batch``, a vmapped jacobian mode, and from a shape's second call.
         ``cuda_graphs``: ``auto`` (on for CUDA), True (on any device: on a CPU the same
-        static buffers run eagerly, which is what tests check), False.
+        static buffers run eagerly, which is what tests check), False. A graph holds the
+        networks' tensors as they were at capture: after moving or casting the networks, or
+        changing ``weights``, clear ``_static_calls`` (or build a new scorer).
         """
         use = self.cuda_graphs
         if use == "auto":

@@ -150,7 +150,8 @@ class RecognitionTrainer:
     ``run(epochs)`` resumes from ``outdir/checkpoint.pt`` when it exists (weights_only load),
     so a killed run continues at the next epoch with the same data order and augmentations.
     ``precision``: ``auto`` (fp16 autocast with loss scaling on CUDA, fp32 elsewhere),
-    ``fp32``, ``fp16`` or ``bf16`` (autocast, no loss scaling needed). Augmentations run on
+    ``fp32``, ``fp16`` (loss scaling on CUDA only: elsewhere small gradients may underflow;
+    use ``bf16`` there) or ``bf16`` (autocast, no loss scaling needed). Augmentations run on
     the training device, so ``num_workers`` loader processes only decode.
     ``compile``: the backbone's forward (and so its backward) through ``torch.compile``:
     ir_small at batch 64 on 2 CPU cores 1.2-1.4x faster after a one-time ~1 min compile (reused
