@@ -203,10 +203,10 @@ class Clip(nn.Module):
         """Unit (or raw) image embeddings. ``check=False`` skips the NaN check, which costs a
         device->host sync; callers that check their outputs later (PromptScorer) skip it."""
         if check:
-            if isinstance(images, torch.Tensor) and not torch.isfinite(images).all():
+            check_unit_images(images)  # (a float tensor; its finite values in [0, 1])
+            if not torch.isfinite(images).all():
                 raise ValueError("images contain NaN or inf: check the generator's "
                                  "output/latents")
-            check_unit_images(images)
         if self.num_cutouts > 0:
             emb = self.model.encode_image(self._cutouts(images, generator))
             emb = emb.view(self.num_cutouts, images.shape[0], -1).mean(0)

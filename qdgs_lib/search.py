@@ -34,7 +34,9 @@ from .utils import (
     BadFileError,
     RestrictedUnpickler,
     atomic_path,
+    keep_rows_through,
     load_checkpoint_with_fallback,
+    previous_path,
     reading,
     write_checkpoint,
     write_run_info,
@@ -257,7 +259,7 @@ class QDSearch:
                 f"{self.checkpoint_path} belongs to a run with different settings "
                 f"({', '.join(differ)}; 'weights_sha256': other generator or CLIP weights). "
                 f"Use a new output folder, or delete {CHECKPOINT} and its previous copy "
-                f"checkpoint.prev.pkl in {self.outdir} to start over.")
+                f"{previous_path(self.checkpoint_path).name} in {self.outdir} to start over.")
         self.iteration = state["iteration"]
         self.seconds = state["seconds"]
         self.scheduler = state["scheduler"]
@@ -266,13 +268,10 @@ class QDSearch:
         # Drop metric rows logged after the checkpoint: they are recomputed now.
         df = pd.DataFrame(columns=METRIC_COLUMNS)
         if self.metrics_path.exists():
-            with reading(self.metrics_path, "the search's metrics (CSV)",
-                         f"Delete {self.metrics_path}: the checkpoint holds the search; only "
-                         "the curve's earlier rows are lost."):
-                df = pd.read_csv(self.metrics_path)
-                df = df[df["iteration"] <= self.iteration]
-            with atomic_path(self.metrics_path) as tmp:
-                df.to_csv(tmp, index=False)
+            df = keep_rows_through(self.metrics_path, "iteration", self.iteration,
+                                   "the search's metrics (CSV)",
+                                   f"Delete {self.metrics_path}: the checkpoint holds the "
+                                   "search; only the curve's earlier rows are lost.")
         if len(df) < self.iteration:
             warnings.warn(f"{self.metrics_path} has {len(df)} rows for the checkpoint's "
                           f"{self.iteration} iterations (deleted or cut?): the curves lack the "

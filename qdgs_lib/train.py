@@ -372,7 +372,7 @@ class RecognitionTrainer:
         """Train (or resume) up to ``epochs``; append to ``log.csv``; checkpoint each epoch."""
         import pandas as pd
 
-        from .utils import atomic_path, reading
+        from .utils import keep_rows_through
 
         self.outdir.mkdir(parents=True, exist_ok=True)
         log_path = self.outdir / "log.csv"
@@ -381,12 +381,8 @@ class RecognitionTrainer:
             if not resumed:  # a fresh start: an old log would mix two runs' epochs
                 log_path.unlink()
             else:  # drop rows past the checkpoint (logged, then killed)
-                with reading(log_path, "the training log (CSV)",
-                             f"Delete {log_path}; the checkpoint holds the training state."):
-                    log = pd.read_csv(log_path)
-                    log = log[log.epoch <= self.epoch]
-                with atomic_path(log_path) as tmp:
-                    log.to_csv(tmp, index=False)
+                keep_rows_through(log_path, "epoch", self.epoch, "the training log (CSV)",
+                                  f"Delete {log_path}; the checkpoint holds the training state.")
         rows = []
         while self.epoch < epochs:
             row = self.train_epoch()

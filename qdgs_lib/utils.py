@@ -259,6 +259,19 @@ def check_recorded_sha256(path: str | os.PathLike, fix: str) -> None:
                            f"the file is corrupted or was replaced. {fix}")
 
 
+def keep_rows_through(path: str | os.PathLike, column: str, last: int, what: str, fix: str):
+    """Keep the rows of the CSV log ``path`` whose ``column`` is at most ``last`` (rows logged
+    after the checkpoint a run resumes from), rewritten atomically; returns them."""
+    import pandas as pd
+
+    with reading(path, what, fix):
+        rows = pd.read_csv(path)
+        rows = rows[rows[column] <= last]
+    with atomic_path(path) as tmp:
+        rows.to_csv(tmp, index=False)
+    return rows
+
+
 def previous_path(path: str | os.PathLike) -> Path:
     """Where the checkpoint before the latest is kept: ``checkpoint.prev.pkl``."""
     path = Path(path)
