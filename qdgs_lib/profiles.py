@@ -50,6 +50,7 @@ _SHAPES_BASE: dict[str, Any] = {
     # keeps them at the prior's norm (agreement 0.79-0.80; bench/shapes_support.py, issue 15)
     "objective_weights": (1.0, 2.0, 0.0),
     "cutouts": 0,  # random crops CLIP scores and averages (0: the whole image once)
+    "tf32_matmul": False,  # CUDA only: CLIP's matmuls in TF32 while scoring (PromptScorer._tf32)
     "batch_size": 4,
     "num_emitters": 1,
     "sigma0": 0.5,
@@ -71,6 +72,7 @@ _FACES_BASE: dict[str, Any] = {
     "clip_weights": None,
     "stylegan_weights": None,
     "cutouts": 0,
+    "tf32_matmul": False,
     "batch_size": 4,
     "num_emitters": 1,
     "sigma0": 0.5,

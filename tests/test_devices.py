@@ -166,6 +166,42 @@ def test_packed_attention_gives_the_stock_numbers_on_vit_b32():
         assert (err <= 1e-3 * jac.flatten(2).norm(dim=2) + 1e-30).all()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_tf32_scores_stay_close_to_fp32_on_the_paper_architectures():
+    """``tf32_matmul`` (CLIP's matmuls in TF32; StyleGAN2's convolutions already are): on
+    StyleGAN2-256 + ViT-B/32 (random weights, the paper's objective weights) the measures move
+    by a small share of their spread over prior samples, and each jacobian row keeps its
+    direction; torch's own setting is untouched after the calls."""
+    import numpy as np
+
+    from qdgs_lib.clip import create_clip
+    from qdgs_lib.generators.stylegan2 import StyleGAN2, StyleGAN2Generator
+    from qdgs_lib.measures import prompts
+    from qdgs_lib.scoring import PromptScorer
+
+    p = get_profile("paper", "faces")
+    torch.manual_seed(0)
+    gen = StyleGAN2Generator(StyleGAN2().cuda(), num_std_samples=500)
+    clip = create_clip("ViT-B-32-quickgelu", device="cuda", pretrained=False)
+    sc = PromptScorer(gen, clip, p["objective"], prompts(p), weights=(1.0, 0.5, 0.2))
+    before = torch.backends.cuda.matmul.allow_tf32
+    z = gen.sample_prior(16, seed=3).cpu().numpy()
+    out = {}
+    for tf32 in (False, True):
+        sc.tf32_matmul = tf32
+        values = sc.evaluate(z, update_memory=False)
+        jac = sc.evaluate(z[:4], jacobian=True, update_memory=False).jacobian
+        out[tf32] = values.measures, values.objective, jac
+        assert torch.backends.cuda.matmul.allow_tf32 == before
+    (m, obj, jac), (m32, obj32, jac32) = out[False], out[True]
+    measure_err = (np.abs(m32 - m).max(0) / m.std(0)).max()
+    cos = (jac * jac32).sum(2) / (np.linalg.norm(jac, axis=2) * np.linalg.norm(jac32, axis=2))
+    print(f"TF32 vs fp32: measures {measure_err:.2e} of their spread, objective "
+          f"{np.abs(obj32 - obj).max():.2e} (spread {obj.std():.2e}), jacobian rows' "
+          f"cosine >= {cos.min():.6f}")
+    assert measure_err < 0.02 and cos.min() > 0.99
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_trainer_precisions(device, tmp_path):
     from qdgs_lib.data.identities import TensorFaces

@@ -118,9 +118,9 @@ def test_preferred_jacobian_mode_by_device_type():
     gen.preferred_jacobian_mode = {"cpu": "loop", "cuda": "func"}
     assert preferred_mode(gen, torch.device("cpu")) == "loop"
     assert preferred_mode(gen, "cuda") == "func" and preferred_mode(gen, "mps") == "batched"
-    # StyleGAN2: func on CPU (bench/README.md), batched on CUDA (H200 measurement)
+    # StyleGAN2: func on CPU and CUDA (bench/README.md: H200, graphed iterations)
     rule = StyleGAN2Generator.preferred_jacobian_mode
-    assert rule == {"cpu": "func", "cuda": "batched"}
+    assert rule == {"cpu": "func", "cuda": "func"}
 
 
 def _run_calls(sc, calls):
@@ -175,3 +175,39 @@ def test_static_calls_are_skipped_where_the_work_is_not_fixed():
     sc.evaluate(z)
     sc.evaluate(z)
     assert sc._static_calls == {}
+
+
+def test_tf32_is_set_for_the_call_only_and_on_cuda_only():
+    """``tf32_matmul`` switches CUDA matmuls to TF32 inside a scoring call and restores
+    torch's setting after it, also after an error; off CUDA, and when False, nothing moves."""
+    from types import SimpleNamespace
+
+    flag = torch.backends.cuda.matmul
+    before = flag.allow_tf32
+    cuda = SimpleNamespace(tf32_matmul=True, clip=SimpleNamespace(device=torch.device("cuda")))
+    try:
+        for start in (False, True):
+            flag.allow_tf32 = start
+            with PromptScorer._tf32(cuda):
+                assert flag.allow_tf32 is True
+            assert flag.allow_tf32 is start
+            with pytest.raises(KeyError), PromptScorer._tf32(cuda):
+                raise KeyError
+            assert flag.allow_tf32 is start
+            for other in (SimpleNamespace(tf32_matmul=False, clip=cuda.clip),
+                          SimpleNamespace(tf32_matmul=True,
+                                          clip=SimpleNamespace(device=torch.device("cpu")))):
+                with PromptScorer._tf32(other):
+                    assert flag.allow_tf32 is start
+    finally:
+        flag.allow_tf32 = before
+
+
+def test_profiles_switch_tf32_on_the_scorer():
+    from qdgs_lib.profiles import get_profile
+    from qdgs_lib.scoring import scorer_for_profile
+
+    for on in (False, True):
+        p = get_profile("default", "shapes", tf32_matmul=on)
+        sc = scorer_for_profile(ToyGenerator(), {**p, "clip": "qdgs-shapes-clip"}, "cpu")
+        assert sc.tf32_matmul is on

@@ -264,3 +264,24 @@ def test_metrics_rows_are_written_as_pandas_writes_them():
                "obj_mean": float(rng.integers(0, 100)) if i % 3 else np.float64(np.nan)}
         expected = pd.DataFrame([row], columns=METRIC_COLUMNS).to_csv(header=False, index=False)
         assert ",".join(_csv_field(row[c]) for c in METRIC_COLUMNS) + "\n" == expected
+
+
+def test_a_run_resumes_with_tf32_switched_and_records_it(tmp_path):
+    """TF32 matmuls change scores at rounding level only: a run may resume with the switch
+    flipped (e.g. to finish faster), and each checkpoint records the setting it ran with."""
+    import json
+
+    class Killed(Exception):
+        pass
+
+    part = QDSearch(scorer(), config("cma_maega", 8, checkpoint_every=4), tmp_path)
+    interrupt_at(part, 6, Killed)
+    with pytest.raises(Killed):
+        part.run(progress=False)
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["tf32_matmul"] is False
+    sc = scorer()
+    sc.tf32_matmul = True
+    search = QDSearch(sc, config("cma_maega", 8, checkpoint_every=4), tmp_path)
+    search.run(progress=False)
+    assert list(search.metrics().iteration) == list(range(1, 9))
+    assert json.loads(load_checkpoint(search.checkpoint_path)["config"])["tf32_matmul"] is True

@@ -335,11 +335,11 @@ class StyleGAN2Generator(Generator):
     ``num_std_samples`` seeded z's; ``latent_norm`` is the mean norm of prior q's.
     """
 
-    # CPU: torch.func's vmapped backward runs each convolution once on the 1+m stacked
-    # cotangents, the fastest mode there (bench/README.md). CUDA: autograd's batched backward
-    # measured faster at the batch CMA-MAEGA takes jacobians at (H200, batch 1, StyleGAN2-256 +
-    # ViT-B/32: 17.8 vs 11.2 solutions/s); func also lacks a vmap rule for SDPA's backward there
-    preferred_jacobian_mode = {"cpu": "func", "cuda": "batched"}
+    # torch.func's vmapped backward runs each convolution once on the 1+m stacked cotangents:
+    # the fastest mode on CPU, and on CUDA where a search's calls run as CUDA graphs (the
+    # default): paper-scale CMA-MAEGA iteration on an H200 24.6-24.8 vs 28.1-28.4 ms batched,
+    # 20.8 vs 24.9 with TF32 matmuls (bench/README.md). Eager, batched was faster there.
+    preferred_jacobian_mode = {"cpu": "func", "cuda": "func"}
 
     def __init__(self, net: StyleGAN2, num_std_samples: int = 10_000, seed: int = 0,
                  noise_mode: str = "const"):
