@@ -260,7 +260,23 @@ def bench_search(device: str, quick: bool) -> pd.DataFrame:
 class _WallClockSearch(QDSearch):
     """A search that notes when each iteration's metrics row was written: the wall-clock
     period of an iteration (its step, the row, the progress bar), where ``metrics().seconds``
-    counts the steps alone."""
+    counts the steps alone; and the time its scorer's calls took, by kind (each call ends
+    with a copy to the host, so its time is the device's too)."""
+
+    def __init__(self, scorer, cfg, outdir):
+        super().__init__(scorer, cfg, outdir)
+        self.scoring_s = {"jacobian": 0.0, "values": 0.0}
+        self.scoring_at = {}
+        evaluate = scorer.evaluate
+
+        def timed(latents, jacobian=False, update_memory=True):
+            t0 = time.perf_counter()
+            try:
+                return evaluate(latents, jacobian=jacobian, update_memory=update_memory)
+            finally:
+                self.scoring_s["jacobian" if jacobian else "values"] += time.perf_counter() - t0
+
+        scorer.evaluate = timed  # an instance attribute: removed again by `release`
 
     def start_latent(self):  # a fresh start empties the memory; fill it as in a steady state
         x0 = super().start_latent()
@@ -271,6 +287,10 @@ class _WallClockSearch(QDSearch):
         super()._log()
         self.logged_at = getattr(self, "logged_at", {})
         self.logged_at[self.iteration] = time.perf_counter()
+        self.scoring_at[self.iteration] = dict(self.scoring_s)
+
+    def release(self) -> None:
+        del self.scorer.evaluate
 
 
 def bench_iteration(device: str, quick: bool) -> pd.DataFrame:
@@ -278,57 +298,55 @@ def bench_iteration(device: str, quick: bool) -> pd.DataFrame:
     (random weights), objective + 4 measures with the paper's objective weights (a full
     uniqueness memory, as after a search's first iterations), the paper's 50x25x5x25
     archive over +-0.1, batch 4, one emitter; eager and CUDA-graphed, both vmapped jacobian
-    modes. Timed after warm-up iterations (graph captures, cuDNN autotuning).
-
-    The CUDA-graphed runs are repeated with open_clip's own attention modules (what packing
-    ViT-B/32's attention saves) and with TF32 matmuls (``torch.backends.cuda.matmul
-    .allow_tf32``, off by default; cuDNN convolutions use TF32 by default), the next steps
-    towards the 15 ms goal. Each row says which."""
-    make = setups(device, quick)[-1][1]  # StyleGAN2-256 + ViT-B/32, the faces objective
-    warmup, timed = (2, 3) if quick or device == "cpu" else (10, 60)
+    modes, and graphed with ``PromptScorer.tf32_matmul`` (CLIP's matmuls in TF32; cuDNN
+    convolutions use TF32 by default). Timed after warm-up iterations (graph captures, cuDNN
+    autotuning). One scorer serves every row (its graphs are dropped between rows)."""
+    scorer = setups(device, quick)[-1][1]()  # StyleGAN2-256 + ViT-B/32, the faces objective
+    warmup, timed = (2, 3) if quick or device == "cpu" else (5, 50)
     cuda = device.startswith("cuda")
-    # (cuda graphs, packed attention, tf32 matmuls): packed is create_clip's CUDA default
-    variants = [(False, "auto", False)]
-    if cuda:
-        variants += [(True, "auto", False), (True, False, False), (True, "auto", True)]
+    variants = [(False, False)] + ([(True, False), (True, True)] if cuda else [])
+    packed = any(isinstance(m, PackedSelfAttention) and (cuda or not m.cuda_only)
+                 for m in scorer.clip.modules())
     rows = []
     tmp = Path(tempfile.mkdtemp())
-    tf32 = torch.backends.cuda.matmul.allow_tf32
     try:
-        for graphs, packed, tf32_matmul in variants:
+        for graphs, tf32 in variants:
             for mode in ("batched", "func"):
-                torch.backends.cuda.matmul.allow_tf32 = tf32_matmul
-                scorer = make(packed_attention=packed)
-                scorer.jacobian_mode, scorer.cuda_graphs = mode, graphs
+                scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul = mode, graphs, tf32
+                scorer._static_calls.clear()
+                scorer._shape_counts.clear()
                 cfg = SearchConfig(dims=(50, 25, 5, 25), ranges=[(-0.1, 0.1)] * 4,
                                    iterations=warmup + timed, batch_size=4, num_emitters=1,
                                    x0_samples=8, seed=0, checkpoint_every=10**9)
                 search = _WallClockSearch(scorer, cfg, tmp / f"{mode}_{len(rows)}")
-                if device.startswith("cuda"):
+                if cuda:
+                    torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
                 search.run(progress=False)
                 sec = search.metrics().set_index("iteration").seconds
                 ms = 1e3 * (sec[warmup + timed] - sec[warmup]) / timed
                 wall = 1e3 * (search.logged_at[warmup + timed] - search.logged_at[warmup]) / timed
-                peak = torch.cuda.max_memory_allocated() / 2**30 \
-                    if device.startswith("cuda") else float("nan")
-                packed_on = any(isinstance(m, PackedSelfAttention) and (cuda or not m.cuda_only)
-                                for m in scorer.clip.modules())
+                a, b = search.scoring_at[warmup], search.scoring_at[warmup + timed]
+                jac_ms, values_ms = (1e3 * (b[k] - a[k]) / timed for k in ("jacobian", "values"))
+                search.release()
+                peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
                 rows.append({"jacobian_mode": mode, "cuda_graphs": graphs,
-                             "packed_attention": packed_on, "tf32_matmul": tf32_matmul,
+                             "packed_attention": packed, "tf32_matmul": tf32 and cuda,
                              "tf32_conv": torch.backends.cudnn.allow_tf32 and cuda,
                              "ms_per_iteration": ms, "wall_ms_per_iteration": wall,
+                             "jacobian_call_ms": jac_ms, "values_call_ms": values_ms,
+                             "rest_ms": wall - jac_ms - values_ms,
                              "iterations_timed": timed, "hours_for_60k": wall * 60_000 / 3.6e6,
                              "peak_gpu_gib": peak,
                              "coverage": search.result_archive.stats.coverage, **machine()})
                 print(f"CMA-MAEGA paper-scale iteration, {mode:7s} graphs={graphs!s:5s} "
-                      f"packed attention={packed_on!s:5s} tf32 matmul={tf32_matmul!s:5s}: "
-                      f"{ms:7.1f} ms, {wall:7.1f} ms with logging (60k iterations: "
-                      f"{wall * 60_000 / 3.6e6:.2f} h, peak "
-                      f"{peak:.1f} GiB)", flush=True)
-                del search, scorer
+                      f"packed attention={packed!s:5s} tf32 matmul={tf32!s:5s}: "
+                      f"{ms:7.1f} ms, {wall:7.1f} ms with logging = jacobian call "
+                      f"{jac_ms:.1f} + values call {values_ms:.1f} + pyribs and the rest "
+                      f"{wall - jac_ms - values_ms:.1f} (60k iterations: "
+                      f"{wall * 60_000 / 3.6e6:.2f} h, peak {peak:.1f} GiB)", flush=True)
+                del search
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
         shutil.rmtree(tmp)
     return pd.DataFrame(rows)
 
@@ -400,8 +418,8 @@ def bench_training(device: str, quick: bool) -> pd.DataFrame:
     elif quick:
         runs = [("ir_small", 64, "fp16", True, False)]
     else:
-        runs = [("ir50", 64, "fp16", True, False), ("ir101", 64, "fp16", True, False),
-                ("ir101", 64, "bf16", True, False), ("ir101", 256, "bf16", True, False)]
+        runs = [("ir101", 64, "fp16", True, False), ("ir101", 64, "bf16", True, False),
+                ("ir101", 256, "bf16", True, False)]  # IR-50: results/training_gpu.csv runs 1-3
     rows = []
     for name, batch, precision, channels_last, compile in runs:
         net = build_iresnet(name)

@@ -30,3 +30,33 @@ def test_time_to_coverage_takes_the_first_hit():
     assert t.loc[("a", 0.1), "evaluations"] == 20 and t.loc[("a", 0.2), "seconds"] == 3.0
     assert t.loc[("b", 0.1), "evaluations"] == 5
     assert pd.isna(t.loc[("a", 0.3), "evaluations"]) and pd.isna(t.loc[("b", 0.2), "seconds"])
+
+
+def test_iteration_timing_splits_an_iteration_into_its_scorer_calls(tmp_path):
+    """The wall clock of an iteration = its jacobian call + its values call + the rest; the
+    scorer gets its own evaluate back afterwards."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from toys import ToyClip, ToyGenerator
+
+    from qdgs_lib.scoring import PromptScorer
+    from qdgs_lib.search import SearchConfig
+
+    class Slow(PromptScorer):  # a jacobian call takes 20 ms, a values call 10 ms
+        calls = []
+
+        def evaluate(self, latents, jacobian=False, update_memory=True):
+            self.calls.append(jacobian)
+            run.time.sleep(0.02 if jacobian else 0.01)
+            return super().evaluate(latents, jacobian, update_memory)
+
+    sc = Slow(ToyGenerator(), ToyClip(), ("good", "bad"), [("a", "b"), ("c", "d")])
+    cfg = SearchConfig(dims=(5, 5), ranges=((-1, 1), (-1, 1)), iterations=6, x0_samples=4)
+    search = run._WallClockSearch(sc, cfg, tmp_path)
+    search.run(progress=False)
+    a, b = search.scoring_at[1], search.scoring_at[6]
+    assert sc.calls.count(True) == 6 and sc.calls.count(False) == 7  # + the start latent's
+    jac, values = b["jacobian"] - a["jacobian"], b["values"] - a["values"]
+    assert jac >= 0.1 and values >= 0.05  # 5 iterations' calls, counted by kind
+    assert search.logged_at[6] - search.logged_at[1] >= jac + values  # parts of the period
+    search.release()
+    assert "evaluate" not in vars(sc)
