@@ -5,17 +5,21 @@
 #
 # Writes bench/results/ (or $QDGS_BENCH_RESULTS):
 #   iteration_gpu.csv   ms per paper-scale CMA-MAEGA iteration (StyleGAN2-256 + ViT-B/32,
-#                       50x25x5x25 archive, batch 4), eager vs CUDA graphs, batched vs func;
-#                       graphed also with open_clip's own attention and with TF32 matmuls
-#   training_gpu.csv    RecognitionTrainer images/s (IR-50/IR-101, batch 64 fp16, 64/256 bf16)
+#                       50x25x5x25 archive, batch 4): eager, CUDA graphs, CUDA graphs + TF32
+#                       matmuls, each in both vmapped jacobian modes, each row split into the
+#                       jacobian call, the values call and the rest (pyribs, logging)
+#   training_gpu.csv    RecognitionTrainer images/s (IR-101, batch 64 fp16/bf16, 256 bf16)
 #                       next to a bare loop with the batch already on the GPU
 #   scoring_gpu.csv     solutions/s with jacobians, every mode, batch 1..64, vs the released scheme
 #   components_gpu.csv  ms per forward/backward (and 5 vmapped backward passes) of
 #                       StyleGAN2-256 and ViT-B/32 (open_clip vs packed attention)
 #   loader_gpu.csv      images/s of the streaming training sets alone (0-8 workers)
-#   profile_gpu.txt     operator table of one fused evaluation
-#   device_tests_gpu.csv  tests/test_devices.py (incl. CUDA graphs = eager) and
-#                       tests/test_paper_mini.py (the four notebooks, paper architectures)
+#   profile_gpu.txt     operator tables of one eager fused evaluation, batch 1 and 4
+#   device_tests_gpu.csv  tests/test_devices.py (incl. CUDA graphs = eager, packed attention =
+#                       open_clip's, TF32 close to fp32) and tests/test_paper_mini.py (the four
+#                       notebooks, paper architectures)
+# Not run here (minutes of torch.compile): the candidates for a faster iteration,
+#   python3 bench/run.py --only iteration_candidates   -> iteration_candidates_gpu.csv
 # Random weights throughout: throughput depends on the architecture, not on the values.
 # Every row names its source: the `device`, `torch` and `malloc` columns; the log says which
 # function of bench/run.py made each file.

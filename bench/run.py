@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -106,9 +107,10 @@ def _fill_memory(scorer: PromptScorer) -> None:
     """A full uniqueness memory, as in a search's steady state (when the objective uses it)."""
     if scorer.weights[2] > 0:
         gen = scorer.generator
-        with torch.no_grad():
-            scorer.memory = scorer.clip.encode_image(gen.decode(gen.sample_prior(
-                scorer.memory_size, seed=1)))
+        z = gen.sample_prior(scorer.memory_size, seed=1)
+        with torch.no_grad():  # in batches of 8: the peak GPU memory stays the search's
+            scorer.memory = torch.cat([scorer.clip.encode_image(gen.decode(part))
+                                       for part in z.split(8)])
 
 
 def bench_scoring(device: str, quick: bool, only_setup: str | None = None) -> pd.DataFrame:
@@ -293,26 +295,86 @@ class _WallClockSearch(QDSearch):
         del self.scorer.evaluate
 
 
-def bench_iteration(device: str, quick: bool) -> pd.DataFrame:
+def _deviation_from_eager(scorer: PromptScorer) -> tuple[float, float]:
+    """How far the scorer's settings (as a search left them: graphs captured, its memory) are
+    from an eager ``func`` call on one latent: the largest jacobian row error relative to the
+    row's norm, and the largest measure error."""
+    z = scorer.generator.sample_prior(1, seed=123).cpu().numpy()
+    got = scorer.evaluate(z, jacobian=True, update_memory=False)
+    settings = scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul
+    scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul = "func", False, False
+    try:
+        ref = scorer.evaluate(z, jacobian=True, update_memory=False)
+    finally:
+        scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul = settings
+    rows = np.linalg.norm(got.jacobian - ref.jacobian, axis=2) / np.linalg.norm(ref.jacobian,
+                                                                                axis=2)
+    return float(rows.max()), float(np.abs(got.measures - ref.measures).max())
+
+
+@contextmanager
+def _extra_setting(extra: str | None):
+    """cuDNN's autotuner, or SDPA restricted to its math backend, for the duration of a run
+    (``compile`` is a scorer attribute: nothing to set here)."""
+    if extra is None:
+        yield
+    elif extra == "cudnn_benchmark":
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = before
+    elif extra == "compile":  # PromptScorer.compile_static, set by the caller
+        yield
+    elif extra == "math_attention":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    else:
+        raise ValueError(f"unknown setting {extra!r}")
+
+
+def bench_iteration(device: str, quick: bool, candidates: bool = False) -> pd.DataFrame:
     """Milliseconds per CMA-MAEGA iteration at the paper's scale: StyleGAN2-256 + ViT-B/32
     (random weights), objective + 4 measures with the paper's objective weights (a full
     uniqueness memory, as after a search's first iterations), the paper's 50x25x5x25
     archive over +-0.1, batch 4, one emitter; eager and CUDA-graphed, both vmapped jacobian
     modes, and graphed with ``PromptScorer.tf32_matmul`` (CLIP's matmuls in TF32; cuDNN
     convolutions use TF32 by default). Timed after warm-up iterations (graph captures, cuDNN
-    autotuning). One scorer serves every row (its graphs are dropped between rows)."""
+    autotuning). One scorer serves every row (its graphs are dropped between rows).
+
+    ``candidates``: instead, graphed rows for the next steps (fp32 semantics): cuDNN's
+    autotuner for these fixed shapes; SDPA's math backend (its vmapped backward is batched
+    matmuls, where the default kernels have no vmap rule and run cotangent by cotangent);
+    the ``replicated`` jacobian mode (no vmap: every op at a 5x batch); and ``replicated``
+    with ``compile_static`` (torch.compile'd forward and backward inside the graph; its
+    compile time is in the warm-up iterations, and reported apart)."""
     scorer = setups(device, quick)[-1][1]()  # StyleGAN2-256 + ViT-B/32, the faces objective
     warmup, timed = (2, 3) if quick or device == "cpu" else (5, 50)
     cuda = device.startswith("cuda")
-    variants = [(False, False)] + ([(True, False), (True, True)] if cuda else [])
+    # (cuda graphs, tf32 matmuls, extra setting, jacobian modes)
+    if not candidates:
+        variants = [(False, False, None, ("batched", "func"))]
+        if cuda:
+            variants += [(True, False, None, ("batched", "func")),
+                         (True, True, None, ("batched", "func"))]
+    else:
+        graphs = cuda or quick  # a quick CPU run checks the rows' code on static buffers
+        variants = [(graphs, False, "cudnn_benchmark", ("func",)),
+                    (graphs, False, "math_attention", ("func",)),
+                    (graphs, False, None, ("replicated",)),
+                    (graphs, False, "compile", ("replicated",))]
     packed = any(isinstance(m, PackedSelfAttention) and (cuda or not m.cuda_only)
                  for m in scorer.clip.modules())
     rows = []
     tmp = Path(tempfile.mkdtemp())
     try:
-        for graphs, tf32 in variants:
-            for mode in ("batched", "func"):
+        for graphs, tf32, extra, modes in variants:
+            for mode in modes:
                 scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul = mode, graphs, tf32
+                scorer.compile_static = extra == "compile"
                 scorer._static_calls.clear()
                 scorer._shape_counts.clear()
                 cfg = SearchConfig(dims=(50, 25, 5, 25), ranges=[(-0.1, 0.1)] * 4,
@@ -322,7 +384,11 @@ def bench_iteration(device: str, quick: bool) -> pd.DataFrame:
                 if cuda:
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
-                search.run(progress=False)
+                t0 = time.perf_counter()
+                with _extra_setting(extra):
+                    search.run(progress=False)
+                warmup_s = search.logged_at[warmup] - t0
+                jac_err, measures_err = _deviation_from_eager(scorer)
                 sec = search.metrics().set_index("iteration").seconds
                 ms = 1e3 * (sec[warmup + timed] - sec[warmup]) / timed
                 wall = 1e3 * (search.logged_at[warmup + timed] - search.logged_at[warmup]) / timed
@@ -333,18 +399,23 @@ def bench_iteration(device: str, quick: bool) -> pd.DataFrame:
                 rows.append({"jacobian_mode": mode, "cuda_graphs": graphs,
                              "packed_attention": packed, "tf32_matmul": tf32 and cuda,
                              "tf32_conv": torch.backends.cudnn.allow_tf32 and cuda,
+                             "extra": extra or "",
                              "ms_per_iteration": ms, "wall_ms_per_iteration": wall,
                              "jacobian_call_ms": jac_ms, "values_call_ms": values_ms,
                              "rest_ms": wall - jac_ms - values_ms,
-                             "iterations_timed": timed, "hours_for_60k": wall * 60_000 / 3.6e6,
+                             "jacobian_rel_err": jac_err, "measures_abs_err": measures_err,
+                             "iterations_timed": timed, "warmup_s": warmup_s,
+                             "hours_for_60k": wall * 60_000 / 3.6e6,
                              "peak_gpu_gib": peak,
                              "coverage": search.result_archive.stats.coverage, **machine()})
                 print(f"CMA-MAEGA paper-scale iteration, {mode:7s} graphs={graphs!s:5s} "
+                      f"{extra + ' ' if extra else ''}(warm-up {warmup_s:.0f} s) "
                       f"packed attention={packed!s:5s} tf32 matmul={tf32!s:5s}: "
                       f"{ms:7.1f} ms, {wall:7.1f} ms with logging = jacobian call "
                       f"{jac_ms:.1f} + values call {values_ms:.1f} + pyribs and the rest "
                       f"{wall - jac_ms - values_ms:.1f} (60k iterations: "
-                      f"{wall * 60_000 / 3.6e6:.2f} h, peak {peak:.1f} GiB)", flush=True)
+                      f"{wall * 60_000 / 3.6e6:.2f} h, peak {peak:.1f} GiB; vs eager func: "
+                      f"jacobian {jac_err:.1e}, measures {measures_err:.1e})", flush=True)
                 del search
     finally:
         shutil.rmtree(tmp)
@@ -538,7 +609,9 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", nargs="+", choices=["scoring", "components", "search",
                                                   "iteration", "training", "loader",
-                                                  "profile"])
+                                                  "profile", "iteration_candidates"],
+                    help="iteration_candidates (only when named): the next steps' rows, "
+                         "with minutes of torch.compile")
     ap.add_argument("--setup", help="scoring: only the setups whose name contains this")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--default-malloc", action="store_true",
@@ -563,6 +636,9 @@ def main():
         write(summary, f"search_time_to_coverage_{tag}")
     if args.only is None or "iteration" in args.only:
         write(bench_iteration(args.device, args.quick), f"iteration_{tag}")
+    if args.only is not None and "iteration_candidates" in args.only:
+        write(bench_iteration(args.device, args.quick, candidates=True),
+              f"iteration_candidates_{tag}")
     if args.only is None or "training" in args.only:
         write(bench_training(args.device, args.quick), f"training_{tag}")
     if args.only is None or "loader" in args.only:

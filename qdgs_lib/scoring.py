@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from .clip import Clip, create_clip
 from .generators.base import Generator
 from .measures import prompts
-from .utils import check_unit_images
+from .utils import check_unit_images, compile_available
 
 Prompt = str | Sequence[str]
 
@@ -155,6 +155,10 @@ class PromptScorer:
         self.static_max_batch = 16
         # True: CUDA matmuls (CLIP's) in TF32 while scoring; False: torch's setting: see _tf32
         self.tf32_matmul = False
+        # True: static calls of values and of the replicated mode run torch.compile'd forward
+        # (and backward) passes; see _static_call
+        self.compile_static = False
+        self._compiled_outputs = None
         self._static_calls: dict[tuple, StaticCall] = {}
         self._shape_counts: dict[tuple, int] = {}
 
@@ -302,13 +306,20 @@ class PromptScorer:
         * ``func``: one vmapped backward with ``torch.func`` (``vjp`` + ``vmap``), whose
           batching rules fold the 1+m passes of a convolution into one batched convolution;
           meant for devices where a small batch is latency-bound (GPUs);
-        * ``loop``: one backward per output over the retained graph.
+        * ``loop``: one backward per output over the retained graph;
+        * ``replicated``: the batch repeated once per output, one forward pass and one plain
+          backward whose cotangent picks output i of copy i: no vmap, so every op runs at a
+          (1+m)-times larger batch in both directions, which is nearly free where a small batch
+          is latency-bound (GPUs) and costs (1+m) forward passes where it is not (CPUs). Needs
+          a deterministic forward pass (no random cutouts or noise), so that copies agree.
 
         Which is fastest depends on the networks and the device (bench/README.md). ``auto``
         takes the generator's ``preferred_jacobian_mode`` (default ``batched``; a dict chooses
         by device type): a fixed rule, not a timing, so a seeded run is reproducible.
         """
         mode = self._resolved_mode()
+        if mode == "replicated":
+            return self._replicated_jacobian(z)
         if mode != "loop":
             try:
                 return self._batched_jacobian(z) if mode == "batched" else self._func_jacobian(z)
@@ -327,8 +338,9 @@ class PromptScorer:
         mode = self.jacobian_mode
         if mode == "auto":
             mode = preferred_mode(self.generator, self.clip.device)
-        if mode not in ("batched", "func", "loop"):
-            raise ValueError(f"jacobian_mode must be auto, batched, func or loop, got {mode!r}")
+        if mode not in ("batched", "func", "loop", "replicated"):
+            raise ValueError(f"jacobian_mode must be auto, batched, func, loop or replicated, "
+                             f"got {mode!r}")
         return mode
 
     # --- static shapes: CUDA graphs ----------------------------------------------------------
@@ -340,11 +352,17 @@ class PromptScorer:
         launch-bound: hundreds of small kernels whose launches cost more than their math. A
         CUDA graph replays them with one launch. Used only where the call's work is fixed:
         no random cutouts (drawn on the host), a full (or unused) uniqueness memory, batches
-        up to ``static_max_batch``, a vmapped jacobian mode, and from a shape's second call.
+        up to ``static_max_batch``, a jacobian mode other than ``loop``, and from a shape's
+        second call.
         ``cuda_graphs``: ``auto`` (on for CUDA), True (on any device: on a CPU the same
         static buffers run eagerly, which is what tests check), False. A graph holds the
         networks' tensors as they were at capture: after moving or casting the networks, or
         changing ``weights``, clear ``_static_calls`` (or build a new scorer).
+
+        ``compile_static``: the static calls of values and of the ``replicated`` jacobian mode
+        run ``torch.compile``'d forward passes (and AOTAutograd's compiled backward): fewer,
+        fused kernels inside the graph. The vmapped modes cannot: a compiled backward has no
+        vmap rule. Compiling takes minutes the first time a shape comes back.
         """
         use = self.cuda_graphs
         if use == "auto":
@@ -357,18 +375,30 @@ class PromptScorer:
         if mode == "loop":
             return None
         # a graph keeps the kernels chosen at capture: one per matmul precision too
+        compiled = self.compile_static and mode in ("values", "replicated")
+        if compiled and (why := compile_available(z.device)) is not None:
+            warnings.warn(f"{why}; scoring runs without compiling", stacklevel=3)
+            self.compile_static = compiled = False
         key = (mode, tuple(z.shape), tuple(self.memory.shape),
-               z.is_cuda and torch.backends.cuda.matmul.allow_tf32)
+               z.is_cuda and torch.backends.cuda.matmul.allow_tf32) + (("compiled",) * compiled)
         if key not in self._static_calls:
             # capture a shape only when it comes back (a search's shapes do; the last,
             # shorter batch of measures_of does not): each graph holds its own memory pool
             self._shape_counts[key] = self._shape_counts.get(key, 0) + 1
             if self._shape_counts[key] < 2:
                 return None
+            outputs = self._outputs
+            if compiled:
+                if self._compiled_outputs is None:
+                    self._compiled_outputs = torch.compile(self._outputs, dynamic=False)
+                outputs = self._compiled_outputs
             if mode == "values":
                 def fn(z, memory):
                     with torch.no_grad():
-                        return (*self._outputs(z, memory), None)
+                        return (*outputs(z, memory), None)
+            elif mode == "replicated":
+                def fn(z, memory):
+                    return self._replicated_jacobian(z, memory, outputs)
             else:
                 jac_fn = self._batched_jacobian if mode == "batched" else self._func_jacobian
 
@@ -404,6 +434,20 @@ class PromptScorer:
         out, vjp, (loss, emb) = torch.func.vjp(outputs, z.detach(), has_aux=True)
         (jac,) = torch.func.vmap(vjp)(self._cotangents(out))
         return loss, out, emb, jac.transpose(0, 1)
+
+    def _replicated_jacobian(self, z: torch.Tensor, memory: torch.Tensor | None = None,
+                             outputs=None):
+        if getattr(self.clip, "num_cutouts", 0) > 0 or \
+                getattr(self.generator, "noise_mode", None) == "random":
+            raise ValueError("jacobian_mode='replicated' needs a deterministic forward pass: "
+                             "this scorer draws random cutouts or generator noise per call; "
+                             "use 'batched' or 'func'")
+        b, k = len(z), 1 + self.num_measures
+        copies = z.detach().repeat(k, 1).requires_grad_(True)  # copy i of every sample: k*b rows
+        loss, out, emb = (outputs or self._outputs)(copies, memory)
+        pick = torch.eye(k, device=out.device, dtype=out.dtype).repeat_interleave(b, dim=0)
+        (grad,) = torch.autograd.grad(out, copies, grad_outputs=pick)
+        return loss[:b], out[:b], emb[:b], grad.view(k, b, -1).transpose(0, 1)
 
     def evaluate_per_output(self, latents) -> Scores:
         """The released code's scheme: a separate forward+backward for every output.

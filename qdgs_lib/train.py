@@ -11,6 +11,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .utils import compile_available
+
 
 def train_classifier(model: nn.Module, dataset: Dataset, epochs: int, lr: float = 1e-3,
                      batch_size: int = 64, seed: int = 0, device: str | torch.device = "auto",
@@ -115,27 +117,6 @@ class BackboneAndHead(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         emb, norms = (self._compiled_forward or self.backbone)(x)
         return emb, self.head(emb.float(), norms.float(), y)
-
-
-def compile_available(device: torch.device) -> str | None:
-    """None when ``torch.compile`` can build kernels for ``device``, else why not (on a CPU
-    its inductor backend compiles C++: it needs a compiler on the PATH)."""
-    if device.type != "cpu":
-        return None
-    from torch._inductor import config
-    from torch._inductor.cpp_builder import cpp_compiler_search
-
-    # the compilers inductor itself tries (CXX when set at import, else g++), uncached
-    search = tuple(config.cpp.cxx) if isinstance(config.cpp.cxx, list | tuple) \
-        else (config.cpp.cxx,)
-    try:
-        getattr(cpp_compiler_search, "__wrapped__", cpp_compiler_search)(search)
-    except Exception:  # noqa: BLE001 - inductor's InvalidCxxCompiler and what leads to it
-        names = " or ".join(c for c in search if c)
-        return (f"torch.compile on a CPU needs a C++ compiler and {names} does not run "
-                "(apt-get install g++, conda install -c conda-forge cxx-compiler, or set "
-                "CXX to a compiler before starting Python)")
-    return None
 
 
 def _rank_and_world() -> tuple[int, int]:

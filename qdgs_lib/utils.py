@@ -348,3 +348,24 @@ class RestrictedUnpickler(pickle.Unpickler):
             f"refusing to load global '{key}' from a pickle: it is not on the allow-list. "
             "The file may be malicious or of an unsupported format."
         )
+
+
+def compile_available(device: torch.device) -> str | None:
+    """None when ``torch.compile`` can build kernels for ``device``, else why not (on a CPU
+    its inductor backend compiles C++: it needs a compiler on the PATH)."""
+    if device.type != "cpu":
+        return None
+    from torch._inductor import config
+    from torch._inductor.cpp_builder import cpp_compiler_search
+
+    # the compilers inductor itself tries (CXX when set at import, else g++), uncached
+    search = tuple(config.cpp.cxx) if isinstance(config.cpp.cxx, list | tuple) \
+        else (config.cpp.cxx,)
+    try:
+        getattr(cpp_compiler_search, "__wrapped__", cpp_compiler_search)(search)
+    except Exception:  # noqa: BLE001 - inductor's InvalidCxxCompiler and what leads to it
+        names = " or ".join(c for c in search if c)
+        return (f"torch.compile on a CPU needs a C++ compiler and {names} does not run "
+                "(apt-get install g++, conda install -c conda-forge cxx-compiler, or set "
+                "CXX to a compiler before starting Python)")
+    return None

@@ -60,3 +60,23 @@ def test_iteration_timing_splits_an_iteration_into_its_scorer_calls(tmp_path):
     assert search.logged_at[6] - search.logged_at[1] >= jac + values  # parts of the period
     search.release()
     assert "evaluate" not in vars(sc)
+
+
+def test_iteration_extras_are_set_for_the_run_only():
+    import pytest
+    import torch
+
+    before = torch.backends.cudnn.benchmark
+    with run._extra_setting("cudnn_benchmark"):
+        assert torch.backends.cudnn.benchmark is True
+    assert torch.backends.cudnn.benchmark is before
+    q = torch.randn(2, 4, 5, 8, requires_grad=True)
+    with run._extra_setting("math_attention"):  # the math backend's vmapped backward works
+        out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        (jac,) = torch.autograd.grad(out, q, torch.randn(3, *out.shape),
+                                     is_grads_batched=True)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    torch.testing.assert_close(out, ref)
+    assert jac.shape == (3, *q.shape)
+    with pytest.raises(ValueError, match="unknown setting"), run._extra_setting("fast"):
+        pass

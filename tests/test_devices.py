@@ -96,7 +96,7 @@ def test_trainer_on_channels_last_returns_savable_weights(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("mode", ["batched", "func"])
+@pytest.mark.parametrize("mode", ["batched", "func", "replicated"])
 def test_cuda_graphs_give_the_eager_numbers_on_the_paper_architectures(mode):
     """StyleGAN2-256 + ViT-B/32 (random weights), the paper's objective weights with a full
     uniqueness memory: captured graphs (jacobians at batch 1, values at batch 4) against

@@ -28,10 +28,11 @@ def test_fused_jacobian_equals_per_output_and_finite_differences():
     np.testing.assert_allclose(fused.objective, ref.objective, rtol=1e-5)
     np.testing.assert_allclose(fused.measures, ref.measures, atol=1e-6)
     np.testing.assert_allclose(fused.jacobian, ref.jacobian, rtol=1e-4, atol=1e-4)
-    for mode in ("batched", "func", "loop"):
+    for mode in ("batched", "func", "loop", "replicated"):
         sc.jacobian_mode = mode
         other = sc.evaluate(z, jacobian=True, update_memory=False)
         np.testing.assert_allclose(other.jacobian, ref.jacobian, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(other.objective, fused.objective, rtol=1e-6)
     sc.jacobian_mode = "fast"
     with pytest.raises(ValueError, match="jacobian_mode"):
         sc.evaluate(z, jacobian=True)
@@ -131,7 +132,7 @@ def _run_calls(sc, calls):
     return rows
 
 
-@pytest.mark.parametrize("mode", ["batched", "func"])
+@pytest.mark.parametrize("mode", ["batched", "func", "replicated"])
 def test_static_calls_equal_eager_calls_while_the_memory_fills_and_changes(mode):
     """CMA-MAEGA's shapes (jacobians at batch 1, values at batch 4) through static buffers
     (on CUDA: captured graphs) give the eager numbers, also after the memory is full and its
@@ -169,7 +170,7 @@ def test_static_calls_are_skipped_where_the_work_is_not_fixed():
     sc.evaluate(z)
     assert sc._static_calls == {}  # a shape seen once is not captured
     sc.evaluate(z)
-    assert list(sc._static_calls) == [("values", (1, 4), (0, 16))]
+    assert list(sc._static_calls) == [("values", (1, 4), (0, 16), False)]  # False: no TF32
     sc.cuda_graphs = "auto"  # on the CPU: eager
     sc._static_calls.clear()
     sc.evaluate(z)
@@ -211,3 +212,44 @@ def test_profiles_switch_tf32_on_the_scorer():
         p = get_profile("default", "shapes", tf32_matmul=on)
         sc = scorer_for_profile(ToyGenerator(), {**p, "clip": "qdgs-shapes-clip"}, "cpu")
         assert sc.tf32_matmul is on
+
+
+def test_replicated_mode_refuses_a_random_forward_pass():
+    sc = make_scorer()
+    sc.jacobian_mode = "replicated"
+    sc.clip.num_cutouts = 2  # random crops per call: the copies would see different images
+    with pytest.raises(ValueError, match="deterministic forward pass.*'batched' or 'func'"):
+        sc.evaluate(np.zeros((1, 4)), jacobian=True)
+    sc.clip.num_cutouts = 0
+    sc.generator.noise_mode = "random"
+    with pytest.raises(ValueError, match="deterministic forward pass"):
+        sc.evaluate(np.zeros((1, 4)), jacobian=True)
+
+
+def test_compiled_static_calls_give_the_eager_numbers():
+    """``compile_static`` with the replicated mode: the static calls (values at batch 4,
+    jacobians at batch 1) run torch.compile'd forward and backward passes, and equal the
+    eager calls up to float rounding (fused kernels round differently)."""
+    from qdgs_lib.utils import compile_available
+
+    if (why := compile_available(torch.device("cpu"))) is not None:
+        pytest.skip(why)
+    rng = np.random.default_rng(0)
+    calls = [(rng.normal(0, 0.5, (b, 4)), b == 1) for _ in range(4) for b in (1, 4)]
+    runs = []
+    for compiled in (False, True):
+        sc = PromptScorer(ToyGenerator(), ToyClip(), ("good", "bad"), [("a", "b"), ("c", "d")],
+                          weights=(1.0, 0.5, 0.2), memory_size=3)
+        latents = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+        sc.memory = sc.clip.encode_image(sc.generator.decode(latents)).detach()
+        sc.jacobian_mode, sc.cuda_graphs, sc.compile_static = "replicated", True, compiled
+        runs.append([sc.evaluate(z, jacobian=j, update_memory=False) for z, j in calls])
+        if compiled:
+            assert sc._compiled_outputs is not None
+            assert {k[0] for k in sc._static_calls if k[-1] == "compiled"} == \
+                {"replicated", "values"}
+    for eager, comp in zip(*runs, strict=True):
+        np.testing.assert_allclose(comp.objective, eager.objective, rtol=1e-5)
+        np.testing.assert_allclose(comp.measures, eager.measures, rtol=1e-5, atol=1e-6)
+        if eager.jacobian is not None:
+            np.testing.assert_allclose(comp.jacobian, eager.jacobian, rtol=1e-4, atol=1e-5)
