@@ -230,7 +230,10 @@ class QDSearch:
                 "objective_weights": self.scorer.weights,
                 "generator": type(self.scorer.generator).__name__,
                 "clip": self.scorer.clip.name, "weights_sha256": self.scorer.weights_sha256(),
-                "tf32_matmul": self.scorer.tf32_matmul}
+                "scoring": {"jacobian_mode": self.scorer._resolved_mode(),
+                            "cuda_graphs": self.scorer.cuda_graphs,
+                            "tf32_matmul": self.scorer.tf32_matmul,
+                            "compile_static": self.scorer.compile_static}}
 
     def start_latent(self) -> np.ndarray:
         if self.cfg.x0 == "zeros":
@@ -261,8 +264,8 @@ class QDSearch:
         mine = json.loads(json.dumps(self._config_dict(), sort_keys=True, default=str))
         if "weights_sha256" not in stored:  # checkpoints written before weights were recorded
             mine.pop("weights_sha256")
-        stored.pop("tf32_matmul", None)  # recorded, but a rounding-level setting: a run
-        mine.pop("tf32_matmul", None)  # may resume with it switched
+        stored.pop("scoring", None)  # recorded, but rounding-level settings: a run may
+        mine.pop("scoring", None)  # resume with them switched (e.g. on another device)
         if stored != mine:
             differ = sorted(k for k in stored.keys() | mine.keys()
                             if stored.get(k) != mine.get(k))

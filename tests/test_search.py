@@ -267,8 +267,9 @@ def test_metrics_rows_are_written_as_pandas_writes_them():
 
 
 def test_a_run_resumes_with_tf32_switched_and_records_it(tmp_path):
-    """TF32 matmuls change scores at rounding level only: a run may resume with the switch
-    flipped (e.g. to finish faster), and each checkpoint records the setting it ran with."""
+    """TF32 matmuls (and the jacobian mode, graphs, compiling) change scores at rounding
+    level only: a run may resume with them switched (e.g. to finish faster, or on another
+    device), and each checkpoint records the settings it ran with."""
     import json
 
     class Killed(Exception):
@@ -278,10 +279,13 @@ def test_a_run_resumes_with_tf32_switched_and_records_it(tmp_path):
     interrupt_at(part, 6, Killed)
     with pytest.raises(Killed):
         part.run(progress=False)
-    assert json.loads((tmp_path / "config.json").read_text())["config"]["tf32_matmul"] is False
+    scoring = json.loads((tmp_path / "config.json").read_text())["config"]["scoring"]
+    assert scoring == {"jacobian_mode": "batched", "cuda_graphs": "auto", "tf32_matmul": False,
+                       "compile_static": False}
     sc = scorer()
-    sc.tf32_matmul = True
+    sc.tf32_matmul, sc.jacobian_mode = True, "func"
     search = QDSearch(sc, config("cma_maega", 8, checkpoint_every=4), tmp_path)
     search.run(progress=False)
     assert list(search.metrics().iteration) == list(range(1, 9))
-    assert json.loads(load_checkpoint(search.checkpoint_path)["config"])["tf32_matmul"] is True
+    scoring = json.loads(load_checkpoint(search.checkpoint_path)["config"])["scoring"]
+    assert scoring["tf32_matmul"] is True and scoring["jacobian_mode"] == "func"
