@@ -295,16 +295,23 @@ class _WallClockSearch(QDSearch):
         del self.scorer.evaluate
 
 
-def _deviation_from_eager(scorer: PromptScorer) -> tuple[float, float]:
-    """How far the scorer's settings (as a search left them: graphs captured, its memory) are
-    from an eager ``func`` call on one latent: the largest jacobian row error relative to the
-    row's norm, and the largest measure error."""
-    z = scorer.generator.sample_prior(1, seed=123).cpu().numpy()
-    got = scorer.evaluate(z, jacobian=True, update_memory=False)
+_PROBE_SEED = 123
+
+
+def _one_jacobian(scorer: PromptScorer):
+    z = scorer.generator.sample_prior(1, seed=_PROBE_SEED).cpu().numpy()
+    return scorer.evaluate(z, jacobian=True, update_memory=False)
+
+
+def _deviation_from_eager(scorer: PromptScorer, got) -> tuple[float, float]:
+    """How far ``got`` (``_one_jacobian`` under a row's settings, as its search left the
+    scorer: graphs captured, memory) is from an eager ``func`` call with torch's default
+    settings: the largest jacobian row error relative to the row's norm, and the largest
+    measure error."""
     settings = scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul
     scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul = "func", False, False
     try:
-        ref = scorer.evaluate(z, jacobian=True, update_memory=False)
+        ref = _one_jacobian(scorer)
     finally:
         scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul = settings
     rows = np.linalg.norm(got.jacobian - ref.jacobian, axis=2) / np.linalg.norm(ref.jacobian,
@@ -336,6 +343,55 @@ def _extra_setting(extra: str | None):
         raise ValueError(f"unknown setting {extra!r}")
 
 
+def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, mode: str,
+                   graphs: bool, tf32: bool, extra: str | None) -> dict:
+    """One timed paper-scale search on ``scorer`` with these settings (see bench_iteration)."""
+    cuda = scorer.clip.device.type == "cuda"
+    scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul = mode, graphs, tf32
+    scorer.compile_static = extra == "compile"
+    scorer._static_calls.clear()
+    scorer._shape_counts.clear()
+    cfg = SearchConfig(dims=(50, 25, 5, 25), ranges=[(-0.1, 0.1)] * 4,
+                       iterations=warmup + timed, batch_size=4, num_emitters=1,
+                       x0_samples=8, seed=0, checkpoint_every=10**9)
+    search = _WallClockSearch(scorer, cfg, outdir)
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        t0 = time.perf_counter()
+        with _extra_setting(extra):
+            search.run(progress=False)
+            got = _one_jacobian(scorer)  # as the search left it: graphs, memory, setting
+    finally:
+        search.release()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    jac_err, measures_err = _deviation_from_eager(scorer, got)
+    warmup_s = search.logged_at[warmup] - t0
+    sec = search.metrics().set_index("iteration").seconds
+    ms = 1e3 * (sec[warmup + timed] - sec[warmup]) / timed
+    wall = 1e3 * (search.logged_at[warmup + timed] - search.logged_at[warmup]) / timed
+    a, b = search.scoring_at[warmup], search.scoring_at[warmup + timed]
+    jac_ms, values_ms = (1e3 * (b[k] - a[k]) / timed for k in ("jacobian", "values"))
+    print(f"CMA-MAEGA paper-scale iteration, {mode:7s} graphs={graphs!s:5s} "
+          f"{extra + ' ' if extra else ''}(warm-up {warmup_s:.0f} s) "
+          f"tf32 matmul={tf32!s:5s}: {ms:7.1f} ms, {wall:7.1f} ms with logging = jacobian "
+          f"call {jac_ms:.1f} + values call {values_ms:.1f} + pyribs and the rest "
+          f"{wall - jac_ms - values_ms:.1f} (60k iterations: {wall * 60_000 / 3.6e6:.2f} h, "
+          f"peak {peak:.1f} GiB; vs eager func: jacobian {jac_err:.1e}, measures "
+          f"{measures_err:.1e})", flush=True)
+    return {"jacobian_mode": mode, "cuda_graphs": graphs, "tf32_matmul": tf32 and cuda,
+            "tf32_conv": torch.backends.cudnn.allow_tf32 and cuda, "extra": extra or "",
+            "compiled": scorer.compile_static,  # False where compiling failed (a warning)
+            "ms_per_iteration": ms, "wall_ms_per_iteration": wall,
+            "jacobian_call_ms": jac_ms, "values_call_ms": values_ms,
+            "rest_ms": wall - jac_ms - values_ms,
+            "jacobian_rel_err": jac_err, "measures_abs_err": measures_err,
+            "iterations_timed": timed, "warmup_s": warmup_s,
+            "hours_for_60k": wall * 60_000 / 3.6e6, "peak_gpu_gib": peak,
+            "coverage": search.result_archive.stats.coverage}
+
+
 def bench_iteration(device: str, quick: bool, candidates: bool = False) -> pd.DataFrame:
     """Milliseconds per CMA-MAEGA iteration at the paper's scale: StyleGAN2-256 + ViT-B/32
     (random weights), objective + 4 measures with the paper's objective weights (a full
@@ -361,7 +417,7 @@ def bench_iteration(device: str, quick: bool, candidates: bool = False) -> pd.Da
             variants += [(True, False, None, ("batched", "func")),
                          (True, True, None, ("batched", "func"))]
     else:
-        graphs = cuda or quick  # a quick CPU run checks the rows' code on static buffers
+        graphs = True  # on a CPU: static buffers run eagerly (and compile_static applies)
         variants = [(graphs, False, "cudnn_benchmark", ("func",)),
                     (graphs, False, "math_attention", ("func",)),
                     (graphs, False, None, ("replicated",)),
@@ -373,50 +429,17 @@ def bench_iteration(device: str, quick: bool, candidates: bool = False) -> pd.Da
     try:
         for graphs, tf32, extra, modes in variants:
             for mode in modes:
-                scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul = mode, graphs, tf32
-                scorer.compile_static = extra == "compile"
-                scorer._static_calls.clear()
-                scorer._shape_counts.clear()
-                cfg = SearchConfig(dims=(50, 25, 5, 25), ranges=[(-0.1, 0.1)] * 4,
-                                   iterations=warmup + timed, batch_size=4, num_emitters=1,
-                                   x0_samples=8, seed=0, checkpoint_every=10**9)
-                search = _WallClockSearch(scorer, cfg, tmp / f"{mode}_{len(rows)}")
-                if cuda:
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats()
-                t0 = time.perf_counter()
-                with _extra_setting(extra):
-                    search.run(progress=False)
-                warmup_s = search.logged_at[warmup] - t0
-                jac_err, measures_err = _deviation_from_eager(scorer)
-                sec = search.metrics().set_index("iteration").seconds
-                ms = 1e3 * (sec[warmup + timed] - sec[warmup]) / timed
-                wall = 1e3 * (search.logged_at[warmup + timed] - search.logged_at[warmup]) / timed
-                a, b = search.scoring_at[warmup], search.scoring_at[warmup + timed]
-                jac_ms, values_ms = (1e3 * (b[k] - a[k]) / timed for k in ("jacobian", "values"))
-                search.release()
-                peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-                rows.append({"jacobian_mode": mode, "cuda_graphs": graphs,
-                             "packed_attention": packed, "tf32_matmul": tf32 and cuda,
-                             "tf32_conv": torch.backends.cudnn.allow_tf32 and cuda,
-                             "extra": extra or "",
-                             "ms_per_iteration": ms, "wall_ms_per_iteration": wall,
-                             "jacobian_call_ms": jac_ms, "values_call_ms": values_ms,
-                             "rest_ms": wall - jac_ms - values_ms,
-                             "jacobian_rel_err": jac_err, "measures_abs_err": measures_err,
-                             "iterations_timed": timed, "warmup_s": warmup_s,
-                             "hours_for_60k": wall * 60_000 / 3.6e6,
-                             "peak_gpu_gib": peak,
-                             "coverage": search.result_archive.stats.coverage, **machine()})
-                print(f"CMA-MAEGA paper-scale iteration, {mode:7s} graphs={graphs!s:5s} "
-                      f"{extra + ' ' if extra else ''}(warm-up {warmup_s:.0f} s) "
-                      f"packed attention={packed!s:5s} tf32 matmul={tf32!s:5s}: "
-                      f"{ms:7.1f} ms, {wall:7.1f} ms with logging = jacobian call "
-                      f"{jac_ms:.1f} + values call {values_ms:.1f} + pyribs and the rest "
-                      f"{wall - jac_ms - values_ms:.1f} (60k iterations: "
-                      f"{wall * 60_000 / 3.6e6:.2f} h, peak {peak:.1f} GiB; vs eager func: "
-                      f"jacobian {jac_err:.1e}, measures {measures_err:.1e})", flush=True)
-                del search
+                try:
+                    row = _iteration_row(scorer, tmp / f"{mode}_{len(rows)}", warmup, timed,
+                                         mode, graphs, tf32, extra)
+                except Exception as e:  # noqa: BLE001 - a candidate may fail (e.g. compiling)
+                    if not candidates:
+                        raise
+                    print(f"CMA-MAEGA iteration {mode} {extra}: FAILED {type(e).__name__}: {e}",
+                          flush=True)
+                    row = {"jacobian_mode": mode, "cuda_graphs": graphs, "extra": extra or "",
+                           "error": f"{type(e).__name__}: {e}"[:300]}
+                rows.append({**row, "packed_attention": packed, **machine()})
     finally:
         shutil.rmtree(tmp)
     return pd.DataFrame(rows)

@@ -76,14 +76,17 @@ class StaticCall:
     stream, which also let cuDNN pick its algorithms) and each call copies its inputs into
     the buffers and replays the graph: the same kernels on the same buffers, so the same
     numbers as eager calls, with one launch instead of hundreds. The outputs are static too:
-    read (copy) them before the next call. Elsewhere ``fn`` runs eagerly on the buffers.
+    read (copy) them before the next call. Elsewhere ``fn`` runs eagerly on the buffers (after
+    one warm-up call, so that errors, e.g. of compiling, surface here on every device).
     """
 
     def __init__(self, fn, inputs: torch.Tensor, memory: torch.Tensor):
         self.fn = fn
         self.inputs, self.memory = inputs.clone(), memory.clone()
         self.graph = None
-        if inputs.is_cuda:
+        if not inputs.is_cuda:  # one warm-up call, as on CUDA: a compiled fn compiles here
+            fn(self.inputs, self.memory)
+        else:
             stream = torch.cuda.Stream(inputs.device)
             stream.wait_stream(torch.cuda.current_stream(inputs.device))
             with torch.cuda.stream(stream):
@@ -239,7 +242,9 @@ class PromptScorer:
         (bench/README.md), at a 10-bit mantissa's rounding (~1e-3) in CLIP's matmuls. Set
         here and restored after the call, not globally; off by default.
         """
-        if not (self.tf32_matmul and self.clip.device.type == "cuda"):
+        # already on (also via set_float32_matmul_precision): nothing to set or restore
+        if not (self.tf32_matmul and self.clip.device.type == "cuda") or \
+                torch.backends.cuda.matmul.allow_tf32:
             yield
             return
         before = torch.backends.cuda.matmul.allow_tf32
@@ -288,7 +293,7 @@ class PromptScorer:
         """Measures (N, m) of images (N, 3, H, W) in [0, 1] that need not come from the
         generator (e.g. renders with known attributes, to check the CLIP)."""
         out = [torch.zeros(0, self.num_measures)]
-        with torch.no_grad():
+        with torch.no_grad(), self._tf32():
             for x in images.split(batch_size):
                 emb = self.clip.encode_image(x.to(self.clip.device))
                 out.append(torch.stack([-self._pair_gap(emb, k)
@@ -376,9 +381,6 @@ class PromptScorer:
             return None
         # a graph keeps the kernels chosen at capture: one per matmul precision too
         compiled = self.compile_static and mode in ("values", "replicated")
-        if compiled and (why := compile_available(z.device)) is not None:
-            warnings.warn(f"{why}; scoring runs without compiling", stacklevel=3)
-            self.compile_static = compiled = False
         key = (mode, tuple(z.shape), tuple(self.memory.shape),
                z.is_cuda and torch.backends.cuda.matmul.allow_tf32) + (("compiled",) * compiled)
         if key not in self._static_calls:
@@ -387,6 +389,10 @@ class PromptScorer:
             self._shape_counts[key] = self._shape_counts.get(key, 0) + 1
             if self._shape_counts[key] < 2:
                 return None
+            if compiled and (why := compile_available(z.device)) is not None:
+                warnings.warn(f"{why}; scoring runs without compiling", stacklevel=3)
+                self.compile_static = False
+                return self._static_call(jacobian, z)
             outputs = self._outputs
             if compiled:
                 if self._compiled_outputs is None:
@@ -406,11 +412,19 @@ class PromptScorer:
                     return jac_fn(z, memory)
             try:
                 self._static_calls[key] = StaticCall(fn, z, self.memory)
-            except RuntimeError as e:  # an op that cannot be captured: stay eager
-                warnings.warn(f"CUDA graph capture failed ({e}); scoring runs eagerly",
-                              stacklevel=3)
-                self.cuda_graphs = False
-                return None
+            except Exception as e:  # noqa: BLE001 - torch.compile's errors have many types
+                if not compiled:
+                    if isinstance(e, RuntimeError):  # an op that cannot be captured
+                        warnings.warn(f"CUDA graph capture failed ({e}); scoring runs "
+                                      "eagerly", stacklevel=3)
+                        self.cuda_graphs = False
+                        return None
+                    raise
+                warnings.warn(f"torch.compile of the scoring pass failed ({type(e).__name__}: "
+                              f"{e}); scoring runs uncompiled", stacklevel=3)
+                self.compile_static = False
+                self._shape_counts[key[:-1]] = 2  # captured uncompiled at once
+                return self._static_call(jacobian, z)
         return self._static_calls[key]
 
     @staticmethod
@@ -459,13 +473,14 @@ class PromptScorer:
         values, jacs = [], []
         for i in range(1 + self.num_measures):
             z = z0.clone().requires_grad_(True)
-            images = self.generator.decode(z)
-            emb = self.clip.encode_image(images, check=False)
-            if i == 0:
-                val = self.loss_to_objective(self._objective_loss(emb, z))
-            else:
-                val = -self._pair_gap(emb, i)
-            (g,) = torch.autograd.grad(val.sum(), z)
+            with self._tf32():
+                images = self.generator.decode(z)
+                emb = self.clip.encode_image(images, check=False)
+                if i == 0:
+                    val = self.loss_to_objective(self._objective_loss(emb, z))
+                else:
+                    val = -self._pair_gap(emb, i)
+                (g,) = torch.autograd.grad(val.sum(), z)
             values.append(val.detach())
             jacs.append(g)
         out = torch.stack(values, 1)

@@ -230,10 +230,18 @@ class QDSearch:
                 "objective_weights": self.scorer.weights,
                 "generator": type(self.scorer.generator).__name__,
                 "clip": self.scorer.clip.name, "weights_sha256": self.scorer.weights_sha256(),
-                "scoring": {"jacobian_mode": self.scorer._resolved_mode(),
+                "scoring": {"jacobian_mode": self._jacobian_mode(),
                             "cuda_graphs": self.scorer.cuda_graphs,
                             "tf32_matmul": self.scorer.tf32_matmul,
                             "compile_static": self.scorer.compile_static}}
+
+    def _jacobian_mode(self) -> str:
+        """The scorer's resolved jacobian mode, or its setting where that is invalid (a
+        search that takes no jacobians never trips over it)."""
+        try:
+            return self.scorer._resolved_mode()
+        except ValueError:
+            return str(self.scorer.jacobian_mode)
 
     def start_latent(self) -> np.ndarray:
         if self.cfg.x0 == "zeros":

@@ -253,3 +253,25 @@ def test_compiled_static_calls_give_the_eager_numbers():
         np.testing.assert_allclose(comp.measures, eager.measures, rtol=1e-5, atol=1e-6)
         if eager.jacobian is not None:
             np.testing.assert_allclose(comp.jacobian, eager.jacobian, rtol=1e-4, atol=1e-5)
+
+
+def test_a_failing_compile_falls_back_to_uncompiled_static_calls(monkeypatch):
+    """torch.compile can fail late (no Triton, an op it cannot trace): the scorer warns,
+    stops compiling and captures the same call uncompiled, keeping its graphs."""
+    def broken_compile(fn, **kw):
+        def call(*a, **k):
+            raise AssertionError("backend failed")  # not a RuntimeError: any error type
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr("qdgs_lib.scoring.compile_available", lambda device: None)
+    ref, sc = (make_scorer(weights=(1.0, 0.5, 0.0)) for _ in range(2))
+    sc.jacobian_mode = ref.jacobian_mode = "replicated"
+    sc.cuda_graphs, sc.compile_static = True, True
+    z = np.random.default_rng(0).normal(0, 0.5, (1, 4))
+    sc.evaluate(z, jacobian=True)
+    with pytest.warns(UserWarning, match="torch.compile.*failed.*uncompiled"):
+        got = sc.evaluate(z, jacobian=True)
+    assert sc.compile_static is False and sc.cuda_graphs is True
+    assert [k[-1] for k in sc._static_calls] == [False]  # an uncompiled capture
+    np.testing.assert_allclose(got.jacobian, ref.evaluate(z, jacobian=True).jacobian, rtol=1e-6)
