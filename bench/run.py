@@ -268,7 +268,7 @@ class _WallClockSearch(QDSearch):
     def __init__(self, scorer, cfg, outdir):
         super().__init__(scorer, cfg, outdir)
         self.scoring_s = {"jacobian": 0.0, "values": 0.0}
-        self.scoring_at = {}
+        self.logged_at, self.scoring_at = {}, {}  # by iteration
         evaluate = scorer.evaluate
 
         def timed(latents, jacobian=False, update_memory=True):
@@ -287,7 +287,6 @@ class _WallClockSearch(QDSearch):
 
     def _log(self) -> None:
         super()._log()
-        self.logged_at = getattr(self, "logged_at", {})
         self.logged_at[self.iteration] = time.perf_counter()
         self.scoring_at[self.iteration] = dict(self.scoring_s)
 
@@ -416,12 +415,10 @@ def bench_iteration(device: str, quick: bool, candidates: bool = False) -> pd.Da
         if cuda:
             variants += [(True, False, None, ("batched", "func")),
                          (True, True, None, ("batched", "func"))]
-    else:
-        graphs = True  # on a CPU: static buffers run eagerly (and compile_static applies)
-        variants = [(graphs, False, "cudnn_benchmark", ("func",)),
-                    (graphs, False, "math_attention", ("func",)),
-                    (graphs, False, None, ("replicated",)),
-                    (graphs, False, "compile", ("replicated",))]
+    else:  # static calls (on a CPU: eager on static buffers, where compile_static applies)
+        variants = [(True, False, extra, (mode,)) for extra, mode in (
+            ("cudnn_benchmark", "func"), ("math_attention", "func"), (None, "replicated"),
+            ("compile", "replicated"))]
     packed = any(isinstance(m, PackedSelfAttention) and (cuda or not m.cuda_only)
                  for m in scorer.clip.modules())
     rows = []

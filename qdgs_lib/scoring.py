@@ -247,12 +247,11 @@ class PromptScorer:
                 torch.backends.cuda.matmul.allow_tf32:
             yield
             return
-        before = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = True
         try:
             yield
         finally:
-            torch.backends.cuda.matmul.allow_tf32 = before
+            torch.backends.cuda.matmul.allow_tf32 = False  # it was off (above)
 
     def evaluate(self, latents, jacobian: bool = False, update_memory: bool = True) -> Scores:
         """Objective and measures (and, if asked, their jacobians) of a batch of latents."""
@@ -413,18 +412,19 @@ class PromptScorer:
             try:
                 self._static_calls[key] = StaticCall(fn, z, self.memory)
             except Exception as e:  # noqa: BLE001 - torch.compile's errors have many types
-                if not compiled:
-                    if isinstance(e, RuntimeError):  # an op that cannot be captured
-                        warnings.warn(f"CUDA graph capture failed ({e}); scoring runs "
-                                      "eagerly", stacklevel=3)
-                        self.cuda_graphs = False
-                        return None
+                if compiled:
+                    warnings.warn(f"torch.compile of the scoring pass failed "
+                                  f"({type(e).__name__}: {e}); scoring runs uncompiled",
+                                  stacklevel=3)
+                    self.compile_static = False
+                    self._shape_counts[key[:-1]] = 2  # captured uncompiled at once
+                    return self._static_call(jacobian, z)
+                if not isinstance(e, RuntimeError):
                     raise
-                warnings.warn(f"torch.compile of the scoring pass failed ({type(e).__name__}: "
-                              f"{e}); scoring runs uncompiled", stacklevel=3)
-                self.compile_static = False
-                self._shape_counts[key[:-1]] = 2  # captured uncompiled at once
-                return self._static_call(jacobian, z)
+                warnings.warn(f"CUDA graph capture failed ({e}); scoring runs eagerly",
+                              stacklevel=3)  # an op that cannot be captured
+                self.cuda_graphs = False
+                return None
         return self._static_calls[key]
 
     @staticmethod

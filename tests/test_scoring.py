@@ -11,6 +11,17 @@ def make_scorer(weights=(1.0, 0.5, 0.2)):
                         [("a", "b"), ("c", "d"), ("e", "f")], weights=weights)
 
 
+def two_measure_scorer(memory_size: int = 3) -> PromptScorer:
+    """The faces objective's weights (a uniqueness memory) on the toys, a short memory."""
+    return PromptScorer(ToyGenerator(), ToyClip(), ("good", "bad"), [("a", "b"), ("c", "d")],
+                        weights=(1.0, 0.5, 0.2), memory_size=memory_size)
+
+
+def search_calls(rng: np.random.Generator, repeats: int) -> list:
+    """CMA-MAEGA's calls, ``repeats`` times: jacobians at batch 1, then values at batch 4."""
+    return [(rng.normal(0, 0.5, (b, 4)), b == 1) for _ in range(repeats) for b in (1, 4)]
+
+
 def test_angdist_matches_acos():
     x = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
     y = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
@@ -137,12 +148,10 @@ def test_static_calls_equal_eager_calls_while_the_memory_fills_and_changes(mode)
     """CMA-MAEGA's shapes (jacobians at batch 1, values at batch 4) through static buffers
     (on CUDA: captured graphs) give the eager numbers, also after the memory is full and its
     contents change, and nothing is captured while the memory still grows."""
-    rng = np.random.default_rng(0)
-    calls = [(rng.normal(0, 0.5, (b, 4)), b == 1) for _ in range(6) for b in (1, 4)]
+    calls = search_calls(np.random.default_rng(0), 6)
     runs = []
     for graphs in (False, True):
-        sc = PromptScorer(ToyGenerator(), ToyClip(), ("good", "bad"), [("a", "b"), ("c", "d")],
-                          weights=(1.0, 0.5, 0.2), memory_size=3)
+        sc = two_measure_scorer()
         sc._remember = lambda loss, emb, sc=sc: setattr(  # remember every batch's first
             sc, "memory", torch.cat([sc.memory, emb[:1]])[-sc.memory_size:])
         sc.jacobian_mode, sc.cuda_graphs = mode, graphs
@@ -234,12 +243,10 @@ def test_compiled_static_calls_give_the_eager_numbers():
 
     if (why := compile_available(torch.device("cpu"))) is not None:
         pytest.skip(why)
-    rng = np.random.default_rng(0)
-    calls = [(rng.normal(0, 0.5, (b, 4)), b == 1) for _ in range(4) for b in (1, 4)]
+    calls = search_calls(np.random.default_rng(0), 4)
     runs = []
     for compiled in (False, True):
-        sc = PromptScorer(ToyGenerator(), ToyClip(), ("good", "bad"), [("a", "b"), ("c", "d")],
-                          weights=(1.0, 0.5, 0.2), memory_size=3)
+        sc = two_measure_scorer()
         latents = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
         sc.memory = sc.clip.encode_image(sc.generator.decode(latents)).detach()
         sc.jacobian_mode, sc.cuda_graphs, sc.compile_static = "replicated", True, compiled
