@@ -7,7 +7,8 @@
 #   iteration_gpu.csv   ms per paper-scale CMA-MAEGA iteration (StyleGAN2-256 + ViT-B/32,
 #                       50x25x5x25 archive, batch 4): eager, CUDA graphs, CUDA graphs + TF32
 #                       matmuls, each in both vmapped jacobian modes, each row split into the
-#                       jacobian call, the values call and the rest (pyribs, logging)
+#                       jacobian call, the values call and the rest (pyribs, logging); last,
+#                       the host floor (the same search around two tiny networks)
 #   training_gpu.csv    RecognitionTrainer images/s (IR-101, batch 64 fp16/bf16, 256 bf16)
 #                       next to a bare loop with the batch already on the GPU
 #   scoring_gpu.csv     solutions/s with jacobians, every mode, batch 1..64, vs the released scheme
@@ -16,9 +17,10 @@
 #   loader_gpu.csv      images/s of the streaming training sets alone (0-8 workers)
 #   profile_gpu.txt     operator tables of one eager fused evaluation, batch 1 and 4
 #   device_tests_gpu.csv  tests/test_devices.py (incl. CUDA graphs = eager, packed attention =
-#                       open_clip's, TF32 close to fp32) and tests/test_paper_mini.py (the four
+#                       open_clip's, TF32 and float16/bfloat16 autocast close to fp32) and tests/test_paper_mini.py (the four
 #                       notebooks, paper architectures)
-# Not run here (minutes of torch.compile): the candidates for a faster iteration,
+# Not run here (minutes of torch.compile): the candidates for a faster iteration (cuDNN
+# autotuner, SDPA math backend, replicated, replicated + compile, float16/bfloat16 autocast),
 #   python3 bench/run.py --only iteration_candidates   -> iteration_candidates_gpu.csv
 # Random weights throughout: throughput depends on the architecture, not on the values.
 # Every row names its source: the `device`, `torch` and `malloc` columns; the log says which

@@ -286,12 +286,31 @@ class _WallClockSearch(QDSearch):
         return x0
 
     def _log(self) -> None:
+        if self.iteration == 1:  # in the warm-up: the archives' memory as in a steady state
+            for archive in (self.result_archive, self.scheduler.archive):
+                _prefault(archive)
         super()._log()
         self.logged_at[self.iteration] = time.perf_counter()
         self.scoring_at[self.iteration] = dict(self.scoring_s)
 
     def release(self) -> None:
         del self.scorer.evaluate
+
+
+def _prefault(archive) -> None:
+    """Touch every page of a pyribs archive's storage, leaving its values as they are.
+
+    The storage is allocated but untouched (``np.empty``), so the first elite in each page
+    (numpy asks for 2 MiB huge pages) pays for zeroing it: ~1 ms per page on this CPU, 3.7 ms
+    per batch-4 ``add`` into an empty paper-scale archive (512 floats per cell) against 0.08
+    ms once touched. A 60k-iteration search touches each page once (under 1 s in all); a
+    short timed window right after the start would count it in every iteration.
+    """
+    store = getattr(archive, "_store", None)  # pyribs internals: skip if they change
+    for arr in getattr(store, "_fields", {}).values():
+        flat = arr.reshape(-1)  # a view (the fields are contiguous)
+        step = max(1, 4096 // flat.itemsize)
+        flat[::step] = flat[::step].copy()  # one write per 4 KiB page, same values
 
 
 _PROBE_SEED = 123
@@ -307,12 +326,14 @@ def _deviation_from_eager(scorer: PromptScorer, got) -> tuple[float, float]:
     scorer: graphs captured, memory) is from an eager ``func`` call with torch's default
     settings: the largest jacobian row error relative to the row's norm, and the largest
     measure error."""
-    settings = scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul
-    scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul = "func", False, False
+    settings = scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul, scorer.autocast
+    scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul, scorer.autocast = \
+        "func", False, False, None
     try:
         ref = _one_jacobian(scorer)
     finally:
-        scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul = settings
+        (scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul,
+         scorer.autocast) = settings
     rows = np.linalg.norm(got.jacobian - ref.jacobian, axis=2) / np.linalg.norm(ref.jacobian,
                                                                                 axis=2)
     return float(rows.max()), float(np.abs(got.measures - ref.measures).max())
@@ -321,8 +342,8 @@ def _deviation_from_eager(scorer: PromptScorer, got) -> tuple[float, float]:
 @contextmanager
 def _extra_setting(extra: str | None):
     """cuDNN's autotuner, or SDPA restricted to its math backend, for the duration of a run
-    (``compile`` is a scorer attribute: nothing to set here)."""
-    if extra is None:
+    (``compile`` and ``autocast_*`` are scorer attributes: nothing to set here)."""
+    if extra is None or extra.startswith("autocast_"):
         yield
     elif extra == "cudnn_benchmark":
         before = torch.backends.cudnn.benchmark
@@ -343,11 +364,13 @@ def _extra_setting(extra: str | None):
 
 
 def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, mode: str,
-                   graphs: bool, tf32: bool, extra: str | None) -> dict:
+                   graphs: bool, tf32: bool, extra: str | None, label: str = "") -> dict:
     """One timed paper-scale search on ``scorer`` with these settings (see bench_iteration)."""
     cuda = scorer.clip.device.type == "cuda"
     scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul = mode, graphs, tf32
     scorer.compile_static = extra == "compile"
+    scorer.autocast = extra.removeprefix("autocast_") if extra and \
+        extra.startswith("autocast_") else None
     scorer._static_calls.clear()
     scorer._shape_counts.clear()
     cfg = SearchConfig(dims=(50, 25, 5, 25), ranges=[(-0.1, 0.1)] * 4,
@@ -372,7 +395,7 @@ def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, 
     wall = 1e3 * (search.logged_at[warmup + timed] - search.logged_at[warmup]) / timed
     a, b = search.scoring_at[warmup], search.scoring_at[warmup + timed]
     jac_ms, values_ms = (1e3 * (b[k] - a[k]) / timed for k in ("jacobian", "values"))
-    print(f"CMA-MAEGA paper-scale iteration, {mode:7s} graphs={graphs!s:5s} "
+    print(f"CMA-MAEGA paper-scale iteration{label}, {mode:7s} graphs={graphs!s:5s} "
           f"{extra + ' ' if extra else ''}(warm-up {warmup_s:.0f} s) "
           f"tf32 matmul={tf32!s:5s}: {ms:7.1f} ms, {wall:7.1f} ms with logging = jacobian "
           f"call {jac_ms:.1f} + values call {values_ms:.1f} + pyribs and the rest "
@@ -382,6 +405,7 @@ def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, 
     return {"jacobian_mode": mode, "cuda_graphs": graphs, "tf32_matmul": tf32 and cuda,
             "tf32_conv": torch.backends.cudnn.allow_tf32 and cuda, "extra": extra or "",
             "compiled": scorer.compile_static,  # False where compiling failed (a warning)
+            "autocast": scorer.autocast or "",
             "ms_per_iteration": ms, "wall_ms_per_iteration": wall,
             "jacobian_call_ms": jac_ms, "values_call_ms": values_ms,
             "rest_ms": wall - jac_ms - values_ms,
@@ -400,12 +424,18 @@ def bench_iteration(device: str, quick: bool, candidates: bool = False) -> pd.Da
     convolutions use TF32 by default). Timed after warm-up iterations (graph captures, cuDNN
     autotuning). One scorer serves every row (its graphs are dropped between rows).
 
-    ``candidates``: instead, graphed rows for the next steps (fp32 semantics): cuDNN's
+    ``candidates``: instead, graphed rows for the next steps. In fp32 semantics: cuDNN's
     autotuner for these fixed shapes; SDPA's math backend (its vmapped backward is batched
     matmuls, where the default kernels have no vmap rule and run cotangent by cotangent);
     the ``replicated`` jacobian mode (no vmap: every op at a 5x batch); and ``replicated``
     with ``compile_static`` (torch.compile'd forward and backward inside the graph; its
-    compile time is in the warm-up iterations, and reported apart)."""
+    compile time is in the warm-up iterations, and reported apart). In half precision:
+    ``func`` under ``PromptScorer.autocast`` float16 and bfloat16 (their error against fp32
+    is in the row).
+
+    Without ``candidates`` the last row is the host floor: the same search around two tiny
+    networks (``_host_floor_scorer``), i.e. what pyribs, the scorer's host side and the loop
+    cost per iteration whatever the networks."""
     scorer = setups(device, quick)[-1][1]()  # StyleGAN2-256 + ViT-B/32, the faces objective
     warmup, timed = (2, 3) if quick or device == "cpu" else (5, 50)
     cuda = device.startswith("cuda")
@@ -418,7 +448,8 @@ def bench_iteration(device: str, quick: bool, candidates: bool = False) -> pd.Da
     else:  # static calls (on a CPU: eager on static buffers, where compile_static applies)
         variants = [(True, False, extra, (mode,)) for extra, mode in (
             ("cudnn_benchmark", "func"), ("math_attention", "func"), (None, "replicated"),
-            ("compile", "replicated"))]
+            ("compile", "replicated"), ("autocast_float16", "func"),
+            ("autocast_bfloat16", "func"))]
     packed = any(isinstance(m, PackedSelfAttention) and (cuda or not m.cuda_only)
                  for m in scorer.clip.modules())
     rows = []
@@ -436,10 +467,27 @@ def bench_iteration(device: str, quick: bool, candidates: bool = False) -> pd.Da
                           flush=True)
                     row = {"jacobian_mode": mode, "cuda_graphs": graphs, "extra": extra or "",
                            "error": f"{type(e).__name__}: {e}"[:300]}
-                rows.append({**row, "packed_attention": packed, **machine()})
+                rows.append({**row, "scorer": "StyleGAN2-256 + ViT-B/32",
+                             "packed_attention": packed, **machine()})
+        if not candidates:  # the same loop around networks that cost next to nothing
+            row = _iteration_row(_host_floor_scorer(device), tmp / "host_floor", warmup,
+                                 100 if quick or device == "cpu" else 300, "func", cuda, False,
+                                 None, " (host floor: toy networks)")
+            rows.append({**row, "scorer": "host floor (toy 512-d networks)", **machine()})
     finally:
         shutil.rmtree(tmp)
     return pd.DataFrame(rows)
+
+
+def _host_floor_scorer(device: str) -> PromptScorer:
+    """The paper's search around two tiny networks (tests/toys.py): latent 512 -> 3x8x8
+    image -> 16-d embedding, the faces prompts and objective weights. Its iteration time is
+    pyribs, the scorer's host-side work and the search loop: the floor under any network."""
+    from tests.toys import ToyClip, ToyGenerator
+
+    p = get_profile("default", "faces")
+    return PromptScorer(ToyGenerator(latent_dim=512).to(device), ToyClip().to(device),
+                        p["objective"], prompts(p), weights=p["objective_weights"])
 
 
 def time_to_coverage(df: pd.DataFrame, targets=(0.1, 0.2, 0.3, 0.4)) -> pd.DataFrame:

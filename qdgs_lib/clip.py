@@ -270,6 +270,7 @@ def create_clip(name: str, weights: str | Path | None = None,
         else:
             model = open_clip.create_model(name, pretrained=str(path) if path else None,
                                            weights_only=True)
+    _layer_norms_take_fp32(model)
     if packed_attention not in ("auto", True, False):
         raise ValueError("packed_attention must be 'auto', True or False, "
                          f"got {packed_attention!r}")
@@ -281,6 +282,17 @@ def create_clip(name: str, weights: str | Path | None = None,
     std = cfg.get("preprocess_cfg", {}).get("std", OPENAI_STD)
     clip = Clip(model, open_clip.get_tokenizer(name), image_size, mean, std, num_cutouts, name)
     return clip.to(resolve_device(device))
+
+
+def _layer_norms_take_fp32(model: nn.Module) -> None:
+    """Let open_clip's layer norms cast their input to float32 themselves (open_clip's own
+    ``LayerNormFp32``: same parameters, and a no-op on float32 inputs). Under autocast
+    (``PromptScorer.autocast``) torch would cast a half-precision input inside
+    ``layer_norm``, and then the vmapped backward (the ``batched`` and ``func`` jacobian
+    modes) fails on the mixed dtypes (torch 2.14); an input cast outside it does not."""
+    for m in model.modules():
+        if type(m) is open_clip.transformer.LayerNorm:
+            m.__class__ = open_clip.transformer.LayerNormFp32
 
 
 def _check_weights_belong_to(name: str, path: Path, fix: str) -> None:

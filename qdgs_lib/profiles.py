@@ -51,6 +51,7 @@ _SHAPES_BASE: dict[str, Any] = {
     "objective_weights": (1.0, 2.0, 0.0),
     "cutouts": 0,  # random crops CLIP scores and averages (0: the whole image once)
     "tf32_matmul": False,  # CUDA only: CLIP's matmuls in TF32 while scoring (PromptScorer._tf32)
+    "autocast": None,  # or "float16"/"bfloat16": the networks in half precision while scoring
     "batch_size": 4,
     "num_emitters": 1,
     "sigma0": 0.5,
@@ -73,6 +74,7 @@ _FACES_BASE: dict[str, Any] = {
     "stylegan_weights": None,
     "cutouts": 0,
     "tf32_matmul": False,
+    "autocast": None,
     "batch_size": 4,
     "num_emitters": 1,
     "sigma0": 0.5,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,12 +35,19 @@ from .measures import prompts
 from .utils import check_unit_images, compile_available
 
 Prompt = str | Sequence[str]
+# PromptScorer.autocast's choices
+AUTOCAST_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def angdist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Angular distance between unit vectors; x (B, D), y (P, D) -> (B, P)."""
     chord = (x[:, None, :] - y[None, :, :]).norm(dim=-1)
     return 2 * torch.arcsin((chord / 2).clamp(max=1.0))
+
+
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16 (autocast's outputs) as float32; float32 and float64 as they are."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def _alternatives(p: Prompt) -> list[str]:
@@ -161,6 +168,9 @@ class PromptScorer:
         # True: static calls of values and of the replicated mode run torch.compile'd forward
         # (and backward) passes; see _static_call
         self.compile_static = False
+        # None: float32; "float16" | "bfloat16": the networks run under torch.autocast while
+        # scoring (see _autocast)
+        self.autocast: str | None = None
         self._compiled_outputs = None
         self._static_calls: dict[tuple, StaticCall] = {}
         self._shape_counts: dict[tuple, int] = {}
@@ -215,10 +225,12 @@ class PromptScorer:
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One forward pass: (loss (B,), outputs (B, 1+m) = [objective, measures], emb)."""
         images = self.generator.decode(z)
-        emb = self.clip.encode_image(images, check=False)  # checked once, on the host, later
-        loss = self._objective_loss(emb, z, memory)
-        measures = [-self._pair_gap(emb, k) for k in range(1, 1 + self.num_measures)]
-        return loss, torch.stack([self.loss_to_objective(loss), *measures], dim=1), emb
+        # checked once, on the host, later; half precision (autocast) back to float32
+        emb = _at_least_fp32(self.clip.encode_image(images, check=False))
+        with torch.autocast(emb.device.type, enabled=False):  # the scores' math in float32
+            loss = self._objective_loss(emb, z, memory)
+            measures = [-self._pair_gap(emb, k) for k in range(1, 1 + self.num_measures)]
+            return loss, torch.stack([self.loss_to_objective(loss), *measures], dim=1), emb
 
     # --- public API ------------------------------------------------------------------------
     def _to_tensor(self, latents) -> torch.Tensor:
@@ -253,10 +265,30 @@ class PromptScorer:
         finally:
             torch.backends.cuda.matmul.allow_tf32 = False  # it was off (above)
 
+    def _autocast(self):
+        """``torch.autocast`` to ``autocast``'s dtype during a scoring call (None: none).
+
+        The networks' convolutions and matmuls (forward and backward) then run in half
+        precision: about twice a GPU's tensor-core rate and half the memory traffic of TF32,
+        at a coarser rounding (float16: 11-bit mantissa, like TF32; bfloat16: 8 bits). The
+        scores' math (angles, objective) stays float32, and so do the returned jacobians.
+        Opt-in, off by default: not float rounding in the float32 sense, and float16
+        gradients can underflow (no loss scaling here; ``bench/run.py --only
+        iteration_candidates`` reports each row's jacobian error against float32). The
+        weight-cast cache is off, as CUDA graphs need.
+        """
+        if self.autocast is None:
+            return nullcontext()
+        if self.autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast must be None or one of {sorted(AUTOCAST_DTYPES)}, "
+                             f"got {self.autocast!r}")
+        return torch.autocast(self.clip.device.type, dtype=AUTOCAST_DTYPES[self.autocast],
+                              cache_enabled=False)
+
     def evaluate(self, latents, jacobian: bool = False, update_memory: bool = True) -> Scores:
         """Objective and measures (and, if asked, their jacobians) of a batch of latents."""
         z = self._to_tensor(latents)
-        with self._tf32():
+        with self._tf32(), self._autocast():
             static = self._static_call(jacobian, z)
             if static is not None:  # one CUDA graph replay (see _static_call)
                 loss, out, emb, jac = static(z, self.memory)
@@ -292,9 +324,9 @@ class PromptScorer:
         """Measures (N, m) of images (N, 3, H, W) in [0, 1] that need not come from the
         generator (e.g. renders with known attributes, to check the CLIP)."""
         out = [torch.zeros(0, self.num_measures)]
-        with torch.no_grad(), self._tf32():
+        with torch.no_grad(), self._tf32(), self._autocast():
             for x in images.split(batch_size):
-                emb = self.clip.encode_image(x.to(self.clip.device))
+                emb = _at_least_fp32(self.clip.encode_image(x.to(self.clip.device)))
                 out.append(torch.stack([-self._pair_gap(emb, k)
                                         for k in range(1, 1 + self.num_measures)], 1).cpu())
         return torch.cat(out).numpy().astype(np.float64)
@@ -381,7 +413,8 @@ class PromptScorer:
         # a graph keeps the kernels chosen at capture: one per matmul precision too
         compiled = self.compile_static and mode in ("values", "replicated")
         key = (mode, tuple(z.shape), tuple(self.memory.shape),
-               z.is_cuda and torch.backends.cuda.matmul.allow_tf32) + (("compiled",) * compiled)
+               z.is_cuda and torch.backends.cuda.matmul.allow_tf32, self.autocast) + \
+            (("compiled",) * compiled)
         if key not in self._static_calls:
             # capture a shape only when it comes back (a search's shapes do; the last,
             # shorter batch of measures_of does not): each graph holds its own memory pool
@@ -473,9 +506,9 @@ class PromptScorer:
         values, jacs = [], []
         for i in range(1 + self.num_measures):
             z = z0.clone().requires_grad_(True)
-            with self._tf32():
+            with self._tf32(), self._autocast():
                 images = self.generator.decode(z)
-                emb = self.clip.encode_image(images, check=False)
+                emb = _at_least_fp32(self.clip.encode_image(images, check=False))
                 if i == 0:
                     val = self.loss_to_objective(self._objective_loss(emb, z))
                 else:
@@ -519,4 +552,6 @@ def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> P
     scorer = PromptScorer(generator, clip, p["objective"], prompts(p),
                           weights=p["objective_weights"])
     scorer.tf32_matmul = bool(p.get("tf32_matmul", False))
+    scorer.autocast = p.get("autocast")
+    scorer._autocast()  # an unknown dtype fails here, before any search starts
     return scorer

@@ -230,6 +230,8 @@ class QDSearch:
                 "objective_weights": self.scorer.weights,
                 "generator": type(self.scorer.generator).__name__,
                 "clip": self.scorer.clip.name, "weights_sha256": self.scorer.weights_sha256(),
+                # half precision moves scores by more than rounding: a resume must match it
+                "autocast": self.scorer.autocast,
                 "scoring": {"jacobian_mode": self._jacobian_mode(),
                             "cuda_graphs": self.scorer.cuda_graphs,
                             "tf32_matmul": self.scorer.tf32_matmul,
@@ -272,6 +274,8 @@ class QDSearch:
         mine = json.loads(json.dumps(self._config_dict(), sort_keys=True, default=str))
         if "weights_sha256" not in stored:  # checkpoints written before weights were recorded
             mine.pop("weights_sha256")
+        if "autocast" not in stored and mine["autocast"] is None:  # written before autocast
+            mine.pop("autocast")
         stored.pop("scoring", None)  # recorded, but rounding-level settings: a run may
         mine.pop("scoring", None)  # resume with them switched (e.g. on another device)
         if stored != mine:

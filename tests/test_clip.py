@@ -222,3 +222,25 @@ def test_packed_attention_keeps_the_stock_call_and_freezing():
     hooked = nn.Sequential(nn.MultiheadAttention(16, 2, batch_first=True))
     hooked[0].register_forward_hook(lambda *a: None)
     assert pack_self_attention(hooked) == 0
+
+
+def test_layer_norms_take_float32_inputs_and_keep_the_numbers(monkeypatch):
+    """create_clip gives open_clip's layer norms their float32-input form (under autocast a
+    vmapped backward fails on the stock form's mixed dtypes): the same parameters, and the
+    same float32 embeddings as with the stock layer norms."""
+    import open_clip
+
+    import qdgs_lib.clip
+
+    clip = create_clip("qdgs-shapes-clip", packed_attention=False)
+    norms = [m for m in clip.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(type(m) is open_clip.transformer.LayerNormFp32 for m in norms)
+    monkeypatch.setattr(qdgs_lib.clip, "_layer_norms_take_fp32", lambda model: None)
+    stock = create_clip("qdgs-shapes-clip", packed_attention=False)
+    assert not any(type(m) is open_clip.transformer.LayerNormFp32 for m in stock.modules())
+    assert clip.state_dict().keys() == stock.state_dict().keys()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    text = ["a red circle", "a blue square"]
+    with torch.no_grad():
+        assert torch.equal(clip.encode_image(x), stock.encode_image(x))
+        assert torch.equal(clip.encode_text(text), stock.encode_text(text))

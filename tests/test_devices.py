@@ -204,6 +204,48 @@ def test_tf32_scores_stay_close_to_fp32_on_the_paper_architectures():
         assert measure_err > 0 and cos.min() < 1
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_autocast_scores_on_the_paper_architectures():
+    """``PromptScorer.autocast`` float16 / bfloat16 on StyleGAN2-256 + ViT-B/32 (random
+    weights, the paper's objective weights), as a search runs them (``func``, CUDA graphs):
+    finite, the graphed calls give the eager calls' numbers, and the scores stay near
+    float32's (printed: what the bench's candidate rows trade for their speed)."""
+    import numpy as np
+
+    from qdgs_lib.clip import create_clip
+    from qdgs_lib.generators.stylegan2 import StyleGAN2, StyleGAN2Generator
+    from qdgs_lib.measures import prompts
+    from qdgs_lib.scoring import PromptScorer
+
+    p = get_profile("paper", "faces")
+    torch.manual_seed(0)
+    gen = StyleGAN2Generator(StyleGAN2().cuda(), num_std_samples=500)
+    clip = create_clip("ViT-B-32-quickgelu", device="cuda", pretrained=False)
+    sc = PromptScorer(gen, clip, p["objective"], prompts(p), weights=(1.0, 0.0, 0.0))
+    sc.jacobian_mode = "func"
+    z = gen.sample_prior(16, seed=3).cpu().numpy()
+    ref = sc.evaluate(z, update_memory=False).measures
+    ref_jac = sc.evaluate(z[:1], jacobian=True, update_memory=False).jacobian
+    for dtype, max_err, min_cos in (("float16", 0.1, 0.98), ("bfloat16", 0.3, 0.95)):
+        sc.autocast = dtype
+        sc.cuda_graphs = False
+        eager = sc.evaluate(z[:1], jacobian=True, update_memory=False)
+        sc.cuda_graphs = True
+        for _ in range(3):  # the second call captures, the third replays
+            graphed = sc.evaluate(z[:1], jacobian=True, update_memory=False)
+        assert any(k[4] == dtype for k in sc._static_calls)
+        np.testing.assert_allclose(graphed.measures, eager.measures, rtol=1e-3, atol=1e-4)
+        m = sc.evaluate(z, update_memory=False).measures
+        jac = graphed.jacobian
+        assert np.isfinite(m).all() and np.isfinite(jac).all()
+        measure_err = (np.abs(m - ref).max(0) / ref.std(0)).max()
+        cos = (jac * ref_jac).sum(2) / (np.linalg.norm(jac, axis=2) *
+                                        np.linalg.norm(ref_jac, axis=2))
+        print(f"autocast {dtype} vs fp32: measures {measure_err:.2e} of their spread, "
+              f"jacobian rows' cosine >= {cos.min():.6f}")
+        assert measure_err < max_err and cos.min() > min_cos
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_trainer_precisions(device, tmp_path):
     from qdgs_lib.data.identities import TensorFaces

@@ -289,3 +289,30 @@ def test_a_run_resumes_with_tf32_switched_and_records_it(tmp_path):
     assert list(search.metrics().iteration) == list(range(1, 9))
     scoring = json.loads(load_checkpoint(search.checkpoint_path)["config"])["scoring"]
     assert scoring["tf32_matmul"] is True and scoring["jacobian_mode"] == "func"
+
+
+def test_a_run_resumes_only_with_the_same_autocast(tmp_path):
+    """Half precision moves the scores by more than rounding: a run does not resume (or
+    reload) under another ``autocast``; a checkpoint from before autocast was recorded
+    counts as float32."""
+    import json
+
+    def scorer_with(autocast):
+        sc = scorer()
+        sc.autocast = autocast
+        return sc
+
+    QDSearch(scorer_with(None), config("cma_maega", 5), tmp_path).run(progress=False)
+    with pytest.raises(ValueError, match="different settings.*autocast"):
+        QDSearch(scorer_with("bfloat16"), config("cma_maega", 5), tmp_path).run(progress=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pkl")
+    cfg = json.loads(state["config"])
+    assert cfg["autocast"] is None
+    del cfg["autocast"]
+    state["config"] = json.dumps(cfg, sort_keys=True)
+    (tmp_path / "checkpoint.pkl").write_bytes(pickle.dumps(state))
+    with pytest.raises(ValueError, match="autocast"):
+        QDSearch(scorer_with("float16"), config("cma_maega", 5), tmp_path).run(progress=False)
+    search = QDSearch(scorer_with(None), config("cma_maega", 5), tmp_path)
+    search.run(progress=False)  # the finished float32 run, reloaded
+    assert search.iteration == 5

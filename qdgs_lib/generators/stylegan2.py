@@ -165,11 +165,20 @@ class _SplitModulatedLayer(torch.autograd.Function):
         ctx.mark_non_differentiable(grad_y, grad_d, d3, w2)
         ctx.save_for_backward(x, styles, weight, f, grad_y, grad_d, d3, w2)
         ctx.up, ctx.padding, ctx.demodulate = up, padding, demodulate
+        # autocast (PromptScorer.autocast) is off in a backward pass: this one's convolution
+        # runs under the forward pass's setting, as the backward of torch's own ops does
+        kind = x.device.type
+        ctx.autocast = (kind, torch.get_autocast_dtype(kind)) \
+            if torch.is_autocast_enabled(kind) else None
 
     @staticmethod
     def backward(ctx, g, *_):
         x, styles, weight, f, grad_y, grad_d, d3, w2 = ctx.saved_tensors
-        g_xs = _shared_conv_adjoint(g * grad_y, weight, ctx.up, ctx.padding, f)
+        if ctx.autocast is None:
+            g_xs = _shared_conv_adjoint(g * grad_y, weight, ctx.up, ctx.padding, f)
+        else:
+            with torch.autocast(ctx.autocast[0], dtype=ctx.autocast[1], cache_enabled=False):
+                g_xs = _shared_conv_adjoint(g * grad_y, weight, ctx.up, ctx.padding, f)
         g_styles = (g_xs * x).sum(dim=(2, 3))
         if ctx.demodulate:  # d = (s^2 @ w2^T + eps)^-1/2: dd_o/ds_i = -d_o^3 w2_oi s_i
             g_d = (g * grad_d).sum(dim=(2, 3))
