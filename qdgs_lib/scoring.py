@@ -272,10 +272,10 @@ class PromptScorer:
         precision: about twice a GPU's tensor-core rate and half the memory traffic of TF32,
         at a coarser rounding (float16: 11-bit mantissa, like TF32; bfloat16: 8 bits). The
         scores' math (angles, objective) stays float32, and so do the returned jacobians.
-        Opt-in, off by default: not float rounding in the float32 sense, and float16
-        gradients can underflow (no loss scaling here; ``bench/run.py --only
-        iteration_candidates`` reports each row's jacobian error against float32). The
-        weight-cast cache is off, as CUDA graphs need.
+        Opt-in, off by default: not float rounding in the float32 sense (bench/README.md
+        has the errors measured; the jacobians' error comes from the forward pass's rounding,
+        not from gradients underflowing, so there is no loss scaling). The weight-cast cache
+        is off, as CUDA graphs need.
         """
         if self.autocast is None:
             return nullcontext()
