@@ -58,7 +58,8 @@ step "scoring+components+loader+profile" $PY bench/run.py --only scoring compone
 # correctness on CUDA: the notebooks' library steps, CUDA graphs vs eager, the four notebooks
 # under paper-mini (StyleGAN2-256 + ViT-B/32 + IR-101 assets in the real file formats)
 step "device tests" $PY -m pytest tests/test_devices.py tests/test_paper_mini.py \
-    -p no:cacheprovider -q -rs --junitxml="$RESULTS/device_tests_gpu.xml"
+    -p no:cacheprovider -q -rs -o junit_logging=system-out \
+    --junitxml="$RESULTS/device_tests_gpu.xml"
 $PY - "$RESULTS" <<'EOF'
 import sys
 import xml.etree.ElementTree as ET
@@ -72,9 +73,14 @@ rows = []
 for case in ET.parse(out / "device_tests_gpu.xml").iter("testcase"):
     kids = {child.tag for child in case}
     outcome = next((k for k in ("failure", "error", "skipped") if k in kids), "passed")
+    printed = " | ".join(line.strip() for e in case.iter("system-out")
+                         for line in (e.text or "").splitlines()
+                         if line.strip() and "Captured Out" not in line)
     rows.append({"test": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome,
-                 "seconds": float(case.get("time", 0)), "device": torch.cuda.get_device_name(),
-                 "torch": torch.__version__})
+                 "seconds": float(case.get("time", 0)), "printed": printed[:1000],
+                 "device": torch.cuda.get_device_name(), "torch": torch.__version__})
+    if printed and outcome == "passed":  # what a test measured (e.g. TF32's deviation)
+        print(f"{case.get('name')}: {printed[:1000]}")
 pd.DataFrame(rows).to_csv(out / "device_tests_gpu.csv", index=False)
 (out / "device_tests_gpu.xml").unlink()
 print(pd.DataFrame(rows).outcome.value_counts().to_string())
