@@ -415,7 +415,8 @@ def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, 
             "coverage": search.result_archive.stats.coverage}
 
 
-def bench_iteration(device: str, quick: bool, candidates: bool = False) -> pd.DataFrame:
+def bench_iteration(device: str, quick: bool, candidates: bool = False,
+                    partial: str | None = None) -> pd.DataFrame:
     """Milliseconds per CMA-MAEGA iteration at the paper's scale: StyleGAN2-256 + ViT-B/32
     (random weights), objective + 4 measures with the paper's objective weights (a full
     uniqueness memory, as after a search's first iterations), the paper's 50x25x5x25
@@ -435,7 +436,10 @@ def bench_iteration(device: str, quick: bool, candidates: bool = False) -> pd.Da
 
     Without ``candidates`` the last row is the host floor: the same search around two tiny
     networks (``_host_floor_scorer``), i.e. what pyribs, the scorer's host side and the loop
-    cost per iteration whatever the networks."""
+    cost per iteration whatever the networks.
+
+    ``partial``: a results name to write the rows to after each row (a run cut short by a
+    time limit keeps what it measured)."""
     scorer = setups(device, quick)[-1][1]()  # StyleGAN2-256 + ViT-B/32, the faces objective
     warmup, timed = (2, 3) if quick or device == "cpu" else (5, 50)
     cuda = device.startswith("cuda")
@@ -445,11 +449,12 @@ def bench_iteration(device: str, quick: bool, candidates: bool = False) -> pd.Da
         if cuda:
             variants += [(True, False, None, ("batched", "func")),
                          (True, True, None, ("batched", "func"))]
-    else:  # static calls (on a CPU: eager on static buffers, where compile_static applies)
+    else:  # static calls (on a CPU: eager on static buffers, where compile_static applies);
+        # the quick rows first, the minutes of compiling last
         variants = [(True, False, extra, (mode,)) for extra, mode in (
+            ("autocast_float16", "func"), ("autocast_bfloat16", "func"),
             ("cudnn_benchmark", "func"), ("math_attention", "func"), (None, "replicated"),
-            ("compile", "replicated"), ("autocast_float16", "func"),
-            ("autocast_bfloat16", "func"))]
+            ("compile", "replicated"))]
     packed = any(isinstance(m, PackedSelfAttention) and (cuda or not m.cuda_only)
                  for m in scorer.clip.modules())
     rows = []
@@ -469,6 +474,8 @@ def bench_iteration(device: str, quick: bool, candidates: bool = False) -> pd.Da
                            "error": f"{type(e).__name__}: {e}"[:300]}
                 rows.append({**row, "scorer": "StyleGAN2-256 + ViT-B/32",
                              "packed_attention": packed, **machine()})
+                if partial:
+                    write(pd.DataFrame(rows), partial)
         if not candidates:  # the same loop around networks that cost next to nothing
             row = _iteration_row(_host_floor_scorer(device), tmp / "host_floor", warmup,
                                  100 if quick or device == "cpu" else 300, "func", cuda, False,
@@ -703,10 +710,11 @@ def main():
         print(summary.to_string(index=False))
         write(summary, f"search_time_to_coverage_{tag}")
     if args.only is None or "iteration" in args.only:
-        write(bench_iteration(args.device, args.quick), f"iteration_{tag}")
+        write(bench_iteration(args.device, args.quick, partial=f"iteration_{tag}"),
+              f"iteration_{tag}")
     if args.only is not None and "iteration_candidates" in args.only:
-        write(bench_iteration(args.device, args.quick, candidates=True),
-              f"iteration_candidates_{tag}")
+        name = f"iteration_candidates_{tag}"
+        write(bench_iteration(args.device, args.quick, candidates=True, partial=name), name)
     if args.only is None or "training" in args.only:
         write(bench_training(args.device, args.quick), f"training_{tag}")
     if args.only is None or "loader" in args.only:

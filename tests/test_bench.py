@@ -80,3 +80,56 @@ def test_iteration_extras_are_set_for_the_run_only():
     assert jac.shape == (3, *q.shape)
     with pytest.raises(ValueError, match="unknown setting"), run._extra_setting("fast"):
         pass
+
+
+def test_prefault_keeps_every_value_of_an_archive():
+    """Touching an archive's pages (so the timed window does not pay for first touches) must
+    not change it: every field, occupied cells and the untouched garbage alike, and what the
+    next add does."""
+    import numpy as np
+    from ribs.archives import GridArchive
+
+    def archive():
+        a = GridArchive(solution_dim=600, dims=(20, 10), ranges=[(-1, 1)] * 2,
+                        learning_rate=0.02, threshold_min=0, seed=0)
+        rng = np.random.default_rng(0)
+        a.add(rng.normal(size=(30, 600)), rng.random(30) * 100, rng.uniform(-1, 1, (30, 2)))
+        return a
+
+    a, b = archive(), archive()
+    before = {k: v.copy() for k, v in a._store._fields.items()}
+    run._prefault(a)
+    for k, v in a._store._fields.items():
+        assert v.tobytes() == before[k].tobytes()
+    rng = np.random.default_rng(1)
+    new = rng.normal(size=(8, 600)), rng.random(8) * 100, rng.uniform(-1, 1, (8, 2))
+    assert str(a.add(*new)) == str(b.add(*new))
+    assert a.data(return_type="pandas").equals(b.data(return_type="pandas"))
+    run._prefault(object())  # another archive class (pyribs internals changed): nothing done
+
+
+def test_iteration_rows_are_written_as_they_come(monkeypatch, tmp_path):
+    """Candidate rows run quick ones first and land in the results after each row (a run cut
+    short keeps them); a failing candidate is recorded and the others still run."""
+    from types import SimpleNamespace
+
+    import torch
+
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    scorer = SimpleNamespace(clip=torch.nn.Linear(1, 1))
+    monkeypatch.setattr(run, "setups", lambda device, quick: [("x", lambda: scorer)])
+    seen = []
+
+    def fake_row(scorer, outdir, warmup, timed, mode, graphs, tf32, extra, label=""):
+        if seen:  # the file holds the rows so far
+            assert len(pd.read_csv(tmp_path / "cands.csv")) == len(seen)
+        seen.append(extra)
+        if extra == "math_attention":
+            raise RuntimeError("no kernel")
+        return {"jacobian_mode": mode, "extra": extra or "", "ms_per_iteration": 1.0}
+
+    monkeypatch.setattr(run, "_iteration_row", fake_row)
+    df = run.bench_iteration("cpu", quick=True, candidates=True, partial="cands")
+    assert seen[:2] == ["autocast_float16", "autocast_bfloat16"] and seen[-1] == "compile"
+    assert len(df) == len(seen) == len(pd.read_csv(tmp_path / "cands.csv"))
+    assert df.set_index("extra").loc["math_attention", "error"] == "RuntimeError: no kernel"
