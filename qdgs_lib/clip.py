@@ -288,8 +288,8 @@ def _layer_norms_take_fp32(model: nn.Module) -> None:
     """Let open_clip's layer norms cast their input to float32 themselves (open_clip's own
     ``LayerNormFp32``: same parameters, and a no-op on float32 inputs). Under autocast
     (``PromptScorer.autocast``) torch would cast a half-precision input inside
-    ``layer_norm``, and then the vmapped backward (the ``batched`` and ``func`` jacobian
-    modes) fails on the mixed dtypes (torch 2.14); an input cast outside it does not."""
+    ``layer_norm``, and then ``torch.func``'s vmapped backward (the ``func`` jacobian mode)
+    fails on the mixed dtypes (torch 2.14, on CPU); an input cast outside it does not."""
     for m in model.modules():
         if type(m) is open_clip.transformer.LayerNorm:
             m.__class__ = open_clip.transformer.LayerNormFp32

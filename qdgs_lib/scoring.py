@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from .clip import Clip, create_clip
 from .generators.base import Generator
 from .measures import prompts
-from .utils import check_unit_images, compile_available
+from .utils import at_least_fp32, check_unit_images, compile_available
 
 Prompt = str | Sequence[str]
 # PromptScorer.autocast's choices
@@ -43,11 +43,6 @@ def angdist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Angular distance between unit vectors; x (B, D), y (P, D) -> (B, P)."""
     chord = (x[:, None, :] - y[None, :, :]).norm(dim=-1)
     return 2 * torch.arcsin((chord / 2).clamp(max=1.0))
-
-
-def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    """float16/bfloat16 (autocast's outputs) as float32; float32 and float64 as they are."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def _alternatives(p: Prompt) -> list[str]:
@@ -226,7 +221,7 @@ class PromptScorer:
         """One forward pass: (loss (B,), outputs (B, 1+m) = [objective, measures], emb)."""
         images = self.generator.decode(z)
         # checked once, on the host, later; half precision (autocast) back to float32
-        emb = _at_least_fp32(self.clip.encode_image(images, check=False))
+        emb = at_least_fp32(self.clip.encode_image(images, check=False))
         with torch.autocast(emb.device.type, enabled=False):  # the scores' math in float32
             loss = self._objective_loss(emb, z, memory)
             measures = [-self._pair_gap(emb, k) for k in range(1, 1 + self.num_measures)]
@@ -270,12 +265,13 @@ class PromptScorer:
 
         The networks' convolutions and matmuls (forward and backward) then run in half
         precision: about twice a GPU's tensor-core rate and half the memory traffic of TF32,
-        at a coarser rounding (float16: 11-bit mantissa, like TF32; bfloat16: 8 bits). The
-        scores' math (angles, objective) stays float32, and so do the returned jacobians.
-        Opt-in, off by default: not float rounding in the float32 sense (bench/README.md
-        has the errors measured; the jacobians' error comes from the forward pass's rounding,
-        not from gradients underflowing, so there is no loss scaling). The weight-cast cache
-        is off, as CUDA graphs need.
+        at a coarser rounding (float16: a 10-bit mantissa, as TF32; bfloat16: 7 bits). The
+        scores' math (angles, objective) stays float32, and so do the returned jacobians;
+        StyleGAN2's split layers keep float16 in range as NVIDIA's code does. Opt-in, off by
+        default: not float rounding in the float32 sense (bench/README.md has the errors,
+        measured on random weights: the jacobians' error came from the forward pass's
+        rounding, not from underflowing gradients, so there is no loss scaling). The
+        weight-cast cache is off, as CUDA graphs need.
         """
         if self.autocast is None:
             return nullcontext()
@@ -326,7 +322,7 @@ class PromptScorer:
         out = [torch.zeros(0, self.num_measures)]
         with torch.no_grad(), self._tf32(), self._autocast():
             for x in images.split(batch_size):
-                emb = _at_least_fp32(self.clip.encode_image(x.to(self.clip.device)))
+                emb = at_least_fp32(self.clip.encode_image(x.to(self.clip.device)))
                 out.append(torch.stack([-self._pair_gap(emb, k)
                                         for k in range(1, 1 + self.num_measures)], 1).cpu())
         return torch.cat(out).numpy().astype(np.float64)
@@ -508,7 +504,7 @@ class PromptScorer:
             z = z0.clone().requires_grad_(True)
             with self._tf32(), self._autocast():
                 images = self.generator.decode(z)
-                emb = _at_least_fp32(self.clip.encode_image(images, check=False))
+                emb = at_least_fp32(self.clip.encode_image(images, check=False))
                 if i == 0:
                     val = self.loss_to_objective(self._objective_loss(emb, z))
                 else:

@@ -122,6 +122,11 @@ def check_unit_images(images: torch.Tensor, what: str = "images", tol: float = 1
                          "divide 0-255 images by 255, map [-1, 1] output with (x + 1) / 2")
 
 
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """Half precision (autocast's outputs) as float32; float32 and float64 as they are."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8, rounded (for saving as image files)."""
     return (images.detach().cpu().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()

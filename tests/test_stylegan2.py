@@ -196,3 +196,48 @@ def test_trainable_generator_never_takes_the_frozen_weight_backward():
     assert net.synthesis.b16.conv1.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="frozen weights"):
         net.synthesis(ws, fused_modconv=False)
+
+
+def _split_layer_inputs(scale: float = 1.0, up: int = 1):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, 16, 16, generator=g) * 20
+    weight = torch.randn(64, 64, 3, 3, generator=g)
+    styles = (1 + torch.rand(2, 64, generator=g)) * scale
+    bias = torch.randn(64, generator=g)
+    return x, weight, styles, bias, dict(up=up, padding=1, f=_filter(), clamp=256.0)
+
+
+@pytest.mark.parametrize("up", [1, 2])
+def test_split_layer_in_float16_stays_in_range(up):
+    """Under float16 autocast the split layer's convolution runs before the demodulation, on
+    raw weights and styles: with large styles it overflowed (inf, clamped to +-256 or NaN,
+    and no error). Pre-normalised (NVIDIA's way), it gives float32's output and gradient."""
+    x, weight, styles, bias, kw = _split_layer_inputs(scale=300.0, up=up)
+    ref_in = styles.clone().requires_grad_(True)
+    ref = split_modulated_layer(x, weight, ref_in, None, bias, **kw)
+    (ref_grad,) = torch.autograd.grad(ref.square().sum(), ref_in)
+    half_in = styles.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.float16, cache_enabled=False):
+        out = split_modulated_layer(x, weight, half_in, None, bias, **kw)
+        (grad,) = torch.autograd.grad(out.float().square().sum(), half_in)
+    assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+    assert (out - ref).abs().max() < 0.02 * ref.abs().max()
+    assert (grad - ref_grad).norm() < 0.05 * ref_grad.norm()
+
+
+def test_split_layer_backward_keeps_the_forward_autocast(monkeypatch):
+    """A backward run outside autocast (as torch recommends) still runs the split layer's
+    convolution under the forward pass's autocast, as torch's own ops' backward does."""
+    import qdgs_lib.generators.stylegan2 as sg
+
+    adjoint, seen = sg._shared_conv_adjoint, []
+    monkeypatch.setattr(sg, "_shared_conv_adjoint", lambda *a: seen.append(
+        torch.is_autocast_enabled("cpu")) or adjoint(*a))
+    x, weight, styles, bias, kw = _split_layer_inputs()
+    for autocast in (False, True):
+        s = styles.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = split_modulated_layer(x, weight, s, None, bias, **kw)
+        torch.autograd.grad(out.float().sum(), s)  # outside the autocast block
+        assert seen == [autocast]
+        seen.clear()

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils import at_least_fp32
 from .base import Generator
 
 SQRT2 = math.sqrt(2)
@@ -144,8 +145,9 @@ class _SplitModulatedLayer(torch.autograd.Function):
         y = _shared_conv(x * styles[:, :, None, None], weight, up, padding, f)
         shift = bias.view(1, -1, 1, 1) if noise is None else noise + bias.view(1, -1, 1, 1)
         w2 = weight.square().sum(dim=[2, 3])  # (Cout, Cin)
-        if demodulate:  # sum_i (w_oi s_i)^2 = s^2 @ w2^T
-            d = (styles.square() @ w2.t() + 1e-8).rsqrt()
+        if demodulate:  # sum_i (w_oi s_i)^2 = s^2 @ w2^T, in float32 even under autocast
+            with torch.autocast(x.device.type, enabled=False):
+                d = (at_least_fp32(styles).square() @ at_least_fp32(w2).t() + 1e-8).rsqrt()
             pre = torch.addcmul(shift, y, d[:, :, None, None])
         else:
             d = y.new_ones(1, 1)
@@ -165,8 +167,8 @@ class _SplitModulatedLayer(torch.autograd.Function):
         ctx.mark_non_differentiable(grad_y, grad_d, d3, w2)
         ctx.save_for_backward(x, styles, weight, f, grad_y, grad_d, d3, w2)
         ctx.up, ctx.padding, ctx.demodulate = up, padding, demodulate
-        # autocast (PromptScorer.autocast) is off in a backward pass: this one's convolution
-        # runs under the forward pass's setting, as the backward of torch's own ops does
+        # the backward convolution runs under the forward pass's autocast setting (as the
+        # backward of torch's own ops does), also when the backward runs outside autocast
         kind = x.device.type
         ctx.autocast = (kind, torch.get_autocast_dtype(kind)) \
             if torch.is_autocast_enabled(kind) else None
@@ -179,10 +181,12 @@ class _SplitModulatedLayer(torch.autograd.Function):
         else:
             with torch.autocast(ctx.autocast[0], dtype=ctx.autocast[1], cache_enabled=False):
                 g_xs = _shared_conv_adjoint(g * grad_y, weight, ctx.up, ctx.padding, f)
-        g_styles = (g_xs * x).sum(dim=(2, 3))
+        # the reductions and the small matmul in float32 (range) under autocast too
+        g_styles = (g_xs * x).sum(dim=(2, 3), dtype=at_least_fp32(g_xs).dtype)
         if ctx.demodulate:  # d = (s^2 @ w2^T + eps)^-1/2: dd_o/ds_i = -d_o^3 w2_oi s_i
             g_d = (g * grad_d).sum(dim=(2, 3))
-            g_styles = g_styles - ((g_d * d3) @ w2) * styles
+            with torch.autocast(x.device.type, enabled=False):
+                g_styles = g_styles - ((g_d * d3) @ at_least_fp32(w2)) * styles
         g_x = g_xs * styles[:, :, None, None] if ctx.needs_input_grad[0] else None
         return g_x, g_styles, *[None] * 10
 
@@ -194,6 +198,16 @@ def split_modulated_layer(x, weight, styles, noise, bias, up=1, padding=0, f=Non
     if any(t is not None and t.requires_grad for t in (weight, noise, bias)):
         raise ValueError("split modulated layers are for frozen weights (their backward skips "
                          "weight gradients): use fused_modconv=True to train the generator")
+    kind = x.device.type
+    if demodulate and torch.is_autocast_enabled(kind) and \
+            torch.get_autocast_dtype(kind) == torch.float16:
+        # float16's range (NVIDIA's pre-normalisation): the convolution runs before the
+        # demodulation, on raw weights and styles, and could overflow. Demodulation makes the
+        # output invariant to the scale of each output channel's weights and of each sample's
+        # styles, so scale both down to a largest entry of 1 (the weights' to 1/sqrt(fan-in)).
+        weight = weight * (1 / math.sqrt(weight[0].numel()) /
+                           weight.abs().amax(dim=[1, 2, 3], keepdim=True).clamp_min(1e-30))
+        styles = styles / styles.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
     return _SplitModulatedLayer.apply(x, styles, weight, noise, bias, up, padding, f,
                                       demodulate, slope, gain, clamp)[0]
 
