@@ -2,6 +2,7 @@
 # The GPU numbers and checks in one run (about 6 minutes on one H100/H200):
 #
 #   bash bench/gpu_check.sh            # needs the repository, a CUDA GPU, the pip dependencies
+#   bash bench/gpu_check.sh --candidates   # then the candidate rows too (+ about 4 minutes)
 #
 # Writes bench/results/ (or $QDGS_BENCH_RESULTS):
 #   iteration_gpu.csv   ms per paper-scale CMA-MAEGA iteration (StyleGAN2-256 + ViT-B/32,
@@ -19,13 +20,21 @@
 #   device_tests_gpu.csv  tests/test_devices.py (incl. CUDA graphs = eager, packed attention =
 #                       open_clip's, TF32 and float16/bfloat16 autocast close to fp32) and tests/test_paper_mini.py (the four
 #                       notebooks, paper architectures)
-# Not run here (minutes of torch.compile): the candidates for a faster iteration (cuDNN
-# autotuner, SDPA math backend, replicated, replicated + compile, float16/bfloat16 autocast),
+# Only with --candidates (minutes of torch.compile): the candidates for a faster iteration
+# (float16/bfloat16 autocast, cuDNN autotuner, SDPA math backend, replicated, replicated +
+# compile; each row is written as it finishes),
 #   python3 bench/run.py --only iteration_candidates   -> iteration_candidates_gpu.csv
 # Random weights throughout: throughput depends on the architecture, not on the values.
 # Every row names its source: the `device`, `torch` and `malloc` columns; the log says which
 # function of bench/run.py made each file.
 set -u -o pipefail
+candidates=0
+for arg in "$@"; do
+    case $arg in
+        --candidates) candidates=1 ;;
+        *) echo "usage: bash bench/gpu_check.sh [--candidates]" >&2; exit 2 ;;
+    esac
+done
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg
@@ -85,6 +94,10 @@ pd.DataFrame(rows).to_csv(out / "device_tests_gpu.csv", index=False)
 (out / "device_tests_gpu.xml").unlink()
 print(pd.DataFrame(rows).outcome.value_counts().to_string())
 EOF
+
+if [ "$candidates" = 1 ]; then  # bench_iteration(candidates=True)
+    step "iteration candidates" $PY bench/run.py --only iteration_candidates
+fi
 
 if [ -n "$failed" ]; then
     echo "FAILED:$failed"
