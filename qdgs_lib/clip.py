@@ -16,6 +16,7 @@ from torch import nn
 
 from .paths import pretrained_dir, shipped_weights_fix, weights_dir
 from .utils import (
+    at_least_fp32,
     check_recorded_sha256,
     check_unit_images,
     read_weights_record,
@@ -185,7 +186,9 @@ class Clip(nn.Module):
         """(B,3,H,W) in [0,1] -> model input, differentiably."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-        return (resize_square(images, self.image_size) - self.mean) / self.std
+        # float32 in (autocast may hand over half-precision images: the antialiased resize
+        # has no CPU kernel for them, and the normalisation is cheap at full precision)
+        return (resize_square(at_least_fp32(images), self.image_size) - self.mean) / self.std
 
     def _cutouts(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         b, _, h, w = images.shape

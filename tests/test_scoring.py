@@ -367,3 +367,25 @@ def test_autocast_has_its_own_static_calls_and_checks_its_dtype():
     p = get_profile("default", "shapes", autocast="float16")
     assert scorer_for_profile(ToyGenerator(), {**p, "clip": "qdgs-shapes-clip"},
                               "cpu").autocast == "float16"
+
+
+@pytest.mark.parametrize("world", ["shapes", "faces"])
+def test_the_offline_scorers_run_under_autocast(world):
+    """The profile key reaches the offline default's scorers (shapes VAE, toy faces; their
+    own CLIPs) and they score under bfloat16 on a CPU: the images reach CLIP's antialiased
+    resize in float32 (it has no CPU kernel for half precision)."""
+    from qdgs_lib.face_synthesis import build_scorer as faces_scorer
+    from qdgs_lib.profiles import get_profile
+    from qdgs_lib.shapes_poc import build_scorer as shapes_scorer
+
+    build = shapes_scorer if world == "shapes" else faces_scorer
+    sc = build(get_profile("smoke", world, autocast="bfloat16"), "cpu")
+    assert sc.autocast == "bfloat16"
+    z = sc.generator.sample_prior(3, seed=1).numpy()
+    got = sc.evaluate(z, jacobian=True, update_memory=False)
+    sc.autocast = None
+    ref = sc.evaluate(z, jacobian=True, update_memory=False)
+    assert np.isfinite(got.jacobian).all() and not np.array_equal(got.measures, ref.measures)
+    cos = (got.jacobian * ref.jacobian).sum(2) / (
+        np.linalg.norm(got.jacobian, axis=2) * np.linalg.norm(ref.jacobian, axis=2))
+    assert cos.min() > 0.95, cos
