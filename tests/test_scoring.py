@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -365,8 +367,13 @@ def test_autocast_has_its_own_static_calls_and_checks_its_dtype():
     with pytest.raises(ValueError, match="autocast must be"):
         scorer_for_profile(ToyGenerator(), {**p, "clip": "qdgs-shapes-clip"}, "cpu")
     p = get_profile("default", "shapes", autocast="float16")
-    assert scorer_for_profile(ToyGenerator(), {**p, "clip": "qdgs-shapes-clip"},
-                              "cpu").autocast == "float16"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sc = scorer_for_profile(ToyGenerator(), {**p, "clip": "qdgs-shapes-clip"}, "cpu")
+        sc.evaluate(calls[0][0])
+        sc.evaluate(calls[0][0])
+    slow = [w for w in caught if "float16" in str(w.message) and "slower" in str(w.message)]
+    assert sc.autocast == "float16" and len(slow) == 1  # warned once per scorer
 
 
 @pytest.mark.parametrize("world", ["shapes", "faces"])
