@@ -293,8 +293,8 @@ def _layer_norms_take_fp32(model: nn.Module) -> None:
     (``PromptScorer.autocast``) torch would cast a half-precision input inside
     ``layer_norm``, and then ``torch.func``'s vmapped backward (the ``func`` jacobian mode)
     fails on the mixed dtypes (torch 2.14, on CPU); an input cast outside it does not."""
-    for m in model.modules():
-        if type(m) is open_clip.transformer.LayerNorm:
+    for m in model.modules():  # open_clip's and torch's own (e.g. in timm towers)
+        if type(m) in (open_clip.transformer.LayerNorm, nn.LayerNorm):
             m.__class__ = open_clip.transformer.LayerNormFp32
 
 
