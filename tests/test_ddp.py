@@ -3,6 +3,7 @@ epoch equals one process on the same data order, ranks stay in sync, only rank 0
 a DDP run resumes from its checkpoint."""
 
 import datetime
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -49,8 +50,8 @@ def ir_trainer(out):
                               lr=0.05, milestones=(9,), batch_size=5, progress=False)
 
 
-def _worker(rank, world, tmp, kind, out, epochs):
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/store_{out}_{epochs}",
+def _worker(rank, world, tmp, kind, out, epochs, attempt):
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store_{out}_{epochs}_{attempt}",
                             rank=rank, world_size=world, timeout=datetime.timedelta(seconds=90))
     torch.set_num_threads(1)
     try:
@@ -62,7 +63,21 @@ def _worker(rank, world, tmp, kind, out, epochs):
 
 
 def launch(tmp, kind, out, epochs):
-    mp.spawn(_worker, args=(2, str(tmp), kind, out, epochs), nprocs=2, join=True)
+    for attempt in range(2):
+        try:
+            mp.spawn(_worker, args=(2, str(tmp), kind, out, epochs, attempt), nprocs=2,
+                     join=True)
+            break
+        except mp.ProcessExitedException as e:
+            # Once in a CI run (torch 2.14, gloo, CPU) a rank died by SIGABRT ("terminate
+            # called without an active exception") while its peer was still alive; 25 runs
+            # in a row did not repeat it. A process killed by a signal is relaunched once:
+            # the trainer resumes from its last checkpoint, exactly (tested below), as after
+            # any crash, and every assertion still applies. A second death fails the test.
+            if attempt or e.exit_code >= 0:
+                raise
+            warnings.warn(f"DDP rank {e.error_index} died by {e.signal_name}; relaunched "
+                          "(resumes from its checkpoint)", stacklevel=2)
     return [torch.load(tmp / f"{out}_rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
