@@ -287,15 +287,27 @@ def create_clip(name: str, weights: str | Path | None = None,
     return clip.to(resolve_device(device))
 
 
+class PromotingLayerNorm(nn.LayerNorm):
+    """A layer norm that casts a half-precision input to float32 itself (float32 and float64
+    inputs as they are) and returns the input's dtype: the same parameters and numbers as
+    ``nn.LayerNorm`` at full precision. See :func:`_layer_norms_take_fp32`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.layer_norm(at_least_fp32(x), self.normalized_shape, self.weight, self.bias,
+                           self.eps)
+        return out.to(x.dtype)
+
+
 def _layer_norms_take_fp32(model: nn.Module) -> None:
-    """Let open_clip's layer norms cast their input to float32 themselves (open_clip's own
-    ``LayerNormFp32``: same parameters, and a no-op on float32 inputs). Under autocast
-    (``PromptScorer.autocast``) torch would cast a half-precision input inside
+    """Make open_clip's layer norms (and plain ``nn.LayerNorm``) :class:`PromotingLayerNorm`.
+
+    Under autocast (``PromptScorer.autocast``) torch casts a half-precision input inside
     ``layer_norm``, and then ``torch.func``'s vmapped backward (the ``func`` jacobian mode)
-    fails on the mixed dtypes (torch 2.14, on CPU); an input cast outside it does not."""
-    for m in model.modules():  # open_clip's and torch's own (e.g. in timm towers)
+    fails on the mixed dtypes (torch 2.14, on CPU); an input cast outside it does not.
+    Subclasses with their own forward (e.g. timm's) are left alone."""
+    for m in model.modules():
         if type(m) in (open_clip.transformer.LayerNorm, nn.LayerNorm):
-            m.__class__ = open_clip.transformer.LayerNormFp32
+            m.__class__ = PromotingLayerNorm
 
 
 def _check_weights_belong_to(name: str, path: Path, fix: str) -> None:

@@ -225,22 +225,35 @@ def test_packed_attention_keeps_the_stock_call_and_freezing():
 
 
 def test_layer_norms_take_float32_inputs_and_keep_the_numbers(monkeypatch):
-    """create_clip gives open_clip's layer norms their float32-input form (under autocast a
-    vmapped backward fails on the stock form's mixed dtypes): the same parameters, and the
-    same float32 embeddings as with the stock layer norms."""
+    """create_clip makes open_clip's layer norms cast half-precision inputs to float32
+    themselves (under autocast a vmapped backward fails on the stock form's mixed dtypes):
+    the same parameters, and the same float32 embeddings as with the stock layer norms; a
+    float64 model keeps float64 (and so does a plain nn.LayerNorm, also without affine)."""
     import open_clip
 
     import qdgs_lib.clip
+    from qdgs_lib.clip import PromotingLayerNorm, _layer_norms_take_fp32
 
     clip = create_clip("qdgs-shapes-clip", packed_attention=False)
     norms = [m for m in clip.modules() if isinstance(m, torch.nn.LayerNorm)]
-    assert norms and all(type(m) is open_clip.transformer.LayerNormFp32 for m in norms)
+    assert norms and all(type(m) is PromotingLayerNorm for m in norms)
     monkeypatch.setattr(qdgs_lib.clip, "_layer_norms_take_fp32", lambda model: None)
     stock = create_clip("qdgs-shapes-clip", packed_attention=False)
-    assert not any(type(m) is open_clip.transformer.LayerNormFp32 for m in stock.modules())
+    assert all(type(m) is open_clip.transformer.LayerNorm for m in stock.modules()
+               if isinstance(m, torch.nn.LayerNorm))
     assert clip.state_dict().keys() == stock.state_dict().keys()
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     text = ["a red circle", "a blue square"]
     with torch.no_grad():
         assert torch.equal(clip.encode_image(x), stock.encode_image(x))
         assert torch.equal(clip.encode_text(text), stock.encode_text(text))
+        half = clip.model.visual.ln_post(torch.randn(2, 128).bfloat16())
+        assert half.dtype == torch.bfloat16
+        emb = clip.double().encode_image(x.double())
+        assert emb.dtype == torch.float64
+        for affine in (True, False):
+            plain = torch.nn.Sequential(torch.nn.LayerNorm(8, elementwise_affine=affine))
+            ref = plain(x[:, 0, 0, :8])
+            _layer_norms_take_fp32(plain)
+            assert type(plain[0]) is PromotingLayerNorm and torch.equal(plain(x[:, 0, 0, :8]),
+                                                                        ref)

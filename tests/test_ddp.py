@@ -76,8 +76,8 @@ def launch(tmp, kind, out, epochs):
             # any crash, and every assertion still applies. A second death fails the test.
             if attempt or e.exit_code >= 0:
                 raise
-            warnings.warn(f"DDP rank {e.error_index} died by {e.signal_name}; relaunched "
-                          "(resumes from its checkpoint)", stacklevel=2)
+            warnings.warn(f"DDP rank {e.error_index} died by {e.signal_name} ({e.msg}); "
+                          "relaunched (resumes from its checkpoint)", stacklevel=2)
     return [torch.load(tmp / f"{out}_rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
@@ -106,5 +106,6 @@ def test_ddp_checkpoint_resume_and_rank0_writes(tmp_path):
     params = {k for k, _ in build_iresnet("ir_small").named_parameters()}
     assert all(torch.equal(resumed[0][k], resumed[1][k]) for k in params)
     assert list(pd.read_csv(tmp_path / "part" / "log.csv").epoch) == [1, 2]
-    assert sorted(p.name for p in (tmp_path / "part").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "part").iterdir()  # (a relaunch may leave a
+                  if not p.name.startswith(".")) == [  # killed write's hidden temp file)
         "checkpoint.prev.pt", "checkpoint.pt", "log.csv"]
