@@ -58,6 +58,7 @@ def test_iteration_timing_splits_an_iteration_into_its_scorer_calls(tmp_path):
     jac, values = b["jacobian"] - a["jacobian"], b["values"] - a["values"]
     assert jac >= 0.1 and values >= 0.05  # 5 iterations' calls, counted by kind
     assert search.logged_at[6] - search.logged_at[1] >= jac + values  # parts of the period
+    assert not search.checkpoint_path.exists()  # no archive pickles (1.3 GB at paper scale)
     search.release()
     assert "evaluate" not in vars(sc)
 
