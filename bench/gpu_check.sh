@@ -18,8 +18,8 @@
 #   loader_gpu.csv      images/s of the streaming training sets alone (0-8 workers)
 #   profile_gpu.txt     operator tables of one eager fused evaluation, batch 1 and 4
 #   device_tests_gpu.csv  tests/test_devices.py (incl. CUDA graphs = eager, packed attention =
-#                       open_clip's, TF32 and float16/bfloat16 autocast close to fp32) and tests/test_paper_mini.py (the four
-#                       notebooks, paper architectures)
+#                       open_clip's, TF32 and float16/bfloat16 autocast close to fp32) and
+#                       tests/test_paper_mini.py (the four notebooks, paper architectures)
 # Only with --candidates (minutes of torch.compile): the candidates for a faster iteration
 # (float16/bfloat16 autocast, cuDNN autotuner, SDPA math backend, replicated, replicated +
 # compile; each row is written as it finishes),

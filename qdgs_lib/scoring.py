@@ -166,6 +166,7 @@ class PromptScorer:
         # None: float32; "float16" | "bfloat16": the networks run under torch.autocast while
         # scoring (see _autocast)
         self.autocast: str | None = None
+        self._warned_cpu_float16 = False
         self._compiled_outputs = None
         self._static_calls: dict[tuple, StaticCall] = {}
         self._shape_counts: dict[tuple, int] = {}
@@ -279,7 +280,7 @@ class PromptScorer:
             raise ValueError(f"autocast must be None or one of {sorted(AUTOCAST_DTYPES)}, "
                              f"got {self.autocast!r}")
         if self.autocast == "float16" and self.clip.device.type == "cpu" and \
-                not getattr(self, "_warned_cpu_float16", False):
+                not self._warned_cpu_float16:
             self._warned_cpu_float16 = True
             warnings.warn("autocast='float16' on a CPU is emulated: 6-9x slower than float32 "
                           "(a small StyleGAN2 + ViT, 2 cores; bfloat16 about as fast as "

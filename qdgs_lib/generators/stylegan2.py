@@ -12,6 +12,7 @@ The paper searches a *normalized* w-space: ``w = q * std(w) + w_avg`` (one w for
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -176,11 +177,9 @@ class _SplitModulatedLayer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g, *_):
         x, styles, weight, f, grad_y, grad_d, d3, w2 = ctx.saved_tensors
-        if ctx.autocast is None:
+        with nullcontext() if ctx.autocast is None else \
+                torch.autocast(ctx.autocast[0], dtype=ctx.autocast[1], cache_enabled=False):
             g_xs = _shared_conv_adjoint(g * grad_y, weight, ctx.up, ctx.padding, f)
-        else:
-            with torch.autocast(ctx.autocast[0], dtype=ctx.autocast[1], cache_enabled=False):
-                g_xs = _shared_conv_adjoint(g * grad_y, weight, ctx.up, ctx.padding, f)
         # the reductions and the small matmul in float32 (range) under autocast too
         g_styles = (g_xs * x).sum(dim=(2, 3), dtype=at_least_fp32(g_xs).dtype)
         if ctx.demodulate:  # d = (s^2 @ w2^T + eps)^-1/2: dd_o/ds_i = -d_o^3 w2_oi s_i
