@@ -22,7 +22,7 @@
 #                       tests/test_paper_mini.py (the four notebooks, paper architectures)
 # Only with --candidates (minutes of torch.compile): the candidates for a faster iteration
 # (float16/bfloat16 autocast, cuDNN autotuner, SDPA math backend, replicated, replicated +
-# compile; each row is written as it finishes),
+# compile under float16, replicated + compile; each row is written as it finishes),
 #   python3 bench/run.py --only iteration_candidates   -> iteration_candidates_gpu.csv
 # Random weights throughout: throughput depends on the architecture, not on the values.
 # Every row names its source: the `device`, `torch` and `malloc` columns; the log says which

@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from qdgs_lib.generators.shapes_vae import ShapesVAE, load_shapes_vae  # noqa: E
 from qdgs_lib.generators.stylegan2 import StyleGAN2, StyleGAN2Generator  # noqa: E402
 from qdgs_lib.measures import grid, prompts, ranges  # noqa: E402
 from qdgs_lib.profiles import get_profile  # noqa: E402
-from qdgs_lib.scoring import PromptScorer  # noqa: E402
+from qdgs_lib.scoring import AUTOCAST_DTYPES, PromptScorer  # noqa: E402
 from qdgs_lib.search import QDSearch, SearchConfig  # noqa: E402
 from qdgs_lib.utils import atomic_path, versions  # noqa: E402
 
@@ -344,26 +344,40 @@ def _deviation_from_eager(scorer: PromptScorer, got) -> tuple[float, float]:
 
 @contextmanager
 def _extra_setting(extra: str | None):
-    """cuDNN's autotuner, or SDPA restricted to its math backend, for the duration of a run
-    (``compile`` and ``autocast_*`` are scorer attributes: nothing to set here)."""
-    if extra is None or extra.startswith("autocast_"):
-        yield
-    elif extra == "cudnn_benchmark":
-        before = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = True
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.benchmark = before
-    elif extra == "compile":  # PromptScorer.compile_static, set by the caller
-        yield
-    elif extra == "math_attention":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
+    """cuDNN's autotuner, or SDPA restricted to its math backend, for the duration of a run.
+    ``extra`` joins settings with ``+`` (``autocast_float16+compile``); ``compile`` and
+    ``autocast_*`` are scorer attributes (``_iteration_row`` sets them): nothing to set here."""
+    with ExitStack() as stack:
+        for setting in (extra or "").split("+"):
+            if not setting or setting == "compile" or setting in (
+                    f"autocast_{dtype}" for dtype in AUTOCAST_DTYPES):
+                continue
+            if setting == "cudnn_benchmark":
+                stack.enter_context(_cudnn_benchmark())
+            elif setting == "math_attention":
+                from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        with sdpa_kernel(SDPBackend.MATH):
-            yield
-    else:
-        raise ValueError(f"unknown setting {extra!r}")
+                stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+            else:
+                raise ValueError(f"unknown setting {setting!r}")
+        yield
+
+
+@contextmanager
+def _cudnn_benchmark():
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def _scorer_settings(extra: str | None) -> tuple[bool, str | None]:
+    """(``compile_static``, ``autocast``) that a row's ``extra`` asks of the scorer."""
+    settings = (extra or "").split("+")
+    autocast = [x.removeprefix("autocast_") for x in settings if x.startswith("autocast_")]
+    return "compile" in settings, autocast[0] if autocast else None
 
 
 def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, mode: str,
@@ -371,9 +385,7 @@ def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, 
     """One timed paper-scale search on ``scorer`` with these settings (see bench_iteration)."""
     cuda = scorer.clip.device.type == "cuda"
     scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul = mode, graphs, tf32
-    scorer.compile_static = extra == "compile"
-    scorer.autocast = extra.removeprefix("autocast_") if extra and \
-        extra.startswith("autocast_") else None
+    scorer.compile_static, scorer.autocast = _scorer_settings(extra)
     scorer._static_calls.clear()
     scorer._shape_counts.clear()
     cfg = SearchConfig(dims=(50, 25, 5, 25), ranges=[(-0.1, 0.1)] * 4,
@@ -435,7 +447,7 @@ def bench_iteration(device: str, quick: bool, candidates: bool = False,
     with ``compile_static`` (torch.compile'd forward and backward inside the graph; its
     compile time is in the warm-up iterations, and reported apart). In half precision:
     ``func`` under ``PromptScorer.autocast`` float16 and bfloat16 (their error against fp32
-    is in the row).
+    is in the row); and ``replicated`` compiled under float16 (``autocast_float16+compile``).
 
     Without ``candidates`` the last row is the host floor: the same search around two tiny
     networks (``_host_floor_scorer``), i.e. what pyribs, the scorer's host side and the loop
@@ -457,7 +469,7 @@ def bench_iteration(device: str, quick: bool, candidates: bool = False,
         variants = [(True, False, extra, (mode,)) for extra, mode in (
             ("autocast_float16", "func"), ("autocast_bfloat16", "func"),
             ("cudnn_benchmark", "func"), ("math_attention", "func"), (None, "replicated"),
-            ("compile", "replicated"))]
+            ("autocast_float16+compile", "replicated"), ("compile", "replicated"))]
     packed = any(isinstance(m, PackedSelfAttention) and (cuda or not m.cuda_only)
                  for m in scorer.clip.modules())
     rows = []

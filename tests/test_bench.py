@@ -79,8 +79,19 @@ def test_iteration_extras_are_set_for_the_run_only():
     ref = torch.nn.functional.scaled_dot_product_attention(q, q, q)
     torch.testing.assert_close(out, ref)
     assert jac.shape == (3, *q.shape)
-    with pytest.raises(ValueError, match="unknown setting"), run._extra_setting("fast"):
-        pass
+    with run._extra_setting("cudnn_benchmark+math_attention"):  # settings joined by "+"
+        assert torch.backends.cudnn.benchmark is True
+        assert not torch.backends.cuda.flash_sdp_enabled()  # restricted to the math backend
+    assert torch.backends.cudnn.benchmark is before
+    with run._extra_setting("autocast_float16+compile"):  # scorer attributes: nothing here
+        assert torch.backends.cudnn.benchmark is before
+    assert run._scorer_settings("autocast_float16+compile") == (True, "float16")
+    assert run._scorer_settings("compile") == (True, None)
+    assert run._scorer_settings("autocast_bfloat16") == (False, "bfloat16")
+    assert run._scorer_settings(None) == (False, None)
+    for bad in ("fast", "compile+fast", "autocast_float64"):
+        with pytest.raises(ValueError, match="unknown setting"), run._extra_setting(bad):
+            pass
 
 
 def test_prefault_keeps_every_value_of_an_archive():
@@ -131,6 +142,7 @@ def test_iteration_rows_are_written_as_they_come(monkeypatch, tmp_path):
 
     monkeypatch.setattr(run, "_iteration_row", fake_row)
     df = run.bench_iteration("cpu", quick=True, candidates=True, partial="cands")
-    assert seen[:2] == ["autocast_float16", "autocast_bfloat16"] and seen[-1] == "compile"
+    assert seen[:2] == ["autocast_float16", "autocast_bfloat16"] and seen[-2:] == [
+        "autocast_float16+compile", "compile"]  # compiling last, half precision first
     assert len(df) == len(seen) == len(pd.read_csv(tmp_path / "cands.csv"))
     assert df.set_index("extra").loc["math_attention", "error"] == "RuntimeError: no kernel"
