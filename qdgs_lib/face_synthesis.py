@@ -18,7 +18,7 @@ from .generators import toy_faces
 from .generators.base import Generator
 from .generators.stylegan2 import StyleGAN2Generator
 from .generators.stylegan2_legacy import load_stylegan2
-from .measures import dataset_bins, index
+from .measures import dataset_bins, index, ranges_from_samples
 from .sampling import assign_bins, cluster_identities, solution_columns, write_identity_dataset
 from .scoring import PromptScorer, scorer_for_profile
 from .search import measures, solutions
@@ -142,5 +142,4 @@ def calibrate_ranges(df: pd.DataFrame, q: float = 0.01) -> tuple[tuple[float, fl
     """Archive ranges per measure: the [q, 1 - q] quantiles of the measures of balanced
     renders, rounded outwards to 0.05 (how the default profile's ranges were set)."""
     cols = [c for c in df.columns if c.startswith("measures_")]
-    return tuple((float(np.floor(df[c].quantile(q) * 20) / 20),
-                  float(np.ceil(df[c].quantile(1 - q) * 20) / 20)) for c in cols)
+    return ranges_from_samples(df[cols].to_numpy(), q)

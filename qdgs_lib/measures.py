@@ -134,3 +134,22 @@ def dataset_bins(p: dict[str, Any]) -> list[list[tuple[float, float]]]:
     e = p["bin_edge"]
     three = [(-np.inf, -e), (-e, e), (e, np.inf)]
     return [three if m.balanced else [(-np.inf, np.inf)] for m in p["measures"]]
+
+
+def ranges_from_samples(measures: np.ndarray, q: float = 0.01,
+                        step: float = 0.05) -> tuple[tuple[float, float], ...]:
+    """Archive ranges for new prompts: per measure (column), the [q, 1 - q] quantiles of the
+    measures of samples (e.g. the generator's prior, or balanced renders), rounded outwards to
+    ``step`` (how the default profiles' ranges were set)."""
+    measures = np.asarray(measures, dtype=float)
+    if measures.ndim != 2 or len(measures) < 2:
+        raise ValueError(f"measures must be (N >= 2 samples, measures), got {measures.shape}")
+    if not np.isfinite(measures).all():
+        raise ValueError("measures contain NaN or inf: check the generator's images")
+    if not 0 <= q < 0.5:
+        raise ValueError(f"q must lie in [0, 0.5), got {q}")
+    lo, hi = np.quantile(measures, q, axis=0), np.quantile(measures, 1 - q, axis=0)
+    per = 1 / step  # (x * 20) / 20 rather than (x / 0.05) * 0.05: 0.35, not 0.35000000000000003
+    lo, hi = np.floor(lo * per) / per, np.ceil(hi * per) / per
+    hi = np.where(hi > lo, hi, lo + step)  # a measure that never varied still gets a cell
+    return tuple((float(a), float(b)) for a, b in zip(lo, hi, strict=True))

@@ -41,6 +41,48 @@ def assign_bins(measures: np.ndarray, bins: Bins) -> np.ndarray:
     return np.where(valid, index, -1)
 
 
+def bin_names(bins: Bins, names: Sequence[Sequence[str]] | None = None) -> list[str]:
+    """A name per bin index of :func:`assign_bins` (row-major): ``names[k][b]`` joined by
+    ``-`` (``"red-triangle"``), or the intervals' indices (``"0-1"``) without ``names``."""
+    if names is None:
+        names = [[str(b) for b in range(len(intervals))] for intervals in bins]
+    if [len(n) for n in names] != [len(intervals) for intervals in bins]:
+        raise ValueError(f"names need one entry per interval of each measure: "
+                         f"{[len(i) for i in bins]} intervals, names of lengths "
+                         f"{[len(n) for n in names]}")
+    out = [""]
+    for per_measure in names:
+        out = [f"{a}-{b}" if a else str(b) for a in out for b in per_measure]
+    return out
+
+
+def balanced_indices(bin_index: np.ndarray, num_bins: int, per_bin: int | None = None,
+                     seed: int = 0) -> np.ndarray:
+    """Rows to keep so that each of the ``num_bins`` bins holds the same number of samples:
+    ``per_bin`` each (default: as many as the fullest balanced set allows, i.e. the smallest
+    bin's count), drawn uniformly within each bin with ``seed``. Rows outside every bin
+    (index -1) are dropped. An empty bin, or one with fewer than ``per_bin`` samples, is an
+    error naming the counts: widen the bins or the archive's ranges, or search longer."""
+    bin_index = np.asarray(bin_index)
+    if bin_index.ndim != 1 or not np.issubdtype(bin_index.dtype, np.integer):
+        raise ValueError(f"bin_index must be a 1-D integer array (assign_bins' output), got "
+                         f"{bin_index.dtype} {bin_index.shape}")
+    if bin_index.size and (bin_index.min() < -1 or bin_index.max() >= num_bins):
+        raise ValueError(f"bin indices must lie in [-1, {num_bins}), got "
+                         f"[{bin_index.min()}, {bin_index.max()}]")
+    counts = np.bincount(bin_index[bin_index >= 0], minlength=num_bins)
+    need = int(counts.min()) if per_bin is None else int(per_bin)
+    if need < 1 or (counts < need).any():
+        short = {int(b): int(c) for b, c in enumerate(counts) if c < max(need, 1)}
+        raise ValueError(f"cannot balance {num_bins} bins with {max(need, 1)} sample(s) each: "
+                         f"bins {short} hold fewer (counts per bin: {counts.tolist()}). Widen "
+                         "the bins or the archive's ranges, search longer, or lower per_bin")
+    rng = np.random.default_rng(seed)
+    keep = [rng.choice(np.flatnonzero(bin_index == b), need, replace=False)
+            for b in range(num_bins)]
+    return np.sort(np.concatenate(keep))
+
+
 def solution_columns(measures: np.ndarray, latents: np.ndarray,
                      **extra: np.ndarray) -> pd.DataFrame:
     """Manifest columns of solutions: ``extra``, then ``measures_k`` and ``solution_k`` (the

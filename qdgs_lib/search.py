@@ -228,7 +228,8 @@ class QDSearch:
         return {**asdict(self.cfg), "objective_prompts": self.scorer.objective_prompts,
                 "measure_prompts": self.scorer.measure_prompts,
                 "objective_weights": self.scorer.weights,
-                "generator": type(self.scorer.generator).__name__,
+                "generator": getattr(self.scorer.generator, "name",
+                                     type(self.scorer.generator).__name__),
                 "clip": self.scorer.clip.name, "weights_sha256": self.scorer.weights_sha256(),
                 # half precision moves scores by more than rounding: a resume must match it
                 "autocast": self.scorer.autocast,

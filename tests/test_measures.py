@@ -79,3 +79,18 @@ def test_run_record_holds_the_measures_as_dicts(tmp_path):
     record = json.loads(write_run_info(tmp_path, p).read_text())
     assert record["config"]["measures"][1]["key"] == "shape"
     assert record["config"]["measures"][1]["range"] == [-0.9, 0.9]
+
+
+def test_ranges_from_samples_round_outwards():
+    from qdgs_lib.measures import ranges_from_samples
+
+    rng = np.random.default_rng(0)
+    m = np.stack([rng.uniform(-0.33, 0.41, 5000), np.full(5000, 0.2)], 1)
+    (lo, hi), (lo2, hi2) = ranges_from_samples(m)
+    assert (lo, hi) == (-0.35, 0.45)  # 1% / 99% quantiles -0.32 / 0.40, rounded outwards
+    assert (lo2, hi2) == (0.2, 0.25)  # a measure that never varied still gets one step
+    assert ranges_from_samples(m, q=0.0, step=0.1)[0] == (-0.4, 0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        ranges_from_samples(np.array([[0.1], [np.nan]]))
+    with pytest.raises(ValueError, match=r"\(N >= 2"):
+        ranges_from_samples(np.zeros(5))

@@ -8,6 +8,8 @@ from toys import ToyGenerator
 
 from qdgs_lib.sampling import (
     assign_bins,
+    balanced_indices,
+    bin_names,
     cluster_identities,
     read_identity_dataset,
     read_image_dataset,
@@ -27,6 +29,37 @@ def test_assign_bins_row_major_and_outside():
     np.testing.assert_array_equal(assign_bins(np.array([[0.0]]), [two]), [1])
     with pytest.raises(ValueError, match=r"\(N, 2\)"):
         assign_bins(m[:, :1], [three, two])
+
+
+def test_bin_names_follow_assign_bins_order():
+    two = [(-INF, 0.0), (0.0, INF)]
+    names = bin_names([two, two], [["blue", "red"], ["square", "triangle"]])
+    assert names == ["blue-square", "blue-triangle", "red-square", "red-triangle"]
+    m = np.array([[0.3, -0.2]])  # red, square
+    assert names[assign_bins(m, [two, two])[0]] == "red-square"
+    assert bin_names([two, [(-INF, INF)]]) == ["0-0", "1-0"]
+    with pytest.raises(ValueError, match="one entry per interval"):
+        bin_names([two, two], [["blue", "red"], ["square"]])
+
+
+def test_balanced_indices_give_every_bin_the_same_count():
+    rng = np.random.default_rng(0)
+    b = np.array([0] * 30 + [1] * 7 + [2] * 12 + [-1] * 5)
+    rng.shuffle(b)
+    keep = balanced_indices(b, 3, seed=1)
+    assert np.bincount(b[keep], minlength=3).tolist() == [7, 7, 7]  # the smallest bin's count
+    assert (np.diff(keep) > 0).all() and (b[keep] >= 0).all()  # sorted, unique, no bin -1
+    np.testing.assert_array_equal(keep, balanced_indices(b, 3, seed=1))  # seeded
+    assert not np.array_equal(keep, balanced_indices(b, 3, seed=2))
+    assert np.bincount(b[balanced_indices(b, 3, per_bin=5)]).tolist() == [5, 5, 5]
+    with pytest.raises(ValueError, match=r"bins \{1: 7\} hold fewer.*\[30, 7, 12\]"):
+        balanced_indices(b, 3, per_bin=10)
+    with pytest.raises(ValueError, match=r"bins \{3: 0\} hold fewer"):  # an empty bin
+        balanced_indices(b, 4)
+    with pytest.raises(ValueError, match="lie in"):
+        balanced_indices(b, 2)
+    with pytest.raises(ValueError, match="integer"):
+        balanced_indices(b.astype(float), 3)
 
 
 def test_cluster_identities_sizes_stay_within_bins():

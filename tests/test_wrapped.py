@@ -1,0 +1,116 @@
+"""Your own generator: WrappedGenerator around a module or a function, its checks, and a
+search and a balanced dataset through it (the guide notebook's path)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from toys import ToyClip
+
+from qdgs_lib.generators.wrapped import WrappedGenerator
+from qdgs_lib.sampling import assign_bins, balanced_indices
+from qdgs_lib.scoring import PromptScorer
+from qdgs_lib.search import QDSearch, SearchConfig, archive_frame, measures
+
+
+def tanh_gan(latent_dim: int = 4, seed: int = 0) -> nn.Module:
+    """A GAN-like network: latents -> 3x8x8 images in [-1, 1] (tanh output)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(latent_dim, 3 * 8 * 8), nn.Unflatten(1, (3, 8, 8)),
+                         nn.Tanh())
+
+
+def test_a_module_becomes_a_frozen_generator_in_unit_range():
+    net = tanh_gan().train()
+    gen = WrappedGenerator(net, latent_dim=4, output_range=(-1, 1))
+    assert not net.training and not any(p.requires_grad for p in net.parameters())
+    z = gen.sample_prior(6, seed=2)
+    torch.testing.assert_close(gen.decode(z), (net(z) + 1) / 2)
+    assert gen.image_size == 8 and gen.latent_dim == 4
+    assert abs(gen.latent_norm - 4**0.5) < 0.15  # the mean norm of N(0, I) draws in 4-d
+    np.testing.assert_array_equal(gen.sample_prior(3, seed=5), gen.sample_prior(3, seed=5))
+    zz = z.clone().requires_grad_(True)  # gradients reach the latents
+    (g,) = torch.autograd.grad(gen.decode(zz).sum(), zz)
+    assert g.abs().sum() > 0
+    assert gen.name == "WrappedGenerator(Sequential)"
+
+
+def test_a_function_with_its_own_prior():
+    w = torch.randn(3, 3 * 8 * 8, generator=torch.Generator().manual_seed(0))
+
+    def render(z):
+        return torch.sigmoid(z @ w).view(-1, 3, 8, 8) * 255
+
+    def prior(n, generator):
+        return torch.rand(n, 3, generator=generator) * 2 - 1  # uniform on [-1, 1]^3
+
+    gen = WrappedGenerator(render, latent_dim=3, output_range=(0, 255), prior=prior)
+    z = gen.sample_prior(500, seed=1)
+    assert z.abs().max() <= 1 and z.min() < -0.9  # the given prior, not N(0, I)
+    torch.testing.assert_close(gen.decode(z[:4]), render(z[:4]) / 255)
+    assert gen.name.startswith("WrappedGenerator(") and "render" in gen.name
+    with pytest.raises(ValueError, match=r"prior\(n=1000, generator\) must return.*\(1000, 5\)"):
+        WrappedGenerator(render, latent_dim=5, prior=lambda n, g: torch.zeros(n, 3))
+
+
+@pytest.mark.parametrize("net, match", [
+    (lambda z: torch.rand(len(z), 3, 8, 8) * 255, r"lie in \[.*outside output_range=\(0, 1\)"),
+    (lambda z: torch.rand(len(z), 1, 8, 8), r"square RGB images.*\(8, 1, 8, 8\).*repeat"),
+    (lambda z: torch.rand(len(z), 8, 8, 3), r"\(8, 8, 8, 3\).*permute"),
+    (lambda z: torch.rand(len(z), 3, 8, 6), r"\(8, 3, 8, 6\).*crop"),
+    (lambda z: torch.full((len(z), 3, 8, 8), float("nan")), "NaN or inf"),
+    (lambda z: (torch.rand(len(z), 3, 8, 8), z), "return a tensor of images, got tuple"),
+])
+def test_bad_networks_are_refused_at_construction(net, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        WrappedGenerator(net, latent_dim=4)
+
+
+def test_bad_arguments_and_the_device_hint():
+    with pytest.raises(TypeError, match="nn.Module or a function"):
+        WrappedGenerator("G_ema.pkl", latent_dim=4)
+    with pytest.raises(ValueError, match="latent_dim"):
+        WrappedGenerator(tanh_gan(), latent_dim=0)
+    with pytest.raises(ValueError, match="high > low"):
+        WrappedGenerator(tanh_gan(), latent_dim=4, output_range=(1, -1))
+
+    def on_another_device(z):  # what torch says when a function's network is on a GPU
+        raise RuntimeError("Expected all tensors to be on the same device, but found at "
+                           "least two devices, cuda:0 and cpu!")
+
+    with pytest.raises(ValueError, match=r"needs device=.*device='cuda'"):
+        WrappedGenerator(on_another_device, latent_dim=4)
+
+
+def test_a_search_through_a_wrapped_network_and_a_balanced_dataset(tmp_path):
+    """The guide notebook's path on toys: scorer, search, resume refused under another
+    function, balanced selection of the archive."""
+    gen = WrappedGenerator(tanh_gan(), latent_dim=4, output_range=(-1, 1))
+    sc = PromptScorer(gen, ToyClip(), ("good", "bad"), [("a", "b"), ("c", "d")],
+                      weights=(1.0, 0.5, 0.0))
+    jac = sc.evaluate(gen.sample_prior(1, seed=0).numpy(), jacobian=True).jacobian
+    assert jac.shape == (1, 3, 4) and np.abs(jac).min(axis=2).all()  # every output moves
+    ranges = tuple((float(lo), float(hi)) for lo, hi in zip(
+        *np.quantile(sc.measures_of(gen.sample_prior(200, seed=1).numpy()), [0.01, 0.99], 0),
+        strict=True))
+    cfg = SearchConfig(dims=(6, 6), ranges=ranges, iterations=40, seed=0, checkpoint_every=10)
+    archive = QDSearch(sc, cfg, tmp_path / "qd").run(progress=False)
+    df = archive_frame(archive)
+    bins = [[(-np.inf, np.mean(r)), (np.mean(r), np.inf)] for r in ranges]
+    b = assign_bins(measures(df), bins)
+    keep = balanced_indices(b, 4, seed=0)
+    assert len(set(np.bincount(b[keep], minlength=4))) == 1 and len(keep) >= 4
+
+    def first(z):  # two functions: no weights to tell them apart, their names do
+        return torch.sigmoid(z[:, :1, None, None].expand(-1, 3, 8, 8))
+
+    def second(z):
+        return torch.sigmoid(z[:, 1:2, None, None].expand(-1, 3, 8, 8))
+
+    def scorer(fn):
+        return PromptScorer(WrappedGenerator(fn, latent_dim=4), ToyClip(), ("good", "bad"),
+                            [("a", "b"), ("c", "d")], weights=(1.0, 0.5, 0.0))
+
+    QDSearch(scorer(first), cfg, tmp_path / "fn").run(progress=False)
+    with pytest.raises(ValueError, match=r"different settings \(generator;"):
+        QDSearch(scorer(second), cfg, tmp_path / "fn").run(progress=False)
