@@ -4,7 +4,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce test test-ui test-devices paper-mini lab bench gpu-check lint
+.PHONY: setup reproduce test test-ui test-devices paper-mini guide lab bench gpu-check lint
 
 setup: .venv/.installed
 
@@ -59,6 +59,12 @@ paper-mini: setup
 	  QDGS_DATA_DIR=$(CURDIR)/runs/paper-mini/data $(PY) -m papermill --cwd notebooks "$$nb" \
 	    "runs/executed/paper-mini/$$(basename $$nb)" -k python3 -p profile paper-mini || exit 1; \
 	done
+
+# The guide to QDGS on your own generator (not part of reproduce), executed into runs/executed/.
+guide: setup
+	@mkdir -p runs/executed
+	$(PY) -m papermill --cwd notebooks notebooks/guide_own_generator.ipynb \
+	  runs/executed/guide_own_generator.ipynb -k python3
 
 # JupyterLab from the project's venv, on the notebooks folder.
 lab: setup
