@@ -190,7 +190,12 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def _csv_field(v) -> str:
     """One value as ``DataFrame.to_csv`` writes it: NaN empty, floats in their shortest repr
-    (numpy scalars in their own precision), integers plain."""
+    (numpy scalars in their own precision), integers plain. pyribs' stats give some values as
+    0-d arrays (coverage, obj_mean): their scalar is written."""
+    if isinstance(v, np.ndarray):
+        if v.ndim != 0:
+            raise ValueError(f"a metrics field must be a scalar, got an array of shape {v.shape}")
+        v = v[()]
     if isinstance(v, float | np.floating):
         return "" if np.isnan(v) else str(v)
     return str(int(v))

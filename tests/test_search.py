@@ -266,6 +266,32 @@ def test_metrics_rows_are_written_as_pandas_writes_them():
         assert ",".join(_csv_field(row[c]) for c in METRIC_COLUMNS) + "\n" == expected
 
 
+def test_metrics_rows_keep_the_archive_stats_values(tmp_path):
+    """What a search logs is pyribs' archive stats, some of them 0-d arrays (coverage,
+    obj_mean): the metrics file must hold their values, not their integer parts (coverage was
+    written as 0)."""
+    from ribs.archives import GridArchive
+
+    from qdgs_lib.search import _csv_field
+
+    a = GridArchive(solution_dim=3, dims=(10, 10), ranges=[(-1, 1)] * 2, learning_rate=0.02,
+                    threshold_min=0, seed=0)
+    rng = np.random.default_rng(0)
+    a.add(rng.normal(size=(30, 3)), rng.random(30) * 50, rng.uniform(-1, 1, (30, 2)))
+    st = a.stats
+    for v in (st.coverage, st.qd_score, st.obj_max, st.obj_mean, st.num_elites):
+        assert float(_csv_field(v)) == pytest.approx(float(v), rel=1e-6)
+    assert 0 < float(_csv_field(st.coverage)) < 1
+    with pytest.raises(ValueError, match="scalar"):
+        _csv_field(np.zeros(2))
+
+    search = QDSearch(scorer(), config("cma_maega", iterations=5), tmp_path / "run")
+    search.run(progress=False)
+    last = search.metrics().iloc[-1]
+    assert last.coverage == pytest.approx(search.result_archive.stats.coverage)
+    assert last.obj_mean == pytest.approx(search.result_archive.stats.obj_mean, rel=1e-6)
+
+
 def test_a_run_resumes_with_tf32_switched_and_records_it(tmp_path):
     """TF32 matmuls (and the jacobian mode, graphs, compiling) change scores at rounding
     level only: a run may resume with them switched (e.g. to finish faster, or on another
