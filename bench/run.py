@@ -347,6 +347,7 @@ def _extra_setting(extra: str | None):
     """cuDNN's autotuner, or SDPA restricted to its math backend, for the duration of a run.
     ``extra`` joins settings with ``+`` (``autocast_float16+compile``); ``compile`` and
     ``autocast_*`` are scorer attributes (``_iteration_row`` sets them): nothing to set here."""
+    _scorer_settings(extra)  # (refuses two autocast settings)
     with ExitStack() as stack:
         for setting in (extra or "").split("+"):
             if not setting or setting == "compile" or setting in (
@@ -377,6 +378,8 @@ def _scorer_settings(extra: str | None) -> tuple[bool, str | None]:
     """(``compile_static``, ``autocast``) that a row's ``extra`` asks of the scorer."""
     settings = (extra or "").split("+")
     autocast = [x.removeprefix("autocast_") for x in settings if x.startswith("autocast_")]
+    if len(autocast) > 1:
+        raise ValueError(f"one autocast setting per row, got {extra!r}")
     return "compile" in settings, autocast[0] if autocast else None
 
 

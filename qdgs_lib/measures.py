@@ -148,8 +148,14 @@ def ranges_from_samples(measures: np.ndarray, q: float = 0.01,
         raise ValueError("measures contain NaN or inf: check the generator's images")
     if not 0 <= q < 0.5:
         raise ValueError(f"q must lie in [0, 0.5), got {q}")
+    if not step > 0:
+        raise ValueError(f"step must be > 0, got {step}")
     lo, hi = np.quantile(measures, q, axis=0), np.quantile(measures, 1 - q, axis=0)
-    per = 1 / step  # (x * 20) / 20 rather than (x / 0.05) * 0.05: 0.35, not 0.35000000000000003
-    lo, hi = np.floor(lo * per) / per, np.ceil(hi * per) / per
-    hi = np.where(hi > lo, hi, lo + step)  # a measure that never varied still gets a cell
-    return tuple((float(a), float(b)) for a, b in zip(lo, hi, strict=True))
+    per = round(1 / step)
+    if abs(1 / step - per) > 1e-9:  # a step like 0.3: multiples of it
+        per = 1 / step
+    # steps of 1 / per as (x * 20) / 20, not (x / 0.05) * 0.05: 0.35, not 0.35000000000000003
+    k_lo, k_hi = np.floor(lo * per), np.ceil(hi * per)
+    k_hi = np.maximum(k_hi, k_lo + 1)  # a measure that never varied still gets one step
+    return tuple((float(round(a / per, 12)), float(round(b / per, 12)))
+                 for a, b in zip(k_lo, k_hi, strict=True))

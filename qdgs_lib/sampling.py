@@ -63,6 +63,8 @@ def balanced_indices(bin_index: np.ndarray, num_bins: int, per_bin: int | None =
     bin's count), drawn uniformly within each bin with ``seed``. Rows outside every bin
     (index -1) are dropped. An empty bin, or one with fewer than ``per_bin`` samples, is an
     error naming the counts: widen the bins or the archive's ranges, or search longer."""
+    if int(num_bins) != num_bins or num_bins < 1:
+        raise ValueError(f"num_bins must be a positive int, got {num_bins!r}")
     bin_index = np.asarray(bin_index)
     if bin_index.ndim != 1 or not np.issubdtype(bin_index.dtype, np.integer):
         raise ValueError(f"bin_index must be a 1-D integer array (assign_bins' output), got "
@@ -70,13 +72,17 @@ def balanced_indices(bin_index: np.ndarray, num_bins: int, per_bin: int | None =
     if bin_index.size and (bin_index.min() < -1 or bin_index.max() >= num_bins):
         raise ValueError(f"bin indices must lie in [-1, {num_bins}), got "
                          f"[{bin_index.min()}, {bin_index.max()}]")
+    if per_bin is not None and (int(per_bin) != per_bin or per_bin < 1):
+        raise ValueError(f"per_bin must be a positive int (or None: the smallest bin's count), "
+                         f"got {per_bin!r}")
     counts = np.bincount(bin_index[bin_index >= 0], minlength=num_bins)
-    need = int(counts.min()) if per_bin is None else int(per_bin)
-    if need < 1 or (counts < need).any():
-        short = {int(b): int(c) for b, c in enumerate(counts) if c < max(need, 1)}
-        raise ValueError(f"cannot balance {num_bins} bins with {max(need, 1)} sample(s) each: "
-                         f"bins {short} hold fewer (counts per bin: {counts.tolist()}). Widen "
-                         "the bins or the archive's ranges, search longer, or lower per_bin")
+    need = max(int(counts.min()), 1) if per_bin is None else int(per_bin)
+    if (counts < need).any():
+        short = {int(b): int(c) for b, c in enumerate(counts) if c < need}
+        fix = "Widen the bins or the archive's ranges, or search longer" + (
+            "" if per_bin is None or not counts.min() else ", or lower per_bin")
+        raise ValueError(f"cannot balance {num_bins} bins with {need} sample(s) each: bins "
+                         f"{short} hold fewer (counts per bin: {counts.tolist()}). {fix}")
     rng = np.random.default_rng(seed)
     keep = [rng.choice(np.flatnonzero(bin_index == b), need, replace=False)
             for b in range(num_bins)]

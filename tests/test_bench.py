@@ -89,6 +89,8 @@ def test_iteration_extras_are_set_for_the_run_only():
     assert run._scorer_settings("compile") == (True, None)
     assert run._scorer_settings("autocast_bfloat16") == (False, "bfloat16")
     assert run._scorer_settings(None) == (False, None)
+    with pytest.raises(ValueError, match="one autocast"):
+        run._scorer_settings("autocast_float16+autocast_bfloat16")
     for bad in ("fast", "compile+fast", "autocast_float64"):
         with pytest.raises(ValueError, match="unknown setting"), run._extra_setting(bad):
             pass

@@ -90,6 +90,9 @@ def test_ranges_from_samples_round_outwards():
     assert (lo, hi) == (-0.35, 0.45)  # 1% / 99% quantiles -0.32 / 0.40, rounded outwards
     assert (lo2, hi2) == (0.2, 0.25)  # a measure that never varied still gets one step
     assert ranges_from_samples(m, q=0.0, step=0.1)[0] == (-0.4, 0.5)
+    assert ranges_from_samples(np.array([[-0.87], [0.5]]), q=0, step=0.3) == ((-0.9, 0.6),)
+    with pytest.raises(ValueError, match="step must be > 0"):
+        ranges_from_samples(m, step=0)
     with pytest.raises(ValueError, match="NaN"):
         ranges_from_samples(np.array([[0.1], [np.nan]]))
     with pytest.raises(ValueError, match=r"\(N >= 2"):

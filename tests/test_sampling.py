@@ -58,6 +58,12 @@ def test_balanced_indices_give_every_bin_the_same_count():
         balanced_indices(b, 4)
     with pytest.raises(ValueError, match="lie in"):
         balanced_indices(b, 2)
+    with pytest.raises(ValueError, match="per_bin must be a positive int"):
+        balanced_indices(b, 3, per_bin=0)
+    with pytest.raises(ValueError, match="num_bins must be a positive int"):
+        balanced_indices(b, 0)
+    with pytest.raises(ValueError, match=r"search longer\)?$"):  # empty: lowering can't help
+        balanced_indices(b, 4, per_bin=2)
     with pytest.raises(ValueError, match="integer"):
         balanced_indices(b.astype(float), 3)
 

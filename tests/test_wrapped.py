@@ -27,12 +27,33 @@ def test_a_module_becomes_a_frozen_generator_in_unit_range():
     z = gen.sample_prior(6, seed=2)
     torch.testing.assert_close(gen.decode(z), (net(z) + 1) / 2)
     assert gen.image_size == 8 and gen.latent_dim == 4
-    assert abs(gen.latent_norm - 4**0.5) < 0.15  # the mean norm of N(0, I) draws in 4-d
+    assert abs(gen.latent_norm - 1.880) < 0.06  # E|z| = sqrt(2) Γ(5/2) / Γ(2) in 4-d
     np.testing.assert_array_equal(gen.sample_prior(3, seed=5), gen.sample_prior(3, seed=5))
     zz = z.clone().requires_grad_(True)  # gradients reach the latents
     (g,) = torch.autograd.grad(gen.decode(zz).sum(), zz)
     assert g.abs().sum() > 0
-    assert gen.name == "WrappedGenerator(Sequential)"
+    assert gen.name == f"WrappedGenerator(Sequential, output_range=(-1, 1), " \
+        f"latent_norm={gen.latent_norm:.6g})"
+    assert gen.decode(z).dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_networks_and_priors_of_other_dtypes(dtype):
+    """A float64 or half-precision network, and a prior drawn as float64 (numpy-style): the
+    latents reach the network in its dtype, the images leave in float32 (what CLIP takes)."""
+    net = tanh_gan().to(dtype)
+
+    def prior(n, generator):
+        return torch.randn(n, 4, generator=generator, dtype=torch.float64)
+
+    gen = WrappedGenerator(net, latent_dim=4, output_range=(-1, 1), prior=prior)
+    z = gen.sample_prior(3, seed=1)
+    assert z.dtype == torch.float32
+    img = gen.decode(z)
+    assert img.dtype == torch.float32
+    torch.testing.assert_close(img, (net(z.to(dtype)).float() + 1) / 2)
+    sc = PromptScorer(gen, ToyClip(), ("good", "bad"), [("a", "b")], weights=(1.0, 0.5, 0.0))
+    assert np.isfinite(sc.evaluate(z.numpy(), jacobian=True).jacobian).all()
 
 
 def test_a_function_with_its_own_prior():
@@ -66,6 +87,36 @@ def test_bad_networks_are_refused_at_construction(net, match):
         WrappedGenerator(net, latent_dim=4)
 
 
+def test_networks_that_would_mislead_a_search_are_refused():
+    dropout = nn.Sequential(nn.Linear(4, 3 * 8 * 8), nn.Dropout(0.5),
+                            nn.Unflatten(1, (3, 8, 8)), nn.Tanh()).train()
+
+    def in_training(z):  # a function over a module: the wrapper cannot freeze it
+        return dropout(z)
+
+    with pytest.raises(ValueError, match=r"other images for the same latents.*\.eval\(\)"):
+        WrappedGenerator(in_training, latent_dim=4, output_range=(-1, 1))
+    batchnorm = nn.Sequential(nn.Linear(4, 3 * 8 * 8), nn.BatchNorm1d(3 * 8 * 8),
+                              nn.Unflatten(1, (3, 8, 8)), nn.Tanh()).train()
+    with pytest.raises(ValueError, match="alone instead of in a batch"):
+        WrappedGenerator(lambda z: batchnorm(z) if len(z) > 1 else batchnorm.eval()(z),
+                         latent_dim=4, output_range=(-1, 1))
+    net = tanh_gan()
+    with pytest.raises(ValueError, match="no gradient reaches the latents"):
+        WrappedGenerator(lambda z: net(z).detach(), latent_dim=4, output_range=(-1, 1))
+    with pytest.raises(ValueError, match="net returned 1 images for 8 latents"):
+        WrappedGenerator(lambda z: net(z[:1]), latent_dim=4, output_range=(-1, 1))
+    with pytest.raises(ValueError, match=r"net failed on 8 prior latents.*Check latent_dim"):
+        WrappedGenerator(net, latent_dim=5, output_range=(-1, 1))
+    with pytest.raises(ValueError, match="meta device"):
+        WrappedGenerator(tanh_gan().to("meta"), latent_dim=4, output_range=(-1, 1))
+    with pytest.raises(ValueError, match="same seed gave other latents"):
+        WrappedGenerator(net, latent_dim=4, output_range=(-1, 1),
+                         prior=lambda n, g: torch.randn(n, 4))  # ignores the generator
+    with pytest.warns(UserWarning, match=r"use only \[.*washed out or dark"):
+        WrappedGenerator(lambda z: (net(z) + 1) / 2, latent_dim=4, output_range=(0, 255))
+
+
 def test_bad_arguments_and_the_device_hint():
     with pytest.raises(TypeError, match="nn.Module or a function"):
         WrappedGenerator("G_ema.pkl", latent_dim=4)
@@ -73,12 +124,18 @@ def test_bad_arguments_and_the_device_hint():
         WrappedGenerator(tanh_gan(), latent_dim=0)
     with pytest.raises(ValueError, match="high > low"):
         WrappedGenerator(tanh_gan(), latent_dim=4, output_range=(1, -1))
+    with pytest.raises(ValueError, match="high > low"):
+        WrappedGenerator(tanh_gan(), latent_dim=4, output_range=(-1, 0, 1))
+    with pytest.raises(ValueError, match="prior_samples"):
+        WrappedGenerator(tanh_gan(), latent_dim=4, output_range=(-1, 1), prior_samples=0)
+    assert WrappedGenerator(tanh_gan(), latent_dim=np.int64(4), output_range=(-1, 1),
+                            device="auto").latent_dim == 4  # "auto" as everywhere else
 
     def on_another_device(z):  # what torch says when a function's network is on a GPU
         raise RuntimeError("Expected all tensors to be on the same device, but found at "
                            "least two devices, cuda:0 and cpu!")
 
-    with pytest.raises(ValueError, match=r"needs device=.*device='cuda'"):
+    with pytest.raises(ValueError, match=r"on cpu.*needs device=.*device='cuda'"):
         WrappedGenerator(on_another_device, latent_dim=4)
 
 
@@ -107,10 +164,14 @@ def test_a_search_through_a_wrapped_network_and_a_balanced_dataset(tmp_path):
     def second(z):
         return torch.sigmoid(z[:, 1:2, None, None].expand(-1, 3, 8, 8))
 
-    def scorer(fn):
-        return PromptScorer(WrappedGenerator(fn, latent_dim=4), ToyClip(), ("good", "bad"),
-                            [("a", "b"), ("c", "d")], weights=(1.0, 0.5, 0.0))
+    def scorer(fn, output_range=(0, 1)):
+        return PromptScorer(WrappedGenerator(fn, latent_dim=4, output_range=output_range),
+                            ToyClip(), ("good", "bad"), [("a", "b"), ("c", "d")],
+                            weights=(1.0, 0.5, 0.0))
 
     QDSearch(scorer(first), cfg, tmp_path / "fn").run(progress=False)
     with pytest.raises(ValueError, match=r"different settings \(generator;"):
         QDSearch(scorer(second), cfg, tmp_path / "fn").run(progress=False)
+    with pytest.raises(ValueError, match=r"different settings \(generator;"):  # same function
+        QDSearch(scorer(first, (-0.5, 1)), cfg, tmp_path / "fn").run(progress=False)
+    QDSearch(scorer(first), cfg, tmp_path / "fn").run(progress=False)  # the same: reloads

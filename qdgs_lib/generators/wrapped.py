@@ -5,35 +5,48 @@ latent size, a differentiable ``decode`` to images in [0, 1], a seeded prior (th
 baseline and the search's start), and the prior's typical latent norm (the objective's
 latent-norm penalty). :class:`WrappedGenerator` builds them around a network::
 
-    gen = WrappedGenerator(my_gan, latent_dim=512, output_range=(-1, 1))
+    gen = WrappedGenerator(my_gan, latent_dim=128, output_range=(-1, 1))
 """
 
 from __future__ import annotations
 
+import numbers
+import warnings
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from ..utils import resolve_device
 from .base import Generator
 
 Prior = Callable[[int, torch.Generator], torch.Tensor]  # (n, seeded generator) -> (n, d) latents
+_PROBES = 8  # prior latents every check at construction decodes
 
 
 class WrappedGenerator(Generator):
     """``net`` (latents (B, ``latent_dim``) -> images (B, 3, H, H)) as a QDGS generator.
 
+    Checked once at construction, on prior latents: image shape and batch size, finite pixels
+    inside ``output_range``, gradients reaching the latents, and the same images for the same
+    latents (alone or in a batch: no dropout or batch statistics).
+
     Args:
         net: an ``nn.Module`` (frozen here: eval mode, no parameter gradients; gradients
-            still flow to the latents) or any differentiable function of the latents.
+            still flow to the latents) or any differentiable function of the latents. A
+            function over a network leaves the network as it is: put it in eval mode
+            yourself (``G.eval()``), and pass the module itself where you can (its weights are
+            then recorded with a search; a function is known by its name only).
         latent_dim: the size of the space the search moves through (``net``'s input).
         output_range: the range of ``net``'s pixels, mapped linearly onto [0, 1]: ``(-1, 1)``
             for most GANs, ``(0, 255)`` for 8-bit output. Small overshoots are clamped (as
-            StyleGAN2's output is); images far outside the range are refused at construction.
+            StyleGAN2's output is); images far outside the range are refused.
         prior: the latents ``net`` was trained on, as ``prior(n, generator)`` drawing ``n``
-            latents with the seeded ``torch.Generator``; default N(0, I).
-        device: where a plain function's tensors live (a module's parameters say it).
-        prior_samples: prior draws that estimate the typical latent norm (seed 0).
+            latents with the seeded CPU ``torch.Generator`` (they are moved to the device
+            afterwards); default N(0, I).
+        device: where a plain function's tensors live (a module's parameters tell it);
+            ``"auto"``: CUDA when available.
+        prior_samples: prior draws that estimate the typical latent norm (seed 0, on the CPU).
     """
 
     def __init__(self, net: nn.Module | Callable[[torch.Tensor], torch.Tensor],
@@ -44,52 +57,88 @@ class WrappedGenerator(Generator):
         if not callable(net):
             raise TypeError(f"net must be an nn.Module or a function of the latents, got "
                             f"{type(net).__name__}")
-        if int(latent_dim) != latent_dim or latent_dim < 1:
+        if not isinstance(latent_dim, numbers.Integral) or isinstance(latent_dim, bool) \
+                or latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
-        lo, hi = (float(v) for v in output_range)
-        if not hi > lo:
+        if len(output_range) != 2 or not float(output_range[1]) > float(output_range[0]):
             raise ValueError(f"output_range must be (low, high) with high > low, got "
                              f"{output_range!r}")
+        if int(prior_samples) != prior_samples or prior_samples < 2:
+            raise ValueError(f"prior_samples must be an int >= 2, got {prior_samples!r}")
         if isinstance(net, nn.Module):
             net.eval().requires_grad_(False)
         self.net = net  # a module registers as a submodule: .to() moves it
-        # what a search's config records (with the weights' sha256, which a plain function
-        # lacks): a resume under another network is refused by name at least
-        self.name = f"WrappedGenerator({getattr(net, '__qualname__', type(net).__name__)})"
         self.latent_dim = int(latent_dim)
-        self.output_range = (lo, hi)
+        self.output_range = (float(output_range[0]), float(output_range[1]))
         self.prior = prior
         if device is not None:  # a plain function has no parameters to tell the device by
-            self.register_buffer("_device_anchor", torch.empty(0, device=device),
+            self.register_buffer("_device_anchor", torch.empty(0, device=resolve_device(device)),
                                  persistent=False)
+        if self.device.type == "meta":
+            raise ValueError("net is on the meta device (no weights): load its weights first")
+        z = self._draw(prior_samples, seed=0)
+        if not torch.equal(self._draw(_PROBES, seed=1), self._draw(_PROBES, seed=1)):
+            raise ValueError("prior(n, generator) must draw with the generator it is given "
+                             "(the same seed gave other latents): seeded runs must reproduce")
+        self.latent_norm = float(z.double().norm(dim=1).mean())
+        # what a search's config records next to the weights' sha256 (which a function lacks)
+        lo, hi = self.output_range
+        self.name = (f"WrappedGenerator({getattr(net, '__qualname__', type(net).__name__)}, "
+                     f"output_range=({lo:g}, {hi:g}), latent_norm={self.latent_norm:.6g})")
+        self._check_net(z[:_PROBES].to(self.device))
+        self.image_size = self._image_size
+
+    # --- construction checks ----------------------------------------------------------------
+    def _first_call(self, z: torch.Tensor) -> torch.Tensor:
+        try:
+            return self._raw(self.check_latents(z))
+        except (RuntimeError, ValueError) as e:
+            msg = str(e)
+            hint = ""
+            if "device" in msg or "cuda" in msg.lower():
+                hint = (" A function over a network on another device needs device=, e.g. "
+                        "WrappedGenerator(fn, latent_dim, device='cuda').")
+            raise ValueError(f"net failed on {len(z)} prior latents of shape "
+                             f"{tuple(z.shape)}, {z.dtype}, on {z.device}: {msg}.{hint} "
+                             "Check latent_dim and that net takes the latents alone (e.g. "
+                             "lambda z: G(z, None) for a network that also wants a label)"
+                             ) from e
+
+    def _check_net(self, z: torch.Tensor) -> None:
         with torch.no_grad():
-            z = self.sample_prior(max(2, prior_samples), seed=0)
-            self.latent_norm = float(z.norm(dim=1).mean())
-            try:
-                raw = self._raw(z[:8])
-            except RuntimeError as e:
-                if "device" not in str(e) or device is not None:
-                    raise
-                raise ValueError(f"net failed on latents on {self.device} ({e}): a function "
-                                 "over a network on another device needs device=, e.g. "
-                                 "WrappedGenerator(fn, latent_dim, device='cuda')") from e
-        self._check_output(raw)
-        self.image_size = raw.shape[-1]
+            raw = self._first_call(z)
+        self._check_output(raw, len(z))
+        with torch.no_grad():  # deterministic, and each image independent of its batch
+            again, alone = self._raw(self.check_latents(z)), self._raw(self.check_latents(z[:1]))
+        # rounding (other kernels for another batch size, TF32) moves pixels by far less than
+        # dropout or batch statistics do
+        tol = 1e-2 * (self.output_range[1] - self.output_range[0])
+        if not (torch.allclose(again, raw, atol=tol, rtol=0)
+                and torch.allclose(alone[0], raw[0], atol=tol, rtol=0)):
+            raise ValueError("net gives other images for the same latents (called again, or "
+                             "alone instead of in a batch): a network in training mode "
+                             "(dropout, batch statistics)? Call .eval() on it, and make any "
+                             "noise it draws fixed")
+        zz = self.check_latents(z[:2]).detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = self._raw(zz)
+            grad = torch.autograd.grad(out.float().sum(), zz, allow_unused=True)[0] \
+                if out.requires_grad else None
+        if grad is None or not bool(grad.abs().sum() > 0):
+            raise ValueError("no gradient reaches the latents through net (a torch.no_grad, "
+                             ".detach() or numpy step inside it?): QDGS follows the gradients "
+                             "of the CLIP scores through the generator")
+        self._image_size = raw.shape[-1]
 
-    def _raw(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.net(z)
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"net must return a tensor of images, got {type(x).__name__} "
-                            "(wrap a network that returns a tuple or dict in a function that "
-                            "picks the images)")
-        return x
-
-    def _check_output(self, raw: torch.Tensor) -> None:
-        """Shape (B, 3, H, H), finite, inside ``output_range`` up to a 5% overshoot."""
+    def _check_output(self, raw: torch.Tensor, n: int) -> None:
+        """Shape (n, 3, H, H), finite, inside ``output_range`` up to a 5% overshoot."""
         if raw.ndim != 4 or raw.shape[1] != 3 or raw.shape[2] != raw.shape[3]:
             raise ValueError(f"net must map latents (B, {self.latent_dim}) to square RGB images "
                              f"(B, 3, H, H), got {tuple(raw.shape)} (grayscale: repeat the "
                              "channel; channels last: permute(0, 3, 1, 2); crop to a square)")
+        if raw.shape[0] != n:
+            raise ValueError(f"net returned {raw.shape[0]} images for {n} latents: it must "
+                             "return one image per latent")
         if not torch.isfinite(raw).all():
             raise ValueError("net's images of prior latents contain NaN or inf: check its "
                              "weights and the prior")
@@ -101,19 +150,37 @@ class WrappedGenerator(Generator):
                              f", outside output_range=({lo:g}, {hi:g}): pass the range net "
                              "really produces, e.g. output_range=(-1, 1) for a GAN's tanh "
                              "output, (0, 255) for 8-bit images")
+        if got_hi - got_lo < 0.25 * (hi - lo):
+            warnings.warn(f"net's images of {n} prior latents use only [{got_lo:.3g}, "
+                          f"{got_hi:.3g}] of output_range=({lo:g}, {hi:g}): if net's pixels "
+                          "lie in a smaller range (e.g. [0, 1] declared as (-1, 1) or (0, "
+                          "255)), the images will be washed out or dark", stacklevel=3)
+
+    # --- the Generator protocol -------------------------------------------------------------
+    def _raw(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.net(z)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"net must return a tensor of images, got {type(x).__name__} "
+                            "(wrap a network that returns a tuple or dict in a function that "
+                            "picks the images)")
+        return x
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         z = self.check_latents(z).to(self.device)  # latents may come from the host
         lo, hi = self.output_range
-        return ((self._raw(z) - lo) / (hi - lo)).clamp(0, 1)
+        # float32 images whatever net's dtype: what CLIP and the dataset writers expect
+        return ((self._raw(z).float() - lo) / (hi - lo)).clamp(0, 1)
+
+    def _draw(self, n: int, seed: int) -> torch.Tensor:
+        """``n`` prior latents on the CPU, float32."""
+        g = torch.Generator().manual_seed(seed)
+        if self.prior is None:
+            return torch.randn(n, self.latent_dim, generator=g)
+        z = torch.as_tensor(self.prior(n, g))
+        if z.shape != (n, self.latent_dim) or not z.is_floating_point():
+            raise ValueError(f"prior(n={n}, generator) must return float latents of shape "
+                             f"({n}, {self.latent_dim}), got {z.dtype} {tuple(z.shape)}")
+        return z.detach().cpu().float()
 
     def sample_prior(self, n: int, seed: int | None = None) -> torch.Tensor:
-        g = torch.Generator().manual_seed(0 if seed is None else seed)
-        if self.prior is None:
-            z = torch.randn(n, self.latent_dim, generator=g)
-        else:
-            z = torch.as_tensor(self.prior(n, g))
-            if z.shape != (n, self.latent_dim) or not z.is_floating_point():
-                raise ValueError(f"prior(n={n}, generator) must return float latents of shape "
-                                 f"({n}, {self.latent_dim}), got {z.dtype} {tuple(z.shape)}")
-        return z.to(self.device)
+        return self._draw(n, 0 if seed is None else seed).to(self.device)
