@@ -2,7 +2,7 @@
 # The GPU numbers and checks in one run (about 6 minutes on one H100/H200):
 #
 #   bash bench/gpu_check.sh            # needs the repository, a CUDA GPU, the pip dependencies
-#   bash bench/gpu_check.sh --candidates   # then the candidate rows too (+ about 4 minutes)
+#   bash bench/gpu_check.sh --candidates   # then the candidate rows too (+ about 4-7 minutes)
 #
 # Writes bench/results/ (or $QDGS_BENCH_RESULTS):
 #   iteration_gpu.csv   ms per paper-scale CMA-MAEGA iteration (StyleGAN2-256 + ViT-B/32,
