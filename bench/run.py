@@ -342,6 +342,10 @@ def _deviation_from_eager(scorer: PromptScorer, got) -> tuple[float, float]:
     return float(rows.max()), float(np.abs(got.measures - ref.measures).max())
 
 
+# a row's settings that are scorer attributes (``_scorer_settings``), not contexts
+_SCORER_SETTINGS = {"compile", *(f"autocast_{dtype}" for dtype in AUTOCAST_DTYPES)}
+
+
 @contextmanager
 def _extra_setting(extra: str | None):
     """cuDNN's autotuner, or SDPA restricted to its math backend, for the duration of a run.
@@ -350,8 +354,7 @@ def _extra_setting(extra: str | None):
     _scorer_settings(extra)  # (refuses two autocast settings)
     with ExitStack() as stack:
         for setting in (extra or "").split("+"):
-            if not setting or setting == "compile" or setting in (
-                    f"autocast_{dtype}" for dtype in AUTOCAST_DTYPES):
+            if not setting or setting in _SCORER_SETTINGS:
                 continue
             if setting == "cudnn_benchmark":
                 stack.enter_context(_cudnn_benchmark())

@@ -85,8 +85,7 @@ class WrappedGenerator(Generator):
         lo, hi = self.output_range
         self.name = (f"WrappedGenerator({getattr(net, '__qualname__', type(net).__name__)}, "
                      f"output_range=({lo:g}, {hi:g}), latent_norm={self.latent_norm:.6g})")
-        self._check_net(z[:_PROBES].to(self.device))
-        self.image_size = self._image_size
+        self.image_size = self._check_net(z[:_PROBES].to(self.device))
 
     # --- construction checks ----------------------------------------------------------------
     def _first_call(self, z: torch.Tensor) -> torch.Tensor:
@@ -104,7 +103,8 @@ class WrappedGenerator(Generator):
                              "lambda z: G(z, None) for a network that also wants a label)"
                              ) from e
 
-    def _check_net(self, z: torch.Tensor) -> None:
+    def _check_net(self, z: torch.Tensor) -> int:
+        """The checks on ``z``; returns the image size."""
         with torch.no_grad():
             raw = self._first_call(z)
         self._check_output(raw, len(z))
@@ -128,7 +128,7 @@ class WrappedGenerator(Generator):
             raise ValueError("no gradient reaches the latents through net (a torch.no_grad, "
                              ".detach() or numpy step inside it?): QDGS follows the gradients "
                              "of the CLIP scores through the generator")
-        self._image_size = raw.shape[-1]
+        return raw.shape[-1]
 
     def _check_output(self, raw: torch.Tensor, n: int) -> None:
         """Shape (n, 3, H, H), finite, inside ``output_range`` up to a 5% overshoot."""
