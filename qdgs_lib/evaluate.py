@@ -87,6 +87,11 @@ def verification_accuracy(emb: np.ndarray, issame: np.ndarray, n_folds: int = 10
     dist = ((emb[0::2] - emb[1::2]) ** 2).sum(1)
     thresholds = np.arange(0, 4, 0.01) if thresholds is None else thresholds
     folds = contiguous_folds(len(issame), n_folds) if folds is None else np.asarray(folds)
+    if len(np.unique(folds)) < 2:  # the threshold is chosen on the other folds
+        raise ValueError(f"all {len(issame)} pairs are in one fold: the protocol picks each "
+                         "fold's threshold on the other folds, so it needs at least 2 (RFW "
+                         "gives a race with fewer than 10 pairs a single fold: read more "
+                         "pairs, e.g. a larger limit_per_race)")
     pred = dist[None, :] < thresholds[:, None]  # (T, N)
     correct = pred == issame[None, :]
     accs, best = [], []
@@ -101,12 +106,16 @@ def verification_accuracy(emb: np.ndarray, issame: np.ndarray, n_folds: int = 10
 
 def fairness(group_acc: dict[str, float]) -> dict[str, float]:
     """Mean and (population) std of per-group accuracy, and the skewed error ratio
-    SER = highest error / lowest error (inf when some group makes no error)."""
+    SER = highest error / lowest error (1 when no group makes an error: all are equal; inf
+    when only some make none)."""
     acc = np.array(list(group_acc.values()), dtype=float)
     if len(acc) < 2:
         raise ValueError("fairness needs at least two groups")
     err = 1 - acc
-    ser = float(err.max() / err.min()) if err.min() > 0 else float("inf")
+    if err.max() == 0:
+        ser = 1.0
+    else:
+        ser = float(err.max() / err.min()) if err.min() > 0 else float("inf")
     return {"mean": float(acc.mean()), "std": float(acc.std()), "ser": ser}
 
 

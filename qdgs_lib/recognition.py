@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file
@@ -223,10 +224,13 @@ def paper_layout_table(results: pd.DataFrame, reference: pd.DataFrame | None = N
 def group_table(results: pd.DataFrame, benchmark: str, groups: list[str],
                 order=("none", "random", "qdgs")) -> pd.DataFrame:
     """Mean over seeds per pretraining of one benchmark's per-group accuracies, fairness
-    summary and pooled accuracy; the std over seeds in ``attrs["err"]`` (for error bars)."""
+    summary and pooled accuracy; the std over seeds in ``attrs["err"]`` (for error bars: 0
+    for a single seed; none where the mean is infinite, e.g. an SER of inf from a seed in
+    which some group made no error)."""
     cols = [*groups, "fair_mean", "fair_std", "fair_ser", "all"]
     r = results[results.benchmark == benchmark].groupby("pretraining")[cols]
     rows = [k for k in order if k in r.groups]
     table = r.mean().loc[rows]
-    table.attrs["err"] = r.std().loc[rows].fillna(0)
+    err = r.std().loc[rows].fillna(0)
+    table.attrs["err"] = err.where(np.isfinite(table))
     return table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 
@@ -47,36 +48,98 @@ def train_classifier(model: nn.Module, dataset: Dataset, epochs: int, lr: float 
 
 
 # --- face recognition -------------------------------------------------------------------------
-def face_augment(x: torch.Tensor, generator: torch.Generator, p: float = 0.2) -> torch.Tensor:
-    """The paper's (AdaFace's) augmentations, each with probability ``p``: low resolution
-    (down- then up-sampling), random crop (resized back), photometric jitter.
+# cv2's interpolations in AdaFace's low-resolution augmentation, less Lanczos (not in torch)
+_RESIZE_MODES = ("nearest", "bilinear", "area", "bicubic")
+
+
+def _resized_crop_box(h: int, w: int, g: torch.Generator, scale=(0.2, 1.0),
+                      ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """torchvision's ``RandomResizedCrop.get_params`` (top, left, height, width), drawn
+    from ``g``."""
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = h * w * (scale[0] + (scale[1] - scale[0]) * float(torch.rand((), generator=g)))
+        aspect = math.exp(log_lo + (log_hi - log_lo) * float(torch.rand((), generator=g)))
+        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            top = int(torch.randint(0, h - ch + 1, (), generator=g))
+            left = int(torch.randint(0, w - cw + 1, (), generator=g))
+            return top, left, ch, cw
+    # torchvision's fallback: a centred crop at the nearest allowed aspect ratio
+    if w / h < ratio[0]:
+        cw, ch = w, round(w / ratio[0])
+    elif w / h > ratio[1]:
+        cw, ch = round(h * ratio[1]), h
+    else:
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def _gray(img: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``rgb_to_grayscale`` weights (ITU-R 601-2 luma), one channel."""
+    r, gr, b = img.unbind(-3)
+    return (0.2989 * r + 0.587 * gr + 0.114 * b).unsqueeze(-3)
+
+
+def color_jitter(img: torch.Tensor, order: list[int], factors: list[float]) -> torch.Tensor:
+    """torchvision's ``adjust_brightness`` (0), ``adjust_contrast`` (1) and
+    ``adjust_saturation`` (2) in ``order``, with ``factors`` indexed by those numbers; RGB in
+    [0, 1], clamped after each as torchvision does."""
+    for k in order:
+        f = factors[k]
+        if k == 0:
+            img = (img * f).clamp(0, 1)
+        elif k == 1:  # around the image's mean gray level
+            img = (img * f + (1 - f) * _gray(img).mean((-3, -2, -1), keepdim=True)).clamp(0, 1)
+        else:  # towards each pixel's gray
+            img = (img * f + (1 - f) * _gray(img)).clamp(0, 1)
+    return img
+
+
+def face_augment(x: torch.Tensor, generator: torch.Generator,
+                 p: float | tuple[float, float, float] = 0.2, flip: bool = True
+                 ) -> torch.Tensor:
+    """AdaFace's training augmentations (its ``Augmenter`` with the paper's probability
+    ``p`` = 0.2 each, or one per augmentation (crop, low resolution, photometric), then
+    ``RandomHorizontalFlip``), on RGB images in [0, 1]:
+
+    1. crop: torchvision's ``RandomResizedCrop`` box (area 0.2-1, aspect 3/4-4/3) kept at its
+       place, everything around it black (not resized: the face shrinks, as in AdaFace);
+    2. low resolution: down to a square of side 0.2-1 of the height and back up, each way
+       with a random interpolation (AdaFace draws among cv2's five; Lanczos has no torch
+       counterpart, so four here);
+    3. photometric: ``ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5)``, the three
+       in a random order, each clamped to [0, 1] as torchvision does;
+    4. a horizontal flip with probability 0.5 (``flip``).
 
     The random draws come from ``generator`` on the host (no device sync); the image math
-    runs where ``x`` is, e.g. on the GPU, so the loader only decodes. Only the ~1-(1-p)^3
-    of samples that draw an augmentation are touched one by one.
+    runs where ``x`` is, e.g. on the GPU, so the loader only decodes. Only samples that draw
+    one of 1-3 are touched one by one; the flip is one indexed copy.
     """
     b, _, h, w = x.shape
     out = x.clone()
-    u = torch.rand(b, 3, generator=generator)
-    for i in torch.nonzero((u < p).any(1)).flatten().tolist():
+    apply = torch.rand(b, 3, generator=generator) < torch.as_tensor(p, dtype=torch.float32)
+    flips = torch.rand(b, generator=generator) < 0.5
+    for i in torch.nonzero(apply.any(1)).flatten().tolist():
         img = out[i:i + 1]
-        if u[i, 0] < p:  # low resolution
-            side = int(h * (0.2 + 0.8 * torch.rand((), generator=generator)))
-            img = F.interpolate(F.interpolate(img, size=max(side, 8), mode="bilinear",
-                                              antialias=True), size=(h, w), mode="bilinear")
-        if u[i, 1] < p:  # crop
-            scale = 0.7 + 0.3 * torch.rand((), generator=generator).item()
-            ch, cw = int(h * scale), int(w * scale)
-            y0 = int(torch.randint(0, h - ch + 1, (), generator=generator))
-            x0 = int(torch.randint(0, w - cw + 1, (), generator=generator))
-            img = F.interpolate(img[..., y0:y0 + ch, x0:x0 + cw], size=(h, w), mode="bilinear")
-        if u[i, 2] < p:  # photometric
-            c = (1 + 0.4 * (torch.rand(3, generator=generator) - 0.5)).tolist()
-            mean = img.mean()
-            img = ((img - mean) * c[1] + mean) * c[0]
-            gray = img.mean(1, keepdim=True)
-            img = gray + (img - gray) * c[2]
+        if apply[i, 0]:  # crop, kept in place on black
+            top, left, ch, cw = _resized_crop_box(h, w, generator)
+            mask = torch.zeros(1, 1, h, w, dtype=img.dtype, device=img.device)
+            mask[..., top:top + ch, left:left + cw] = 1
+            img = img * mask
+        if apply[i, 1]:  # low resolution
+            side = max(int(h * (0.2 + 0.8 * float(torch.rand((), generator=generator)))), 1)
+            down, up = (_RESIZE_MODES[int(k)] for k in
+                        torch.randint(0, len(_RESIZE_MODES), (2,), generator=generator))
+            img = F.interpolate(img, size=(side, side), mode=down)
+            img = F.interpolate(img, size=(h, w), mode=up).clamp(0, 1)
+        if apply[i, 2]:  # photometric
+            order = torch.randperm(3, generator=generator).tolist()
+            img = color_jitter(img, order, (0.5 + torch.rand(3, generator=generator)).tolist())
         out[i:i + 1] = img
+    if flip and flips.any():
+        idx = torch.nonzero(flips).flatten().to(out.device)
+        out[idx] = out[idx].flip(-1)
     return out.clamp_(0, 1)
 
 
@@ -173,7 +236,8 @@ class RecognitionTrainer:
         self.settings = {"lr": float(lr), "milestones": [int(m) for m in milestones],
                          "batch_size": int(batch_size), "seed": int(seed),
                          "augment": bool(augment), "samples": len(data),
-                         "identities": None if classes is None else int(classes)}
+                         "identities": None if classes is None else int(classes),
+                         "processes": 1}
         self.num_workers = num_workers
         self.opt = sgd_no_bn_decay([self.backbone, self.head], lr)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, list(milestones), 0.1)
@@ -202,6 +266,8 @@ class RecognitionTrainer:
         self.model = BackboneAndHead(self.backbone, self.head, compile=self.compiled)
         self.rank, self.world = _rank_and_world()
         self.is_main = self.rank == 0  # only rank 0 writes checkpoints and logs
+        # the effective batch (processes x batch_size) and each rank's shard depend on it
+        self.settings["processes"] = self.world
         if self.world > 1:  # the head too: its class weights must be averaged across ranks
             if len(data) < self.world * batch_size:
                 raise ValueError(f"{len(data)} samples cannot give each of {self.world} "
@@ -249,6 +315,8 @@ class RecognitionTrainer:
         if st is None:
             return False
         theirs = st.get("settings")  # (checkpoints before 2026-11-26 have none)
+        if theirs is not None:  # (before 2026-11-27 no process count: single-process runs)
+            theirs = {"processes": 1, **theirs}
         if theirs is not None and theirs != self.settings:
             differ = {k: (theirs.get(k), v) for k, v in self.settings.items()
                       if theirs.get(k) != v}
@@ -272,12 +340,17 @@ class RecognitionTrainer:
         self.epoch = st["epoch"]
 
     def _epoch_order(self) -> tuple[torch.Tensor, torch.Generator]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        torch.manual_seed(self.seed * 100_003 + self.epoch)  # dropout: same per epoch on resume
-        order = torch.randperm(len(self.data), generator=g)
+        """The epoch's sample order (the same on every rank, which takes its share) and the
+        generator of this rank's augmentation draws."""
+        base = self.seed * 100_003 + self.epoch
+        order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(base))
         if self.world > 1:  # equal shares (a rank with an extra batch would hang the others)
             order = order[: len(order) // self.world * self.world][self.rank::self.world]
-        return order, g
+        # augmentations and dropout: the same per epoch on resume, other draws on each rank
+        # (one seed for all would give sample i of every rank's batch the same crop and mask)
+        rank_seed = base + 1_000_003 * (self.rank + 1)
+        torch.manual_seed(rank_seed)
+        return order, torch.Generator().manual_seed(rank_seed)
 
     def _loader(self, batches: list[list[int]]) -> DataLoader:
         """Batches in the epoch's order; files are decoded in ``num_workers`` processes."""
@@ -338,6 +411,7 @@ class RecognitionTrainer:
                 cos = self.head.cosine(emb.float()) if hasattr(self.head, "cosine") else logits
                 correct += (cos.argmax(1) == y).sum()
             count += len(y)
+        lr = self.opt.param_groups[0]["lr"]  # the rate this epoch trained at
         self.sched.step()
         self.epoch += 1
         if self.world > 1:  # the log reports all ranks' samples
@@ -347,7 +421,7 @@ class RecognitionTrainer:
             torch.distributed.all_reduce(sums)
             total, correct, count = sums[0], sums[1].long(), int(sums[2])
         return {"epoch": self.epoch, "loss": float(total) / count,
-                "train_acc": int(correct) / count, "lr": self.opt.param_groups[0]["lr"]}
+                "train_acc": int(correct) / count, "lr": lr}
 
     def run(self, epochs: int) -> list[dict]:
         """Train (or resume) up to ``epochs``; append to ``log.csv``; checkpoint each epoch."""
@@ -358,6 +432,11 @@ class RecognitionTrainer:
         self.outdir.mkdir(parents=True, exist_ok=True)
         log_path = self.outdir / "log.csv"
         resumed = self.load()
+        if self.epoch > epochs:
+            raise ValueError(f"{self.checkpoint_path} is at epoch {self.epoch}, past the "
+                             f"{epochs} asked for: its model is not a {epochs}-epoch model. "
+                             f"Use a new folder, or delete {self.outdir}/checkpoint*.pt and "
+                             "log.csv to train from scratch.")
         if self.is_main and log_path.exists():
             if not resumed:  # a fresh start: an old log would mix two runs' epochs
                 log_path.unlink()
@@ -367,10 +446,12 @@ class RecognitionTrainer:
         rows = []
         while self.epoch < epochs:
             row = self.train_epoch()
-            self.save()
+            # the row first: a kill before the checkpoint leaves a row past it, which the
+            # resume drops (the other order would lose the row for good)
             if self.is_main:
                 pd.DataFrame([row]).to_csv(log_path, mode="a", header=not log_path.exists(),
                                            index=False)
+            self.save()
             if self.world > 1:  # no rank runs ahead of the checkpoint on disk
                 torch.distributed.barrier()
             rows.append(row)

@@ -65,6 +65,25 @@ def test_fairness_metrics_on_known_numbers():
     assert r["std"] == pytest.approx(np.std([0.9, 0.8, 0.95, 0.85]))
     assert r["ser"] == pytest.approx(0.2 / 0.05)
     assert fairness({"a": 1.0, "b": 0.9})["ser"] == float("inf")
+    assert fairness({"a": 1.0, "b": 1.0})["ser"] == 1.0  # no errors anywhere: all equal
+
+
+def test_one_fold_is_refused_not_scored_at_threshold_zero():
+    rng = np.random.default_rng(0)
+    emb, same = pairs(8, True, rng)
+    with pytest.raises(ValueError, match="one fold"):
+        verification_accuracy(emb, same, folds=np.zeros(len(same)))
+
+
+def test_group_table_draws_no_error_bar_for_an_infinite_mean():
+    from qdgs_lib.recognition import group_table
+
+    rows = [{"benchmark": "b", "pretraining": "qdgs", "x": 1.0, "y": 0.9, "fair_mean": 0.95,
+             "fair_std": 0.05, "fair_ser": ser, "all": 0.95} for ser in (float("inf"), 2.0)]
+    t = group_table(pd.DataFrame(rows), "b", ["x", "y"])
+    assert t.loc["qdgs", "fair_ser"] == float("inf")
+    assert np.isnan(t.attrs["err"].loc["qdgs", "fair_ser"])
+    assert t.attrs["err"].loc["qdgs", "x"] == 0.0
 
 
 def test_group_verification_reports_each_group():

@@ -111,6 +111,137 @@ def test_face_augment_is_seeded_and_keeps_shape():
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
 
 
+def test_margin_heads_start_with_unit_class_centres():
+    """AdaFace's init (uniform, then each column renormed to 1): with the normalized kernel in
+    the logits, large centres would turn ~100x slower per SGD step."""
+    for head in (AdaFace(512, 7), ArcFace(512, 7), CosFace(512, 7)):
+        norms = head.kernel.detach().norm(dim=0)
+        assert torch.allclose(norms, torch.ones(7), atol=1e-5)
+
+
+def test_face_augment_flips_half_the_batch_and_nothing_else_at_p0():
+    x = torch.rand(200, 3, 8, 8)
+    out = face_augment(x, torch.Generator().manual_seed(0), p=0.0)
+    same = (out == x).flatten(1).all(1)
+    flipped = (out == x.flip(-1)).flatten(1).all(1)
+    assert bool((same ^ flipped).all())  # each image as it was, or mirrored
+    assert 70 < int(flipped.sum()) < 130  # p = 0.5 (binomial sd 7)
+    assert torch.equal(face_augment(x, torch.Generator().manual_seed(0), p=0.0, flip=False), x)
+
+
+def test_crop_boxes_follow_random_resized_crop():
+    from qdgs_lib.train import _resized_crop_box
+
+    g = torch.Generator().manual_seed(0)
+    areas = []
+    for _ in range(500):
+        top, left, h, w = _resized_crop_box(112, 112, g)
+        assert 0 <= top and top + h <= 112 and 0 <= left and left + w <= 112
+        assert 3 / 4 - 0.03 <= w / h <= 4 / 3 + 0.03
+        areas.append(h * w / 112**2)
+    assert 0.19 <= min(areas) < 0.3 and max(areas) > 0.9
+
+
+def test_face_augment_crop_keeps_the_box_in_place_on_black():
+    """Only crops: every image is the original inside one box and black around it."""
+    x = 0.1 + 0.9 * torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    out = face_augment(x, torch.Generator().manual_seed(3), p=(1.0, 0.0, 0.0), flip=False)
+    for img, orig in zip(out, x, strict=True):
+        inside = img[0] > 0
+        rows, cols = inside.any(1).nonzero().flatten(), inside.any(0).nonzero().flatten()
+        box = inside[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        assert bool(box.all())  # one filled rectangle, not resized
+        assert 0.15 < box.numel() / 32**2 <= 1.0
+        assert torch.equal(img[:, inside], orig[:, inside]) and img[:, ~inside].eq(0).all()
+
+
+def test_face_augment_low_resolution_blurs_but_keeps_flat_images():
+    g = torch.Generator().manual_seed(0)
+    flat = torch.full((16, 3, 32, 32), 0.3)
+    out = face_augment(flat, g, p=(0.0, 1.0, 0.0), flip=False)
+    assert torch.allclose(out, flat, atol=1e-6)  # every interpolation keeps a constant
+    noise = torch.rand(16, 3, 32, 32, generator=g)
+    out = face_augment(noise, g, p=(0.0, 1.0, 0.0), flip=False)
+    assert 0 <= out.min() and out.max() <= 1
+    assert out.std() < noise.std()  # detail is lost on the way down
+
+
+def test_color_jitter_equals_torchvision():
+    from torchvision.transforms import functional as TF
+
+    from qdgs_lib.train import color_jitter
+
+    img = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    fns = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
+    for order in ([0, 1, 2], [2, 1, 0], [1, 2, 0]):
+        factors = [1.4, 0.6, 1.3]
+        ref = img
+        for k in order:
+            ref = fns[k](ref, factors[k])
+        assert torch.allclose(color_jitter(img, order, factors), ref, atol=1e-6)
+
+
+def test_log_rows_survive_a_kill_between_log_and_checkpoint(tmp_path, monkeypatch):
+    tr = make_trainer(tmp_path)
+    saves = []
+
+    def save_then_die():
+        if tr.epoch == 2:
+            raise KeyboardInterrupt  # killed after epoch 2's row, before its checkpoint
+        saves.append(tr.epoch)
+        RecognitionTrainer.save(tr)
+
+    monkeypatch.setattr(tr, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        tr.run(3)
+    rows = make_trainer(tmp_path).run(3)  # resumes after epoch 1, trains 2 and 3 again
+    import pandas as pd
+
+    assert saves == [1] and [r["epoch"] for r in rows] == [2, 3]
+    assert list(pd.read_csv(tmp_path / "log.csv").epoch) == [1, 2, 3]
+
+
+def test_the_log_names_the_rate_each_epoch_trained_at(tmp_path):
+    rows = make_trainer(tmp_path).run(4)  # lr 0.05, milestone 3
+    assert [r["lr"] for r in rows] == pytest.approx([0.05, 0.05, 0.05, 0.005])
+
+
+def test_asking_for_fewer_epochs_than_the_checkpoint_is_refused(tmp_path):
+    make_trainer(tmp_path).run(2)
+    with pytest.raises(ValueError, match="at epoch 2, past the 1"):
+        make_trainer(tmp_path).run(1)
+    assert make_trainer(tmp_path).run(2) == []  # the same count: already done
+
+
+def test_ranks_draw_their_own_augmentations_on_one_order(tmp_path):
+    """Under DDP every rank takes its share of one permutation, but its own augmentation and
+    dropout draws (a shared seed would give sample i of each rank's batch the same crop)."""
+    tr = make_trainer(tmp_path)
+    tr.world = 2
+    orders, draws, dropout = [], [], []
+    for rank in (0, 1):
+        tr.rank = rank
+        order, g = tr._epoch_order()
+        orders.append(order)
+        draws.append(torch.rand(8, generator=g))
+        dropout.append(torch.rand(8))
+    full = torch.randperm(32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(orders[0], full[0::2]) and torch.equal(orders[1], full[1::2])
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(dropout[0], dropout[1])
+
+
+def test_resume_refuses_another_process_count(tmp_path):
+    make_trainer(tmp_path).run(1)
+    st = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    st["settings"]["processes"] = 2
+    torch.save(st, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="processes"):
+        make_trainer(tmp_path).run(2)
+    del st["settings"]["processes"]  # written before the key existed: one process
+    torch.save(st, tmp_path / "checkpoint.pt")
+    assert make_trainer(tmp_path).run(2)[0]["epoch"] == 2
+
+
 def test_single_process_distributed_matches_plain_training(tmp_path):
     """torchrun with one process: nothing to synchronize (no DDP wrapper), the plain run's
     weights; two processes: tests/test_ddp.py."""

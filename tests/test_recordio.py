@@ -139,6 +139,17 @@ def test_identity_folders(tmp_path):
         IdentityFolders(tmp_path / "a", 16)
     with pytest.raises(FileNotFoundError, match="train.rec"):
         open_training_set(tmp_path / "missing")
+    # Jupyter's checkpoint folder and hidden temp files are not identities or images
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / ".ipynb_checkpoints" / "x.jpg").write_bytes(b"")
+    (tmp_path / "a" / ".tmp.jpg").write_bytes(b"")
+    ds = IdentityFolders(tmp_path, 16)
+    assert ds.num_classes == 2 and len(ds) == 6
+    # an identity folder without images would shift every later label: refused, named
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("no images")
+    with pytest.raises(ValueError, match="1 identity folder.*hold no images.*: c\\."):
+        IdentityFolders(tmp_path, 16)
 
 
 def test_trainer_streams_a_recordio_set_with_workers(tmp_path):

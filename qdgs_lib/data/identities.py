@@ -79,14 +79,22 @@ class IdentityFolders(Dataset):
                 f"{self.root}/<identity>/<image>.jpg, or InsightFace's train.rec + train.idx "
                 "(e.g. faces_webface_112x112) in that folder")
         self.files, labels = [], []
-        idents = sorted(d for d in self.root.iterdir() if d.is_dir())
-        for label, ident in enumerate(idents):
-            files = sorted(f for f in ident.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-            self.files += files[:max_per_identity]
-            labels += [label] * len(files[:max_per_identity])
-        if not self.files:
+        # hidden folders (.ipynb_checkpoints, .cache) are not identities
+        idents = sorted(d for d in self.root.iterdir() if d.is_dir()
+                        and not d.name.startswith("."))
+        per_ident = [sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES
+                            and not f.name.startswith(".")) for d in idents]
+        if not any(per_ident):
             raise ValueError(f"{self.root} holds no identity folders with images "
                              f"({'/'.join(IMAGE_SUFFIXES)})")
+        empty = [d.name for d, files in zip(idents, per_ident, strict=True) if not files]
+        if empty:  # as a class it would shift every later label and count as an identity
+            raise ValueError(f"{len(empty)} identity folder(s) in {self.root} hold no images "
+                             f"({'/'.join(IMAGE_SUFFIXES)}): {', '.join(empty[:5])}"
+                             f"{' ...' if len(empty) > 5 else ''}. Remove them or add images.")
+        for label, files in enumerate(per_ident):
+            self.files += files[:max_per_identity]
+            labels += [label] * len(files[:max_per_identity])
         self.labels = torch.tensor(labels)
         self.num_classes = len(idents)
 
