@@ -153,6 +153,9 @@ class PromptScorer:
         self.memory = torch.empty(0, self._targets[0][0].shape[1], device=clip.device)
         self._seed = seed
         self._rng = np.random.default_rng(seed)
+        # seeds of the random cutouts / generator noise of each call (see _randomness): a
+        # stream of its own, so deterministic scorers keep the memory's draws as they were
+        self._call_rng = np.random.default_rng([seed, 1])
         # "batched" | "func" | "loop" | "auto" (the generator's preferred mode): see _with_jacobian
         self.jacobian_mode = "auto"
         # "auto" | True | False, and the largest batch captured: see _static_call
@@ -288,10 +291,36 @@ class PromptScorer:
         return torch.autocast(self.clip.device.type, dtype=AUTOCAST_DTYPES[self.autocast],
                               cache_enabled=False)
 
+    @property
+    def stochastic(self) -> bool:
+        """Whether a call draws random numbers: CLIP cutouts or StyleGAN2's random noise."""
+        return getattr(self.clip, "num_cutouts", 0) > 0 or \
+            getattr(self.generator, "noise_mode", None) == "random"
+
+    @contextmanager
+    def _randomness(self) -> Iterator[None]:
+        """A stochastic scorer's draws (cutouts, noise) from torch's global RNGs, seeded per
+        call from the scorer's own stream (``seed``; saved in checkpoints) and restored
+        afterwards: a seeded search reproduces and resumes exactly, and the caller's RNG
+        state is left as it was."""
+        if not self.stochastic:
+            yield
+            return
+        dev = self.clip.device
+        devices = [dev.index if dev.index is not None else torch.cuda.current_device()] \
+            if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # the CPU's, and the GPU's in use
+            seed = int(self._call_rng.integers(2**63))
+            torch.default_generator.manual_seed(seed)
+            if devices:
+                with torch.cuda.device(devices[0]):
+                    torch.cuda.manual_seed(seed)
+            yield
+
     def evaluate(self, latents, jacobian: bool = False, update_memory: bool = True) -> Scores:
         """Objective and measures (and, if asked, their jacobians) of a batch of latents."""
         z = self._to_tensor(latents)
-        with self._tf32(), self._autocast():
+        with self._tf32(), self._autocast(), self._randomness():
             static = self._static_call(jacobian, z)
             if static is not None:  # one CUDA graph replay (see _static_call)
                 loss, out, emb, jac = static(z, self.memory)
@@ -537,14 +566,25 @@ class PromptScorer:
         Every new search starts here, so a run never depends on the runs scored before it."""
         self.memory = self.memory.new_empty((0, self.memory.shape[1]))
         self._rng = np.random.default_rng(self._seed)
+        self._call_rng = np.random.default_rng([self._seed, 1])
 
     # --- checkpointing ---------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"memory": self.memory.cpu().numpy(), "rng": self._rng.bit_generator.state}
+        return {"memory": self.memory.cpu().numpy(), "rng": self._rng.bit_generator.state,
+                "call_rng": self._call_rng.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
         self.memory = torch.as_tensor(state["memory"], device=self.clip.device)
         self._rng.bit_generator.state = state["rng"]
+        if "call_rng" in state:  # (checkpoints before 2026-11-27 have none)
+            self._call_rng.bit_generator.state = state["call_rng"]
+
+    def settings(self) -> dict:
+        """What scores depend on besides the prompts, weights and networks: a search records
+        it, and a run resumes only under the same."""
+        return {"memory_size": int(self.memory_size), "seed": self._seed,
+                "cutouts": int(getattr(self.clip, "num_cutouts", 0)),
+                "noise_mode": getattr(self.generator, "noise_mode", None)}
 
 
 def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> PromptScorer:

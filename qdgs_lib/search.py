@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import numbers
 import os
 import pickle
 import time
@@ -89,9 +90,15 @@ class SearchConfig:
             raise ValueError(f"each grid dim needs >= 1 cell, got {self.dims}")
         counts = {"iterations": self.iterations, "batch_size": self.batch_size,
                   "num_emitters": self.num_emitters, "x0_samples": self.x0_samples,
-                  "checkpoint_every": self.checkpoint_every}
-        if bad := [k for k, v in counts.items() if v < 1]:
-            raise ValueError(f"{', '.join(bad)} must be >= 1, got {counts}")
+                  "checkpoint_every": self.checkpoint_every, "seed": self.seed}
+        if bad := [k for k, v in counts.items()
+                   if isinstance(v, bool) or not isinstance(v, numbers.Integral)]:
+            raise ValueError(f"{', '.join(bad)} must be whole numbers, got {counts}")
+        if bad := [k for k, v in counts.items() if v < (0 if k == "seed" else 1)]:
+            raise ValueError(f"{', '.join(bad)} must be >= 1 (seed >= 0), got {counts}")
+        if self.x0 not in ("prior_best", "zeros"):
+            raise ValueError(f"x0 must be 'prior_best' (the best of x0_samples prior draws) "
+                             f"or 'zeros', got {self.x0!r}")
         if not (self.sigma0 > 0 and self.lr > 0 and 0 < self.archive_learning_rate <= 1):
             raise ValueError("sigma0 and lr must be > 0 and archive_learning_rate in (0, 1], "
                              f"got {self.sigma0}, {self.lr}, {self.archive_learning_rate}")
@@ -109,7 +116,9 @@ class SearchConfig:
     @property
     def evaluations_per_iteration(self) -> int:
         """Solutions evaluated per iteration. ``random`` matches CMA-MAEGA (one gradient
-        solution + ``batch_size`` branches per emitter) so equal iterations cost the same."""
+        solution + ``batch_size`` branches per emitter) so equal iterations cost the same, up
+        to the ``x0_samples`` prior draws the emitters' start point costs once (64: 0.6% of
+        10,000 evaluations), which the ``evaluations`` column leaves out."""
         dqd = self.num_emitters if self.algorithm in (*DQD_ALGORITHMS, "random") else 0
         return dqd + self.num_emitters * self.batch_size
 
@@ -236,6 +245,8 @@ class QDSearch:
                 "generator": getattr(self.scorer.generator, "name",
                                      type(self.scorer.generator).__name__),
                 "clip": self.scorer.clip.name, "weights_sha256": self.scorer.weights_sha256(),
+                # memory length, the scorer's seed, CLIP cutouts, generator noise
+                "scorer": self.scorer.settings(),
                 # half precision moves scores by more than rounding: a resume must match it
                 "autocast": self.scorer.autocast,
                 "scoring": {"jacobian_mode": self._jacobian_mode(),
@@ -282,6 +293,8 @@ class QDSearch:
             mine.pop("weights_sha256")
         if "autocast" not in stored and mine["autocast"] is None:  # written before autocast
             mine.pop("autocast")
+        if "scorer" not in stored:  # written before the scorer's settings were recorded
+            mine.pop("scorer")
         stored.pop("scoring", None)  # recorded, but rounding-level settings: a run may
         mine.pop("scoring", None)  # resume with them switched (e.g. on another device)
         if stored != mine:
@@ -352,10 +365,15 @@ class QDSearch:
         for stale in self.outdir.glob(".*.tmp"):  # left by a process killed mid-write
             stale.unlink(missing_ok=True)
         if not self._try_resume():
+            # a fresh start, also when run() is called again on this object after an
+            # interruption before the first checkpoint: nothing of that attempt is kept
+            self.iteration, self.seconds, self.scheduler = 0, 0.0, None
+            self.result_archive = make_result_archive(self.scorer.solution_dim, self.cfg)
             self.scorer.reset()  # not the memory a previous search on this scorer left
             write_run_info(self.outdir, self._config_dict())
-            if self.metrics_path.exists():
-                self.metrics_path.unlink()
+            # an earlier run's curve and archive (its checkpoints deleted to start over)
+            for old in (self.metrics_path, self.outdir / "archive.parquet"):
+                old.unlink(missing_ok=True)
             if self.cfg.algorithm != "random":
                 x0 = self.start_latent()
                 self.scheduler = make_scheduler(self.scorer.solution_dim, self.cfg, x0,
@@ -382,6 +400,11 @@ class QDSearch:
         return self.result_archive
 
     def metrics(self) -> pd.DataFrame:
+        """One row per iteration (``METRIC_COLUMNS``); empty where the file is gone."""
+        if not self.metrics_path.exists():
+            warnings.warn(f"{self.metrics_path} is missing (deleted?): no curve for this run; "
+                          "run it again in a new folder to get one", stacklevel=2)
+            return pd.DataFrame(columns=METRIC_COLUMNS)
         return pd.read_csv(self.metrics_path)
 
 
@@ -523,7 +546,7 @@ def archive_summary(searches: dict[str, QDSearch]) -> pd.DataFrame:
     return pd.DataFrame({name: {"coverage": s.result_archive.stats.coverage,
                                 "qd_score": s.result_archive.stats.qd_score,
                                 "elites": s.result_archive.stats.num_elites,
-                                "evaluations": s.metrics()["evaluations"].iloc[-1]}
+                                "evaluations": s.iteration * s.cfg.evaluations_per_iteration}
                          for name, s in searches.items()}).T
 
 

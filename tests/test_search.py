@@ -3,6 +3,7 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from toys import ToyClip, ToyGenerator, interrupt_at
 
 from qdgs_lib.scoring import PromptScorer
@@ -162,6 +163,106 @@ def test_bad_configs_raise():
         SearchConfig(dims=(5, 5), ranges=((1, 0), (0, 1)))
     with pytest.raises(ValueError, match="measures"):
         QDSearch(scorer(), SearchConfig(dims=(5,), ranges=((0, 1),)), "/tmp/x")
+
+
+def test_bad_counts_seeds_and_starts_raise():
+    for kw, match in [({"seed": -1}, "seed >= 0"), ({"iterations": 2.5}, "whole numbers"),
+                      ({"batch_size": 2.5}, "whole numbers"), ({"x0": "nope"}, "x0 must be")]:
+        with pytest.raises(ValueError, match=match):
+            SearchConfig(dims=(5, 5), ranges=RANGES, **kw)
+    assert SearchConfig(dims=(5, 5), ranges=RANGES, iterations=np.int64(3)).iterations == 3
+
+
+class Killed(Exception):
+    pass
+
+
+def archive_of(path):
+    return read_archive(path / "archive.parquet").sort_values("index").reset_index(drop=True)
+
+
+def test_running_the_same_object_again_after_an_early_kill_starts_over(tmp_path):
+    """Killed before its first checkpoint, run() on the same object starts from scratch: it
+    once kept the dead attempt's iteration count and result archive."""
+    QDSearch(scorer(), config("cma_maega", 60, checkpoint_every=50), tmp_path / "full").run(
+        progress=False)
+    search = QDSearch(scorer(), config("cma_maega", 60, checkpoint_every=50), tmp_path / "part")
+    step = search._step
+    interrupt_at(search, 30, Killed)
+    with pytest.raises(Killed):
+        search.run(progress=False)
+    search._step = step
+    search.run(progress=False)
+    assert list(search.metrics()["iteration"]) == list(range(1, 61))
+    pd.testing.assert_frame_equal(archive_of(tmp_path / "full"), archive_of(tmp_path / "part"))
+
+
+def test_a_fresh_start_removes_the_previous_runs_archive(tmp_path):
+    QDSearch(scorer(), config("cma_maega", 10), tmp_path).run(progress=False)
+    for f in ("checkpoint.pkl", "checkpoint.prev.pkl"):  # "delete ... to start over"
+        (tmp_path / f).unlink(missing_ok=True)
+    again = QDSearch(scorer(), config("cma_maega", 10, seed=5), tmp_path)
+    interrupt_at(again, 5, Killed)
+    with pytest.raises(Killed):
+        again.run(progress=False)
+    assert not (tmp_path / "archive.parquet").exists()  # never the old run's as this one's
+
+
+def test_a_run_resumes_only_with_the_same_memory_length(tmp_path):
+    QDSearch(scorer(), config("cma_maega", 10), tmp_path).run(progress=False)
+    other = PromptScorer(ToyGenerator(prior_std=0.05), ToyClip(), ("good", "bad"),
+                         [("a", "b"), ("c", "d")], memory_size=7)
+    with pytest.raises(ValueError, match="different settings \\(scorer"):
+        QDSearch(other, config("cma_maega", 10), tmp_path).run(progress=False)
+
+
+class NoisyClip(ToyClip):
+    """Random cutouts stand-in: every call draws from torch's global RNG."""
+
+    num_cutouts = 1
+
+    def encode_image(self, images, generator=None, normalize=True, check=True):
+        images = images + 0.05 * torch.rand(images.shape, generator=generator)
+        return super().encode_image(images, generator, normalize, check)
+
+
+def noisy_scorer():
+    return PromptScorer(ToyGenerator(prior_std=0.05), NoisyClip(), ("good", "bad"),
+                        [("a", "b"), ("c", "d")], weights=(1.0, 0.5, 0.2), memory_size=7)
+
+
+def test_a_stochastic_scorer_reproduces_and_resumes_exactly(tmp_path):
+    """Cutouts / generator noise draw from a stream seeded by the scorer: two runs agree
+    whatever the global RNG did before, an interrupted run resumes exactly, and the caller's
+    RNG state is left alone."""
+    torch.manual_seed(123)
+    cfg = config("cma_maega", 30, checkpoint_every=10)
+    QDSearch(noisy_scorer(), cfg, tmp_path / "a").run(progress=False)
+    torch.rand(17)  # a different global RNG state
+    QDSearch(noisy_scorer(), cfg, tmp_path / "b").run(progress=False)
+    pd.testing.assert_frame_equal(archive_of(tmp_path / "a"), archive_of(tmp_path / "b"))
+    part = QDSearch(noisy_scorer(), cfg, tmp_path / "c")
+    interrupt_at(part, 25, Killed)
+    with pytest.raises(Killed):
+        part.run(progress=False)
+    QDSearch(noisy_scorer(), cfg, tmp_path / "c").run(progress=False)
+    pd.testing.assert_frame_equal(archive_of(tmp_path / "a"), archive_of(tmp_path / "c"))
+    state = torch.get_rng_state()
+    noisy_scorer().evaluate(np.zeros((2, 4)))
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_reloaded_run_without_its_metrics_file_still_summarizes(tmp_path):
+    from qdgs_lib.search import archive_summary
+
+    QDSearch(scorer(), config("cma_maega", 10), tmp_path).run(progress=False)
+    (tmp_path / "metrics.csv").unlink()
+    search = QDSearch(scorer(), config("cma_maega", 10), tmp_path)
+    with pytest.warns(UserWarning, match="rows for the checkpoint"):
+        search.run(progress=False)
+    assert archive_summary({"qd": search}).loc["qd", "evaluations"] == 10 * 5
+    with pytest.warns(UserWarning, match="is missing"):
+        assert search.metrics().empty
 
 
 def test_empty_archive_file_raises(tmp_path):
