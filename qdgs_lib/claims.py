@@ -26,7 +26,26 @@ def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
 
 
 def _paired(low: float, high: float) -> str:
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "no interval"
+    if low == high:  # every seed gave the same difference: a t-interval says nothing
+        return "no interval (no spread across seeds)"
     return "better" if low > 0 else "worse" if high < 0 else "no clear difference"
+
+
+def _refuse_duplicates(results: pd.DataFrame, keys: list[str]) -> None:
+    dup = results[results.duplicated(keys, keep=False)]
+    if len(dup):
+        raise ValueError(f"{len(dup)} result rows share their {', '.join(keys)} "
+                         f"(e.g. {dup[keys].iloc[0].to_dict()}): each run must appear once; "
+                         "remove the repeated rows (an appended rerun?)")
+
+
+def _require(values, needed, what: str) -> None:
+    missing = [k for k in needed if k not in set(values)]
+    if missing:
+        raise ValueError(f"the results have no {what} {missing}: a verdict needs every one of "
+                         f"{list(needed)}")
 
 
 def shapes_verdicts(results: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
@@ -35,20 +54,25 @@ def shapes_verdicts(results: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     differences (same seed: same real data, initialisation and search seed) with their
     ``level`` t-intervals. Against each baseline QDGS is "better" (interval above 0), "worse"
     (below 0) or shows "no clear difference"; it "helps" when it is better than both. One seed
-    gives no interval, and the verdict says so."""
-    wide = results.pivot_table(index=["bias", "seed"], columns="finetune", values="mean")
+    gives no interval, and the verdict says so. Seeds with a missing or NaN result are left
+    out of every comparison (``seeds``: the seeds with all three results)."""
+    _refuse_duplicates(results, ["bias", "seed", "finetune"])
+    _require(results["finetune"], ("none", "random", "qdgs"), "fine-tuning")
+    wide = results.pivot_table(index=["bias", "seed"], columns="finetune", values="mean",
+                               dropna=False)
     rows = {}
     for bias, r in wide.groupby(level="bias"):
-        row = {k: float(r[k].mean()) for k in ("none", "random", "qdgs")}
+        r = r[["none", "random", "qdgs"]].dropna()  # paired: the same seeds everywhere
+        row = {k: float(r[k].mean()) if len(r) else np.nan for k in ("none", "random", "qdgs")}
         for base in ("none", "random"):
             m, lo, hi = mean_ci(r["qdgs"] - r[base], level)
             row.update({f"qdgs - {base}": m, f"qdgs - {base} low": lo,
                         f"qdgs - {base} high": hi})
-        row["seeds"] = len(r)
+        row["seeds"], row["level"] = len(r), level
         vs = {base: _paired(row[f"qdgs - {base} low"], row[f"qdgs - {base} high"])
               for base in ("none", "random")}
-        if np.isnan(row["qdgs - random low"]):
-            verdict = "one seed: no interval, no verdict"
+        if len(r) < 2:
+            verdict = f"{len(r)} complete seed(s): no interval, no verdict"
         elif set(vs.values()) == {"better"}:
             verdict = "QDGS helps (better than both)"
         else:
@@ -68,7 +92,8 @@ def format_shapes_verdicts(v: pd.DataFrame) -> str:
     return "\n".join(
         f"bias {bias:.2f}: biased {r['none']:.3f}, +random {r['random']:.3f}, "
         f"+QDGS {r['qdgs']:.3f} -> {diff(r, 'none')}, {diff(r, 'random')} "
-        f"({r['seeds']} paired seeds, 95% intervals): {r['verdict']}" for bias, r in v.iterrows())
+        f"({r['seeds']} paired seeds, {r['level']:.0%} intervals): {r['verdict']}"
+        for bias, r in v.iterrows())
 
 
 def share_verdicts(shares: pd.DataFrame, before: str = "random sampling",
@@ -78,7 +103,8 @@ def share_verdicts(shares: pd.DataFrame, before: str = "random sampling",
     b, a = shares.loc[before].astype(float), shares.loc[after].astype(float)
     out = pd.DataFrame({before: b, after: a, "change": a - b})
     closer = (a - 0.5).abs() < (b - 0.5).abs()
-    out["verdict"] = closer.map({True: "closer to balance", False: "NOT closer to balance"})
+    out["verdict"] = np.where(a.isna() | b.isna(), "no share (missing), no verdict",
+                              np.where(closer, "closer to balance", "NOT closer to balance"))
     return out
 
 
@@ -103,16 +129,23 @@ def fairness_verdicts(results: pd.DataFrame, benchmark: str, groups: list[str],
     change ("costs accuracy", "more accurate", "no clear accuracy change").
     """
     r = results[results.benchmark == benchmark]
-    mean = r.groupby("pretraining")[[*groups, "fair_mean", "fair_std"]].mean()
+    _refuse_duplicates(r, ["pretraining", "seed"])
+    cols = [*groups, "fair_mean", "fair_std"]
     per_seed = r.set_index(["pretraining", "seed"])
     rows = []
     for base in versus:
-        if base not in mean.index or "qdgs" not in mean.index:
+        if base not in set(r.pretraining) or "qdgs" not in set(r.pretraining):
             continue
-        q, b = mean.loc["qdgs"], mean.loc[base]
-        worst = b[groups].astype(float).idxmin()
+        # paired seeds with every value present in both runs; all means over those only
         seeds = [s for s in sorted(r.seed.unique())
-                 if (base, s) in per_seed.index and ("qdgs", s) in per_seed.index]
+                 if (base, s) in per_seed.index and ("qdgs", s) in per_seed.index
+                 and np.isfinite(per_seed.loc[[("qdgs", s), (base, s)], cols]
+                                 .to_numpy(float)).all()]
+        if not seeds:
+            continue
+        q = per_seed.loc[[("qdgs", s) for s in seeds], cols].astype(float).mean()
+        b = per_seed.loc[[(base, s) for s in seeds], cols].astype(float).mean()
+        worst = b[groups].idxmin()
         diff = {col: [per_seed.loc[("qdgs", s), col] - per_seed.loc[(base, s), col]
                       for s in seeds] for col in ("fair_std", worst, "fair_mean")}
         holds = sum(d_std < 0 and d_worst > 0
@@ -123,12 +156,12 @@ def fairness_verdicts(results: pd.DataFrame, benchmark: str, groups: list[str],
                "mean before": b["fair_mean"], "mean after": q["fair_mean"],
                "fairer": bool(q["fair_std"] < b["fair_std"] and q[worst] > b[worst]),
                "accuracy cost": bool(q["fair_mean"] < b["fair_mean"]),
-               "fairer_seeds": int(holds), "seeds": len(seeds)}
+               "fairer_seeds": int(holds), "seeds": len(seeds), "level": level}
         for name, col in (("std", "fair_std"), ("worst", worst), ("mean", "fair_mean")):
             m, lo, hi = mean_ci(diff[col], level)
             row.update({f"{name} diff": m, f"{name} diff low": lo, f"{name} diff high": hi})
         if len(seeds) < 2:
-            row["verdict"] = "one seed: no interval, no verdict"
+            row["verdict"] = "one complete seed: no interval, no verdict"
         else:
             spread = _paired(-row["std diff high"], -row["std diff low"])  # lower std: better
             worst_acc = _paired(row["worst diff low"], row["worst diff high"])
@@ -148,7 +181,8 @@ def format_fairness_verdicts(v: pd.DataFrame) -> str:
                 f"{r[f'{name} diff high'] * scale:+.2f}]")
 
     return "\n".join(
-        f"{r['benchmark']}: QDGS vs {r['versus']} ({r['seeds']} paired seeds, 95% intervals, "
+        f"{r['benchmark']}: QDGS vs {r['versus']} ({r['seeds']} paired seeds, "
+        f"{r['level']:.0%} intervals, "
         f"points): std across groups {r['std before']:.4f} -> {r['std after']:.4f} "
         f"{diff(r, 'std')}, worst group ({r['worst group']}) {r['worst before']:.4f} -> "
         f"{r['worst after']:.4f} {diff(r, 'worst')}, mean {r['mean before']:.4f} -> "

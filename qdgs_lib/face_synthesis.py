@@ -88,13 +88,19 @@ def build_datasets(scorer: PromptScorer, qd_df: pd.DataFrame, p: dict[str, Any],
     else:
         align = aligner(p["align"], p["image_size"])
         decode = lambda z: align(gen.decode(z))  # noqa: E731
+    # what the images depend on beyond the latents: recorded, so that a folder written under
+    # another generator, alignment or image size is refused rather than reused
+    settings = {"world": p["world"], "align": None if p["world"] == "toy" else p["align"],
+                "generator": getattr(gen, "name", type(gen).__name__),
+                "weights_sha256": scorer.weights_sha256()}
     out = {}
     for name, z, m in (("qdgs", z_qd, m_qd), ("random", z_rand, m_rand)):
         bins = assign_bins(m, dataset_bins(p))
         ids = cluster_identities(z, bins, p["per_identity"], seed=seed)
         out[name] = write_identity_dataset(outdir / f"dataset_{name}", decode, z, ids, offsets,
                                            solution_columns(m, z, bin=bins),
-                                           size=p["image_size"], progress=progress)
+                                           size=p["image_size"], progress=progress,
+                                           settings=settings)
     return out
 
 

@@ -30,9 +30,11 @@ class Measure:
         attribute: the toy world's true attribute the measure should track
             (:func:`qdgs_lib.generators.toy_faces.attributes` key), if any.
         sign: +1 if ``positive`` means a high ``attribute``, -1 if it means a low one.
-        balanced: face datasets are balanced over this measure's three bins
+        balanced: face datasets bin the solutions by this measure's three ranges
             ``(-inf, -e), (-e, e), (e, inf)`` (``e``: the profile's ``bin_edge``; the paper
-            balances skin tone and gender).
+            bins skin tone and gender) and form identities within a bin. The bins are not
+            equalized: they hold what the archive holds (a QDGS archive spreads over the
+            measures, so its bins are far more even than random sampling's, not equal).
     """
 
     key: str
@@ -129,8 +131,9 @@ def grid(p: dict[str, Any]) -> tuple[int, ...]:
 
 
 def dataset_bins(p: dict[str, Any]) -> list[list[tuple[float, float]]]:
-    """Bins that face datasets are balanced over: three per ``balanced`` measure, split at
-    +-``bin_edge``; one unbounded bin for the others."""
+    """Bins that face datasets group solutions by (identities form within a bin): three per
+    ``balanced`` measure, split at +-``bin_edge``; one unbounded bin for the others. Counts
+    per bin are not equalized (:func:`qdgs_lib.sampling.balanced_indices` does that)."""
     e = p["bin_edge"]
     three = [(-np.inf, -e), (-e, e), (e, np.inf)]
     return [three if m.balanced else [(-np.inf, np.inf)] for m in p["measures"]]

@@ -34,10 +34,12 @@ def savefig(fig: plt.Figure, path: str | Path, pdf: bool = True) -> list[Path]:
         fig.text(0.5, 0.5, _WATERMARK, ha="center", va="center", rotation=20, fontsize=22,
                  color="red", alpha=0.35, weight="bold")
         fig._qdgs_watermarked = True
-    path = Path(path).with_suffix("")
+    path = Path(path)
+    if path.suffix.lower() in (".png", ".pdf"):  # only these: "bias_0.9" keeps its ".9"
+        path = path.with_suffix("")
     out = []
     for ext in (".png", ".pdf") if pdf else (".png",):
-        target = path.with_suffix(ext)
+        target = path.with_name(path.name + ext)
         with atomic_path(target) as tmp:
             # no creation date: an unchanged figure is an unchanged file (clean git status
             # after a reproduction)

@@ -7,6 +7,7 @@ half-written dataset never exists under the final name.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -176,8 +177,9 @@ def read_image_dataset(root: str | Path, classes: Sequence[str]) -> tuple[torch.
     path = root / "manifest.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {root} a dataset written by qdgs?")
-    df = pd.read_csv(path)
-    unknown = set(df["class"].astype(str)) - set(classes)
+    # class names as written ("01" and "NA" are folder names, not numbers or missing values)
+    df = pd.read_csv(path, dtype={"class": str, "file": str}, keep_default_na=False)
+    unknown = set(df["class"]) - set(classes)
     if unknown:
         raise ValueError(f"dataset has classes {sorted(unknown)} not in {list(classes)}")
     imgs = [torch.from_numpy(np.array(Image.open(root / f).convert("RGB"))) for f in df["file"]]
@@ -191,7 +193,11 @@ def cluster_identities(latents: np.ndarray, bin_index: np.ndarray, per_identity:
                        seed: int = 0) -> np.ndarray:
     """Identity id per solution: within each measure bin, K-means on the latents into
     ceil(n / per_identity) clusters (the paper: identities of ``per_identity`` solutions).
-    Solutions outside every bin (bin -1) get identity -1."""
+    Solutions outside every bin (bin -1) get identity -1.
+
+    K-means does not fix cluster sizes: identities hold ``per_identity`` solutions on
+    average, single ones and larger ones included (notebook 02's default QDGS dataset: 203
+    identities of 1-8 solutions, 92 of them single)."""
     from sklearn.cluster import KMeans
 
     if per_identity < 1:
@@ -214,12 +220,19 @@ def cluster_identities(latents: np.ndarray, bin_index: np.ndarray, per_identity:
 def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], torch.Tensor],
                            latents: np.ndarray, identities: np.ndarray, offsets: np.ndarray,
                            extra: pd.DataFrame | None = None, size: int | None = None,
-                           batch_size: int = 64, progress: bool = True) -> Path:
+                           batch_size: int = 64, progress: bool = True,
+                           settings: dict | None = None) -> Path:
     """Write a face-recognition dataset: ``outdir/<identity>/<solution>_<k>.png`` for each
     solution and each latent offset (augmentation), plus ``manifest.csv`` and ``offsets.npy``.
 
-    Resumable: identities already listed in ``manifest.partial.csv`` are skipped; the final
-    ``manifest.csv`` appears (atomically) only when every identity is written.
+    ``settings``: what else the images depend on (e.g. the generator's weights and the
+    alignment, as JSON-able values). With the latents, identities, offsets, ``extra`` and
+    ``size`` they make the folder's recorded inputs: a folder of other inputs, finished or
+    not, is refused rather than reused.
+
+    Resumable: each written identity leaves its manifest rows in ``.parts/<identity>.csv``
+    (atomically), and identities with a part are skipped; the final ``manifest.csv`` appears
+    (atomically) only when every identity is written.
     """
     import hashlib
     import json
@@ -238,15 +251,24 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
     if offsets.ndim != 2 or offsets.shape[1] != latents.shape[1] or len(offsets) == 0:
         raise ValueError(f"offsets must be (k >= 1, {latents.shape[1]}) (the zero offset "
                          f"included), got {offsets.shape}")
+    if extra is not None and len(extra) != len(latents):
+        raise ValueError(f"extra has {len(extra)} rows for {len(latents)} solutions")
     # what this folder holds: a finished or half-written dataset of *other* inputs is refused
-    # rather than silently reused
-    digest = hashlib.sha256(latents.tobytes() + np.asarray(identities).tobytes()
-                            + offsets.tobytes()).hexdigest()
+    # rather than silently reused (identities as int64: the same ids in another integer type
+    # are the same dataset)
+    h = hashlib.sha256(latents.tobytes() + identities.astype(np.int64).tobytes()
+                       + offsets.tobytes())
+    h.update(json.dumps({"size": size, "settings": settings}, sort_keys=True,
+                        default=str).encode())
+    if extra is not None:
+        h.update(extra.to_csv(index=False).encode())
+    digest = h.hexdigest()
     stamp = outdir / "dataset.json"
     if stamp.exists():
         if json.loads(stamp.read_text())["inputs_sha256"] != digest:
-            raise ValueError(f"{outdir} holds a dataset built from other solutions/identities/"
-                             "offsets: delete it or write to a new folder")
+            raise ValueError(f"{outdir} holds a dataset built from other inputs (solutions, "
+                             "identities, offsets, image size, generator or alignment "
+                             "settings, or an older qdgs): delete it or write to a new folder")
         if (outdir / "manifest.csv").exists():
             return outdir
     elif outdir.exists() and any(outdir.iterdir()):
@@ -256,15 +278,18 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
         raise ValueError("no solution has an identity: the archive or the bins are empty")
     outdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stamp, json.dumps({"inputs_sha256": digest, "solutions": len(latents),
-                                         "offsets": len(offsets)}))
+                                         "offsets": len(offsets), "size": size,
+                                         "settings": settings}, default=str))
     if not (outdir / "offsets.npy").exists():  # same digest -> same offsets: write once
         with atomic_path(outdir / "offsets.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, offsets)  # a file object: np.save would append ".npy" to a path
-    partial = outdir / "manifest.partial.csv"
-    done = set(pd.read_csv(partial)["identity"]) if partial.exists() else set()
+    parts = outdir / ".parts"
+    parts.mkdir(exist_ok=True)
+    columns = None if extra is None else {c: extra[c].to_numpy() for c in extra.columns}
     diverged: list[int] = []
     for ident in tqdm(np.unique(identities[keep]), disable=not progress, desc="identities"):
-        if ident in done:
+        part = parts / f"{int(ident)}.csv"
+        if part.exists():  # written whole (atomically) by an earlier call
             continue
         members = np.flatnonzero(identities == ident)
         z = (latents[members, None, :] + offsets[None]).reshape(-1, latents.shape[1])
@@ -282,14 +307,16 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
             rel = f"{ident}/{sol:06d}_{k:02d}.png"
             Image.fromarray(arr[j]).save(outdir / rel)
             row = {"file": rel, "identity": int(ident), "solution": int(sol), "offset": k}
-            if extra is not None:
-                row.update(extra.iloc[sol].to_dict())
+            if columns is not None:  # column by column: an int column stays int
+                row.update({c: v[sol] for c, v in columns.items()})
             rows.append(row)
-        pd.DataFrame(rows).to_csv(partial, mode="a", header=not partial.exists(), index=False)
+        with atomic_path(part) as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
     refuse_nonfinite(sorted(diverged), "solution")
     with atomic_path(outdir / "manifest.csv") as tmp:
-        pd.read_csv(partial).to_csv(tmp, index=False)
-    partial.unlink()
+        pd.concat([pd.read_csv(parts / f"{int(i)}.csv") for i in np.unique(identities[keep])],
+                  ignore_index=True).to_csv(tmp, index=False)
+    shutil.rmtree(parts)
     return outdir
 
 

@@ -94,11 +94,21 @@ def atomic_dir(path: str | os.PathLike):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp's 0700 would hide the dataset from other users
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
+        if path.exists():  # the old folder moves aside first: a failure keeps one of the two
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            old.rmdir()
+            path.rename(old)
+            try:
+                tmp.rename(path)
+            except BaseException:
+                old.rename(path)
+                raise
+            shutil.rmtree(old)
+        else:
+            tmp.rename(path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

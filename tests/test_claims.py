@@ -20,13 +20,21 @@ def test_shapes_verdicts_from_the_readme_numbers():
     v = claims.shapes_verdicts(res)
     assert v.loc[0.98, "qdgs - none"] == pytest.approx(0.228)
     assert v.loc[0.98, "qdgs - random"] == pytest.approx(-0.062)
-    # the same jitter for every set of a seed: paired differences have no spread
+    # the same jitter for every set of a seed: the paired differences have no spread, and a
+    # zero-width interval is no evidence either way
     assert v.loc[0.98, "qdgs - random low"] == pytest.approx(-0.062)
-    assert v.loc[0.98, "verdict"] == "vs biased-only: better; vs random: worse"
-    assert v.loc[0.90, "verdict"] == "QDGS helps (better than both)"
+    assert v.loc[0.98, "verdict"] == ("vs biased-only: no interval (no spread across seeds); "
+                                      "vs random: no interval (no spread across seeds)")
     text = claims.format_shapes_verdicts(v)
     assert "bias 0.98: biased 0.626, +random 0.916, +QDGS 0.854 -> +22.8 pts vs none " \
-           "[+22.8, +22.8], -6.2 pts vs random [-6.2, -6.2] (2 paired seeds" in text
+           "[+22.8, +22.8], -6.2 pts vs random [-6.2, -6.2] (2 paired seeds, 95% intervals)" \
+           in text
+    # with seed-to-seed spread in the differences the intervals decide
+    res.loc[(res.seed == 1) & (res.finetune == "qdgs"), "mean"] += 0.0004
+    v = claims.shapes_verdicts(res)
+    assert v.loc[0.98, "verdict"] == "vs biased-only: better; vs random: worse"
+    assert v.loc[0.90, "verdict"] == "QDGS helps (better than both)"
+    assert "90% intervals" in claims.format_shapes_verdicts(claims.shapes_verdicts(res, 0.9))
 
 
 def test_shapes_verdicts_use_paired_intervals():
@@ -44,7 +52,23 @@ def test_shapes_verdicts_use_paired_intervals():
     assert v["qdgs - none low"] > 0 and v["seeds"] == 3
     assert v["verdict"] == "vs biased-only: better; vs random: no clear difference"
     one = claims.shapes_verdicts(res[res.seed == 0]).loc[0.98]
-    assert one["verdict"] == "one seed: no interval, no verdict"
+    assert one["verdict"] == "1 complete seed(s): no interval, no verdict"
+
+
+def test_shapes_verdicts_pair_only_complete_seeds_and_refuse_bad_tables():
+    rows = [{"bias": 0.98, "seed": s, "finetune": f, "mean": m}
+            for s in range(3) for f, m in (("none", 0.6), ("random", 0.9), ("qdgs", 0.8 + s / 50))]
+    res = pd.DataFrame(rows)
+    res.loc[(res.seed == 2) & (res.finetune == "none"), "mean"] = float("nan")
+    v = claims.shapes_verdicts(res).loc[0.98]
+    assert v["seeds"] == 2 and v["qdgs"] == pytest.approx(0.81)  # seed 2 left out everywhere
+    res.loc[(res.seed == 1) & (res.finetune == "qdgs"), "mean"] = float("nan")
+    v = claims.shapes_verdicts(res).loc[0.98]
+    assert v["seeds"] == 1 and "no verdict" in v["verdict"]
+    with pytest.raises(ValueError, match="share their bias, seed, finetune"):
+        claims.shapes_verdicts(pd.concat([res, res.iloc[:1]]))
+    with pytest.raises(ValueError, match="no fine-tuning \\['random'\\]"):
+        claims.shapes_verdicts(res[res.finetune != "random"])
 
 
 def test_share_verdicts():
@@ -54,6 +78,8 @@ def test_share_verdicts():
     assert v.loc["dark", "change"] == pytest.approx(0.195)
     assert list(v.verdict) == ["closer to balance", "closer to balance",
                                "NOT closer to balance"]
+    shares.loc["QDGS archive", "masc"] = float("nan")
+    assert claims.share_verdicts(shares).loc["masc", "verdict"].startswith("no share")
     assert "dark: random sampling 9.1% -> QDGS archive 28.6% (+19.5 pts)" in \
         claims.format_share_verdicts(v)
 
@@ -101,7 +127,7 @@ def test_fairness_verdict_from_paired_intervals():
     rows = []
     for seed, shift in enumerate((0.0, 0.01, -0.01)):
         for name, (a, b) in {"none": (0.90, 0.70), "qdgs": (0.89, 0.80)}.items():
-            a, b = a + shift, b + shift + 0.002 * seed
+            a, b = a + shift, b + shift + 0.002 * seed + (0.001 * seed if name == "qdgs" else 0)
             rows.append({"pretraining": name, "seed": seed, "benchmark": "toy", "young": a,
                          "old": b, "fair_mean": (a + b) / 2, "fair_std": abs(a - b) / 2})
     res = pd.DataFrame(rows)
@@ -110,7 +136,15 @@ def test_fairness_verdict_from_paired_intervals():
     assert r["verdict"].startswith("fairer (better spread, better worst group)")
     assert r["mean diff low"] > 0 and r["verdict"].endswith("more accurate")
     one = claims.fairness_verdicts(res[res.seed == 0], "toy", ["young", "old"]).iloc[0]
-    assert one["verdict"] == "one seed: no interval, no verdict"
+    assert one["verdict"] == "one complete seed: no interval, no verdict"
+    # a NaN in one run leaves its seed out of the pairs and of the means
+    res.loc[(res.pretraining == "qdgs") & (res.seed == 2), "old"] = float("nan")
+    two = claims.fairness_verdicts(res, "toy", ["young", "old"]).iloc[0]
+    assert two["seeds"] == 2
+    assert two["worst after"] == pytest.approx(res[(res.pretraining == "qdgs")
+                                                   & (res.seed < 2)]["old"].mean())
+    with pytest.raises(ValueError, match="share their pretraining, seed"):
+        claims.fairness_verdicts(pd.concat([res, res.iloc[:1]]), "toy", ["young", "old"])
 
 
 def test_mean_ci_is_the_t_interval():

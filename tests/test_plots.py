@@ -47,3 +47,34 @@ def test_pdfs_have_no_creation_date(tmp_path):
     assert b"CreationDate" not in (tmp_path / "a.pdf").read_bytes()
     assert len(a) == 2
     plt.close(fig)
+
+
+def test_savefig_keeps_dotted_names_apart(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from qdgs_lib.plots import savefig
+
+    fig = plt.figure()
+    a = savefig(fig, tmp_path / "accuracy_bias_0.9", pdf=False)
+    b = savefig(fig, tmp_path / "accuracy_bias_0.8.png", pdf=False)
+    plt.close(fig)
+    assert [p.name for p in a + b] == ["accuracy_bias_0.9.png", "accuracy_bias_0.8.png"]
+    assert all(p.exists() for p in a + b)
+
+
+def test_atomic_dir_follows_the_umask_and_replaces_safely(tmp_path):
+    import os
+
+    from qdgs_lib.utils import _UMASK, atomic_dir
+
+    with atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "new.txt").write_text("1")
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~_UMASK
+    with pytest.raises(RuntimeError):  # a failed rewrite keeps the old folder
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "other.txt").write_text("2")
+            raise RuntimeError
+    with atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "third.txt").write_text("3")
+    assert os.listdir(tmp_path / "d") == ["third.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["d"]  # nothing left aside

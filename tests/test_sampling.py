@@ -108,8 +108,9 @@ def test_identity_dataset_manifest_integrity(tmp_path):
     row = df[(df.solution == 2) & (df.offset == 0)].index[0]
     expect = gen.decode(torch.as_tensor(z[2:3]))
     assert (x[row] - expect[0]).abs().max() <= 1 / 255 + 1e-6
-    assert not (root / "manifest.partial.csv").exists()
+    assert not (root / ".parts").exists()
     assert labels.max() == 2
+    assert df["bin"].dtype.kind == "i"  # an int column of extra stays int
 
 
 def test_identity_dataset_resumes_after_interruption(tmp_path):
@@ -142,8 +143,27 @@ def test_identity_dataset_resumes_after_interruption(tmp_path):
     pd.testing.assert_frame_equal(df, pd.read_csv(fresh / "manifest.csv"))
     # another set of offsets in the same folder is refused
     (root / "manifest.csv").unlink()
-    with pytest.raises(ValueError, match="other solutions"):
+    with pytest.raises(ValueError, match="other inputs"):
         write_identity_dataset(root, gen.decode, z, ids, offsets + 1, extra, progress=False)
+
+
+def test_a_resume_skips_only_identities_written_whole(tmp_path):
+    """An identity counts as written when its part file exists, and part files appear
+    atomically: a kill mid-identity leaves nothing of it (it once left some rows in an
+    appended CSV, and the resume then skipped the rest: a dataset short of images)."""
+    gen, z, ids, offsets, extra = _setup()
+    root = tmp_path / "ds"
+    with pytest.raises(KeyboardInterrupt):
+        def dies_in_the_writer(latents):
+            if len(list((root / ".parts").glob("*.csv"))) == 1:
+                raise KeyboardInterrupt
+            return gen.decode(latents)
+        write_identity_dataset(root, dies_in_the_writer, z, ids, offsets, extra,
+                               progress=False)
+    assert [p.name for p in (root / ".parts").iterdir()] == ["0.csv"]
+    write_identity_dataset(root, gen.decode, z, ids, offsets, extra, progress=False)
+    _, _, df = read_identity_dataset(root)
+    assert df.groupby("identity").size().tolist() == [6, 6, 3]
 
 
 def test_image_dataset_atomic_and_round_trip(tmp_path):
@@ -157,6 +177,10 @@ def test_image_dataset_atomic_and_round_trip(tmp_path):
         write_image_dataset(tmp_path / "e", imgs[:0], [])
     with pytest.raises(ValueError, match="not in"):
         read_image_dataset(root, ["a"])
+    # class names that look like numbers or missing values are read as written
+    names = ["01", "NA", "2", "1.0"]
+    odd = write_image_dataset(tmp_path / "odd", imgs, names)
+    assert read_image_dataset(odd, names)[1].tolist() == [0, 1, 2, 3]
     assert not list(tmp_path.glob(".d.*"))  # no temp folder left behind
 
 
@@ -167,9 +191,18 @@ def test_identity_dataset_refuses_a_folder_of_other_inputs(tmp_path):
     # the same inputs: the finished dataset is reused as is
     assert write_identity_dataset(root, gen.decode, z, ids, offsets, extra,
                                   progress=False) == root
-    with pytest.raises(ValueError, match="other solutions"):
+    with pytest.raises(ValueError, match="other inputs"):
         write_identity_dataset(root, gen.decode, z[::-1].copy(), ids, offsets, extra,
                                progress=False)
+    # the same identities in another integer type are the same dataset
+    assert write_identity_dataset(root, gen.decode, z, ids.astype(np.int32), offsets, extra,
+                                  progress=False) == root
+    # other image size, other generator/alignment settings, other extra columns: refused
+    for kw in ({"size": 16}, {"settings": {"align": "mtcnn"}},
+               {"extra": extra.assign(bin=extra["bin"] + 1)}):
+        args = {"extra": extra, **kw}
+        with pytest.raises(ValueError, match="other inputs"):
+            write_identity_dataset(root, gen.decode, z, ids, offsets, progress=False, **args)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "x.txt").write_text("x")
     with pytest.raises(ValueError, match="not empty"):
