@@ -23,6 +23,8 @@ from .paths import (
 from .profiles import get_profile, profile_name
 
 SECTIONS = ("shapes", "faces", "recognition")
+# what a recognition notebook reads: 03 trains (the real set), 04 evaluates (the benchmarks)
+PARTS = {"train": "the real training set", "eval": "the benchmarks"}
 PLUMBING_HINT = ("random-weight stand-in: write all of them with `python -m qdgs_lib.plumbing` "
                  "and set QDGS_DATA_DIR=runs/paper-mini/data (or run `make paper-mini`)")
 
@@ -31,7 +33,8 @@ WHERE = {
                 "(NGC catalog: nvidia/research/stylegan3, 'StyleGAN2 pretrained models'; "
                 "non-commercial licence; never commit it)",
     "clip": "the OpenAI ViT-B/32 weights: Hugging Face repo timm/vit_base_patch32_clip_224.openai, "
-            "file open_clip_model.safetensors (or OpenAI's original ViT-B-32.pt)",
+            "file open_clip_model.safetensors, put at data/pretrained/open_clip_model.safetensors "
+            "(or OpenAI's original ViT-B-32.pt, put at data/pretrained/ViT-B-32.pt)",
     "bin": "InsightFace's validation files (inside faces_webface_112x112.zip / faces_emore.zip "
            "from the InsightFace dataset zoo, or AdaFace's validation set release)",
     "rfw": "RFW (Racial Faces in-the-Wild), on request from its authors; unpack so that "
@@ -51,13 +54,32 @@ class Asset:
 
     def present(self) -> bool:
         if self.kind == "file":
-            return self.path.is_file()
+            return self.path.is_file() and self.problem() is None
         if self.kind == "trainset":  # what data.identities.open_training_set reads
             rec = self.path if self.path.suffix == ".rec" else self.path / "train.rec"
             if rec.is_file() or self.path.suffix == ".rec":
                 return rec.is_file() and rec.with_suffix(".idx").is_file()
             return self.path.is_dir() and any(d.is_dir() for d in self.path.iterdir())
         return self.path.is_dir()
+
+    def problem(self) -> str | None:
+        """Why a file that exists cannot be the weights asked for (empty, or not in the
+        format its suffix names: an interrupted download, an HTML error page), else None."""
+        if self.kind != "file" or not self.path.is_file():
+            return None
+        with open(self.path, "rb") as f:
+            head = f.read(16)
+        if not head:
+            return "the file is empty (an interrupted download?)"
+        suffix = self.path.suffix.lower()
+        if suffix == ".safetensors":
+            n = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
+            if len(head) < 9 or head[8:9] != b"{" or n > self.path.stat().st_size:
+                return "not a safetensors file (no JSON header)"
+        elif suffix in (".pkl", ".pt", ".pth") and not (head[:1] == b"\x80"
+                                                       or head[:2] == b"PK"):
+            return f"not a pickle or torch {suffix} file (first bytes {head[:8]!r})"
+        return None
 
 
 class MissingAssetsError(FileNotFoundError):
@@ -85,8 +107,14 @@ def _clip_asset(p: dict[str, Any]) -> Asset:
                  "set clip_weights in the profile overrides")
 
 
-def required_assets(profile: str | None, section: str, **overrides) -> list[Asset]:
-    """What ``section`` ("shapes" | "faces" | "recognition") of ``profile`` reads from disk."""
+def required_assets(profile: str | None, section: str, part: str | None = None,
+                    **overrides) -> list[Asset]:
+    """What ``section`` ("shapes" | "faces" | "recognition") of ``profile`` reads from disk;
+    for "recognition", ``part`` "train" (notebook 03) or "eval" (notebook 04) narrows it to
+    what that notebook reads (None: both)."""
+    if part is not None and (section != "recognition" or part not in PARTS):
+        raise ValueError(f"part must be None, or for 'recognition' one of {sorted(PARTS)}, "
+                         f"got {part!r} for {section!r}")
     name = profile_name(profile)
     p = get_profile(name, section, **overrides)
     out: list[Asset] = []
@@ -105,10 +133,10 @@ def required_assets(profile: str | None, section: str, **overrides) -> list[Asse
             out.append(Asset(path, "StyleGAN2-FFHQ-256", WHERE["stylegan"]))
         out.append(_clip_asset(p))
     elif section == "recognition":
-        if p["real_dataset"]:
+        if p["real_dataset"] and part in (None, "train"):
             out.append(Asset(real_dataset_path(p), "real face training set", WHERE["train"],
                              "trainset"))
-        for bench in p["benchmarks"]:
+        for bench in (p["benchmarks"] if part in (None, "eval") else ()):
             if bench == "rfw":
                 out.append(Asset(benchmarks_dir() / "rfw" / "test" / "txts", "RFW",
                                  WHERE["rfw"], "dir"))
@@ -154,19 +182,25 @@ def fingerprint(path: Path, max_bytes: int = 2 << 30) -> dict[str, Any]:
 
 
 def _lines(assets: list[Asset]) -> str:
-    return "\n".join(f"  - {a.path}  ({a.what}): {a.where}" for a in assets)
+    def why(a):
+        bad = a.problem()
+        return f" [present but unusable: {bad}; replace it]" if bad else ""
+
+    return "\n".join(f"  - {a.path}  ({a.what}){why(a)}: {a.where}" for a in assets)
 
 
-def check_assets(profile: str | None, section: str, **overrides) -> None:
-    """Raise :class:`MissingAssetsError` naming every missing file of ``section`` (and, as a
-    note, those the other notebooks of the profile will need). Call before writing outputs."""
+def check_assets(profile: str | None, section: str, part: str | None = None,
+                 **overrides) -> None:
+    """Raise :class:`MissingAssetsError` naming every missing (or empty, or malformed) file
+    of ``section`` (``part``: see :func:`required_assets`), and, as a note, those the other
+    notebooks of the profile will need. Call before writing outputs."""
     name = profile_name(profile)
-    missing = missing_assets(name, (section,), **overrides)
+    missing = [a for a in required_assets(name, section, part, **overrides) if not a.present()]
     if not missing:
         return
     later = [a for a in missing_assets(name) if a.path not in {m.path for m in missing}]
-    msg = (f"profile '{name}' ({section}) cannot start: {len(missing)} file(s) missing\n"
-           + _lines(missing))
+    msg = (f"profile '{name}' ({section}) cannot start: {len(missing)} file(s) missing or "
+           f"unusable\n" + _lines(missing))
     if later:
         msg += "\nthe other notebooks of this profile will also need:\n" + _lines(later)
     raise MissingAssetsError(msg + "\nNothing was written. Paths under data/ move with "
@@ -174,18 +208,32 @@ def check_assets(profile: str | None, section: str, **overrides) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    name = profile_name(argv[0] if argv else None)
+    import argparse
+
+    from .profiles import PROFILES, parse_overrides
+
+    ap = argparse.ArgumentParser(prog="python -m qdgs_lib.assets",
+                                 description="Check the files a profile's notebooks read.")
+    ap.add_argument("profile", nargs="?", default=None, choices=sorted(PROFILES),
+                    help="default: $QDGS_PROFILE, else 'default'")
+    ap.add_argument("--overrides", default=None,
+                    help='JSON, as a notebook\'s overrides, e.g. \'{"benchmarks": ["lfw"]}\'')
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    name = profile_name(args.profile)
+    overrides = parse_overrides(args.overrides)
     status, seen = 0, set()
     for section in SECTIONS:
-        for a in required_assets(name, section):
+        mine = {k: v for k, v in overrides.items() if k in get_profile(name, section)}
+        for a in required_assets(name, section, **mine):
             if a.path in seen:
                 continue
             seen.add(a.path)
             ok = a.present()
             status |= not ok
-            print(f"[{'ok' if ok else 'MISSING'}] {section:11s} {a.path}"
-                  + ("" if ok else f"\n      {a.what}: {a.where}"))
+            label = "ok" if ok else "BAD" if a.problem() else "MISSING"
+            detail = a.problem() or a.where
+            print(f"[{label}] {section:11s} {a.path}"
+                  + ("" if ok else f"\n      {a.what}: {detail}"))
     return status
 
 

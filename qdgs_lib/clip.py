@@ -150,7 +150,9 @@ def resolve_weights(name: str, weights: str | Path | None) -> Path | None:
             "Nothing is downloaded at run time."
         )
     raise FileNotFoundError(
-        f"No weights given for CLIP '{name}'. Pass weights=<local .safetensors/.bin/.pt file>."
+        f"No weights given for CLIP '{name}'. Pass weights=<local .safetensors/.bin/.pt file> "
+        f"(names with a default file under data/pretrained/: {sorted(KNOWN_PRETRAINED)}; the "
+        "paper's CLIP is 'ViT-B-32-quickgelu')."
     )
 
 
@@ -254,7 +256,15 @@ def create_clip(name: str, weights: str | Path | None = None,
     """
     register_configs()
     if name not in open_clip.list_models():
-        raise ValueError(f"unknown CLIP model '{name}'. Known: {open_clip.list_models()[:8]}...")
+        import difflib
+
+        known = [*OWN_MODELS, *open_clip.list_models()]
+        close = difflib.get_close_matches(name.replace("/", "-"), known, n=4, cutoff=0.5)
+        raise ValueError(f"unknown CLIP model '{name}'"
+                         + (f"; did you mean {close}?" if close else "")
+                         + f" The paper's: 'ViT-B-32-quickgelu'; with local weights: "
+                         f"{sorted(KNOWN_PRETRAINED)}; the project's own: {sorted(OWN_MODELS)}. "
+                         "All: open_clip.list_models().")
     path = resolve_weights(name, weights) if pretrained else None
     if path is not None and name in OWN_MODELS and weights is None:
         check_recorded_sha256(path, shipped_weights_fix(path.name,

@@ -86,6 +86,9 @@ class ArchiveData:
     def facts(self, row: int) -> dict[str, Any]:
         """What is known about elite ``row``: cell, objective, measures, latent norm against
         the prior, and (with ``truth``) true attributes and CLIP agreement per measure."""
+        if row is None:  # what elite_at returns for an empty cell
+            raise ValueError("no elite: the cell is empty (elite_at returned None); pick a "
+                             "filled cell (plane(dims) shows which hold an elite)")
         r = self.frame.iloc[row]
         z = solutions(self.frame.iloc[[row]])[0]
         norm = float(np.linalg.norm(z))

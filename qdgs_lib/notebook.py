@@ -39,17 +39,18 @@ class NotebookRun:
 
 
 def start(notebook: str, profile: str | None, section: str,
-          overrides: dict | str | None = None, device: str | torch.device = "auto"
-          ) -> NotebookRun:
-    """Resolve the profile (``overrides``: a dict or a JSON string) and device, check assets,
+          overrides: dict | str | None = None, device: str | torch.device = "auto",
+          part: str | None = None) -> NotebookRun:
+    """Resolve the profile (``overrides``: a dict or a JSON string) and device, check assets
+    (``part``: what of a "recognition" section this notebook reads: "train" or "eval"),
     create the run folders, record the run (with the sha256 of the inputs read from disk)."""
     name = profile_name(profile)
     overrides = parse_overrides(overrides)
     p = get_profile(name, section, **overrides)
     dev = resolve_device(device)
-    check_assets(name, section, **overrides)
+    check_assets(name, section, part, **overrides)
     inputs = {str(_repo_relative(a.path)): fingerprint(a.path)
-              for a in required_assets(name, section, **overrides)}
+              for a in required_assets(name, section, part, **overrides)}
     fig_dir, run_dir = notebook_dirs(notebook, name)
     record = {"profile": name, "device": str(dev), **p, "inputs": inputs}
     write_run_info(run_dir, record, also=fig_dir / f"{notebook}_config.json")

@@ -245,6 +245,7 @@ class QDSearch:
                 "generator": getattr(self.scorer.generator, "name",
                                      type(self.scorer.generator).__name__),
                 "clip": self.scorer.clip.name, "weights_sha256": self.scorer.weights_sha256(),
+                "device": str(self.scorer.clip.device),
                 # memory length, the scorer's seed, CLIP cutouts, generator noise
                 "scorer": self.scorer.settings(),
                 # half precision moves scores by more than rounding: a resume must match it
@@ -295,14 +296,17 @@ class QDSearch:
             mine.pop("autocast")
         if "scorer" not in stored:  # written before the scorer's settings were recorded
             mine.pop("scorer")
-        stored.pop("scoring", None)  # recorded, but rounding-level settings: a run may
-        mine.pop("scoring", None)  # resume with them switched (e.g. on another device)
+        for key in ("scoring", "device"):  # recorded, but rounding-level: a run may resume
+            stored.pop(key, None)  # with them switched (e.g. on another device)
+            mine.pop(key, None)
         if stored != mine:
             differ = sorted(k for k in stored.keys() | mine.keys()
                             if stored.get(k) != mine.get(k))
+            gloss = "; weights_sha256: other generator or CLIP weights" \
+                if "weights_sha256" in differ else ""
             raise ValueError(
                 f"{self.checkpoint_path} belongs to a run with different settings "
-                f"({', '.join(differ)}; 'weights_sha256': other generator or CLIP weights). "
+                f"({', '.join(differ)}{gloss}). "
                 f"Use a new output folder, or delete {CHECKPOINT} and its previous copy "
                 f"{previous_path(self.checkpoint_path).name} in {self.outdir} to start over.")
         self.iteration = state["iteration"]

@@ -564,3 +564,28 @@ def test_rfw_and_recordio_side_files(tmp_path):
     (tmp_path / "train" / "property").write_text("lots,112,112")
     with pytest.raises(RecordIOError, match="num_classes,H,W"):
         RecordIOFaces(tmp_path / "train" / "train.rec")
+
+
+def test_first_contact_mistakes_get_a_pointer(tmp_path):
+    """A CLIP name in OpenAI's spelling, an empty explorer cell, a missing .safetensors copy
+    of StyleGAN2: each error says what to do instead."""
+    from qdgs_lib.clip import create_clip
+    from qdgs_lib.generators.stylegan2_legacy import load_stylegan2
+
+    with pytest.raises(ValueError, match="did you mean.*'ViT-B-32'.*ViT-B-32-quickgelu"):
+        create_clip("ViT-B/32")
+    with pytest.raises(FileNotFoundError, match="save_stylegan2"):
+        load_stylegan2(tmp_path / "g.safetensors")
+    import numpy as np
+    import pandas as pd
+
+    from qdgs_lib import explorer
+    from qdgs_lib.measures import Measure
+
+    frame = pd.DataFrame({"index": [5], "objective": [1.0], "measures_0": [0.0],
+                          "measures_1": [0.0], "solution_0": [0.1], "solution_1": [0.2]})
+    ms = [Measure(k, "a", "b", k, (-1.0, 1.0), 4) for k in ("x", "y")]
+    data = explorer.ArchiveData(frame, ms, lambda z: z, np.array([1.0, 2.0]))
+    assert data.elite_at((0, 1), (0, 0)) is None
+    with pytest.raises(ValueError, match="cell is empty"):
+        data.facts(data.elite_at((0, 1), (0, 0)))

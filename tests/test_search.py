@@ -64,8 +64,12 @@ def test_resume_after_interruption_continues_the_same_run(tmp_path):
 
 def test_checkpoint_of_other_settings_is_refused(tmp_path):
     QDSearch(scorer(), config("cma_maega", 10), tmp_path).run(progress=False)
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(ValueError, match="different settings") as err:
         QDSearch(scorer(), config("cma_maega", 10, batch_size=8), tmp_path).run(progress=False)
+    assert "(batch_size)" in str(err.value)  # no hint at other weights when they are the same
+    import json
+
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["device"] == "cpu"
 
 
 def test_checkpoint_scored_by_other_weights_is_refused(tmp_path):

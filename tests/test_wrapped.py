@@ -170,8 +170,8 @@ def test_a_search_through_a_wrapped_network_and_a_balanced_dataset(tmp_path):
                             weights=(1.0, 0.5, 0.0))
 
     QDSearch(scorer(first), cfg, tmp_path / "fn").run(progress=False)
-    with pytest.raises(ValueError, match=r"different settings \(generator;"):
+    with pytest.raises(ValueError, match=r"different settings \(generator\)"):
         QDSearch(scorer(second), cfg, tmp_path / "fn").run(progress=False)
-    with pytest.raises(ValueError, match=r"different settings \(generator;"):  # same function
+    with pytest.raises(ValueError, match=r"different settings \(generator\)"):  # same function
         QDSearch(scorer(first, (-0.5, 1)), cfg, tmp_path / "fn").run(progress=False)
     QDSearch(scorer(first), cfg, tmp_path / "fn").run(progress=False)  # the same: reloads

@@ -186,6 +186,11 @@ def load_stylegan2(path: str | Path | None = None, device: str | torch.device = 
     Default: ``data/pretrained/stylegan2-ffhq-256x256.pkl``.
     """
     path = Path(path) if path else pretrained_dir() / "stylegan2-ffhq-256x256.pkl"
+    if not path.is_file() and path.suffix == ".safetensors":
+        raise FileNotFoundError(f"{path} not found: a StyleGAN2 .safetensors is what "
+                                "save_stylegan2 writes from NVIDIA's network pickle; load the "
+                                ".pkl itself (" + MISSING_FFHQ.format(path="<your path>")
+                                + ") or save it to this path first")
     if not path.is_file():
         raise FileNotFoundError(MISSING_FFHQ.format(path=path))
     if path.suffix == ".safetensors":

@@ -154,7 +154,7 @@ class WrappedGenerator(Generator):
             warnings.warn(f"net's images of {n} prior latents use only [{got_lo:.3g}, "
                           f"{got_hi:.3g}] of output_range=({lo:g}, {hi:g}): if net's pixels "
                           "lie in a smaller range (e.g. [0, 1] declared as (-1, 1) or (0, "
-                          "255)), the images will be washed out or dark", stacklevel=3)
+                          "255)), the images will be washed out or dark", stacklevel=4)
 
     # --- the Generator protocol -------------------------------------------------------------
     def _raw(self, z: torch.Tensor) -> torch.Tensor:
