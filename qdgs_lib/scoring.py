@@ -20,6 +20,7 @@ other (bench/README.md has the numbers).
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -130,6 +131,11 @@ class PromptScorer:
             raise ValueError("prompts come in (positive, negative) pairs")
         if len(measure_prompts) == 0:
             raise ValueError("need at least one measure prompt pair")
+        if len(weights) != 3 or not all(math.isfinite(w) and w >= 0 for w in weights):
+            raise ValueError(f"weights must be 3 finite numbers >= 0 (prompt gap, latent-norm "
+                             f"penalty, uniqueness), got {weights!r}: a negative weight "
+                             "rewards what it should penalize and can make the objective "
+                             "unbounded")
         if int(memory_size) != memory_size or memory_size < 1:
             raise ValueError(f"memory_size must be an int >= 1 (the uniqueness memory's "
                              f"length), got {memory_size!r}")

@@ -31,3 +31,22 @@ def test_paper_profile_names_the_missing_files(tmp_path, monkeypatch):
     p = get_profile("paper", "recognition", real_dataset=str(tmp_path / "train"))
     with pytest.raises(FileNotFoundError, match="<identity>"):
         recognition.real_training_data(p)
+
+
+def test_the_paper_profile_keeps_the_papers_shapes_objective_and_overrides_need_a_section():
+    from qdgs_lib.profiles import get_profile
+
+    assert get_profile("paper", "shapes")["objective_weights"] == (1.0, 0.0, 0.0)
+    assert get_profile("default", "shapes")["objective_weights"] == (1.0, 2.0, 0.0)
+    with pytest.raises(ValueError, match="need a section"):
+        get_profile("default", shapes=5)
+
+
+def test_negative_objective_weights_are_refused():
+    from toys import ToyClip, ToyGenerator
+
+    from qdgs_lib.scoring import PromptScorer
+
+    with pytest.raises(ValueError, match="finite numbers >= 0"):
+        PromptScorer(ToyGenerator(), ToyClip(), ("a", "b"), [("c", "d")],
+                     weights=(1.0, -5.0, 0.0))
