@@ -221,19 +221,19 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     name = profile_name(args.profile)
     overrides = parse_overrides(args.overrides)
+    keys = {section: set(get_profile(name, section)) for section in SECTIONS}
     status, seen = 0, set()
     for section in SECTIONS:
-        mine = {k: v for k, v in overrides.items() if k in get_profile(name, section)}
+        mine = {k: v for k, v in overrides.items() if k in keys[section]}
         for a in required_assets(name, section, **mine):
             if a.path in seen:
                 continue
             seen.add(a.path)
             ok = a.present()
+            bad = None if ok else a.problem()
             status |= not ok
-            label = "ok" if ok else "BAD" if a.problem() else "MISSING"
-            detail = a.problem() or a.where
-            print(f"[{label}] {section:11s} {a.path}"
-                  + ("" if ok else f"\n      {a.what}: {detail}"))
+            print(f"[{'ok' if ok else 'BAD' if bad else 'MISSING'}] {section:11s} {a.path}"
+                  + ("" if ok else f"\n      {a.what}: {bad or a.where}"))
     return status
 
 

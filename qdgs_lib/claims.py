@@ -42,7 +42,8 @@ def _refuse_duplicates(results: pd.DataFrame, keys: list[str]) -> None:
 
 
 def _require(values, needed, what: str) -> None:
-    missing = [k for k in needed if k not in set(values)]
+    have = set(values)
+    missing = [k for k in needed if k not in have]
     if missing:
         raise ValueError(f"the results have no {what} {missing}: a verdict needs every one of "
                          f"{list(needed)}")

@@ -114,8 +114,10 @@ def fairness(group_acc: dict[str, float]) -> dict[str, float]:
     err = 1 - acc
     if err.max() == 0:
         ser = 1.0
+    elif err.min() == 0:
+        ser = float("inf")
     else:
-        ser = float(err.max() / err.min()) if err.min() > 0 else float("inf")
+        ser = float(err.max() / err.min())
     return {"mean": float(acc.mean()), "std": float(acc.std()), "ser": ser}
 
 

@@ -287,7 +287,8 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
     parts.mkdir(exist_ok=True)
     columns = None if extra is None else {c: extra[c].to_numpy() for c in extra.columns}
     diverged: list[int] = []
-    for ident in tqdm(np.unique(identities[keep]), disable=not progress, desc="identities"):
+    idents = np.unique(identities[keep])
+    for ident in tqdm(idents, disable=not progress, desc="identities"):
         part = parts / f"{int(ident)}.csv"
         if part.exists():  # written whole (atomically) by an earlier call
             continue
@@ -314,7 +315,7 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
             pd.DataFrame(rows).to_csv(tmp, index=False)
     refuse_nonfinite(sorted(diverged), "solution")
     with atomic_path(outdir / "manifest.csv") as tmp:
-        pd.concat([pd.read_csv(parts / f"{int(i)}.csv") for i in np.unique(identities[keep])],
+        pd.concat([pd.read_csv(parts / f"{int(i)}.csv") for i in idents],
                   ignore_index=True).to_csv(tmp, index=False)
     shutil.rmtree(parts)
     return outdir

@@ -232,12 +232,15 @@ class RecognitionTrainer:
         self.outdir = Path(outdir)
         self.batch_size, self.seed = batch_size, seed
         self.augment, self.progress = augment, progress
-        # what a resumed run must share with the run that wrote the checkpoint
+        self.rank, self.world = _rank_and_world()
+        self.is_main = self.rank == 0  # only rank 0 writes checkpoints and logs
+        # what a resumed run must share with the run that wrote the checkpoint (the process
+        # count: the effective batch, processes x batch_size, and each rank's shard)
         self.settings = {"lr": float(lr), "milestones": [int(m) for m in milestones],
                          "batch_size": int(batch_size), "seed": int(seed),
                          "augment": bool(augment), "samples": len(data),
                          "identities": None if classes is None else int(classes),
-                         "processes": 1}
+                         "processes": self.world}
         self.num_workers = num_workers
         self.opt = sgd_no_bn_decay([self.backbone, self.head], lr)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, list(milestones), 0.1)
@@ -264,10 +267,6 @@ class RecognitionTrainer:
                           "differ by float rounding from a compiled run's)", stacklevel=2)
             self.compiled = False
         self.model = BackboneAndHead(self.backbone, self.head, compile=self.compiled)
-        self.rank, self.world = _rank_and_world()
-        self.is_main = self.rank == 0  # only rank 0 writes checkpoints and logs
-        # the effective batch (processes x batch_size) and each rank's shard depend on it
-        self.settings["processes"] = self.world
         if self.world > 1:  # the head too: its class weights must be averaged across ranks
             if len(data) < self.world * batch_size:
                 raise ValueError(f"{len(data)} samples cannot give each of {self.world} "
