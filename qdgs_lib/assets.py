@@ -221,11 +221,23 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     name = profile_name(args.profile)
     overrides = parse_overrides(args.overrides)
-    keys = {section: set(get_profile(name, section)) for section in SECTIONS}
+    keys = {}
+    for section in SECTIONS:
+        keys[section] = set(get_profile(name, section))
+        if "measures" in keys[section]:
+            keys[section] |= {"grid", "ranges"}   # get_profile's shortcuts
+    unknown = set(overrides).difference(*keys.values())
+    if unknown:
+        ap.error(f"unknown override(s) {sorted(unknown)}: no section of profile {name!r} has "
+                 f"them; known: {sorted(set().union(*keys.values()))}")
     status, seen = 0, set()
     for section in SECTIONS:
         mine = {k: v for k, v in overrides.items() if k in keys[section]}
-        for a in required_assets(name, section, **mine):
+        try:
+            needed = required_assets(name, section, **mine)
+        except ValueError as e:   # a bad override value: say so without a traceback
+            ap.error(f"{section}: {e}")
+        for a in needed:
             if a.path in seen:
                 continue
             seen.add(a.path)

@@ -26,7 +26,9 @@ def assign_bins(measures: np.ndarray, bins: Bins) -> np.ndarray:
     """Index of the bin (row-major over measures) each row falls in; -1 if it falls in none.
 
     ``bins[k]`` lists half-open intervals [lo, hi) of measure k; e.g. the paper's shape bins
-    ``[[(-inf, inf)], [(-inf, -0.01), (0, inf)]]`` ignore color and split on shape.
+    ``[[(-inf, inf)], [(-inf, -0.01), (0, inf)]]`` ignore color and split on shape. An
+    interval that ends at ``inf`` includes ``+inf`` (as one from ``-inf`` includes ``-inf``);
+    NaN falls in no bin.
     """
     measures = np.asarray(measures, dtype=float)
     if measures.ndim != 2 or measures.shape[1] != len(bins):
@@ -36,7 +38,8 @@ def assign_bins(measures: np.ndarray, bins: Bins) -> np.ndarray:
     for k, intervals in enumerate(bins):
         which = np.full(len(measures), -1)
         for b, (lo, hi) in enumerate(intervals):
-            which[(measures[:, k] >= lo) & (measures[:, k] < hi) & (which < 0)] = b
+            below = (measures[:, k] < hi) | (hi == np.inf)   # an open top bin takes +inf
+            which[(measures[:, k] >= lo) & below & (which < 0)] = b
         valid &= which >= 0
         index = index * len(intervals) + np.maximum(which, 0)
     return np.where(valid, index, -1)
@@ -127,6 +130,10 @@ def write_image_dataset(outdir: str | Path, images: torch.Tensor, classes: Seque
         check_class_name(cls)
     if manifest is not None and len(manifest) != len(images):
         raise ValueError(f"the manifest has {len(manifest)} rows for {len(images)} images")
+    taken = sorted({"file", "class"} & set(manifest.columns)) if manifest is not None else []
+    if taken:   # the CSV would hold two columns of one name, read back as "class", "class.1"
+        raise ValueError(f"the manifest's columns {taken} are written by write_image_dataset "
+                         "itself: drop or rename them")
     if outdir.exists():
         if not overwrite:
             raise FileExistsError(f"{outdir} exists; pass overwrite=True to replace it")

@@ -100,3 +100,10 @@ def test_checklist_command_takes_overrides_and_refuses_unknown_profiles(tmp_path
     with pytest.raises(SystemExit):
         assets.main(["pape"])
     assert "invalid choice" in capsys.readouterr().err
+    # a key that belongs to no section is refused, not ignored (a typo would check the defaults)
+    with pytest.raises(SystemExit):
+        assets.main(["paper", "--overrides", '{"benchmark": ["lfw"]}'])
+    assert "unknown override(s) ['benchmark']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):   # a shortcut key is known; its bad value is named
+        assets.main(["smoke", "--overrides", '{"grid": [4, 4]}'])
+    assert "faces: 2 bins values for 4 measures" in capsys.readouterr().err

@@ -27,6 +27,9 @@ def test_assign_bins_row_major_and_outside():
     np.testing.assert_array_equal(assign_bins(m, [three, two]), [1, 2, 5, -1])
     # half-open: 0.0 falls in the upper interval
     np.testing.assert_array_equal(assign_bins(np.array([[0.0]]), [two]), [1])
+    # the open ends take the infinities alike; NaN falls in no bin
+    np.testing.assert_array_equal(assign_bins(np.array([[-INF], [INF], [np.nan]]), [two]),
+                                  [0, 1, -1])
     with pytest.raises(ValueError, match=r"\(N, 2\)"):
         assign_bins(m[:, :1], [three, two])
 
@@ -175,6 +178,8 @@ def test_image_dataset_atomic_and_round_trip(tmp_path):
         write_image_dataset(root, imgs, ["a"] * 4)
     with pytest.raises(ValueError, match="empty"):
         write_image_dataset(tmp_path / "e", imgs[:0], [])
+    with pytest.raises(ValueError, match=r"columns \['class'\] are written by"):
+        write_image_dataset(tmp_path / "m", imgs, ["a"] * 4, pd.DataFrame({"class": [0] * 4}))
     with pytest.raises(ValueError, match="not in"):
         read_image_dataset(root, ["a"])
     # class names that look like numbers or missing values are read as written
