@@ -167,11 +167,14 @@ def fairness_verdicts(results: pd.DataFrame, benchmark: str, groups: list[str],
             spread = _paired(-row["std diff high"], -row["std diff low"])  # lower std: better
             worst_acc = _paired(row["worst diff low"], row["worst diff high"])
             fair = ("fairer" if spread == worst_acc == "better" else
-                    "less fair" if spread == worst_acc == "worse" else "no clear difference")
+                    "less fair" if spread == worst_acc == "worse" else
+                    # a zero-width interval (every seed the same difference) is no evidence
+                    "no fairness verdict" if "no interval" in spread + worst_acc else
+                    "no clear difference")
             acc = _paired(row["mean diff low"], row["mean diff high"])
             row["verdict"] = f"{fair} ({spread} spread, {worst_acc} worst group); " + {
                 "better": "more accurate", "worse": "costs accuracy",
-                "no clear difference": "no clear accuracy change"}[acc]
+                "no clear difference": "no clear accuracy change"}.get(acc, f"accuracy: {acc}")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -191,6 +194,41 @@ def format_fairness_verdicts(v: pd.DataFrame) -> str:
         f"{'fairer' if r['fairer'] else 'NOT fairer'} on average"
         f"{', at an accuracy cost' if r['accuracy cost'] else ''}, "
         f"fairer in {r['fairer_seeds']} of {r['seeds']} seeds" for _, r in v.iterrows())
+
+
+def label_audit_verdicts(per_seed: pd.DataFrame, columns: tuple[str, ...] = (
+        "CLIP label = oracle", "CLIP label = oracle, all images", "CLIP color = pixels",
+        "CLIP color = pixels, red or blue images", "blue triangle"),
+        level: float = 0.95) -> pd.DataFrame:
+    """Notebook 01's label audit (:func:`qdgs_lib.shapes_poc.label_audit`, rows
+    ``"qdgs seed k"`` / ``"random seed k"``): per column, the means over seeds and the paired
+    difference QDGS - random (same seed) with its ``level`` t-interval; the verdict says
+    "QDGS higher" / "QDGS lower" only when the interval excludes 0."""
+    kind = per_seed.index.str.split(" seed ").str[0]
+    seed = per_seed.index.str.split(" seed ").str[-1]
+    wide = {k: per_seed[kind == k].set_axis(seed[kind == k]) for k in ("qdgs", "random")}
+    _require(set(kind), ("qdgs", "random"), "synthetic sets")
+    seeds = sorted(set(wide["qdgs"].index) & set(wide["random"].index))
+    rows = {}
+    for col in columns:
+        q = wide["qdgs"].loc[seeds, col].astype(float)
+        r = wide["random"].loc[seeds, col].astype(float)
+        m, lo, hi = mean_ci(q - r, level)
+        outcome = _paired(lo, hi)
+        rows[col] = {"qdgs": q.mean(), "random": r.mean(), "qdgs - random": m,
+                     "low": lo, "high": hi, "seeds": len(seeds), "level": level,
+                     "verdict": {"better": "QDGS higher", "worse": "QDGS lower",
+                                 "no clear difference": "no clear difference"}.get(
+                                     outcome, f"{len(seeds)} paired seed(s): {outcome}")}
+    return pd.DataFrame(rows).T
+
+
+def format_label_audit_verdicts(v: pd.DataFrame) -> str:
+    return "\n".join(
+        f"{col}: QDGS {r['qdgs']:.1%}, random {r['random']:.1%}, QDGS - random "
+        f"{r['qdgs - random'] * 100:+.1f} pts [{r['low'] * 100:+.1f}, {r['high'] * 100:+.1f}] "
+        f"({r['seeds']} paired seeds, {r['level']:.0%} interval): {r['verdict']}"
+        for col, r in v.iterrows())
 
 
 def latent_norm_summary(norms: dict[str, np.ndarray], typical: float) -> pd.DataFrame:

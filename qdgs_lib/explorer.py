@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from matplotlib.ticker import MaxNLocator
 
+from . import plots
 from .measures import Measure
 from .plots import plane_maxima
 from .search import solutions
@@ -162,8 +163,9 @@ def format_facts(f: dict[str, Any], measures: Sequence[Measure]) -> list[str]:
 def _draw_plane(ax, data: ArchiveData, dims, cell, title: str, vmax: float | None) -> None:
     i, j = dims
     grid = data.plane(dims)
-    ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=vmax,
-              interpolation="nearest")
+    im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=vmax,
+                   interpolation="nearest")
+    plt.colorbar(im, ax=ax, label="best objective in the cell")
     ax.add_patch(plt.Rectangle((cell[0] - 0.5, cell[1] - 0.5), 1, 1, fill=False, ec="red",
                                lw=2))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -203,7 +205,8 @@ def render_view(archives: dict[str, ArchiveData], dims: tuple[int, int],
     return fig
 
 
-def _png(fig: plt.Figure) -> bytes:
+def _png(fig: plt.Figure, footer: bool = False) -> bytes:
+    plots.stamp(fig, footer=footer)   # random-weight views are labelled like saved figures
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
     plt.close(fig)
@@ -321,7 +324,7 @@ class ArchiveExplorer:
         PNG of the same view for those that do not (papermill's output, GitHub)."""
         bundle = self.widget._repr_mimebundle_(**kwargs)
         bundle = dict(bundle[0] if isinstance(bundle, tuple) else bundle)
-        png = _png(render_view(self.archives, self.dims, self.cell))
+        png = _png(render_view(self.archives, self.dims, self.cell), footer=True)
         bundle["image/png"] = base64.b64encode(png).decode()
         return bundle
 

@@ -2,12 +2,16 @@
 
 ``start`` checks every file the notebook's section needs *before* any folder is created, picks
 the device ("auto": CUDA when available), writes ``config.json`` (parameters, device, package
-versions) next to the outputs, and labels plumbing-check runs (random weights) on every figure.
+versions) into the run folder, names the profile and its assets under every figure, and labels
+plumbing-check runs (random weights) across every figure. The notebook adds what it read from
+earlier notebooks (:meth:`NotebookRun.record_inputs`), and :meth:`NotebookRun.finish` copies
+the record next to the figures once the notebook has run through (an interrupted run leaves
+the figures' record as it was).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,26 @@ def _repo_relative(path: Path) -> Path:
     return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
 
 
+def provenance(profile: str, section: str, p: dict[str, Any]) -> str:
+    """One line under every figure: the profile and the assets its numbers come from."""
+    def clip(name: str) -> str:
+        return (f"CLIP {name} (the project's own small CLIP)" if name.startswith("qdgs-")
+                else f"CLIP {name}")
+
+    if section == "shapes":
+        what = f"the project's shapes VAE, {clip(p['clip'])}"
+    elif section == "faces":
+        world = ("the project's toy-face world (renderer)" if p["world"] == "toy"
+                 else "StyleGAN2-FFHQ-256")
+        what = f"{world}, {clip(p['clip'])}"
+    else:
+        real = ("the toy world's biased photos" if p["real_dataset"] is None
+                else p["real_dataset"])
+        what = f"{p['backbone']} + {p['head']}, real data: {real}"
+    weights = " - RANDOM WEIGHTS" if p["plumbing_check"] else ""
+    return f"qdgs - profile {profile}{weights}: {what}"
+
+
 @dataclass
 class NotebookRun:
     profile: str
@@ -36,6 +60,22 @@ class NotebookRun:
     fig_dir: Path
     run_dir: Path
     device: torch.device
+    notebook: str = ""
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def record_inputs(self, paths: dict[str, str | Path] | list, **fields: Any) -> None:
+        """Add files this notebook reads from earlier notebooks (their sha256) and other
+        ``fields`` (e.g. the seeds it evaluates) to its run record."""
+        paths = paths if isinstance(paths, dict) else {str(_repo_relative(x)): x for x in paths}
+        self.record["inputs"].update({k: fingerprint(Path(v)) for k, v in paths.items()})
+        self.record.update(fields)
+        write_run_info(self.run_dir, self.record)
+
+    def finish(self) -> Path:
+        """Copy the run record next to the figures (call at the notebook's end)."""
+        path = self.fig_dir / f"{self.notebook}_config.json"
+        write_run_info(self.run_dir, self.record, also=path)
+        return path
 
 
 def start(notebook: str, profile: str | None, section: str,
@@ -53,11 +93,12 @@ def start(notebook: str, profile: str | None, section: str,
               for a in required_assets(name, section, part, **overrides)}
     fig_dir, run_dir = notebook_dirs(notebook, name)
     record = {"profile": name, "device": str(dev), **p, "inputs": inputs}
-    write_run_info(run_dir, record, also=fig_dir / f"{notebook}_config.json")
+    write_run_info(run_dir, record)
     plots.set_watermark(PLUMBING_LABEL if p["plumbing_check"] else None)
+    plots.set_footer(provenance(name, section, p))
     if p["plumbing_check"]:
         (run_dir / "RANDOM_WEIGHTS.txt").write_text(
             f"{PLUMBING_LABEL}: profile '{name}' runs the paper's architectures and file "
             "formats on random-weight assets (qdgs_lib.plumbing). Its numbers mean nothing.\n")
         print(f"*** {PLUMBING_LABEL} ***")
-    return NotebookRun(name, p, fig_dir, run_dir, dev)
+    return NotebookRun(name, p, fig_dir, run_dir, dev, notebook, record)

@@ -19,6 +19,7 @@ from ribs.visualize import grid_archive_heatmap
 from .utils import atomic_path
 
 _WATERMARK: str | None = None
+_FOOTER: str | None = None
 
 
 def set_watermark(text: str | None) -> None:
@@ -28,12 +29,30 @@ def set_watermark(text: str | None) -> None:
     _WATERMARK = text
 
 
-def savefig(fig: plt.Figure, path: str | Path, pdf: bool = True) -> list[Path]:
-    """Save ``fig`` as PNG (and PDF) atomically; returns the written paths."""
+def set_footer(text: str | None) -> None:
+    """Write ``text`` under every figure :func:`savefig` writes (None: none); notebooks name
+    the profile and the assets there, so a figure says where it comes from."""
+    global _FOOTER
+    _FOOTER = text
+
+
+def stamp(fig: plt.Figure, footer: bool = True) -> plt.Figure:
+    """Add the watermark (and the footer) set now to ``fig``, once each."""
     if _WATERMARK and not getattr(fig, "_qdgs_watermarked", False):
         fig.text(0.5, 0.5, _WATERMARK, ha="center", va="center", rotation=20, fontsize=22,
                  color="red", alpha=0.35, weight="bold")
         fig._qdgs_watermarked = True
+    if footer and _FOOTER and not getattr(fig, "_qdgs_footer", False):
+        # below the figure's content: bbox_inches="tight" grows the saved image to hold it
+        fig.text(0.0, -0.01, _FOOTER, ha="left", va="top", fontsize=7, color="0.35")
+        fig._qdgs_footer = True
+    return fig
+
+
+def savefig(fig: plt.Figure, path: str | Path, pdf: bool = True) -> list[Path]:
+    """Save ``fig`` as PNG (and PDF) atomically, with the watermark and footer set now
+    (:func:`stamp`); returns the written paths."""
+    stamp(fig)
     path = Path(path)
     if path.suffix.lower() in (".png", ".pdf"):  # only these: "bias_0.9" keeps its ".9"
         path = path.with_suffix("")
@@ -72,16 +91,27 @@ def plane_maxima(cells: np.ndarray, objective: np.ndarray, dims: tuple[int, int]
     return grid
 
 
+def shared_vmax(archives: Sequence[GridArchive]) -> float | None:
+    """The best objective over ``archives`` (one colour scale for several heatmaps); None
+    when all are empty."""
+    return max((a.stats.obj_max for a in archives if a.stats.obj_max is not None),
+               default=None)
+
+
 def heatmap(archive: GridArchive, ax: plt.Axes | None = None, dims: tuple[int, int] = (0, 1),
-            labels: Sequence[str] | None = None, vmin=None, vmax=None, title: str = ""):
-    """Objective heatmap of an archive over two of its measures.
+            labels: Sequence[str] | None = None, vmin=None, vmax=None, title: str = "",
+            cbar_label: str = "objective"):
+    """Objective heatmap of an archive over two of its measures, its colour bar labelled
+    ``cbar_label``.
 
     2-D archives use pyribs' ``grid_archive_heatmap``; for more measures each cell of the
-    (dims[0], dims[1]) plane shows the best objective over the other measures.
+    (dims[0], dims[1]) plane shows the best objective over the other measures (say so in
+    ``cbar_label``).
     """
     ax = ax or plt.gca()
     if archive.measure_dim == 2 and tuple(dims) == (0, 1):
-        grid_archive_heatmap(archive, ax=ax, vmin=vmin, vmax=vmax, cmap="viridis")
+        grid_archive_heatmap(archive, ax=ax, vmin=vmin, vmax=vmax, cmap="viridis",
+                             cbar_kwargs={"label": cbar_label})
     else:
         i, j = dims
         df = archive.data(return_type="pandas")
@@ -92,7 +122,7 @@ def heatmap(archive: GridArchive, ax: plt.Axes | None = None, dims: tuple[int, i
         lo_j, hi_j = archive.lower_bounds[j], archive.upper_bounds[j]
         im = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax,
                        extent=(lo_i, hi_i, lo_j, hi_j), interpolation="nearest")
-        plt.colorbar(im, ax=ax)
+        plt.colorbar(im, ax=ax, label=cbar_label)
     if labels:
         ax.set_xlabel(labels[dims[0]])
         ax.set_ylabel(labels[dims[1]])
@@ -174,6 +204,46 @@ def distributions(samples: dict[str, np.ndarray], ax: plt.Axes | None = None,
     ax.set_title(title)
     ax.legend()
     return ax
+
+
+def latent_norms(norms: dict[str, np.ndarray], typical: float, ax: plt.Axes | None = None,
+                 bins: int = 40) -> plt.Axes:
+    """Where are the elites? Densities of log10 latent norms per set (e.g. QDGS elites,
+    random-sampling elites, prior samples), dashed at twice the prior's typical norm."""
+    logs = {k: np.log10(np.maximum(np.asarray(v, dtype=float), 1e-3)) for k, v in norms.items()}
+    logs = {k: v for k, v in logs.items() if len(v)}   # an empty archive has no norms to draw
+    values = np.concatenate([*logs.values(), [np.log10(2 * typical)]])
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < 1e-6:   # all equal: a small window around the value, not a zero-width one
+        lo, hi = lo - 0.05, hi + 0.05
+    return distributions(logs, ax=ax, bins=np.linspace(lo, hi, bins + 1),
+                         xlabel="log10 latent norm", threshold=np.log10(2 * typical),
+                         title=f"latent norms (dashed: twice the prior's typical norm, "
+                               f"{typical:.2f})")
+
+
+def training_curves(logs: pd.DataFrame, axes=None):
+    """Loss and training accuracy per epoch of :func:`qdgs_lib.recognition.training_logs`:
+    one line per pretraining and stage (dashed: synthetic, solid: real), mean over seeds with
+    the seeds' range shaded."""
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    seeds = logs["seed"].nunique() if "seed" in logs else 1
+    for (pre, stage), df in logs.groupby(["pretraining", "stage"]):
+        per_epoch = df.groupby("epoch")[["loss", "train_acc"]]
+        mean, low, high = per_epoch.mean(), per_epoch.min(), per_epoch.max()
+        color = f"C{sorted(logs.pretraining.unique()).index(pre)}"
+        for ax, col in zip(axes, ("loss", "train_acc"), strict=True):
+            ax.plot(mean.index, mean[col], "--" if stage == "pre" else "-", color=color,
+                    label=f"{pre} ({'synthetic' if stage == 'pre' else 'real'})")
+            ax.fill_between(mean.index, low[col], high[col], color=color, alpha=0.15, lw=0)
+    for ax, label in zip(axes, ("AdaFace loss", "training accuracy"), strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_title(f"mean over {seeds} seed(s), shaded: their range", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return axes
 
 
 def group_bars(table: pd.DataFrame, ax: plt.Axes | None = None, ylabel: str = "accuracy",

@@ -87,6 +87,25 @@ def evaluate_recognizer(backbone: torch.nn.Module, bench,
     return out
 
 
+def evaluate_models(p: dict[str, Any], models: pd.DataFrame, benchmarks: dict,
+                    device: str | torch.device = "auto", progress: bool = True) -> pd.DataFrame:
+    """Every model of ``models`` (notebook 03's ``models.csv``: pretraining, seed, model) on
+    every benchmark (name -> PairSet): one row per (model, benchmark) with the columns of
+    :func:`evaluate_recognizer`."""
+    missing = {"pretraining", "seed", "model"} - set(models.columns)
+    if missing:
+        raise ValueError(f"models.csv lacks the columns {sorted(missing)}: write it with "
+                         "notebooks/03_pretraining.ipynb")
+    rows = []
+    for _, m in tqdm(list(models.iterrows()), desc="evaluate", disable=not progress):
+        net = load_backbone(p, m["model"])
+        for name, bench in benchmarks.items():
+            res = evaluate_recognizer(net, bench, device=device)
+            rows.append({"pretraining": m["pretraining"], "seed": m["seed"], "benchmark": name,
+                         **res})
+    return pd.DataFrame(rows)
+
+
 # --- the pretraining protocol (notebook 03) ---------------------------------------------------
 def real_training_data(p: dict[str, Any], seed: int = 0) -> Dataset:
     """The "real" data of the second training stage: the toy world's biased training set

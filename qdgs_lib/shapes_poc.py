@@ -127,6 +127,17 @@ def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress:
     return pd.DataFrame(rows)
 
 
+def group_accuracy_by_bias(results: pd.DataFrame, finetune: str = "none") -> pd.DataFrame:
+    """Per color bias (rows, strongest first), each color x shape group's accuracy of the
+    ``finetune`` models of :func:`classifier_protocol`, mean over seeds: where a biased
+    classifier fails (averaging over bias levels would hide it)."""
+    rows = results[results.finetune == finetune]
+    if rows.empty:
+        raise ValueError(f"no results with finetune {finetune!r}; have "
+                         f"{sorted(results.finetune.unique())}")
+    return rows.groupby("bias")[group_names()].mean().sort_index(ascending=False)
+
+
 def train_oracle(p: dict[str, Any], seed: int = 0, epochs: int = 8, progress: bool = False,
                  device: str | torch.device = "auto") -> ShapeClassifier:
     """A single quick render classifier: 2000 balanced renders at ``image_size`` (its own

@@ -120,6 +120,21 @@ def test_run_record_holds_the_sha256_of_its_inputs(tmp_path, monkeypatch):
     assert cfg["inputs"]["data/weights/qdgs-shapes-clip.safetensors"]["sha256"] == \
         sha256_file(clip)
     assert cfg["iterations"] == 3 and cfg["device"] == "cpu"
+    # inputs from earlier notebooks join the record; the copy beside the figures is written
+    # when the notebook has run through, so an interrupted run leaves the old one in place
+    fig_record = run.fig_dir / "01_shapes_poc_config.json"
+    assert not fig_record.exists()
+    earlier = tmp_path / "models.csv"
+    earlier.write_text("pretraining,seed\nnone,0\n")
+    run.record_inputs([earlier], seeds=[0])
+    assert run.finish() == fig_record
+    cfg = json.loads(fig_record.read_text())["config"]
+    assert cfg["inputs"][str(earlier)]["sha256"] == sha256_file(earlier) and cfg["seeds"] == [0]
+    assert "data/weights/qdgs-shapes-clip.safetensors" in cfg["inputs"]
+    # every figure names its profile and assets
+    from qdgs_lib import plots
+    assert plots._FOOTER == ("qdgs - profile smoke: the project's shapes VAE, CLIP "
+                             "qdgs-shapes-clip (the project's own small CLIP)")
 
 
 # --- errors that name the file and the next step ------------------------------------------------

@@ -94,3 +94,22 @@ def test_widget_follows_the_controls_and_renders_statically():
     bundle = view._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
     assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG")
+
+
+def test_static_view_of_random_weights_is_labelled():
+    import io
+
+    from PIL import Image
+
+    from qdgs_lib import plots
+    from qdgs_lib.notebook import PLUMBING_LABEL
+
+    def red_pixels():
+        png = base64.b64decode(explorer.explorer({"QDGS": _data()})._repr_mimebundle_()
+                               ["image/png"])
+        x = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+        return int(((x[..., 0] - x[..., 1:].max(-1)) > 60).sum())
+
+    plain = red_pixels()   # the outlined cell is red too
+    plots.set_watermark(PLUMBING_LABEL)
+    assert red_pixels() > plain + 500

@@ -78,3 +78,43 @@ def test_atomic_dir_follows_the_umask_and_replaces_safely(tmp_path):
         (tmp / "third.txt").write_text("3")
     assert os.listdir(tmp_path / "d") == ["third.txt"]
     assert sorted(os.listdir(tmp_path)) == ["d"]  # nothing left aside
+
+
+def test_figures_name_their_source_and_label_their_colour_scale(tmp_path):
+    from PIL import Image
+    from ribs.archives import GridArchive
+
+    archive = GridArchive(solution_dim=2, dims=[4, 4], ranges=[(-1, 1), (-1, 1)])
+    assert plots.shared_vmax([archive]) is None   # empty archives have no scale
+    archive.add(np.zeros((2, 2)), np.array([1.0, 3.0]), np.array([[0.1, 0.1], [0.6, -0.6]]))
+    assert plots.shared_vmax([archive, GridArchive(solution_dim=2, dims=[2, 2],
+                                                   ranges=[(-1, 1)] * 2)]) == 3.0
+    fig, ax = plt.subplots()
+    plots.heatmap(archive, ax=ax, cbar_label="best objective")
+    assert fig.axes[-1].get_ylabel() == "best objective"   # the colour bar's axes
+
+    def height(footer):
+        plots.set_footer(footer)
+        f, a = plt.subplots(figsize=(3, 2))
+        a.plot([0, 1])
+        path = plots.savefig(f, tmp_path / f"f{footer is None}", pdf=False)[0]
+        plt.close(f)
+        return Image.open(path).size[1], f
+
+    plain, _ = height(None)
+    footed, f = height("qdgs - profile default: toy world")
+    assert footed > plain   # the footer lies below the content, inside the saved image
+    assert "qdgs - profile default: toy world" in [t.get_text() for t in f.texts]
+
+
+def test_latent_norms_and_training_curves_take_edge_cases():
+    fig, ax = plt.subplots()
+    plots.latent_norms({"QDGS elites": np.array([]), "prior": np.full(5, 2.0)}, 1.0, ax=ax)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["prior"]
+    logs = pd.DataFrame({"pretraining": ["none"] * 4, "seed": [0, 0, 1, 1],
+                         "stage": ["real"] * 4, "epoch": [0, 1, 0, 1],
+                         "loss": [3.0, 2.0, 5.0, 4.0], "train_acc": [0.1, 0.2, 0.3, 0.4]})
+    axes = plots.training_curves(logs)
+    assert axes[0].lines[0].get_ydata().tolist() == [4.0, 3.0]    # mean over the 2 seeds
+    assert "2 seed(s)" in axes[0].get_title()
+    plt.close("all")

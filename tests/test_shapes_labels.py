@@ -1,9 +1,11 @@
 """Shapes ground truth for label checks: color read off the pixels, the oracle's agreement."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from qdgs_lib import shapes_poc
 from qdgs_lib.data.shapes import ShapesDataset, render, sample_params
 from qdgs_lib.shapes_poc import pixel_color
 
@@ -159,3 +161,17 @@ def test_random_set_scores_only_what_it_needs_and_gives_the_full_scoring_set():
     for key in ("images", "labels", "latents", "measures"):
         a, b = (torch.as_tensor(d[key]) for d in (fast, full))
         assert torch.equal(a, b), key
+
+
+def test_group_accuracy_by_bias_keeps_the_bias_levels_apart():
+    from qdgs_lib.data.shapes import group_names
+
+    groups = group_names()
+    rows = [{"bias": b, "seed": s, "finetune": f, **dict(zip(groups, acc, strict=True))}
+            for b, acc in ((0.98, (1.0, 0.0, 0.2, 1.0)), (0.8, (1.0, 1.0, 1.0, 1.0)))
+            for s in (0, 1) for f in ("none", "qdgs")]
+    table = shapes_poc.group_accuracy_by_bias(pd.DataFrame(rows))
+    assert list(table.index) == [0.98, 0.8] and list(table.columns) == groups
+    assert table.loc[0.98].tolist() == [1.0, 0.0, 0.2, 1.0]   # not averaged with bias 0.8
+    with pytest.raises(ValueError, match="no results with finetune 'random'"):
+        shapes_poc.group_accuracy_by_bias(pd.DataFrame(rows), "random")
