@@ -6,6 +6,7 @@ optional random cutouts) is differentiable so that gradients reach the generator
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from torch import nn
 
 from .paths import pretrained_dir, shipped_weights_fix, weights_dir
 from .utils import (
+    BadFileError,
+    RestrictedUnpickler,
     at_least_fp32,
     check_recorded_sha256,
     check_unit_images,
@@ -276,10 +279,18 @@ def create_clip(name: str, weights: str | Path | None = None,
         _check_weights_belong_to(name, path, fix)
     with reading(path, f"open_clip weights for '{name}'", fix):
         if path is not None and path.suffix == ".pt" and _is_torchscript(path):
-            # OpenAI's original release: a TorchScript archive (TorchScript code, not Python
-            # pickles); open_clip rebuilds the plain model from its state dict, in float32
-            model = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
-            _check_architecture(name, model, path)
+            # OpenAI's original release: a TorchScript archive. torch.jit.load would run the
+            # archive's TorchScript code (its __setstate__ can write files), so its tensors
+            # are read as data and the plain model is built around them, in float32
+            state = read_torchscript_tensors(path)
+            _check_architecture(name, state, path)
+            model = open_clip.create_model(name)
+            want = model.state_dict()
+            missing = [k for k in want if k not in state]
+            if missing:
+                raise BadFileError(f"{path} lacks {len(missing)} of the model's tensors "
+                                   f"(e.g. {missing[:3]}). {fix}")
+            model.load_state_dict({k: state[k] for k in want})
         else:
             model = open_clip.create_model(name, pretrained=str(path) if path else None,
                                            weights_only=True)
@@ -335,21 +346,93 @@ def _check_weights_belong_to(name: str, path: Path, fix: str) -> None:
                       f"{sorted(KNOWN_PRETRAINED)}.", stacklevel=3)
 
 
-def _check_architecture(name: str, model: nn.Module, path: Path) -> None:
+def _check_architecture(name: str, state: dict[str, torch.Tensor], path: Path) -> None:
     """A TorchScript file brings its own architecture: it must be ``name``'s."""
     vision = (open_clip.get_model_config(name) or {}).get("vision_cfg", {})
     want = (vision.get("width"), vision.get("layers"), vision.get("patch_size"))
     if want[2] is None:  # not a ViT (OpenAI's ResNets): nothing to compare here
         return
-    visual = model.visual
     got = (None, None, None)
-    if hasattr(visual, "conv1") and hasattr(visual, "transformer"):
-        width, _, patch, _ = visual.conv1.weight.shape
-        got = (width, len(visual.transformer.resblocks), patch)
+    conv = state.get("visual.conv1.weight")
+    if conv is not None and conv.ndim == 4:
+        blocks = {k.split(".")[3] for k in state if k.startswith("visual.transformer.resblocks.")}
+        got = (conv.shape[0], len(blocks), conv.shape[2])
     if got != want:
         raise ValueError(f"{path} holds a ViT of width {got[0]}, {got[1]} layers and patch "
                          f"{got[2]}, but '{name}' has {want[0]}, {want[1]} and {want[2]}: pass "
                          "the model name these weights belong to")
+
+
+class _ScriptObject:
+    """A TorchScript object of the archive as data: its attributes, no class, no code."""
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+# a storage class names its element type: read as that dtype (no storage class is touched)
+_TS_STORAGES = {f"torch.{name}Storage": dtype for name, dtype in (
+    ("Half", torch.float16), ("Float", torch.float32), ("Double", torch.float64),
+    ("BFloat16", torch.bfloat16), ("Long", torch.int64), ("Int", torch.int32),
+    ("Short", torch.int16), ("Char", torch.int8), ("Byte", torch.uint8), ("Bool", torch.bool))}
+
+
+class _TorchScriptUnpickler(RestrictedUnpickler):
+    def __init__(self, file, archive, prefix: str):
+        super().__init__(file, allowed={"torch._utils._rebuild_tensor_v2",
+                                        "collections.OrderedDict"}, overrides=_TS_STORAGES)
+        self.archive, self.prefix, self.storages = archive, prefix, {}
+
+    def find_class(self, module: str, name: str):
+        if (module == "__torch__" or module.startswith("__torch__.")) and "." not in name:
+            return _ScriptObject
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                and isinstance(pid[1], torch.dtype) and isinstance(pid[2], str)
+                and isinstance(pid[4], int)):
+            raise pickle.UnpicklingError(f"unsupported persistent id {str(pid)[:80]}")
+        _, dtype, key, _, numel = pid
+        if key not in self.storages:
+            data = self.archive.read(f"{self.prefix}data/{key}")
+            if len(data) != numel * torch.empty(0, dtype=dtype).element_size():
+                raise pickle.UnpicklingError(f"storage {key}: {len(data)} bytes for {numel} "
+                                             f"{dtype} values")
+            untyped = torch.UntypedStorage.from_buffer(data, dtype=torch.uint8) if data else \
+                torch.UntypedStorage(0)
+            self.storages[key] = torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype,
+                                                            _internal=True)
+        return self.storages[key]
+
+
+def read_torchscript_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a TorchScript archive (e.g. OpenAI's ``ViT-B-32.pt``), by attribute
+    path (``visual.conv1.weight``), read as data: its code is never compiled or run."""
+    import zipfile
+
+    with reading(path, "a TorchScript archive", "Use the .safetensors weights instead."):
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+            if len(names) != 1:
+                raise BadFileError(f"{path}: no single <name>/data.pkl in the archive")
+            prefix = names[0][: -len("data.pkl")]
+            with zf.open(names[0]) as f:
+                root = _TorchScriptUnpickler(f, zf, prefix).load()
+    out: dict[str, torch.Tensor] = {}
+
+    def walk(obj, at: str, depth: int = 0) -> None:
+        if depth > 64:
+            raise BadFileError(f"{path}: modules nested more than 64 deep")
+        for key, value in (obj.state.items() if isinstance(getattr(obj, "state", None), dict)
+                           else ()):
+            if isinstance(value, torch.Tensor):
+                out[at + str(key)] = value
+            elif isinstance(value, _ScriptObject):
+                walk(value, f"{at}{key}.", depth + 1)
+
+    walk(root, "")
+    return out
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -21,10 +21,11 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from ribs.archives import GridArchive
+from ribs.archives import ArrayStore, GridArchive
 from ribs.emitters import EvolutionStrategyEmitter, GaussianEmitter, GradientArborescenceEmitter
 from ribs.schedulers import Scheduler
 from tqdm.auto import tqdm
@@ -34,7 +35,9 @@ from .scoring import PromptScorer
 from .utils import (
     BadFileError,
     RestrictedUnpickler,
+    UnsafePickleError,
     atomic_path,
+    check_seed_sequence,
     keep_rows_through,
     load_checkpoint_with_fallback,
     previous_path,
@@ -168,12 +171,9 @@ _CKPT_GLOBALS = {
                             "bool_", "uint8", "uint32", "uint64")} | {
     "collections.OrderedDict", "builtins.set", "builtins.frozenset", "builtins.slice",
     "builtins.complex", "_codecs.encode", "copyreg._reconstructor", "builtins.object"} | {
-    "numpy.random._pickle.__generator_ctor", "numpy.random._pickle.__bit_generator_ctor",
-    "numpy.random._pcg64.PCG64", "numpy.random._mt19937.MT19937",
-    "numpy.random._philox.Philox", "numpy.random._sfc64.SFC64",
-    "numpy.random.bit_generator.SeedSequence",
+    "numpy.random._pcg64.PCG64", "numpy.random.bit_generator.SeedSequence",
     "numpy.random.bit_generator.__pyx_unpickle_SeedSequence",
-    "ribs.archives._archive_stats.ArchiveStats", "ribs.archives._array_store.ArrayStore",
+    "ribs.archives._archive_stats.ArchiveStats",
     "ribs.archives._grid_archive.GridArchive", "ribs.schedulers._scheduler.Scheduler",
     "ribs.emitters._evolution_strategy_emitter.EvolutionStrategyEmitter",
     "ribs.emitters._gaussian_emitter.GaussianEmitter",
@@ -183,14 +183,61 @@ _CKPT_GLOBALS = {
     "ribs.emitters.rankers.TwoStageImprovementRanker"}
 
 
+class _CheckedArrayStore(ArrayStore):
+    """pyribs' ArrayStore restores its array module with ``importlib.import_module`` of a
+    name in the file, which would import (run) any module: only numpy's is accepted."""
+
+    def __setstate__(self, state: dict) -> None:
+        if not isinstance(state, dict) or state.get("_xp") not in _ARRAY_MODULES:
+            xp = state.get("_xp") if isinstance(state, dict) else state
+            raise UnsafePickleError(f"refusing an ArrayStore with array module {xp!r}: a "
+                                    f"search checkpoint stores one of {sorted(_ARRAY_MODULES)}")
+        ArrayStore.__setstate__(self, state)
+        self.__class__ = ArrayStore
+
+
+_ARRAY_MODULES = {"array_api_compat.numpy", "numpy"}
+
+
+def _pcg64(bit_generator: Any = "PCG64") -> np.random.PCG64:
+    """numpy's bit-generator constructor for checkpoints: PCG64 only (pyribs' generators). The
+    others' states are not bounds-checked (an MT19937 ``pos`` reads outside its state)."""
+    if bit_generator not in ("PCG64", np.random.PCG64):
+        raise UnsafePickleError(f"refusing bit generator {bit_generator!r} in a search "
+                                "checkpoint: only PCG64")
+    return np.random.PCG64()
+
+
+def _generator(bit_generator: Any = "PCG64", bit_generator_ctor: Any = None) -> np.random.Generator:
+    if not isinstance(bit_generator, np.random.PCG64):
+        bit_generator = _pcg64(bit_generator)   # a file's own "ctor" is never called
+    return np.random.Generator(bit_generator)
+
+
+def _seed_sequence(*args: Any) -> np.random.SeedSequence:
+    from numpy.random.bit_generator import __pyx_unpickle_SeedSequence as unpickle
+
+    seq = unpickle(*args)
+    check_seed_sequence(seq)
+    return seq
+
+
+_CKPT_OVERRIDES = {
+    "ribs.archives._array_store.ArrayStore": _CheckedArrayStore,
+    "numpy.random._pickle.__bit_generator_ctor": _pcg64,
+    "numpy.random._pickle.__generator_ctor": _generator,
+    "numpy.random.bit_generator.__pyx_unpickle_SeedSequence": _seed_sequence,
+}
 CHECKPOINT_KEYS = {"iteration", "seconds", "config", "scheduler", "result_archive", "scorer"}
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Load a search checkpoint with a restricted unpickler (pyribs/numpy objects only)."""
+    """Load a search checkpoint with a restricted unpickler (pyribs/numpy objects only; the
+    classes that trust their state are checked)."""
     with reading(path, "a qdgs search checkpoint", "See the message above for what to delete."):
         with open(path, "rb") as f:
-            state = RestrictedUnpickler(f, allowed=_CKPT_GLOBALS).load()
+            state = RestrictedUnpickler(f, allowed=_CKPT_GLOBALS,
+                                        overrides=_CKPT_OVERRIDES).load()
     if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
         raise BadFileError(f"{path} is not a qdgs search checkpoint (missing "
                            f"{sorted(CHECKPOINT_KEYS - set(state or {}))}).")

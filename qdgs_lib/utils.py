@@ -337,7 +337,26 @@ def load_checkpoint_with_fallback(path: str | os.PathLike, load: Callable[[Path]
     return None
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+def _check_dtype_state(dtype: np.dtype, state: Any) -> None:
+    """numpy's ``dtype.__setstate__`` trusts its state: a file could give a structured dtype
+    an object field with the flags that mark it as one cleared, and numpy would then read 8
+    bytes of the file as an object pointer. Plain dtypes only, with their own flags."""
+    plain = (isinstance(state, tuple) and len(state) >= 8 and state[2:5] == (None, None, None)
+             and state[-1] == dtype.flags)
+    if not plain:
+        raise UnsafePickleError(f"refusing a numpy dtype state {str(state)[:120]} from a "
+                                "pickle: only plain dtypes with their own flags are read")
+
+
+def check_seed_sequence(seq: Any) -> None:
+    """A SeedSequence whose ``pool_size`` exceeds its pool would read past it."""
+    if (isinstance(seq, np.random.SeedSequence) and seq.pool is not None  # None: not built yet
+            and len(seq.pool) != seq.pool_size):
+        raise UnsafePickleError(f"refusing a SeedSequence with pool_size {seq.pool_size} for "
+                                f"a pool of {len(seq.pool)} words")
+
+
+class RestrictedUnpickler(pickle._Unpickler):
     """An unpickler that only resolves an explicit allow-list of globals.
 
     ``allowed`` holds exact ``"module.name"`` strings. Anything else raises
@@ -345,13 +364,28 @@ class RestrictedUnpickler(pickle.Unpickler):
     Dotted names are always refused: protocol 4 resolves ``name`` attribute by attribute, so
     an allowed module's ``__builtins__.exec`` would reach any builtin. No module prefixes
     either, for the same reason: a module's every global includes what it imported.
+
+    It is the pure-Python unpickler, so that BUILD (``obj.__setstate__(state)``) can be
+    checked too: an allowed class may trust its state more than a file deserves (numpy
+    dtypes and seed sequences are checked here; callers override other classes).
     """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file, allowed: Iterable[str] = (),
                  overrides: dict[str, Callable] | None = None, **kwargs):
         super().__init__(file, **kwargs)
         self.allowed = set(allowed)
         self.overrides = overrides or {}
+
+    def load_build(self):
+        inst, state = self.stack[-2], self.stack[-1]
+        if isinstance(inst, np.dtype):
+            _check_dtype_state(inst, state)
+        super().load_build()
+        check_seed_sequence(inst)
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module: str, name: str):
         key = f"{module}.{name}"

@@ -257,3 +257,46 @@ def test_layer_norms_take_float32_inputs_and_keep_the_numbers(monkeypatch):
             _layer_norms_take_fp32(plain)
             assert type(plain[0]) is PromotingLayerNorm and torch.equal(plain(x[:, 0, 0, :8]),
                                                                         ref)
+
+
+class _WritesAFile(torch.nn.Module):
+    """TorchScript whose __setstate__ (run by torch.jit.load) creates a file."""
+
+    def __init__(self, target: str):
+        super().__init__()
+        self.w = torch.zeros(1)
+        self.target = target
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, str, bool]:
+        return (self.w, self.target, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, str, bool]) -> None:
+        self.w, self.target, self.training = state[0], state[1], state[2]
+        t = torch.from_file(self.target, True, 8, dtype=torch.uint8)
+        self.w = state[0] + t[:1].float() * 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.w
+
+
+def test_torchscript_weights_are_read_as_data_not_run(tmp_path):
+    """OpenAI's ViT-B-32.pt format is TorchScript: loading it with torch.jit.load runs its
+    code. The weights are read as data, so a file-writing archive writes nothing."""
+    from qdgs_lib.clip import read_torchscript_tensors
+    from qdgs_lib.utils import BadFileError
+
+    target = tmp_path / "written_by_the_archive"
+    path = tmp_path / "ViT-B-32.pt"
+    torch.jit.save(torch.jit.script(_WritesAFile(str(target))), str(path))
+    with pytest.raises(BadFileError):
+        create_clip("ViT-B-32-quickgelu", weights=path, device="cpu")
+    assert not target.exists()
+    # a plain scripted module: its tensors by attribute path, dtype kept
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2)).half()
+    torch.jit.save(torch.jit.script(net), str(tmp_path / "plain.pt"))
+    got = read_torchscript_tensors(tmp_path / "plain.pt")
+    assert got.keys() == net.state_dict().keys()
+    for k, v in net.state_dict().items():
+        assert got[k].dtype == torch.float16 and torch.equal(got[k], v)

@@ -1,0 +1,127 @@
+"""Hostile pickles: files that use only allow-listed globals and still try to run code or
+corrupt memory through classes that trust their state. Each must be refused as a bad file."""
+
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from ribs.archives import GridArchive
+from ribs.emitters import GaussianEmitter
+from ribs.schedulers import Scheduler
+
+from qdgs_lib.search import load_checkpoint
+from qdgs_lib.utils import BadFileError
+
+
+def _short(s: str) -> bytes:
+    b = s.encode()
+    return b"\x8c" + bytes([len(b)]) + b
+
+
+def test_array_store_cannot_import_a_module(tmp_path):
+    """pyribs' ArrayStore imports the module named in its state: "this" prints the Zen of
+    Python, "unittest.__main__" runs unittest's command line."""
+    path = tmp_path / "checkpoint.pkl"
+    path.write_bytes(b"\x80\x04" + _short("ribs.archives._array_store") + _short("ArrayStore")
+                     + b"\x93)\x81}" + _short("_xp") + _short("this") + b"sb.")
+    sys.modules.pop("this", None)
+    with pytest.raises(BadFileError, match="array module 'this'"):
+        load_checkpoint(path)
+    assert "this" not in sys.modules
+
+
+def _scheduler_state(rng_bit_generator=None):
+    archive = GridArchive(solution_dim=4, dims=[4, 4], ranges=[(-1, 1), (-1, 1)], seed=0)
+    emitter = GaussianEmitter(archive, sigma=0.1, x0=np.zeros(4), batch_size=2, seed=0)
+    if rng_bit_generator is not None:
+        for k, v in list(vars(emitter).items()):
+            if isinstance(v, np.random.Generator):
+                setattr(emitter, k, np.random.Generator(rng_bit_generator))
+    return {"iteration": 1, "seconds": 0.0, "config": "{}", "scorer": {},
+            "scheduler": Scheduler(archive, [emitter]), "result_archive": archive}
+
+
+def test_real_pyribs_state_loads_and_other_bit_generators_are_refused(tmp_path):
+    path = tmp_path / "checkpoint.pkl"
+    path.write_bytes(pickle.dumps(_scheduler_state(), protocol=pickle.HIGHEST_PROTOCOL))
+    state = load_checkpoint(path)
+    assert state["scheduler"].ask().shape == (2, 4)   # a working scheduler, PCG64 inside
+    # MT19937 does not bound its state's "pos": reads outside its key (a crash, or silent
+    # out-of-bounds random numbers)
+    mt = np.random.MT19937(0)
+    st = mt.state
+    st["state"]["pos"] = 10**8
+    mt.state = st
+    path.write_bytes(pickle.dumps(_scheduler_state(mt), protocol=pickle.HIGHEST_PROTOCOL))
+    with pytest.raises(BadFileError, match="MT19937"):
+        load_checkpoint(path)
+
+
+def test_seed_sequence_pool_size_must_match_its_pool(tmp_path):
+    seq = np.random.SeedSequence(5)
+    reduce = seq.__reduce__()
+    entropy, n_spawned, pool, pool_size, spawn_key = reduce[2]
+
+    class Forged:
+        def __reduce__(self):
+            return (reduce[0], reduce[1], (entropy, n_spawned, pool, 10**6, spawn_key))
+
+    state = _scheduler_state()
+    state["scorer"] = {"seq": Forged()}
+    path = tmp_path / "checkpoint.pkl"
+    path.write_bytes(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+    with pytest.raises(BadFileError, match="pool_size 1000000"):
+        load_checkpoint(path)
+
+
+_FORGED_DTYPE = """
+import numpy as np, pickle, struct, sys
+d = np.dtype([("a", "O")])
+d.__setstate__((3, "|", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 0))  # flags cleared
+evil = np.frombuffer(struct.pack("<Q", 0x4141414141414140), dtype=d)[0]
+open(sys.argv[1], "wb").write(pickle.dumps(%s, protocol=4))
+"""
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "bin", "network"])
+def test_forged_numpy_dtypes_are_refused_not_dereferenced(tmp_path, kind):
+    """A structured dtype whose object field lost its flags makes numpy read 8 bytes of the
+    file as an object pointer (a segfault in the loader's own code). Run in a subprocess: the
+    old code crashed the interpreter."""
+    payload = {"checkpoint": "evil", "bin": '([b"x", b"y"], [evil])',
+               "network": '{"G_ema": evil}'}[kind]
+    path = tmp_path / f"{kind}.pkl"
+    subprocess.run([sys.executable, "-c", _FORGED_DTYPE % payload, str(path)], check=True)
+    load = {"checkpoint": "from qdgs_lib.search import load_checkpoint as load",
+            "bin": "from qdgs_lib.data.benchmarks import read_bin as load",
+            "network": "from qdgs_lib.generators.stylegan2_legacy import read_network_pickle "
+                       "as load"}[kind]
+    code = textwrap.dedent(f"""
+        import sys
+        {load}
+        from qdgs_lib.utils import BadFileError
+        try:
+            load(sys.argv[1])
+        except BadFileError as e:
+            print("refused:", e)
+            sys.exit(3)
+    """)
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 3, (run.returncode, run.stdout[-500:], run.stderr[-2000:])
+    assert "numpy dtype state" in run.stdout
+
+
+def test_plain_numpy_values_still_load(tmp_path):
+    state = _scheduler_state()
+    state["scorer"] = {"values": np.arange(5, dtype=np.float32), "object": np.array([1, "a"],
+                                                                                   dtype=object),
+                       "scalar": np.float64(2.5), "flag": np.bool_(True)}
+    path = tmp_path / "checkpoint.pkl"
+    path.write_bytes(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+    got = load_checkpoint(path)["scorer"]
+    assert got["values"].tolist() == [0, 1, 2, 3, 4] and got["object"].tolist() == [1, "a"]
+    assert got["scalar"] == 2.5 and got["flag"]
