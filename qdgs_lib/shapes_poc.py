@@ -25,7 +25,7 @@ from .scoring import PromptScorer, scorer_for_profile
 from .search import measures, solutions
 from .shapes_oracle import ShapeOracle, load_shapes_oracle
 from .train import train_classifier
-from .utils import resolve_device, seed_everything
+from .utils import check_unit_images, resolve_device, seed_everything
 
 
 def build_scorer(p: dict[str, Any], device: str | torch.device = "auto") -> PromptScorer:
@@ -100,6 +100,10 @@ def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress:
     archive of the search with that seed), so seed k pairs classifier seed k with search k.
     """
     device = resolve_device(device)
+    if p["image_size"] < 16:
+        raise ValueError(f"image_size {p['image_size']}: the shape classifier needs >= 16 px")
+    sets = {(name, seed): _checked_set(name, seed, synthetic[name], p)
+            for name in synthetic for seed in p["seeds"]}
     test = ShapesDataset(p["n_test"], None, p["image_size"], seed=10_000)
     names = group_names()
     rows = []
@@ -115,16 +119,43 @@ def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress:
                 model = ShapeClassifier()
                 model.load_state_dict(base.state_dict())
                 if name != "none":
-                    data = synthetic[name]
-                    data = data if "images" in data else data[seed]
-                    train_classifier(model, TensorDataset(data["images"], data["labels"]),
-                                     p["finetune_epochs"], lr=1e-4, batch_size=p["batch"],
-                                     seed=seed, augment=augment_shapes, progress=progress,
-                                     desc=f"fine-tune {name}", device=device)
+                    data = sets[name, seed]
+                    # each fine-tune draws its augmentations from the same seeded stream: a
+                    # row does not depend on which sets were fine-tuned before it
+                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                        torch.manual_seed(seed)
+                        train_classifier(model, TensorDataset(data["images"], data["labels"]),
+                                         p["finetune_epochs"], lr=1e-4, batch_size=p["batch"],
+                                         seed=seed, augment=augment_shapes, progress=progress,
+                                         desc=f"fine-tune {name}", device=device)
                 acc = group_accuracy(predict(model, test.images, device=device),
                                      test.labels.numpy(), test.groups.numpy(), names)
                 rows.append({"bias": bias, "seed": seed, "finetune": name, **acc})
     return pd.DataFrame(rows)
+
+
+def _checked_set(name: str, seed: int, data: dict, p: dict[str, Any]) -> dict:
+    """Seed ``seed``'s synthetic set ``name``, refused unless it is what the classifier can
+    learn from: (N, 3, S, S) finite images in [0, 1] at the profile's size, labels 0/1."""
+    if "images" not in data:
+        if seed not in data:
+            raise KeyError(f"synthetic set {name!r} has seeds {sorted(data)}, the profile "
+                           f"{p['seeds']}: build one set per profile seed")
+        data = data[seed]
+    what = f"synthetic set {name!r} (seed {seed})"
+    x, y = data["images"], torch.as_tensor(data["labels"])
+    size = p["image_size"]
+    if x.ndim != 4 or tuple(x.shape[1:]) != (3, size, size):
+        raise ValueError(f"{what}: images {tuple(x.shape)}, expected (N, 3, {size}, {size}) "
+                         "(decode at the profile's image_size)")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what}: images with NaN/inf pixels: check the generator")
+    check_unit_images(x, what)
+    if len(y) != len(x) or len(x) == 0 or not set(y.unique().tolist()) <= {0, 1}:
+        raise ValueError(f"{what}: {len(x)} images need as many labels, each 0 (triangle) or "
+                         f"1 (square); got {len(y)} labels with values "
+                         f"{sorted(set(y.unique().tolist()))[:5]}")
+    return data
 
 
 def group_accuracy_by_bias(results: pd.DataFrame, finetune: str = "none") -> pd.DataFrame:

@@ -43,6 +43,9 @@ def train_classifier(model: nn.Module, dataset: Dataset, epochs: int, lr: float 
             opt.step()
             total += loss.item() * len(y)
             count += len(y)
+        if not math.isfinite(total):
+            raise FloatingPointError(f"{desc}: the loss of epoch {len(losses)} is not finite "
+                                     "(NaN/inf inputs, or a learning rate too high)")
         losses.append(total / count)
     return losses
 

@@ -175,3 +175,37 @@ def test_group_accuracy_by_bias_keeps_the_bias_levels_apart():
     assert table.loc[0.98].tolist() == [1.0, 0.0, 0.2, 1.0]   # not averaged with bias 0.8
     with pytest.raises(ValueError, match="no results with finetune 'random'"):
         shapes_poc.group_accuracy_by_bias(pd.DataFrame(rows), "random")
+
+
+def _tiny_protocol():
+    p = {"n_test": 80, "image_size": 16, "bias_levels": (0.95,), "seeds": (0,), "n_train": 64,
+         "train_epochs": 1, "finetune_epochs": 1, "batch": 32}
+
+    def fake(seed):
+        d = ShapesDataset(32, None, 16, seed=seed)
+        return {"images": d.images, "labels": d.labels}
+
+    return p, fake(101), fake(102)
+
+
+def test_classifier_protocol_rows_do_not_depend_on_the_other_sets():
+    p, a, b = _tiny_protocol()
+    alone = shapes_poc.classifier_protocol(p, {"a": a}, progress=False, device="cpu")
+    after = shapes_poc.classifier_protocol(p, {"b": b, "a": a}, progress=False, device="cpu")
+    pd.testing.assert_frame_equal(alone[alone.finetune == "a"].reset_index(drop=True),
+                                  after[after.finetune == "a"].reset_index(drop=True))
+
+
+def test_classifier_protocol_refuses_sets_it_cannot_learn_from():
+    p, a, _ = _tiny_protocol()
+    bad = {"NaN pixels": {**a, "images": a["images"].clone().index_fill_(0, torch.tensor([3]),
+                                                                         float("nan"))},
+           "0-255": {**a, "images": a["images"] * 255},
+           "32 px": {**a, "images": torch.nn.functional.interpolate(a["images"], size=32)},
+           "label 2": {**a, "labels": a["labels"].clone().fill_(2)}}
+    for why, data in bad.items():
+        with pytest.raises(ValueError, match="synthetic set 'x' \\(seed 0\\)"):
+            shapes_poc.classifier_protocol(p, {"x": data}, progress=False, device="cpu")
+        assert why   # each case above is refused before any training
+    with pytest.raises(KeyError, match="has seeds \\[5\\], the profile \\(0,\\)"):
+        shapes_poc.classifier_protocol(p, {"x": {5: a}}, progress=False, device="cpu")
