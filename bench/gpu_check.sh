@@ -21,11 +21,16 @@
 #                       open_clip's, TF32 and float16/bfloat16 autocast close to fp32) and
 #                       tests/test_paper_mini.py (the four notebooks, paper architectures)
 # Only with --candidates (minutes of torch.compile): the candidates for a faster iteration
-# (float16/bfloat16 autocast, cuDNN autotuner, SDPA math backend, replicated, replicated +
-# compile under float16, replicated + compile; each row is written as it finishes),
+# (an fp32 baseline row on the same card, float16/bfloat16 autocast, SDPA math backend,
+# replicated, replicated + compile under float16, replicated + compile; each row is written
+# as it finishes), then the cuDNN autotuner in a process of its own (its plan cache would
+# otherwise mix with the other rows'),
 #   python3 bench/run.py --only iteration_candidates   -> iteration_candidates_gpu.csv
+#   python3 bench/run.py --only iteration_candidates --candidates cudnn_benchmark
+#                                          -> iteration_candidates_cudnn_benchmark_gpu.csv
 # Random weights throughout: throughput depends on the architecture, not on the values.
-# Every row names its source: the `device`, `torch` and `malloc` columns; the log says which
+# Every row names its source: the `device`, `torch`, `cuda`, `malloc` and `run` columns
+# (`run`: $QDGS_BENCH_RUN, by default this script's start in UTC); the log says which
 # function of bench/run.py made each file.
 set -u -o pipefail
 candidates=0
@@ -40,7 +45,9 @@ PY=${PY:-python3}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg
 RESULTS=${QDGS_BENCH_RESULTS:-bench/results}
 export QDGS_BENCH_RESULTS=$RESULTS
+export QDGS_BENCH_RUN=${QDGS_BENCH_RUN:-$(date -u +%Y-%m-%dT%H:%MZ)}
 mkdir -p "$RESULTS"
+echo "run $QDGS_BENCH_RUN"
 
 $PY - <<'EOF' || exit 1
 import torch
@@ -70,6 +77,7 @@ step "device tests" $PY -m pytest tests/test_devices.py tests/test_paper_mini.py
     -p no:cacheprovider -q -rs -o junit_logging=system-out \
     --junitxml="$RESULTS/device_tests_gpu.xml"
 $PY - "$RESULTS" <<'EOF'
+import os
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -87,16 +95,24 @@ for case in ET.parse(out / "device_tests_gpu.xml").iter("testcase"):
                          if line.strip() and "Captured Out" not in line)
     rows.append({"test": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome,
                  "seconds": float(case.get("time", 0)), "printed": printed[:1000],
-                 "device": torch.cuda.get_device_name(), "torch": torch.__version__})
+                 "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                 "run": os.environ.get("QDGS_BENCH_RUN", "")})
     if printed and outcome == "passed":  # what a test measured (e.g. TF32's deviation)
         print(f"{case.get('name')}: {printed[:1000]}")
 pd.DataFrame(rows).to_csv(out / "device_tests_gpu.csv", index=False)
 (out / "device_tests_gpu.xml").unlink()
 print(pd.DataFrame(rows).outcome.value_counts().to_string())
 EOF
+[ $? = 0 ] || failed="$failed device-tests-table"
 
-if [ "$candidates" = 1 ]; then  # bench_iteration(candidates=True)
+if [ "$candidates" = 1 ]; then  # bench_iteration(candidates=...)
+    # torch.compile on CUDA needs Triton, which builds its launchers with a C compiler
+    $PY -c "import triton" 2>/dev/null || echo "WARNING: no triton: the compile rows will fail"
+    command -v gcc >/dev/null || command -v cc >/dev/null || \
+        echo "WARNING: no C compiler: the compile rows will fail"
     step "iteration candidates" $PY bench/run.py --only iteration_candidates
+    step "cudnn autotuner" $PY bench/run.py --only iteration_candidates \
+        --candidates cudnn_benchmark
 fi
 
 if [ -n "$failed" ]; then

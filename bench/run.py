@@ -47,12 +47,20 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": 
               "MALLOC_TOP_PAD_": str(1 << 30)}
 
 
+def _malloc_tuned() -> bool:
+    return all(os.environ.get(k) == val for k, val in MALLOC_ENV.items())
+
+
 def machine() -> dict:
+    """What every row carries: the device, CPU, threads, torch/CUDA versions, allocator
+    setting, and the run it belongs to ($QDGS_BENCH_RUN: gpu_check.sh sets a UTC timestamp;
+    the device command sets the commit)."""
     v = versions()
-    tuned = all(os.environ.get(k) == val for k, val in MALLOC_ENV.items())
     return {"device": v["device"], "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "torch": v["torch"],
-            "malloc": "keeps freed memory" if tuned else "glibc default"}
+            "cuda": torch.version.cuda or "",
+            "malloc": "keeps freed memory" if _malloc_tuned() else "glibc default",
+            "run": os.environ.get("QDGS_BENCH_RUN", "")}
 
 
 def _time(fn, repeats: int) -> float:
@@ -158,6 +166,9 @@ def bench_scoring(device: str, quick: bool, only_setup: str | None = None) -> pd
                 graphed = _time(lambda z=z, s=scorer: s.evaluate(z, jacobian=True,
                                                                  update_memory=False), repeats)
                 scorer.cuda_graphs = False
+                scorer._static_calls.clear()  # each graph holds a memory pool: free them
+                scorer._shape_counts.clear()
+                torch.cuda.empty_cache()
             per = _time(lambda z=z, s=scorer: s.evaluate_per_output(z), repeats)
             per_released = per
             if hasattr(gen, "modconv"):
@@ -406,6 +417,9 @@ def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, 
         with _extra_setting(extra):
             search.run(progress=False)
             got = _one_jacobian(scorer)  # as the search left it: graphs, memory, setting
+        # what ran, not what was asked: a failed capture falls back to eager with a warning
+        graphs_ran = scorer.cuda_graphs
+        captured = sum(c.graph is not None for c in scorer._static_calls.values())
     finally:
         search.release()
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
@@ -423,7 +437,8 @@ def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, 
           f"{wall - jac_ms - values_ms:.1f} (60k iterations: {wall * 60_000 / 3.6e6:.2f} h, "
           f"peak {peak:.1f} GiB; vs eager func: jacobian {jac_err:.1e}, measures "
           f"{measures_err:.1e})", flush=True)
-    return {"jacobian_mode": mode, "cuda_graphs": graphs, "tf32_matmul": tf32 and cuda,
+    return {"jacobian_mode": mode, "cuda_graphs": graphs_ran, "graphs_captured": captured,
+            "tf32_matmul": tf32 and cuda,
             "tf32_conv": torch.backends.cudnn.allow_tf32 and cuda, "extra": extra or "",
             "compiled": scorer.compile_static,  # False where compiling failed (a warning)
             "autocast": scorer.autocast or "",
@@ -436,7 +451,23 @@ def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, 
             "coverage": search.result_archive.stats.coverage}
 
 
-def bench_iteration(device: str, quick: bool, candidates: bool = False,
+CANDIDATES = {  # name -> (extra setting, jacobian mode); all with CUDA graphs
+    "baseline": (None, "func"),   # the same card's fp32 reference for the rows below
+    "autocast_float16": ("autocast_float16", "func"),
+    "autocast_bfloat16": ("autocast_bfloat16", "func"),
+    "math_attention": ("math_attention", "func"),
+    "replicated": (None, "replicated"),
+    "autocast_float16+compile": ("autocast_float16+compile", "replicated"),
+    "compile": ("compile", "replicated"),
+    # cuDNN's plan cache ignores the autotuner flag: plans cached by earlier rows would be
+    # reused untuned, and tuned plans would leak into later rows. Run it in its own process
+    # (gpu_check.sh --candidates does): --candidates cudnn_benchmark
+    "cudnn_benchmark": ("cudnn_benchmark", "func"),
+}
+DEFAULT_CANDIDATES = [k for k in CANDIDATES if k != "cudnn_benchmark"]
+
+
+def bench_iteration(device: str, quick: bool, candidates: bool | list[str] = False,
                     partial: str | None = None) -> pd.DataFrame:
     """Milliseconds per CMA-MAEGA iteration at the paper's scale: StyleGAN2-256 + ViT-B/32
     (random weights), objective + 4 measures with the paper's objective weights (a full
@@ -472,10 +503,8 @@ def bench_iteration(device: str, quick: bool, candidates: bool = False,
                          (True, True, None, ("batched", "func"))]
     else:  # static calls (on a CPU: eager on static buffers, where compile_static applies);
         # the quick rows first, the minutes of compiling last
-        variants = [(True, False, extra, (mode,)) for extra, mode in (
-            ("autocast_float16", "func"), ("autocast_bfloat16", "func"),
-            ("cudnn_benchmark", "func"), ("math_attention", "func"), (None, "replicated"),
-            ("autocast_float16+compile", "replicated"), ("compile", "replicated"))]
+        names = DEFAULT_CANDIDATES if candidates is True else candidates
+        variants = [(True, False, *CANDIDATES[k][:1], (CANDIDATES[k][1],)) for k in names]
     packed = any(isinstance(m, PackedSelfAttention) and (cuda or not m.cuda_only)
                  for m in scorer.clip.modules())
     rows = []
@@ -713,42 +742,71 @@ def main():
                     help="iteration_candidates (only when named): the next steps' rows, "
                          "with minutes of torch.compile")
     ap.add_argument("--setup", help="scoring: only the setups whose name contains this")
+    ap.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=None,
+                    help="iteration_candidates: these rows only (default: all but "
+                         "cudnn_benchmark, which needs a process of its own); the file is "
+                         "named after them")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--default-malloc", action="store_true",
                     help="keep glibc's default allocator settings (results get a suffix)")
     args = ap.parse_args()
-    if not args.default_malloc and machine()["malloc"] == "glibc default":
+    if not args.default_malloc and not _malloc_tuned():  # (before CUDA starts)
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
     tag = "gpu" if args.device.startswith("cuda") else "cpu"
     if args.default_malloc:
         tag += "_default-malloc"
     if args.quick:  # a smoke run never overwrites the real numbers
         tag += "_quick"
-    if args.only is None or "scoring" in args.only:
-        write(bench_scoring(args.device, args.quick, args.setup), f"scoring_{tag}")
-    if args.only is None or "components" in args.only:
-        write(bench_components(args.device, args.quick), f"components_{tag}")
-    if args.only is None or "search" in args.only:
-        search = bench_search(args.device, args.quick)
-        write(search, f"search_{tag}")
-        summary = time_to_coverage(search)
+    failed = []
+
+    def section(name: str, fn) -> None:
+        """One section; a failure is reported and the next section still runs."""
+        if not (args.only is None or name in args.only):
+            return
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - every section's results are worth keeping
+            import traceback
+
+            traceback.print_exc()
+            print(f"SECTION {name} FAILED: {type(e).__name__}: {e}", flush=True)
+            failed.append(name)
+
+    def search():
+        df = bench_search(args.device, args.quick)
+        write(df, f"search_{tag}")
+        summary = time_to_coverage(df)
         print(summary.to_string(index=False))
         write(summary, f"search_time_to_coverage_{tag}")
-    if args.only is None or "iteration" in args.only:
-        write(bench_iteration(args.device, args.quick, partial=f"iteration_{tag}"),
-              f"iteration_{tag}")
-    if args.only is not None and "iteration_candidates" in args.only:
-        name = f"iteration_candidates_{tag}"
-        write(bench_iteration(args.device, args.quick, candidates=True, partial=name), name)
-    if args.only is None or "training" in args.only:
-        write(bench_training(args.device, args.quick), f"training_{tag}")
-    if args.only is None or "loader" in args.only:
-        write(bench_loader(args.device, args.quick), f"loader_{tag}")
-    if args.only is None or "profile" in args.only:
+
+    def candidates():
+        name = "iteration_candidates" + ("_" + "+".join(args.candidates)
+                                         if args.candidates else "") + f"_{tag}"
+        write(bench_iteration(args.device, args.quick, candidates=args.candidates or True,
+                              partial=name), name)
+
+    def profile():
         RESULTS.mkdir(parents=True, exist_ok=True)
         path = RESULTS / f"profile_{tag}.txt"
         path.write_text(profile_scoring(args.device))
         print("wrote", path)
+
+    section("scoring", lambda: write(bench_scoring(args.device, args.quick, args.setup),
+                                     f"scoring_{tag}"))
+    section("components", lambda: write(bench_components(args.device, args.quick),
+                                        f"components_{tag}"))
+    section("search", search)
+    section("iteration", lambda: write(bench_iteration(args.device, args.quick,
+                                                       partial=f"iteration_{tag}"),
+                                       f"iteration_{tag}"))
+    if args.only is not None and "iteration_candidates" in args.only:  # only when named
+        section("iteration_candidates", candidates)
+    section("training", lambda: write(bench_training(args.device, args.quick),
+                                      f"training_{tag}"))
+    section("loader", lambda: write(bench_loader(args.device, args.quick), f"loader_{tag}"))
+    section("profile", profile)
+    if failed:
+        sys.exit(f"failed sections: {failed}")
 
 
 if __name__ == "__main__":

@@ -144,7 +144,13 @@ def test_iteration_rows_are_written_as_they_come(monkeypatch, tmp_path):
 
     monkeypatch.setattr(run, "_iteration_row", fake_row)
     df = run.bench_iteration("cpu", quick=True, candidates=True, partial="cands")
-    assert seen[:2] == ["autocast_float16", "autocast_bfloat16"] and seen[-2:] == [
-        "autocast_float16+compile", "compile"]  # compiling last, half precision first
+    # the same card's fp32 baseline, then half precision; compiling last; the autotuner not
+    # at all (its own process)
+    assert seen[:3] == [None, "autocast_float16", "autocast_bfloat16"] and seen[-2:] == [
+        "autocast_float16+compile", "compile"] and "cudnn_benchmark" not in seen
     assert len(df) == len(seen) == len(pd.read_csv(tmp_path / "cands.csv"))
     assert df.set_index("extra").loc["math_attention", "error"] == "RuntimeError: no kernel"
+    assert df.run.notna().all() and "cuda" in df   # every row names its run and CUDA
+    seen.clear()
+    run.bench_iteration("cpu", quick=True, candidates=["cudnn_benchmark"], partial="cudnn")
+    assert seen == ["cudnn_benchmark"]

@@ -407,3 +407,15 @@ def test_the_offline_scorers_run_under_autocast(world):
     cos = (got.jacobian * ref.jacobian).sum(2) / (
         np.linalg.norm(got.jacobian, axis=2) * np.linalg.norm(ref.jacobian, axis=2))
     assert cos.min() > 0.95, cos
+
+
+def test_latent_check_leaves_a_compiled_pass_whole():
+    """The latent check's data-dependent branch and CUDA capture flag stay out of compiled
+    code: a graph break there made torch.compile recompile inside a CUDA graph capture (the
+    compiled candidates then ran uncompiled). fullgraph=True fails on any break."""
+    gen = ToyGenerator()
+    z = gen.sample_prior(3)
+    compiled = torch.compile(gen.decode, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(z), gen.decode(z))
+    with pytest.raises(ValueError, match="NaN or inf"):   # eager calls still check
+        gen.decode(z.index_fill(0, torch.tensor([1]), float("nan")))

@@ -37,12 +37,12 @@ class ToyGenerator(Generator):
         self.register_buffer("w2", torch.randn(32, 3 * 8 * 8, generator=g) / 32**0.5)
 
     def decode(self, z):
-        z = self.check_latents(z)
+        z = self.check_latents(z).to(self.w1.device)
         return torch.sigmoid(torch.tanh(z @ self.w1) @ self.w2).view(-1, 3, 8, 8)
 
     def sample_prior(self, n, seed=None):
         g = torch.Generator().manual_seed(0 if seed is None else seed)
-        return torch.randn(n, self.latent_dim, generator=g) * self.prior_std
+        return (torch.randn(n, self.latent_dim, generator=g) * self.prior_std).to(self.w1.device)
 
 
 class ToyClip(nn.Module):

@@ -54,8 +54,12 @@ class Generator(nn.Module):
                 f"{type(self).__name__} expects latents of shape (B, {self.latent_dim}), "
                 f"got {tuple(z.shape)}"
             )
-        # (not while a CUDA graph is captured: reading the answer would sync with the host;
-        # the scorer checks the latents on the host before they reach the graph)
+        # Not while a CUDA graph is captured (reading the answer would sync with the host)
+        # nor inside torch.compile (a data-dependent branch breaks the graph, and the capture
+        # flag would recompile inside the capture); the scorer checks the latents on the host
+        # before they reach a graph or a compiled pass.
+        if torch.compiler.is_compiling():
+            return z
         capturing = z.is_cuda and torch.cuda.is_current_stream_capturing()
         if not capturing and not torch.isfinite(z).all():
             raise ValueError("latents contain NaN or inf")
