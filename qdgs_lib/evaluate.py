@@ -84,6 +84,9 @@ def verification_accuracy(emb: np.ndarray, issame: np.ndarray, n_folds: int = 10
     issame = np.asarray(issame, dtype=bool)
     if len(emb) != 2 * len(issame):
         raise ValueError(f"{len(emb)} embeddings for {len(issame)} pairs")
+    if not np.isfinite(emb).all():   # NaN distances pass no threshold: a silent 0.5
+        raise ValueError(f"{int((~np.isfinite(emb)).any(1).sum())} embeddings hold NaN/inf: "
+                         "the model's weights or the images are broken")
     dist = ((emb[0::2] - emb[1::2]) ** 2).sum(1)
     thresholds = np.arange(0, 4, 0.01) if thresholds is None else thresholds
     folds = contiguous_folds(len(issame), n_folds) if folds is None else np.asarray(folds)

@@ -23,7 +23,14 @@ from .models.iresnet import build_iresnet
 from .paths import benchmarks_dir, data_dir, real_dataset_path
 from .sampling import read_identity_dataset
 from .train import RecognitionTrainer, adaface_input
-from .utils import resize_square, resolve_device, save_weights, seed_everything
+from .utils import (
+    BadFileError,
+    reading,
+    resize_square,
+    resolve_device,
+    save_weights,
+    seed_everything,
+)
 
 
 def train_recognizer(data: Dataset, p: dict[str, Any], outdir, epochs: int,
@@ -168,7 +175,15 @@ def load_backbone(p: dict[str, Any], path) -> torch.nn.Module:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run notebooks/03_pretraining.ipynb first")
     net = build_iresnet(p["backbone"])
-    net.load_state_dict(load_file(str(path)))
+    with reading(path, f"a {p['backbone']} backbone (safetensors)",
+                 "Delete it and re-run notebooks/03_pretraining.ipynb (finished stages are "
+                 "kept; this one trains again)."):
+        state = load_file(str(path))
+        net.load_state_dict(state)
+    bad = [k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise BadFileError(f"{path}: non-finite weights in {bad[:3]} (diverged training?). "
+                           "Delete it and re-run notebooks/03_pretraining.ipynb.")
     return net.eval()
 
 

@@ -604,3 +604,48 @@ def test_first_contact_mistakes_get_a_pointer(tmp_path):
     assert data.elite_at((0, 1), (0, 0)) is None
     with pytest.raises(ValueError, match="cell is empty"):
         data.facts(data.elite_at((0, 1), (0, 0)))
+
+
+def test_broken_backbones_and_nan_embeddings_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from qdgs_lib.evaluate import verification_accuracy
+    from qdgs_lib.models.iresnet import build_iresnet
+    from qdgs_lib.recognition import load_backbone
+
+    p = {"backbone": "ir_small"}
+    state = build_iresnet("ir_small").state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "ok.safetensors")
+    load_backbone(p, tmp_path / "ok.safetensors")
+    nan = {k: (v.fill_(float("nan")) if v.is_floating_point() else v).contiguous()
+           for k, v in build_iresnet("ir_small").state_dict().items()}
+    save_file(nan, tmp_path / "nan.safetensors")
+    with pytest.raises(BadFileError, match="non-finite weights"):
+        load_backbone(p, tmp_path / "nan.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "ok.safetensors").read_bytes()[:100])
+    with pytest.raises(BadFileError, match="cut.safetensors.*re-run notebooks/03"):
+        load_backbone(p, tmp_path / "cut.safetensors")
+    with pytest.raises(BadFileError, match="ok.safetensors"):   # another architecture
+        load_backbone({"backbone": "ir18"}, tmp_path / "ok.safetensors")
+    emb = np.ones((4, 2))
+    emb[1, 0] = np.nan
+    with pytest.raises(ValueError, match="1 embeddings hold NaN"):
+        verification_accuracy(emb, np.array([True, False]))
+
+
+def test_oversized_images_in_a_bin_are_refused_from_their_header(tmp_path):
+    import io
+    import pickle
+
+    from PIL import Image
+
+    from qdgs_lib.data.benchmarks import read_bin
+
+    def png(side):
+        buf = io.BytesIO()
+        Image.new("RGB", (side, side)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    (tmp_path / "lfw.bin").write_bytes(pickle.dumps(([png(112), png(4000)], [True])))
+    with pytest.raises(BadFileError, match="image 1: a 4000x4000 image"):
+        read_bin(tmp_path / "lfw.bin")

@@ -165,3 +165,28 @@ def test_trainer_streams_a_recordio_set_with_workers(tmp_path):
     net = recognition.train_recognizer(data, p, tmp_path / "run", epochs=2, progress=False)
     log = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert len(log) == 3 and not any(v.is_cuda for v in net.state_dict().values())
+
+
+@pytest.mark.parametrize("meta, match", [
+    ([3e9, 3e9 + 5], r"meta record \[3e\+09, 3e\+09\] .* does not fit its .idx of 2 keys"),
+    ([float("nan"), 4], "not finite"), ([float("inf"), 4], "not finite"),
+    ([3, 2], r"meta record \[3, 2\]"),   # end before the first identity
+])
+def test_forged_meta_records_are_refused_before_anything_is_sized(tmp_path, meta, match):
+    """record 0's [first identity key, end] used to size arrays before the .idx was consulted
+    (3e9 asked for 22 GiB) and NaN/inf gave raw conversion errors."""
+    write_recordio(tmp_path / "train.rec", {0: pack(meta, b""), 1: pack(0.0, jpeg(1))})
+    with pytest.raises(RecordIOError, match=match):
+        RecordIOFaces(tmp_path)
+
+
+def test_bad_labels_and_binary_index_name_the_file(tmp_path):
+    write_recordio(tmp_path / "train.rec", {0: pack(float("nan"), jpeg(1))})
+    with pytest.raises(RecordIOError, match="key 0: label .* is not a whole number"):
+        RecordIOFaces(tmp_path)
+    (tmp_path / "train.idx").write_bytes(b"\x00\xff\xfe\x81garbage\n")
+    with pytest.raises(RecordIOError, match="train.idx:1: expected 'key<TAB>offset'"):
+        RecordIOFaces(tmp_path)
+    (tmp_path / "train.idx").write_text(f"0\t{10**30}\n")
+    with pytest.raises(RecordIOError, match="out of range"):
+        RecordIOFaces(tmp_path)

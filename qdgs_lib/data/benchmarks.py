@@ -37,6 +37,7 @@ BIN_ALLOWED = {
     "numpy.core.numeric._frombuffer", "numpy._core.numeric._frombuffer",
 }
 RFW_RACES = ("African", "Asian", "Caucasian", "Indian")
+MAX_SIDE = 1024   # a .bin's images are 112x112; a huge one is a damaged (or hostile) file
 
 
 @dataclass
@@ -61,7 +62,13 @@ def _decode(item, where: str) -> np.ndarray:
         raise BadFileError(f"{where}: expected encoded image bytes, got {type(item).__name__}")
     data = item.tobytes() if isinstance(item, np.ndarray) else bytes(item)
     try:
-        return np.array(Image.open(io.BytesIO(data)).convert("RGB"))
+        img = Image.open(io.BytesIO(data))
+        if max(img.size) > MAX_SIDE:   # read from the header, before any pixel is decoded
+            raise BadFileError(f"{where}: a {img.size[0]}x{img.size[1]} image; validation "
+                               f"images are 112x112 (refused above {MAX_SIDE} px). {BIN_FIX}")
+        return np.array(img.convert("RGB"))
+    except BadFileError:
+        raise
     except Exception as e:  # noqa: BLE001 - PIL raises several types
         raise BadFileError(f"{where}: cannot decode image ({e}); the file may be truncated or "
                            "not an InsightFace validation .bin") from e

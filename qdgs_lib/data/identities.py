@@ -119,19 +119,30 @@ class RecordIOFaces(Dataset):
         self.reader, self.image_size = RecordIOReader(rec), image_size
         keys = self.reader.keys
         labels = unpack(self.reader.read(0), f"{rec} record 0")[0] if 0 in self.reader else []
-        if len(labels) >= 2 and int(labels[0]) > 1:  # meta record: [first identity key, end]
-            first_id, end = int(labels[0]), int(labels[1])
+        labels = np.asarray(labels, dtype=float)
+        if len(labels) >= 2 and not np.isfinite(labels[:2]).all():
+            raise RecordIOError(f"{rec}: record 0's labels {labels[:2].tolist()} are not finite")
+        if len(labels) >= 2 and labels[0] > 1:  # meta record: [first identity key, end]
+            # checked against the .idx before anything is sized by it (a forged first key of
+            # 3e9 asked for 22 GiB)
+            first_id, end = labels[0], labels[1]
+            if not (first_id == int(first_id) and first_id <= len(keys) + 1
+                    and end == int(end) and end > first_id):
+                raise RecordIOError(f"{rec}: meta record [{first_id:g}, {end:g}] (first "
+                                    f"identity key, end) does not fit its .idx of {len(keys)} "
+                                    "keys: the file is damaged; fetch it again")
+            first_id, end = int(first_id), int(end)
             self.keys = np.arange(1, first_id)
             self.num_classes = end - first_id
-            missing = set(self.keys.tolist()) - set(keys.tolist())
-            if missing:
+            missing = np.setdiff1d(self.keys, np.asarray(keys))
+            if len(missing):
                 raise RecordIOError(f"{rec}: meta record lists images 1..{first_id - 1} but the "
                                     f".idx lacks {len(missing)} of them (e.g. key "
-                                    f"{min(missing)})")
+                                    f"{missing.min()})")
         else:  # no meta record: every key is an image; classes from the labels
             self.keys = np.asarray(keys)
             self.num_classes = 1 + max(
-                int(unpack(self.reader.read(int(k)), f"{rec} key {k}")[0][0]) for k in self.keys)
+                self._label(self.reader.read(int(k)), f"{rec} key {k}") for k in self.keys)
         prop = rec.parent / "property"
         if prop.is_file():  # InsightFace's "num_classes,H,W"
             try:
@@ -149,11 +160,18 @@ class RecordIOFaces(Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
+    @staticmethod
+    def _label(raw: bytes, where: str) -> int:
+        labels = unpack(raw, where)[0]
+        if len(labels) == 0 or not np.isfinite(labels[0]) or labels[0] != int(labels[0]):
+            raise RecordIOError(f"{where}: label {list(labels[:1])} is not a whole number")
+        return int(labels[0])
+
     def __getitem__(self, i: int):
         key = int(self.keys[i])
         where = f"{self.reader.path} key {key} (offset {self.reader.offset(key)})"
-        labels, _, data = unpack(self.reader.read(key), where)
-        label = int(labels[0])
+        label = self._label(raw := self.reader.read(key), where)
+        _, _, data = unpack(raw, where)
         if not 0 <= label < self.num_classes:
             raise RecordIOError(f"{where}: label {label} outside 0..{self.num_classes - 1}")
         try:

@@ -40,16 +40,20 @@ def read_index(idx_path: str | Path) -> dict[int, int]:
             f"{idx_path} not found: InsightFace training sets come as train.rec + train.idx "
             "(e.g. faces_webface_112x112.zip, faces_emore.zip); put both in the same folder")
     index = {}
-    with open(idx_path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            try:
-                index[int(parts[0])] = int(parts[1])
-            except (ValueError, IndexError) as e:
-                raise RecordIOError(f"{idx_path}:{n}: expected 'key<TAB>offset', got "
-                                    f"{line.strip()[:60]!r}") from e
+    n, line = 0, ""
+    try:
+        with open(idx_path, encoding="ascii") as f:
+            for n, line in enumerate(f, 1):  # noqa: B007 - n names the bad line
+                if not line.strip():
+                    continue
+                parts = line.split("\t")
+                key, offset = int(parts[0]), int(parts[1])
+                if not (0 <= key < 2**63 and 0 <= offset < 2**63):
+                    raise ValueError("key or offset out of range")
+                index[key] = offset
+    except (ValueError, IndexError) as e:   # UnicodeDecodeError (a binary file) included
+        raise RecordIOError(f"{idx_path}:{n + isinstance(e, UnicodeDecodeError)}: expected "
+                            f"'key<TAB>offset' lines, got {line.strip()[:60]!r} ({e})") from e
     if not index:
         raise RecordIOError(f"{idx_path} lists no records")
     return index
