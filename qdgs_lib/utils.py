@@ -378,6 +378,16 @@ class RestrictedUnpickler(pickle._Unpickler):
         self.allowed = set(allowed)
         self.overrides = overrides or {}
 
+    def load(self):
+        try:
+            return super().load()
+        except EOFError as e:
+            raise pickle.UnpicklingError("truncated: the pickle ends early") from e
+        except pickle.UnpicklingError as e:
+            if "exhausted" in str(e):   # the pure-Python unpickler's words for a cut file
+                raise pickle.UnpicklingError(f"truncated: {e}") from e
+            raise
+
     def load_build(self):
         inst, state = self.stack[-2], self.stack[-1]
         if isinstance(inst, np.dtype):
