@@ -235,6 +235,7 @@ def training_curves(logs: pd.DataFrame, axes=None):
         color = f"C{sorted(logs.pretraining.unique()).index(pre)}"
         for ax, col in zip(axes, ("loss", "train_acc"), strict=True):
             ax.plot(mean.index, mean[col], "--" if stage == "pre" else "-", color=color,
+                    marker="o", markersize=3,  # one epoch is a point
                     label=f"{pre} ({'synthetic' if stage == 'pre' else 'real'})")
             ax.fill_between(mean.index, low[col], high[col], color=color, alpha=0.15, lw=0)
     for ax, label in zip(axes, ("AdaFace loss", "training accuracy"), strict=True):

@@ -98,6 +98,8 @@ def main():
     ap.add_argument("--vae-frac", type=float, default=0.0,
                     help="shapes: share of each batch that are VAE decodes (oracle-captioned)")
     args = ap.parse_args()
+    if not 0 <= args.vae_frac <= 1:
+        ap.error(f"--vae-frac must lie in [0, 1] (a share of each batch), got {args.vae_frac}")
     out = args.out or str(weights_dir() / OWN_MODELS[args.model])
     seed_everything(args.seed)
     rng = random.Random(args.seed)

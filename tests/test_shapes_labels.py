@@ -209,3 +209,9 @@ def test_classifier_protocol_refuses_sets_it_cannot_learn_from():
         assert why   # each case above is refused before any training
     with pytest.raises(KeyError, match="has seeds \\[5\\], the profile \\(0,\\)"):
         shapes_poc.classifier_protocol(p, {"x": {5: a}}, progress=False, device="cpu")
+
+
+def test_empty_or_negative_shapes_datasets_are_refused():
+    for n in (0, -4):
+        with pytest.raises(ValueError, match="needs n >= 1"):
+            ShapesDataset(n, None)

@@ -76,3 +76,24 @@ def test_real_training_set_is_biased_and_seeded():
     x2, _, _ = real_training_set(50, 3, seed=5, size=32)
     assert torch.equal(x1, x2)
     assert x1.shape == (150, 3, 32, 32) and y1.tolist()[:6] == [0, 0, 0, 1, 1, 1]
+
+
+def test_benchmark_folder_refuses_other_settings_and_empty_requests(tmp_path):
+    root = write_benchmark(tmp_path / "b", pairs_per_group=20, size=16)
+    assert write_benchmark(root, pairs_per_group=20, size=16) == root   # same: reused
+    with pytest.raises(ValueError, match=r"'size': \(16, 32\)"):
+        write_benchmark(root, pairs_per_group=20, size=32)
+    with pytest.raises(ValueError, match="positive multiple of 20"):
+        write_benchmark(tmp_path / "c", pairs_per_group=0)
+
+
+def test_corrupted_captions_work_at_any_size_divisible_by_4():
+    from qdgs_lib.data.captions import corrupt
+
+    g = torch.Generator().manual_seed(0)
+    for size in (32, 64, 128):
+        x = torch.rand(12, 3, size, size)
+        out = corrupt(x, g)
+        assert out.shape == x.shape and not torch.equal(out, x)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        corrupt(torch.rand(2, 3, 30, 30), g)

@@ -111,6 +111,9 @@ def corrupt(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Discolor, blur, add noise or occlude: the quality prompt's negative examples."""
     from torchvision.transforms.v2.functional import gaussian_blur
 
+    if x.shape[-1] % 4 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"corrupt needs square images with a side divisible by 4 (4x4 "
+                         f"tiles), got {tuple(x.shape[-2:])}")
     out = x.clone()
     kind = torch.randint(0, 4, (len(x),), generator=generator)
     for i, k in enumerate(kind.tolist()):
@@ -122,10 +125,11 @@ def corrupt(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
             img = gaussian_blur(img[None], kernel_size=15, sigma=4.0)[0]
         elif k == 2:
             img = img + 0.3 * torch.randn(img.shape, generator=generator)
-        else:  # scrambled patches
-            p = img.unfold(1, 16, 16).unfold(2, 16, 16).reshape(3, 16, 16, 16)
+        else:  # scrambled patches: a 4x4 grid of tiles, shuffled
+            k = img.shape[-1] // 4
+            p = img.unfold(1, k, k).unfold(2, k, k).reshape(3, 16, k, k)
             idx = torch.randperm(16, generator=generator)
-            img = p[:, idx].reshape(3, 4, 4, 16, 16).permute(0, 1, 3, 2, 4).reshape(3, 64, 64)
+            img = p[:, idx].reshape(3, 4, 4, k, k).permute(0, 1, 3, 2, 4).reshape(3, 4 * k, 4 * k)
         out[i] = img.clamp(0, 1)
     return out
 

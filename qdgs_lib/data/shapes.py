@@ -119,6 +119,8 @@ class ShapesDataset(Dataset):
 
     def __init__(self, n: int, bias: float | None, size: int = 64, seed: int = 0,
                  augment: bool = False):
+        if n < 1:
+            raise ValueError(f"a shapes dataset needs n >= 1 images, got {n}")
         g = torch.Generator().manual_seed(seed)
         if bias is None:
             colors, shapes = balanced_groups(n)

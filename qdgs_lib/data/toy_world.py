@@ -11,6 +11,7 @@ so :func:`qdgs_lib.data.benchmarks.read_rfw` and the same evaluator serve both.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -66,10 +67,20 @@ def write_benchmark(root: str | Path, pairs_per_group: int = 600, size: int = 64
     pairs (two photos of one identity), half negative (two identities of the group), in blocks
     of 300 + 300 like RFW (``pairs_per_group`` must be a multiple of 20 for 10 folds)."""
     root = Path(root)
+    settings = {"pairs_per_group": pairs_per_group, "size": size, "seed": seed}
     if (root / "test" / "txts").exists():
+        record = root / "benchmark.json"
+        if record.is_file():   # (folders of earlier versions have no record)
+            have = json.loads(record.read_text())
+            differ = {k: (have.get(k), v) for k, v in settings.items() if have.get(k) != v}
+            if differ:
+                raise ValueError(f"{root} holds a toy benchmark written with other settings "
+                                 f"(setting: (on disk, asked)) {differ}: delete {root} to "
+                                 "write it again, or use another folder")
         return root
-    if pairs_per_group % 20:
-        raise ValueError("pairs_per_group must be a multiple of 20")
+    if pairs_per_group <= 0 or pairs_per_group % 20:
+        raise ValueError(f"pairs_per_group must be a positive multiple of 20 (10 folds of "
+                         f"positive and negative pairs), got {pairs_per_group}")
     g = torch.Generator().manual_seed(seed)
     with atomic_dir(root) as tmp:
         half = pairs_per_group // 2
@@ -94,4 +105,5 @@ def write_benchmark(root: str | Path, pairs_per_group: int = 600, size: int = 64
             t = tmp / "test" / "txts" / group
             t.mkdir(parents=True)
             (t / f"{group}_pairs.txt").write_text("\n".join(lines) + "\n")
+        (tmp / "benchmark.json").write_text(json.dumps(settings))
     return root
