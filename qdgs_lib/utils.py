@@ -337,6 +337,79 @@ def load_checkpoint_with_fallback(path: str | os.PathLike, load: Callable[[Path]
     return None
 
 
+class StepCheckpoint:
+    """Checkpoint and resume for a training script's step loop.
+
+    Every ``every`` steps the model, optimizer, scheduler, the named ``torch.Generator``s,
+    the global torch RNG and a ``random.Random`` go to ``<out>.ckpt`` (atomically, the
+    previous one kept beside it); a rerun with the same ``config`` resumes there and ends with
+    the weights of an uninterrupted run; a rerun with another config is refused (naming the
+    settings that differ). :meth:`done` removes the checkpoints once the weights are written.
+    """
+
+    def __init__(self, out: str | os.PathLike, config: dict[str, Any], every: int = 200):
+        self.path = Path(f"{out}.ckpt")
+        self.config = json.dumps({k: v for k, v in config.items() if k != "out"},
+                                 sort_keys=True, default=str)
+        self.every = max(1, int(every))
+
+    def _state(self, step, model, opt, sched, generators, rng) -> dict[str, Any]:
+        return {"step": step, "config": self.config, "model": model.state_dict(),
+                "opt": opt.state_dict(), "sched": sched.state_dict() if sched else None,
+                "generators": {k: g.get_state() for k, g in generators.items()},
+                "torch_rng": torch.get_rng_state(),
+                "rng": rng.getstate() if rng is not None else None}
+
+    def resume(self, model, opt, sched=None, generators: dict[str, torch.Generator] | None = None,
+               rng: random.Random | None = None) -> int:
+        """Restore the latest checkpoint into the objects; the step to continue from (0:
+        none)."""
+        def load(path: Path):
+            with reading(path, "a training-script checkpoint",
+                         f"Delete {self.path.name}* to start over."):
+                return torch.load(path, map_location="cpu", weights_only=True)
+
+        state = load_checkpoint_with_fallback(self.path, load, "training")
+        if state is None:
+            return 0
+        if state["config"] != self.config:
+            have, want = json.loads(state["config"]), json.loads(self.config)
+            differ = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
+            there, now = [have.get(k) for k in differ], [want.get(k) for k in differ]
+            raise ValueError(f"{self.path} was written with other settings ({differ}: {there} "
+                             f"there, {now} now): rerun with those, or delete "
+                             f"{self.path.name}* to start over")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        if sched is not None:
+            sched.load_state_dict(state["sched"])
+        for k, g in (generators or {}).items():
+            g.set_state(state["generators"][k])
+        torch.set_rng_state(state["torch_rng"])
+        if rng is not None:
+            rng.setstate(_as_tuple(state["rng"]))
+        print(f"resumed {self.path.name} at step {state['step']}")
+        return int(state["step"])
+
+    def step_done(self, step: int, total: int, model, opt, sched=None,
+                  generators: dict[str, torch.Generator] | None = None,
+                  rng: random.Random | None = None) -> None:
+        """Call after step ``step`` (0-based) of ``total``: checkpoints every ``every`` steps
+        (not after the last: the weights follow)."""
+        if (step + 1) % self.every == 0 and step + 1 < total:
+            state = self._state(step + 1, model, opt, sched, generators or {}, rng)
+            write_checkpoint(self.path, lambda tmp: torch.save(state, tmp))
+
+    def done(self) -> None:
+        for path in (self.path, previous_path(self.path)):
+            path.unlink(missing_ok=True)
+
+
+def _as_tuple(x: Any) -> Any:
+    """``random.Random.setstate`` wants the tuples that ``torch.save`` stored as lists."""
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
+
+
 def _check_dtype_state(dtype: np.dtype, state: Any) -> None:
     """numpy's ``dtype.__setstate__`` trusts its state: a file could give a structured dtype
     an object field with the flags that mark it as one cleared, and numpy would then read 8

@@ -30,7 +30,13 @@ from qdgs_lib.data.captions import (
     true_captions,
 )
 from qdgs_lib.paths import weights_dir
-from qdgs_lib.utils import atomic_path, seed_everything, write_weights_record
+from qdgs_lib.utils import (
+    StepCheckpoint,
+    atomic_path,
+    seed_everything,
+    sha256_file,
+    write_weights_record,
+)
 
 WORLDS = {"qdgs-shapes-clip": (shapes_batch, SHAPE_CAPTIONS),
           "qdgs-faces-clip": (faces_batch, FACE_CAPTIONS)}
@@ -97,6 +103,8 @@ def main():
     ap.add_argument("--flips", action="store_true", help="random horizontal/vertical flips")
     ap.add_argument("--vae-frac", type=float, default=0.0,
                     help="shapes: share of each batch that are VAE decodes (oracle-captioned)")
+    ap.add_argument("--checkpoint-every", type=int, default=200,
+                    help="steps between checkpoints (<out>.ckpt; a rerun resumes there)")
     args = ap.parse_args()
     if not 0 <= args.vae_frac <= 1:
         ap.error(f"--vae-frac must lie in [0, 1] (a share of each batch), got {args.vae_frac}")
@@ -117,8 +125,12 @@ def main():
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps,
                                                 pct_start=0.1)
     g = torch.Generator().manual_seed(args.seed)
-    bar = tqdm(range(args.steps), desc=f"train {args.model}")
-    for _ in bar:
+    ckpt = StepCheckpoint(out, {k: v for k, v in vars(args).items() if k != "checkpoint_every"},
+                          args.checkpoint_every)
+    start = ckpt.resume(model, opt, sched, {"data": g}, rng)
+    bar = tqdm(range(start, args.steps), desc=f"train {args.model}", initial=start,
+               total=args.steps)
+    for step in bar:
         images, attrs = batch_fn(args.batch, g)
         images = blur_some(images, g)
         if args.flips:
@@ -140,10 +152,19 @@ def main():
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        ckpt.step_done(step, args.steps, model, opt, sched, {"data": g}, rng)
     model.eval()
     with atomic_path(out) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    write_weights_record(out, vars(args), final_loss=loss.item(), captions=list(captions))
+    inputs = {}
+    if args.vae_frac > 0:   # the weights it learned from: a retrained VAE or oracle shows here
+        from qdgs_lib.generators.shapes_vae import WEIGHTS_FILE as VAE_FILE
+        from qdgs_lib.shapes_oracle import WEIGHTS_FILE as ORACLE_FILE
+
+        inputs = {name: sha256_file(weights_dir() / name) for name in (VAE_FILE, ORACLE_FILE)}
+    write_weights_record(out, vars(args), final_loss=loss.item(), captions=list(captions),
+                         **({"inputs (sha256)": inputs} if inputs else {}))
+    ckpt.done()
     print("wrote", out)
 
 

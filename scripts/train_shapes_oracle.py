@@ -23,7 +23,7 @@ from qdgs_lib.shapes_oracle import (
     train_shapes_oracle,
     vote,
 )
-from qdgs_lib.utils import atomic_path, write_weights_record
+from qdgs_lib.utils import atomic_path, sha256_file, write_weights_record
 
 
 def main():
@@ -47,8 +47,11 @@ def main():
     print(check)
     with atomic_path(args.out) as tmp:
         save_shapes_oracle(oracle, tmp)
+    from qdgs_lib.generators.shapes_vae import WEIGHTS_FILE as VAE_FILE
+
     write_weights_record(args.out, {**vars(args), "out": Path(args.out).name},
-                         **{"prior check": check})
+                         **{"prior check": check,   # made on this VAE's decodes
+                            "inputs (sha256)": {VAE_FILE: sha256_file(weights_dir() / VAE_FILE)}})
     print("wrote", args.out)
 
 

@@ -2,7 +2,8 @@
 
     python scripts/train_shapes_vae.py [--steps 3000] [--bias 0.9] [--out data/weights/...]
 
-Data are rendered on the fly (a new seeded batch every step), so nothing is stored.
+Data are rendered on the fly (a new seeded batch every step), so nothing is stored. A
+checkpoint every --checkpoint-every steps (<out>.ckpt): rerun the same command to resume.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from tqdm import tqdm
 from qdgs_lib.data.shapes import biased_groups, render, sample_params
 from qdgs_lib.generators.shapes_vae import WEIGHTS_FILE, ShapesVAE, save_shapes_vae
 from qdgs_lib.paths import weights_dir
-from qdgs_lib.utils import atomic_path, seed_everything, write_weights_record
+from qdgs_lib.utils import StepCheckpoint, atomic_path, seed_everything, write_weights_record
 
 
 def main():
@@ -27,6 +28,8 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(weights_dir() / WEIGHTS_FILE))
+    ap.add_argument("--checkpoint-every", type=int, default=200,
+                    help="steps between checkpoints (<out>.ckpt; a rerun resumes there)")
     args = ap.parse_args()
     seed_everything(args.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -34,8 +37,11 @@ def main():
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps)
     g = torch.Generator().manual_seed(args.seed)
-    bar = tqdm(range(args.steps), desc="shapes VAE")
-    for _ in bar:
+    ckpt = StepCheckpoint(args.out, {k: v for k, v in vars(args).items()
+                                     if k != "checkpoint_every"}, args.checkpoint_every)
+    start = ckpt.resume(model, opt, sched, {"data": g})
+    bar = tqdm(range(start, args.steps), desc="shapes VAE", initial=start, total=args.steps)
+    for step in bar:
         colors, shapes = biased_groups(args.batch, args.bias, g)
         x = render(sample_params(args.batch, colors, shapes, g), 128)
         recon, mu, logvar = model(x)
@@ -47,10 +53,12 @@ def main():
         opt.step()
         sched.step()
         bar.set_postfix(rec=f"{rec.item():.1f}", kl=f"{kl.item():.1f}")
+        ckpt.step_done(step, args.steps, model, opt, sched, {"data": g})
     model.eval()
     with atomic_path(args.out) as tmp:
         save_shapes_vae(model, tmp)
     write_weights_record(args.out, vars(args), final={"rec": rec.item(), "kl": kl.item()})
+    ckpt.done()
     print("wrote", args.out)
 
 

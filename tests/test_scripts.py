@@ -1,0 +1,56 @@
+"""The training scripts of the offline assets checkpoint and resume: a run killed midway and
+rerun ends with the weights of an uninterrupted run; other settings are refused."""
+
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(monkeypatch, name, argv, kill_after=None):
+    module = _script(name)
+
+    class KillingTqdm(module.tqdm):   # a kill after `kill_after` steps of the loop
+        def __iter__(self):
+            for i, item in enumerate(super().__iter__()):
+                if kill_after is not None and i == kill_after:
+                    raise KeyboardInterrupt
+                yield item
+
+    monkeypatch.setattr(module, "tqdm", KillingTqdm)
+    monkeypatch.setattr(sys, "argv", [name, *argv])
+    module.main()
+
+
+def _sha(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name, argv", [
+    ("train_shapes_vae", ["--steps", "6", "--batch", "4", "--checkpoint-every", "2"]),
+    ("train_clip", ["--model", "qdgs-shapes-clip", "--steps", "6", "--batch", "8",
+                    "--checkpoint-every", "2"]),
+])
+def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch, name, argv):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    whole, resumed = tmp_path / "whole.safetensors", tmp_path / "resumed.safetensors"
+    _run(monkeypatch, name, [*argv, "--out", str(whole)])
+    assert not list(tmp_path.glob("whole.safetensors.ckpt*"))   # removed with the weights
+    with pytest.raises(KeyboardInterrupt):
+        _run(monkeypatch, name, [*argv, "--out", str(resumed)], kill_after=5)
+    assert not resumed.exists() and Path(f"{resumed}.ckpt").exists()
+    with pytest.raises(ValueError, match=r"other settings \(\['lr'\]"):
+        _run(monkeypatch, name, [*argv, "--out", str(resumed), "--lr", "0.1"])
+    _run(monkeypatch, name, [*argv, "--out", str(resumed)])
+    assert _sha(resumed) == _sha(whole)
