@@ -121,7 +121,7 @@ def load_shapes_oracle(path: str | Path | None = None,
     """The shipped oracle (``data/weights/shapes_oracle.safetensors``), in eval mode."""
     from safetensors import safe_open
 
-    from .utils import check_recorded_sha256, reading
+    from .utils import check_recorded_sha256, check_tensor_shapes, reading
 
     path = Path(path) if path else weights_dir() / WEIGHTS_FILE
     fix = shipped_weights_fix(WEIGHTS_FILE, "train_shapes_oracle.py")
@@ -131,8 +131,9 @@ def load_shapes_oracle(path: str | Path | None = None,
     with reading(path, "shapes oracle weights (safetensors)", fix):
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-        state = load_file(str(path))
-        oracle = ShapeOracle([ShapeClassifier() for _ in range(int(meta["members"]))],
-                             int(meta["size"]))
-        oracle.load_state_dict(state)
+        members, size = int(meta["members"]), int(meta["size"])
+        check_tensor_shapes(path, lambda: ShapeOracle([ShapeClassifier()
+                                                       for _ in range(members)], size))
+        oracle = ShapeOracle([ShapeClassifier() for _ in range(members)], size)
+        oracle.load_state_dict(load_file(str(path)))
     return oracle.eval().requires_grad_(False).to(resolve_device(device))

@@ -649,3 +649,28 @@ def test_oversized_images_in_a_bin_are_refused_from_their_header(tmp_path):
     (tmp_path / "lfw.bin").write_bytes(pickle.dumps(([png(112), png(4000)], [True])))
     with pytest.raises(BadFileError, match="image 1: a 4000x4000 image"):
         read_bin(tmp_path / "lfw.bin")
+
+
+def test_metadata_cannot_make_the_loader_build_a_huge_network(tmp_path):
+    """Sizes in a safetensors file's metadata are checked against its tensors on the meta
+    device first (a 172-byte StyleGAN2 file claiming width 8192 took 2.9 GB; an oracle
+    claiming 2000 members, 1.2 GB)."""
+    import json
+    import resource
+
+    from safetensors.torch import save_file
+
+    from qdgs_lib.generators.stylegan2_legacy import load_stylegan2
+    from qdgs_lib.shapes_oracle import load_shapes_oracle
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    save_file({"x": torch.zeros(1)}, tmp_path / "sg.safetensors", metadata={
+        "qdgs_stylegan2_config": json.dumps({"z_dim": 8192, "w_dim": 8192,
+                                             "img_resolution": 4})})
+    with pytest.raises(BadFileError, match="do not match the network its metadata describes"):
+        load_stylegan2(tmp_path / "sg.safetensors", device="cpu")
+    save_file({"x": torch.zeros(1)}, tmp_path / "oracle.safetensors",
+              metadata={"members": "2000", "size": "32"})
+    with pytest.raises(BadFileError, match="do not match"):
+        load_shapes_oracle(tmp_path / "oracle.safetensors")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 400_000   # KiB

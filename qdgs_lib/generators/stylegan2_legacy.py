@@ -16,7 +16,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..paths import pretrained_dir
-from ..utils import BadFileError, RestrictedUnpickler, reading, resolve_device
+from ..utils import (
+    BadFileError,
+    RestrictedUnpickler,
+    check_tensor_shapes,
+    reading,
+    resolve_device,
+)
 from .stylegan2 import StyleGAN2
 
 
@@ -37,7 +43,9 @@ def load_stylegan2_safetensors(path: str | Path) -> StyleGAN2:
         if "qdgs_stylegan2_config" not in meta:
             raise BadFileError(f"{path} is not a qdgs StyleGAN2 safetensors file (no config "
                                f"metadata). {fix}")
-        net = StyleGAN2(**json.loads(meta["qdgs_stylegan2_config"]))
+        config = json.loads(meta["qdgs_stylegan2_config"])
+        check_tensor_shapes(path, lambda: StyleGAN2(**config))
+        net = StyleGAN2(**config)
         net.load_state_dict(load_file(str(path)))
     return net.eval()
 
