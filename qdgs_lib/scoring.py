@@ -90,15 +90,20 @@ class StaticCall:
         if not inputs.is_cuda:  # one warm-up call, as on CUDA: a compiled fn compiles here
             fn(self.inputs, self.memory)
         else:
-            stream = torch.cuda.Stream(inputs.device)
-            stream.wait_stream(torch.cuda.current_stream(inputs.device))
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    fn(self.inputs, self.memory)
-            torch.cuda.current_stream(inputs.device).wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.outputs = fn(self.inputs, self.memory)
+            # all on the inputs' GPU: torch.cuda.graph's default capture stream lives on the
+            # *current* device (GPU 0 unless set), where a cuda:1 scorer's kernels would not
+            # be recorded
+            dev = inputs.device
+            with torch.cuda.device(dev):
+                stream = torch.cuda.Stream(dev)
+                stream.wait_stream(torch.cuda.current_stream(dev))
+                with torch.cuda.stream(stream):
+                    for _ in range(2):
+                        fn(self.inputs, self.memory)
+                torch.cuda.current_stream(dev).wait_stream(stream)
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(dev)):
+                    self.outputs = fn(self.inputs, self.memory)
 
     def __call__(self, inputs: torch.Tensor, memory: torch.Tensor):
         self.inputs.copy_(inputs)
@@ -307,8 +312,9 @@ class PromptScorer:
     def _randomness(self) -> Iterator[None]:
         """A stochastic scorer's draws (cutouts, noise) from torch's global RNGs, seeded per
         call from the scorer's own stream (``seed``; saved in checkpoints) and restored
-        afterwards: a seeded search reproduces and resumes exactly, and the caller's RNG
-        state is left as it was."""
+        afterwards: a seeded search reproduces and resumes exactly on a CPU (on CUDA up to
+        the rounding of nondeterministic backward kernels: README, "Conventions"), and the
+        caller's RNG state is left as it was."""
         if not self.stochastic:
             yield
             return

@@ -159,8 +159,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def versions() -> dict[str, str]:
-    """Versions of the packages that decide a result."""
+def versions(device: str | torch.device | None = None) -> dict[str, str]:
+    """Versions of the packages that decide a result, and the name of ``device`` (default:
+    the current GPU, else "cpu")."""
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for name in ["torch", "torchvision", "ribs", "open_clip", "numpy", "pandas", "sklearn"]:
         try:
@@ -169,7 +170,13 @@ def versions() -> dict[str, str]:
         except ImportError:
             out[name] = "not installed"
     out["cuda"] = torch.version.cuda or "none"
-    out["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type != "cuda":
+        out["device"] = dev.type
+    elif torch.cuda.is_available():   # the run's own GPU (cuda:1 is not the current one)
+        out["device"] = torch.cuda.get_device_name(dev)
+    else:
+        out["device"] = "cpu"
     return out
 
 
@@ -186,7 +193,13 @@ def write_run_info(outdir: str | os.PathLike, config: dict[str, Any],
     the same record to ``also`` (e.g. next to the figures the run makes)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"config": config, "versions": versions()}, indent=2, default=_jsonable)
+    device = config.get("device")
+    try:
+        device = torch.device(device) if isinstance(device, str | torch.device) else None
+    except RuntimeError:   # a device string of a user's own: name the machine's
+        device = None
+    text = json.dumps({"config": config, "versions": versions(device)}, indent=2,
+                      default=_jsonable)
     path = outdir / "config.json"
     atomic_write_text(path, text)
     if also is not None:

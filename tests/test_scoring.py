@@ -419,3 +419,54 @@ def test_latent_check_leaves_a_compiled_pass_whole():
     torch.testing.assert_close(compiled(z), gen.decode(z))
     with pytest.raises(ValueError, match="NaN or inf"):   # eager calls still check
         gen.decode(z.index_fill(0, torch.tensor([1]), float("nan")))
+
+
+def test_cuda_graph_capture_happens_on_the_inputs_gpu(monkeypatch):
+    """torch.cuda.graph's default capture stream lives on the current GPU (0 unless set): a
+    cuda:1 scorer must capture on a stream of cuda:1, inside a device guard. Simulated with
+    stand-ins for torch.cuda's pieces (no GPU here); the real capture runs in test_devices."""
+    import contextlib
+
+    from qdgs_lib import scoring
+
+    seen = {"device": [], "capture stream": None}
+
+    class Stream:
+        def __init__(self, device=None):
+            self.device = torch.device(device) if device is not None else torch.device("cuda:0")
+
+        def wait_stream(self, other):
+            pass
+
+    @contextlib.contextmanager
+    def guard(device):
+        seen["device"].append(torch.device(device))
+        yield
+
+    @contextlib.contextmanager
+    def graph(g, stream=None, **kw):
+        seen["capture stream"] = stream.device if stream is not None else torch.device("cuda:0")
+        yield
+
+    class Inputs:
+        is_cuda, device = True, torch.device("cuda:1")
+
+        def clone(self):
+            return self
+
+    for name, value in {"Stream": Stream, "current_stream": Stream, "device": guard,
+                        "stream": lambda s: contextlib.nullcontext(), "graph": graph,
+                        "CUDAGraph": object}.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    scoring.StaticCall(lambda z, m: (), Inputs(), Inputs())
+    assert seen["capture stream"] == torch.device("cuda:1")
+    assert seen["device"] == [torch.device("cuda:1")]
+
+
+def test_run_record_names_the_run_device(monkeypatch):
+    from qdgs_lib.utils import versions
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: f"GPU {d}")
+    assert versions("cuda:1")["device"] == "GPU cuda:1"
+    assert versions("cpu")["device"] == "cpu"   # a CPU run on a GPU machine

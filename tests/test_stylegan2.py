@@ -241,3 +241,16 @@ def test_split_layer_backward_keeps_the_forward_autocast(monkeypatch):
         torch.autograd.grad(out.float().sum(), s)  # outside the autocast block
         assert seen == [autocast]
         seen.clear()
+
+
+def test_network_pickle_written_from_a_gpu_loads_on_a_cpu(tmp_path, monkeypatch):
+    """Storages pickled from a GPU carry a "cuda:0" tag; they are read to the CPU (torch
+    refused them on a machine without CUDA, reported as a bad file)."""
+    net = small_net()
+    monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+    write_network_pickle(net, tmp_path / "gpu.pkl")
+    monkeypatch.undo()
+    loaded = load_stylegan2(tmp_path / "gpu.pkl", device="cpu")
+    z = torch.randn(2, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(loaded(z), net(z), atol=1e-6)

@@ -77,7 +77,9 @@ class _EasyDict(dict):
 
 
 def _load_storage(b: bytes):
-    return torch.load(io.BytesIO(b), weights_only=True)
+    # a pickle saved from a GPU tags its storages "cuda": read them to the CPU (the caller
+    # moves the network to its device), so such files load on machines without one
+    return torch.load(io.BytesIO(b), weights_only=True, map_location="cpu")
 
 
 _NV_ALLOWED = {
