@@ -244,8 +244,9 @@ def test_compiled_static_calls_give_the_eager_numbers(autocast):
     jacobians at batch 1) run torch.compile'd forward and backward passes, and equal the
     eager calls up to float rounding (fused kernels round differently); also under
     ``autocast`` (the bench's compiled float16 candidate; bfloat16 here, CPU's fast one),
-    where the compiled calls keep half precision's numbers (measured: equal to eager
-    bfloat16's within 2.4e-7, 0.2 away from float32's jacobians)."""
+    where the compiled calls keep half precision's numbers: within bfloat16's rounding of
+    eager bfloat16's (measured: objective 4e-4 relative, once the generator's latent check
+    stopped breaking the compiled graph), while float32's jacobians differ by > 1e-2."""
     from qdgs_lib.utils import compile_available
 
     if (why := compile_available(torch.device("cpu"))) is not None:
@@ -269,11 +270,19 @@ def test_compiled_static_calls_give_the_eager_numbers(autocast):
         for r in runs:
             assert max(np.abs(a.jacobian - b.jacobian).max()
                        for a, b in zip(r, fp32, strict=True) if a.jacobian is not None) > 1e-2
+    # float32: float rounding; bfloat16: within its rounding (8 bits: 2**-8 = 3.9e-3), since
+    # a whole compiled pass fuses elementwise ops and skips intermediate bfloat16 roundings
+    # that eager calls make (inductor's default)
+    rtol = 1e-5 if autocast is None else 2**-8
     for eager, comp in zip(*runs, strict=True):
-        np.testing.assert_allclose(comp.objective, eager.objective, rtol=1e-5)
-        np.testing.assert_allclose(comp.measures, eager.measures, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(comp.objective, eager.objective, rtol=rtol)
+        np.testing.assert_allclose(comp.measures, eager.measures, rtol=rtol, atol=1e-6 if
+                                   autocast is None else 2**-8 * np.abs(eager.measures).max())
         if eager.jacobian is not None:
-            np.testing.assert_allclose(comp.jacobian, eager.jacobian, rtol=1e-4, atol=1e-5)
+            scale = np.abs(eager.jacobian).max()
+            np.testing.assert_allclose(comp.jacobian, eager.jacobian,
+                                       rtol=1e-4 if autocast is None else 2**-6,
+                                       atol=1e-5 if autocast is None else 2**-6 * scale)
 
 
 def test_a_failing_compile_falls_back_to_uncompiled_static_calls(monkeypatch):
