@@ -22,7 +22,7 @@ def test_similarity_transform_recovers_a_known_transform():
     m = similarity_transform(src, dst)
     np.testing.assert_allclose(m[:, :2], s * rot, atol=1e-9)
     np.testing.assert_allclose(m[:, 2], t, atol=1e-9)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="matching"):
         similarity_transform(src, dst[:3])
 
 

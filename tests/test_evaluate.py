@@ -55,7 +55,7 @@ def test_ten_fold_protocol_hand_checked_case():
 def test_folds_are_contiguous():
     f = contiguous_folds(25, 10)
     assert list(f[:3]) == [0, 0, 0] and f[-1] == 9 and np.all(np.diff(f) >= 0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="need at least 10 pairs"):
         contiguous_folds(5, 10)
 
 

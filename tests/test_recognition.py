@@ -56,7 +56,7 @@ def test_arcface_and_cosface_margins():
     y = torch.tensor([0])
     assert arc(emb, None, y)[0, 0].item() == pytest.approx(64 * math.cos(0.8), rel=1e-4)
     assert cos(emb, None, y)[0, 0].item() == pytest.approx(64 * (math.cos(0.3) - 0.4), rel=1e-4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown head 'sphereface'"):
         build_head("sphereface", 2, 2)
 
 

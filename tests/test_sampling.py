@@ -84,7 +84,7 @@ def test_cluster_identities_sizes_stay_within_bins():
         assert not set(members) & set(ids[(bins != b) & (bins >= 0)])
     # deterministic under the seed
     np.testing.assert_array_equal(ids, cluster_identities(z, bins, 2, seed=0))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="per_identity must be >= 1"):
         cluster_identities(z, bins, 0)
 
 
