@@ -400,6 +400,11 @@ class RecognitionTrainer:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 emb, logits = self.model(x, y)
                 loss = F.cross_entropy(logits, y)
+            with torch.no_grad():  # accuracy of the plain cosine classifier (no margin), with
+                # the class centres that gave this loss (after the step they fit the batch)
+                cos = self.head.cosine(emb.detach().float()) if hasattr(self.head, "cosine") \
+                    else logits.detach()
+                correct += (cos.argmax(1) == y).sum()
             self.opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             # the next batch is read, moved and augmented while the GPU runs this backward:
@@ -409,9 +414,6 @@ class RecognitionTrainer:
             self.scaler.step(self.opt)
             self.scaler.update()
             total += loss.detach().double() * len(y)
-            with torch.no_grad():  # accuracy of the plain cosine classifier (no margin)
-                cos = self.head.cosine(emb.float()) if hasattr(self.head, "cosine") else logits
-                correct += (cos.argmax(1) == y).sum()
             count += len(y)
         lr = self.opt.param_groups[0]["lr"]  # the rate this epoch trained at
         self.sched.step()
