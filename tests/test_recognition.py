@@ -319,15 +319,23 @@ def test_compiled_training_matches_eager_up_to_rounding(tmp_path):
 
     assert worst(comp) <= 3 * worst(eager) + 1e-6, (worst(comp), worst(eager))
 
-    eager = make_trainer(tmp_path / "eager")
-    rows_eager = eager.run(1)
-    torch.manual_seed(0)
-    compiled = RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), TensorFaces(x, y),
-                                  tmp_path / "compiled", lr=0.05, milestones=(3,),
-                                  batch_size=16, progress=False, compile=True)
-    assert compiled.compiled
-    rows = compiled.run(1)
-    assert math.isclose(rows_eager[0]["loss"], rows[0]["loss"], rel_tol=1e-3), (rows_eager, rows)
+    def trainer(outdir, batch, compile):
+        torch.manual_seed(0)
+        return RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), TensorFaces(x, y),
+                                  outdir, lr=0.05, milestones=(3,), batch_size=batch,
+                                  progress=False, compile=compile)
+
+    # one step (the whole set in one batch): the logged loss is that of the same initial
+    # weights, batch, augmentations and dropout, so it agrees to float rounding
+    one_eager, one_comp = trainer(tmp_path / "e1", 32, False), trainer(tmp_path / "c1", 32, True)
+    assert one_comp.compiled
+    a, b = one_eager.run(1)[0], one_comp.run(1)[0]
+    assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5), (a, b)
+    # two steps: the second starts from weights one SGD step (lr 0.05) apart by rounding,
+    # which the loss amplifies (measured 0.2% at 1 thread, less at 2): close, not equal
+    rows_eager = make_trainer(tmp_path / "eager").run(1)
+    rows = trainer(tmp_path / "compiled", 16, True).run(1)
+    assert math.isclose(rows_eager[0]["loss"], rows[0]["loss"], rel_tol=1e-2), (rows_eager, rows)
     resumed = make_trainer(tmp_path / "compiled")
     assert resumed.load() and resumed.epoch == 1
 
