@@ -284,7 +284,8 @@ def create_clip(name: str, weights: str | Path | None = None,
             # are read as data and the plain model is built around them, in float32
             state = read_torchscript_tensors(path)
             _check_architecture(name, state, path)
-            model = open_clip.create_model(name)
+            # OpenAI's weights were trained with QuickGELU (open_clip's loader forced it too)
+            model = open_clip.create_model(name, force_quick_gelu=True)
             want = model.state_dict()
             missing = [k for k in want if k not in state]
             if missing:
@@ -399,8 +400,10 @@ class _TorchScriptUnpickler(RestrictedUnpickler):
             if len(data) != numel * torch.empty(0, dtype=dtype).element_size():
                 raise pickle.UnpicklingError(f"storage {key}: {len(data)} bytes for {numel} "
                                              f"{dtype} values")
-            untyped = torch.UntypedStorage.from_buffer(data, dtype=torch.uint8) if data else \
-                torch.UntypedStorage(0)
+            # not resizable: a tensor asking for more than the file holds is refused instead
+            # of growing the storage (from_buffer's would grow to any size asked)
+            untyped = torch.frombuffer(bytearray(data), dtype=torch.uint8).untyped_storage() \
+                if data else torch.UntypedStorage(0)
             self.storages[key] = torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype,
                                                             _internal=True)
         return self.storages[key]

@@ -121,7 +121,7 @@ def load_shapes_oracle(path: str | Path | None = None,
     """The shipped oracle (``data/weights/shapes_oracle.safetensors``), in eval mode."""
     from safetensors import safe_open
 
-    from .utils import check_recorded_sha256, check_tensor_shapes, reading
+    from .utils import BadFileError, check_recorded_sha256, check_tensor_shapes, reading
 
     path = Path(path) if path else weights_dir() / WEIGHTS_FILE
     fix = shipped_weights_fix(WEIGHTS_FILE, "train_shapes_oracle.py")
@@ -132,6 +132,11 @@ def load_shapes_oracle(path: str | Path | None = None,
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         members, size = int(meta["members"]), int(meta["size"])
+        with safe_open(str(path), "pt") as f:   # the claim against the file's own tensors
+            prefixes = {k.split(".")[1] for k in f.keys() if k.startswith("members.")}
+        if members != len(prefixes) or not 16 <= size <= 1024:
+            raise BadFileError(f"{path}: its metadata says {members} members at {size} px, "
+                               f"its tensors hold {len(prefixes)} members. {fix}")
         check_tensor_shapes(path, lambda: ShapeOracle([ShapeClassifier()
                                                        for _ in range(members)], size))
         oracle = ShapeOracle([ShapeClassifier() for _ in range(members)], size)

@@ -351,10 +351,11 @@ def load_checkpoint_with_fallback(path: str | os.PathLike, load: Callable[[Path]
 
 
 def check_tensor_shapes(path: str | os.PathLike, build: Callable[[], torch.nn.Module]) -> None:
-    """Build ``build()`` on the meta device (no memory) and compare its tensors' names and
-    shapes with the safetensors header of ``path``, before the real network is built: sizes
-    read from a file's metadata cannot make us allocate more than its tensors fill (a
-    172-byte file claiming an 8192-wide StyleGAN2 took 2.9 GB before failing)."""
+    """Build ``build()`` on the meta device (no tensor memory) and compare its tensors' names
+    and shapes with the safetensors header of ``path``, before the real network is built:
+    widths read from a file's metadata cannot make us allocate tensors its own do not fill (a
+    172-byte file claiming an 8192-wide StyleGAN2 took 2.9 GB before failing). The module
+    objects still cost memory: callers bound counts (layers, members) by the file first."""
     from safetensors import safe_open
 
     with torch.device("meta"):
@@ -443,11 +444,19 @@ def _as_tuple(x: Any) -> Any:
 
 
 def _check_dtype_state(dtype: np.dtype, state: Any) -> None:
-    """numpy's ``dtype.__setstate__`` trusts its state: a file could give a structured dtype
-    an object field with the flags that mark it as one cleared, and numpy would then read 8
-    bytes of the file as an object pointer. Plain dtypes only, with their own flags."""
-    plain = (isinstance(state, tuple) and len(state) >= 8 and state[2:5] == (None, None, None)
-             and state[-1] == dtype.flags)
+    """numpy's ``dtype.__setstate__`` trusts its state: a file could clear the flags that mark
+    an object field (numpy then reads 8 bytes of the file as a pointer) or shrink the item
+    size under the fields (reads past the buffer). The state must be the dtype's own, but
+    for its byte order: plain dtypes as numpy pickles them, nothing forged."""
+    own = dtype.__reduce__()[2]
+    # a datetime's unit arrives in its state's metadata: (None, (unit, num, den, events))
+    unit = dtype.kind in "mM" and len(own) == 9 and isinstance(state, tuple) and \
+        len(state) == 9 and isinstance(state[8], tuple) and len(state[8]) == 2 and \
+        state[8][0] is None and isinstance(state[8][1], tuple) and \
+        [type(v) for v in state[8][1]] == [bytes, int, int, int]
+    plain = (isinstance(state, tuple) and len(state) == len(own) and state[0] == own[0]
+             and state[1] in ("<", ">", "|", "=") and state[2:8] == own[2:8]
+             and (state[8:] == own[8:] or unit) and dtype.names is None)
     if not plain:
         raise UnsafePickleError(f"refusing a numpy dtype state {str(state)[:120]} from a "
                                 "pickle: only plain dtypes with their own flags are read")

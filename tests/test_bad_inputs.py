@@ -671,6 +671,11 @@ def test_metadata_cannot_make_the_loader_build_a_huge_network(tmp_path):
         load_stylegan2(tmp_path / "sg.safetensors", device="cpu")
     save_file({"x": torch.zeros(1)}, tmp_path / "oracle.safetensors",
               metadata={"members": "2000", "size": "32"})
-    with pytest.raises(BadFileError, match="do not match"):
+    with pytest.raises(BadFileError, match="metadata says 2000 members at 32 px, its tensors "
+                                           "hold 0"):
         load_shapes_oracle(tmp_path / "oracle.safetensors")
+    save_file({"x": torch.zeros(1)}, tmp_path / "deep.safetensors", metadata={
+        "qdgs_stylegan2_config": json.dumps({"img_resolution": 4, "mapping_layers": 10**6})})
+    with pytest.raises(BadFileError, match="is no StyleGAN2"):   # a million modules, no
+        load_stylegan2(tmp_path / "deep.safetensors", device="cpu")
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 400_000   # KiB

@@ -300,3 +300,57 @@ def test_torchscript_weights_are_read_as_data_not_run(tmp_path):
     assert got.keys() == net.state_dict().keys()
     for k, v in net.state_dict().items():
         assert got[k].dtype == torch.float16 and torch.equal(got[k], v)
+
+
+def test_torchscript_tensors_cannot_outgrow_their_storage(tmp_path):
+    """A 4-byte storage asked to back 64M floats used to grow (256 MiB of uninitialised
+    memory from a 423-byte archive); the storage is fixed-size now, so the file is refused."""
+    import collections
+    import io
+    import pickle
+    import zipfile
+
+    from qdgs_lib.clip import read_torchscript_tensors
+    from qdgs_lib.utils import BadFileError
+
+    class Ref:
+        pass
+
+    class Big:
+        def __init__(self, ref):
+            self.ref = ref
+
+        def __reduce__(self):
+            return (torch._utils._rebuild_tensor_v2,
+                    (self.ref, 0, (64 * 2**20,), (1,), False, collections.OrderedDict()))
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", 1) if isinstance(obj, Ref) \
+                else None
+
+    buf = io.BytesIO()
+    Pickler(buf, protocol=2).dump({"w": Big(Ref())})
+    with zipfile.ZipFile(tmp_path / "big.pt", "w") as z:
+        z.writestr("archive/data.pkl", buf.getvalue())
+        z.writestr("archive/data/0", b"\0" * 4)
+    with pytest.raises(BadFileError, match="big.pt"):
+        read_torchscript_tensors(tmp_path / "big.pt")
+
+
+def test_openai_torchscript_weights_run_with_quickgelu_whatever_the_name(tmp_path):
+    """OpenAI's weights were trained with QuickGELU; open_clip's loader forced it, and a name
+    without -quickgelu ("ViT-B-32") must not turn it into GELU."""
+    import json
+
+    import open_clip
+    from open_clip.transformer import QuickGELU
+
+    cfg = {**TINY_OPENAI, "quick_gelu": False}
+    (tmp_path / "tiny-gelu-test.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "tiny-gelu-test.json")
+    torch.manual_seed(0)
+    _torchscript_like_openai(open_clip.create_model("tiny-gelu-test").state_dict(),
+                             tmp_path / "tiny.pt")
+    clip = create_clip("tiny-gelu-test", weights=tmp_path / "tiny.pt", device="cpu")
+    assert any(isinstance(m, QuickGELU) for m in clip.modules())

@@ -171,6 +171,7 @@ def test_trainer_streams_a_recordio_set_with_workers(tmp_path):
     ([3e9, 3e9 + 5], r"meta record \[3e\+09, 3e\+09\] .* does not fit its .idx of 2 keys"),
     ([float("nan"), 4], "not finite"), ([float("inf"), 4], "not finite"),
     ([3, 2], r"meta record \[3, 2\]"),   # end before the first identity
+    ([2, 1e12], r"meta record \[2, 1e\+12\]"),   # 1e12 identities for 1 image
 ])
 def test_forged_meta_records_are_refused_before_anything_is_sized(tmp_path, meta, match):
     """record 0's [first identity key, end] used to size arrays before the .idx was consulted
@@ -189,4 +190,15 @@ def test_bad_labels_and_binary_index_name_the_file(tmp_path):
         RecordIOFaces(tmp_path)
     (tmp_path / "train.idx").write_text(f"0\t{10**30}\n")
     with pytest.raises(RecordIOError, match="out of range"):
+        RecordIOFaces(tmp_path)
+    (tmp_path / "train.idx").write_bytes(b"0\t0\n" * 100 + b"\xff\n")   # line 101
+    with pytest.raises(RecordIOError, match="train.idx:101: .*xff"):
+        RecordIOFaces(tmp_path)
+
+
+def test_labels_beyond_the_image_count_are_refused(tmp_path):
+    """No meta record: the largest label sizes the classifier head (label 10**9 on 2 images
+    asked for a billion classes)."""
+    write_recordio(tmp_path / "train.rec", {0: pack(0.0, jpeg(1)), 1: pack(1e9, jpeg(2))})
+    with pytest.raises(RecordIOError, match="labels up to 1000000000 for 2 images"):
         RecordIOFaces(tmp_path)

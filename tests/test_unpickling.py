@@ -125,3 +125,38 @@ def test_plain_numpy_values_still_load(tmp_path):
     got = load_checkpoint(path)["scorer"]
     assert got["values"].tolist() == [0, 1, 2, 3, 4] and got["object"].tolist() == [1, "a"]
     assert got["scalar"] == 2.5 and got["flag"]
+
+
+class _ForgedDtype:
+    """Pickles as numpy.dtype(spec) with a state of our choosing."""
+
+    def __init__(self, spec, state):
+        self.spec, self.state = spec, state
+
+    def __reduce__(self):
+        return (np.dtype, (self.spec, False, True), self.state)
+
+
+def test_dtype_states_other_than_their_own_are_refused():
+    """A shrunken item size under a structured dtype's fields read past the buffer (and with
+    an object field, forged pointers: a segfault); only a dtype's own state is accepted."""
+    import io
+
+    from qdgs_lib.data.benchmarks import BIN_ALLOWED
+    from qdgs_lib.utils import RestrictedUnpickler, UnsafePickleError
+
+    def load(obj):
+        raw = pickle.dumps(obj, protocol=2)
+        return RestrictedUnpickler(io.BytesIO(raw), allowed=BIN_ALLOWED).load()
+
+    spec = [("a", "<f8"), ("b", "<f8")]
+    with pytest.raises(UnsafePickleError, match="numpy dtype state"):
+        load(_ForgedDtype(spec, (3, "|", None, None, None, 1, 1, np.dtype(spec).flags)))
+    with pytest.raises(UnsafePickleError, match="numpy dtype state"):   # plain, wrong size
+        load(_ForgedDtype("f8", (3, "<", None, None, None, 1, 1, 0)))
+    # numpy's own pickles of plain dtypes and arrays load, byte order and datetimes included
+    values = [np.arange(3, dtype=">f4"), np.array(["2020-01-01"], dtype="M8[s]"),
+              np.array([1, "a"], dtype=object), np.float64(2.5), np.dtype(">f4")]
+    got = load(values)
+    assert got[0].tolist() == [0, 1, 2] and got[4] == np.dtype(">f4")
+    assert got[1].dtype == np.dtype("M8[s]") and got[2].tolist() == [1, "a"] and got[3] == 2.5

@@ -126,8 +126,9 @@ class RecordIOFaces(Dataset):
             # checked against the .idx before anything is sized by it (a forged first key of
             # 3e9 asked for 22 GiB)
             first_id, end = labels[0], labels[1]
+            # (every identity has an image: at most first_id - 1 of them)
             if not (first_id == int(first_id) and first_id <= len(keys) + 1
-                    and end == int(end) and end > first_id):
+                    and end == int(end) and first_id < end <= 2 * first_id - 1):
                 raise RecordIOError(f"{rec}: meta record [{first_id:g}, {end:g}] (first "
                                     f"identity key, end) does not fit its .idx of {len(keys)} "
                                     "keys: the file is damaged; fetch it again")
@@ -143,6 +144,10 @@ class RecordIOFaces(Dataset):
             self.keys = np.asarray(keys)
             self.num_classes = 1 + max(
                 self._label(self.reader.read(int(k)), f"{rec} key {k}") for k in self.keys)
+            if self.num_classes > len(self.keys):   # it sizes the classifier head
+                raise RecordIOError(f"{rec}: labels up to {self.num_classes - 1} for "
+                                    f"{len(self.keys)} images: labels must number the "
+                                    "identities 0..n-1")
         prop = rec.parent / "property"
         if prop.is_file():  # InsightFace's "num_classes,H,W"
             try:

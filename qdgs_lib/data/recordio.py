@@ -40,10 +40,11 @@ def read_index(idx_path: str | Path) -> dict[int, int]:
             f"{idx_path} not found: InsightFace training sets come as train.rec + train.idx "
             "(e.g. faces_webface_112x112.zip, faces_emore.zip); put both in the same folder")
     index = {}
-    n, line = 0, ""
+    n, line, raw = 0, "", b""
     try:
-        with open(idx_path, encoding="ascii") as f:
-            for n, line in enumerate(f, 1):  # noqa: B007 - n names the bad line
+        with open(idx_path, "rb") as f:   # decoded line by line: an error names its line
+            for n, raw in enumerate(f, 1):  # noqa: B007 - n names the bad line
+                line = raw.decode("ascii")
                 if not line.strip():
                     continue
                 parts = line.split("\t")
@@ -52,8 +53,9 @@ def read_index(idx_path: str | Path) -> dict[int, int]:
                     raise ValueError("key or offset out of range")
                 index[key] = offset
     except (ValueError, IndexError) as e:   # UnicodeDecodeError (a binary file) included
-        raise RecordIOError(f"{idx_path}:{n + isinstance(e, UnicodeDecodeError)}: expected "
-                            f"'key<TAB>offset' lines, got {line.strip()[:60]!r} ({e})") from e
+        shown = raw[:60] if isinstance(e, UnicodeDecodeError) else line.strip()[:60]
+        raise RecordIOError(f"{idx_path}:{n}: expected 'key<TAB>offset' lines, got "
+                            f"{shown!r} ({e})") from e
     if not index:
         raise RecordIOError(f"{idx_path} lists no records")
     return index

@@ -44,6 +44,11 @@ def load_stylegan2_safetensors(path: str | Path) -> StyleGAN2:
             raise BadFileError(f"{path} is not a qdgs StyleGAN2 safetensors file (no config "
                                f"metadata). {fix}")
         config = json.loads(meta["qdgs_stylegan2_config"])
+        res, layers = config.get("img_resolution", 256), config.get("mapping_layers", 8)
+        if not (isinstance(res, int) and 4 <= res <= 4096 and res & (res - 1) == 0
+                and isinstance(layers, int) and 1 <= layers <= 64):
+            raise BadFileError(f"{path}: config {config} is no StyleGAN2 (img_resolution a "
+                               f"power of 2 in 4..4096, 1..64 mapping layers). {fix}")
         check_tensor_shapes(path, lambda: StyleGAN2(**config))
         net = StyleGAN2(**config)
         net.load_state_dict(load_file(str(path)))
