@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from toys import ToyGenerator
+from toys import TinyNet, ToyGenerator
 
 from qdgs_lib import claims, face_synthesis, recognition, train
 from qdgs_lib.data.benchmarks import PairSet
@@ -28,19 +28,6 @@ from qdgs_lib.utils import atomic_dir
 
 
 # --- train.py ---------------------------------------------------------------------------------
-class TinyNet(nn.Module):
-    """No batch norm, no dropout: a forward pass is a pure function of the weights."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv, self.fc = nn.Conv2d(3, 8, 3, 2, 1), nn.Linear(8 * 4 * 4, 16)
-
-    def forward(self, x):
-        f = self.fc(F.relu(self.conv(x)).flatten(1))
-        n = f.norm(dim=1, keepdim=True)
-        return f / n, n
-
-
 def _separable(per_class=2):
     """4 identities, each a distinct flat color plus a little noise (8x8 images)."""
     g = torch.Generator().manual_seed(0)

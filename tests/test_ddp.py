@@ -10,27 +10,12 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
-from torch import nn
+from toys import TinyNet
 
 from qdgs_lib.data.identities import TensorFaces
 from qdgs_lib.models.heads import AdaFace, CosFace
 from qdgs_lib.models.iresnet import build_iresnet
 from qdgs_lib.train import RecognitionTrainer
-
-
-class TinyNet(nn.Module):
-    """No batch norm, no dropout: then DDP's averaged gradients over 2 x b samples equal one
-    process's gradient over the same 2b samples (BN statistics would be per process)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv, self.fc = nn.Conv2d(3, 8, 3, 2, 1), nn.Linear(8 * 4 * 4, 16)
-
-    def forward(self, x):
-        f = self.fc(F.relu(self.conv(x)).flatten(1))
-        n = f.norm(dim=1, keepdim=True)
-        return f / n, n
 
 
 def data(n, size):

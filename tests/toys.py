@@ -45,6 +45,21 @@ class ToyGenerator(Generator):
         return (torch.randn(n, self.latent_dim, generator=g) * self.prior_std).to(self.w1.device)
 
 
+class TinyNet(nn.Module):
+    """A tiny face backbone with no batch norm and no dropout: a forward pass is a pure
+    function of the weights (and DDP's averaged gradients over 2 x b samples equal one
+    process's gradient over the same 2b samples; BN statistics would be per process)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, 2, 1), nn.Linear(8 * 4 * 4, 16)
+
+    def forward(self, x):
+        f = self.fc(F.relu(self.conv(x)).flatten(1))
+        n = f.norm(dim=1, keepdim=True)
+        return f / n, n
+
+
 class ToyClip(nn.Module):
     """encode_image: fixed random projection; encode_text: a vector seeded by the prompt."""
 
