@@ -131,14 +131,17 @@ def load_shapes_oracle(path: str | Path | None = None,
     with reading(path, "shapes oracle weights (safetensors)", fix):
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-        members, size = int(meta["members"]), int(meta["size"])
-        with safe_open(str(path), "pt") as f:   # the claim against the file's own tensors
+            # the metadata's claim against the file's own tensors
             prefixes = {k.split(".")[1] for k in f.keys() if k.startswith("members.")}
+        members, size = int(meta["members"]), int(meta["size"])
         if members != len(prefixes) or not 16 <= size <= 1024:
             raise BadFileError(f"{path}: its metadata says {members} members at {size} px, "
                                f"its tensors hold {len(prefixes)} members. {fix}")
-        check_tensor_shapes(path, lambda: ShapeOracle([ShapeClassifier()
-                                                       for _ in range(members)], size))
-        oracle = ShapeOracle([ShapeClassifier() for _ in range(members)], size)
+
+        def build() -> ShapeOracle:
+            return ShapeOracle([ShapeClassifier() for _ in range(members)], size)
+
+        check_tensor_shapes(path, build)
+        oracle = build()
         oracle.load_state_dict(load_file(str(path)))
     return oracle.eval().requires_grad_(False).to(resolve_device(device))
