@@ -397,7 +397,7 @@ class _TorchScriptUnpickler(RestrictedUnpickler):
         _, dtype, key, _, numel = pid
         if key not in self.storages:
             data = self.archive.read(f"{self.prefix}data/{key}")
-            if len(data) != numel * torch.empty(0, dtype=dtype).element_size():
+            if len(data) != numel * dtype.itemsize:
                 raise pickle.UnpicklingError(f"storage {key}: {len(data)} bytes for {numel} "
                                              f"{dtype} values")
             # not resizable: a tensor asking for more than the file holds is refused instead

@@ -38,6 +38,7 @@ from .utils import (
     UnsafePickleError,
     atomic_path,
     check_seed_sequence,
+    differing_keys,
     keep_rows_through,
     load_checkpoint_with_fallback,
     previous_path,
@@ -347,8 +348,7 @@ class QDSearch:
             stored.pop(key, None)  # with them switched (e.g. on another device)
             mine.pop(key, None)
         if stored != mine:
-            differ = sorted(k for k in stored.keys() | mine.keys()
-                            if stored.get(k) != mine.get(k))
+            differ = differing_keys(stored, mine)
             gloss = "; weights_sha256: other generator or CLIP weights" \
                 if "weights_sha256" in differ else ""
             raise ValueError(

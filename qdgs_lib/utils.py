@@ -350,6 +350,12 @@ def load_checkpoint_with_fallback(path: str | os.PathLike, load: Callable[[Path]
     return None
 
 
+def differing_keys(a: dict, b: dict) -> list:
+    """The keys, sorted, whose values differ between ``a`` and ``b`` (a key missing from one
+    counts as differing)."""
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
 def check_tensor_shapes(path: str | os.PathLike, build: Callable[[], torch.nn.Module]) -> None:
     """Build ``build()`` on the meta device (no tensor memory) and compare its tensors' names
     and shapes with the safetensors header of ``path``, before the real network is built:
@@ -364,7 +370,7 @@ def check_tensor_shapes(path: str | os.PathLike, build: Callable[[], torch.nn.Mo
     with safe_open(str(path), "pt") as f:
         have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     if want != have:
-        odd = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+        odd = differing_keys(want, have)
         raise BadFileError(f"{path}: its tensors do not match the network its metadata "
                            f"describes ({len(odd)} differ, e.g. {odd[0]}: "
                            f"{have.get(odd[0])} in the file, {want.get(odd[0])} expected)")
@@ -407,7 +413,7 @@ class StepCheckpoint:
             return 0
         if state["config"] != self.config:
             have, want = json.loads(state["config"]), json.loads(self.config)
-            differ = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
+            differ = differing_keys(have, want)
             there, now = [have.get(k) for k in differ], [want.get(k) for k in differ]
             raise ValueError(f"{self.path} was written with other settings ({differ}: {there} "
                              f"there, {now} now): rerun with those, or delete "
