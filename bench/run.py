@@ -166,8 +166,7 @@ def bench_scoring(device: str, quick: bool, only_setup: str | None = None) -> pd
                 graphed = _time(lambda z=z, s=scorer: s.evaluate(z, jacobian=True,
                                                                  update_memory=False), repeats)
                 scorer.cuda_graphs = False
-                scorer._static_calls.clear()  # each graph holds a memory pool: free them
-                scorer._shape_counts.clear()
+                scorer.drop_static_calls()  # each graph holds a memory pool: free them
                 torch.cuda.empty_cache()
             per = _time(lambda z=z, s=scorer: s.evaluate_per_output(z), repeats)
             per_released = per
@@ -403,8 +402,7 @@ def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, 
     cuda = scorer.clip.device.type == "cuda"
     scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul = mode, graphs, tf32
     scorer.compile_static, scorer.autocast = _scorer_settings(extra)
-    scorer._static_calls.clear()
-    scorer._shape_counts.clear()
+    scorer.drop_static_calls()
     cfg = SearchConfig(dims=(50, 25, 5, 25), ranges=[(-0.1, 0.1)] * 4,
                        iterations=warmup + timed, batch_size=4, num_emitters=1,
                        x0_samples=8, seed=0, checkpoint_every=10**9)

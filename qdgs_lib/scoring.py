@@ -437,7 +437,7 @@ class PromptScorer:
         ``cuda_graphs``: ``auto`` (on for CUDA), True (on any device: on a CPU the same
         static buffers run eagerly, which is what tests check), False. A graph holds the
         networks' tensors as they were at capture: after moving or casting the networks, or
-        changing ``weights``, clear ``_static_calls`` (or build a new scorer).
+        changing ``weights``, call :meth:`drop_static_calls` (or build a new scorer).
 
         ``compile_static``: the static calls of values and of the ``replicated`` jacobian mode
         run ``torch.compile``'d forward passes (and AOTAutograd's compiled backward): fewer,
@@ -572,6 +572,12 @@ class PromptScorer:
             return
         i = int(self._rng.choice(good))
         self.memory = torch.cat([self.memory, emb[i:i + 1]])[-self.memory_size:]
+
+    def drop_static_calls(self) -> None:
+        """Forget the captured static calls (CUDA graphs and their memory pools, compiled
+        passes' buffers): after changing the networks, or to free their GPU memory."""
+        self._static_calls.clear()
+        self._shape_counts.clear()
 
     def reset(self) -> None:
         """Back to a fresh scorer's state: an empty uniqueness memory and its seeded choices.
