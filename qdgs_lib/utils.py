@@ -388,7 +388,9 @@ class StepCheckpoint:
 
     def __init__(self, out: str | os.PathLike, config: dict[str, Any], every: int = 200):
         self.path = Path(f"{out}.ckpt")
-        self.config = json.dumps({k: v for k, v in config.items() if k != "out"},
+        # where the run writes and how often it checkpoints do not change its weights
+        self.config = json.dumps({k: v for k, v in config.items()
+                                  if k not in ("out", "checkpoint_every")},
                                  sort_keys=True, default=str)
         self.every = max(1, int(every))
 

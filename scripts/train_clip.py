@@ -125,8 +125,7 @@ def main():
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps,
                                                 pct_start=0.1)
     g = torch.Generator().manual_seed(args.seed)
-    ckpt = StepCheckpoint(out, {k: v for k, v in vars(args).items() if k != "checkpoint_every"},
-                          args.checkpoint_every)
+    ckpt = StepCheckpoint(out, vars(args), args.checkpoint_every)
     start = ckpt.resume(model, opt, sched, {"data": g}, rng)
     bar = tqdm(range(start, args.steps), desc=f"train {args.model}", initial=start,
                total=args.steps)

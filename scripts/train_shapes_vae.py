@@ -37,8 +37,7 @@ def main():
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps)
     g = torch.Generator().manual_seed(args.seed)
-    ckpt = StepCheckpoint(args.out, {k: v for k, v in vars(args).items()
-                                     if k != "checkpoint_every"}, args.checkpoint_every)
+    ckpt = StepCheckpoint(args.out, vars(args), args.checkpoint_every)
     start = ckpt.resume(model, opt, sched, {"data": g})
     bar = tqdm(range(start, args.steps), desc="shapes VAE", initial=start, total=args.steps)
     for step in bar:
