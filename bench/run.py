@@ -337,7 +337,7 @@ def _one_jacobian(scorer: PromptScorer):
 def _deviation_from_eager(scorer: PromptScorer, got) -> tuple[float, float]:
     """How far ``got`` (``_one_jacobian`` under a row's settings, as its search left the
     scorer: graphs captured, memory) is from an eager ``func`` call with torch's default
-    settings: the largest jacobian row error relative to the row's norm, and the largest
+    settings: the largest jacobian row error (``jacobian_row_errors``), and the largest
     measure error."""
     settings = scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul, scorer.autocast
     scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul, scorer.autocast = \
@@ -347,9 +347,20 @@ def _deviation_from_eager(scorer: PromptScorer, got) -> tuple[float, float]:
     finally:
         (scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul,
          scorer.autocast) = settings
-    rows = np.linalg.norm(got.jacobian - ref.jacobian, axis=2) / np.linalg.norm(ref.jacobian,
-                                                                                axis=2)
-    return float(rows.max()), float(np.abs(got.measures - ref.measures).max())
+    return (float(jacobian_row_errors(got.jacobian, ref.jacobian).max()),
+            float(np.abs(got.measures - ref.measures).max()))
+
+
+def jacobian_row_errors(got, ref, floor: float = 1e-6) -> np.ndarray:
+    """(1+m,) errors of jacobians ``got`` (B, 1+m, d) against ``ref``: each row's error norm
+    relative to the row's norm, largest over the batch, but never relative to less than
+    ``floor`` times the jacobian's largest row norm. A row that is ~0 in ``ref`` (with random
+    weights the faces objective saturates: its row norm was 5e-19 next to measures' 5e-3)
+    would otherwise compare rounding noise with rounding noise and report ~1."""
+    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    norms = np.linalg.norm(ref, axis=2)
+    scale = np.maximum(norms, floor * norms.max(axis=1, keepdims=True))
+    return (np.linalg.norm(got - ref, axis=2) / scale).max(axis=0)
 
 
 # a row's settings that are scorer attributes (``_scorer_settings``), not contexts
@@ -731,6 +742,14 @@ def write(df: pd.DataFrame, name: str) -> Path:
     return path
 
 
+def candidates_results_name(candidates: list[str] | None, tag: str) -> str:
+    """The results file of ``--only iteration_candidates [--candidates ...]``: named after
+    the candidates asked for, in letters, digits and ``_-`` only (a ``+``, as in
+    ``autocast_float16+compile``, kept the file from coming back from a lent GPU machine)."""
+    named = "_" + "_".join(candidates).replace("+", "-") if candidates else ""
+    return f"iteration_candidates{named}_{tag}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
@@ -778,8 +797,7 @@ def main():
         write(summary, f"search_time_to_coverage_{tag}")
 
     def candidates():
-        name = "iteration_candidates" + ("_" + "+".join(args.candidates)
-                                         if args.candidates else "") + f"_{tag}"
+        name = candidates_results_name(args.candidates, tag)
         write(bench_iteration(args.device, args.quick, candidates=args.candidates or True,
                               partial=name), name)
 
