@@ -3,13 +3,13 @@
     python3 bench/compile_check.py [--device cuda]
 
 The paper-scale scorer (StyleGAN2-256 + ViT-B/32, random weights, a full uniqueness memory),
-one probe latent. Prints, per jacobian row, the error against an eager ``func``
-jacobian (relative to the row's norm, or to 1e-6 of the largest row's where a row is ~0:
-``run.jacobian_row_errors``): a second eager call (the device's own noise floor), the uncompiled
-``replicated`` mode, the compiled scoring pass (``compile_static``), and on CUDA both again
-inside a CUDA graph capture, as the scorer's static calls run them. Where the compiled pass is
-far from eager (1e-2), the generator's decode and CLIP's image encoder are then compiled one
-at a time, to show which one goes wrong.
+one probe latent. Prints, per jacobian row, the error against an eager ``func`` jacobian
+(relative to the row's norm, or to 1e-6 of the largest row's norm where a row is ~0:
+``qdgs_lib.scoring.jacobian_row_errors``): a second eager call (the device's own noise
+floor), the uncompiled ``replicated`` mode, the compiled scoring pass (``compile_static``),
+and on CUDA both again inside a CUDA graph capture, as the scorer's static calls run them.
+Where the compiled pass is far from eager (1e-2), the generator's decode and CLIP's image
+encoder are then compiled one at a time, to show which one goes wrong.
 """
 from __future__ import annotations
 
@@ -23,14 +23,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import _PROBE_SEED, _fill_memory, jacobian_row_errors, setups  # noqa: E402
+from run import _PROBE_SEED, _fill_memory, setups  # noqa: E402
 
-from qdgs_lib.scoring import StaticCall  # noqa: E402
+from qdgs_lib.scoring import StaticCall, jacobian_row_errors  # noqa: E402
 
 
 def report(name: str, got: torch.Tensor, ref: torch.Tensor, t0: float) -> None:
-    errs = " ".join(f"{e:.1e}" for e in jacobian_row_errors(got.double().cpu().numpy(),
-                                                             ref.double().cpu().numpy()))
+    errs = " ".join(f"{e:.1e}" for e in jacobian_row_errors(got, ref).tolist())
     zero = " (ALL ZERO)" if not got.abs().any() else ""
     print(f"{name:44s} row errors {errs}{zero}  [{time.perf_counter() - t0:.0f} s]", flush=True)
 
@@ -76,7 +75,7 @@ def main() -> None:
                          ("compiled scoring pass, CUDA graph", compiled)):
             call = StaticCall(fn, z, mem)
             report(name, call(z, mem)[3].clone(), ref, t0)
-    if jacobian_row_errors(got.double().cpu().numpy(), ref.double().cpu().numpy()).max() < 1e-2:
+    if jacobian_row_errors(got, ref).max() < 1e-2:
         return
     print("far from eager: compiling the pieces one at a time", flush=True)
     decode, encode = scorer.generator.decode, scorer.clip.encode_image

@@ -32,7 +32,11 @@ from qdgs_lib.generators.shapes_vae import ShapesVAE, load_shapes_vae  # noqa: E
 from qdgs_lib.generators.stylegan2 import StyleGAN2, StyleGAN2Generator  # noqa: E402
 from qdgs_lib.measures import grid, prompts, ranges  # noqa: E402
 from qdgs_lib.profiles import get_profile  # noqa: E402
-from qdgs_lib.scoring import AUTOCAST_DTYPES, PromptScorer  # noqa: E402
+from qdgs_lib.scoring import (  # noqa: E402
+    AUTOCAST_DTYPES,
+    PromptScorer,
+    jacobian_row_errors,
+)
 from qdgs_lib.search import QDSearch, SearchConfig  # noqa: E402
 from qdgs_lib.utils import atomic_path, versions  # noqa: E402
 
@@ -349,18 +353,6 @@ def _deviation_from_eager(scorer: PromptScorer, got) -> tuple[float, float]:
          scorer.autocast) = settings
     return (float(jacobian_row_errors(got.jacobian, ref.jacobian).max()),
             float(np.abs(got.measures - ref.measures).max()))
-
-
-def jacobian_row_errors(got, ref, floor: float = 1e-6) -> np.ndarray:
-    """(1+m,) errors of jacobians ``got`` (B, 1+m, d) against ``ref``: each row's error norm
-    relative to the row's norm, largest over the batch, but never relative to less than
-    ``floor`` times the jacobian's largest row norm. A row that is ~0 in ``ref`` (with random
-    weights the faces objective saturates: its row norm was 5e-19 next to measures' 5e-3)
-    would otherwise compare rounding noise with rounding noise and report ~1."""
-    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    norms = np.linalg.norm(ref, axis=2)
-    scale = np.maximum(norms, floor * norms.max(axis=1, keepdims=True))
-    return (np.linalg.norm(got - ref, axis=2) / scale).max(axis=0)
 
 
 # a row's settings that are scorer attributes (``_scorer_settings``), not contexts

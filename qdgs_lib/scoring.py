@@ -72,6 +72,23 @@ def preferred_mode(generator: Generator, device: torch.device) -> str:
     return pref
 
 
+def jacobian_row_errors(got, ref, floor: float = 1e-6) -> torch.Tensor:
+    """(1+m,) errors of jacobians ``got`` (B, 1+m, d) against ``ref`` (tensors or arrays):
+    each row's error norm relative to the row's norm, largest over the batch, but never
+    relative to less than ``floor`` times the jacobian's largest row norm. A row that is ~0 in
+    ``ref`` (with random weights the faces objective saturates: its row norm was 5e-19 next to
+    the measures' 5e-3) would otherwise compare rounding noise with rounding noise."""
+    got, ref = (torch.as_tensor(a).detach().double().cpu() for a in (got, ref))
+    norms = ref.norm(dim=2)
+    scale = torch.maximum(norms, floor * norms.amax(dim=1, keepdim=True))
+    return ((got - ref).norm(dim=2) / scale).amax(dim=0)
+
+
+# largest error of a compiled static call against the eager one that is taken for rounding
+# (float32, TF32 or half precision, fused kernels); above it the compiled pass is broken
+COMPILED_TOLERANCE = 0.1
+
+
 class StaticCall:
     """``fn(inputs, memory)`` bound to static input buffers of one shape.
 
@@ -474,20 +491,11 @@ class PromptScorer:
                 if self._compiled_outputs is None:
                     self._compiled_outputs = torch.compile(self._outputs, dynamic=False)
                 outputs = self._compiled_outputs
-            if mode == "values":
-                def fn(z, memory):
-                    with torch.no_grad():
-                        return (*outputs(z, memory), None)
-            elif mode == "replicated":
-                def fn(z, memory):
-                    return self._replicated_jacobian(z, memory, outputs)
-            else:
-                jac_fn = self._batched_jacobian if mode == "batched" else self._func_jacobian
-
-                def fn(z, memory):
-                    return jac_fn(z, memory)
             try:
-                self._static_calls[key] = StaticCall(fn, z, self.memory)
+                call = StaticCall(self._static_fn(mode, outputs), z, self.memory)
+                if compiled:  # torch.compile has had silent wrong-gradient bugs
+                    self._check_compiled(call, self._static_fn(mode, self._outputs))
+                self._static_calls[key] = call
             except Exception as e:  # noqa: BLE001 - torch.compile's errors have many types
                 if compiled:
                     warnings.warn(f"torch.compile of the scoring pass failed "
@@ -503,6 +511,40 @@ class PromptScorer:
                 self.cuda_graphs = False
                 return None
         return self._static_calls[key]
+
+    def _static_fn(self, mode: str, outputs):
+        """``fn(z, memory)`` of a static call: values, or a jacobian mode, over ``outputs``
+        (the scoring pass, or its compiled version)."""
+        if mode == "values":
+            def fn(z, memory):
+                with torch.no_grad():
+                    return (*outputs(z, memory), None)
+        elif mode == "replicated":
+            def fn(z, memory):
+                return self._replicated_jacobian(z, memory, outputs)
+        else:
+            jac_fn = self._batched_jacobian if mode == "batched" else self._func_jacobian
+
+            def fn(z, memory):
+                return jac_fn(z, memory)
+        return fn
+
+    @staticmethod
+    def _check_compiled(call: StaticCall, eager_fn) -> None:
+        """Raise if a new compiled static call is far from the eager pass on its own buffers:
+        torch 2.11's torch.compile returned zero jacobians through StyleGAN2's split layers
+        (pytorch#180642, caught on an H200), with right values. A guard against broken
+        compiles (``COMPILED_TOLERANCE``), not a precision check; once per captured shape."""
+        got = [None if t is None else t.detach().clone()
+               for t in call(call.inputs, call.memory)]  # (static outputs: copy first)
+        ref = [None if t is None else t.detach()
+               for t in eager_fn(call.inputs.clone(), call.memory.clone())]
+        out_err = float((got[1] - ref[1]).abs().max() / ref[1].abs().max().clamp_min(1e-12))
+        jac_err = 0.0 if got[3] is None else float(jacobian_row_errors(got[3], ref[3]).max())
+        if not max(out_err, jac_err) <= COMPILED_TOLERANCE:  # (NaN too)
+            raise ValueError(f"the compiled scoring pass is far from the eager one (scores "
+                             f"{out_err:.2g}, jacobian rows {jac_err:.2g} relative; a "
+                             f"torch.compile bug: try another torch version)")
 
     @staticmethod
     def _cotangents(out: torch.Tensor) -> torch.Tensor:

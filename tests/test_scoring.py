@@ -307,6 +307,53 @@ def test_a_failing_compile_falls_back_to_uncompiled_static_calls(monkeypatch):
     np.testing.assert_allclose(got.jacobian, ref.evaluate(z, jacobian=True).jacobian, rtol=1e-6)
 
 
+def test_jacobian_errors_are_relative_to_each_row_unless_it_is_zero():
+    from qdgs_lib.scoring import jacobian_row_errors
+
+    ref = np.zeros((2, 3, 4))
+    ref[:, 1] = 1.0   # norm 2
+    ref[:, 2] = 1e-3  # norm 2e-3, small but not ~0: relative to its own norm
+    ref[0, 0, 0] = 5e-19  # ~0 (a saturated objective): relative to 1e-6 of the largest row
+    got = ref.copy()
+    got[1, 1, 0] += 0.02  # row 1: 0.02 / 2 in sample 1 (the largest over the batch)
+    got[0, 2, 0] += 2e-5  # row 2: 2e-5 / 2e-3
+    got[0, 0, 0] = 0.0  # rounding noise on the ~0 row: 5e-19 / (1e-6 * 2), not 1
+    err = jacobian_row_errors(got, ref).numpy()
+    assert np.allclose(err, [2.5e-13, 1e-2, 1e-2])
+    assert np.array_equal(jacobian_row_errors(ref, ref).numpy(), [0, 0, 0])
+
+
+def test_a_compiled_pass_far_from_eager_is_not_used(monkeypatch):
+    """torch 2.11's torch.compile returned zero jacobians through StyleGAN2's split layers
+    with right values (pytorch#180642). A new compiled static call is checked once against
+    the eager pass on its buffers; one that is far off (here: a "compiled" pass whose
+    gradients are twice the true ones, values unchanged) is dropped with a warning, and the
+    call is captured uncompiled."""
+    def wrong_gradients(fn, **kw):
+        def call(z, memory=None):
+            return fn(2 * z - z.detach(), memory)  # same values, gradients doubled
+        return call
+
+    monkeypatch.setattr(torch, "compile", wrong_gradients)
+    monkeypatch.setattr("qdgs_lib.scoring.compile_available", lambda device: None)
+    ref, sc = (make_scorer(weights=(1.0, 0.5, 0.0)) for _ in range(2))
+    sc.jacobian_mode = ref.jacobian_mode = "replicated"
+    sc.cuda_graphs, sc.compile_static = True, True
+    z = np.random.default_rng(0).normal(0, 0.5, (1, 4))
+    sc.evaluate(z, jacobian=True)
+    with pytest.warns(UserWarning, match="far from the eager one.*jacobian rows 1 relative"):
+        got = sc.evaluate(z, jacobian=True)
+    assert sc.compile_static is False and sc.cuda_graphs is True
+    assert [k[-1] == "compiled" for k in sc._static_calls] == [False]  # uncompiled capture
+    np.testing.assert_allclose(got.jacobian, ref.evaluate(z, jacobian=True).jacobian, rtol=1e-6)
+    # values only: the doubled gradients do not matter, the compiled call is kept
+    monkeypatch.setattr(torch, "compile", wrong_gradients)
+    sc.compile_static = True
+    for _ in range(2):
+        sc.evaluate(np.zeros((3, 4)))
+    assert [k[0] for k in sc._static_calls if k[-1] == "compiled"] == ["values"]
+
+
 def _small_stylegan_scorer(packed_attention: bool) -> PromptScorer:
     """A 32-pixel StyleGAN2 (random weights; split layers for jacobians) and the faces ViT,
     with the faces prompts and objective weights."""

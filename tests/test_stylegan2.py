@@ -10,6 +10,7 @@ from qdgs_lib.generators.stylegan2 import (
     StyleGAN2,
     StyleGAN2Generator,
     _filter,
+    _SplitModulatedLayer,
     bias_act,
     modulated_conv2d,
     split_modulated_layer,
@@ -146,6 +147,59 @@ def test_split_modulated_layer_matches_fused_form_and_its_gradients(up, demodula
         for i in range(3):
             torch.testing.assert_close(gx[i], ref[i][0])
             torch.testing.assert_close(gs[i], ref[i][1])
+
+
+@pytest.mark.parametrize("up", [1, 2])
+def test_split_layer_forward_changes_no_tensor_in_place(up):
+    """torch 2.11's torch.compile sends the gradient of a tensor changed in place inside a
+    Function's forward to the wrong output (pytorch#180642): compiled StyleGAN2 jacobians
+    came out zero on an H200. The split layer's forward stays free of in-place ops (every
+    aten op it dispatches, recorded here, is functional), whatever torch version runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Mutations(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func._schema.is_mutable:
+                self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    x, s = torch.randn(2, 3, 5, 5), torch.randn(2, 3)
+    w, b, noise = torch.randn(4, 3, 3, 3), torch.randn(4), torch.randn(5 * up, 5 * up)
+    for demodulate in (True, False):
+        with Mutations() as seen:  # a clamp that bites, as in test_split_modulated_layer_...
+            out = _SplitModulatedLayer.forward(x, s, w, noise, b, up, 1 if up == 1 else 0,
+                                               _filter(), demodulate, 0.2, SQRT2, 1.5)[0]
+        assert (out.abs() == 1.5).any()
+        assert seen.ops == [], seen.ops
+
+
+def test_compiled_generator_gives_the_eager_gradients():
+    """torch.compile'd decode (the scorer's compile_static) through the split layers: the
+    same images and latent gradients as eager. On torch 2.11 with the old in-place forward
+    the compiled gradient was exactly zero, on a CPU too."""
+    from qdgs_lib.utils import compile_available
+
+    if (why := compile_available(torch.device("cpu"))) is not None:
+        pytest.skip(why)
+    gen = StyleGAN2Generator(small_net(), num_std_samples=500)
+    gen.modconv = "split"
+    z, probe = gen.sample_prior(2, seed=1), torch.randn(2, 3, 16, 16)
+
+    def image_and_grad(decode):
+        q = z.clone().requires_grad_(True)
+        img = decode(q)
+        return img.detach(), torch.autograd.grad((img * probe).sum(), q)[0]
+
+    (img, grad), (cimg, cgrad) = image_and_grad(gen.decode), \
+        image_and_grad(torch.compile(gen.decode, dynamic=False))
+    assert grad.norm() > 0
+    torch.testing.assert_close(cimg, img, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cgrad, grad, rtol=1e-4, atol=1e-5 * grad.abs().max().item())
 
 
 def test_generator_split_and_fused_modconv_agree_in_images_and_jacobians():

@@ -153,13 +153,16 @@ class _SplitModulatedLayer(torch.autograd.Function):
         else:
             d = y.new_ones(1, 1)
             pre = y + shift
-        grad_pre = torch.full_like(pre, gain).masked_fill_(pre <= 0, gain * slope)  # dout/dpre
+        # no in-place ops here: torch 2.11's torch.compile routes the gradient of a tensor
+        # changed in place in a Function's forward to the wrong output (pytorch#180642): the
+        # compiled jacobians came out zero (caught on an H200, reproduced on a CPU)
+        grad_pre = torch.full_like(pre, gain).masked_fill(pre <= 0, gain * slope)  # dout/dpre
         out = pre * grad_pre
         if clamp is not None:
-            grad_pre = grad_pre.masked_fill_(out.abs() > clamp, 0)
-            out = out.clamp_(-clamp, clamp)
+            grad_pre = grad_pre.masked_fill(out.abs() > clamp, 0)
+            out = out.clamp(-clamp, clamp)
         grad_d = grad_pre * y if demodulate else y.new_zeros(1)
-        return out, grad_pre.mul_(d[:, :, None, None]), grad_d, d.pow(3), w2
+        return out, grad_pre * d[:, :, None, None], grad_d, d.pow(3), w2
 
     @staticmethod
     def setup_context(ctx, inputs, output):
