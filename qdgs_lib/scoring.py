@@ -459,7 +459,8 @@ class PromptScorer:
         ``compile_static``: the static calls of values and of the ``replicated`` jacobian mode
         run ``torch.compile``'d forward passes (and AOTAutograd's compiled backward): fewer,
         fused kernels inside the graph. The vmapped modes cannot: a compiled backward has no
-        vmap rule. Compiling takes minutes the first time a shape comes back.
+        vmap rule. Compiling takes minutes the first time a shape comes back; each new compiled
+        call is then checked once against the eager pass (``_check_compiled``).
         """
         use = self.cuda_graphs
         if use == "auto":
