@@ -20,7 +20,8 @@
 #   device_tests_gpu.csv  tests/test_devices.py (incl. CUDA graphs = eager, packed attention =
 #                       open_clip's, TF32 and float16/bfloat16 autocast close to fp32) and
 #                       tests/test_paper_mini.py (the four notebooks, paper architectures)
-# Only with --candidates (minutes of torch.compile): the candidates for a faster iteration
+# Only with --candidates (minutes of torch.compile): bench/compile_check.py (printed: each
+# compiled piece's jacobian against eager), then the candidates for a faster iteration
 # (an fp32 baseline row on the same card, float16/bfloat16 autocast, SDPA math backend,
 # replicated, replicated + compile under float16, replicated + compile; each row is written
 # as it finishes), then the cuDNN autotuner in a process of its own (its plan cache would
@@ -110,6 +111,8 @@ if [ "$candidates" = 1 ]; then  # bench_iteration(candidates=...)
     $PY -c "import triton" 2>/dev/null || echo "WARNING: no triton: the compile rows will fail"
     command -v gcc >/dev/null || command -v cc >/dev/null || \
         echo "WARNING: no C compiler: the compile rows will fail"
+    # compiled jacobians against eager, piece by piece (torch 2.11 once gave zero ones)
+    step "compile check" $PY bench/compile_check.py
     step "iteration candidates" $PY bench/run.py --only iteration_candidates
     step "cudnn autotuner" $PY bench/run.py --only iteration_candidates \
         --candidates cudnn_benchmark

@@ -106,7 +106,7 @@ def test_cuda_graphs_give_the_eager_numbers_on_the_paper_architectures(mode):
     from qdgs_lib.clip import create_clip
     from qdgs_lib.generators.stylegan2 import StyleGAN2, StyleGAN2Generator
     from qdgs_lib.measures import prompts
-    from qdgs_lib.scoring import PromptScorer
+    from qdgs_lib.scoring import PromptScorer, jacobian_row_errors
 
     p = get_profile("paper", "faces")
     torch.manual_seed(0)
@@ -124,18 +124,68 @@ def test_cuda_graphs_give_the_eager_numbers_on_the_paper_architectures(mode):
             eager, graphed = (sc.evaluate(z, jacobian=b == 1) for sc in scorers)
             np.testing.assert_allclose(graphed.objective, eager.objective, rtol=1e-4, atol=1e-4)
             np.testing.assert_allclose(graphed.measures, eager.measures, rtol=1e-4, atol=1e-5)
-            if b == 1:  # per output, the error relative to the jacobian's size: float rounding
+            if b == 1:  # per output, the error relative to the row's size: float rounding
                 # gave up to 2e-4 (batched) and 1e-3 (func) of the largest entry on an H200;
-                # a stale input or memory would give ~1
-                err = np.linalg.norm(graphed.jacobian - eager.jacobian, axis=2)
-                size = np.linalg.norm(eager.jacobian, axis=2)
-                assert (err <= 1e-2 * size + 1e-30).all(), (err / size).max()
+                # a stale input or memory would give ~1. (A ~0 row, as the objective's with
+                # random weights, is compared at 1e-6 of the largest row: jacobian_row_errors)
+                err = jacobian_row_errors(graphed.jacobian, eager.jacobian).max()
+                assert err <= 1e-2, err
             torch.testing.assert_close(scorers[1].memory, scorers[0].memory)
         noise = torch.as_tensor(rng.normal(0, 0.1, memory.shape), device="cuda").float()
         for sc in scorers:  # new contents, same shape: replayed with the new memory
             sc.memory = torch.nn.functional.normalize(sc.memory + noise, dim=1)
     assert {k[0] for k in scorers[1]._static_calls} == {mode, "values"}
     assert all(c.graph is not None for c in scorers[1]._static_calls.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_compiled_static_calls_match_eager_on_the_paper_architectures():
+    """``compile_static`` on StyleGAN2-256 + ViT-B/32 inside CUDA graphs (``replicated``
+    jacobians at batch 1, values at batch 4): kept by the scorer's check against eager (torch
+    2.11 compiled the split layers' jacobians to zero before their forward lost its in-place
+    ops: bench/README.md, run 7), and within TF32 convolutions' rounding of eager
+    ``replicated`` calls (an H200 gave 1.4e-2 between compiled and eager decodes)."""
+    import re
+    import warnings
+
+    import numpy as np
+
+    from qdgs_lib.clip import create_clip
+    from qdgs_lib.generators.stylegan2 import StyleGAN2, StyleGAN2Generator
+    from qdgs_lib.measures import prompts
+    from qdgs_lib.scoring import PromptScorer, jacobian_row_errors
+    from qdgs_lib.utils import compile_available
+
+    if (why := compile_available(torch.device("cuda"))) is not None:
+        pytest.skip(why)
+    p = get_profile("paper", "faces")
+    torch.manual_seed(0)
+    gen = StyleGAN2Generator(StyleGAN2().cuda(), num_std_samples=500)
+    clip = create_clip("ViT-B-32-quickgelu", device="cuda", pretrained=False)
+    eager, comp = (PromptScorer(gen, clip, p["objective"], prompts(p), weights=(1.0, 0.5, 0.2),
+                                memory_size=4) for _ in range(2))
+    memory = clip.encode_image(gen.decode(gen.sample_prior(4, seed=1))).detach()
+    for sc, compiled in ((eager, False), (comp, True)):
+        sc.jacobian_mode, sc.memory = "replicated", memory.clone()
+        sc.cuda_graphs, sc.compile_static = compiled, compiled
+    with warnings.catch_warnings(record=True) as seen:  # (a dropped compile warns)
+        warnings.simplefilter("always")
+        for step in range(3):
+            for b in (1, 4):
+                z = gen.sample_prior(b, seed=10 * step + b).cpu().numpy()
+                ref, got = (sc.evaluate(z, jacobian=b == 1, update_memory=False)
+                            for sc in (eager, comp))
+                print(f"batch {b}: measures {np.abs(got.measures - ref.measures).max():.1e}"
+                      + ("" if b == 4 else ", jacobian rows "
+                         f"{jacobian_row_errors(got.jacobian, ref.jacobian).max():.1e}"))
+                np.testing.assert_allclose(got.measures, ref.measures, rtol=1e-3, atol=1e-3)
+                if b == 1:
+                    assert jacobian_row_errors(got.jacobian, ref.jacobian).max() <= 5e-2
+    # the scorer's own warnings when it stops compiling (check, failure, no compiler)
+    assert not [str(w.message) for w in seen
+                if re.search(r"scoring (pass|runs) .*compil|compiled scoring", str(w.message))]
+    assert comp.compile_static is True
+    assert {k[0] for k in comp._static_calls if k[-1] == "compiled"} == {"replicated", "values"}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
