@@ -55,11 +55,12 @@ def _malloc_tuned() -> bool:
     return all(os.environ.get(k) == val for k, val in MALLOC_ENV.items())
 
 
-def machine() -> dict:
-    """What every row carries: the device, CPU, threads, torch/CUDA versions, allocator
-    setting, and the run it belongs to ($QDGS_BENCH_RUN: gpu_check.sh sets a UTC timestamp;
-    the device command sets the commit)."""
-    v = versions()
+def machine(device: str | None = None) -> dict:
+    """What every row carries: the device (``device``'s name: with several GPUs, the one the
+    bench ran on, not the current one), CPU, threads, torch/CUDA versions, allocator setting,
+    and the run it belongs to ($QDGS_BENCH_RUN: gpu_check.sh sets a UTC timestamp; the device
+    command sets the commit)."""
+    v = versions(device)
     return {"device": v["device"], "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "torch": v["torch"],
             "cuda": torch.version.cuda or "",
@@ -188,7 +189,7 @@ def bench_scoring(device: str, quick: bool, only_setup: str | None = None) -> pd
                          "per_output_sol_per_s": b / per,
                          "per_output_released_sol_per_s": b / per_released,
                          "speedup": per / best, "speedup_vs_released": per_released / best,
-                         "repeats": repeats, **machine()})
+                         "repeats": repeats, **machine(device)})
             print(f"{name:32s} B={b:3d}  fused {b / best:7.3f} sol/s (batched "
                   f"{b / t['batched']:.3f}, func {b / t['func']:.3f}, loop {b / t['loop']:.3f},"
                   f" graphed {b / graphed:.3f})"
@@ -223,7 +224,7 @@ def bench_components(device: str, quick: bool) -> pd.DataFrame:
                                                     is_grads_batched=True), repeats)
         rows.append({"part": part, "batch": len(x), "forward_ms": 1e3 * fwd,
                      "backward_ms": 1e3 * bwd, f"backward_x{cotangents}_vmapped_ms":
-                     1e3 * vmapped, **machine()})
+                     1e3 * vmapped, **machine(device)})
         print(f"{part:42s} B={len(x)} forward {1e3 * fwd:7.1f} ms  backward {1e3 * bwd:7.1f} "
               f"ms  {cotangents} vmapped backward passes {1e3 * vmapped:7.1f} ms", flush=True)
 
@@ -268,7 +269,7 @@ def bench_search(device: str, quick: bool) -> pd.DataFrame:
     finally:
         shutil.rmtree(tmp)
     df = pd.concat(rows)
-    for k, v in machine().items():
+    for k, v in machine(device).items():
         df[k] = v
     return df
 
@@ -431,7 +432,8 @@ def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, 
     wall = 1e3 * (search.logged_at[warmup + timed] - search.logged_at[warmup]) / timed
     a, b = search.scoring_at[warmup], search.scoring_at[warmup + timed]
     jac_ms, values_ms = (1e3 * (b[k] - a[k]) / timed for k in ("jacobian", "values"))
-    print(f"CMA-MAEGA paper-scale iteration{label}, {mode:7s} graphs={graphs!s:5s} "
+    print(f"CMA-MAEGA paper-scale iteration{label}, {mode:7s} graphs={graphs_ran!s:5s} "
+          f"({captured} captured) "
           f"{extra + ' ' if extra else ''}(warm-up {warmup_s:.0f} s) "
           f"tf32 matmul={tf32!s:5s}: {ms:7.1f} ms, {wall:7.1f} ms with logging = jacobian "
           f"call {jac_ms:.1f} + values call {values_ms:.1f} + pyribs and the rest "
@@ -452,18 +454,22 @@ def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, 
             "coverage": search.result_archive.stats.coverage}
 
 
-CANDIDATES = {  # name -> (extra setting, jacobian mode); all with CUDA graphs
-    "baseline": (None, "func"),   # the same card's fp32 reference for the rows below
-    "autocast_float16": ("autocast_float16", "func"),
-    "autocast_bfloat16": ("autocast_bfloat16", "func"),
-    "math_attention": ("math_attention", "func"),
-    "replicated": (None, "replicated"),
-    "autocast_float16+compile": ("autocast_float16+compile", "replicated"),
-    "compile": ("compile", "replicated"),
+CANDIDATES = {  # name -> (extra setting, jacobian mode, tf32 matmuls); all with CUDA graphs
+    "baseline": (None, "func", False),  # the same card's fp32 reference for the rows below
+    "autocast_float16": ("autocast_float16", "func", False),
+    "autocast_bfloat16": ("autocast_bfloat16", "func", False),
+    "math_attention": ("math_attention", "func", False),
+    "replicated": (None, "replicated", False),
+    # func jacobians, compiled values calls (compile_static compiles no vmapped mode): the
+    # one compiled part measured right on an H200 before the split layers' fix (run 7)
+    "func+compile": ("compile", "func", False),
+    "func+compile+tf32_matmul": ("compile", "func", True),
+    "autocast_float16+compile": ("autocast_float16+compile", "replicated", False),
+    "compile": ("compile", "replicated", False),
     # cuDNN's plan cache ignores the autotuner flag: plans cached by earlier rows would be
     # reused untuned, and tuned plans would leak into later rows. Run it in its own process
     # (gpu_check.sh --candidates does): --candidates cudnn_benchmark
-    "cudnn_benchmark": ("cudnn_benchmark", "func"),
+    "cudnn_benchmark": ("cudnn_benchmark", "func", False),
 }
 DEFAULT_CANDIDATES = [k for k in CANDIDATES if k != "cudnn_benchmark"]
 
@@ -483,9 +489,11 @@ def bench_iteration(device: str, quick: bool, candidates: bool | list[str] = Fal
     matmuls, where the default kernels have no vmap rule and run cotangent by cotangent);
     the ``replicated`` jacobian mode (no vmap: every op at a 5x batch); and ``replicated``
     with ``compile_static`` (torch.compile'd forward and backward inside the graph; its
-    compile time is in the warm-up iterations, and reported apart). In half precision:
-    ``func`` under ``PromptScorer.autocast`` float16 and bfloat16 (their error against fp32
-    is in the row); and ``replicated`` compiled under float16 (``autocast_float16+compile``).
+    compile time is in the warm-up iterations, and reported apart); ``func`` with
+    ``compile_static``, which compiles the values calls only (also with TF32 matmuls). In
+    half precision: ``func`` under ``PromptScorer.autocast`` float16 and bfloat16 (their
+    error against fp32 is in the row); and ``replicated`` compiled under float16
+    (``autocast_float16+compile``).
 
     Without ``candidates`` the last row is the host floor: the same search around two tiny
     networks (``_host_floor_scorer``), i.e. what pyribs, the scorer's host side and the loop
@@ -505,7 +513,8 @@ def bench_iteration(device: str, quick: bool, candidates: bool | list[str] = Fal
     else:  # static calls (on a CPU: eager on static buffers, where compile_static applies);
         # the quick rows first, the minutes of compiling last
         names = DEFAULT_CANDIDATES if candidates is True else candidates
-        variants = [(True, False, *CANDIDATES[k][:1], (CANDIDATES[k][1],)) for k in names]
+        variants = [(True, CANDIDATES[k][2], CANDIDATES[k][0], (CANDIDATES[k][1],))
+                    for k in names]
     packed = any(isinstance(m, PackedSelfAttention) and (cuda or not m.cuda_only)
                  for m in scorer.clip.modules())
     rows = []
@@ -524,7 +533,7 @@ def bench_iteration(device: str, quick: bool, candidates: bool | list[str] = Fal
                     row = {"jacobian_mode": mode, "cuda_graphs": graphs, "extra": extra or "",
                            "error": f"{type(e).__name__}: {e}"[:300]}
                 rows.append({**row, "scorer": "StyleGAN2-256 + ViT-B/32",
-                             "packed_attention": packed, **machine()})
+                             "packed_attention": packed, **machine(device)})
                 if partial:
                     write(pd.DataFrame(rows), partial)
         if not candidates:  # the same loop around networks that cost next to nothing
@@ -535,7 +544,7 @@ def bench_iteration(device: str, quick: bool, candidates: bool | list[str] = Fal
             except Exception as e:  # noqa: BLE001 - keep the paper-scale rows above
                 print(f"host floor row: FAILED {type(e).__name__}: {e}", flush=True)
                 row = {"error": f"{type(e).__name__}: {e}"[:300]}
-            rows.append({**row, "scorer": "host floor (toy 512-d networks)", **machine()})
+            rows.append({**row, "scorer": "host floor (toy 512-d networks)", **machine(device)})
     finally:
         shutil.rmtree(tmp)
     return pd.DataFrame(rows)
@@ -655,7 +664,7 @@ def bench_training(device: str, quick: bool) -> pd.DataFrame:
                      "precision": precision, "channels_last": channels_last,
                      "compile": compile, "warmup_s": warmup, "images_per_s": ips,
                      "plain_loop_images_per_s": plain, "share_of_plain": ips / plain,
-                     **machine()})
+                     **machine(device)})
         print(f"{name:9s} {net.input_size}px batch {batch:3d} {precision} channels_last "
               f"{channels_last} compile {compile}: trainer {ips:8.1f} "
               f"images/s (bare loop {plain:8.1f}, {ips / plain:.0%})", flush=True)
@@ -693,7 +702,7 @@ def bench_loader(device: str, quick: bool) -> pd.DataFrame:
                 count = sum(len(y) for _, y in loader)
                 ips = count / (time.perf_counter() - t0)
                 rows.append({"dataset": name, "workers": workers, "batch": 64,
-                             "images": count, "images_per_s": ips, **machine()})
+                             "images": count, "images_per_s": ips, **machine(device)})
                 print(f"{name:17s} workers {workers}: {ips:8.0f} images/s", flush=True)
     finally:
         shutil.rmtree(tmp)
@@ -721,7 +730,7 @@ def profile_scoring(device: str, batches: tuple[int, ...] = (1, 4)) -> str:
             scorer.evaluate(z, jacobian=True, update_memory=False)
         table = prof.key_averages().table(sort_by=key, row_limit=25)
         tables.append(f"# {name}, batch {batch}, one eager fused evaluate with jacobians "
-                      f"({scorer._resolved_mode()}), {machine()}\n{table}")
+                      f"({scorer._resolved_mode()}), {machine(device)}\n{table}")
     return "\n".join(tables)
 
 
