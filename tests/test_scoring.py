@@ -354,6 +354,35 @@ def test_a_compiled_pass_far_from_eager_is_not_used(monkeypatch):
     assert [k[0] for k in sc._static_calls if k[-1] == "compiled"] == ["values"]
 
 
+def test_a_stochastic_scorer_compiles_values_without_the_eager_comparison(monkeypatch):
+    """Random generator noise: a compiled and an eager call draw different noise, so the
+    check against eager would report a broken compile where there is none. Such a scorer
+    compiles only values calls (its jacobian modes are vmapped ones) and skips the check."""
+    class NoisyGenerator(ToyGenerator):
+        noise_mode = "random"
+
+        def decode(self, z):
+            img = super().decode(z)
+            return torch.rand_like(img)  # all noise: the scores move a lot
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # "compiled" = eager
+    monkeypatch.setattr("qdgs_lib.scoring.compile_available", lambda device: None)
+    sc = PromptScorer(NoisyGenerator(), ToyClip(), ("good", "bad"), [("a", "b")],
+                      weights=(1.0, 0.5, 0.0))
+    assert sc.stochastic
+    sc.cuda_graphs, sc.compile_static = True, True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            sc.evaluate(np.zeros((3, 4)))
+    assert sc.compile_static is True
+    assert [k[0] for k in sc._static_calls if k[-1] == "compiled"] == ["values"]
+    # the same scorer without the skip would have dropped it: the two calls differ a lot
+    call = next(iter(sc._static_calls.values()))
+    with pytest.raises(ValueError, match="far from the eager one"):
+        sc._check_compiled(call, sc._static_fn("values", sc._outputs))
+
+
 def _small_stylegan_scorer(packed_attention: bool) -> PromptScorer:
     """A 32-pixel StyleGAN2 (random weights; split layers for jacobians) and the faces ViT,
     with the faces prompts and objective weights."""
