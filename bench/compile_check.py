@@ -8,8 +8,9 @@ one probe latent. Prints, per jacobian row, the error against an eager ``func`` 
 ``qdgs_lib.scoring.jacobian_row_errors``): a second eager call (the device's own noise
 floor), the uncompiled ``replicated`` mode, the compiled scoring pass (``compile_static``),
 and on CUDA both again inside a CUDA graph capture, as the scorer's static calls run them.
-Where the compiled pass is far from eager (1e-2), the generator's decode and CLIP's image
-encoder are then compiled one at a time, to show which one goes wrong.
+Where the compiled pass is far from eager replicated (the scorer's own check's tolerance,
+``COMPILED_TOLERANCE``), the generator's decode and CLIP's image encoder are then compiled one
+at a time, to show which one goes wrong.
 """
 from __future__ import annotations
 
@@ -25,7 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import _PROBE_SEED, _fill_memory, setups  # noqa: E402
 
-from qdgs_lib.scoring import StaticCall, jacobian_row_errors  # noqa: E402
+from qdgs_lib.scoring import (  # noqa: E402
+    COMPILED_TOLERANCE,
+    StaticCall,
+    jacobian_row_errors,
+)
 
 
 def report(name: str, got: torch.Tensor, ref: torch.Tensor, t0: float) -> None:
@@ -62,7 +67,8 @@ def main() -> None:
     print("row norms of the eager func jacobian:",
           " ".join(f"{n:.2e}" for n in ref.flatten(2).norm(dim=2)[0].tolist()))
     report("eager func again (noise floor)", scorer._func_jacobian(z, mem)[3], ref, t0)
-    report("eager replicated", scorer._replicated_jacobian(z, mem)[3], ref, t0)
+    replicated = scorer._replicated_jacobian(z, mem)[3]
+    report("eager replicated", replicated, ref, t0)
     whole = torch.compile(scorer._outputs, dynamic=False)
 
     def compiled(z, memory):
@@ -70,12 +76,15 @@ def main() -> None:
 
     got = compiled(z, mem)[3]
     report("compiled scoring pass", got, ref, t0)
+    report("compiled scoring pass vs eager replicated", got, replicated, t0)
     if z.is_cuda:
         for name, fn in (("eager replicated, CUDA graph", scorer._replicated_jacobian),
                          ("compiled scoring pass, CUDA graph", compiled)):
             call = StaticCall(fn, z, mem)
             report(name, call(z, mem)[3].clone(), ref, t0)
-    if jacobian_row_errors(got, ref).max() < 1e-2:
+    # against the same mode: replicated and func differ by TF32 convolutions' rounding
+    # (1.2e-2 on an H200), which is not the compiler's
+    if jacobian_row_errors(got, replicated).max() <= COMPILED_TOLERANCE:
         return
     print("far from eager: compiling the pieces one at a time", flush=True)
     decode, encode = scorer.generator.decode, scorer.clip.encode_image

@@ -504,23 +504,23 @@ def bench_iteration(device: str, quick: bool, candidates: bool | list[str] = Fal
     scorer = setups(device, quick)[-1][1]()  # StyleGAN2-256 + ViT-B/32, the faces objective
     warmup, timed = (2, 3) if quick or device == "cpu" else (5, 50)
     cuda = device.startswith("cuda")
-    # (cuda graphs, tf32 matmuls, extra setting, jacobian modes)
+    # (candidate name, cuda graphs, tf32 matmuls, extra setting, jacobian modes)
     if not candidates:
-        variants = [(False, False, None, ("batched", "func"))]
+        variants = [("", False, False, None, ("batched", "func"))]
         if cuda:
-            variants += [(True, False, None, ("batched", "func")),
-                         (True, True, None, ("batched", "func"))]
+            variants += [("", True, False, None, ("batched", "func")),
+                         ("", True, True, None, ("batched", "func"))]
     else:  # static calls (on a CPU: eager on static buffers, where compile_static applies);
         # the quick rows first, the minutes of compiling last
         names = DEFAULT_CANDIDATES if candidates is True else candidates
-        variants = [(True, CANDIDATES[k][2], CANDIDATES[k][0], (CANDIDATES[k][1],))
+        variants = [(k, True, CANDIDATES[k][2], CANDIDATES[k][0], (CANDIDATES[k][1],))
                     for k in names]
     packed = any(isinstance(m, PackedSelfAttention) and (cuda or not m.cuda_only)
                  for m in scorer.clip.modules())
     rows = []
     tmp = Path(tempfile.mkdtemp())
     try:
-        for graphs, tf32, extra, modes in variants:
+        for name, graphs, tf32, extra, modes in variants:
             for mode in modes:
                 try:
                     row = _iteration_row(scorer, tmp / f"{mode}_{len(rows)}", warmup, timed,
@@ -528,11 +528,12 @@ def bench_iteration(device: str, quick: bool, candidates: bool | list[str] = Fal
                 except Exception as e:  # noqa: BLE001 - a candidate may fail (e.g. compiling)
                     if not candidates:
                         raise
-                    print(f"CMA-MAEGA iteration {mode} {extra}: FAILED {type(e).__name__}: {e}",
-                          flush=True)
+                    print(f"CMA-MAEGA iteration {name or mode}: FAILED "
+                          f"{type(e).__name__}: {e}", flush=True)
                     row = {"jacobian_mode": mode, "cuda_graphs": graphs, "extra": extra or "",
-                           "error": f"{type(e).__name__}: {e}"[:300]}
-                rows.append({**row, "scorer": "StyleGAN2-256 + ViT-B/32",
+                           "tf32_matmul": tf32, "error": f"{type(e).__name__}: {e}"[:300]}
+                # (candidate: the row's name in CANDIDATES; "" for the standard rows)
+                rows.append({"candidate": name, **row, "scorer": "StyleGAN2-256 + ViT-B/32",
                              "packed_attention": packed, **machine(device)})
                 if partial:
                     write(pd.DataFrame(rows), partial)

@@ -150,6 +150,8 @@ def test_iteration_rows_are_written_as_they_come(monkeypatch, tmp_path):
         "autocast_float16+compile", "compile"] and "cudnn_benchmark" not in seen
     assert len(df) == len(seen) == len(pd.read_csv(tmp_path / "cands.csv"))
     assert df.set_index("extra").loc["math_attention", "error"] == "RuntimeError: no kernel"
+    # rows that share a setting (func+compile with and without TF32, compile) stay apart
+    assert df.candidate.tolist() == run.DEFAULT_CANDIDATES
     assert df.run.notna().all() and "cuda" in df   # every row names its run and CUDA
     seen.clear()
     run.bench_iteration("cpu", quick=True, candidates=["cudnn_benchmark"], partial="cudnn")

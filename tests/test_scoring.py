@@ -354,6 +354,97 @@ def test_a_compiled_pass_far_from_eager_is_not_used(monkeypatch):
     assert [k[0] for k in sc._static_calls if k[-1] == "compiled"] == ["values"]
 
 
+def _forged_compile(monkeypatch, change):
+    """torch.compile replaced by ``change(fn)``: a "compiled" pass that is wrong on purpose."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: change(fn))
+    monkeypatch.setattr("qdgs_lib.scoring.compile_available", lambda device: None)
+
+
+def test_a_compiled_pass_with_nan_gradients_is_not_used(monkeypatch):
+    """NaN compares false with everything: max(err, nan) took the finite one and kept a
+    compiled call whose jacobians were NaN (every later call then raised)."""
+    def nan_gradients(fn):
+        def call(z, memory=None):
+            if z.requires_grad:
+                z.register_hook(lambda g: torch.full_like(g, float("nan")))
+            return fn(z, memory)
+        return call
+
+    _forged_compile(monkeypatch, nan_gradients)
+    sc = make_scorer(weights=(1.0, 0.5, 0.0))
+    sc.jacobian_mode, sc.cuda_graphs, sc.compile_static = "replicated", True, True
+    z = np.random.default_rng(0).normal(0, 0.5, (1, 4))
+    sc.evaluate(z, jacobian=True)
+    with pytest.warns(UserWarning, match="far from the eager one.*jacobian rows nan"):
+        got = sc.evaluate(z, jacobian=True)
+    assert np.isfinite(got.jacobian).all() and sc.compile_static is False
+
+
+def test_a_compiled_pass_with_one_wrong_measure_is_not_used(monkeypatch):
+    """Scores are compared one by one: a measure off by 0.05 is far off, though the
+    objective (~100 here) is right and would hide it in a comparison of all scores."""
+    def shifted_measure(fn):
+        def call(z, memory=None):
+            loss, out, emb = fn(z, memory)
+            return loss, out + torch.tensor([0.0, 0.05, 0.0, 0.0]), emb
+        return call
+
+    _forged_compile(monkeypatch, shifted_measure)
+    sc = make_scorer(weights=(1.0, 0.5, 0.0))
+    sc.cuda_graphs, sc.compile_static = True, True
+    z = np.random.default_rng(0).normal(0, 0.5, (4, 4))
+    assert np.abs(sc.evaluate(z).objective).min() > 10 * 0.05
+    with pytest.warns(UserWarning, match="far from the eager one"):
+        sc.evaluate(z)
+    assert sc.compile_static is False
+
+
+def test_the_compiled_check_allows_rounding_of_a_measure_near_zero():
+    """A measure near 0 (the middle of its range) rounded by half precision: 5e-4 off, well
+    within rounding, is not a broken compile; each score counts at least 0.01 per sample."""
+    sc = make_scorer(weights=(1.0, 0.5, 0.0))
+    ref_out = torch.tensor([[60.0, 1e-4, 0.05, -0.03]])
+    got_out = ref_out + torch.tensor([[0.0, 5e-4, 0.0, 0.0]])
+
+    class Call:  # a static call's interface: buffers, and outputs from them
+        inputs, memory = torch.zeros(1, 4), torch.zeros(0, 16)
+
+        def __call__(self, inputs, memory):
+            return torch.zeros(1), got_out, torch.zeros(1, 16), None
+
+    sc._check_compiled(Call(), lambda z, m: (torch.zeros(1), ref_out, torch.zeros(1, 16), None))
+    got_out[0, 1] += 0.01  # 1e-2 off: the measure's whole scale
+    with pytest.raises(ValueError, match="far from the eager one"):
+        sc._check_compiled(Call(), lambda z, m: (torch.zeros(1), ref_out, torch.zeros(1, 16),
+                                                  None))
+
+
+def test_a_dropped_compile_leaves_no_compiled_call(monkeypatch):
+    """Values calls compiled (and checked), then the jacobian's compile fails: every
+    compiled call goes (unreachable once compile_static is off, and on CUDA each holds a
+    graph's memory pool), and values are captured again uncompiled."""
+    def doubled_gradients(fn):
+        def call(z, memory=None):
+            return fn(2 * z - z.detach(), memory)
+        return call
+
+    _forged_compile(monkeypatch, doubled_gradients)
+    sc = make_scorer(weights=(1.0, 0.5, 0.0))
+    sc.jacobian_mode, sc.cuda_graphs, sc.compile_static = "replicated", True, True
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        sc.evaluate(rng.normal(0, 0.5, (3, 4)))
+    assert [k[-1] for k in sc._static_calls] == ["compiled"]  # values: passed the check
+    sc.evaluate(rng.normal(0, 0.5, (1, 4)), jacobian=True)
+    with pytest.warns(UserWarning, match="far from the eager one"):
+        sc.evaluate(rng.normal(0, 0.5, (1, 4)), jacobian=True)
+    assert not [k for k in sc._static_calls if k[-1] == "compiled"]
+    assert sc._compiled_outputs is None
+    for _ in range(2):
+        sc.evaluate(rng.normal(0, 0.5, (3, 4)))
+    assert sorted(k[0] for k in sc._static_calls) == ["replicated", "values"]
+
+
 def test_a_stochastic_scorer_compiles_values_without_the_eager_comparison(monkeypatch):
     """Random generator noise: a compiled and an eager call draw different noise, so the
     check against eager would report a broken compile where there is none. Such a scorer
