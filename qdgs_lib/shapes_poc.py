@@ -6,6 +6,8 @@ measure -> fine-tune a classifier trained on color-biased shapes -> balanced acc
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,14 @@ from .scoring import PromptScorer, scorer_for_profile
 from .search import measures, solutions
 from .shapes_oracle import ShapeOracle, load_shapes_oracle
 from .train import train_classifier
-from .utils import check_unit_images, resolve_device, seed_everything
+from .utils import (
+    atomic_path,
+    check_unit_images,
+    differing_keys,
+    reading,
+    resolve_device,
+    seed_everything,
+)
 
 
 def build_scorer(p: dict[str, Any], device: str | torch.device = "auto") -> PromptScorer:
@@ -91,24 +100,42 @@ def save_set(data: dict, outdir: str | Path) -> Path:
     return write_image_dataset(outdir, data["images"], classes, man, overwrite=True)
 
 
+# the profile keys classifier_protocol reads: a checkpoint is only resumed under the same
+PROTOCOL_KEYS = ("bias_levels", "seeds", "n_train", "n_test", "image_size", "train_epochs",
+                 "finetune_epochs", "batch")
+
+
 def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress: bool = True,
-                        device: str | torch.device = "auto") -> pd.DataFrame:
+                        device: str | torch.device = "auto",
+                        checkpoint: str | Path | None = None) -> pd.DataFrame:
     """Train on color-biased real shapes, fine-tune on each synthetic set (or not), and
     evaluate on a balanced set; one row per (bias, seed, fine-tune set).
 
     ``synthetic`` maps a name to one set for every seed, or to ``{seed: set}`` (e.g. the
     archive of the search with that seed), so seed k pairs classifier seed k with search k.
+
+    ``checkpoint``: a JSON file that gets the rows after each (bias, seed) (atomically), with
+    what they were computed from (the profile's ``PROTOCOL_KEYS``, the sets' sha256, the
+    device type); a rerun resumes after the last finished pair, with the rows of an
+    uninterrupted run (each pair seeds itself), and refuses a file made from anything else.
     """
     device = resolve_device(device)
     if p["image_size"] < 16:
         raise ValueError(f"image_size {p['image_size']}: the shape classifier needs >= 16 px")
     sets = {(name, seed): _checked_set(name, seed, synthetic[name], p)
             for name in synthetic for seed in p["seeds"]}
+    key = json.loads(json.dumps({  # (as it reads back: tuples as lists)
+        "profile": {k: p[k] for k in PROTOCOL_KEYS}, "device": device.type,
+        "sets": {f"{name} seed {seed}": _set_digest(data) for (name, seed), data in
+                 sets.items()}}))
+    rows = _resume_rows(checkpoint, key)
+    done = {(r["bias"], r["seed"]) for r in rows}
     test = ShapesDataset(p["n_test"], None, p["image_size"], seed=10_000)
     names = group_names()
-    rows = []
     for bias in p["bias_levels"]:
         for seed in p["seeds"]:
+            if (bias, seed) in done:
+                continue
             seed_everything(seed)
             real = ShapesDataset(p["n_train"], bias, p["image_size"], seed=seed)
             base = ShapeClassifier()
@@ -131,7 +158,42 @@ def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress:
                 acc = group_accuracy(predict(model, test.images, device=device),
                                      test.labels.numpy(), test.groups.numpy(), names)
                 rows.append({"bias": bias, "seed": seed, "finetune": name, **acc})
+            if checkpoint is not None:
+                with atomic_path(checkpoint) as tmp:
+                    Path(tmp).write_text(json.dumps({"key": key, "rows": rows}, indent=1,
+                                                    default=float))
     return pd.DataFrame(rows)
+
+
+def _set_digest(data: dict) -> str:
+    h = hashlib.sha256()
+    for t in (data["images"], torch.as_tensor(data["labels"])):
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _resume_rows(checkpoint: str | Path | None, key: dict) -> list[dict]:
+    """The rows of ``checkpoint`` (none if there is no file), if it was made from ``key``."""
+    if checkpoint is None or not Path(checkpoint).is_file():
+        return []
+    with reading(checkpoint, "a classifier-protocol checkpoint",
+                 f"Delete {Path(checkpoint).name} to start over."):
+        state = json.loads(Path(checkpoint).read_text())
+        have, rows = state["key"], state["rows"]
+        if not isinstance(have, dict) or not all(isinstance(have.get(k), dict) for k in
+                                                  ("profile", "sets")):
+            raise ValueError("no record of the inputs")
+        pairs = {(r["bias"], r["seed"]) for r in rows}
+    if have != key:
+        differ = [k for k in differing_keys(have, key) if k not in ("profile", "sets")] + [
+            f"{part}: {k}" for part in ("profile", "sets")
+            for k in differing_keys(have[part], key[part])]
+        raise ValueError(f"{checkpoint} holds classifier rows made from other inputs "
+                         f"({', '.join(differ)}): delete it to start over, or use another "
+                         "run folder")
+    print(f"resumed {Path(checkpoint).name}: {len(pairs)} (bias, seed) pairs done")
+    return rows
 
 
 def _checked_set(name: str, seed: int, data: dict, p: dict[str, Any]) -> dict:

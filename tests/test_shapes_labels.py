@@ -1,5 +1,7 @@
 """Shapes ground truth for label checks: color read off the pixels, the oracle's agreement."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,6 +10,7 @@ import torch
 from qdgs_lib import shapes_poc
 from qdgs_lib.data.shapes import ShapesDataset, render, sample_params
 from qdgs_lib.shapes_poc import pixel_color
+from qdgs_lib.utils import BadFileError
 
 
 def test_pixel_color_recovers_the_render_color():
@@ -194,6 +197,46 @@ def test_classifier_protocol_rows_do_not_depend_on_the_other_sets():
     after = shapes_poc.classifier_protocol(p, {"b": b, "a": a}, progress=False, device="cpu")
     pd.testing.assert_frame_equal(alone[alone.finetune == "a"].reset_index(drop=True),
                                   after[after.finetune == "a"].reset_index(drop=True))
+
+
+def test_classifier_protocol_resumes_after_the_last_finished_pair(tmp_path, monkeypatch):
+    """A run stopped in its third (bias, seed) pair resumes from the checkpoint with the two
+    finished pairs' rows and ends with an uninterrupted run's table; a checkpoint from other
+    inputs (a profile setting, a set) or a damaged one is refused, saying what to do."""
+    p, a, _ = _tiny_protocol()
+    p = {**p, "bias_levels": (0.95, 0.8), "seeds": (0, 1)}
+    whole = shapes_poc.classifier_protocol(p, {"a": a}, progress=False, device="cpu")
+    ckpt = tmp_path / "classifier_rows.json"
+    calls = []
+    train = shapes_poc.train_classifier
+
+    def stopping(*args, **kw):  # two calls per pair: the base model, the fine-tune on "a"
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return train(*args, **kw)
+
+    monkeypatch.setattr(shapes_poc, "train_classifier", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        shapes_poc.classifier_protocol(p, {"a": a}, progress=False, device="cpu",
+                                       checkpoint=ckpt)
+    assert len(json.loads(ckpt.read_text())["rows"]) == 4  # 2 pairs x (none, a)
+    calls.clear()
+    resumed = shapes_poc.classifier_protocol(p, {"a": a}, progress=False, device="cpu",
+                                             checkpoint=ckpt)
+    assert len(calls) == 4  # only the two pairs left were trained
+    pd.testing.assert_frame_equal(resumed, whole)
+    with pytest.raises(ValueError, match="other inputs.*profile: train_epochs.*delete it"):
+        shapes_poc.classifier_protocol({**p, "train_epochs": 2}, {"a": a}, progress=False,
+                                       device="cpu", checkpoint=ckpt)
+    b = {**a, "labels": 1 - a["labels"]}
+    with pytest.raises(ValueError, match="other inputs.*sets: a seed 0"):
+        shapes_poc.classifier_protocol(p, {"a": b}, progress=False, device="cpu",
+                                       checkpoint=ckpt)
+    ckpt.write_text('{"key": [1]}')
+    with pytest.raises(BadFileError, match="classifier-protocol checkpoint.*Delete"):
+        shapes_poc.classifier_protocol(p, {"a": a}, progress=False, device="cpu",
+                                       checkpoint=ckpt)
 
 
 def test_classifier_protocol_refuses_sets_it_cannot_learn_from():
