@@ -6,8 +6,9 @@ The paper-scale scorer (StyleGAN2-256 + ViT-B/32, random weights, a full uniquen
 one probe latent. Prints, per jacobian row, the error against an eager ``func`` jacobian
 (relative to the row's norm, or to 1e-6 of the largest row's norm where a row is ~0:
 ``qdgs_lib.scoring.jacobian_row_errors``): a second eager call (the device's own noise
-floor), the uncompiled ``replicated`` mode, the compiled scoring pass (``compile_static``),
-and on CUDA both again inside a CUDA graph capture, as the scorer's static calls run them.
+floor), the uncompiled ``replicated`` mode, the compiled scoring pass (``compile_static``'s
+replicated mode), the compiled ``func`` jacobian (its func mode), and on CUDA these again
+inside a CUDA graph capture, as the scorer's static calls run them.
 Where the compiled pass is far from eager replicated (the scorer's own check's tolerance,
 ``COMPILED_TOLERANCE``), the generator's decode and CLIP's image encoder are then compiled one
 at a time, to show which one goes wrong.
@@ -77,9 +78,12 @@ def main() -> None:
     got = compiled(z, mem)[3]
     report("compiled scoring pass", got, ref, t0)
     report("compiled scoring pass vs eager replicated", got, replicated, t0)
+    func = torch.compile(scorer._func_jacobian, dynamic=False)  # vjp + vmap, one graph
+    report("compiled func jacobian", func(z, mem)[3], ref, t0)
     if z.is_cuda:
         for name, fn in (("eager replicated, CUDA graph", scorer._replicated_jacobian),
-                         ("compiled scoring pass, CUDA graph", compiled)):
+                         ("compiled scoring pass, CUDA graph", compiled),
+                         ("compiled func jacobian, CUDA graph", func)):
             call = StaticCall(fn, z, mem)
             report(name, call(z, mem)[3].clone(), ref, t0)
     # against the same mode: replicated and func differ by TF32 convolutions' rounding

@@ -460,8 +460,8 @@ CANDIDATES = {  # name -> (extra setting, jacobian mode, tf32 matmuls); all with
     "autocast_bfloat16": ("autocast_bfloat16", "func", False),
     "math_attention": ("math_attention", "func", False),
     "replicated": (None, "replicated", False),
-    # func jacobians, compiled values calls (compile_static compiles no vmapped mode): the
-    # one compiled part measured right on an H200 before the split layers' fix (run 7)
+    # func with compile_static: the values calls compiled (measured right on an H200 before
+    # the split layers' fix, run 7) and the whole func jacobian (vjp + vmap in one graph)
     "func+compile": ("compile", "func", False),
     "func+compile+tf32_matmul": ("compile", "func", True),
     "autocast_float16+compile": ("autocast_float16+compile", "replicated", False),
@@ -490,7 +490,8 @@ def bench_iteration(device: str, quick: bool, candidates: bool | list[str] = Fal
     the ``replicated`` jacobian mode (no vmap: every op at a 5x batch); and ``replicated``
     with ``compile_static`` (torch.compile'd forward and backward inside the graph; its
     compile time is in the warm-up iterations, and reported apart); ``func`` with
-    ``compile_static``, which compiles the values calls only (also with TF32 matmuls). In
+    ``compile_static`` (the values calls and the whole vmapped jacobian compiled; also with
+    TF32 matmuls). In
     half precision: ``func`` under ``PromptScorer.autocast`` float16 and bfloat16 (their
     error against fp32 is in the row); and ``replicated`` compiled under float16
     (``autocast_float16+compile``).

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -191,14 +191,14 @@ class PromptScorer:
         self.static_max_batch = 16
         # True: CUDA matmuls (CLIP's) in TF32 while scoring; False: torch's setting: see _tf32
         self.tf32_matmul = False
-        # True: static calls of values and of the replicated mode run torch.compile'd forward
-        # (and backward) passes; see _static_call
+        # True: static calls of values and of the replicated and func modes run torch.compile'd
+        # passes; see _static_call
         self.compile_static = False
         # None: float32; "float16" | "bfloat16": the networks run under torch.autocast while
         # scoring (see _autocast)
         self.autocast: str | None = None
         self._warned_cpu_float16 = False
-        self._compiled_outputs = None
+        self._compiled: dict[str, Callable] = {}  # torch.compile'd passes, by name
         self._static_calls: dict[tuple, StaticCall] = {}
         self._shape_counts: dict[tuple, int] = {}
 
@@ -457,10 +457,12 @@ class PromptScorer:
         changing ``weights``, call :meth:`drop_static_calls` (or build a new scorer).
 
         ``compile_static``: the static calls of values and of the ``replicated`` jacobian mode
-        run ``torch.compile``'d forward passes (and AOTAutograd's compiled backward): fewer,
-        fused kernels inside the graph. The vmapped modes cannot: a compiled backward has no
-        vmap rule. Compiling takes minutes the first time a shape comes back; each new compiled
-        call is then checked once against the eager pass (``_check_compiled``).
+        run ``torch.compile``'d forward passes (and AOTAutograd's compiled backward), those of
+        ``func`` the whole compiled jacobian (vjp and vmap in one graph): fewer, fused kernels
+        inside the graph. ``batched`` cannot (autograd.grad breaks a compiled graph), nor can a
+        stochastic scorer's jacobians. Compiling takes minutes the first time a shape comes
+        back; each new compiled call is then checked once against the eager pass
+        (``_check_compiled``).
         """
         use = self.cuda_graphs
         if use == "auto":
@@ -473,7 +475,9 @@ class PromptScorer:
         if mode == "loop":
             return None
         # a graph keeps the kernels chosen at capture: one per matmul precision too
-        compiled = self.compile_static and mode in ("values", "replicated")
+        # (a stochastic scorer's jacobians stay eager: its compiled calls cannot be checked)
+        compiled = self.compile_static and (
+            mode == "values" or (mode in ("replicated", "func") and not self.stochastic))
         key = (mode, tuple(z.shape), tuple(self.memory.shape),
                z.is_cuda and torch.backends.cuda.matmul.allow_tf32, self.autocast) + \
             (("compiled",) * compiled)
@@ -487,18 +491,13 @@ class PromptScorer:
                 warnings.warn(f"{why}; scoring runs without compiling", stacklevel=3)
                 self.compile_static = False
                 return self._static_call(jacobian, z)
-            outputs = self._outputs
-            if compiled:
-                if self._compiled_outputs is None:
-                    self._compiled_outputs = torch.compile(self._outputs, dynamic=False)
-                outputs = self._compiled_outputs
             try:
-                call = StaticCall(self._static_fn(mode, outputs), z, self.memory)
+                call = StaticCall(self._static_fn(mode, compiled), z, self.memory)
                 # torch.compile has had silent wrong-gradient bugs. (A stochastic scorer's
                 # compiled and eager calls draw different noise: not comparable; it compiles
-                # values calls only, whose gradient-free pass that bug did not touch)
+                # values calls only, whose gradient-free pass such bugs do not touch)
                 if compiled and not self.stochastic:
-                    self._check_compiled(call, self._static_fn(mode, self._outputs))
+                    self._check_compiled(call, self._static_fn(mode, False))
                 self._static_calls[key] = call
             except Exception as e:  # noqa: BLE001 - torch.compile's errors have many types
                 if compiled:
@@ -509,7 +508,7 @@ class PromptScorer:
                     # no compiled call stays (unreachable now, each holding a graph's pool)
                     for k in [k for k in self._static_calls if k[-1] == "compiled"]:
                         del self._static_calls[k]
-                    self._compiled_outputs = None
+                    self._compiled = {}
                     self._shape_counts[key[:-1]] = 2  # captured uncompiled at once
                     return self._static_call(jacobian, z)
                 if not isinstance(e, RuntimeError):
@@ -520,9 +519,19 @@ class PromptScorer:
                 return None
         return self._static_calls[key]
 
-    def _static_fn(self, mode: str, outputs):
-        """``fn(z, memory)`` of a static call: values, or a jacobian mode, over ``outputs``
-        (the scoring pass, or its compiled version)."""
+    def _compiled_pass(self, name: str):
+        """``torch.compile`` of the scoring pass (``_outputs``) or of the whole ``func``
+        jacobian (``_func_jacobian``: vjp and vmap in one compiled graph), made once."""
+        if name not in self._compiled:
+            self._compiled[name] = torch.compile(getattr(self, name), dynamic=False)
+        return self._compiled[name]
+
+    def _static_fn(self, mode: str, compiled: bool):
+        """``fn(z, memory)`` of a static call: values, or a jacobian mode, eager or
+        compiled (values and ``replicated``: the compiled scoring pass and its compiled
+        backward; ``func``: the compiled jacobian; ``batched``: never, autograd.grad breaks
+        a compiled graph)."""
+        outputs = self._compiled_pass("_outputs") if compiled else self._outputs
         if mode == "values":
             def fn(z, memory):
                 with torch.no_grad():
@@ -531,7 +540,8 @@ class PromptScorer:
             def fn(z, memory):
                 return self._replicated_jacobian(z, memory, outputs)
         else:
-            jac_fn = self._batched_jacobian if mode == "batched" else self._func_jacobian
+            jac_fn = self._batched_jacobian if mode == "batched" else \
+                self._compiled_pass("_func_jacobian") if compiled else self._func_jacobian
 
             def fn(z, memory):
                 return jac_fn(z, memory)

@@ -139,12 +139,14 @@ def test_cuda_graphs_give_the_eager_numbers_on_the_paper_architectures(mode):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_compiled_static_calls_match_eager_on_the_paper_architectures():
-    """``compile_static`` on StyleGAN2-256 + ViT-B/32 inside CUDA graphs (``replicated``
-    jacobians at batch 1, values at batch 4): kept by the scorer's check against eager (torch
-    2.11 compiled the split layers' jacobians to zero before their forward lost its in-place
-    ops: bench/README.md, run 7), and within TF32 convolutions' rounding of eager
-    ``replicated`` calls (an H200 gave 1.4e-2 between compiled and eager decodes)."""
+@pytest.mark.parametrize("mode", ["replicated", "func"])
+def test_compiled_static_calls_match_eager_on_the_paper_architectures(mode):
+    """``compile_static`` on StyleGAN2-256 + ViT-B/32 inside CUDA graphs (jacobians at batch
+    1: the compiled pass's backward, or the whole compiled ``func`` jacobian; values at batch
+    4): kept by the scorer's check against eager (torch 2.11 compiled the split layers'
+    jacobians to zero before their forward lost its in-place ops: bench/README.md, run 7),
+    and within TF32 convolutions' rounding of eager calls of the same mode (an H200 gave
+    1.4e-2 between compiled and eager decodes)."""
     import re
     import warnings
 
@@ -166,7 +168,7 @@ def test_compiled_static_calls_match_eager_on_the_paper_architectures():
                                 memory_size=4) for _ in range(2))
     memory = clip.encode_image(gen.decode(gen.sample_prior(4, seed=1))).detach()
     for sc, compiled in ((eager, False), (comp, True)):
-        sc.jacobian_mode, sc.memory = "replicated", memory.clone()
+        sc.jacobian_mode, sc.memory = mode, memory.clone()
         sc.cuda_graphs, sc.compile_static = compiled, compiled
     with warnings.catch_warnings(record=True) as seen:  # (a dropped compile warns)
         warnings.simplefilter("always")
@@ -185,7 +187,7 @@ def test_compiled_static_calls_match_eager_on_the_paper_architectures():
     assert not [str(w.message) for w in seen
                 if re.search(r"scoring (pass|runs) .*compil|compiled scoring", str(w.message))]
     assert comp.compile_static is True
-    assert {k[0] for k in comp._static_calls if k[-1] == "compiled"} == {"replicated", "values"}
+    assert {k[0] for k in comp._static_calls if k[-1] == "compiled"} == {mode, "values"}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

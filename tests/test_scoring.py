@@ -238,10 +238,12 @@ def test_replicated_mode_refuses_a_random_forward_pass():
         sc.evaluate(np.zeros((1, 4)), jacobian=True)
 
 
+@pytest.mark.parametrize("mode", ["replicated", "func"])
 @pytest.mark.parametrize("autocast", [None, "bfloat16"])
-def test_compiled_static_calls_give_the_eager_numbers(autocast):
-    """``compile_static`` with the replicated mode: the static calls (values at batch 4,
-    jacobians at batch 1) run torch.compile'd forward and backward passes, and equal the
+def test_compiled_static_calls_give_the_eager_numbers(autocast, mode):
+    """``compile_static`` with the replicated mode (static calls of values at batch 4 and
+    jacobians at batch 1 run torch.compile'd forward and backward passes) or the ``func``
+    mode (the whole vjp + vmap compiled), equal to the
     eager calls up to float rounding (fused kernels round differently); also under
     ``autocast`` (the bench's compiled float16 candidate; bfloat16 here, CPU's fast one),
     where the compiled calls keep half precision's numbers: within bfloat16's rounding of
@@ -257,13 +259,14 @@ def test_compiled_static_calls_give_the_eager_numbers(autocast):
         sc = two_measure_scorer()
         latents = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
         sc.memory = sc.clip.encode_image(sc.generator.decode(latents)).detach()
-        sc.jacobian_mode, sc.cuda_graphs, sc.compile_static = "replicated", True, compiled
+        sc.jacobian_mode, sc.cuda_graphs, sc.compile_static = mode, True, compiled
         sc.autocast = dtype
         runs.append([sc.evaluate(z, jacobian=j, update_memory=False) for z, j in calls])
         if compiled:
-            assert sc._compiled_outputs is not None
-            assert {k[0] for k in sc._static_calls if k[-1] == "compiled"} == \
-                {"replicated", "values"}
+            assert sc.compile_static is True  # (kept by the check against eager)
+            assert {k[0] for k in sc._static_calls if k[-1] == "compiled"} == {mode, "values"}
+            assert set(sc._compiled) == {"_outputs"} | ({"_func_jacobian"} if mode == "func"
+                                                        else set())
             assert {k[4] for k in sc._static_calls} == {autocast}
     fp32, runs = runs[0], runs[1:]
     if autocast is not None:  # half precision did run, compiled too
@@ -439,7 +442,7 @@ def test_a_dropped_compile_leaves_no_compiled_call(monkeypatch):
     with pytest.warns(UserWarning, match="far from the eager one"):
         sc.evaluate(rng.normal(0, 0.5, (1, 4)), jacobian=True)
     assert not [k for k in sc._static_calls if k[-1] == "compiled"]
-    assert sc._compiled_outputs is None
+    assert sc._compiled == {}
     for _ in range(2):
         sc.evaluate(rng.normal(0, 0.5, (3, 4)))
     assert sorted(k[0] for k in sc._static_calls) == ["replicated", "values"]
@@ -468,6 +471,10 @@ def test_a_stochastic_scorer_compiles_values_without_the_eager_comparison(monkey
             sc.evaluate(np.zeros((3, 4)))
     assert sc.compile_static is True
     assert [k[0] for k in sc._static_calls if k[-1] == "compiled"] == ["values"]
+    sc.jacobian_mode = "func"  # compiled for a deterministic scorer; unchecked here: eager
+    for _ in range(2):
+        sc.evaluate(np.zeros((1, 4)), jacobian=True)
+    assert sorted(k[0] for k in sc._static_calls if k[-1] != "compiled") == ["func"]
     # the same scorer without the skip would have dropped it: the two calls differ a lot
     call = next(iter(sc._static_calls.values()))
     with pytest.raises(ValueError, match="far from the eager one"):
