@@ -288,27 +288,61 @@ def test_compiled_static_calls_give_the_eager_numbers(autocast, mode):
                                        atol=1e-5 if autocast is None else 2**-6 * scale)
 
 
-def test_a_failing_compile_falls_back_to_uncompiled_static_calls(monkeypatch):
-    """torch.compile can fail late (no Triton, an op it cannot trace): the scorer warns,
-    stops compiling and captures the same call uncompiled, keeping its graphs."""
-    def broken_compile(fn, **kw):
-        def call(*a, **k):
-            raise AssertionError("backend failed")  # not a RuntimeError: any error type
-        return call
 
-    monkeypatch.setattr(torch, "compile", broken_compile)
+def _forged_compile(monkeypatch, change):
+    """torch.compile replaced by ``change(fn)``: a "compiled" pass that is wrong on purpose."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: change(fn))
     monkeypatch.setattr("qdgs_lib.scoring.compile_available", lambda device: None)
+
+
+def _doubled_gradients(fn):
+    def call(z, memory=None):
+        return fn(2 * z - z.detach(), memory)  # same values, gradients doubled
+    return call
+
+
+def _falls_back_to_uncompiled(monkeypatch, change, warning: str) -> PromptScorer:
+    """A replicated scorer whose compile is forged by ``change``: its second jacobian call
+    warns ``warning``, stops compiling, keeps graphs, captures the call uncompiled and
+    returns the eager jacobian."""
+    _forged_compile(monkeypatch, change)
     ref, sc = (make_scorer(weights=(1.0, 0.5, 0.0)) for _ in range(2))
     sc.jacobian_mode = ref.jacobian_mode = "replicated"
     sc.cuda_graphs, sc.compile_static = True, True
     z = np.random.default_rng(0).normal(0, 0.5, (1, 4))
     sc.evaluate(z, jacobian=True)
-    with pytest.warns(UserWarning, match="torch.compile.*failed.*uncompiled"):
+    with pytest.warns(UserWarning, match=warning):
         got = sc.evaluate(z, jacobian=True)
     assert sc.compile_static is False and sc.cuda_graphs is True
     assert [k[-1] == "compiled" for k in sc._static_calls] == [False]  # uncompiled capture
     np.testing.assert_allclose(got.jacobian, ref.evaluate(z, jacobian=True).jacobian, rtol=1e-6)
+    return sc
 
+
+def test_a_failing_compile_falls_back_to_uncompiled_static_calls(monkeypatch):
+    """torch.compile can fail late (no Triton, an op it cannot trace): the scorer warns,
+    stops compiling and captures the same call uncompiled, keeping its graphs."""
+    def broken_compile(fn):
+        def call(*a, **k):
+            raise AssertionError("backend failed")  # not a RuntimeError: any error type
+        return call
+
+    _falls_back_to_uncompiled(monkeypatch, broken_compile, "torch.compile.*failed.*uncompiled")
+
+
+def test_a_compiled_pass_far_from_eager_is_not_used(monkeypatch):
+    """torch 2.11's torch.compile returned zero jacobians through StyleGAN2's split layers
+    with right values (pytorch#180642). A new compiled static call is checked once against
+    the eager pass on its buffers; one that is far off (here: a "compiled" pass whose
+    gradients are twice the true ones, values unchanged) is dropped with a warning, and the
+    call is captured uncompiled."""
+    sc = _falls_back_to_uncompiled(monkeypatch, _doubled_gradients,
+                                   "far from the eager one.*jacobian rows 1 relative")
+    # values only: the doubled gradients do not matter, the compiled call is kept
+    sc.compile_static = True
+    for _ in range(2):
+        sc.evaluate(np.zeros((3, 4)))
+    assert [k[0] for k in sc._static_calls if k[-1] == "compiled"] == ["values"]
 
 def test_jacobian_errors_are_relative_to_each_row_unless_it_is_zero():
     from qdgs_lib.scoring import jacobian_row_errors
@@ -326,42 +360,6 @@ def test_jacobian_errors_are_relative_to_each_row_unless_it_is_zero():
     assert np.array_equal(jacobian_row_errors(ref, ref).numpy(), [0, 0, 0])
 
 
-def test_a_compiled_pass_far_from_eager_is_not_used(monkeypatch):
-    """torch 2.11's torch.compile returned zero jacobians through StyleGAN2's split layers
-    with right values (pytorch#180642). A new compiled static call is checked once against
-    the eager pass on its buffers; one that is far off (here: a "compiled" pass whose
-    gradients are twice the true ones, values unchanged) is dropped with a warning, and the
-    call is captured uncompiled."""
-    def wrong_gradients(fn, **kw):
-        def call(z, memory=None):
-            return fn(2 * z - z.detach(), memory)  # same values, gradients doubled
-        return call
-
-    monkeypatch.setattr(torch, "compile", wrong_gradients)
-    monkeypatch.setattr("qdgs_lib.scoring.compile_available", lambda device: None)
-    ref, sc = (make_scorer(weights=(1.0, 0.5, 0.0)) for _ in range(2))
-    sc.jacobian_mode = ref.jacobian_mode = "replicated"
-    sc.cuda_graphs, sc.compile_static = True, True
-    z = np.random.default_rng(0).normal(0, 0.5, (1, 4))
-    sc.evaluate(z, jacobian=True)
-    with pytest.warns(UserWarning, match="far from the eager one.*jacobian rows 1 relative"):
-        got = sc.evaluate(z, jacobian=True)
-    assert sc.compile_static is False and sc.cuda_graphs is True
-    assert [k[-1] == "compiled" for k in sc._static_calls] == [False]  # uncompiled capture
-    np.testing.assert_allclose(got.jacobian, ref.evaluate(z, jacobian=True).jacobian, rtol=1e-6)
-    # values only: the doubled gradients do not matter, the compiled call is kept
-    monkeypatch.setattr(torch, "compile", wrong_gradients)
-    sc.compile_static = True
-    for _ in range(2):
-        sc.evaluate(np.zeros((3, 4)))
-    assert [k[0] for k in sc._static_calls if k[-1] == "compiled"] == ["values"]
-
-
-def _forged_compile(monkeypatch, change):
-    """torch.compile replaced by ``change(fn)``: a "compiled" pass that is wrong on purpose."""
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: change(fn))
-    monkeypatch.setattr("qdgs_lib.scoring.compile_available", lambda device: None)
-
 
 def test_a_compiled_pass_with_nan_gradients_is_not_used(monkeypatch):
     """NaN compares false with everything: max(err, nan) took the finite one and kept a
@@ -373,14 +371,9 @@ def test_a_compiled_pass_with_nan_gradients_is_not_used(monkeypatch):
             return fn(z, memory)
         return call
 
-    _forged_compile(monkeypatch, nan_gradients)
-    sc = make_scorer(weights=(1.0, 0.5, 0.0))
-    sc.jacobian_mode, sc.cuda_graphs, sc.compile_static = "replicated", True, True
-    z = np.random.default_rng(0).normal(0, 0.5, (1, 4))
-    sc.evaluate(z, jacobian=True)
-    with pytest.warns(UserWarning, match="far from the eager one.*jacobian rows nan"):
-        got = sc.evaluate(z, jacobian=True)
-    assert np.isfinite(got.jacobian).all() and sc.compile_static is False
+    # (the fallback's jacobian equals the eager one: finite)
+    _falls_back_to_uncompiled(monkeypatch, nan_gradients,
+                              "far from the eager one.*jacobian rows nan")
 
 
 def test_a_compiled_pass_with_one_wrong_measure_is_not_used(monkeypatch):
@@ -426,12 +419,7 @@ def test_a_dropped_compile_leaves_no_compiled_call(monkeypatch):
     """Values calls compiled (and checked), then the jacobian's compile fails: every
     compiled call goes (unreachable once compile_static is off, and on CUDA each holds a
     graph's memory pool), and values are captured again uncompiled."""
-    def doubled_gradients(fn):
-        def call(z, memory=None):
-            return fn(2 * z - z.detach(), memory)
-        return call
-
-    _forged_compile(monkeypatch, doubled_gradients)
+    _forged_compile(monkeypatch, _doubled_gradients)
     sc = make_scorer(weights=(1.0, 0.5, 0.0))
     sc.jacobian_mode, sc.cuda_graphs, sc.compile_static = "replicated", True, True
     rng = np.random.default_rng(0)
@@ -459,8 +447,7 @@ def test_a_stochastic_scorer_compiles_values_without_the_eager_comparison(monkey
             img = super().decode(z)
             return torch.rand_like(img)  # all noise: the scores move a lot
 
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # "compiled" = eager
-    monkeypatch.setattr("qdgs_lib.scoring.compile_available", lambda device: None)
+    _forged_compile(monkeypatch, lambda fn: fn)  # "compiled" = eager
     sc = PromptScorer(NoisyGenerator(), ToyClip(), ("good", "bad"), [("a", "b")],
                       weights=(1.0, 0.5, 0.0))
     assert sc.stochastic
