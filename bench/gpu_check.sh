@@ -23,9 +23,10 @@
 # Only with --candidates (minutes of torch.compile): bench/compile_check.py (printed: each
 # compiled piece's jacobian against eager), then the candidates for a faster iteration
 # (an fp32 baseline row on the same card, float16/bfloat16 autocast, SDPA math backend,
-# replicated, func with compiled values calls (also + TF32 matmuls), replicated + compile
-# under float16, replicated + compile; each row is written as it finishes), then the cuDNN autotuner in a process of its own (its plan cache would
-# otherwise mix with the other rows'),
+# replicated, func compiled (values and the whole jacobian; also + TF32 matmuls), replicated
+# + compile under float16, replicated + compile; each row is written as it finishes), then
+# the cuDNN autotuner in a process of its own (its plan cache would otherwise mix with the
+# other rows'),
 #   python3 bench/run.py --only iteration_candidates   -> iteration_candidates_gpu.csv
 #   python3 bench/run.py --only iteration_candidates --candidates cudnn_benchmark
 #                                          -> iteration_candidates_cudnn_benchmark_gpu.csv

@@ -491,10 +491,9 @@ def bench_iteration(device: str, quick: bool, candidates: bool | list[str] = Fal
     with ``compile_static`` (torch.compile'd forward and backward inside the graph; its
     compile time is in the warm-up iterations, and reported apart); ``func`` with
     ``compile_static`` (the values calls and the whole vmapped jacobian compiled; also with
-    TF32 matmuls). In
-    half precision: ``func`` under ``PromptScorer.autocast`` float16 and bfloat16 (their
-    error against fp32 is in the row); and ``replicated`` compiled under float16
-    (``autocast_float16+compile``).
+    TF32 matmuls). In half precision: ``func`` under ``PromptScorer.autocast`` float16 and
+    bfloat16 (their error against fp32 is in the row); and ``replicated`` compiled under
+    float16 (``autocast_float16+compile``).
 
     Without ``candidates`` the last row is the host floor: the same search around two tiny
     networks (``_host_floor_scorer``), i.e. what pyribs, the scorer's host side and the loop
