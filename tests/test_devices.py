@@ -95,6 +95,32 @@ def test_trainer_on_channels_last_returns_savable_weights(tmp_path):
     save_weights(tr.backbone, tmp_path / "b.safetensors")  # raised before the fix
 
 
+def _paper_networks(device: str = "cuda"):
+    """The paper's faces profile, StyleGAN2-256 and ViT-B/32 on ``device``: random weights,
+    seeded."""
+    from qdgs_lib.clip import create_clip
+    from qdgs_lib.generators.stylegan2 import StyleGAN2, StyleGAN2Generator
+
+    p = get_profile("paper", "faces")
+    torch.manual_seed(0)
+    gen = StyleGAN2Generator(StyleGAN2().to(device), num_std_samples=500)
+    clip = create_clip("ViT-B-32-quickgelu", device=device, pretrained=False)
+    return p, gen, clip
+
+
+def _paper_scorer_pair(device: str = "cuda"):
+    """Two scorers on one generator and CLIP (``_paper_networks``) with the paper's objective
+    weights and a uniqueness memory of 4, and a full memory for them (set it on each)."""
+    from qdgs_lib.measures import prompts
+    from qdgs_lib.scoring import PromptScorer
+
+    p, gen, clip = _paper_networks(device)
+    scorers = [PromptScorer(gen, clip, p["objective"], prompts(p), weights=(1.0, 0.5, 0.2),
+                            memory_size=4) for _ in range(2)]
+    memory = clip.encode_image(gen.decode(gen.sample_prior(4, seed=1))).detach()
+    return gen, scorers, memory
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("mode", ["batched", "func", "replicated"])
 def test_cuda_graphs_give_the_eager_numbers_on_the_paper_architectures(mode):
@@ -103,18 +129,9 @@ def test_cuda_graphs_give_the_eager_numbers_on_the_paper_architectures(mode):
     eager calls, up to float rounding, over calls whose memory contents change."""
     import numpy as np
 
-    from qdgs_lib.clip import create_clip
-    from qdgs_lib.generators.stylegan2 import StyleGAN2, StyleGAN2Generator
-    from qdgs_lib.measures import prompts
-    from qdgs_lib.scoring import PromptScorer, jacobian_row_errors
+    from qdgs_lib.scoring import jacobian_row_errors
 
-    p = get_profile("paper", "faces")
-    torch.manual_seed(0)
-    gen = StyleGAN2Generator(StyleGAN2().cuda(), num_std_samples=500)
-    clip = create_clip("ViT-B-32-quickgelu", device="cuda", pretrained=False)
-    scorers = [PromptScorer(gen, clip, p["objective"], prompts(p), weights=(1.0, 0.5, 0.2),
-                            memory_size=4) for _ in range(2)]
-    memory = clip.encode_image(gen.decode(gen.sample_prior(4, seed=1))).detach()
+    gen, scorers, memory = _paper_scorer_pair()
     rng = np.random.default_rng(0)
     for graphs, sc in zip((False, True), scorers, strict=True):
         sc.jacobian_mode, sc.cuda_graphs, sc.memory = mode, graphs, memory.clone()
@@ -152,21 +169,12 @@ def test_compiled_static_calls_match_eager_on_the_paper_architectures(mode):
 
     import numpy as np
 
-    from qdgs_lib.clip import create_clip
-    from qdgs_lib.generators.stylegan2 import StyleGAN2, StyleGAN2Generator
-    from qdgs_lib.measures import prompts
-    from qdgs_lib.scoring import PromptScorer, jacobian_row_errors
+    from qdgs_lib.scoring import jacobian_row_errors
     from qdgs_lib.utils import compile_available
 
     if (why := compile_available(torch.device("cuda"))) is not None:
         pytest.skip(why)
-    p = get_profile("paper", "faces")
-    torch.manual_seed(0)
-    gen = StyleGAN2Generator(StyleGAN2().cuda(), num_std_samples=500)
-    clip = create_clip("ViT-B-32-quickgelu", device="cuda", pretrained=False)
-    eager, comp = (PromptScorer(gen, clip, p["objective"], prompts(p), weights=(1.0, 0.5, 0.2),
-                                memory_size=4) for _ in range(2))
-    memory = clip.encode_image(gen.decode(gen.sample_prior(4, seed=1))).detach()
+    gen, (eager, comp), memory = _paper_scorer_pair()
     for sc, compiled in ((eager, False), (comp, True)):
         sc.jacobian_mode, sc.memory = mode, memory.clone()
         sc.cuda_graphs, sc.compile_static = compiled, compiled
@@ -226,15 +234,10 @@ def test_tf32_scores_stay_close_to_fp32_on_the_paper_architectures():
     direction; torch's own setting is untouched after the calls."""
     import numpy as np
 
-    from qdgs_lib.clip import create_clip
-    from qdgs_lib.generators.stylegan2 import StyleGAN2, StyleGAN2Generator
     from qdgs_lib.measures import prompts
     from qdgs_lib.scoring import PromptScorer
 
-    p = get_profile("paper", "faces")
-    torch.manual_seed(0)
-    gen = StyleGAN2Generator(StyleGAN2().cuda(), num_std_samples=500)
-    clip = create_clip("ViT-B-32-quickgelu", device="cuda", pretrained=False)
+    p, gen, clip = _paper_networks()
     sc = PromptScorer(gen, clip, p["objective"], prompts(p), weights=(1.0, 0.5, 0.2))
     before = torch.backends.cuda.matmul.allow_tf32
     z = gen.sample_prior(16, seed=3).cpu().numpy()
@@ -264,15 +267,10 @@ def test_autocast_scores_on_the_paper_architectures():
     near float32's (printed: what the bench's candidate rows trade for their speed)."""
     import numpy as np
 
-    from qdgs_lib.clip import create_clip
-    from qdgs_lib.generators.stylegan2 import StyleGAN2, StyleGAN2Generator
     from qdgs_lib.measures import prompts
     from qdgs_lib.scoring import PromptScorer
 
-    p = get_profile("paper", "faces")
-    torch.manual_seed(0)
-    gen = StyleGAN2Generator(StyleGAN2().cuda(), num_std_samples=500)
-    clip = create_clip("ViT-B-32-quickgelu", device="cuda", pretrained=False)
+    p, gen, clip = _paper_networks()
     sc = PromptScorer(gen, clip, p["objective"], prompts(p), weights=(1.0, 0.0, 0.0))
     sc.jacobian_mode = "func"
     z = gen.sample_prior(16, seed=3).cpu().numpy()
