@@ -422,6 +422,9 @@ def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, 
         # what ran, not what was asked: a failed capture falls back to eager with a warning
         graphs_ran = scorer.cuda_graphs
         captured = sum(c.graph is not None for c in scorer._static_calls.values())
+        # the modes whose static calls ran compiled: a mode whose compile failed or was far
+        # from eager runs uncompiled (a warning), the others stay compiled
+        compiled = " ".join(sorted({k[0] for k in scorer._static_calls if k[-1] == "compiled"}))
     finally:
         search.release()
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
@@ -433,7 +436,7 @@ def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, 
     a, b = search.scoring_at[warmup], search.scoring_at[warmup + timed]
     jac_ms, values_ms = (1e3 * (b[k] - a[k]) / timed for k in ("jacobian", "values"))
     print(f"CMA-MAEGA paper-scale iteration{label}, {mode:7s} graphs={graphs_ran!s:5s} "
-          f"({captured} captured) "
+          f"({captured} captured{', compiled: ' + compiled if compiled else ''}) "
           f"{extra + ' ' if extra else ''}(warm-up {warmup_s:.0f} s) "
           f"tf32 matmul={tf32!s:5s}: {ms:7.1f} ms, {wall:7.1f} ms with logging = jacobian "
           f"call {jac_ms:.1f} + values call {values_ms:.1f} + pyribs and the rest "
@@ -443,7 +446,7 @@ def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, 
     return {"jacobian_mode": mode, "cuda_graphs": graphs_ran, "graphs_captured": captured,
             "tf32_matmul": tf32 and cuda,
             "tf32_conv": torch.backends.cudnn.allow_tf32 and cuda, "extra": extra or "",
-            "compiled": scorer.compile_static,  # False where compiling failed (a warning)
+            "compiled": compiled,  # e.g. "func values"; "" where nothing ran compiled
             "autocast": scorer.autocast or "",
             "ms_per_iteration": ms, "wall_ms_per_iteration": wall,
             "jacobian_call_ms": jac_ms, "values_call_ms": values_ms,

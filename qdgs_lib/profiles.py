@@ -52,6 +52,9 @@ _SHAPES_BASE: dict[str, Any] = {
     "cutouts": 0,  # random crops CLIP scores and averages (0: the whole image once)
     "tf32_matmul": False,  # CUDA only: CLIP's matmuls in TF32 while scoring (PromptScorer._tf32)
     "autocast": None,  # or "float16"/"bfloat16": the networks in half precision while scoring
+    # torch.compile'd static scoring calls (PromptScorer.compile_static; CUDA graphs' calls),
+    # each checked once against eager; a mode whose compile fails or is off runs uncompiled
+    "compile_static": False,
     "batch_size": 4,
     "num_emitters": 1,
     "sigma0": 0.5,
@@ -75,6 +78,7 @@ _FACES_BASE: dict[str, Any] = {
     "cutouts": 0,
     "tf32_matmul": False,
     "autocast": None,
+    "compile_static": False,
     "batch_size": 4,
     "num_emitters": 1,
     "sigma0": 0.5,

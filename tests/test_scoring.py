@@ -216,14 +216,17 @@ def test_tf32_is_set_for_the_call_only_and_on_cuda_only():
         flag.allow_tf32 = before
 
 
-def test_profiles_switch_tf32_on_the_scorer():
+@pytest.mark.parametrize("key", ["tf32_matmul", "compile_static"])
+@pytest.mark.parametrize("section", ["shapes", "faces"])
+def test_profiles_switch_scoring_settings_on_the_scorer(key, section):
     from qdgs_lib.profiles import get_profile
     from qdgs_lib.scoring import scorer_for_profile
 
+    assert get_profile("paper", section)[key] is False  # opt-in everywhere
     for on in (False, True):
-        p = get_profile("default", "shapes", tf32_matmul=on)
+        p = get_profile("default", section, **{key: on})
         sc = scorer_for_profile(ToyGenerator(), {**p, "clip": "qdgs-shapes-clip"}, "cpu")
-        assert sc.tf32_matmul is on
+        assert getattr(sc, key) is on
 
 
 def test_replicated_mode_refuses_a_random_forward_pass():
@@ -296,15 +299,18 @@ def _forged_compile(monkeypatch, change):
 
 
 def _doubled_gradients(fn):
+    """Same values, jacobians doubled: through the pass's gradients (``_outputs``, what
+    ``replicated`` differentiates) or on the returned jacobian (``_func_jacobian``)."""
     def call(z, memory=None):
-        return fn(2 * z - z.detach(), memory)  # same values, gradients doubled
+        res = fn(2 * z - z.detach(), memory)
+        return res if len(res) == 3 else (*res[:3], 2 * res[3])
     return call
 
 
 def _falls_back_to_uncompiled(monkeypatch, change, warning: str) -> PromptScorer:
     """A replicated scorer whose compile is forged by ``change``: its second jacobian call
-    warns ``warning``, stops compiling, keeps graphs, captures the call uncompiled and
-    returns the eager jacobian."""
+    warns ``warning``, stops compiling that mode, keeps graphs, captures the call
+    uncompiled and returns the eager jacobian."""
     _forged_compile(monkeypatch, change)
     ref, sc = (make_scorer(weights=(1.0, 0.5, 0.0)) for _ in range(2))
     sc.jacobian_mode = ref.jacobian_mode = "replicated"
@@ -313,7 +319,8 @@ def _falls_back_to_uncompiled(monkeypatch, change, warning: str) -> PromptScorer
     sc.evaluate(z, jacobian=True)
     with pytest.warns(UserWarning, match=warning):
         got = sc.evaluate(z, jacobian=True)
-    assert sc.compile_static is False and sc.cuda_graphs is True
+    assert sc.uncompiled_modes == {"replicated"} and sc.cuda_graphs is True
+    assert sc.compile_static is True  # (still asked for: the other modes compile)
     assert [k[-1] == "compiled" for k in sc._static_calls] == [False]  # uncompiled capture
     np.testing.assert_allclose(got.jacobian, ref.evaluate(z, jacobian=True).jacobian, rtol=1e-6)
     return sc
@@ -327,7 +334,8 @@ def test_a_failing_compile_falls_back_to_uncompiled_static_calls(monkeypatch):
             raise AssertionError("backend failed")  # not a RuntimeError: any error type
         return call
 
-    _falls_back_to_uncompiled(monkeypatch, broken_compile, "torch.compile.*failed.*uncompiled")
+    _falls_back_to_uncompiled(monkeypatch, broken_compile,
+                              "torch.compile of the replicated.*failed.*uncompiled")
 
 
 def test_a_compiled_pass_far_from_eager_is_not_used(monkeypatch):
@@ -339,7 +347,6 @@ def test_a_compiled_pass_far_from_eager_is_not_used(monkeypatch):
     sc = _falls_back_to_uncompiled(monkeypatch, _doubled_gradients,
                                    "far from the eager one.*jacobian rows 1 relative")
     # values only: the doubled gradients do not matter, the compiled call is kept
-    sc.compile_static = True
     for _ in range(2):
         sc.evaluate(np.zeros((3, 4)))
     assert [k[0] for k in sc._static_calls if k[-1] == "compiled"] == ["values"]
@@ -392,7 +399,8 @@ def test_a_compiled_pass_with_one_wrong_measure_is_not_used(monkeypatch):
     assert np.abs(sc.evaluate(z).objective).min() > 10 * 0.05
     with pytest.warns(UserWarning, match="far from the eager one"):
         sc.evaluate(z)
-    assert sc.compile_static is False
+    assert sc.uncompiled_modes == {"values"}
+    assert [(k[0], k[-1]) for k in sc._static_calls] == [("values", None)]  # uncompiled
 
 
 def test_the_compiled_check_allows_rounding_of_a_measure_near_zero():
@@ -415,25 +423,32 @@ def test_the_compiled_check_allows_rounding_of_a_measure_near_zero():
                                                   None))
 
 
-def test_a_dropped_compile_leaves_no_compiled_call(monkeypatch):
-    """Values calls compiled (and checked), then the jacobian's compile fails: every
-    compiled call goes (unreachable once compile_static is off, and on CUDA each holds a
-    graph's memory pool), and values are captured again uncompiled."""
+@pytest.mark.parametrize("mode", ["replicated", "func"])
+def test_a_dropped_jacobian_compile_keeps_the_compiled_values_calls(monkeypatch, mode):
+    """Values calls compiled (and checked), then the jacobian's compile is far from eager
+    (torch 2.11's bug: compiled gradients wrong, compiled values right): only the jacobian
+    mode runs uncompiled; the values calls stay compiled (the faster half of an H200
+    iteration), and the jacobian's compiled pass goes where no mode uses it."""
     _forged_compile(monkeypatch, _doubled_gradients)
     sc = make_scorer(weights=(1.0, 0.5, 0.0))
-    sc.jacobian_mode, sc.cuda_graphs, sc.compile_static = "replicated", True, True
+    sc.jacobian_mode, sc.cuda_graphs, sc.compile_static = mode, True, True
     rng = np.random.default_rng(0)
     for _ in range(2):
         sc.evaluate(rng.normal(0, 0.5, (3, 4)))
     assert [k[-1] for k in sc._static_calls] == ["compiled"]  # values: passed the check
     sc.evaluate(rng.normal(0, 0.5, (1, 4)), jacobian=True)
-    with pytest.warns(UserWarning, match="far from the eager one"):
+    with pytest.warns(UserWarning, match=f"{mode} scoring pass.*far from the eager one"):
         sc.evaluate(rng.normal(0, 0.5, (1, 4)), jacobian=True)
-    assert not [k for k in sc._static_calls if k[-1] == "compiled"]
-    assert sc._compiled == {}
-    for _ in range(2):
-        sc.evaluate(rng.normal(0, 0.5, (3, 4)))
-    assert sorted(k[0] for k in sc._static_calls) == ["replicated", "values"]
+    assert sc.uncompiled_modes == {mode}
+    assert sorted((k[0], k[-1]) for k in sc._static_calls) == [(mode, None),
+                                                               ("values", "compiled")]
+    assert set(sc._compiled) == {"_outputs"}  # (func's compiled jacobian is gone)
+    for _ in range(2):  # both kept: no new capture, no warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            sc.evaluate(rng.normal(0, 0.5, (3, 4)))
+            sc.evaluate(rng.normal(0, 0.5, (1, 4)), jacobian=True)
+    assert len(sc._static_calls) == 2
 
 
 def test_a_stochastic_scorer_compiles_values_without_the_eager_comparison(monkeypatch):
