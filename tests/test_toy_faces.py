@@ -85,6 +85,17 @@ def test_benchmark_folder_refuses_other_settings_and_empty_requests(tmp_path):
         write_benchmark(root, pairs_per_group=20, size=32)
     with pytest.raises(ValueError, match="positive multiple of 20"):
         write_benchmark(tmp_path / "c", pairs_per_group=0)
+    # a folder of an earlier version (no benchmark.json): checked by what its files show
+    (root / "benchmark.json").unlink()
+    assert write_benchmark(root, pairs_per_group=20, size=16) == root
+    with pytest.raises(ValueError, match=r"'size': \(16, 32\)"):
+        write_benchmark(root, pairs_per_group=20, size=32)
+    with pytest.raises(ValueError, match=r"'pairs_per_group': \(20, 40\)"):
+        write_benchmark(root, pairs_per_group=40, size=16)
+    for image in (root / "test" / "data" / GROUPS[0]).glob("*/*.jpg"):
+        image.unlink()
+    with pytest.raises(ValueError, match="incomplete toy benchmark"):
+        write_benchmark(root, pairs_per_group=20, size=16)
 
 
 def test_corrupted_captions_work_at_any_size_divisible_by_4():

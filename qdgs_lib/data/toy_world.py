@@ -61,6 +61,20 @@ def real_training_set(n_identities: int, views: int, seed: int = 0, size: int = 
     return photo(zv, g, size), torch.arange(n_identities).repeat_interleave(views), z
 
 
+def _settings_on_disk(root: Path) -> dict:
+    """``pairs_per_group`` and ``size`` of a benchmark folder without ``benchmark.json``
+    (written before 2026-11-26), read from its files; its seed cannot be read back."""
+    pairs = root / "test" / "txts" / GROUPS[0] / f"{GROUPS[0]}_pairs.txt"
+    images = sorted((root / "test" / "data" / GROUPS[0]).glob("*/*.jpg"))[:1]
+    if not pairs.is_file() or not images:
+        raise ValueError(f"{root} holds an incomplete toy benchmark (no {pairs.name} or no "
+                         f"images of group {GROUPS[0]}): delete {root} to write it again")
+    with Image.open(images[0]) as im:
+        size = im.width
+    lines = [line for line in pairs.read_text().splitlines() if line.strip()]
+    return {"pairs_per_group": len(lines), "size": size}
+
+
 def write_benchmark(root: str | Path, pairs_per_group: int = 600, size: int = 64,
                     seed: int = BENCHMARK_SEED) -> Path:
     """Write the balanced toy benchmark (RFW layout), atomically. Each group: half positive
@@ -70,13 +84,13 @@ def write_benchmark(root: str | Path, pairs_per_group: int = 600, size: int = 64
     settings = {"pairs_per_group": pairs_per_group, "size": size, "seed": seed}
     if (root / "test" / "txts").exists():
         record = root / "benchmark.json"
-        if record.is_file():   # (folders of earlier versions have no record)
-            have = json.loads(record.read_text())
-            differ = {k: (have.get(k), v) for k, v in settings.items() if have.get(k) != v}
-            if differ:
-                raise ValueError(f"{root} holds a toy benchmark written with other settings "
-                                 f"(setting: (on disk, asked)) {differ}: delete {root} to "
-                                 "write it again, or use another folder")
+        # folders of earlier versions have no record: what their files show is checked
+        have = json.loads(record.read_text()) if record.is_file() else _settings_on_disk(root)
+        differ = {k: (have[k], v) for k, v in settings.items() if k in have and have[k] != v}
+        if differ:
+            raise ValueError(f"{root} holds a toy benchmark written with other settings "
+                             f"(setting: (on disk, asked)) {differ}: delete {root} to "
+                             "write it again, or use another folder")
         return root
     if pairs_per_group <= 0 or pairs_per_group % 20:
         raise ValueError(f"pairs_per_group must be a positive multiple of 20 (10 folds of "
