@@ -24,7 +24,7 @@ from .utils import (
     check_unit_images,
     read_weights_record,
     reading,
-    resize_square,
+    resize_square_matmul,
     resolve_device,
 )
 
@@ -191,9 +191,11 @@ class Clip(nn.Module):
         """(B,3,H,W) in [0,1] -> model input, differentiably."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-        # float32 in (autocast may hand over half-precision images: the antialiased resize
-        # has no CPU kernel for them, and the normalisation is cheap at full precision)
-        return (resize_square(at_least_fp32(images), self.image_size) - self.mean) / self.std
+        # float32 in (autocast may hand over half-precision images: the normalisation is
+        # cheap at full precision). The resize as matmuls: jacobians flow back through it,
+        # and the interpolation's backward is not deterministic on CUDA
+        images = resize_square_matmul(at_least_fp32(images), self.image_size)
+        return (images - self.mean) / self.std
 
     def _cutouts(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         b, _, h, w = images.shape

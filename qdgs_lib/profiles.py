@@ -55,6 +55,9 @@ _SHAPES_BASE: dict[str, Any] = {
     # torch.compile'd static scoring calls (PromptScorer.compile_static; CUDA graphs' calls),
     # each checked once against eager; a mode whose compile fails or is off runs uncompiled
     "compile_static": False,
+    # deterministic kernels while scoring (PromptScorer.deterministic): a seeded GPU search
+    # reproduces bit for bit; off: the last bits of jacobians vary from run to run on CUDA
+    "deterministic": False,
     "batch_size": 4,
     "num_emitters": 1,
     "sigma0": 0.5,
@@ -79,6 +82,7 @@ _FACES_BASE: dict[str, Any] = {
     "tf32_matmul": False,
     "autocast": None,
     "compile_static": False,
+    "deterministic": False,
     "batch_size": 4,
     "num_emitters": 1,
     "sigma0": 0.5,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -191,6 +192,9 @@ class PromptScorer:
         self.static_max_batch = 16
         # True: CUDA matmuls (CLIP's) in TF32 while scoring; False: torch's setting: see _tf32
         self.tf32_matmul = False
+        # True: deterministic kernels only while scoring (bitwise-reproducible GPU searches);
+        # see _deterministic
+        self.deterministic = False
         # True: static calls of values and of the replicated and func modes run torch.compile'd
         # passes; see _static_call
         self.compile_static = False
@@ -295,6 +299,34 @@ class PromptScorer:
         finally:
             torch.backends.cuda.matmul.allow_tf32 = False  # it was off (above)
 
+    @contextmanager
+    def _deterministic(self) -> Iterator[None]:
+        """``torch.use_deterministic_algorithms(True)`` for the duration of a scoring call if
+        ``deterministic`` (restored after): cuDNN then picks deterministic convolution
+        algorithms and attention its deterministic backward, so a seeded search on a GPU
+        gives the same archive bit for bit on the same card and software (without it,
+        jacobians differ in their last bits from run to run and a long search drifts apart).
+        An op of the networks that has no deterministic kernel raises, naming itself. CLIP's
+        resize is matmuls for this (``resize_square_matmul``). cuBLAS reads
+        ``CUBLAS_WORKSPACE_CONFIG`` (set here to ``:4096:8`` unless set) when torch makes its
+        first handle: export it before starting Python for a process whose first matmul
+        comes earlier. Off by default (deterministic kernels can be slower)."""
+        if not self.deterministic:
+            yield
+            return
+        if self.clip.device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        was = (torch.are_deterministic_algorithms_enabled(),
+               torch.is_deterministic_algorithms_warn_only_enabled())
+        benchmark = torch.backends.cudnn.benchmark
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False  # the autotuner's choice can vary by run
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(was[0], warn_only=was[1])
+            torch.backends.cudnn.benchmark = benchmark
+
     def _autocast(self):
         """``torch.autocast`` to ``autocast``'s dtype during a scoring call (None: none).
 
@@ -352,7 +384,7 @@ class PromptScorer:
     def evaluate(self, latents, jacobian: bool = False, update_memory: bool = True) -> Scores:
         """Objective and measures (and, if asked, their jacobians) of a batch of latents."""
         z = self._to_tensor(latents)
-        with self._tf32(), self._autocast(), self._randomness():
+        with self._tf32(), self._autocast(), self._deterministic(), self._randomness():
             static = self._static_call(jacobian, z)
             if static is not None:  # one CUDA graph replay (see _static_call)
                 loss, out, emb, jac = static(z, self.memory)
@@ -388,7 +420,7 @@ class PromptScorer:
         """Measures (N, m) of images (N, 3, H, W) in [0, 1] that need not come from the
         generator (e.g. renders with known attributes, to check the CLIP)."""
         out = [torch.zeros(0, self.num_measures)]
-        with torch.no_grad(), self._tf32(), self._autocast():
+        with torch.no_grad(), self._tf32(), self._autocast(), self._deterministic():
             for x in images.split(batch_size):
                 emb = at_least_fp32(self.clip.encode_image(x.to(self.clip.device)))
                 out.append(torch.stack([-self._pair_gap(emb, k)
@@ -484,7 +516,8 @@ class PromptScorer:
         compiled = self.compile_static and mode not in self.uncompiled_modes and (
             mode == "values" or (mode in ("replicated", "func") and not self.stochastic))
         key = (mode, tuple(z.shape), tuple(self.memory.shape),
-               z.is_cuda and torch.backends.cuda.matmul.allow_tf32, self.autocast) + \
+               z.is_cuda and torch.backends.cuda.matmul.allow_tf32, self.autocast,
+               self.deterministic) + \
             (("compiled",) * compiled)
         if key not in self._static_calls:
             # capture a shape only when it comes back (a search's shapes do; the last,
@@ -630,7 +663,7 @@ class PromptScorer:
         values, jacs = [], []
         for i in range(1 + self.num_measures):
             z = z0.clone().requires_grad_(True)
-            with self._tf32(), self._autocast():
+            with self._tf32(), self._autocast(), self._deterministic():
                 images = self.generator.decode(z)
                 emb = at_least_fp32(self.clip.encode_image(images, check=False))
                 if i == 0:
@@ -695,5 +728,6 @@ def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> P
     scorer.tf32_matmul = bool(p.get("tf32_matmul", False))
     scorer.autocast = p.get("autocast")
     scorer.compile_static = bool(p.get("compile_static", False))
+    scorer.deterministic = bool(p.get("deterministic", False))
     scorer._autocast()  # an unknown dtype fails here, before any search starts
     return scorer

@@ -301,7 +301,8 @@ class QDSearch:
                 "scoring": {"jacobian_mode": self._jacobian_mode(),
                             "cuda_graphs": self.scorer.cuda_graphs,
                             "tf32_matmul": self.scorer.tf32_matmul,
-                            "compile_static": self.scorer.compile_static}}
+                            "compile_static": self.scorer.compile_static,
+                            "deterministic": self.scorer.deterministic}}
 
     def _jacobian_mode(self) -> str:
         """The scorer's resolved jacobian mode, or its setting where that is invalid (a

@@ -150,6 +150,38 @@ def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
                                            antialias=True, align_corners=False)
 
 
+def _resize_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    """(n_out, n_in): the 1-D antialiased bilinear resize (``align_corners=False``) as a
+    matrix, with torch's weights (aten's ``_compute_indices_min_size_weights_aa``: a
+    triangle filter stretched by the scale when shrinking, each row normalised). Made on the
+    device from sizes only: nothing is cached, so it traces, compiles and is captured in
+    CUDA graphs like any other op."""
+    scale = n_in / n_out
+    support, inv = (scale, 1 / scale) if scale >= 1 else (1.0, 1.0)
+    i = torch.arange(n_out, device=like.device, dtype=like.dtype)[:, None]
+    j = torch.arange(n_in, device=like.device, dtype=like.dtype)[None, :]
+    center = scale * (i + 0.5)
+    lo = (center - support + 0.5).trunc().clamp_min(0)
+    hi = (center + support + 0.5).trunc().clamp_max(n_in)
+    w = (1 - ((j - center + 0.5) * inv).abs()).clamp_min(0) * ((j >= lo) & (j < hi))
+    return w / w.sum(1, keepdim=True)
+
+
+def resize_square_matmul(images: torch.Tensor, size: int) -> torch.Tensor:
+    """:func:`resize_square` as two matrix products (the resize is separable), equal up to
+    float rounding, for images that are differentiated through (CLIP's input while scoring):
+    its backward is matmuls, deterministic on CUDA, where the antialiased interpolation's
+    backward adds with atomics (``_upsample_bilinear2d_aa_backward`` has no deterministic
+    CUDA kernel: seeded GPU searches would drift apart). Runs in float32 or float64, also
+    under autocast (as the interpolation does)."""
+    h, w = images.shape[-2:]
+    if (h, w) == (size, size):
+        return images
+    with torch.autocast(images.device.type, enabled=False):
+        x = images if images.dtype in (torch.float32, torch.float64) else images.float()
+        return _resize_matrix(h, size, x) @ x @ _resize_matrix(w, size, x).T
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

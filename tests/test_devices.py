@@ -199,6 +199,42 @@ def test_compiled_static_calls_match_eager_on_the_paper_architectures(mode):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_deterministic_searches_reproduce_bit_for_bit_on_the_paper_architectures(tmp_path):
+    """``deterministic`` on StyleGAN2-256 + ViT-B/32 (random weights; on CUDA with graphs,
+    ``func`` jacobians): two scorers give equal values, jacobians and memories bit for bit
+    over calls whose memory changes, and two seeded searches equal archives. Without the
+    setting, CUDA's convolution and attention backward kernels may add in any order, and
+    the antialiased resize's backward (CLIP's, before it became matmuls) did. (On a CPU
+    this passes too, in 2.5 minutes: kept to CUDA, where it tells something.)"""
+    device = "cuda"
+    import numpy as np
+
+    from qdgs_lib.search import QDSearch, SearchConfig
+
+    gen, scorers, memory = _paper_scorer_pair(device)
+    for sc in scorers:
+        sc.deterministic, sc.jacobian_mode, sc.memory = True, "func", memory.clone()
+    for step in range(3):
+        for b in (1, 4, 1):
+            z = gen.sample_prior(b, seed=10 * step + b).cpu().numpy()
+            a, c = (sc.evaluate(z, jacobian=b == 1) for sc in scorers)
+            assert np.array_equal(a.objective, c.objective)
+            assert np.array_equal(a.measures, c.measures)
+            assert b > 1 or np.array_equal(a.jacobian, c.jacobian)
+            assert torch.equal(scorers[0].memory, scorers[1].memory)
+    if device == "cuda":
+        assert all(c.graph is not None for c in scorers[1]._static_calls.values())
+    cfg = SearchConfig(dims=(5, 5, 5, 5), ranges=[(-0.1, 0.1)] * 4, iterations=6,
+                       batch_size=4, x0_samples=4, seed=3)
+    frames = []
+    for i, sc in enumerate(scorers):
+        search = QDSearch(sc, cfg, tmp_path / f"run{i}")
+        frames.append(archive_frame(search.run(progress=False)))
+    assert len(frames[0]) > 0
+    assert frames[0].equals(frames[1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_packed_attention_gives_the_stock_numbers_on_vit_b32():
     """On CUDA, ``create_clip``'s default (``auto``) packs ViT-B/32's self-attention: its
     embeddings and vmapped jacobians (batch 1 and 4, as a search asks) equal open_clip's own

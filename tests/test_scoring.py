@@ -182,7 +182,7 @@ def test_static_calls_are_skipped_where_the_work_is_not_fixed():
     assert sc._static_calls == {}  # a shape seen once is not captured
     sc.evaluate(z)
     # False: no TF32; None: no autocast
-    assert list(sc._static_calls) == [("values", (1, 4), (0, 16), False, None)]
+    assert list(sc._static_calls) == [("values", (1, 4), (0, 16), False, None, False)]
     sc.cuda_graphs = "auto"  # on the CPU: eager
     sc._static_calls.clear()
     sc.evaluate(z)
@@ -216,7 +216,7 @@ def test_tf32_is_set_for_the_call_only_and_on_cuda_only():
         flag.allow_tf32 = before
 
 
-@pytest.mark.parametrize("key", ["tf32_matmul", "compile_static"])
+@pytest.mark.parametrize("key", ["tf32_matmul", "compile_static", "deterministic"])
 @pytest.mark.parametrize("section", ["shapes", "faces"])
 def test_profiles_switch_scoring_settings_on_the_scorer(key, section):
     from qdgs_lib.profiles import get_profile
@@ -400,7 +400,7 @@ def test_a_compiled_pass_with_one_wrong_measure_is_not_used(monkeypatch):
     with pytest.warns(UserWarning, match="far from the eager one"):
         sc.evaluate(z)
     assert sc.uncompiled_modes == {"values"}
-    assert [(k[0], k[-1]) for k in sc._static_calls] == [("values", None)]  # uncompiled
+    assert [(k[0], k[-1] == "compiled") for k in sc._static_calls] == [("values", False)]
 
 
 def test_the_compiled_check_allows_rounding_of_a_measure_near_zero():
@@ -440,8 +440,8 @@ def test_a_dropped_jacobian_compile_keeps_the_compiled_values_calls(monkeypatch,
     with pytest.warns(UserWarning, match=f"{mode} scoring pass.*far from the eager one"):
         sc.evaluate(rng.normal(0, 0.5, (1, 4)), jacobian=True)
     assert sc.uncompiled_modes == {mode}
-    assert sorted((k[0], k[-1]) for k in sc._static_calls) == [(mode, None),
-                                                               ("values", "compiled")]
+    assert sorted((k[0], k[-1] == "compiled") for k in sc._static_calls) == [
+        (mode, False), ("values", True)]
     assert set(sc._compiled) == {"_outputs"}  # (func's compiled jacobian is gone)
     for _ in range(2):  # both kept: no new capture, no warning
         with warnings.catch_warnings():
@@ -655,3 +655,84 @@ def test_run_record_names_the_run_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: f"GPU {d}")
     assert versions("cuda:1")["device"] == "GPU cuda:1"
     assert versions("cpu")["device"] == "cpu"   # a CPU run on a GPU machine
+
+
+# aten ops that have no deterministic CUDA kernel (torch.use_deterministic_algorithms'
+# list of ops that raise: differentiated interpolation, pooling, padding, grid sampling...)
+_NONDETERMINISTIC_ON_CUDA = ("upsample_", "_upsample_", "avg_pool3d", "adaptive_avg_pool",
+                             "adaptive_max_pool", "fractional_max_pool", "max_unpool",
+                             "reflection_pad", "grid_sampler", "embedding_bag", "ctc_loss",
+                             "nll_loss2d", "put_", "histc", "bincount", "median", "kthvalue")
+
+
+def test_scoring_jacobians_need_no_op_without_a_deterministic_cuda_kernel():
+    """Every op that a scoring call with jacobians dispatches (a StyleGAN2 whose images CLIP
+    resizes, 32 -> 64 px), in every mode: none is one of the ops that CUDA runs only
+    nondeterministically (their backward adds with atomics). The antialiased resize's
+    backward was one (``_upsample_bilinear2d_aa_backward``): seeded GPU searches could not
+    reproduce; CLIP now resizes with matmuls. The deterministic setting's CUDA test checks
+    bitwise equality itself (tests/test_devices.py)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    sc = _small_stylegan_scorer(packed_attention=False)
+    z = sc.generator.sample_prior(2, seed=0).numpy()
+    assert sc.generator.decode(torch.as_tensor(z)).shape[-1] != sc.clip.image_size  # resized
+    for mode in ("batched", "func", "replicated", "loop"):
+        sc.jacobian_mode = mode
+        with Ops() as ops:
+            sc.evaluate(z, jacobian=True, update_memory=False)
+        assert "convolution_backward" in ops.names and "mm" in ops.names  # (recorded)
+        bad = sorted(n for n in ops.names if n.startswith(_NONDETERMINISTIC_ON_CUDA) and
+                     ("backward" in n or not n.startswith(("upsample_", "_upsample_"))))
+        assert not bad, (mode, bad)
+
+
+def test_deterministic_scoring_sets_torch_for_the_call_only(monkeypatch):
+    """``deterministic``: torch's deterministic algorithms (and no cuDNN autotuner) inside
+    each scoring call, torch's settings restored after; its static calls are captured apart
+    (other kernels); an op without a deterministic kernel raises, naming itself."""
+    seen = []
+
+    class Recording(ToyGenerator):
+        put = False
+
+        def decode(self, z):
+            seen.append((torch.are_deterministic_algorithms_enabled(),
+                         torch.backends.cudnn.benchmark))
+            img = super().decode(z)
+            if self.put:  # Tensor.put_ (accumulate=False) has no deterministic kernel
+                img = img.clone()
+                img.put_(torch.tensor([0, 0]), torch.tensor([0.5, 0.5]))
+            return img
+
+    sc = PromptScorer(Recording(), ToyClip(), ("good", "bad"), [("a", "b")],
+                      weights=(1.0, 0.5, 0.0))
+    z = np.random.default_rng(0).normal(0, 0.5, (2, 4))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    seen.clear()  # (the scorer's own checks decoded)
+    sc.evaluate(z, jacobian=True)
+    sc.deterministic = True
+    sc.evaluate(z, jacobian=True)
+    sc.evaluate(z)
+    sc.measures_of(z)
+    assert seen[0] == (False, True) and set(seen[1:]) == {(True, False)}
+    assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+    sc.generator.put = True
+    with pytest.raises(RuntimeError, match="put_.*deterministic"):
+        sc.evaluate(z)
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after an error too
+    sc.generator.put = False
+    sc.cuda_graphs = True
+    for flag in (False, True, False, True):
+        sc.deterministic = flag
+        sc.evaluate(z)
+    assert sorted(k[-1] for k in sc._static_calls) == [False, True]

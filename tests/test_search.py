@@ -412,7 +412,7 @@ def test_a_run_resumes_with_tf32_switched_and_records_it(tmp_path):
         part.run(progress=False)
     scoring = json.loads((tmp_path / "config.json").read_text())["config"]["scoring"]
     assert scoring == {"jacobian_mode": "batched", "cuda_graphs": "auto", "tf32_matmul": False,
-                       "compile_static": False}
+                       "compile_static": False, "deterministic": False}
     sc = scorer()
     sc.tf32_matmul, sc.jacobian_mode = True, "func"
     search = QDSearch(sc, config("cma_maega", 8, checkpoint_every=4), tmp_path)
