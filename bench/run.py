@@ -357,7 +357,8 @@ def _deviation_from_eager(scorer: PromptScorer, got) -> tuple[float, float]:
 
 
 # a row's settings that are scorer attributes (``_scorer_settings``), not contexts
-_SCORER_SETTINGS = {"compile", *(f"autocast_{dtype}" for dtype in AUTOCAST_DTYPES)}
+_SCORER_SETTINGS = {"compile", "deterministic",
+                    *(f"autocast_{dtype}" for dtype in AUTOCAST_DTYPES)}
 
 
 @contextmanager
@@ -391,13 +392,14 @@ def _cudnn_benchmark():
         torch.backends.cudnn.benchmark = before
 
 
-def _scorer_settings(extra: str | None) -> tuple[bool, str | None]:
-    """(``compile_static``, ``autocast``) that a row's ``extra`` asks of the scorer."""
+def _scorer_settings(extra: str | None) -> tuple[bool, str | None, bool]:
+    """(``compile_static``, ``autocast``, ``deterministic``) that a row's ``extra`` asks
+    of the scorer."""
     settings = (extra or "").split("+")
     autocast = [x.removeprefix("autocast_") for x in settings if x.startswith("autocast_")]
     if len(autocast) > 1:
         raise ValueError(f"one autocast setting per row, got {extra!r}")
-    return "compile" in settings, autocast[0] if autocast else None
+    return "compile" in settings, autocast[0] if autocast else None, "deterministic" in settings
 
 
 def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, mode: str,
@@ -405,7 +407,7 @@ def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, 
     """One timed paper-scale search on ``scorer`` with these settings (see bench_iteration)."""
     cuda = scorer.clip.device.type == "cuda"
     scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul = mode, graphs, tf32
-    scorer.compile_static, scorer.autocast = _scorer_settings(extra)
+    scorer.compile_static, scorer.autocast, scorer.deterministic = _scorer_settings(extra)
     scorer.drop_static_calls()
     cfg = SearchConfig(dims=(50, 25, 5, 25), ranges=[(-0.1, 0.1)] * 4,
                        iterations=warmup + timed, batch_size=4, num_emitters=1,
@@ -447,7 +449,7 @@ def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, 
             "tf32_matmul": tf32 and cuda,
             "tf32_conv": torch.backends.cudnn.allow_tf32 and cuda, "extra": extra or "",
             "compiled": compiled,  # e.g. "func values"; "" where nothing ran compiled
-            "autocast": scorer.autocast or "",
+            "autocast": scorer.autocast or "", "deterministic": scorer.deterministic,
             "ms_per_iteration": ms, "wall_ms_per_iteration": wall,
             "jacobian_call_ms": jac_ms, "values_call_ms": values_ms,
             "rest_ms": wall - jac_ms - values_ms,
@@ -463,6 +465,8 @@ CANDIDATES = {  # name -> (extra setting, jacobian mode, tf32 matmuls); all with
     "autocast_bfloat16": ("autocast_bfloat16", "func", False),
     "math_attention": ("math_attention", "func", False),
     "replicated": (None, "replicated", False),
+    # deterministic kernels while scoring (bitwise-reproducible searches): what they cost
+    "deterministic": ("deterministic", "func", False),
     # func with compile_static: the values calls compiled (measured right on an H200 before
     # the split layers' fix, run 7) and the whole func jacobian (vjp + vmap in one graph)
     "func+compile": ("compile", "func", False),

@@ -85,10 +85,11 @@ def test_iteration_extras_are_set_for_the_run_only():
     assert torch.backends.cudnn.benchmark is before
     with run._extra_setting("autocast_float16+compile"):  # scorer attributes: nothing here
         assert torch.backends.cudnn.benchmark is before
-    assert run._scorer_settings("autocast_float16+compile") == (True, "float16")
-    assert run._scorer_settings("compile") == (True, None)
-    assert run._scorer_settings("autocast_bfloat16") == (False, "bfloat16")
-    assert run._scorer_settings(None) == (False, None)
+    assert run._scorer_settings("autocast_float16+compile") == (True, "float16", False)
+    assert run._scorer_settings("compile") == (True, None, False)
+    assert run._scorer_settings("autocast_bfloat16") == (False, "bfloat16", False)
+    assert run._scorer_settings("deterministic") == (False, None, True)
+    assert run._scorer_settings(None) == (False, None, False)
     with pytest.raises(ValueError, match="one autocast"):
         run._scorer_settings("autocast_float16+autocast_bfloat16")
     for bad in ("fast", "compile+fast", "autocast_float64"):
