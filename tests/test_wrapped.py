@@ -115,6 +115,44 @@ def test_networks_that_would_mislead_a_search_are_refused():
                          prior=lambda n, g: torch.randn(n, 4))  # ignores the generator
     with pytest.warns(UserWarning, match=r"use only \[.*washed out or dark"):
         WrappedGenerator(lambda z: (net(z) + 1) / 2, latent_dim=4, output_range=(0, 255))
+    # [0, 1] pixels declared as (-1, 1): all in the upper half, decoded to [0.5, 1]
+    with pytest.warns(UserWarning, match=r"use only \[.*output_range=\(-1, 1\).*washed out"):
+        WrappedGenerator(lambda z: (net(z) + 1) / 2, latent_dim=4, output_range=(-1, 1))
+    with pytest.raises(ValueError, match=r"torch.uint8 images.*no gradient.*\(0, 255\)"):
+        WrappedGenerator(lambda z: ((net(z) + 1) * 127.5).round().to(torch.uint8),
+                         latent_dim=4, output_range=(0, 255))
+
+
+def test_networks_that_fail_on_the_latents_get_the_hint():
+    """Any error of the first call (a network that wants a label too: TypeError; one that
+    indexes latents it lacks: IndexError) gets the wrapper's hint, not a bare traceback."""
+    net = tanh_gan()
+
+    class Conditional(nn.Module):
+        def forward(self, z, c):
+            return net(z)
+
+    with pytest.raises(ValueError, match=r"TypeError.*missing.*'c'.*lambda z: G\(z, None\)"):
+        WrappedGenerator(Conditional(), latent_dim=4, output_range=(-1, 1))
+    with pytest.raises(ValueError, match=r"net failed.*IndexError.*Check latent_dim"):
+        WrappedGenerator(lambda z: net(torch.stack([z[:, i] for i in range(4)], 1)),
+                         latent_dim=3, output_range=(-1, 1))
+
+
+def test_bad_priors_name_the_signature_and_nan():
+    net = tanh_gan()
+    with pytest.raises(TypeError, match=r"prior\(n, generator\).*torch.randn\(n, 4, "
+                                        r"generator=generator\)"):
+        WrappedGenerator(net, latent_dim=4, output_range=(-1, 1),
+                         prior=lambda n: torch.randn(n, 4))
+
+    def nan_prior(n, generator):
+        z = torch.randn(n, 4, generator=generator)
+        z[0, 0] = float("nan")
+        return z
+
+    with pytest.raises(ValueError, match="returned NaN or inf latents"):
+        WrappedGenerator(net, latent_dim=4, output_range=(-1, 1), prior=nan_prior)
 
 
 def test_bad_arguments_and_the_device_hint():
@@ -172,6 +210,8 @@ def test_a_search_through_a_wrapped_network_and_a_balanced_dataset(tmp_path):
     QDSearch(scorer(first), cfg, tmp_path / "fn").run(progress=False)
     with pytest.raises(ValueError, match=r"different settings \(generator\)"):
         QDSearch(scorer(second), cfg, tmp_path / "fn").run(progress=False)
+    with pytest.warns(UserWarning, match="washed out"):  # (sigmoid pixels, from -0.5)
+        other_range = scorer(first, (-0.5, 1))
     with pytest.raises(ValueError, match=r"different settings \(generator\)"):  # same function
-        QDSearch(scorer(first, (-0.5, 1)), cfg, tmp_path / "fn").run(progress=False)
+        QDSearch(other_range, cfg, tmp_path / "fn").run(progress=False)
     QDSearch(scorer(first), cfg, tmp_path / "fn").run(progress=False)  # the same: reloads

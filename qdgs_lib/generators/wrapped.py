@@ -91,14 +91,15 @@ class WrappedGenerator(Generator):
     def _first_call(self, z: torch.Tensor) -> torch.Tensor:
         try:
             return self._raw(self.check_latents(z))
-        except (RuntimeError, ValueError) as e:
-            msg = str(e)
+        except Exception as e:  # noqa: BLE001 - a user's network fails in any way (TypeError:
+            msg = str(e)  # a second argument; IndexError: a latent_dim too small, ...)
             hint = ""
             if "device" in msg or "cuda" in msg.lower():
                 hint = (" A function over a network on another device needs device=, e.g. "
                         "WrappedGenerator(fn, latent_dim, device='cuda').")
             raise ValueError(f"net failed on {len(z)} prior latents of shape "
-                             f"{tuple(z.shape)}, {z.dtype}, on {z.device}: {msg}.{hint} "
+                             f"{tuple(z.shape)}, {z.dtype}, on {z.device}: "
+                             f"{type(e).__name__}: {msg}.{hint} "
                              "Check latent_dim and that net takes the latents alone (e.g. "
                              "lambda z: G(z, None) for a network that also wants a label)"
                              ) from e
@@ -139,6 +140,11 @@ class WrappedGenerator(Generator):
         if raw.shape[0] != n:
             raise ValueError(f"net returned {raw.shape[0]} images for {n} latents: it must "
                              "return one image per latent")
+        if not raw.is_floating_point():
+            raise ValueError(f"net returns {raw.dtype} images: integer pixels carry no "
+                             "gradient to the latents; return the float pixels from before "
+                             "the rounding (e.g. drop a final .round().to(torch.uint8)) "
+                             "and declare their range, e.g. output_range=(0, 255)")
         if not torch.isfinite(raw).all():
             raise ValueError("net's images of prior latents contain NaN or inf: check its "
                              "weights and the prior")
@@ -150,7 +156,9 @@ class WrappedGenerator(Generator):
                              f", outside output_range=({lo:g}, {hi:g}): pass the range net "
                              "really produces, e.g. output_range=(-1, 1) for a GAN's tanh "
                              "output, (0, 255) for 8-bit images")
-        if got_hi - got_lo < 0.25 * (hi - lo):
+        # a narrow range, or no pixel of n images in the lower half: [0, 1] declared as
+        # (0, 255) makes them dark, as (-1, 1) washed out (every pixel >= 0.5)
+        if got_hi - got_lo < 0.25 * (hi - lo) or got_lo >= lo + 0.45 * (hi - lo):
             warnings.warn(f"net's images of {n} prior latents use only [{got_lo:.3g}, "
                           f"{got_hi:.3g}] of output_range=({lo:g}, {hi:g}): if net's pixels "
                           "lie in a smaller range (e.g. [0, 1] declared as (-1, 1) or (0, "
@@ -176,10 +184,18 @@ class WrappedGenerator(Generator):
         g = torch.Generator().manual_seed(seed)
         if self.prior is None:
             return torch.randn(n, self.latent_dim, generator=g)
-        z = torch.as_tensor(self.prior(n, g))
+        try:
+            z = torch.as_tensor(self.prior(n, g))
+        except TypeError as e:
+            raise TypeError(f"prior must be a function prior(n, generator) -> (n, "
+                            f"{self.latent_dim}) latents that draws with the torch.Generator "
+                            f"it is given (e.g. torch.randn(n, {self.latent_dim}, "
+                            f"generator=generator)); calling it failed: {e}") from e
         if z.shape != (n, self.latent_dim) or not z.is_floating_point():
             raise ValueError(f"prior(n={n}, generator) must return float latents of shape "
                              f"({n}, {self.latent_dim}), got {z.dtype} {tuple(z.shape)}")
+        if not torch.isfinite(z).all():
+            raise ValueError(f"prior(n={n}, generator) returned NaN or inf latents")
         return z.detach().cpu().float()
 
     def sample_prior(self, n: int, seed: int | None = None) -> torch.Tensor:
