@@ -348,6 +348,9 @@ class QDSearch:
         for key in ("scoring", "device"):  # recorded, but rounding-level: a run may resume
             stored.pop(key, None)  # with them switched (e.g. on another device)
             mine.pop(key, None)
+        # a run may be extended (more iterations: the same as one longer run, since nothing
+        # in the search depends on the total) or checkpoint at another pace
+        asked = {k: (stored.pop(k, None), mine.pop(k)) for k in ("iterations", "checkpoint_every")}
         if stored != mine:
             differ = differing_keys(stored, mine)
             gloss = "; weights_sha256: other generator or CLIP weights" \
@@ -357,6 +360,16 @@ class QDSearch:
                 f"({', '.join(differ)}{gloss}). "
                 f"Use a new output folder, or delete {CHECKPOINT} and its previous copy "
                 f"{previous_path(self.checkpoint_path).name} in {self.outdir} to start over.")
+        if state["iteration"] > self.cfg.iterations:
+            raise ValueError(
+                f"{self.checkpoint_path} is at iteration {state['iteration']}, past the "
+                f"{self.cfg.iterations} iterations asked: ask for at least "
+                f"{state['iteration']} to reload it, or use a new output folder for a "
+                "shorter run")
+        if asked["iterations"][0] != asked["iterations"][1]:
+            print(f"{self.outdir.name}: extending the run from {asked['iterations'][0]} to "
+                  f"{self.cfg.iterations} iterations (at iteration {state['iteration']})")
+            write_run_info(self.outdir, self._config_dict())
         self.iteration = state["iteration"]
         self.seconds = state["seconds"]
         self.scheduler = state["scheduler"]

@@ -62,6 +62,32 @@ def test_resume_after_interruption_continues_the_same_run(tmp_path):
     pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
 
 
+def test_a_finished_run_extends_to_more_iterations_as_one_longer_run(tmp_path, capsys):
+    """More iterations on a finished folder (what "search longer" asks): the run continues
+    from its checkpoint and ends as one uninterrupted longer run would, archive and curve;
+    another checkpoint pace is fine too. Fewer iterations than the checkpoint holds are
+    refused (its archive holds more), naming what to ask for."""
+    import json
+
+    full = QDSearch(scorer(), config("cma_maega", 30, checkpoint_every=10), tmp_path / "full")
+    full.run(progress=False)
+    QDSearch(scorer(), config("cma_maega", 20, checkpoint_every=10), tmp_path / "ext").run(
+        progress=False)
+    longer = QDSearch(scorer(), config("cma_maega", 30, checkpoint_every=7), tmp_path / "ext")
+    longer.run(progress=False)
+    assert "extending the run from 20 to 30 iterations" in capsys.readouterr().out
+    a = read_archive(tmp_path / "full" / "archive.parquet").sort_values("index")
+    b = read_archive(tmp_path / "ext" / "archive.parquet").sort_values("index")
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
+    cols = ["iteration", "evaluations", "num_elites", "coverage", "qd_score", "obj_max"]
+    pd.testing.assert_frame_equal(full.metrics()[cols], longer.metrics()[cols])
+    record = json.loads((tmp_path / "ext" / "config.json").read_text())["config"]
+    assert record["iterations"] == 30 and record["checkpoint_every"] == 7
+    with pytest.raises(ValueError, match="at iteration 30, past the 25 iterations asked: "
+                                         "ask for at least 30"):
+        QDSearch(scorer(), config("cma_maega", 25), tmp_path / "ext").run(progress=False)
+
+
 def test_checkpoint_of_other_settings_is_refused(tmp_path):
     QDSearch(scorer(), config("cma_maega", 10), tmp_path).run(progress=False)
     with pytest.raises(ValueError, match="different settings") as err:
