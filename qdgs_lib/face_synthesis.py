@@ -148,4 +148,4 @@ def calibrate_ranges(df: pd.DataFrame, q: float = 0.01) -> tuple[tuple[float, fl
     """Archive ranges per measure: the [q, 1 - q] quantiles of the measures of balanced
     renders, rounded outwards to 0.05 (how the default profile's ranges were set)."""
     cols = [c for c in df.columns if c.startswith("measures_")]
-    return ranges_from_samples(df[cols].to_numpy(), q)
+    return ranges_from_samples(df[cols].to_numpy(), q, step=0.05)

@@ -140,10 +140,13 @@ def dataset_bins(p: dict[str, Any]) -> list[list[tuple[float, float]]]:
 
 
 def ranges_from_samples(measures: np.ndarray, q: float = 0.01,
-                        step: float = 0.05) -> tuple[tuple[float, float], ...]:
+                        step: float | None = None) -> tuple[tuple[float, float], ...]:
     """Archive ranges for new prompts: per measure (column), the [q, 1 - q] quantiles of the
     measures of samples (e.g. the generator's prior, or balanced renders), rounded outwards to
-    ``step`` (how the default profiles' ranges were set)."""
+    ``step``. ``None``: 0.05 (how the default profiles' ranges were set) for a measure
+    that spreads over 0.5 or more, else the largest 1, 2 or 5 x 10^k within a tenth of its
+    spread (random-weight or weakly prompted CLIPs spread measures over 1e-3..1e-2: 0.05
+    steps would leave most of a grid unreachable)."""
     measures = np.asarray(measures, dtype=float)
     if measures.ndim != 2 or len(measures) < 2:
         raise ValueError(f"measures must be (N >= 2 samples, measures), got {measures.shape}")
@@ -151,14 +154,26 @@ def ranges_from_samples(measures: np.ndarray, q: float = 0.01,
         raise ValueError("measures contain NaN or inf: check the generator's images")
     if not 0 <= q < 0.5:
         raise ValueError(f"q must lie in [0, 0.5), got {q}")
-    if not step > 0:
+    if step is not None and not step > 0:
         raise ValueError(f"step must be > 0, got {step}")
     lo, hi = np.quantile(measures, q, axis=0), np.quantile(measures, 1 - q, axis=0)
+    return tuple(_round_outwards(a, b, step if step is not None else _step_for(b - a))
+                 for a, b in zip(lo, hi, strict=True))
+
+
+def _step_for(spread: float) -> float:
+    """0.05, or the largest 1, 2 or 5 x 10^k <= spread / 10 for a spread under 0.5."""
+    if spread >= 0.5 or not spread > 0:
+        return 0.05
+    scale = 10.0 ** math.floor(math.log10(spread / 10))
+    return next(m * scale for m in (5, 2, 1) if m * scale <= spread / 10 * (1 + 1e-9))
+
+
+def _round_outwards(lo: float, hi: float, step: float) -> tuple[float, float]:
     per = round(1 / step)
-    if abs(1 / step - per) > 1e-9:  # a step like 0.3: multiples of it
+    if abs(1 / step - per) > 1e-9 * per:  # a step like 0.3: multiples of it
         per = 1 / step
     # steps of 1 / per as (x * 20) / 20, not (x / 0.05) * 0.05: 0.35, not 0.35000000000000003
-    k_lo, k_hi = np.floor(lo * per), np.ceil(hi * per)
-    k_hi = np.maximum(k_hi, k_lo + 1)  # a measure that never varied still gets one step
-    return tuple((float(round(a / per, 12)), float(round(b / per, 12)))
-                 for a, b in zip(k_lo, k_hi, strict=True))
+    k_lo, k_hi = math.floor(lo * per), math.ceil(hi * per)
+    k_hi = max(k_hi, k_lo + 1)  # a measure that never varied still gets one step
+    return float(round(k_lo / per, 12)), float(round(k_hi / per, 12))

@@ -49,7 +49,10 @@ def angdist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _alternatives(p: Prompt) -> list[str]:
     """``"a | b"`` or ``["a", "b"]`` -> ["a", "b"] (distances are averaged over alternatives)."""
-    items = [p] if isinstance(p, str) else list(p)
+    items = [p] if isinstance(p, str) else list(p) if isinstance(p, Sequence) else None
+    if items is None or not all(isinstance(item, str) for item in items):
+        raise TypeError(f"a prompt is a string (alternatives joined by '|') or a list of "
+                        f"strings, got {p!r}")
     out = [s.strip() for item in items for s in item.split("|") if s.strip()]
     if not out:
         raise ValueError(f"empty prompt: {p!r}")
@@ -154,6 +157,19 @@ class PromptScorer:
             raise ValueError("prompts come in (positive, negative) pairs")
         if len(measure_prompts) == 0:
             raise ValueError("need at least one measure prompt pair")
+        named = [("objective", objective_prompts),
+                 *((f"measure {k}", pair) for k, pair in enumerate(measure_prompts))]
+        for name, (pos, neg) in named:
+            if set(_alternatives(pos)) == set(_alternatives(neg)):
+                raise ValueError(f"the {name} pair's two prompts are the same ({pos!r}): it "
+                                 "would score every image 0; give the attribute's two ends, "
+                                 "e.g. ('A person with dark skin.', 'A person with light "
+                                 "skin.')")
+        keys = [frozenset({frozenset(_alternatives(p)), frozenset(_alternatives(n))})
+                for p, n in measure_prompts]  # the same pair, either way round
+        if len(set(keys)) < len(keys):
+            warnings.warn("two measures have the same prompt pair: the archive's axes for "
+                          "them are one measure (equal, or mirrored)", stacklevel=2)
         if len(weights) != 3 or not all(math.isfinite(w) and w >= 0 for w in weights):
             raise ValueError(f"weights must be 3 finite numbers >= 0 (prompt gap, latent-norm "
                              f"penalty, uniqueness), got {weights!r}: a negative weight "
@@ -271,8 +287,8 @@ class PromptScorer:
         if isinstance(latents, torch.Tensor):
             latents = latents.detach().cpu().numpy()
         arr = np.asarray(latents, dtype=np.float32)
-        if arr.ndim != 2 or arr.shape[1] != self.solution_dim:
-            raise ValueError(f"latents must have shape (B, {self.solution_dim}), "
+        if arr.ndim != 2 or arr.shape[1] != self.solution_dim or len(arr) == 0:
+            raise ValueError(f"latents must have shape (B >= 1, {self.solution_dim}), "
                              f"got {tuple(arr.shape)}")
         if not np.isfinite(arr).all():  # checked on the host: no device sync
             raise ValueError("latents contain NaN or inf")
@@ -398,12 +414,28 @@ class PromptScorer:
         out = out.cpu().numpy().astype(np.float64)
         jac = None if jac is None else jac.cpu().numpy().astype(np.float64)
         if not np.isfinite(out).all() or (jac is not None and not np.isfinite(jac).all()):
-            raise ValueError("non-finite scores: the generator produced NaN/inf images (or "
-                             "CLIP NaN embeddings); check the weights and the latents' range")
+            raise ValueError(self._nonfinite_message(z, out, jac))
         if update_memory and self.weights[2] > 0:
             self._remember(loss, emb)
         return Scores(objective=out[:, 0], measures=out[:, 1:], jacobian=jac,
                       loss=loss.cpu().numpy())
+
+    def _nonfinite_message(self, z: torch.Tensor, out: np.ndarray, jac: np.ndarray | None
+                           ) -> str:
+        """Which latents scored NaN/inf, how far from the prior they lie, and what to do."""
+        bad = ~np.isfinite(out).all(1)
+        if jac is not None:
+            bad |= ~np.isfinite(jac).all((1, 2))
+        norms = z.detach().double().norm(dim=1).cpu().numpy()
+        typical = float(self.generator.sample_prior(64, seed=0).double().norm(dim=1).mean())
+        what = "scores or jacobians" if jac is not None else "scores"
+        return (f"non-finite {what} for {int(bad.sum())} of {len(bad)} latents (latent "
+                f"norms {', '.join(f'{v:.3g}' for v in norms[bad][:4])}; prior latents have "
+                f"~{typical:.3g}): the generator produced NaN/inf images there (or CLIP NaN "
+                "embeddings). If they lie far from the prior, keep the search near it: a "
+                "larger latent-norm weight (objective_weights[1]), a smaller sigma0 or lr; "
+                "else check the weights. A rerun resumes from the last checkpoint and meets "
+                "the same latents: change a setting and use a new output folder")
 
     def measures_of(self, latents, batch_size: int = 256) -> np.ndarray:
         """Measures (N, m) of any number of latents, in batches, without touching the memory."""

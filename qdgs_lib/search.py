@@ -277,6 +277,8 @@ class QDSearch:
         self.scheduler: Scheduler | None = None
         self.result_archive = make_result_archive(scorer.solution_dim, config)
         self.seconds = 0.0
+        # solutions scored by this process, and per measure those outside its range
+        self._scored, self._outside = 0, np.zeros(len(config.dims), dtype=np.int64)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -396,15 +398,37 @@ class QDSearch:
             z = scorer.generator.sample_prior(n, seed=cfg.seed * 1_000_003 + self.iteration)
             z = z.cpu().numpy().astype(np.float64)
             s = scorer.evaluate(z)
+            self._count_outside(s.measures)
             self.result_archive.add(z, s.objective, s.measures)
             return
         if cfg.algorithm in DQD_ALGORITHMS:
             sols = self.scheduler.ask_dqd()
             s = scorer.evaluate(sols, jacobian=True)
+            self._count_outside(s.measures)
             self.scheduler.tell_dqd(s.objective, s.measures, s.jacobian)
         sols = self.scheduler.ask()
         s = scorer.evaluate(sols)
+        self._count_outside(s.measures)
         self.scheduler.tell(s.objective, s.measures)
+
+    def _count_outside(self, measures: np.ndarray) -> None:
+        lo, hi = np.asarray(self.cfg.ranges, dtype=float).T
+        self._outside += ((measures < lo) | (measures > hi)).sum(0)
+        self._scored += len(measures)
+
+    def _warn_if_ranges_miss(self) -> None:
+        """pyribs files a solution outside the ranges in the nearest edge cell: when most of
+        a search lies outside a measure's range, its archive is a pile-up on the edges."""
+        if self._scored < 50:
+            return
+        frac = self._outside / self._scored
+        k = int(np.argmax(frac))
+        if frac[k] > 0.5:
+            warnings.warn(f"{frac[k]:.0%} of the {self._scored} solutions scored had measure "
+                          f"{k} outside its range {tuple(self.cfg.ranges[k])}: pyribs files "
+                          "them in the edge cells, so the archive piles up there. Widen the "
+                          "ranges to cover the measures (e.g. ranges_from_samples of the "
+                          "measures of prior samples)", stacklevel=3)
 
     def _log(self) -> None:
         st = self.result_archive.stats
@@ -459,6 +483,7 @@ class QDSearch:
                 st = self.result_archive.stats
                 bar.set_postfix(cov=f"{st.coverage:.3f}", qd=f"{st.qd_score:.0f}")
         bar.close()
+        self._warn_if_ranges_miss()
         if self.iteration > start or not (self.outdir / "archive.parquet").exists():
             self.save_checkpoint()  # a finished run that was only reloaded is left as it is
             export_archive(self.result_archive, self.outdir / "archive.parquet")

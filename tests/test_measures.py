@@ -93,6 +93,14 @@ def test_ranges_from_samples_round_outwards():
     assert ranges_from_samples(np.array([[-0.87], [0.5]]), q=0, step=0.3) == ((-0.9, 0.6),)
     with pytest.raises(ValueError, match="step must be > 0"):
         ranges_from_samples(m, step=0)
+    # small spreads (a weakly prompted CLIP): steps of a tenth of the spread or less, not
+    # 0.05 (which made (0.0, 0.05) of [0.002, 0.013]: most of a grid out of reach)
+    small = np.stack([rng.uniform(0.002, 0.013, 5000), rng.uniform(-0.004, 0.003, 5000),
+                      rng.uniform(-0.1, 0.1, 5000)], 1)
+    got = ranges_from_samples(small, q=0.0)
+    assert got == ((0.002, 0.013), (-0.004, 0.003), (-0.1, 0.1))  # steps 1e-3, 5e-4, 0.02
+    for (a, b), col in zip(got, small.T, strict=True):
+        assert a <= col.min() and b >= col.max() and b - a <= 1.3 * np.ptp(col)
     with pytest.raises(ValueError, match="NaN"):
         ranges_from_samples(np.array([[0.1], [np.nan]]))
     with pytest.raises(ValueError, match=r"\(N >= 2"):

@@ -110,6 +110,21 @@ def test_prompts_must_be_pairs():
         PromptScorer(ToyGenerator(), ToyClip(), ("a", "b"), [])
 
 
+def test_prompt_pairs_must_name_two_ends():
+    """A pair of one prompt twice scores every image 0 (the helper's probe got ranges of
+    (-0.0, 0.05) and a constant objective); a measure pair given twice is one axis twice."""
+    with pytest.raises(ValueError, match="measure 1 pair's two prompts are the same"):
+        PromptScorer(ToyGenerator(), ToyClip(), ("g", "b"), [("a", "b"), ("c", "c | c")])
+    with pytest.raises(ValueError, match="objective pair's two prompts are the same"):
+        PromptScorer(ToyGenerator(), ToyClip(), (["g", "h"], "h | g"), [("a", "b")])
+    with pytest.warns(UserWarning, match="same prompt pair"):
+        PromptScorer(ToyGenerator(), ToyClip(), ("g", "b"), [("a", "b"), ("b", "a")])
+    with pytest.raises(TypeError, match="a prompt is a string.*got 1"):
+        PromptScorer(ToyGenerator(), ToyClip(), ("g", "b"), [(1, 2)])
+    with pytest.raises(ValueError, match=r"shape \(B >= 1, 4\), got \(0, 4\)"):
+        make_scorer().evaluate(np.zeros((0, 4)))
+
+
 class NaNGenerator(ToyGenerator):
     def decode(self, z):
         return super().decode(z) * torch.nan
@@ -120,6 +135,24 @@ def test_nan_images_raise_a_clear_error():
     z = np.zeros((2, 4))
     for jacobian in (False, True):
         with pytest.raises(ValueError, match="NaN/inf images"):
+            sc.evaluate(z, jacobian=jacobian)
+
+
+def test_latents_that_give_nan_images_are_named_with_their_norms():
+    """A generator that breaks far from its prior: the error counts the bad latents, gives
+    their norms next to the prior's, and says how to keep a search near the prior."""
+    class FarNaN(ToyGenerator):
+        def decode(self, z):
+            img = super().decode(z)
+            far = (z.norm(dim=1) > 3)[:, None, None, None]
+            return torch.where(far, torch.nan, img)
+
+    sc = PromptScorer(FarNaN(), ToyClip(), ("a", "b"), [("c", "d")])
+    z = np.zeros((4, 4))
+    z[2] = 5.0  # norm 10
+    for jacobian, what in ((False, "scores"), (True, "scores or jacobians")):
+        with pytest.raises(ValueError, match=rf"non-finite {what} for 1 of 4 latents \(latent "
+                           r"norms 10; prior latents have ~0.\d+\).*latent-norm weight"):
             sc.evaluate(z, jacobian=jacobian)
 
 

@@ -88,6 +88,20 @@ def test_a_finished_run_extends_to_more_iterations_as_one_longer_run(tmp_path, c
         QDSearch(scorer(), config("cma_maega", 25), tmp_path / "ext").run(progress=False)
 
 
+def test_ranges_that_miss_the_measures_warn(tmp_path):
+    """Ranges away from where the scorer's measures lie: every solution lands in an edge
+    cell. The search says so at its end; ranges that cover the measures stay quiet."""
+    import warnings
+
+    cfg = SearchConfig(dims=(10, 10), ranges=((0.5, 0.6), (0.5, 0.6)), iterations=20, seed=0)
+    with pytest.warns(UserWarning, match=r"100% of the 100 solutions scored had measure 0 "
+                                         r"outside its range \(0.5, 0.6\).*edge cells"):
+        QDSearch(scorer(), cfg, tmp_path / "off").run(progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        QDSearch(scorer(), config("cma_maega", 20), tmp_path / "on").run(progress=False)
+
+
 def test_checkpoint_of_other_settings_is_refused(tmp_path):
     QDSearch(scorer(), config("cma_maega", 10), tmp_path).run(progress=False)
     with pytest.raises(ValueError, match="different settings") as err:
