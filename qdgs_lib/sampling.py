@@ -108,6 +108,8 @@ def decode_batched(decode: Callable[[torch.Tensor], torch.Tensor], latents: np.n
                    batch_size: int = 64, size: int | None = None,
                    progress: bool = False) -> torch.Tensor:
     """Decode latents to images (optionally resized to ``size``), in batches, without grad."""
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     out = []
     with torch.no_grad():
         for i in tqdm(range(0, len(latents), batch_size), disable=not progress, desc="decode"):
@@ -124,6 +126,9 @@ def write_image_dataset(outdir: str | Path, images: torch.Tensor, classes: Seque
         raise ValueError(f"{len(images)} images but {len(classes)} class labels")
     if len(images) == 0:
         raise ValueError("no images to write: the archive/bins produced an empty dataset")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (N, 3, H, W) RGB, got {tuple(images.shape)} "
+                         "(channels last: permute(0, 3, 1, 2); grayscale: repeat the channel)")
     check_unit_images(images)
     refuse_nonfinite(nonfinite(images, np.arange(len(images))), "image")
     for cls in set(map(str, classes)):

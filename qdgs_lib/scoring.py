@@ -442,6 +442,8 @@ class PromptScorer:
         if isinstance(latents, torch.Tensor):  # possibly on a GPU: copy to the host first
             latents = latents.detach().cpu().numpy()
         latents = np.asarray(latents)
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         if len(latents) == 0:
             return np.zeros((0, self.num_measures))
         return np.concatenate([self.evaluate(latents[i:i + batch_size],

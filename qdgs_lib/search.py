@@ -9,6 +9,7 @@ checkpoint that lets a killed run resume where it stopped.
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import numbers
 import os
@@ -81,6 +82,9 @@ class SearchConfig:
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm '{self.algorithm}'; choose from {ALGORITHMS}")
+        if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool)
+                   for d in self.dims):
+            raise ValueError(f"grid dims must be whole numbers of cells, got {self.dims}")
         self.dims = tuple(int(d) for d in self.dims)
         self.ranges = tuple((float(lo), float(hi)) for lo, hi in self.ranges)
         if len(self.dims) != len(self.ranges):
@@ -99,13 +103,18 @@ class SearchConfig:
                    if isinstance(v, bool) or not isinstance(v, numbers.Integral)]:
             raise ValueError(f"{', '.join(bad)} must be whole numbers, got {counts}")
         if bad := [k for k, v in counts.items() if v < (0 if k == "seed" else 1)]:
-            raise ValueError(f"{', '.join(bad)} must be >= 1 (seed >= 0), got {counts}")
+            need = "; ".join(f"{k} must be >= {0 if k == 'seed' else 1}" for k in bad)
+            raise ValueError(f"{need}, got {counts}")
         if self.x0 not in ("prior_best", "zeros"):
             raise ValueError(f"x0 must be 'prior_best' (the best of x0_samples prior draws) "
                              f"or 'zeros', got {self.x0!r}")
-        if not (self.sigma0 > 0 and self.lr > 0 and 0 < self.archive_learning_rate <= 1):
-            raise ValueError("sigma0 and lr must be > 0 and archive_learning_rate in (0, 1], "
-                             f"got {self.sigma0}, {self.lr}, {self.archive_learning_rate}")
+        if not (0 < self.sigma0 < math.inf and 0 < self.lr < math.inf
+                and 0 < self.archive_learning_rate <= 1):
+            raise ValueError("sigma0 and lr must be finite and > 0, archive_learning_rate in "
+                             f"(0, 1], got {self.sigma0}, {self.lr}, "
+                             f"{self.archive_learning_rate}")
+        if not self.threshold_min < math.inf:  # -inf: CMA-ME's plain elitism; NaN: nothing
+            raise ValueError(f"threshold_min must be a number or -inf, got {self.threshold_min}")
 
     @classmethod
     def from_profile(cls, p: dict, algorithm: str, seed: int = 0) -> SearchConfig:
@@ -446,6 +455,9 @@ class QDSearch:
 
     def run(self, progress: bool = True) -> GridArchive:
         """Run (or resume) until ``cfg.iterations``; return the result archive."""
+        if self.outdir.exists() and not self.outdir.is_dir():
+            raise ValueError(f"the output folder {self.outdir} is a file: give a folder path "
+                             "(a new one, or the folder of the run to resume)")
         self.outdir.mkdir(parents=True, exist_ok=True)
         with _folder_lock(self.outdir):
             return self._run(progress)

@@ -480,7 +480,7 @@ def test_protocol_5_bin_and_rfw_message(tmp_path):
     ({"ranges": ((-float("inf"), 1.0), (0.0, 1.0))}, "finite bounds"),
     ({"ranges": ((float("nan"), 1.0), (0.0, 1.0))}, "finite bounds"),
     ({"dims": (0, 10)}, ">= 1 cell"),
-    ({"sigma0": 0.0}, "sigma0 and lr must be > 0"),
+    ({"sigma0": 0.0}, "sigma0 and lr must be finite and > 0"),
     ({"checkpoint_every": 0}, "checkpoint_every must be >= 1"),
     ({"x0_samples": 0}, "x0_samples must be >= 1"),
 ])
@@ -490,6 +490,33 @@ def test_degenerate_search_settings_are_refused(kwargs, match):
     args = {"dims": (10, 10), "ranges": ((0.0, 1.0), (0.0, 1.0)), **kwargs}
     with pytest.raises(ValueError, match=match):
         SearchConfig(**args)
+
+
+def test_bad_batch_sizes_image_layouts_and_output_folders(tmp_path):
+    """Found by a probe of the own-generator path: a batch size of 0 or -1 (a bare
+    "range() arg 3 must not be zero", or silently nothing), channels-last or grey images
+    for a dataset (a PIL error), an output folder that is a file (a bare FileExistsError)."""
+    from qdgs_lib.sampling import decode_batched, write_image_dataset
+    from qdgs_lib.scoring import PromptScorer
+    from qdgs_lib.search import QDSearch, SearchConfig
+
+    gen = ToyGenerator()
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+            decode_batched(gen.decode, np.zeros((3, 4)), batch_size=bad)
+        sc = PromptScorer(gen, ToyClip(), ("g", "b"), [("a", "b")])
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+            sc.measures_of(np.zeros((3, 4)), batch_size=bad)
+    for shape, hint in (((2, 8, 8, 3), "permute"), ((2, 1, 8, 8), "repeat")):
+        with pytest.raises(ValueError, match=rf"\(N, 3, H, W\).*{hint}"):
+            write_image_dataset(tmp_path / "ds", torch.rand(shape), ["a", "b"])
+    assert not (tmp_path / "ds").exists()
+    (tmp_path / "file").write_text("x")
+    sc = PromptScorer(gen, ToyClip(), ("g", "b"), [("a", "b")])
+    with pytest.raises(ValueError, match="output folder .*file is a file"):
+        QDSearch(sc, SearchConfig(dims=(4,), ranges=((-1, 1),), iterations=2),
+                 tmp_path / "file").run(progress=False)
+    assert (tmp_path / "file").read_text() == "x"
 
 
 def test_degenerate_measures_memory_and_prompts():

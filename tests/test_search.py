@@ -210,10 +210,17 @@ def test_bad_configs_raise():
 
 
 def test_bad_counts_seeds_and_starts_raise():
-    for kw, match in [({"seed": -1}, "seed >= 0"), ({"iterations": 2.5}, "whole numbers"),
-                      ({"batch_size": 2.5}, "whole numbers"), ({"x0": "nope"}, "x0 must be")]:
+    for kw, match in [({"seed": -1}, r"^seed must be >= 0, got"),
+                      ({"iterations": 2.5}, "whole numbers"),
+                      ({"batch_size": 0}, r"^batch_size must be >= 1, got"),
+                      ({"batch_size": 2.5}, "whole numbers"), ({"x0": "nope"}, "x0 must be"),
+                      ({"dims": (2.7, 5)}, "grid dims must be whole numbers"),
+                      ({"lr": float("inf")}, "finite and > 0"),
+                      ({"sigma0": float("inf")}, "finite and > 0"),
+                      ({"threshold_min": float("nan")}, "threshold_min must be a number")]:
         with pytest.raises(ValueError, match=match):
-            SearchConfig(dims=(5, 5), ranges=RANGES, **kw)
+            SearchConfig(**{"dims": (5, 5), "ranges": RANGES, **kw})
+    assert SearchConfig(dims=(5, 5), ranges=RANGES, threshold_min=-np.inf).threshold_min < 0
     assert SearchConfig(dims=(5, 5), ranges=RANGES, iterations=np.int64(3)).iterations == 3
 
 
