@@ -139,6 +139,15 @@ def test_networks_that_fail_on_the_latents_get_the_hint():
                          latent_dim=3, output_range=(-1, 1))
 
 
+def test_latent_dims_the_network_ignores_and_infinite_ranges():
+    net = tanh_gan()
+    with pytest.warns(UserWarning, match=r"4 of the 8 latent dims \(e.g. \[4, 5, 6, 7\]\) do "
+                                         "not change"):
+        WrappedGenerator(lambda z: net(z[:, :4]), latent_dim=8, output_range=(-1, 1))
+    with pytest.raises(ValueError, match="finite high > low"):
+        WrappedGenerator(net, latent_dim=4, output_range=(0, float("inf")))
+
+
 def test_bad_priors_name_the_signature_and_nan():
     net = tanh_gan()
     with pytest.raises(TypeError, match=r"prior\(n, generator\).*torch.randn\(n, 4, "
@@ -160,9 +169,9 @@ def test_bad_arguments_and_the_device_hint():
         WrappedGenerator("G_ema.pkl", latent_dim=4)
     with pytest.raises(ValueError, match="latent_dim"):
         WrappedGenerator(tanh_gan(), latent_dim=0)
-    with pytest.raises(ValueError, match="high > low"):
+    with pytest.raises(ValueError, match="finite high > low"):
         WrappedGenerator(tanh_gan(), latent_dim=4, output_range=(1, -1))
-    with pytest.raises(ValueError, match="high > low"):
+    with pytest.raises(ValueError, match="finite high > low"):
         WrappedGenerator(tanh_gan(), latent_dim=4, output_range=(-1, 0, 1))
     with pytest.raises(ValueError, match="prior_samples"):
         WrappedGenerator(tanh_gan(), latent_dim=4, output_range=(-1, 1), prior_samples=0)
@@ -177,6 +186,7 @@ def test_bad_arguments_and_the_device_hint():
         WrappedGenerator(on_another_device, latent_dim=4)
 
 
+@pytest.mark.filterwarnings("ignore:3 of the 4 latent dims")  # (first, second: one dim each)
 def test_a_search_through_a_wrapped_network_and_a_balanced_dataset(tmp_path):
     """The guide notebook's path on toys: scorer, search, resume refused under another
     function, balanced selection of the archive."""

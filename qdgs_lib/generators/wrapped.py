@@ -10,6 +10,7 @@ latent-norm penalty). :class:`WrappedGenerator` builds them around a network::
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from collections.abc import Callable
@@ -60,8 +61,9 @@ class WrappedGenerator(Generator):
         if not isinstance(latent_dim, numbers.Integral) or isinstance(latent_dim, bool) \
                 or latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
-        if len(output_range) != 2 or not float(output_range[1]) > float(output_range[0]):
-            raise ValueError(f"output_range must be (low, high) with high > low, got "
+        if len(output_range) != 2 or not float(output_range[1]) > float(output_range[0]) \
+                or not all(math.isfinite(float(v)) for v in output_range):
+            raise ValueError(f"output_range must be (low, high) with finite high > low, got "
                              f"{output_range!r}")
         if int(prior_samples) != prior_samples or prior_samples < 2:
             raise ValueError(f"prior_samples must be an int >= 2, got {prior_samples!r}")
@@ -129,6 +131,12 @@ class WrappedGenerator(Generator):
             raise ValueError("no gradient reaches the latents through net (a torch.no_grad, "
                              ".detach() or numpy step inside it?): QDGS follows the gradients "
                              "of the CLIP scores through the generator")
+        dead = (grad.abs().sum(0) == 0).nonzero().flatten().tolist()
+        if dead:
+            warnings.warn(f"{len(dead)} of the {self.latent_dim} latent dims (e.g. "
+                          f"{dead[:5]}) do not change net's images: is latent_dim larger than "
+                          "the network's input? The search would move through them for "
+                          "nothing", stacklevel=3)
         return raw.shape[-1]
 
     def _check_output(self, raw: torch.Tensor, n: int) -> None:
