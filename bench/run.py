@@ -344,14 +344,15 @@ def _deviation_from_eager(scorer: PromptScorer, got) -> tuple[float, float]:
     scorer: graphs captured, memory) is from an eager ``func`` call with torch's default
     settings: the largest jacobian row error (``jacobian_row_errors``), and the largest
     measure error."""
-    settings = scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul, scorer.autocast
-    scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul, scorer.autocast = \
-        "func", False, False, None
+    names = ("jacobian_mode", "cuda_graphs", "tf32_matmul", "autocast", "deterministic")
+    settings = {k: getattr(scorer, k) for k in names}
+    for k, v in zip(names, ("func", False, False, None, False), strict=True):
+        setattr(scorer, k, v)
     try:
         ref = _one_jacobian(scorer)
     finally:
-        (scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul,
-         scorer.autocast) = settings
+        for k, v in settings.items():
+            setattr(scorer, k, v)
     return (float(jacobian_row_errors(got.jacobian, ref.jacobian).max()),
             float(np.abs(got.measures - ref.measures).max()))
 

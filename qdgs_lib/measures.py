@@ -176,4 +176,5 @@ def _round_outwards(lo: float, hi: float, step: float) -> tuple[float, float]:
     # steps of 1 / per as (x * 20) / 20, not (x / 0.05) * 0.05: 0.35, not 0.35000000000000003
     k_lo, k_hi = math.floor(lo * per), math.ceil(hi * per)
     k_hi = max(k_hi, k_lo + 1)  # a measure that never varied still gets one step
-    return float(round(k_lo / per, 12)), float(round(k_hi / per, 12))
+    digits = max(12, 6 - math.floor(math.log10(step)))  # (steps below 1e-6 too)
+    return float(round(k_lo / per, digits)), float(round(k_hi / per, digits))

@@ -23,7 +23,7 @@ import hashlib
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -49,7 +49,7 @@ def angdist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _alternatives(p: Prompt) -> list[str]:
     """``"a | b"`` or ``["a", "b"]`` -> ["a", "b"] (distances are averaged over alternatives)."""
-    items = [p] if isinstance(p, str) else list(p) if isinstance(p, Sequence) else None
+    items = [p] if isinstance(p, str) else list(p) if isinstance(p, Iterable) else None
     if items is None or not all(isinstance(item, str) for item in items):
         raise TypeError(f"a prompt is a string (alternatives joined by '|') or a list of "
                         f"strings, got {p!r}")
@@ -57,6 +57,12 @@ def _alternatives(p: Prompt) -> list[str]:
     if not out:
         raise ValueError(f"empty prompt: {p!r}")
     return out
+
+
+def _as_tokenized(p: Prompt) -> frozenset[str]:
+    """A prompt's alternatives as CLIP's tokenizer sees them (lower case, single spaces):
+    "A cat" and "a  cat" are one prompt."""
+    return frozenset(" ".join(a.lower().split()) for a in _alternatives(p))
 
 
 @dataclass
@@ -160,12 +166,12 @@ class PromptScorer:
         named = [("objective", objective_prompts),
                  *((f"measure {k}", pair) for k, pair in enumerate(measure_prompts))]
         for name, (pos, neg) in named:
-            if set(_alternatives(pos)) == set(_alternatives(neg)):
+            if _as_tokenized(pos) == _as_tokenized(neg):
                 raise ValueError(f"the {name} pair's two prompts are the same ({pos!r}): it "
                                  "would score every image 0; give the attribute's two ends, "
                                  "e.g. ('A person with dark skin.', 'A person with light "
                                  "skin.')")
-        keys = [frozenset({frozenset(_alternatives(p)), frozenset(_alternatives(n))})
+        keys = [frozenset({_as_tokenized(p), _as_tokenized(n)})
                 for p, n in measure_prompts]  # the same pair, either way round
         if len(set(keys)) < len(keys):
             warnings.warn("two measures have the same prompt pair: the archive's axes for "
@@ -323,10 +329,12 @@ class PromptScorer:
         gives the same archive bit for bit on the same card and software (without it,
         jacobians differ in their last bits from run to run and a long search drifts apart).
         An op of the networks that has no deterministic kernel raises, naming itself. CLIP's
-        resize is matmuls for this (``resize_square_matmul``). cuBLAS reads
-        ``CUBLAS_WORKSPACE_CONFIG`` (set here to ``:4096:8`` unless set) when torch makes its
-        first handle: export it before starting Python for a process whose first matmul
-        comes earlier. Off by default (deterministic kernels can be slower)."""
+        resize is matmuls for this (``resize_square_matmul``). torch requires
+        ``CUBLAS_WORKSPACE_CONFIG`` (set here to ``:4096:8`` unless set), but cuBLAS reads it
+        once, at the process's first CUDA matmul, and a scorer's constructor already encodes
+        its prompts: export ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` before starting Python
+        (``scorer_for_profile`` sets it before building the scorer, which is in time for a
+        fresh process). Off by default (deterministic kernels can be slower)."""
         if not self.deterministic:
             yield
             return
@@ -722,9 +730,11 @@ class PromptScorer:
 
     def drop_static_calls(self) -> None:
         """Forget the captured static calls (CUDA graphs and their memory pools, compiled
-        passes' buffers): after changing the networks, or to free their GPU memory."""
+        passes' buffers): after changing the networks, or to free their GPU memory. Modes
+        that ran uncompiled after a failed compile try compiling again."""
         self._static_calls.clear()
         self._shape_counts.clear()
+        self.uncompiled_modes.clear()
 
     def reset(self) -> None:
         """Back to a fresh scorer's state: an empty uniqueness memory and its seeded choices.
@@ -755,6 +765,8 @@ class PromptScorer:
 def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> PromptScorer:
     """The profile section's CLIP (``clip``, ``clip_weights``, ``cutouts``) scoring
     ``generator`` with its objective prompts, measures and ``objective_weights``."""
+    if p.get("deterministic") and torch.device(device).type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before any matmul
     clip = create_clip(p["clip"], weights=p["clip_weights"], device=device,
                        num_cutouts=p["cutouts"])
     scorer = PromptScorer(generator, clip, p["objective"], prompts(p),

@@ -377,10 +377,12 @@ class QDSearch:
                 f"{self.cfg.iterations} iterations asked: ask for at least "
                 f"{state['iteration']} to reload it, or use a new output folder for a "
                 "shorter run")
-        if asked["iterations"][0] != asked["iterations"][1]:
-            print(f"{self.outdir.name}: extending the run from {asked['iterations'][0]} to "
-                  f"{self.cfg.iterations} iterations (at iteration {state['iteration']})")
-            write_run_info(self.outdir, self._config_dict())
+        before = asked["iterations"][0]
+        if before is not None and before != self.cfg.iterations:
+            print(f"{self.outdir.name}: the run was asked for {before} iterations, now "
+                  f"{self.cfg.iterations}; continuing from iteration {state['iteration']}")
+        if any(was != now for was, now in asked.values()):
+            write_run_info(self.outdir, self._config_dict())  # what it now runs with
         self.iteration = state["iteration"]
         self.seconds = state["seconds"]
         self.scheduler = state["scheduler"]
@@ -437,7 +439,7 @@ class QDSearch:
                           f"{k} outside its range {tuple(self.cfg.ranges[k])}: pyribs files "
                           "them in the edge cells, so the archive piles up there. Widen the "
                           "ranges to cover the measures (e.g. ranges_from_samples of the "
-                          "measures of prior samples)", stacklevel=3)
+                          "measures of prior samples)", stacklevel=4)
 
     def _log(self) -> None:
         st = self.result_archive.stats

@@ -173,7 +173,8 @@ def resize_square_matmul(images: torch.Tensor, size: int) -> torch.Tensor:
     its backward is matmuls, deterministic on CUDA, where the antialiased interpolation's
     backward adds with atomics (``_upsample_bilinear2d_aa_backward`` has no deterministic
     CUDA kernel: seeded GPU searches would drift apart). Runs in float32 or float64, also
-    under autocast (as the interpolation does)."""
+    under autocast (as the interpolation does); with TF32 matmuls on (``tf32_matmul``,
+    ``set_float32_matmul_precision("high")``) the two products round as TF32."""
     h, w = images.shape[-2:]
     if (h, w) == (size, size):
         return images

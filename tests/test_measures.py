@@ -101,6 +101,11 @@ def test_ranges_from_samples_round_outwards():
     assert got == ((0.002, 0.013), (-0.004, 0.003), (-0.1, 0.1))  # steps 1e-3, 5e-4, 0.02
     for (a, b), col in zip(got, small.T, strict=True):
         assert a <= col.min() and b >= col.max() and b - a <= 1.3 * np.ptp(col)
+    # spreads down to float32 noise: still low < high, covering the samples
+    for centre, spread in ((0.0, 1e-13), (5e-7, 3e-13), (-0.3, 1e-9)):
+        col = centre + np.linspace(-spread / 2, spread / 2, 50)[:, None]
+        ((a, b),) = ranges_from_samples(col, q=0.0)
+        assert a < b and a <= col.min() and b >= col.max(), (centre, spread, a, b)
     with pytest.raises(ValueError, match="NaN"):
         ranges_from_samples(np.array([[0.1], [np.nan]]))
     with pytest.raises(ValueError, match=r"\(N >= 2"):

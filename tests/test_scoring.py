@@ -117,6 +117,8 @@ def test_prompt_pairs_must_name_two_ends():
         PromptScorer(ToyGenerator(), ToyClip(), ("g", "b"), [("a", "b"), ("c", "c | c")])
     with pytest.raises(ValueError, match="objective pair's two prompts are the same"):
         PromptScorer(ToyGenerator(), ToyClip(), (["g", "h"], "h | g"), [("a", "b")])
+    with pytest.raises(ValueError, match="measure 0 pair's"):  # CLIP's tokenizer: the same
+        PromptScorer(ToyGenerator(), ToyClip(), ("g", "b"), [("A cat.", "a  cat.")])
     with pytest.warns(UserWarning, match="same prompt pair"):
         PromptScorer(ToyGenerator(), ToyClip(), ("g", "b"), [("a", "b"), ("b", "a")])
     with pytest.raises(TypeError, match="a prompt is a string.*got 1"):

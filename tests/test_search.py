@@ -75,7 +75,8 @@ def test_a_finished_run_extends_to_more_iterations_as_one_longer_run(tmp_path, c
         progress=False)
     longer = QDSearch(scorer(), config("cma_maega", 30, checkpoint_every=7), tmp_path / "ext")
     longer.run(progress=False)
-    assert "extending the run from 20 to 30 iterations" in capsys.readouterr().out
+    assert "asked for 20 iterations, now 30; continuing from iteration 20" in \
+        capsys.readouterr().out
     a = read_archive(tmp_path / "full" / "archive.parquet").sort_values("index")
     b = read_archive(tmp_path / "ext" / "archive.parquet").sort_values("index")
     pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))

@@ -1,6 +1,8 @@
 """Your own generator: WrappedGenerator around a module or a function, its checks, and a
 search and a balanced dataset through it (the guide notebook's path)."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -225,3 +227,18 @@ def test_a_search_through_a_wrapped_network_and_a_balanced_dataset(tmp_path):
     with pytest.raises(ValueError, match=r"different settings \(generator\)"):  # same function
         QDSearch(other_range, cfg, tmp_path / "fn").run(progress=False)
     QDSearch(scorer(first), cfg, tmp_path / "fn").run(progress=False)  # the same: reloads
+
+
+def test_a_network_that_normalises_each_image_still_passes_the_gradient_check():
+    """Per-image mean removal makes the plain sum of the pixels constant (its gradient is
+    zero) though every latent changes the images: the check weighs pixels randomly."""
+    net = tanh_gan()
+
+    def centred(z):
+        x = net(z)
+        return x - x.mean(dim=(1, 2, 3), keepdim=True)  # in [-2, 2]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gen = WrappedGenerator(centred, latent_dim=4, output_range=(-2, 2))
+    assert gen.latent_dim == 4

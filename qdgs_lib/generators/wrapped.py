@@ -93,6 +93,8 @@ class WrappedGenerator(Generator):
     def _first_call(self, z: torch.Tensor) -> torch.Tensor:
         try:
             return self._raw(self.check_latents(z))
+        except torch.cuda.OutOfMemoryError:
+            raise  # not a mismatch between net and latents
         except Exception as e:  # noqa: BLE001 - a user's network fails in any way (TypeError:
             msg = str(e)  # a second argument; IndexError: a latent_dim too small, ...)
             hint = ""
@@ -122,11 +124,14 @@ class WrappedGenerator(Generator):
                              "alone instead of in a batch): a network in training mode "
                              "(dropout, batch statistics)? Call .eval() on it, and make any "
                              "noise it draws fixed")
-        zz = self.check_latents(z[:2]).detach().requires_grad_(True)
+        zz = self.check_latents(z[:4]).detach().requires_grad_(True)
         with torch.enable_grad():
             out = self._raw(zz)
-            grad = torch.autograd.grad(out.float().sum(), zz, allow_unused=True)[0] \
-                if out.requires_grad else None
+            # a random cotangent: a sum's gradient vanishes where pixels' effects cancel
+            # (a per-image normalisation), a random weighting's does not
+            cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
+            grad = torch.autograd.grad(out.float(), zz, cot.to(out.device), allow_unused=True
+                                       )[0] if out.requires_grad else None
         if grad is None or not bool(grad.abs().sum() > 0):
             raise ValueError("no gradient reaches the latents through net (a torch.no_grad, "
                              ".detach() or numpy step inside it?): QDGS follows the gradients "
