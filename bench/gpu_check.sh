@@ -3,6 +3,7 @@
 #
 #   bash bench/gpu_check.sh            # needs the repository, a CUDA GPU, the pip dependencies
 #   bash bench/gpu_check.sh --candidates   # then the candidate rows too (+ about 4-7 minutes)
+#   bash bench/gpu_check.sh --pending      # only what no GPU has measured yet (see below)
 #
 # Writes bench/results/ (or $QDGS_BENCH_RESULTS):
 #   iteration_gpu.csv   ms per paper-scale CMA-MAEGA iteration (StyleGAN2-256 + ViT-B/32,
@@ -30,16 +31,23 @@
 #   python3 bench/run.py --only iteration_candidates   -> iteration_candidates_gpu.csv
 #   python3 bench/run.py --only iteration_candidates --candidates cudnn_benchmark
 #                                          -> iteration_candidates_cudnn_benchmark_gpu.csv
+# --pending, alone (sized for one 10-minute call on a lent machine; the most telling first):
+# the candidate rows that decide issue 14's 15 ms goal and have never run on a GPU in their
+# current form (fp32 baseline, func compiled with and without TF32 matmuls, deterministic
+# kernels), the two CUDA tests never run on a GPU (compiled static calls, bitwise-reproducible
+# deterministic searches), then bench/compile_check.py (where a compiled row fails).
 # Random weights throughout: throughput depends on the architecture, not on the values.
 # Every row names its source: the `device`, `torch`, `cuda`, `malloc` and `run` columns
 # (`run`: $QDGS_BENCH_RUN, by default this script's start in UTC); the log says which
 # function of bench/run.py made each file.
 set -u -o pipefail
 candidates=0
+pending=0
 for arg in "$@"; do
     case $arg in
         --candidates) candidates=1 ;;
-        *) echo "usage: bash bench/gpu_check.sh [--candidates]" >&2; exit 2 ;;
+        --pending) pending=1 ;;
+        *) echo "usage: bash bench/gpu_check.sh [--candidates | --pending]" >&2; exit 2 ;;
     esac
 done
 cd "$(dirname "$0")/.."
@@ -68,6 +76,17 @@ step() {  # step NAME COMMAND...: run, time, remember failures, go on
     "$@" || failed="$failed $name"
     echo "== $name: $((SECONDS - t0)) s"
 }
+
+if [ "$pending" = 1 ]; then
+    step "pending candidates" $PY bench/run.py --only iteration_candidates --candidates \
+        baseline func+compile func+compile+tf32_matmul deterministic
+    step "pending CUDA tests" $PY -m pytest tests/test_devices.py -p no:cacheprovider -q -rs \
+        -k "compiled_static_calls_match_eager or deterministic_searches_reproduce"
+    step "compile check" $PY bench/compile_check.py
+    [ -z "$failed" ] || { echo "FAILED:$failed"; exit 1; }
+    echo "all pending GPU checks ran; results in $RESULTS"
+    exit 0
+fi
 
 # bench/run.py: bench_iteration, bench_training (+ _plain_loop_ips) first: the goals
 step "iteration+training" $PY bench/run.py --only iteration training
