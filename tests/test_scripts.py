@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -54,3 +55,45 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch, 
         _run(monkeypatch, name, [*argv, "--out", str(resumed), "--lr", "0.1"])
     _run(monkeypatch, name, [*argv, "--out", str(resumed)])
     assert _sha(resumed) == _sha(whole)
+
+
+def test_the_oracle_script_resumes_after_its_finished_members(tmp_path, monkeypatch):
+    """Killed while training its second member, the oracle script keeps the first; a rerun
+    loads it, trains the rest and writes the oracle of an uninterrupted run (each member
+    seeds itself); a rerun with other settings refuses the saved member."""
+    def run(args):
+        monkeypatch.setattr(sys, "argv", ["train_shapes_oracle", *args])
+        _script("train_shapes_oracle").main()
+
+    argv = ["--renders", "40", "--epochs", "1", "--size", "32", "--seeds", "0", "1"]
+    whole, resumed = tmp_path / "whole.safetensors", tmp_path / "resumed.safetensors"
+    run([*argv, "--out", str(whole)])
+    assert not list(tmp_path.glob("whole.safetensors.member*"))  # removed with the oracle
+    module = _script("train_shapes_oracle")
+    trained = []
+
+    def killed_on_the_second(seed, *a, **k):
+        if trained:
+            raise KeyboardInterrupt
+        trained.append(seed)
+        return original(seed, *a, **k)
+
+    original = module.train_member
+    monkeypatch.setattr(module, "train_member", killed_on_the_second)
+    monkeypatch.setattr(sys, "argv", ["x", *argv, "--out", str(resumed)])
+    with pytest.raises(KeyboardInterrupt):
+        module.main()
+    assert not resumed.exists() and Path(f"{resumed}.member0.safetensors").exists()
+    with pytest.raises(ValueError, match="member0.safetensors was trained with other settings"):
+        run(["--renders", "48", *argv[2:], "--out", str(resumed)])
+    run([*argv, "--out", str(resumed)])
+    # the same tensors bit for bit, and the same metadata (compared as dicts: safetensors
+    # writes a multi-key metadata map in an order that varies from write to write)
+    from safetensors import safe_open
+
+    with safe_open(str(whole), "pt") as f, safe_open(str(resumed), "pt") as g:
+        assert f.metadata() == g.metadata() and sorted(f.keys()) == sorted(g.keys())
+        for k in f.keys():
+            x, y = f.get_tensor(k), g.get_tensor(k)
+            assert x.dtype == y.dtype and x.shape == y.shape
+            assert x.flatten().view(torch.uint8).equal(y.flatten().view(torch.uint8)), k
