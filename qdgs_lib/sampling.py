@@ -17,7 +17,13 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .utils import atomic_dir, check_unit_images, resize_square, to_uint8_hwc
+from .utils import (
+    atomic_dir,
+    check_batch_size,
+    check_unit_images,
+    resize_square,
+    to_uint8_hwc,
+)
 
 Bins = Sequence[Sequence[tuple[float, float]]]  # per measure: list of [lo, hi) intervals
 
@@ -108,8 +114,7 @@ def decode_batched(decode: Callable[[torch.Tensor], torch.Tensor], latents: np.n
                    batch_size: int = 64, size: int | None = None,
                    progress: bool = False) -> torch.Tensor:
     """Decode latents to images (optionally resized to ``size``), in batches, without grad."""
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_batch_size(batch_size)
     out = []
     with torch.no_grad():
         for i in tqdm(range(0, len(latents), batch_size), disable=not progress, desc="decode"):

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from .clip import Clip, create_clip
 from .generators.base import Generator
 from .measures import prompts
-from .utils import at_least_fp32, check_unit_images, compile_available
+from .utils import at_least_fp32, check_batch_size, check_unit_images, compile_available
 
 Prompt = str | Sequence[str]
 # PromptScorer.autocast's choices
@@ -450,8 +450,7 @@ class PromptScorer:
         if isinstance(latents, torch.Tensor):  # possibly on a GPU: copy to the host first
             latents = latents.detach().cpu().numpy()
         latents = np.asarray(latents)
-        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        check_batch_size(batch_size)
         if len(latents) == 0:
             return np.zeros((0, self.num_measures))
         return np.concatenate([self.evaluate(latents[i:i + batch_size],

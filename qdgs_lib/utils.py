@@ -57,14 +57,22 @@ def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
             for k, v in module.state_dict().items()}
 
 
-def save_weights(module: torch.nn.Module, path: str | os.PathLike) -> Path:
-    """Save a module's weights as safetensors (no code in the file), atomically."""
+def save_weights(module: torch.nn.Module, path: str | os.PathLike,
+                 metadata: dict[str, str] | None = None) -> Path:
+    """Save a module's weights as safetensors (no code in the file), atomically, with
+    ``metadata`` (strings) in its header."""
     from safetensors.torch import save_file
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(cpu_state_dict(module), str(tmp))
+        save_file(cpu_state_dict(module), str(tmp), metadata=metadata)
     return path
+
+
+def check_batch_size(batch_size: int) -> None:
+    """A whole number >= 1 (0 would loop forever or fail deep inside ``range``)."""
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
 
 
 _UMASK = os.umask(0o022)

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from qdgs_lib.generators.shapes_vae import load_shapes_vae
 from qdgs_lib.models.shape_classifier import ShapeClassifier
@@ -32,7 +32,7 @@ from qdgs_lib.shapes_oracle import (
     train_member,
     vote,
 )
-from qdgs_lib.utils import atomic_path, sha256_file, write_weights_record
+from qdgs_lib.utils import atomic_path, save_weights, sha256_file, write_weights_record
 
 
 def main():
@@ -88,9 +88,7 @@ def _member(args, seed: int) -> ShapeClassifier:
         print(f"member {seed}: loaded {path.name} (finished by an earlier run)")
         return member.eval()
     member = train_member(seed, args.renders, args.epochs, args.size, progress=True)
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in member.state_dict().items()}, str(tmp),
-                  metadata={"config": key})
+    save_weights(member, path, metadata={"config": key})
     return member
 
 
