@@ -32,7 +32,7 @@ reproduce: setup
 # blocks a resume check.
 test: setup
 	rm -rf runs/*/smoke runs/*/paper-mini
-	QDGS_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+	QDGS_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider -rs
 
 # The archive explorer in a real browser: JupyterLab from the venv, notebook 02 (smoke) run in
 # headless Chromium (Debian's package, installed here if missing), an archive cell selected;
@@ -67,8 +67,9 @@ guide: setup
 	  runs/executed/guide_own_generator.ipynb -k python3
 
 # JupyterLab from the project's venv, on the notebooks folder.
+# (without the Agg backend the other targets export: figures show inline)
 lab: setup
-	.venv/bin/jupyter lab notebooks/
+	env -u MPLBACKEND .venv/bin/jupyter lab notebooks/
 
 bench: setup
 	$(PY) bench/run.py

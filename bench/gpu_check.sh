@@ -51,7 +51,11 @@ for arg in "$@"; do
     esac
 done
 cd "$(dirname "$0")/.."
-PY=${PY:-python3}
+# the project's .venv where there is one (make setup), else the python3 on PATH
+if [ -z "${PY:-}" ]; then
+    if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+echo "python: $PY ($($PY -c 'import sys; print(sys.version.split()[0])' 2>&1))"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg
 RESULTS=${QDGS_BENCH_RESULTS:-bench/results}
 export QDGS_BENCH_RESULTS=$RESULTS

@@ -87,14 +87,14 @@ class MissingAssetsError(FileNotFoundError):
 
 
 def _clip_asset(p: dict[str, Any]) -> Asset:
-    from .clip import KNOWN_PRETRAINED, OWN_MODELS
+    from .clip import KNOWN_PRETRAINED, OWN_MODELS, OWN_MODELS_REBUILD
 
     name = p["clip"]
     if p["clip_weights"]:
         return Asset(Path(p["clip_weights"]), f"CLIP {name} weights", "the file you named")
     if name in OWN_MODELS:
         return Asset(weights_dir() / OWN_MODELS[name], f"the project's CLIP {name}",
-                     shipped_weights_fix(OWN_MODELS[name], f"train_clip.py --model {name}"))
+                     shipped_weights_fix(OWN_MODELS[name], OWN_MODELS_REBUILD[name]))
     if name in KNOWN_PRETRAINED:
         from .clip import resolve_weights
 

@@ -213,13 +213,15 @@ def label_audit_verdicts(per_seed: pd.DataFrame, columns: tuple[str, ...] = (
     for col in columns:
         q = wide["qdgs"].loc[seeds, col].astype(float)
         r = wide["random"].loc[seeds, col].astype(float)
+        paired = np.isfinite(q) & np.isfinite(r)  # a seed missing either side is left out
+        q, r = q[paired], r[paired]
         m, lo, hi = mean_ci(q - r, level)
         outcome = _paired(lo, hi)
         rows[col] = {"qdgs": q.mean(), "random": r.mean(), "qdgs - random": m,
-                     "low": lo, "high": hi, "seeds": len(seeds), "level": level,
+                     "low": lo, "high": hi, "seeds": len(q), "level": level,
                      "verdict": {"better": "QDGS higher", "worse": "QDGS lower",
                                  "no clear difference": "no clear difference"}.get(
-                                     outcome, f"{len(seeds)} paired seed(s): {outcome}")}
+                                     outcome, f"{len(q)} paired seed(s): {outcome}")}
     return pd.DataFrame(rows).T
 
 

@@ -38,6 +38,12 @@ OWN_MODELS = {
     "qdgs-shapes-clip": "qdgs-shapes-clip.safetensors",
     "qdgs-faces-clip": "qdgs-faces-clip.safetensors",
 }
+# the commands that trained the shipped files (their .json records hold the same settings)
+OWN_MODELS_REBUILD = {
+    "qdgs-shapes-clip": "train_clip.py --model qdgs-shapes-clip --steps 2500 --batch 64 "
+                        "--vae-frac 0.6 --flips",
+    "qdgs-faces-clip": "train_clip.py --model qdgs-faces-clip --steps 2000 --batch 64",
+}
 
 # Third-party weights the user supplies, and where to find them.
 KNOWN_PRETRAINED = {
@@ -138,7 +144,7 @@ def resolve_weights(name: str, weights: str | Path | None) -> Path | None:
         if not path.is_file():
             raise FileNotFoundError(f"The project's CLIP weights {path} are missing. " +
                                     shipped_weights_fix(path.name,
-                                                        f"train_clip.py --model {name}"))
+                                                        OWN_MODELS_REBUILD[name]))
         return path
     if name in KNOWN_PRETRAINED:
         filename, where = KNOWN_PRETRAINED[name]
@@ -273,7 +279,7 @@ def create_clip(name: str, weights: str | Path | None = None,
     path = resolve_weights(name, weights) if pretrained else None
     if path is not None and name in OWN_MODELS and weights is None:
         check_recorded_sha256(path, shipped_weights_fix(path.name,
-                                                        f"train_clip.py --model {name}"))
+                                                        OWN_MODELS_REBUILD[name]))
     where = KNOWN_PRETRAINED.get(name, ("", "the file it was trained with"))[1]
     fix = (f"Pass the weights of '{name}' ({where}), or the model name these weights "
            "belong to.")

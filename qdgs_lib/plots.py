@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -66,6 +67,15 @@ def savefig(fig: plt.Figure, path: str | Path, pdf: bool = True) -> list[Path]:
             fig.savefig(tmp, format=ext[1:], dpi=150, bbox_inches="tight", metadata=meta)
         out.append(relative(target))
     return out
+
+
+def save_table(table: pd.DataFrame, path: str | Path, **to_csv: Any) -> Path:
+    """Write a figure's numbers as CSV (``to_csv``: pandas' options), atomically: a run cut
+    off mid-write leaves the previous table, not half of a new one."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, **to_csv)
+    return relative(path)
 
 
 def relative(path: Path) -> Path:

@@ -1,7 +1,10 @@
-"""Parameter sets: ``smoke`` (CI, minutes), ``default`` (offline CPU reproduction), ``paper``.
+"""Parameter sets: ``smoke`` (CI, minutes), ``default`` (offline CPU reproduction), ``paper``
+(real weights and data), ``paper-mini`` (the paper's architectures and formats at toy sizes, on
+random-weight assets: a plumbing check).
 
-A notebook calls ``get_profile(profile)["shapes"]`` (``profile=None`` reads ``QDGS_PROFILE``,
-falling back to ``default``) and may override any key.
+A notebook calls ``get_profile(profile, section, **overrides)`` (``profile=None`` reads
+``QDGS_PROFILE``, falling back to ``default``; ``section``: ``shapes``, ``faces`` or
+``recognition``); overrides must be known keys with values of the profile's types.
 """
 
 from __future__ import annotations
@@ -45,9 +48,10 @@ _SHAPES_BASE: dict[str, Any] = {
     "clip": "qdgs-shapes-clip",
     "clip_weights": None,
     # prompt gap, latent norm, uniqueness. The paper used (1, 0, 0) for shapes; without the
-    # latent-norm penalty 91% of the elites left the VAE's prior (median norm 14.6 vs 2.3),
-    # where the CLIP's shape labels agree with an oracle for 62-68% of the images; weight 2
-    # keeps them at the prior's norm (agreement 0.79-0.80; bench/shapes_support.py, issue 15)
+    # latent-norm penalty 87-98% of the elites left the VAE's prior (first VAE: median norm
+    # 14.6 vs 2.3, the CLIP's shape labels agreeing with the first oracle for 62-68% of the
+    # images); weight 2 keeps them at the prior's norm (first VAE: agreement 0.79-0.80,
+    # bench/shapes_support.py, issue 15; the committed figures: 95.4%, README)
     "objective_weights": (1.0, 2.0, 0.0),
     "cutouts": 0,  # random crops CLIP scores and averages (0: the whole image once)
     "tf32_matmul": False,  # CUDA only: CLIP's matmuls in TF32 while scoring (PromptScorer._tf32)

@@ -4,12 +4,17 @@ protocol (synthetic -> real), benchmarks, evaluation and the paper-layout table.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -25,6 +30,7 @@ from .sampling import read_identity_dataset
 from .train import RecognitionTrainer, adaface_input
 from .utils import (
     BadFileError,
+    atomic_path,
     reading,
     resize_square,
     resolve_device,
@@ -130,36 +136,119 @@ def pretrain_protocol(p: dict[str, Any], synthetic: dict[str, Path], run_dir, se
     """For each seed and each pretraining set (``none`` plus every entry of ``synthetic``:
     name -> dataset folder): pretrain on the synthetic identities, then train on the real data.
     Saves each final backbone to ``run_dir/models/<name>_seed<k>.safetensors``; resumable
-    (finished stages are skipped, interrupted ones resume from their checkpoint)."""
+    (finished stages are skipped, interrupted ones resume from their checkpoint). Each saved
+    backbone records what it was trained with (settings, epochs, seed, a digest of its data,
+    its pretrained start); a finished stage made with anything else is refused, not reused."""
     run_dir = Path(run_dir)
     models = run_dir / "models"
     models.mkdir(parents=True, exist_ok=True)
     data = {name: TensorFaces(*read_identity_dataset(path)[:2])
             for name, path in synthetic.items()}
+    digests = {name: _data_digest(d) for name, d in data.items()}
     rows, real = [], {}
     jobs = [(seed, name) for seed in seeds for name in ("none", *synthetic)]
     for seed, name in tqdm(jobs, desc="pretrain -> train", disable=not progress):
         out = models / f"{name}_seed{seed}.safetensors"
         pre = models / f"{name}_seed{seed}.pretrained.safetensors"
-        if not out.exists():
-            init = None
-            if name != "none":
-                if not pre.exists():
-                    stage = run_dir / "train" / f"{name}_seed{seed}_pre"
-                    net = train_recognizer(data[name], p, stage, p["pretrain_epochs"],
-                                           seed=seed, device=device, progress=progress)
-                    save_weights(net, pre)
-                    _drop_checkpoint(stage)
-                init = load_file(str(pre))
-            if seed not in real:  # rendered (or opened) once per seed, shared by the 3 runs
-                real[seed] = real_training_data(p, seed)
-            stage = run_dir / "train" / f"{name}_seed{seed}_real"
-            net = train_recognizer(real[seed], p, stage, p["real_epochs"], init=init,
-                                   seed=seed, device=device, progress=progress)
-            save_weights(net, out)
-            _drop_checkpoint(stage)
+        pre_record = None if name == "none" else _stage_record(
+            p, "pretrain", seed, {"synthetic": name, "sha256": digests[name]})
+        record = _stage_record(p, "real", seed, _real_data_record(p, seed), init=pre_record)
+        if _finished(out, record):
+            rows.append({"pretraining": name, "seed": seed, "model": str(out)})
+            continue
+        init = None
+        if pre_record is not None:
+            if not _finished(pre, pre_record):
+                stage = run_dir / "train" / f"{name}_seed{seed}_pre"
+                net = train_recognizer(data[name], p, stage, p["pretrain_epochs"],
+                                       seed=seed, device=device, progress=progress)
+                save_weights(net, pre, metadata={_RECORD_KEY: json.dumps(pre_record)})
+                _drop_checkpoint(stage)
+            init = load_file(str(pre))
+        if seed not in real:  # rendered (or opened) once per seed, shared by the 3 runs
+            real[seed] = real_training_data(p, seed)
+        stage = run_dir / "train" / f"{name}_seed{seed}_real"
+        net = train_recognizer(real[seed], p, stage, p["real_epochs"], init=init,
+                               seed=seed, device=device, progress=progress)
+        save_weights(net, out, metadata={_RECORD_KEY: json.dumps(record)})
+        _drop_checkpoint(stage)
         rows.append({"pretraining": name, "seed": seed, "model": str(out)})
     return pd.DataFrame(rows)
+
+
+def save_models_table(models: pd.DataFrame, path: str | Path) -> Path:
+    """Write :func:`pretrain_protocol`'s table as ``models.csv``, atomically, with the model
+    files relative to the CSV's folder: the file (and the sha256 notebook 04 records of it)
+    is the same wherever the repository is checked out."""
+    path = Path(path)
+    table = models.copy()
+    table["model"] = [os.path.relpath(Path(m).resolve(), path.parent.resolve())
+                      for m in table["model"]]
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return path
+
+
+def read_models_table(path: str | Path) -> pd.DataFrame:
+    """``models.csv`` (:func:`save_models_table`) with the model files as absolute paths."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: run notebooks/03_pretraining.ipynb first")
+    models = pd.read_csv(path)
+    if "model" in models:
+        models["model"] = [str((path.parent / m).resolve()) for m in models["model"]]
+    return models
+
+
+_RECORD_KEY = "qdgs_training"  # the safetensors header entry of a saved stage's record
+_TRAINING_KEYS = ("backbone", "head", "lr", "milestones", "batch")
+
+
+def _stage_record(p: dict[str, Any], stage: str, seed: int, data: dict,
+                  init: dict | None = None) -> dict:
+    """What a stage's result depends on (up to float rounding: not the device or workers)."""
+    epochs = p["pretrain_epochs"] if stage == "pretrain" else p["real_epochs"]
+    record = {"stage": stage, "epochs": epochs, "seed": seed, "data": data,
+              **{k: p[k] for k in _TRAINING_KEYS}}
+    if stage == "real":
+        record["init"] = init
+    return json.loads(json.dumps(record))  # as it reads back (tuples -> lists)
+
+
+def _real_data_record(p: dict[str, Any], seed: int) -> dict:
+    if p["real_dataset"]:
+        return {"real_dataset": str(p["real_dataset"])}
+    return {"real_identities": p["real_identities"], "real_views": p["real_views"],
+            "seed": 1000 + seed}  # the toy world renders it from these alone
+
+
+def _data_digest(data: TensorFaces) -> str:
+    """sha256 of a synthetic set's labels and images as loaded (a rewritten set differs)."""
+    h = hashlib.sha256(data.labels.numpy().tobytes())
+    for chunk in data.images.split(1024):
+        h.update(chunk.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _finished(path: Path, record: dict) -> bool:
+    """Whether ``path`` holds this stage's result; refuse one trained with something else."""
+    if not path.exists():
+        return False
+    with safe_open(str(path), "pt") as f:
+        stored = (f.metadata() or {}).get(_RECORD_KEY)
+    if stored is None:
+        warnings.warn(f"{path} has no training record (saved before 2026-11-28): reused "
+                      "unchecked; delete it to train it again with the current settings",
+                      stacklevel=3)
+        return True
+    stored = json.loads(stored)
+    if stored != record:
+        differ = {k: (stored.get(k), v) for k, v in record.items() if stored.get(k) != v}
+        raise ValueError(f"{path} was trained with other settings or data (file vs now: "
+                         f"{differ}). Delete it (and its .pretrained file where the "
+                         "pretraining differs) to train it again, or give this run a new "
+                         "run folder")
+    return True
 
 
 def _drop_checkpoint(stage: Path) -> None:

@@ -8,13 +8,15 @@ Conventions (following the paper's released code, sign of measures flipped for r
 * objective loss = w_prompt * (angdist(e, pos) - angdist(e, neg))
                  + w_reg * (max(|z|, latent_norm) - latent_norm)^2
                  + w_unique * (1 - min_j angdist(e, memory_j))
-  and objective = softplus(100 - 50 * loss) (the released code's 100 - 50 * loss, with a
-  soft floor at 0 so pyribs' ``threshold_min=0`` never rejects a solution).
+  and objective = softplus_beta(100 - 50 * loss) with beta = 0.1, i.e.
+  10 * log(1 + exp((100 - 50 * loss) / 10)): the released code's 100 - 50 * loss above ~30,
+  with a soft floor at 0 so pyribs' ``threshold_min=0`` never rejects a solution.
 
 The released code ran one generator+CLIP forward and backward per output (objective, then each
 measure). Here one forward pass serves all of them and the 1 + m vector-jacobian products run
-over that one graph, either as one vmapped backward (``is_grads_batched``) or one after the
-other (bench/README.md has the numbers).
+over that one graph: vmapped (``batched``: ``is_grads_batched``; ``func``: ``torch.func``), one
+after the other (``loop``), or as one backward over a batch repeated once per output
+(``replicated``); bench/README.md has the numbers.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def jacobian_row_errors(got, ref, floor: float = 1e-6) -> torch.Tensor:
     relative to less than ``floor`` times the jacobian's largest row norm. A row that is ~0 in
     ``ref`` (with random weights the faces objective saturates: its row norm was 5e-19 next to
     the measures' 5e-3) would otherwise compare rounding noise with rounding noise."""
-    got, ref = (torch.as_tensor(a).detach().double().cpu() for a in (got, ref))
+    got, ref = (torch.as_tensor(a).detach().cpu().double() for a in (got, ref))
     norms = ref.norm(dim=2)
     scale = torch.maximum(norms, floor * norms.amax(dim=1, keepdim=True))
     return ((got - ref).norm(dim=2) / scale).amax(dim=0)
@@ -207,7 +209,8 @@ class PromptScorer:
         # seeds of the random cutouts / generator noise of each call (see _randomness): a
         # stream of its own, so deterministic scorers keep the memory's draws as they were
         self._call_rng = np.random.default_rng([seed, 1])
-        # "batched" | "func" | "loop" | "auto" (the generator's preferred mode): see _with_jacobian
+        # "batched" | "func" | "loop" | "replicated" | "auto" (the generator's preferred mode):
+        # see _with_jacobian
         self.jacobian_mode = "auto"
         # "auto" | True | False, and the largest batch captured: see _static_call
         self.cuda_graphs: bool | str = "auto"
@@ -385,12 +388,12 @@ class PromptScorer:
             getattr(self.generator, "noise_mode", None) == "random"
 
     @contextmanager
-    def _randomness(self) -> Iterator[None]:
+    def _randomness(self, seed: int | None = None) -> Iterator[None]:
         """A stochastic scorer's draws (cutouts, noise) from torch's global RNGs, seeded per
-        call from the scorer's own stream (``seed``; saved in checkpoints) and restored
-        afterwards: a seeded search reproduces and resumes exactly on a CPU (on CUDA up to
-        the rounding of nondeterministic backward kernels: README, "Conventions"), and the
-        caller's RNG state is left as it was."""
+        call from the scorer's own stream (``seed``; saved in checkpoints), or with ``seed``,
+        and restored afterwards: a seeded search reproduces and resumes exactly on a CPU (on
+        CUDA up to the rounding of nondeterministic backward kernels: README, "Conventions"),
+        and the caller's RNG state is left as it was."""
         if not self.stochastic:
             yield
             return
@@ -398,7 +401,8 @@ class PromptScorer:
         devices = [dev.index if dev.index is not None else torch.cuda.current_device()] \
             if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the CPU's, and the GPU's in use
-            seed = int(self._call_rng.integers(2**63))
+            if seed is None:
+                seed = int(self._call_rng.integers(2**63))
             torch.default_generator.manual_seed(seed)
             if devices:
                 with torch.cuda.device(devices[0]):
@@ -434,8 +438,8 @@ class PromptScorer:
         bad = ~np.isfinite(out).all(1)
         if jac is not None:
             bad |= ~np.isfinite(jac).all((1, 2))
-        norms = z.detach().double().norm(dim=1).cpu().numpy()
-        typical = float(self.generator.sample_prior(64, seed=0).double().norm(dim=1).mean())
+        norms = z.detach().cpu().double().norm(dim=1).numpy()
+        typical = float(self.generator.sample_prior(64, seed=0).cpu().double().norm(dim=1).mean())
         what = "scores or jacobians" if jac is not None else "scores"
         return (f"non-finite {what} for {int(bad.sum())} of {len(bad)} latents (latent "
                 f"norms {', '.join(f'{v:.3g}' for v in norms[bad][:4])}; prior latents have "
@@ -460,8 +464,13 @@ class PromptScorer:
     def measures_of_images(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """Measures (N, m) of images (N, 3, H, W) in [0, 1] that need not come from the
         generator (e.g. renders with known attributes, to check the CLIP)."""
+        check_batch_size(batch_size)
         out = [torch.zeros(0, self.num_measures)]
-        with torch.no_grad(), self._tf32(), self._autocast(), self._deterministic():
+        # random cutouts seeded from the scorer's seed, the same for each call (not the
+        # caller's RNG, nor the stream a search's calls draw from)
+        seed = int(np.random.SeedSequence([self._seed, 2]).generate_state(1, np.uint64)[0])
+        with torch.no_grad(), self._tf32(), self._autocast(), self._deterministic(), \
+                self._randomness(seed):
             for x in images.split(batch_size):
                 emb = at_least_fp32(self.clip.encode_image(x.to(self.clip.device)))
                 out.append(torch.stack([-self._pair_gap(emb, k)
@@ -472,7 +481,7 @@ class PromptScorer:
         """One forward pass and the (B, 1+m, d) jacobian: samples are independent, so
         d sum_b out[b, k] / d z[b] is row b of output k's jacobian.
 
-        Three ways to run the 1+m backward passes, equal up to float rounding:
+        Four ways to run the 1+m backward passes, equal up to float rounding:
 
         * ``batched``: one vmapped backward (``torch.autograd.grad(is_grads_batched=True)``);
           ops without a batching rule there (convolutions) run slice by slice;
@@ -496,10 +505,16 @@ class PromptScorer:
         if mode != "loop":
             try:
                 return self._batched_jacobian(z) if mode == "batched" else self._func_jacobian(z)
-            except RuntimeError:
+            except torch.OutOfMemoryError:
+                raise  # the device is full: not a missing vmap rule
+            except RuntimeError as e:
                 if self.jacobian_mode != "auto":
                     raise
-                self.jacobian_mode = "loop"  # an op without a vmap rule: loop from now on
+                # an op without a vmap rule: loop from now on (the same rule each run)
+                warnings.warn(f"jacobian mode {mode!r} failed on these networks "
+                              f"({type(e).__name__}: {str(e)[:200]}); scoring runs one "
+                              "backward per output ('loop') from now on", stacklevel=3)
+                self.jacobian_mode = "loop"
         z = z.detach().requires_grad_(True)
         loss, out, emb = self._outputs(z)
         k = out.shape[1]

@@ -381,8 +381,8 @@ class QDSearch:
         if before is not None and before != self.cfg.iterations:
             print(f"{self.outdir.name}: the run was asked for {before} iterations, now "
                   f"{self.cfg.iterations}; continuing from iteration {state['iteration']}")
-        if any(was != now for was, now in asked.values()):
-            write_run_info(self.outdir, self._config_dict())  # what it now runs with
+        # what it now runs with (iterations, device, scoring, versions), earlier sessions kept
+        write_run_info(self.outdir, self._config_dict(), resumed_at=state["iteration"])
         self.iteration = state["iteration"]
         self.seconds = state["seconds"]
         self.scheduler = state["scheduler"]

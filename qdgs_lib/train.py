@@ -203,8 +203,8 @@ class RecognitionTrainer:
     ``compile``: the backbone's forward (and so its backward) through ``torch.compile``:
     ir_small at batch 64 on 2 CPU cores 1.2-1.4x faster after a one-time ~1 min compile (reused
     by later trainers in the same process); results differ from eager by float rounding.
-    Multi-GPU: launch with ``torchrun --nproc_per_node=N``; the trainer then wraps the
-    backbone in DistributedDataParallel and shards each epoch's permutation by rank.
+    Multi-GPU: launch with ``torchrun --nproc_per_node=N``; the trainer then wraps backbone
+    and margin head in DistributedDataParallel and shards each epoch's permutation by rank.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, data: Dataset, outdir,
@@ -284,7 +284,7 @@ class RecognitionTrainer:
         return {"epoch": self.epoch, "backbone": self.backbone.state_dict(),
                 "head": self.head.state_dict(), "opt": self.opt.state_dict(),
                 "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
-                "settings": self.settings}
+                "settings": self.settings, "precision": self.precision}
 
     def save(self) -> None:
         from .utils import write_checkpoint
@@ -330,6 +330,14 @@ class RecognitionTrainer:
                      f"It belongs to another model: use a new folder or delete "
                      f"{self.outdir}/checkpoint*.pt to start over."):
             self._load_state(st)
+        # a run may move between devices (precision "auto": fp32 on a CPU, fp16 on CUDA), so
+        # another precision is allowed, but said: the rest trains with other rounding
+        was = st.get("precision")  # (checkpoints before 2026-11-28 have none)
+        if was is not None and was != self.precision:
+            warnings.warn(f"{self.checkpoint_path} was trained in {was} up to epoch "
+                          f"{self.epoch}; it resumes in {self.precision}, so the run differs "
+                          "from an uninterrupted one by more than float rounding (pass "
+                          f"precision={was!r} to keep it)", stacklevel=2)
         return True
 
     def _load_state(self, st: dict) -> None:
@@ -387,9 +395,10 @@ class RecognitionTrainer:
         steps = range(0, len(order) - self.batch_size + 1, self.batch_size) \
             if len(order) >= self.batch_size else [0]
         batches = [order[s:s + self.batch_size].tolist() for s in steps]
-        # loss and accuracy are summed on the device (float64, like Python floats): no
-        # device->host sync per step
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        # loss and accuracy are summed on the device (float64, like Python floats; MPS has
+        # no float64): no device->host sync per step
+        acc = torch.float32 if self.device.type == "mps" else torch.float64
+        total = torch.zeros((), dtype=acc, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         count = 0
         loader = iter(self._loader(batches))
@@ -413,15 +422,14 @@ class RecognitionTrainer:
                 nxt = self._prepare(*next(loader), g)
             self.scaler.step(self.opt)
             self.scaler.update()
-            total += loss.detach().double() * len(y)
+            total += loss.detach().to(acc) * len(y)
             count += len(y)
         lr = self.opt.param_groups[0]["lr"]  # the rate this epoch trained at
         self.sched.step()
         self.epoch += 1
         if self.world > 1:  # the log reports all ranks' samples
-            sums = torch.stack([total, correct.double(),
-                                torch.tensor(float(count), dtype=torch.float64,
-                                             device=self.device)])
+            sums = torch.stack([total, correct.to(acc),
+                                torch.tensor(float(count), dtype=acc, device=self.device)])
             torch.distributed.all_reduce(sums)
             total, correct, count = sums[0], sums[1].long(), int(sums[2])
         return {"epoch": self.epoch, "loss": float(total) / count,

@@ -47,6 +47,13 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA "
                              "device(s) visible")
+    elif dev.type not in ("cpu", "meta"):  # mps, xpu, ...: torch would fail later, less clearly
+        backend = torch.backends.mps if dev.type == "mps" else getattr(torch, dev.type, None)
+        available = getattr(backend, "is_available", None)
+        if available is None or not available():
+            raise ValueError(f"device {device!r} asked for, but this torch "
+                             f"({torch.__version__}) cannot use it here: use device='auto' "
+                             "or 'cpu'")
     return dev
 
 
@@ -229,9 +236,15 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_run_info(outdir: str | os.PathLike, config: dict[str, Any],
-                   also: str | os.PathLike | None = None) -> Path:
+                   also: str | os.PathLike | None = None,
+                   resumed_at: int | None = None) -> Path:
     """Write ``config.json`` (the run's parameters and package versions) into ``outdir``, and
-    the same record to ``also`` (e.g. next to the figures the run makes)."""
+    the same record to ``also`` (e.g. next to the figures the run makes).
+
+    ``resumed_at``: this session continues a run from that step (iteration, epoch). Where the
+    record on disk says otherwise (another device, scoring setting, package version), it is
+    kept in the new record's ``earlier_sessions`` (with ``until``: the step from which this
+    session's record applies), so the record covers every session the result comes from."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     device = config.get("device")
@@ -239,9 +252,21 @@ def write_run_info(outdir: str | os.PathLike, config: dict[str, Any],
         device = torch.device(device) if isinstance(device, str | torch.device) else None
     except RuntimeError:   # a device string of a user's own: name the machine's
         device = None
-    text = json.dumps({"config": config, "versions": versions(device)}, indent=2,
-                      default=_jsonable)
+    record = json.loads(json.dumps({"config": config, "versions": versions(device)},
+                                   default=_jsonable))
     path = outdir / "config.json"
+    if resumed_at is not None:
+        try:
+            old = json.loads(path.read_text())
+            earlier = list(old.get("earlier_sessions", []))
+            old = {"config": old["config"], "versions": old["versions"]}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            old, earlier = None, []  # no readable record of the earlier session
+        if old is not None and old != record:
+            earlier.append({**old, "until": resumed_at})
+        if earlier:
+            record["earlier_sessions"] = earlier
+    text = json.dumps(record, indent=2)
     atomic_write_text(path, text)
     if also is not None:
         atomic_write_text(also, text)

@@ -1,7 +1,11 @@
 """Train one of the project's small CLIPs (open_clip architecture, JSON config) on captioned
 renders, with a multi-positive contrastive loss (see qdgs_lib/data/captions.py).
 
-    python scripts/train_clip.py --model qdgs-shapes-clip [--steps 2500] [--vae-frac 0.35]
+    python scripts/train_clip.py --model qdgs-shapes-clip --steps 2500 --batch 64 \
+        --vae-frac 0.6 --flips
+    python scripts/train_clip.py --model qdgs-faces-clip --steps 2000 --batch 64
+
+(the commands that trained the shipped weights: ``qdgs_lib.clip.OWN_MODELS_REBUILD``).
 
 Shapes: ``--vae-frac`` of every batch are decodes of the shapes VAE across its prior, captioned
 from their pixels' color and the shipped shapes oracle (qdgs_lib/shapes_oracle.py; no shape

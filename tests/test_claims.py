@@ -1,5 +1,6 @@
 """Verdicts from known numbers: hand-made per-seed results."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -201,3 +202,13 @@ def test_label_audit_verdicts_pair_seeds():
     assert one.loc["blue triangle", "verdict"] == "1 paired seed(s): no interval"
     with pytest.raises(ValueError, match="no synthetic sets"):
         claims.label_audit_verdicts(_audit({"qdgs": [0.9]}))
+
+
+def test_label_audit_verdicts_leave_out_seeds_missing_a_side():
+    # a NaN (e.g. no red or blue images in a set) drops that seed from both means and the
+    # difference, as the other verdicts drop incomplete seeds
+    v = claims.label_audit_verdicts(_audit({"qdgs": [0.9, np.nan, 0.8],
+                                            "random": [0.7, 0.95, 0.6]}))
+    r = v.loc["CLIP label = oracle"]
+    assert r["seeds"] == 2 and r["qdgs"] == pytest.approx(0.85)
+    assert r["random"] == pytest.approx(0.65) and r["qdgs - random"] == pytest.approx(0.2)

@@ -16,7 +16,9 @@ def test_missing_vit_weights_name_the_file_and_where_to_put_it(tmp_path, monkeyp
 
 def test_missing_own_weights_say_how_to_rebuild(tmp_path, monkeypatch):
     monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="train_clip.py --model qdgs-faces-clip"):
+    # the command that trained the shipped file, not the script's defaults (batch 96)
+    with pytest.raises(FileNotFoundError, match="train_clip.py --model qdgs-faces-clip "
+                                                "--steps 2000 --batch 64"):
         create_clip("qdgs-faces-clip")
 
 

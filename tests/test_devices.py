@@ -22,6 +22,9 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU here.*device='auto'"):
             resolve_device("cuda")
+    if not torch.backends.mps.is_available():  # torch would fail later, less clearly
+        with pytest.raises(ValueError, match="'mps' asked for, but this torch .* cannot use"):
+            resolve_device("mps")
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from qdgs_lib import assets
+from qdgs_lib import assets, recognition
 from qdgs_lib.paths import REPO_ROOT, figures_dir, runs_dir
 from qdgs_lib.plumbing import write_paper_mini_assets
 
@@ -71,7 +71,8 @@ def test_four_notebooks_run_on_the_paper_architectures(data_root, monkeypatch):
                            .read_text())["config"]
     assert faces_cfg["world"] == "ffhq" and faces_cfg["clip"] == "ViT-B-32-quickgelu"
 
-    models = pd.read_csv(runs_dir() / "03_pretraining" / "paper-mini" / "models.csv")
+    models = recognition.read_models_table(runs_dir() / "03_pretraining" / "paper-mini"
+                                           / "models.csv")
     assert sorted(models.pretraining) == ["none", "qdgs", "random"]
     from safetensors import safe_open
 

@@ -31,3 +31,15 @@ def test_the_own_generator_snippet_runs_as_written(tmp_path, monkeypatch):
     counts = np.unique(names["groups"][names["keep"]], return_counts=True)[1]
     assert len(counts) == 4 and len(set(counts)) == 1  # the same number in each group
     assert (tmp_path / "runs" / "mine" / "archive.parquet").exists()
+
+
+def test_the_minimal_search_snippet_runs_as_written(tmp_path, monkeypatch):
+    """On the shipped shapes VAE and CLIP; 3 iterations instead of 2000 (the rest as written)."""
+    monkeypatch.chdir(tmp_path)  # it writes runs/my_search
+    code = snippet("A minimal search:")
+    assert "iterations=2000" in code
+    names = {}
+    exec(code.replace("iterations=2000", "iterations=3"), names)  # noqa: S102
+    assert names["scorer"].weights == (1.0, 2.0, 0.0)
+    assert names["archive"].stats.num_elites > 0
+    assert (tmp_path / "runs" / "my_search" / "archive.parquet").exists()

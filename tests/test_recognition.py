@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import pytest
 import torch
@@ -392,3 +393,84 @@ def test_a_cpu_checkpoint_resumes_with_fp16_loss_scaling(tmp_path):
     tr = make_trainer(tmp_path)
     tr.scaler = torch.amp.GradScaler("cpu", enabled=True)  # stands in for CUDA fp16's scaler
     assert tr.load() and tr.epoch == 1
+
+
+def test_resume_in_another_precision_warns(tmp_path):
+    make_trainer(tmp_path).run(1)  # fp32 on the CPU ("auto")
+    x, y = tiny_task()
+    tr = RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), TensorFaces(x, y),
+                            tmp_path, lr=0.05, milestones=(3,), batch_size=16, progress=False,
+                            precision="bf16")
+    with pytest.warns(UserWarning, match="trained in fp32 up to epoch 1; it resumes in bf16"):
+        assert tr.load()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert make_trainer(tmp_path).load()  # the same precision: nothing to say
+
+
+def test_pretrain_protocol_refuses_finished_models_of_other_settings_or_data(tmp_path):
+    import pandas as pd
+
+    from qdgs_lib import recognition
+    from qdgs_lib.profiles import get_profile
+    from qdgs_lib.sampling import write_image_dataset
+
+    def synthetic(seed):
+        x, y = tiny_task()
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))]
+        write_image_dataset(tmp_path / "set", x, [f"id{int(i)}" for i in y],
+                            manifest=pd.DataFrame({"identity": y.numpy()}), overwrite=True)
+        return {"qdgs": tmp_path / "set"}
+
+    r = get_profile("smoke", "recognition", real_identities=4, real_views=2, batch=8)
+    run = tmp_path / "run"
+    sets = synthetic(0)
+    first = recognition.pretrain_protocol(r, sets, run, progress=False)
+    files = sorted((run / "models").glob("*.safetensors"))
+    assert [f.name for f in files] == ["none_seed0.safetensors", "qdgs_seed0.pretrained"
+                                       ".safetensors", "qdgs_seed0.safetensors"]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = recognition.pretrain_protocol(r, sets, run, progress=False)  # finished: reused
+    assert again.equals(first) and [f.stat().st_mtime_ns for f in files] == stamps
+    longer = {**r, "real_epochs": 2}
+    with pytest.raises(ValueError, match=r"none_seed0.safetensors was trained with other .*"
+                                         r"'epochs': \(1, 2\)"):
+        recognition.pretrain_protocol(longer, sets, run, progress=False)
+    with pytest.raises(ValueError, match="qdgs_seed0.safetensors was trained with other"):
+        recognition.pretrain_protocol(r, synthetic(1), run, progress=False)  # a rewritten set
+    # the advice: delete the finished stages of the old set; the rest is kept
+    for f in (run / "models").glob("qdgs_*"):
+        f.unlink()
+    recognition.pretrain_protocol(r, sets, run, progress=False)
+    assert files[0].stat().st_mtime_ns == stamps[0]
+    # a model saved before the records were kept is reused, with a warning
+    recognition.save_weights(recognition.load_backbone(r, files[0]), files[0])
+    with pytest.warns(UserWarning, match="no training record"):
+        recognition.pretrain_protocol(r, {}, run, progress=False)
+
+
+def test_models_table_is_the_same_file_wherever_the_run_folder_lies(tmp_path):
+    """notebook 04 records the sha256 of models.csv: absolute paths in it made the record
+    depend on where the repository was checked out."""
+    import pandas as pd
+
+    from qdgs_lib import recognition
+
+    tables = []
+    for where in ("a", "b/c"):
+        run = tmp_path / where
+        models = pd.DataFrame({"pretraining": ["none"], "seed": [0],
+                               "model": [str(run / "models" / "none_seed0.safetensors")]})
+        recognition.save_models_table(models, run / "models.csv")
+        tables.append((run / "models.csv").read_bytes())
+        back = recognition.read_models_table(run / "models.csv")
+        assert back.model.tolist() == [str((run / "models" / "none_seed0.safetensors")
+                                            .resolve())]
+    assert tables[0] == tables[1] and b"models/none_seed0.safetensors" in tables[0]
+    # a table written with absolute paths (before 2026-11-28) still reads
+    old = tmp_path / "old.csv"
+    pd.DataFrame({"pretraining": ["none"], "seed": [0], "model": ["/x/m.safetensors"]}).to_csv(
+        old, index=False)
+    assert recognition.read_models_table(old).model.tolist() == ["/x/m.safetensors"]
+    with pytest.raises(FileNotFoundError, match="run notebooks/03_pretraining.ipynb first"):
+        recognition.read_models_table(tmp_path / "none.csv")

@@ -24,6 +24,32 @@ def search_calls(rng: np.random.Generator, repeats: int) -> list:
     return [(rng.normal(0, 0.5, (b, 4)), b == 1) for _ in range(repeats) for b in (1, 4)]
 
 
+def test_auto_mode_falls_back_to_loop_with_a_warning_but_not_on_out_of_memory(monkeypatch):
+    z = np.random.default_rng(0).normal(0, 0.5, (2, 4))
+    sc = make_scorer()
+    ref = sc.evaluate(z, jacobian=True, update_memory=False)
+    sc.generator.preferred_jacobian_mode = "batched"
+
+    def no_vmap_rule(z):
+        raise RuntimeError("Batching rule not implemented for aten::something")
+
+    monkeypatch.setattr(sc, "_batched_jacobian", no_vmap_rule)
+    with pytest.warns(UserWarning, match="'batched' failed on these networks.*'loop'"):
+        got = sc.evaluate(z, jacobian=True, update_memory=False)
+    assert sc.jacobian_mode == "loop"
+    np.testing.assert_allclose(got.jacobian, ref.jacobian, rtol=1e-4, atol=1e-5)
+
+    def full(z):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    sc = make_scorer()
+    sc.generator.preferred_jacobian_mode = "batched"
+    monkeypatch.setattr(sc, "_batched_jacobian", full)
+    with pytest.raises(torch.OutOfMemoryError):
+        sc.evaluate(z, jacobian=True, update_memory=False)
+    assert sc.jacobian_mode == "auto"  # a full device is no reason to change the mode
+
+
 def test_angdist_matches_acos():
     x = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
     y = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)

@@ -304,6 +304,26 @@ def test_a_stochastic_scorer_reproduces_and_resumes_exactly(tmp_path):
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_measures_of_images_draw_their_cutouts_from_a_seed_of_the_scorer():
+    """The same images give the same measures on every call, and neither the caller's RNG
+    nor the stream a search's calls draw from moves (they drew from the global RNG)."""
+    sc = noisy_scorer()
+    images = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(7)
+    state, stream = torch.get_rng_state(), sc._call_rng.bit_generator.state
+    first = sc.measures_of_images(images)
+    np.testing.assert_array_equal(sc.measures_of_images(images), first)
+    # in other batches: the same draws (up to the matmuls' rounding at another batch size)
+    np.testing.assert_allclose(sc.measures_of_images(images, batch_size=2), first, atol=1e-6)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert sc._call_rng.bit_generator.state == stream
+    other = PromptScorer(ToyGenerator(prior_std=0.05), NoisyClip(), ("good", "bad"),
+                         [("a", "b"), ("c", "d")], seed=1)
+    assert not np.array_equal(other.measures_of_images(images), first)  # the draws count
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        sc.measures_of_images(images, batch_size=0)
+
+
 def test_a_reloaded_run_without_its_metrics_file_still_summarizes(tmp_path):
     from qdgs_lib.search import archive_summary
 
@@ -468,6 +488,15 @@ def test_a_run_resumes_with_tf32_switched_and_records_it(tmp_path):
     assert list(search.metrics().iteration) == list(range(1, 9))
     scoring = json.loads(load_checkpoint(search.checkpoint_path)["config"])["scoring"]
     assert scoring["tf32_matmul"] is True and scoring["jacobian_mode"] == "func"
+    # config.json: this session's settings, and the first session's up to the checkpoint
+    record = json.loads((tmp_path / "config.json").read_text())
+    assert record["config"]["scoring"]["tf32_matmul"] is True
+    [first] = record["earlier_sessions"]
+    assert first["until"] == 4 and first["config"]["scoring"]["jacobian_mode"] == "batched"
+    assert first["versions"] == record["versions"]
+    # a reload with the same settings adds no session
+    QDSearch(sc, config("cma_maega", 8, checkpoint_every=4), tmp_path).run(progress=False)
+    assert json.loads((tmp_path / "config.json").read_text()) == record
 
 
 def test_a_run_resumes_only_with_the_same_autocast(tmp_path):

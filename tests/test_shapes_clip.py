@@ -10,16 +10,11 @@ import torch
 from qdgs_lib import shapes_poc
 from qdgs_lib.data.shapes import render, sample_params
 from qdgs_lib.measures import index
-from qdgs_lib.paths import weights_dir
 from qdgs_lib.profiles import get_profile
 from qdgs_lib.shapes_oracle import load_shapes_oracle
 
 SHAPE_MIN, COLOR_MIN = 0.95, 0.98  # agreement on prior samples (issue 15)
 RHO_MIN = 0.8
-
-pytestmark = pytest.mark.skipif(not (weights_dir() / "qdgs-shapes-clip.safetensors").exists(),
-                                reason="shapes CLIP weights not trained (scripts/train_clip.py)")
-
 
 @pytest.fixture(scope="module")
 def setup():

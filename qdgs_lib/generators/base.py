@@ -19,7 +19,8 @@ class Generator(nn.Module):
     latent_dim: int
     image_size: int
     latent_norm: float
-    # how PromptScorer runs the 1+m backward passes ("batched" | "func" | "loop", see
+    # how PromptScorer runs the 1+m backward passes ("batched" | "func" | "loop" |
+    # "replicated", or a dict by device type such as {"cpu": "func", "cuda": "func"}; see
     # PromptScorer._with_jacobian); a fixed per-generator choice keeps seeded runs reproducible
     preferred_jacobian_mode: str = "batched"
 

@@ -19,6 +19,7 @@ from ..paths import pretrained_dir
 from ..utils import (
     BadFileError,
     RestrictedUnpickler,
+    atomic_path,
     check_tensor_shapes,
     reading,
     resolve_device,
@@ -28,9 +29,10 @@ from .stylegan2 import StyleGAN2
 
 # --- our own format ---------------------------------------------------------------------------
 def save_stylegan2(net: StyleGAN2, path: str | Path) -> None:
-    """Safetensors with the architecture config in the metadata."""
+    """Safetensors with the architecture config in the metadata, written atomically."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    save_file(tensors, str(path), metadata={"qdgs_stylegan2_config": json.dumps(net.config)})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"qdgs_stylegan2_config": json.dumps(net.config)})
 
 
 def load_stylegan2_safetensors(path: str | Path) -> StyleGAN2:

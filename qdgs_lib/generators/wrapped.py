@@ -82,7 +82,7 @@ class WrappedGenerator(Generator):
         if not torch.equal(self._draw(_PROBES, seed=1), self._draw(_PROBES, seed=1)):
             raise ValueError("prior(n, generator) must draw with the generator it is given "
                              "(the same seed gave other latents): seeded runs must reproduce")
-        self.latent_norm = float(z.double().norm(dim=1).mean())
+        self.latent_norm = float(z.cpu().double().norm(dim=1).mean())
         # what a search's config records next to the weights' sha256 (which a function lacks)
         lo, hi = self.output_range
         self.name = (f"WrappedGenerator({getattr(net, '__qualname__', type(net).__name__)}, "
