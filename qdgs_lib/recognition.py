@@ -164,6 +164,8 @@ def pretrain_protocol(p: dict[str, Any], synthetic: dict[str, Path], run_dir, se
                                        seed=seed, device=device, progress=progress)
                 save_weights(net, pre, metadata={_RECORD_KEY: json.dumps(pre_record)})
                 _drop_checkpoint(stage)
+                # a real stage interrupted before started from the previous pretraining
+                _drop_checkpoint(run_dir / "train" / f"{name}_seed{seed}_real")
             init = load_file(str(pre))
         if seed not in real:  # rendered (or opened) once per seed, shared by the 3 runs
             real[seed] = real_training_data(p, seed)
