@@ -41,7 +41,7 @@ from .utils import (
 
 def train_recognizer(data: Dataset, p: dict[str, Any], outdir, epochs: int,
                      init: dict | None = None, seed: int = 0, device: str | torch.device = "auto",
-                     progress: bool = True) -> torch.nn.Module:
+                     progress: bool = True, data_id: str | None = None) -> torch.nn.Module:
     """Train backbone + margin head (``p["backbone"]``, ``p["head"]``) on an identity set (a
     :mod:`~qdgs_lib.data.identities` dataset), optionally starting from a pretrained backbone
     state; resumes from ``outdir``. Returns the backbone on the CPU, in eval mode."""
@@ -62,7 +62,7 @@ def train_recognizer(data: Dataset, p: dict[str, Any], outdir, epochs: int,
     trainer = RecognitionTrainer(backbone, head, data, outdir, lr=p["lr"],
                                  milestones=p["milestones"], batch_size=p["batch"], seed=seed,
                                  device=device, progress=progress, num_workers=workers,
-                                 compile=p["compile"])
+                                 compile=p["compile"], data_id=data_id)
     trainer.run(epochs)
     net = trainer.backbone.eval().cpu()
     return net.to(memory_format=torch.contiguous_format)
@@ -161,7 +161,8 @@ def pretrain_protocol(p: dict[str, Any], synthetic: dict[str, Path], run_dir, se
             if not _finished(pre, pre_record):
                 stage = run_dir / "train" / f"{name}_seed{seed}_pre"
                 net = train_recognizer(data[name], p, stage, p["pretrain_epochs"],
-                                       seed=seed, device=device, progress=progress)
+                                       seed=seed, device=device, progress=progress,
+                                       data_id=digests[name])
                 save_weights(net, pre, metadata={_RECORD_KEY: json.dumps(pre_record)})
                 _drop_checkpoint(stage)
                 # a real stage interrupted before started from the previous pretraining
@@ -170,8 +171,11 @@ def pretrain_protocol(p: dict[str, Any], synthetic: dict[str, Path], run_dir, se
         if seed not in real:  # rendered (or opened) once per seed, shared by the 3 runs
             real[seed] = real_training_data(p, seed)
         stage = run_dir / "train" / f"{name}_seed{seed}_real"
+        # (an interrupted stage resumes only on the same data and pretrained start)
+        start = json.dumps({"data": record["data"], "init": pre_record}, sort_keys=True)
         net = train_recognizer(real[seed], p, stage, p["real_epochs"], init=init,
-                               seed=seed, device=device, progress=progress)
+                               seed=seed, device=device, progress=progress,
+                               data_id=hashlib.sha256(start.encode()).hexdigest())
         save_weights(net, out, metadata={_RECORD_KEY: json.dumps(record)})
         _drop_checkpoint(stage)
         rows.append({"pretraining": name, "seed": seed, "model": str(out)})

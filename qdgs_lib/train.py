@@ -205,6 +205,8 @@ class RecognitionTrainer:
     by later trainers in the same process); results differ from eager by float rounding.
     Multi-GPU: launch with ``torchrun --nproc_per_node=N``; the trainer then wraps backbone
     and margin head in DistributedDataParallel and shards each epoch's permutation by rank.
+    ``data_id``: anything naming the data's content (e.g. a digest); a checkpoint resumes only
+    with the same one (by default only the numbers of samples and identities must match).
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, data: Dataset, outdir,
@@ -212,7 +214,7 @@ class RecognitionTrainer:
                  device: str | torch.device = "auto", augment: bool = True,
                  progress: bool = True, num_workers: int = 0,
                  channels_last: bool | None = None, precision: str = "auto",
-                 compile: bool = False):
+                 compile: bool = False, data_id: str | None = None):
         from pathlib import Path
 
         from .utils import resolve_device
@@ -243,7 +245,7 @@ class RecognitionTrainer:
                          "batch_size": int(batch_size), "seed": int(seed),
                          "augment": bool(augment), "samples": len(data),
                          "identities": None if classes is None else int(classes),
-                         "processes": self.world}
+                         "processes": self.world, "data_id": data_id}
         self.num_workers = num_workers
         self.opt = sgd_no_bn_decay([self.backbone, self.head], lr)
         self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, list(milestones), 0.1)
@@ -317,8 +319,9 @@ class RecognitionTrainer:
         if st is None:
             return False
         theirs = st.get("settings")  # (checkpoints before 2026-11-26 have none)
-        if theirs is not None:  # (before 2026-11-27 no process count: single-process runs)
-            theirs = {"processes": 1, **theirs}
+        if theirs is not None:  # (before 2026-11-27 no process count: single-process runs;
+            # before 2026-11-28 no data id: unknown, so not held against this one's)
+            theirs = {"processes": 1, "data_id": self.settings["data_id"], **theirs}
         if theirs is not None and theirs != self.settings:
             differ = {k: (theirs.get(k), v) for k, v in self.settings.items()
                       if theirs.get(k) != v}

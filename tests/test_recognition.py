@@ -362,13 +362,23 @@ def test_resume_refuses_other_settings_and_a_fresh_start_starts_a_fresh_log(tmp_
     make_trainer(tmp_path).run(1)
     x, y = tiny_task()
     other_data = TensorFaces(x[:24], y[:24])  # 3 identities instead of 4
-    for kwargs in ({"lr": 0.5}, {"seed": 7}, {"data": other_data}):
+    # (a same-size set of other images: only a data_id tells it apart)
+    for kwargs in ({"lr": 0.5}, {"seed": 7}, {"data": other_data}, {"data_id": "other"}):
         args = {"data": TensorFaces(x, y), "lr": 0.05, "seed": 0, **kwargs}
         tr = RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), args.pop("data"),
                                 tmp_path, milestones=(3,), batch_size=16, progress=False,
                                 **args)
         with pytest.raises(ValueError, match="other settings or data"):
             tr.run(2)
+    # a checkpoint written before data ids were recorded resumes whatever the id (unknown)
+    st = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del st["settings"]["data_id"]
+    torch.save(st, tmp_path / "checkpoint.pt")
+    assert make_trainer(tmp_path).load()
+    tr = RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), TensorFaces(x, y),
+                            tmp_path, lr=0.05, milestones=(3,), batch_size=16, progress=False,
+                            data_id="some digest")
+    assert tr.load()
     # the advice: delete the checkpoints; the rerun's log then holds this run's epochs only
     for f in tmp_path.glob("checkpoint*.pt"):
         f.unlink()
