@@ -32,7 +32,7 @@ reproduce: setup
 # blocks a resume check.
 test: setup
 	rm -rf runs/*/smoke runs/*/paper-mini
-	QDGS_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider -rs
+	QDGS_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 # The archive explorer in a real browser: JupyterLab from the venv, notebook 02 (smoke) run in
 # headless Chromium (Debian's package, installed here if missing), an archive cell selected;
@@ -47,7 +47,7 @@ test-ui: setup
 # paper-mini notebooks: the one command to run on a GPU machine.
 test-devices: setup
 	rm -rf runs/*/paper-mini
-	$(PY) -m pytest tests/test_devices.py tests/test_paper_mini.py -p no:cacheprovider -rs
+	$(PY) -m pytest tests/test_devices.py tests/test_paper_mini.py -p no:cacheprovider
 
 # The paper path on random-weight assets in the real formats (a plumbing check, not a result):
 # writes the assets to runs/paper-mini/data, then runs the four notebooks on them.

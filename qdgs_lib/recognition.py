@@ -146,7 +146,7 @@ def pretrain_protocol(p: dict[str, Any], synthetic: dict[str, Path], run_dir, se
             for name, path in synthetic.items()}
     digests = {name: _data_digest(d) for name, d in data.items()}
     rows, real = [], {}
-    jobs = [(seed, name) for seed in seeds for name in ("none", *synthetic)]
+    jobs = [(int(seed), name) for seed in seeds for name in ("none", *synthetic)]
     for seed, name in tqdm(jobs, desc="pretrain -> train", disable=not progress):
         out = models / f"{name}_seed{seed}.safetensors"
         pre = models / f"{name}_seed{seed}.pretrained.safetensors"

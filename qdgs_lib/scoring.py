@@ -10,7 +10,9 @@ Conventions (following the paper's released code, sign of measures flipped for r
                  + w_unique * (1 - min_j angdist(e, memory_j))
   and objective = softplus_beta(100 - 50 * loss) with beta = 0.1, i.e.
   10 * log(1 + exp((100 - 50 * loss) / 10)): the released code's 100 - 50 * loss above ~30,
-  with a soft floor at 0 so pyribs' ``threshold_min=0`` never rejects a solution.
+  with a soft floor at 0 where that goes negative (pyribs' ``threshold_min=0`` rejects a
+  negative objective outright). It reaches 0 itself only by float32 underflow (loss >~ 22,
+  far from the prior under the latent-norm penalty); such solutions are not added.
 
 The released code ran one generator+CLIP forward and backward per output (objective, then each
 measure). Here one forward pass serves all of them and the 1 + m vector-jacobian products run
@@ -65,6 +67,12 @@ def _as_tokenized(p: Prompt) -> frozenset[str]:
     """A prompt's alternatives as CLIP's tokenizer sees them (lower case, single spaces):
     "A cat" and "a  cat" are one prompt."""
     return frozenset(" ".join(a.lower().split()) for a in _alternatives(p))
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """An allocation failure, whatever the device reports it as."""
+    text = str(e).lower()
+    return "out of memory" in text or "can't allocate memory" in text
 
 
 @dataclass
@@ -463,7 +471,9 @@ class PromptScorer:
 
     def measures_of_images(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """Measures (N, m) of images (N, 3, H, W) in [0, 1] that need not come from the
-        generator (e.g. renders with known attributes, to check the CLIP)."""
+        generator (e.g. renders with known attributes, to check the CLIP). With random
+        cutouts the same images and ``batch_size`` give the same measures on every call (a
+        cutout's crop is drawn per batch, so another ``batch_size`` gives other crops)."""
         check_batch_size(batch_size)
         out = [torch.zeros(0, self.num_measures)]
         # random cutouts seeded from the scorer's seed, the same for each call (not the
@@ -508,7 +518,8 @@ class PromptScorer:
             except torch.OutOfMemoryError:
                 raise  # the device is full: not a missing vmap rule
             except RuntimeError as e:
-                if self.jacobian_mode != "auto":
+                # (a CPU's out-of-memory is a plain RuntimeError)
+                if self.jacobian_mode != "auto" or _out_of_memory(e):
                     raise
                 # an op without a vmap rule: loop from now on (the same rule each run)
                 warnings.warn(f"jacobian mode {mode!r} failed on these networks "

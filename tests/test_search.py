@@ -313,8 +313,6 @@ def test_measures_of_images_draw_their_cutouts_from_a_seed_of_the_scorer():
     state, stream = torch.get_rng_state(), sc._call_rng.bit_generator.state
     first = sc.measures_of_images(images)
     np.testing.assert_array_equal(sc.measures_of_images(images), first)
-    # in other batches: the same draws (up to the matmuls' rounding at another batch size)
-    np.testing.assert_allclose(sc.measures_of_images(images, batch_size=2), first, atol=1e-6)
     assert torch.equal(torch.get_rng_state(), state)
     assert sc._call_rng.bit_generator.state == stream
     other = PromptScorer(ToyGenerator(prior_std=0.05), NoisyClip(), ("good", "bad"),
