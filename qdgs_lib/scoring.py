@@ -70,9 +70,11 @@ def _as_tokenized(p: Prompt) -> frozenset[str]:
 
 
 def _out_of_memory(e: BaseException) -> bool:
-    """An allocation failure, whatever the device reports it as."""
+    """An allocation failure, whatever the device reports it as (a CPU's is a plain
+    RuntimeError)."""
     text = str(e).lower()
-    return "out of memory" in text or "can't allocate memory" in text
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text \
+        or "can't allocate memory" in text
 
 
 @dataclass
@@ -515,10 +517,8 @@ class PromptScorer:
         if mode != "loop":
             try:
                 return self._batched_jacobian(z) if mode == "batched" else self._func_jacobian(z)
-            except torch.OutOfMemoryError:
-                raise  # the device is full: not a missing vmap rule
-            except RuntimeError as e:
-                # (a CPU's out-of-memory is a plain RuntimeError)
+            except RuntimeError as e:  # (torch.OutOfMemoryError included)
+                # a full device is not a missing vmap rule
                 if self.jacobian_mode != "auto" or _out_of_memory(e):
                     raise
                 # an op without a vmap rule: loop from now on (the same rule each run)
