@@ -17,7 +17,7 @@ import torch
 from ribs.archives import GridArchive
 from ribs.visualize import grid_archive_heatmap
 
-from .utils import atomic_path
+from .utils import atomic_path, atomic_write_csv
 
 _WATERMARK: str | None = None
 _FOOTER: str | None = None
@@ -70,12 +70,9 @@ def savefig(fig: plt.Figure, path: str | Path, pdf: bool = True) -> list[Path]:
 
 
 def save_table(table: pd.DataFrame, path: str | Path, **to_csv: Any) -> Path:
-    """Write a figure's numbers as CSV (``to_csv``: pandas' options), atomically: a run cut
-    off mid-write leaves the previous table, not half of a new one."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, **to_csv)
-    return relative(path)
+    """Write a figure's numbers as CSV (``to_csv``: pandas' options), atomically
+    (:func:`~qdgs_lib.utils.atomic_write_csv`)."""
+    return relative(atomic_write_csv(table, path, **to_csv))
 
 
 def relative(path: Path) -> Path:

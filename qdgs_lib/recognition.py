@@ -30,7 +30,7 @@ from .sampling import read_identity_dataset
 from .train import RecognitionTrainer, adaface_input
 from .utils import (
     BadFileError,
-    atomic_path,
+    atomic_write_csv,
     reading,
     resize_square,
     resolve_device,
@@ -190,9 +190,7 @@ def save_models_table(models: pd.DataFrame, path: str | Path) -> Path:
     table = models.copy()
     table["model"] = [os.path.relpath(Path(m).resolve(), path.parent.resolve())
                       for m in table["model"]]
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, index=False)
-    return path
+    return atomic_write_csv(table, path, index=False)
 
 
 def read_models_table(path: str | Path) -> pd.DataFrame:

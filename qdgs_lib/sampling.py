@@ -254,7 +254,7 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
     import hashlib
     import json
 
-    from .utils import atomic_path, atomic_write_text
+    from .utils import atomic_path, atomic_write_csv, atomic_write_text
 
     outdir = Path(outdir)
     latents = np.asarray(latents, dtype=np.float32)
@@ -328,12 +328,10 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
             if columns is not None:  # column by column: an int column stays int
                 row.update({c: v[sol] for c, v in columns.items()})
             rows.append(row)
-        with atomic_path(part) as tmp:
-            pd.DataFrame(rows).to_csv(tmp, index=False)
+        atomic_write_csv(pd.DataFrame(rows), part, index=False)
     refuse_nonfinite(sorted(diverged), "solution")
-    with atomic_path(outdir / "manifest.csv") as tmp:
-        pd.concat([pd.read_csv(parts / f"{int(i)}.csv") for i in idents],
-                  ignore_index=True).to_csv(tmp, index=False)
+    atomic_write_csv(pd.concat([pd.read_csv(parts / f"{int(i)}.csv") for i in idents],
+                               ignore_index=True), outdir / "manifest.csv", index=False)
     shutil.rmtree(parts)
     return outdir
 

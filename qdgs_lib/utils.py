@@ -207,6 +207,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_write_csv(table: Any, path: str | os.PathLike, **to_csv: Any) -> Path:
+    """A DataFrame as CSV (``to_csv``: pandas' options), atomically: a write cut off leaves
+    the previous file, not half of a new one."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, **to_csv)
+    return path
+
+
 def versions(device: str | torch.device | None = None) -> dict[str, str]:
     """Versions of the packages that decide a result, and the name of ``device`` (default:
     the current GPU, else "cpu")."""
