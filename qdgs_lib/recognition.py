@@ -36,6 +36,7 @@ from .utils import (
     resolve_device,
     save_weights,
     seed_everything,
+    tensor_digest,
 )
 
 
@@ -144,7 +145,8 @@ def pretrain_protocol(p: dict[str, Any], synthetic: dict[str, Path], run_dir, se
     models.mkdir(parents=True, exist_ok=True)
     data = {name: TensorFaces(*read_identity_dataset(path)[:2])
             for name, path in synthetic.items()}
-    digests = {name: _data_digest(d) for name, d in data.items()}
+    # each set's sha256 as loaded: a rewritten set gives its models another record
+    digests = {name: tensor_digest(d.images, d.labels) for name, d in data.items()}
     rows, real = [], {}
     jobs = [(int(seed), name) for seed in seeds for name in ("none", *synthetic)]
     for seed, name in tqdm(jobs, desc="pretrain -> train", disable=not progress):
@@ -226,14 +228,6 @@ def _real_data_record(p: dict[str, Any], seed: int) -> dict:
             "seed": 1000 + seed}  # the toy world renders it from these alone
 
 
-def _data_digest(data: TensorFaces) -> str:
-    """sha256 of a synthetic set's labels and images as loaded (a rewritten set differs)."""
-    h = hashlib.sha256(data.labels.numpy().tobytes())
-    for chunk in data.images.split(1024):
-        h.update(chunk.contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def _finished(path: Path, record: dict) -> bool:
     """Whether ``path`` holds this stage's result; refuse one trained with something else."""
     if not path.exists():
@@ -241,7 +235,7 @@ def _finished(path: Path, record: dict) -> bool:
     with safe_open(str(path), "pt") as f:
         stored = (f.metadata() or {}).get(_RECORD_KEY)
     if stored is None:
-        warnings.warn(f"{path} has no training record (saved before 2026-11-28): reused "
+        warnings.warn(f"{path} has no training record (saved by an older qdgs): reused "
                       "unchecked; delete it to train it again with the current settings",
                       stacklevel=3)
         return True

@@ -6,7 +6,6 @@ measure -> fine-tune a classifier trained on color-biased shapes -> balanced acc
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from .utils import (
     reading,
     resolve_device,
     seed_everything,
+    tensor_digest,
 )
 
 
@@ -126,8 +126,8 @@ def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress:
             for name in synthetic for seed in p["seeds"]}
     key = json.loads(json.dumps({  # (as it reads back: tuples as lists)
         "profile": {k: p[k] for k in PROTOCOL_KEYS}, "device": device.type,
-        "sets": {f"{name} seed {seed}": _set_digest(data) for (name, seed), data in
-                 sets.items()}}))
+        "sets": {f"{name} seed {seed}": tensor_digest(data["images"], data["labels"])
+                 for (name, seed), data in sets.items()}}))
     rows = _resume_rows(checkpoint, key)
     done = {(r["bias"], r["seed"]) for r in rows}
     test = ShapesDataset(p["n_test"], None, p["image_size"], seed=10_000)
@@ -163,14 +163,6 @@ def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress:
                     Path(tmp).write_text(json.dumps({"key": key, "rows": rows}, indent=1,
                                                     default=float))
     return pd.DataFrame(rows)
-
-
-def _set_digest(data: dict) -> str:
-    h = hashlib.sha256()
-    for t in (data["images"], torch.as_tensor(data["labels"])):
-        h.update(str((t.dtype, tuple(t.shape))).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _resume_rows(checkpoint: str | Path | None, key: dict) -> list[dict]:

@@ -324,6 +324,21 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def tensor_digest(*tensors: torch.Tensor, chunk: int = 1024) -> str:
+    """sha256 of tensors' dtypes, shapes and values (C order), read ``chunk`` rows at a time so
+    a large image set is never copied whole: the same data gives the same digest whatever its
+    memory layout or device."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = torch.as_tensor(t).detach()
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        for part in (t.split(chunk) if t.dim() else [t]):
+            part = part.cpu().contiguous()
+            h.update((part.view(torch.int16) if part.dtype == torch.bfloat16 else part)
+                     .numpy().tobytes())  # (numpy has no bfloat16)
+    return h.hexdigest()
+
+
 def write_weights_record(path: str | os.PathLike, config: dict, **fields: Any) -> None:
     """The ``.json`` beside a weights file the project trains: its ``config``, ``fields``
     (losses, checks), package versions and the sha256 that :func:`check_recorded_sha256`

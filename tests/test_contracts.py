@@ -24,7 +24,7 @@ from qdgs_lib.profiles import get_profile
 from qdgs_lib.sampling import cluster_identities, read_identity_dataset, write_identity_dataset
 from qdgs_lib.search import solutions
 from qdgs_lib.train import RecognitionTrainer, adaface_input, face_augment
-from qdgs_lib.utils import atomic_dir
+from qdgs_lib.utils import atomic_dir, tensor_digest
 
 
 # --- train.py ---------------------------------------------------------------------------------
@@ -564,3 +564,19 @@ def test_atomic_dir_restores_the_old_folder_when_the_final_rename_fails(tmp_path
             (tmp / "new.txt").write_text("new")
     assert sorted(p.name for p in d.iterdir()) == ["old.txt"]
     assert (d / "old.txt").read_text() == "old"
+
+
+def test_tensor_digest_is_the_data_not_its_layout_nor_its_chunking():
+    """Catches a digest that misses a changed value, dtype or shape, or that depends on the
+    memory layout (images read from HWC files are channels_last) or on the chunk size."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(5, 3, 4, 4, generator=g), torch.arange(5)
+    d = tensor_digest(x, y)
+    assert d == tensor_digest(x.contiguous(memory_format=torch.channels_last), y)
+    assert d == tensor_digest(x, y, chunk=2) == tensor_digest(x, y.tolist())
+    changed = x.clone()
+    changed[4, 2, 3, 3] += 1e-6
+    others = [tensor_digest(changed, y), tensor_digest(x.double(), y),
+              tensor_digest(x.reshape(5, 3, 16), y), tensor_digest(x, y.flip(0)),
+              tensor_digest(x[:4], y[:4]), tensor_digest(x.bfloat16(), y)]
+    assert len({d, *others}) == 1 + len(others)
