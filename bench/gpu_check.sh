@@ -31,11 +31,12 @@
 #   python3 bench/run.py --only iteration_candidates   -> iteration_candidates_gpu.csv
 #   python3 bench/run.py --only iteration_candidates --candidates cudnn_benchmark
 #                                          -> iteration_candidates_cudnn_benchmark_gpu.csv
-# --pending, alone (sized for one 10-minute call on a lent machine; the most telling first):
-# the candidate rows that decide issue 14's 15 ms goal and have never run on a GPU in their
-# current form (fp32 baseline, func compiled with and without TF32 matmuls, deterministic
-# kernels), the two CUDA tests never run on a GPU (compiled static calls, bitwise-reproducible
-# deterministic searches), then bench/compile_check.py (where a compiled row fails).
+# --pending, alone (sized for one 10-minute call on a lent machine, each step with its own
+# time limit): the candidate rows that decide issue 14's 15 ms goal and have never run on a
+# GPU in their current form (deterministic kernels, then func compiled with and without TF32
+# matmuls, each next to an fp32 baseline row of the same process), the two CUDA tests never
+# run on a GPU (compiled static calls, bitwise-reproducible deterministic searches), then
+# bench/compile_check.py (where a compiled row fails).
 # Random weights throughout: throughput depends on the architecture, not on the values.
 # Every row names its source: the `device`, `torch`, `cuda`, `malloc` and `run` columns
 # (`run`: $QDGS_BENCH_RUN, by default this script's start in UTC); the log says which
@@ -82,11 +83,18 @@ step() {  # step NAME COMMAND...: run, time, remember failures, go on
 }
 
 if [ "$pending" = 1 ]; then
-    step "pending candidates" $PY bench/run.py --only iteration_candidates --candidates \
-        baseline func+compile func+compile+tf32_matmul deterministic
-    step "pending CUDA tests" $PY -m pytest tests/test_devices.py -p no:cacheprovider -q -rs \
+    # each step under its own time limit (one 10-minute call in all; rows are written as
+    # they finish), the cheap rows first. Deterministic kernels run in processes that set
+    # cuBLAS's workspace before their first matmul (older torch checks it then); each process
+    # times its own baseline row, so every row is compared under the same settings
+    step "pending rows" timeout 150 env CUBLAS_WORKSPACE_CONFIG=:4096:8 $PY bench/run.py \
+        --only iteration_candidates --candidates baseline deterministic
+    step "pending compiled rows" timeout 240 $PY bench/run.py --only iteration_candidates \
+        --candidates baseline func+compile func+compile+tf32_matmul
+    step "pending CUDA tests" timeout 120 env CUBLAS_WORKSPACE_CONFIG=:4096:8 $PY -m pytest \
+        tests/test_devices.py -p no:cacheprovider -q -rs -rP \
         -k "compiled_static_calls_match_eager or deterministic_searches_reproduce"
-    step "compile check" $PY bench/compile_check.py
+    step "compile check" timeout 60 $PY bench/compile_check.py
     [ -z "$failed" ] || { echo "FAILED:$failed"; exit 1; }
     echo "all pending GPU checks ran; results in $RESULTS"
     exit 0

@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .paths import (
+    STYLEGAN2_FFHQ_URL,
     benchmarks_dir,
+    in_data_dir,
+    misplaced_recordio,
+    nested_recordio,
     pretrained_dir,
     real_dataset_path,
     shipped_weights_fix,
@@ -30,17 +34,19 @@ PLUMBING_HINT = ("random-weight stand-in: write all of them with `python -m qdgs
 
 WHERE = {
     "stylegan": "NVIDIA's StyleGAN2 FFHQ 256x256 network pickle `stylegan2-ffhq-256x256.pkl` "
-                "(NGC catalog: nvidia/research/stylegan3, 'StyleGAN2 pretrained models'; "
-                "non-commercial licence; never commit it)",
+                "(NGC model nvidia/research/stylegan2, version 1: "
+                f"{STYLEGAN2_FFHQ_URL}; non-commercial licence; never commit it)",
     "clip": "the OpenAI ViT-B/32 weights: Hugging Face repo timm/vit_base_patch32_clip_224.openai, "
             "file open_clip_model.safetensors, put at data/pretrained/open_clip_model.safetensors "
             "(or OpenAI's original ViT-B-32.pt, put at data/pretrained/ViT-B-32.pt)",
     "bin": "InsightFace's validation files (inside faces_webface_112x112.zip / faces_emore.zip "
            "from the InsightFace dataset zoo, or AdaFace's validation set release)",
     "rfw": "RFW (Racial Faces in-the-Wild), on request from its authors; unpack so that "
-           "rfw/test/data/<Race>/ and rfw/test/txts/<Race>/<Race>_pairs.txt exist",
+           "rfw/test/data/<Race>/ and rfw/test/txts/<Race>/<Race>_pairs.txt (+ _lmk.txt: the "
+           "photos are aligned with its landmarks) exist",
     "train": "an aligned 112x112 training set: InsightFace's train.rec + train.idx (e.g. "
-             "faces_webface_112x112 = CASIA-WebFace, the released code's data) or "
+             "faces_webface_112x112 = CASIA-WebFace, the released code's data; its files "
+             "straight in this folder) or "
              "<identity>/<image>.jpg folders",
 }
 
@@ -59,12 +65,17 @@ class Asset:
             rec = self.path if self.path.suffix == ".rec" else self.path / "train.rec"
             if rec.is_file() or self.path.suffix == ".rec":
                 return rec.is_file() and rec.with_suffix(".idx").is_file()
-            return self.path.is_dir() and any(d.is_dir() for d in self.path.iterdir())
+            return self.problem() is None and self.path.is_dir() and any(
+                d.is_dir() for d in self.path.iterdir())
         return self.path.is_dir()
 
     def problem(self) -> str | None:
         """Why a file that exists cannot be the weights asked for (empty, or not in the
-        format its suffix names: an interrupted download, an HTML error page), else None."""
+        format its suffix names: an interrupted download, an HTML error page), else None; for a
+        training set, RecordIO files one folder too deep."""
+        if self.kind == "trainset":
+            nested = nested_recordio(self.path)
+            return None if nested is None else misplaced_recordio(self.path, nested)
         if self.kind != "file" or not self.path.is_file():
             return None
         with open(self.path, "rb") as f:
@@ -91,7 +102,7 @@ def _clip_asset(p: dict[str, Any]) -> Asset:
 
     name = p["clip"]
     if p["clip_weights"]:
-        return Asset(Path(p["clip_weights"]), f"CLIP {name} weights", "the file you named")
+        return Asset(in_data_dir(p["clip_weights"]), f"CLIP {name} weights", "the file you named")
     if name in OWN_MODELS:
         return Asset(weights_dir() / OWN_MODELS[name], f"the project's CLIP {name}",
                      shipped_weights_fix(OWN_MODELS[name], OWN_MODELS_REBUILD[name]))
@@ -128,7 +139,7 @@ def required_assets(profile: str | None, section: str, part: str | None = None,
                 _clip_asset(p)]
     elif section == "faces":
         if p["world"] == "ffhq":
-            path = Path(p["stylegan_weights"]) if p["stylegan_weights"] else \
+            path = in_data_dir(p["stylegan_weights"]) if p["stylegan_weights"] else \
                 pretrained_dir() / "stylegan2-ffhq-256x256.pkl"
             out.append(Asset(path, "StyleGAN2-FFHQ-256", WHERE["stylegan"]))
         out.append(_clip_asset(p))
@@ -184,7 +195,8 @@ def fingerprint(path: Path, max_bytes: int = 2 << 30) -> dict[str, Any]:
 def _lines(assets: list[Asset]) -> str:
     def why(a):
         bad = a.problem()
-        return f" [present but unusable: {bad}; replace it]" if bad else ""
+        fix = "" if a.kind == "trainset" else "; replace it"
+        return f" [present but unusable: {bad}{fix}]" if bad else ""
 
     return "\n".join(f"  - {a.path}  ({a.what}){why(a)}: {a.where}" for a in assets)
 

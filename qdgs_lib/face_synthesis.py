@@ -19,6 +19,7 @@ from .generators.base import Generator
 from .generators.stylegan2 import StyleGAN2Generator
 from .generators.stylegan2_legacy import load_stylegan2
 from .measures import dataset_bins, index, ranges_from_samples
+from .paths import in_data_dir
 from .sampling import assign_bins, cluster_identities, solution_columns, write_identity_dataset
 from .scoring import PromptScorer, scorer_for_profile
 from .search import measures, solutions
@@ -30,7 +31,7 @@ def build_generator(p: dict[str, Any], device: str | torch.device = "auto") -> G
     if p["world"] == "toy":
         return toy_faces.ToyFaces().to(device)
     if p["world"] == "ffhq":
-        return StyleGAN2Generator(load_stylegan2(p["stylegan_weights"], device))
+        return StyleGAN2Generator(load_stylegan2(in_data_dir(p["stylegan_weights"]), device))
     raise ValueError(f"unknown world {p['world']!r}: 'toy' or 'ffhq'")
 
 

@@ -7,6 +7,9 @@ import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # the clone, when the package runs from one
+# NVIDIA's StyleGAN2-FFHQ-256 network pickle (NGC model nvidia/research/stylegan2, version 1)
+STYLEGAN2_FFHQ_URL = ("https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/"
+                      "versions/1/files/stylegan2-ffhq-256x256.pkl")
 
 
 def in_source_tree() -> bool:
@@ -36,6 +39,11 @@ def weights_dir() -> Path:
 def shipped_weights_fix(filename: str, rebuild: str) -> str:
     """What to do when the project's own weights file ``filename`` is missing or altered;
     ``rebuild`` is the script (with arguments) that trains it."""
+    clone_weights = REPO_ROOT / "data" / "weights"
+    if in_source_tree() and weights_dir().resolve() != clone_weights.resolve():
+        return (f"QDGS_DATA_DIR moves the project's own weights too: link the clone's into it "
+                f"(`ln -s {clone_weights} {weights_dir()}`) or copy data/weights/{filename} "
+                f"there.")
     if in_source_tree():
         return (f"Restore the shipped file (`git checkout data/weights/{filename}`) or rebuild "
                 f"it with `python scripts/{rebuild}`.")
@@ -74,7 +82,29 @@ def notebook_dirs(notebook: str, profile: str) -> tuple[Path, Path]:
     return fig, run
 
 
+def in_data_dir(path: str | os.PathLike | None) -> Path | None:
+    """A path a profile names (``real_dataset``, ``stylegan_weights``, ``clip_weights``):
+    relative ones are under the data folder, whatever the working directory (papermill and
+    JupyterLab run the notebooks in ``notebooks/``)."""
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else data_dir() / path
+
+
 def real_dataset_path(p: dict) -> Path:
     """A recognition section's ``real_dataset``; relative paths are under the data folder."""
-    root = Path(p["real_dataset"])
-    return root if root.is_absolute() else data_dir() / root
+    return in_data_dir(p["real_dataset"])
+
+
+def nested_recordio(path: Path) -> Path | None:
+    """A subfolder of ``path`` holding ``train.rec`` (an InsightFace zip unpacked into
+    ``path`` keeps its top folder, e.g. ``faces_webface_112x112/``), if ``path`` has none."""
+    if not path.is_dir() or (path / "train.rec").is_file():
+        return None
+    return next((d for d in sorted(path.iterdir()) if (d / "train.rec").is_file()), None)
+
+
+def misplaced_recordio(path: Path, nested: Path) -> str:
+    return (f"{path} holds no train.rec, but {nested} does (the zip's top folder): move its "
+            f"files up (`mv {nested}/* {path}/`), or set real_dataset to {nested}")

@@ -46,6 +46,7 @@ _SHAPES_BASE: dict[str, Any] = {
     "objective": SHAPES_OBJECTIVE,
     "measures": SHAPES_MEASURES,
     "clip": "qdgs-shapes-clip",
+    # None: the default file for `clip`; else a weights file (relative paths: under data/)
     "clip_weights": None,
     # prompt gap, latent norm, uniqueness. The paper used (1, 0, 0) for shapes; without the
     # latent-norm penalty 87-98% of the elites left the VAE's prior (first VAE: median norm
@@ -80,7 +81,9 @@ _FACES_BASE: dict[str, Any] = {
     "objective_weights": (1.0, 0.5, 0.2),  # prompt gap, latent norm, uniqueness (the paper)
     "world": "toy",
     "clip": "qdgs-faces-clip",
-    "clip_weights": None,
+    "clip_weights": None,  # as in the shapes section
+    # None: data/pretrained/stylegan2-ffhq-256x256.pkl; else NVIDIA's network pickle or our
+    # .safetensors from save_stylegan2 (relative paths: under data/)
     "stylegan_weights": None,
     "cutouts": 0,
     "tf32_matmul": False,

@@ -52,7 +52,10 @@ def train_recognizer(data: Dataset, p: dict[str, Any], outdir, epochs: int,
         backbone.load_state_dict(init)
     size = backbone.input_size
     if isinstance(data, TensorFaces):
-        data = TensorFaces(resize_square(data.images, size), data.labels)
+        if data.images.shape[-2:] != (size, size):  # (uint8 sets stay uint8 where they fit)
+            x = data.images
+            data = TensorFaces(resize_square(x.float() / 255 if x.dtype == torch.uint8 else x,
+                                             size), data.labels)
         workers = 0  # already in memory
     else:
         if getattr(data, "image_size", size) != size:
@@ -143,7 +146,8 @@ def pretrain_protocol(p: dict[str, Any], synthetic: dict[str, Path], run_dir, se
     run_dir = Path(run_dir)
     models = run_dir / "models"
     models.mkdir(parents=True, exist_ok=True)
-    data = {name: TensorFaces(*read_identity_dataset(path)[:2])
+    # uint8 in memory (a quarter of float32's); the trainer scales each batch to [0, 1]
+    data = {name: TensorFaces(*read_identity_dataset(path, torch.uint8)[:2])
             for name, path in synthetic.items()}
     # each set's sha256 as loaded: a rewritten set gives its models another record
     digests = {name: tensor_digest(d.images, d.labels) for name, d in data.items()}

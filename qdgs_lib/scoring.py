@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from .clip import Clip, create_clip
 from .generators.base import Generator
 from .measures import prompts
+from .paths import in_data_dir
 from .utils import at_least_fp32, check_batch_size, check_unit_images, compile_available
 
 Prompt = str | Sequence[str]
@@ -792,7 +793,7 @@ def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> P
     ``generator`` with its objective prompts, measures and ``objective_weights``."""
     if p.get("deterministic") and torch.device(device).type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before any matmul
-    clip = create_clip(p["clip"], weights=p["clip_weights"], device=device,
+    clip = create_clip(p["clip"], weights=in_data_dir(p["clip_weights"]), device=device,
                        num_cutouts=p["cutouts"])
     scorer = PromptScorer(generator, clip, p["objective"], prompts(p),
                           weights=p["objective_weights"])

@@ -706,3 +706,23 @@ def test_metadata_cannot_make_the_loader_build_a_huge_network(tmp_path):
     with pytest.raises(BadFileError, match="is no StyleGAN2"):   # a million modules, no
         load_stylegan2(tmp_path / "deep.safetensors", device="cpu")
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 400_000   # KiB
+
+
+def test_a_training_set_unpacked_with_its_zip_folder_says_to_move_it_up(tmp_path):
+    """InsightFace's zips keep their top folder: train/faces_webface_112x112/train.rec must
+    be reported as misplaced (not as present, nor as 'no identity folders')."""
+    from qdgs_lib.assets import Asset
+    from qdgs_lib.data.identities import open_training_set
+
+    nested = tmp_path / "train" / "faces_webface_112x112"
+    nested.mkdir(parents=True)
+    for name in ("train.rec", "train.idx"):
+        (nested / name).write_bytes(b"x")
+    asset = Asset(tmp_path / "train", "real face training set", "where", "trainset")
+    assert not asset.present()
+    assert f"mv {nested}/* {tmp_path / 'train'}/" in asset.problem()
+    with pytest.raises(FileNotFoundError, match="move its files up"):
+        open_training_set(tmp_path / "train")
+    for name in ("train.rec", "train.idx"):
+        (nested / name).rename(tmp_path / "train" / name)
+    assert asset.present() and asset.problem() is None

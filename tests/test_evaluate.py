@@ -216,3 +216,52 @@ def test_paper_layout_table_with_reference(tmp_path):
     assert np.isnan(both.loc[("reference", "qdgs"), "rfw_african"])
     assert both.loc[("ours", "qdgs"), "lfw"] == pytest.approx(0.905)
     assert paper_layout_table(results[results.benchmark == "toy"]).empty
+
+
+def test_rfw_photos_are_aligned_with_their_landmarks(tmp_path):
+    """The RFW release's photos are not aligned: with <Race>_lmk.txt each face is warped to
+    the ArcFace 112x112 template (resizing the whole photo would give wrong accuracies
+    without any error); landmarks that cannot be the photo's are refused."""
+    from PIL import Image
+
+    from qdgs_lib.align import ARCFACE_TEMPLATE
+    from qdgs_lib.utils import BadFileError
+
+    yy, xx = np.mgrid[0:112, 0:112] / 111.0
+    aligned = np.stack([xx, yy, np.exp(-((xx - 0.5) ** 2 + (yy - 0.6) ** 2) / 0.02)], -1)
+    aligned = (aligned * 255).round().astype(np.uint8)
+    # the photo: the aligned face at 1.5x, 20 px from the left, 30 px from the top
+    photo = Image.new("RGB", (220, 240))
+    photo.paste(Image.fromarray(aligned).resize((168, 168), Image.BILINEAR), (20, 30))
+    pts = ARCFACE_TEMPLATE * 1.5 + [20.25, 30.25]  # (pixel centres: +0.25 at 1.5x)
+    race, ident = "Asian", "m.01"
+    d = tmp_path / "test" / "data" / race / ident
+    d.mkdir(parents=True)
+    for n in (1, 2):
+        photo.save(d / f"{ident}_{n:04d}.jpg", quality=98)
+    t = tmp_path / "test" / "txts" / race
+    t.mkdir(parents=True)
+    (t / f"{race}_pairs.txt").write_text("m.01 1 2\n")
+    want = torch.from_numpy(aligned).permute(2, 0, 1).float() / 255
+    resized = read_rfw(tmp_path, races=[race]).images[0]  # no landmarks: resized as it is
+    assert (resized - want).abs().mean() > 0.1
+    lines = [f"/test/data/{race}/{ident}/{ident}_{n:04d}.jpg 5 " + " ".join(
+        f"{v:.3f}" for v in pts.ravel()) for n in (1, 2)]
+    (t / f"{race}_lmk.txt").write_text("\n".join(lines) + "\n")
+    got = read_rfw(tmp_path, races=[race])
+    assert got.images.shape == (2, 3, 112, 112)
+    err = (got.images[0] - want).abs().mean()
+    print(f"aligned: {err:.4f}, resized: {(resized - want).abs().mean():.4f}")
+    assert err < 0.02
+    (t / f"{race}_lmk.txt").write_text(lines[0] + "\n")
+    with pytest.raises(BadFileError, match="m.01_0002.jpg has no landmarks"):
+        read_rfw(tmp_path, races=[race])
+    far = pts * 3  # another photo's coordinates (e.g. the photos were already cropped)
+    (t / f"{race}_lmk.txt").write_text("\n".join(
+        f"/test/data/{race}/{ident}/{ident}_{n:04d}.jpg 5 " + " ".join(map(str, far.ravel()))
+        for n in (1, 2)))
+    with pytest.raises(BadFileError, match="outside the 220x240 image"):
+        read_rfw(tmp_path, races=[race])
+    (t / f"{race}_lmk.txt").write_text(f"/test/data/{race}/{ident}/{ident}_0001.jpg 5 1 2\n")
+    with pytest.raises(BadFileError, match="x1 y1 ... x5 y5"):
+        read_rfw(tmp_path, races=[race])

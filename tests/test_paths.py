@@ -67,9 +67,43 @@ def test_an_installed_package_works_in_the_working_directory(tmp_path):
     assert got["error"] is None, got["error"]
 
 
-def test_missing_weights_in_a_clone_say_git_checkout(tmp_path, monkeypatch):
+def test_missing_weights_in_a_clone_say_git_checkout(monkeypatch):
+    from qdgs_lib.generators import shapes_vae
+
+    monkeypatch.delenv("QDGS_DATA_DIR", raising=False)
+    monkeypatch.delenv("QDGS_ROOT", raising=False)
+    monkeypatch.setattr(shapes_vae, "WEIGHTS_FILE", "gone.safetensors")
+    with pytest.raises(FileNotFoundError, match="git checkout data/weights/gone.safetensors"):
+        shapes_vae.load_shapes_vae(device="cpu")
+
+
+def test_a_moved_data_folder_is_told_to_link_the_clones_weights(tmp_path, monkeypatch):
+    """QDGS_DATA_DIR moves data/weights too; `git checkout` would not bring them there."""
     from qdgs_lib.generators.shapes_vae import load_shapes_vae
 
     monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="git checkout data/weights/shapes_vae"):
+    with pytest.raises(FileNotFoundError) as e:
         load_shapes_vae(device="cpu")
+    assert f"ln -s {paths.REPO_ROOT / 'data' / 'weights'} {tmp_path / 'weights'}" in str(e.value)
+    assert "git checkout" not in str(e.value)
+    (tmp_path / "weights").symlink_to(paths.REPO_ROOT / "data" / "weights")
+    load_shapes_vae(device="cpu")  # linked as told: it loads
+
+
+def test_paths_a_profile_names_are_under_the_data_folder_wherever_the_notebook_runs(
+        tmp_path, monkeypatch):
+    """papermill and JupyterLab run notebooks in notebooks/: a relative stylegan_weights,
+    clip_weights or real_dataset must not depend on that."""
+    from qdgs_lib.assets import required_assets
+
+    monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    assert paths.in_data_dir(None) is None
+    assert paths.in_data_dir("pretrained/g.pkl") == tmp_path / "data" / "pretrained" / "g.pkl"
+    assert paths.in_data_dir(tmp_path / "abs.pkl") == tmp_path / "abs.pkl"
+    got = {a.what: a.path for a in required_assets(
+        "paper", "faces", stylegan_weights="pretrained/mine.safetensors",
+        clip_weights="pretrained/clip.safetensors")}
+    assert got["StyleGAN2-FFHQ-256"] == tmp_path / "data" / "pretrained" / "mine.safetensors"
+    assert got["CLIP ViT-B-32-quickgelu weights"] == (tmp_path / "data" / "pretrained" /
+                                                      "clip.safetensors")

@@ -287,6 +287,26 @@ def test_in_memory_batches_keep_the_memory_layout(tmp_path):
     assert torch.equal(xb, ref) and xb.stride() == ref.stride() and yb.tolist() == [3, 1, 2]
 
 
+def test_a_uint8_set_trains_exactly_as_its_float_copy(tmp_path):
+    """pretrain_protocol holds the synthetic sets as uint8 (a quarter of the memory); the
+    trainer's per-batch scaling must give the weights that the float set read from the same
+    files gives, bit for bit (same values and memory layout, augmentations included)."""
+    g = torch.Generator().manual_seed(0)
+    hwc = torch.randint(0, 256, (16, 64, 64, 3), dtype=torch.uint8, generator=g)
+    x8 = hwc.permute(0, 3, 1, 2)  # as read_identity_dataset(..., torch.uint8) returns it
+    states = []
+    for x in (x8, x8.float() / 255):
+        torch.manual_seed(0)
+        tr = RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4),
+                                TensorFaces(x, torch.arange(16) % 4), tmp_path / str(x.dtype),
+                                lr=0.05, milestones=(3,), batch_size=8, progress=False,
+                                device="cpu")
+        tr.run(2)
+        states.append(tr.backbone.state_dict())
+    for k, a in states[0].items():
+        assert torch.equal(a, states[1][k]), k
+
+
 def test_compiled_training_matches_eager_up_to_rounding(tmp_path):
     # torch.compile (inductor on this CPU): for the same weights, batch and dropout seed, the
     # loss of eager, and gradients as close to float64's as eager's are (fp32 rounding through

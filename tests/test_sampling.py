@@ -114,6 +114,12 @@ def test_identity_dataset_manifest_integrity(tmp_path):
     assert not (root / ".parts").exists()
     assert labels.max() == 2
     assert df["bin"].dtype.kind == "i"  # an int column of extra stays int
+    # uint8: the files' values, same layout; scaled, exactly the float read
+    x8, labels8, _ = read_identity_dataset(root, torch.uint8)
+    assert x8.dtype == torch.uint8 and x8.stride() == x.stride()
+    assert torch.equal(x8.float() / 255, x) and torch.equal(labels8, labels)
+    with pytest.raises(ValueError, match="float32 or torch.uint8"):
+        read_identity_dataset(root, torch.float16)
 
 
 def test_identity_dataset_resumes_after_interruption(tmp_path):

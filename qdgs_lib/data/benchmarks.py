@@ -5,7 +5,10 @@
 restricted unpickler: such files are pickles, and pickles are code.
 
 RFW: ``test/data/<Race>/<id>/<id>_000N.jpg`` and ``test/txts/<Race>/<Race>_pairs.txt`` with
-positive lines ``id n1 n2`` and negative lines ``id1 n1 id2 n2``; fold = line // 600.
+positive lines ``id n1 n2`` and negative lines ``id1 n1 id2 n2``; fold = line // 600. The
+release's photos are not aligned: ``test/txts/<Race>/<Race>_lmk.txt`` gives each one's five
+landmarks (``/test/data/<Race>/<id>/<file> <n> x1 y1 ... x5 y5``), with which they are warped
+to the ArcFace 112x112 template, as the recognition models' training crops are.
 """
 
 from __future__ import annotations
@@ -137,9 +140,45 @@ def write_bin(path: str | Path, images: torch.Tensor, issame, fmt: str = "JPEG")
     atomic_write_bytes(path, pickle.dumps((bins, [bool(s) for s in issame]), protocol=4))
 
 
+def _rfw_landmarks(path: Path) -> dict[str, np.ndarray] | None:
+    """``<id>/<file>`` -> (5, 2) landmarks (x, y in the photo's pixels) of a ``_lmk.txt``."""
+    if not path.is_file():
+        return None
+    out = {}
+    for i, line in enumerate(path.read_text().splitlines()):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            if len(parts) < 12:
+                raise ValueError(f"{len(parts)} fields")
+            pts = np.array(parts[2:12], dtype=np.float64).reshape(5, 2)
+        except ValueError as e:
+            raise BadFileError(f"{path}:{i + 1}: expected '<image path> <n> x1 y1 ... x5 y5' "
+                               f"({e}); restore it from the RFW release") from e
+        out["/".join(Path(parts[0]).parts[-2:])] = pts
+    return out
+
+
+def _aligned_rfw_image(img: Image.Image, pts: np.ndarray, size: int, where: str) -> np.ndarray:
+    from ..align import warp_to_template
+
+    w, h = img.size
+    if not (np.all(pts >= -0.5) and np.all(pts[:, 0] <= w - 0.5) and np.all(pts[:, 1] <= h - 0.5)):
+        raise BadFileError(f"{where}: its landmarks lie outside the {w}x{h} image, so they are "
+                           "not this photo's (already cropped?). Use the release's photos, or "
+                           "remove the _lmk.txt files to read aligned crops as they are")
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
+    out = warp_to_template(x, pts, size).clamp(0, 1)
+    return (out * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
 def read_rfw(root: str | Path, races=RFW_RACES, image_size: int = 112,
              limit_per_race: int | None = None) -> PairSet:
-    """Read RFW-style pairs of every race into one PairSet with race groups and folds."""
+    """Read RFW-style pairs of every race into one PairSet with race groups and folds. Where
+    ``test/txts/<Race>/<Race>_lmk.txt`` exists (the release), each photo is aligned with its
+    landmarks to the ArcFace template at ``image_size``; without it the images are taken as
+    aligned crops and resized."""
     root = Path(root)
     images, issame, groups, folds = [], [], [], []
     for g, race in enumerate(races):
@@ -147,6 +186,8 @@ def read_rfw(root: str | Path, races=RFW_RACES, image_size: int = 112,
         if not pairs_file.is_file():
             raise FileNotFoundError(f"{pairs_file} not found: expected the RFW layout "
                                     f"test/txts/<Race>/<Race>_pairs.txt under {root}")
+        lmk_file = pairs_file.with_name(f"{race}_lmk.txt")
+        landmarks = _rfw_landmarks(lmk_file)
         lines = [ln.split() for ln in pairs_file.read_text().splitlines() if ln.strip()]
         lines = lines[:limit_per_race]
         # 10 contiguous folds per group (RFW: 6000 lines -> fold = line // 600)
@@ -164,13 +205,20 @@ def read_rfw(root: str | Path, races=RFW_RACES, image_size: int = 112,
                 if not f.is_file():
                     raise FileNotFoundError(f"{f} (listed in {pairs_file}:{i + 1}) is missing")
                 try:
-                    img = Image.open(f).convert("RGB").resize((image_size, image_size),
-                                                              Image.BILINEAR)
+                    img = Image.open(f).convert("RGB")
                 except (OSError, ValueError) as e:  # PIL: unreadable or truncated image
                     raise BadFileError(f"{f} (listed in {pairs_file}:{i + 1}) is not a "
                                        f"readable image ({e}): restore it from the RFW "
                                        "release") from e
-                images.append(np.asarray(img))
+                if landmarks is None:
+                    images.append(np.asarray(img.resize((image_size, image_size),
+                                                        Image.BILINEAR)))
+                    continue
+                pts = landmarks.get(f"{ident}/{f.name}")
+                if pts is None:
+                    raise BadFileError(f"{f} has no landmarks in {lmk_file}: restore it from "
+                                       "the RFW release")
+                images.append(_aligned_rfw_image(img, pts, image_size, str(f)))
             issame.append(same)
             groups.append(g)
             folds.append(int(race_folds[i]))

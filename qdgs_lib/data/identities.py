@@ -1,6 +1,6 @@
 """Face-recognition training sets behind one interface: a map-style torch Dataset whose items
-are ``(image, identity)`` with ``image`` a (3, S, S) tensor (uint8 when read from files, float in
-[0, 1] when held in memory), plus ``num_classes``.
+are ``(image, identity)`` with ``image`` a (3, S, S) tensor (uint8 when read from files, uint8
+or float in [0, 1] when held in memory), plus ``num_classes``.
 
 * :class:`TensorFaces`: images already in memory (the toy world, the synthetic sets).
 * :class:`IdentityFolders`: ``root/<identity>/<image>.jpg|png``, decoded on access.
@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
+from ..paths import misplaced_recordio, nested_recordio
 from .recordio import RecordIOError, RecordIOReader, unpack
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -45,9 +46,10 @@ def collate_faces(items):
 
 
 class TensorFaces(Dataset):
-    """In-memory images (N, 3, S, S) in [0, 1] and identity labels. A batch is one indexing of
-    the tensor (``__getitems__``), which keeps its memory layout: images read from HWC files
-    are channels_last-strided, and the convolutions' float rounding depends on the layout."""
+    """In-memory images (N, 3, S, S), float in [0, 1] or uint8, and identity labels. A batch
+    is one indexing of the tensor (``__getitems__``), which keeps its memory layout: images
+    read from HWC files are channels_last-strided, and the convolutions' float rounding
+    depends on the layout."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
         if len(images) != len(labels) or len(images) == 0:
@@ -192,4 +194,7 @@ def open_training_set(path: str | Path, image_size: int = 112) -> Dataset:
     path = Path(path)
     if path.suffix == ".rec" or (path / "train.rec").is_file():
         return RecordIOFaces(path, image_size)
+    if (nested := nested_recordio(path)) is not None:
+        raise FileNotFoundError(misplaced_recordio(path, nested))
     return IdentityFolders(path, image_size)
+

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..paths import pretrained_dir
+from ..paths import STYLEGAN2_FFHQ_URL, pretrained_dir
 from ..utils import (
     BadFileError,
     RestrictedUnpickler,
@@ -104,14 +104,14 @@ _NV_OVERRIDES = {
 
 MISSING_FFHQ = (
     "StyleGAN2-FFHQ-256 weights not found at {path}. Download NVIDIA's "
-    "'stylegan2-ffhq-256x256.pkl' (NGC catalog nvidia/research/stylegan3, StyleGAN2 pretrained "
-    "models; or StyleGAN2-ADA-PyTorch's transfer-learning-source-nets/"
+    "'stylegan2-ffhq-256x256.pkl' (NGC model nvidia/research/stylegan2, version 1: "
+    f"{STYLEGAN2_FFHQ_URL}; or StyleGAN2-ADA-PyTorch's transfer-learning-source-nets/"
     "ffhq-res256-mirror-paper256-noaug.pkl, renamed) and put it there, or pass its path. It is "
     "licensed by NVIDIA (non-commercial): never commit it."
 )
 NETWORK_PICKLE = ("an NVIDIA StyleGAN2 network pickle (a dict with G_ema, e.g. "
                   "stylegan2-ffhq-256x256.pkl)")
-REFETCH = ("Download it again (NGC: nvidia/research/stylegan3, stylegan2-ffhq-256x256.pkl), or "
+REFETCH = (f"Download it again ({STYLEGAN2_FFHQ_URL}), or "
            "pass our .safetensors written by save_stylegan2.")
 
 
