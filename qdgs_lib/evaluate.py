@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .utils import resolve_device
+from .utils import resolve_device, unit_range
 
 
 @torch.no_grad()
@@ -40,12 +40,13 @@ def embed(model: nn.Module, images: torch.Tensor, batch_size: int = 128,
           device: str | torch.device = "auto", flip: bool = True,
           transform=None) -> np.ndarray:
     """L2-normalized embeddings; with ``flip``, of the sum of the image's and its mirror's
-    features (the InsightFace protocol). ``model`` returns features or (features, norms)."""
+    features (the InsightFace protocol). ``model`` returns features or (features, norms).
+    ``images``: float in [0, 1], or uint8, scaled to [0, 1] a batch at a time."""
     device = resolve_device(device)
     model.to(device).eval()
     out = []
     for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(device)
+        x = unit_range(images[i:i + batch_size].to(device))
         if transform is not None:
             x = transform(x)
         f = _features(model(x))

@@ -37,6 +37,7 @@ from .utils import (
     save_weights,
     seed_everything,
     tensor_digest,
+    unit_range,
 )
 
 
@@ -91,7 +92,9 @@ def evaluate_recognizer(backbone: torch.nn.Module, bench,
 
     ``all`` uses the benchmark's own folds when it has them: its pairs are stored group after
     group, so contiguous folds would each hold one group and fit its threshold on the others."""
-    images = resize_square(bench.images, getattr(backbone, "input_size", bench.images.shape[-1]))
+    images, size = bench.images, getattr(backbone, "input_size", bench.images.shape[-1])
+    if images.shape[-2:] != (size, size):
+        images = resize_square(unit_range(images), size)
     emb = embed(backbone, images, device=resolve_device(device), transform=adaface_input)
     pooled = verification_accuracy(emb, bench.issame, folds=bench.folds)
     out = {"all": pooled["accuracy"]}

@@ -147,6 +147,12 @@ def check_unit_images(images: torch.Tensor, what: str = "images", tol: float = 1
                          "divide 0-255 images by 255, map [-1, 1] output with (x + 1) / 2")
 
 
+def unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (0..255) as float in [0, 1]; float images as they are. Image sets stay
+    uint8 in memory (a quarter of float32's bytes) and are scaled a batch at a time."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images
+
+
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     """Half precision (autocast's outputs) as float32; float32 and float64 as they are."""
     return t.to(torch.promote_types(t.dtype, torch.float32))

@@ -115,7 +115,20 @@ def test_bin_round_trip(tmp_path):
     write_bin(tmp_path / "toy.bin", imgs, [True, False, True, False], fmt="PNG")
     ps = read_bin(tmp_path / "toy.bin")
     assert ps.images.shape == (8, 3, 112, 112) and list(ps.issame) == [True, False, True, False]
-    assert torch.allclose(ps.images, (imgs * 255).round() / 255, atol=1e-6)
+    assert ps.images.dtype == torch.uint8  # as stored: a quarter of float32's memory
+    assert torch.allclose(ps.images / 255, (imgs * 255).round() / 255, atol=1e-6)
+    # read at another size: resized in float
+    small = read_bin(tmp_path / "toy.bin", image_size=56).images
+    assert small.dtype == torch.float32 and small.shape == (8, 3, 56, 56)
+
+
+def test_uint8_images_embed_exactly_as_their_float_copies():
+    """Benchmarks stay uint8 in memory; embed scales each batch, which must give the
+    embeddings of the float set bit for bit (batches of 4 over 10 images: a short last one)."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 16))
+    x8 = torch.randint(0, 256, (10, 8, 8, 3), dtype=torch.uint8,
+                       generator=torch.Generator().manual_seed(0)).permute(0, 3, 1, 2)
+    assert np.array_equal(embed(model, x8, batch_size=4), embed(model, x8 / 255, batch_size=4))
 
 
 def test_bin_with_numpy_items_and_bytes_encoding(tmp_path):
@@ -128,7 +141,7 @@ def test_bin_with_numpy_items_and_bytes_encoding(tmp_path):
     item = np.frombuffer(buf.getvalue(), dtype=np.uint8)
     (tmp_path / "old.bin").write_bytes(pickle.dumps(([item, item], [True]), protocol=2))
     ps = read_bin(tmp_path / "old.bin")
-    assert ps.images.shape == (2, 3, 112, 112) and ps.images[0, 0].mean() > 0.7
+    assert ps.images.shape == (2, 3, 112, 112) and ps.images[0, 0].float().mean() > 0.7 * 255
 
 
 def test_bad_bin_files_give_clear_errors(tmp_path):
@@ -243,14 +256,14 @@ def test_rfw_photos_are_aligned_with_their_landmarks(tmp_path):
     t.mkdir(parents=True)
     (t / f"{race}_pairs.txt").write_text("m.01 1 2\n")
     want = torch.from_numpy(aligned).permute(2, 0, 1).float() / 255
-    resized = read_rfw(tmp_path, races=[race]).images[0]  # no landmarks: resized as it is
+    resized = read_rfw(tmp_path, races=[race]).images[0] / 255  # no landmarks: resized
     assert (resized - want).abs().mean() > 0.1
     lines = [f"/test/data/{race}/{ident}/{ident}_{n:04d}.jpg 5 " + " ".join(
         f"{v:.3f}" for v in pts.ravel()) for n in (1, 2)]
     (t / f"{race}_lmk.txt").write_text("\n".join(lines) + "\n")
     got = read_rfw(tmp_path, races=[race])
     assert got.images.shape == (2, 3, 112, 112)
-    err = (got.images[0] - want).abs().mean()
+    err = (got.images[0] / 255 - want).abs().mean()
     print(f"aligned: {err:.4f}, resized: {(resized - want).abs().mean():.4f}")
     assert err < 0.02
     (t / f"{race}_lmk.txt").write_text(lines[0] + "\n")

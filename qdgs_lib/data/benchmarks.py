@@ -45,7 +45,9 @@ MAX_SIDE = 1024   # a .bin's images are 112x112; a huge one is a damaged (or hos
 
 @dataclass
 class PairSet:
-    """Verification pairs: images (2N, 3, H, W) in [0, 1]; pair i = images[2i], images[2i+1]."""
+    """Verification pairs: images (2N, 3, H, W), uint8 as read from files (a quarter of
+    float32's memory: the six paper benchmarks take ~4 GB) or float in [0, 1]; pair i =
+    images[2i], images[2i+1]."""
 
     name: str
     images: torch.Tensor
@@ -107,10 +109,10 @@ def read_bin(path: str | Path, image_size: int | None = 112) -> PairSet:
     if len(sizes) > 1:
         x = torch.cat([resize_square(torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255,
                                      image_size) for im in imgs])
-    else:
-        x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
-        if image_size:
-            x = resize_square(x, image_size)
+    else:  # uint8 unless a resize is needed
+        x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2)
+        if image_size and x.shape[-2:] != (image_size, image_size):
+            x = resize_square(x.float() / 255, image_size)
     return PairSet(path.stem, x, issame)
 
 
@@ -225,7 +227,7 @@ def read_rfw(root: str | Path, races=RFW_RACES, image_size: int = 112,
     if not issame:
         raise BadFileError(f"no pairs read from {root / 'test' / 'txts'} (empty pairs files, "
                            f"or limit_per_race={limit_per_race})")
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)  # uint8
     return PairSet("RFW", x, np.array(issame), np.array(groups), list(races), np.array(folds))
 
 
