@@ -100,7 +100,7 @@ def main() -> None:
     # (1.2e-2 on an H200), which is not the compiler's
     if got is not None and jacobian_row_errors(got, replicated).max() <= COMPILED_TOLERANCE:
         return
-    print("far from eager: compiling the pieces one at a time", flush=True)
+    print("failed or far from eager: compiling the pieces one at a time", flush=True)
     decode, encode = scorer.generator.decode, scorer.clip.encode_image
     pieces = {"compiled decode": (torch.compile(decode, dynamic=False), encode),
               "compiled encode_image": (decode, torch.compile(encode, dynamic=False))}

@@ -87,14 +87,14 @@ if [ "$pending" = 1 ]; then
     # they finish), the cheap rows first. Deterministic kernels run in processes that set
     # cuBLAS's workspace before their first matmul (older torch checks it then); each process
     # times its own baseline row, so every row is compared under the same settings
-    step "pending rows" timeout 150 env CUBLAS_WORKSPACE_CONFIG=:4096:8 $PY bench/run.py \
+    step "pending rows" timeout 130 env CUBLAS_WORKSPACE_CONFIG=:4096:8 $PY bench/run.py \
         --only iteration_candidates --candidates baseline deterministic
-    step "pending compiled rows" timeout 240 $PY bench/run.py --only iteration_candidates \
+    step "pending compiled rows" timeout 190 $PY bench/run.py --only iteration_candidates \
         --candidates baseline func+compile func+compile+tf32_matmul
-    step "pending CUDA tests" timeout 120 env CUBLAS_WORKSPACE_CONFIG=:4096:8 $PY -m pytest \
-        tests/test_devices.py -p no:cacheprovider -q -rs -rP \
+    step "pending CUDA tests" timeout 100 env CUBLAS_WORKSPACE_CONFIG=:4096:8 $PY -m pytest \
+        tests/test_devices.py -p no:cacheprovider -q -rfEsP \
         -k "compiled_static_calls_match_eager or deterministic_searches_reproduce"
-    step "compile check" timeout 60 $PY bench/compile_check.py
+    step "compile check" timeout 100 $PY bench/compile_check.py
     [ -z "$failed" ] || { echo "FAILED:$failed"; exit 1; }
     echo "all pending GPU checks ran; results in $RESULTS"
     exit 0

@@ -74,7 +74,9 @@ def main() -> None:
     ap.add_argument("--clip-weights", default=None, help="a shapes CLIP file to check")
     args = ap.parse_args()
     if args.labels:
-        return label_reliability(args.clip_weights,
+        # (a relative path on the command line means the working directory's, not data/'s)
+        weights = str(Path(args.clip_weights).resolve()) if args.clip_weights else None
+        return label_reliability(weights,
                                  str(ROOT / "bench" / "results" / "shapes_labels.csv"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

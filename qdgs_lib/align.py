@@ -53,7 +53,9 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 def warp_to_template(image: torch.Tensor, landmarks: np.ndarray, size: int = 112) -> torch.Tensor:
     """Warp one image (3, H, W) so its 5 landmarks (x, y pixels) land on the ArcFace template."""
     _, h, w = image.shape
-    m = similarity_transform(landmarks, ARCFACE_TEMPLATE * size / 112)
+    # the template in pixel-centre coordinates (cv2's, as the landmarks): scaled about the
+    # image's edge, not about the centre of its first pixel
+    m = similarity_transform(landmarks, (ARCFACE_TEMPLATE + 0.5) * size / 112 - 0.5)
     inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]  # output pixel -> input pixel
     ys, xs = np.meshgrid(np.arange(size) + 0.0, np.arange(size) + 0.0, indexing="ij")
     pts = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)])

@@ -41,9 +41,10 @@ def shipped_weights_fix(filename: str, rebuild: str) -> str:
     ``rebuild`` is the script (with arguments) that trains it."""
     clone_weights = REPO_ROOT / "data" / "weights"
     if in_source_tree() and weights_dir().resolve() != clone_weights.resolve():
-        return (f"QDGS_DATA_DIR moves the project's own weights too: link the clone's into it "
-                f"(`ln -s {clone_weights} {weights_dir()}`) or copy data/weights/{filename} "
-                f"there.")
+        return (f"The data folder is {data_dir()} (QDGS_DATA_DIR or QDGS_ROOT), not the clone's, "
+                f"and the project's own weights move with it: link the clone's there (`ln -s "
+                f"{clone_weights} {weights_dir()}`, where it has no weights/ folder yet) or "
+                f"copy data/weights/{filename} into {weights_dir()}.")
     if in_source_tree():
         return (f"Restore the shipped file (`git checkout data/weights/{filename}`) or rebuild "
                 f"it with `python scripts/{rebuild}`.")
@@ -106,5 +107,6 @@ def nested_recordio(path: Path) -> Path | None:
 
 
 def misplaced_recordio(path: Path, nested: Path) -> str:
-    return (f"{path} holds no train.rec, but {nested} does (the zip's top folder): move its "
-            f"files up (`mv {nested}/* {path}/`), or set real_dataset to {nested}")
+    return (f"{path} holds no train.rec, but {nested} does (the zip's top folder): move "
+            f"train.rec, train.idx and property up into {path} (the zip's .bin benchmarks go "
+            f"to {path.parent}), or set real_dataset to {nested}")

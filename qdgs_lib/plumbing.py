@@ -84,18 +84,25 @@ def write_benchmarks(root: Path, seed: int = 0) -> None:
     for name in ("lfw", "cfp_fp", "cplfw", "calfw", "agedb_30"):
         x = torch.from_numpy(_images(2 * BIN_PAIRS, rng)).permute(0, 3, 1, 2).float() / 255
         write_bin(root / f"{name}.bin", x, [i % 2 == 0 for i in range(BIN_PAIRS)])
+    from .align import ARCFACE_TEMPLATE
+
+    # the release's landmark lines, at the template itself (the images are 112 px crops), so
+    # that the reader's alignment path runs
+    points = " ".join(f"{v:.4f}" for v in ARCFACE_TEMPLATE.ravel())
     for race in RFW_RACES:
-        lines, ids = [], [f"m.{race[:2].lower()}{k:03d}" for k in range(RFW_PAIRS)]
+        lines, marks, ids = [], [], [f"m.{race[:2].lower()}{k:03d}" for k in range(RFW_PAIRS)]
         for k, ident in enumerate(ids):
             folder = root / "rfw" / "test" / "data" / race / ident
             folder.mkdir(parents=True, exist_ok=True)
             for n, img in enumerate(_images(2, rng), 1):
                 Image.fromarray(img).save(folder / f"{ident}_{n:04d}.jpg", quality=90)
+                marks.append(f"/test/data/{race}/{ident}/{ident}_{n:04d}.jpg 5 {points}")
             other = ids[(k + 1) % len(ids)]
             lines.append(f"{ident}\t1\t2" if k % 2 == 0 else f"{ident}\t1\t{other}\t2")
         txt = root / "rfw" / "test" / "txts" / race / f"{race}_pairs.txt"
         txt.parent.mkdir(parents=True, exist_ok=True)
         txt.write_text("\n".join(lines) + "\n")
+        txt.with_name(f"{race}_lmk.txt").write_text("\n".join(marks) + "\n")
 
 
 def write_training_set(folder: Path, seed: int = 0) -> None:

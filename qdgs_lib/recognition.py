@@ -154,6 +154,7 @@ def pretrain_protocol(p: dict[str, Any], synthetic: dict[str, Path], run_dir, se
             for name, path in synthetic.items()}
     # each set's sha256 as loaded: a rewritten set gives its models another record
     digests = {name: tensor_digest(d.images, d.labels) for name, d in data.items()}
+    legacy = _LegacyDigests(data, digests)
     rows, real = [], {}
     jobs = [(int(seed), name) for seed in seeds for name in ("none", *synthetic)]
     for seed, name in tqdm(jobs, desc="pretrain -> train", disable=not progress):
@@ -162,16 +163,16 @@ def pretrain_protocol(p: dict[str, Any], synthetic: dict[str, Path], run_dir, se
         pre_record = None if name == "none" else _stage_record(
             p, "pretrain", seed, {"synthetic": name, "sha256": digests[name]})
         record = _stage_record(p, "real", seed, _real_data_record(p, seed), init=pre_record)
-        if _finished(out, record):
+        if _finished(out, record, legacy):
             rows.append({"pretraining": name, "seed": seed, "model": str(out)})
             continue
         init = None
         if pre_record is not None:
-            if not _finished(pre, pre_record):
+            if not _finished(pre, pre_record, legacy):
                 stage = run_dir / "train" / f"{name}_seed{seed}_pre"
                 net = train_recognizer(data[name], p, stage, p["pretrain_epochs"],
                                        seed=seed, device=device, progress=progress,
-                                       data_id=digests[name])
+                                       data_id=legacy.ids(digests[name], stage))
                 save_weights(net, pre, metadata={_RECORD_KEY: json.dumps(pre_record)})
                 _drop_checkpoint(stage)
                 # a real stage interrupted before started from the previous pretraining
@@ -184,7 +185,7 @@ def pretrain_protocol(p: dict[str, Any], synthetic: dict[str, Path], run_dir, se
         start = json.dumps({"data": record["data"], "init": pre_record}, sort_keys=True)
         net = train_recognizer(real[seed], p, stage, p["real_epochs"], init=init,
                                seed=seed, device=device, progress=progress,
-                               data_id=hashlib.sha256(start.encode()).hexdigest())
+                               data_id=[_sha256(s) for s in legacy.ids(start, stage)])
         save_weights(net, out, metadata={_RECORD_KEY: json.dumps(record)})
         _drop_checkpoint(stage)
         rows.append({"pretraining": name, "seed": seed, "model": str(out)})
@@ -235,7 +236,41 @@ def _real_data_record(p: dict[str, Any], seed: int) -> dict:
             "seed": 1000 + seed}  # the toy world renders it from these alone
 
 
-def _finished(path: Path, record: dict) -> bool:
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class _LegacyDigests:
+    """The synthetic sets' digests as qdgs wrote them before tensor_digest (2026-11-27: the
+    labels, then the images as float32 in [0, 1]; no dtype or shape), computed only when a
+    file from then is met, so that its models and checkpoints still count as the same data."""
+
+    def __init__(self, data: dict[str, TensorFaces], digests: dict[str, str]):
+        self.data, self.digests, self._old = data, digests, None
+
+    def renames(self) -> dict[str, str]:
+        """old digest -> current digest, for every set."""
+        if self._old is None:
+            self._old = {}
+            for name, d in self.data.items():
+                h = hashlib.sha256(d.labels.numpy().tobytes())
+                for chunk in d.images.split(1024):
+                    h.update(unit_range(chunk).contiguous().numpy().tobytes())
+                self._old[h.hexdigest()] = self.digests[name]
+        return self._old
+
+    def ids(self, text: str, stage: Path) -> list[str]:
+        """``text`` (a digest, or JSON holding digests), then its old spelling where ``stage``
+        holds a checkpoint to resume (computing the old digests costs a pass over the sets)."""
+        if not (stage / "checkpoint.pt").exists() and not (stage / "checkpoint.prev.pt").exists():
+            return [text]
+        old = text
+        for was, now in self.renames().items():
+            old = old.replace(now, was)
+        return [text] if old == text else [text, old]
+
+
+def _finished(path: Path, record: dict, legacy: _LegacyDigests | None = None) -> bool:
     """Whether ``path`` holds this stage's result; refuse one trained with something else."""
     if not path.exists():
         return False
@@ -247,6 +282,11 @@ def _finished(path: Path, record: dict) -> bool:
                       stacklevel=3)
         return True
     stored = json.loads(stored)
+    if stored != record and legacy is not None:  # the same data, digested the old way?
+        text = json.dumps(stored)
+        for was, now in legacy.renames().items():
+            text = text.replace(was, now)
+        stored = json.loads(text)
     if stored != record:
         differ = {k: (stored.get(k), v) for k, v in record.items() if stored.get(k) != v}
         raise ValueError(f"{path} was trained with other settings or data (file vs now: "

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .utils import compile_available
+from .utils import compile_available, unit_range
 
 
 def train_classifier(model: nn.Module, dataset: Dataset, epochs: int, lr: float = 1e-3,
@@ -206,7 +206,9 @@ class RecognitionTrainer:
     Multi-GPU: launch with ``torchrun --nproc_per_node=N``; the trainer then wraps backbone
     and margin head in DistributedDataParallel and shards each epoch's permutation by rank.
     ``data_id``: anything naming the data's content (e.g. a digest); a checkpoint resumes only
-    with the same one (by default only the numbers of samples and identities must match).
+    with the same one (by default only the numbers of samples and identities must match). A
+    list names the same data several ways (the first is recorded; a checkpoint with any of
+    them resumes), e.g. a digest whose format changed.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, data: Dataset, outdir,
@@ -214,7 +216,7 @@ class RecognitionTrainer:
                  device: str | torch.device = "auto", augment: bool = True,
                  progress: bool = True, num_workers: int = 0,
                  channels_last: bool | None = None, precision: str = "auto",
-                 compile: bool = False, data_id: str | None = None):
+                 compile: bool = False, data_id: str | list[str] | None = None):
         from pathlib import Path
 
         from .utils import resolve_device
@@ -238,6 +240,8 @@ class RecognitionTrainer:
         self.batch_size, self.seed = batch_size, seed
         self.augment, self.progress = augment, progress
         self.rank, self.world = _rank_and_world()
+        aliases = [data_id] if data_id is None or isinstance(data_id, str) else list(data_id)
+        data_id, self._data_aliases = aliases[0], set(aliases)
         self.is_main = self.rank == 0  # only rank 0 writes checkpoints and logs
         # what a resumed run must share with the run that wrote the checkpoint (the process
         # count: the effective batch, processes x batch_size, and each rank's shard)
@@ -322,6 +326,8 @@ class RecognitionTrainer:
         if theirs is not None:  # (before 2026-11-27 no process count: single-process runs;
             # before 2026-11-28 no data id: unknown, so not held against this one's)
             theirs = {"processes": 1, "data_id": self.settings["data_id"], **theirs}
+            if theirs["data_id"] in self._data_aliases:
+                theirs["data_id"] = self.settings["data_id"]
         if theirs is not None and theirs != self.settings:
             differ = {k: (theirs.get(k), v) for k, v in self.settings.items()
                       if theirs.get(k) != v}
@@ -383,8 +389,7 @@ class RecognitionTrainer:
         # augmentations run there
         x = x.to(self.device, non_blocking=True)
         y = y.long().to(self.device, non_blocking=True)
-        if x.dtype == torch.uint8:
-            x = x.float() / 255
+        x = unit_range(x)
         if self.augment:
             x = face_augment(x, g)
         x = adaface_input(x)

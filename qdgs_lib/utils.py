@@ -149,8 +149,12 @@ def check_unit_images(images: torch.Tensor, what: str = "images", tol: float = 1
 
 def unit_range(images: torch.Tensor) -> torch.Tensor:
     """uint8 images (0..255) as float in [0, 1]; float images as they are. Image sets stay
-    uint8 in memory (a quarter of float32's bytes) and are scaled a batch at a time."""
-    return images.float() / 255 if images.dtype == torch.uint8 else images
+    uint8 in memory (a quarter of float32's bytes) and are scaled a batch at a time, on any
+    device to the values a CPU's ``x.float() / 255`` gives: a true division (CUDA divides by
+    a host scalar as a multiplication by its reciprocal, one bit off for half the bytes)."""
+    if images.dtype != torch.uint8:
+        return images
+    return images.float() / torch.full((), 255.0, device=images.device)
 
 
 def at_least_fp32(t: torch.Tensor) -> torch.Tensor:

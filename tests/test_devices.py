@@ -359,3 +359,13 @@ def test_trainer_precisions(device, tmp_path):
     with pytest.raises(ValueError, match="precision must be"):
         RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), data, tmp_path,
                            precision="half")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_uint8_images_scale_on_cuda_to_the_cpus_values():
+    """uint8 sets are scaled on the training device; CUDA divides by a host scalar as a
+    multiplication by 1/255 (one bit off for about half the bytes): unit_range must not."""
+    from qdgs_lib.utils import unit_range
+
+    x = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(unit_range(x.cuda()).cpu(), x.float() / 255)

@@ -481,6 +481,62 @@ def test_pretrain_protocol_refuses_finished_models_of_other_settings_or_data(tmp
         recognition.pretrain_protocol(r, {}, run, progress=False)
 
 
+def test_models_and_checkpoints_of_the_old_digest_format_count_as_the_same_data(tmp_path):
+    """Files written before tensor_digest (2026-11-27) name a synthetic set by the sha256 of
+    its labels and float32 images: same data, so reused and resumed, not refused."""
+    import hashlib
+    import json
+
+    import pandas as pd
+    from safetensors.torch import load_file, save_file
+
+    from qdgs_lib import recognition
+    from qdgs_lib.profiles import get_profile
+    from qdgs_lib.sampling import read_identity_dataset, write_image_dataset
+
+    x, y = tiny_task()
+    write_image_dataset(tmp_path / "set", x, [f"id{int(i)}" for i in y],
+                        manifest=pd.DataFrame({"identity": y.numpy()}))
+    r = get_profile("smoke", "recognition", real_identities=4, real_views=2, batch=8)
+    run = tmp_path / "run"
+    recognition.pretrain_protocol(r, {"qdgs": tmp_path / "set"}, run, progress=False)
+    images, labels, _ = read_identity_dataset(tmp_path / "set")  # float32, as read then
+    h = hashlib.sha256(labels.numpy().tobytes())
+    for chunk in images.split(1024):
+        h.update(chunk.contiguous().numpy().tobytes())
+    old = h.hexdigest()
+    files = sorted((run / "models").glob("qdgs_*.safetensors"))
+    for f in files:  # as the older qdgs wrote them
+        with recognition.safe_open(str(f), "pt") as g:
+            meta = g.metadata()
+        new = json.loads(meta[recognition._RECORD_KEY])["data" if "pretrained" in f.name
+                                                        else "init"]
+        new = new["sha256"] if "sha256" in new else new["data"]["sha256"]
+        meta[recognition._RECORD_KEY] = meta[recognition._RECORD_KEY].replace(new, old)
+        save_file(load_file(str(f)), str(f), metadata=meta)
+    stamps = [f.stat().st_mtime_ns for f in files]
+    recognition.pretrain_protocol(r, {"qdgs": tmp_path / "set"}, run, progress=False)
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    # an interrupted stage's checkpoint: the trainer takes its old id as the same data
+    legacy = recognition._LegacyDigests(*[{"qdgs": d} for d in (TensorFaces(
+        *read_identity_dataset(tmp_path / "set", torch.uint8)[:2]), new)])
+    stage = tmp_path / "stage"
+    assert legacy.ids(new, stage) == [new]  # nothing to resume: not computed
+    torch.manual_seed(0)
+    RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), TensorFaces(x, y), stage,
+                       milestones=(3,), batch_size=16, progress=False, data_id=old).run(1)
+    assert legacy.ids(new, stage) == [new, old]
+    for ids, ok in (([new, old], True), (["other", "ids"], False)):
+        tr = RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), TensorFaces(x, y),
+                                stage, milestones=(3,), batch_size=16, progress=False,
+                                data_id=ids)
+        if ok:
+            assert tr.load() and tr.settings["data_id"] == new
+        else:
+            with pytest.raises(ValueError, match="other settings or data"):
+                tr.load()
+
+
 def test_models_table_is_the_same_file_wherever_the_run_folder_lies(tmp_path):
     """notebook 04 records the sha256 of models.csv: absolute paths in it made the record
     depend on where the repository was checked out."""

@@ -8,7 +8,8 @@ RFW: ``test/data/<Race>/<id>/<id>_000N.jpg`` and ``test/txts/<Race>/<Race>_pairs
 positive lines ``id n1 n2`` and negative lines ``id1 n1 id2 n2``; fold = line // 600. The
 release's photos are not aligned: ``test/txts/<Race>/<Race>_lmk.txt`` gives each one's five
 landmarks (``/test/data/<Race>/<id>/<file> <n> x1 y1 ... x5 y5``), with which they are warped
-to the ArcFace 112x112 template, as the recognition models' training crops are.
+to the ArcFace 112x112 template, as the recognition models' training crops are. Without the
+``_lmk.txt`` files the images must already be aligned crops at the size asked for.
 """
 
 from __future__ import annotations
@@ -179,8 +180,9 @@ def read_rfw(root: str | Path, races=RFW_RACES, image_size: int = 112,
              limit_per_race: int | None = None) -> PairSet:
     """Read RFW-style pairs of every race into one PairSet with race groups and folds. Where
     ``test/txts/<Race>/<Race>_lmk.txt`` exists (the release), each photo is aligned with its
-    landmarks to the ArcFace template at ``image_size``; without it the images are taken as
-    aligned crops and resized."""
+    landmarks to the ArcFace template at ``image_size``; without it the images must be
+    aligned ``image_size`` x ``image_size`` crops (others are refused: resizing a whole photo
+    would give wrong accuracies, not an error)."""
     root = Path(root)
     images, issame, groups, folds = [], [], [], []
     for g, race in enumerate(races):
@@ -213,8 +215,13 @@ def read_rfw(root: str | Path, races=RFW_RACES, image_size: int = 112,
                                        f"readable image ({e}): restore it from the RFW "
                                        "release") from e
                 if landmarks is None:
-                    images.append(np.asarray(img.resize((image_size, image_size),
-                                                        Image.BILINEAR)))
+                    if img.size != (image_size, image_size):  # a release photo, unaligned?
+                        raise BadFileError(
+                            f"{f} is {img.size[0]}x{img.size[1]} and {lmk_file} is missing: "
+                            f"RFW's photos are aligned with that file's landmarks (restore it "
+                            f"from the release), or use aligned {image_size}x{image_size} "
+                            "crops")
+                    images.append(np.asarray(img))
                     continue
                 pts = landmarks.get(f"{ident}/{f.name}")
                 if pts is None:
