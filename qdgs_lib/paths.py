@@ -44,7 +44,8 @@ def shipped_weights_fix(filename: str, rebuild: str) -> str:
         return (f"The data folder is {data_dir()} (QDGS_DATA_DIR or QDGS_ROOT), not the clone's, "
                 f"and the project's own weights move with it: link the clone's there (`ln -s "
                 f"{clone_weights} {weights_dir()}`, where it has no weights/ folder yet) or "
-                f"copy data/weights/{filename} into {weights_dir()}.")
+                f"copy data/weights/{filename} into {weights_dir()}; or rebuild it there with "
+                f"`python scripts/{rebuild}`.")
     if in_source_tree():
         return (f"Restore the shipped file (`git checkout data/weights/{filename}`) or rebuild "
                 f"it with `python scripts/{rebuild}`.")
