@@ -39,6 +39,18 @@ def test_warp_moves_landmarks_onto_the_template():
         assert patch.max() > 0.2  # the dot landed at the template point
 
 
+def test_the_template_scales_about_the_image_edge_not_the_first_pixel_centre():
+    """At another output size the template is scaled in pixel-centre coordinates: at 56 px
+    from a 112 px face (landmarks on the template), output pixel j samples input 2j + 0.5
+    (between the two pixels it covers), not 2j (a quarter-pixel shift of the whole face)."""
+    ramp = torch.arange(112.0).expand(3, 112, 112) / 111  # value = x / 111
+    out = warp_to_template(ramp, ARCFACE_TEMPLATE, size=56)
+    want = (2 * torch.arange(56.0) + 0.5) / 111
+    torch.testing.assert_close(out[0, 28], want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(warp_to_template(ramp, ARCFACE_TEMPLATE, size=112), ramp,
+                               atol=1e-5, rtol=0)  # at 112 the identity
+
+
 def test_fixed_crop_and_aligner_errors():
     assert ffhq_crop(torch.rand(2, 3, 256, 256), 112).shape == (2, 3, 112, 112)
     assert aligner("crop", 64)(torch.rand(1, 3, 128, 128)).shape == (1, 3, 64, 64)
