@@ -31,6 +31,7 @@ from .train import RecognitionTrainer, adaface_input
 from .utils import (
     BadFileError,
     atomic_write_csv,
+    previous_path,
     reading,
     resize_square,
     resolve_device,
@@ -54,9 +55,7 @@ def train_recognizer(data: Dataset, p: dict[str, Any], outdir, epochs: int,
     size = backbone.input_size
     if isinstance(data, TensorFaces):
         if data.images.shape[-2:] != (size, size):  # (uint8 sets stay uint8 where they fit)
-            x = data.images
-            data = TensorFaces(resize_square(x.float() / 255 if x.dtype == torch.uint8 else x,
-                                             size), data.labels)
+            data = TensorFaces(resize_square(unit_range(data.images), size), data.labels)
         workers = 0  # already in memory
     else:
         if getattr(data, "image_size", size) != size:
@@ -262,7 +261,7 @@ class _LegacyDigests:
     def ids(self, text: str, stage: Path) -> list[str]:
         """``text`` (a digest, or JSON holding digests), then its old spelling where ``stage``
         holds a checkpoint to resume (computing the old digests costs a pass over the sets)."""
-        if not (stage / "checkpoint.pt").exists() and not (stage / "checkpoint.prev.pt").exists():
+        if not any(f.exists() for f in _checkpoint_files(stage)):
             return [text]
         old = text
         for was, now in self.renames().items():
@@ -299,8 +298,14 @@ def _finished(path: Path, record: dict, legacy: _LegacyDigests | None = None) ->
 def _drop_checkpoint(stage: Path) -> None:
     """A finished stage's weights are saved: its optimizer checkpoint (2-3x the weights;
     ~0.8 GB for IR-101) is no longer needed to resume."""
-    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
-        (stage / name).unlink(missing_ok=True)
+    for f in _checkpoint_files(stage):
+        f.unlink(missing_ok=True)
+
+
+def _checkpoint_files(stage: Path) -> tuple[Path, Path]:
+    """The checkpoints RecognitionTrainer keeps in a stage folder: the latest, the one before."""
+    path = stage / "checkpoint.pt"
+    return path, previous_path(path)
 
 
 def load_backbone(p: dict[str, Any], path) -> torch.nn.Module:

@@ -23,6 +23,7 @@ from .utils import (
     check_unit_images,
     resize_square,
     to_uint8_hwc,
+    unit_range,
 )
 
 Bins = Sequence[Sequence[tuple[float, float]]]  # per measure: list of [lo, hi) intervals
@@ -352,6 +353,6 @@ def read_identity_dataset(root: str | Path, dtype: torch.dtype = torch.float32
     imgs = [torch.from_numpy(np.array(Image.open(root / f).convert("RGB"))) for f in df["file"]]
     x = torch.stack(imgs).permute(0, 3, 1, 2)  # (channels_last strides: see TensorFaces)
     if dtype == torch.float32:
-        x = x.float() / 255
+        x = unit_range(x)
     _, labels = np.unique(df["identity"].to_numpy(), return_inverse=True)
     return x, torch.as_tensor(labels), df

@@ -31,6 +31,7 @@ from ..utils import (
     reading,
     resize_square,
     to_uint8_hwc,
+    unit_range,
 )
 
 BIN_ALLOWED = {
@@ -108,12 +109,12 @@ def read_bin(path: str | Path, image_size: int | None = 112) -> PairSet:
         raise BadFileError(f"{path}: images of different sizes {sorted(sizes)}; pass "
                            "image_size to resize them to one")
     if len(sizes) > 1:
-        x = torch.cat([resize_square(torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255,
+        x = torch.cat([resize_square(unit_range(torch.from_numpy(im).permute(2, 0, 1)[None]),
                                      image_size) for im in imgs])
     else:  # uint8 unless a resize is needed
         x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2)
         if image_size and x.shape[-2:] != (image_size, image_size):
-            x = resize_square(x.float() / 255, image_size)
+            x = resize_square(unit_range(x), image_size)
     return PairSet(path.stem, x, issame)
 
 
@@ -171,8 +172,8 @@ def _aligned_rfw_image(img: Image.Image, pts: np.ndarray, size: int, where: str)
         raise BadFileError(f"{where}: its landmarks lie outside the {w}x{h} image, so they are "
                            "not this photo's (already cropped?). Use the release's photos, or "
                            "remove the _lmk.txt files to read aligned crops as they are")
-    x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
-    out = warp_to_template(x, pts, size).clamp(0, 1)
+    out = warp_to_template(unit_range(torch.from_numpy(np.array(img)).permute(2, 0, 1)), pts,
+                           size).clamp(0, 1)
     return (out * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 

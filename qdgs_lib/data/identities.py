@@ -197,4 +197,3 @@ def open_training_set(path: str | Path, image_size: int = 112) -> Dataset:
     if (nested := nested_recordio(path)) is not None:
         raise FileNotFoundError(misplaced_recordio(path, nested))
     return IdentityFolders(path, image_size)
-
