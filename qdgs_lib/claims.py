@@ -2,6 +2,12 @@
 
 Each function takes the CSV-shaped results a notebook writes and returns a table with one row
 per comparison and a ``verdict`` column decided by the numbers alone (no expected outcome).
+
+A table is one family of comparisons: each interval is a ``level`` t-interval of its own
+(unadjusted), while the verdicts ("better", "worse", ...) come from the paired t-tests'
+p-values after Holm's adjustment over every comparison in the table, so that a table of six
+comparisons does not call one of them at chance. A verdict can therefore read "no clear
+difference" next to an interval that excludes 0; the printed Holm p-value says why.
 """
 
 from __future__ import annotations
@@ -25,12 +31,43 @@ def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
-def _paired(low: float, high: float) -> str:
+def paired_p(differences) -> float:
+    """Two-sided p-value of the one-sample t-test that the mean of the paired
+    ``differences`` is 0: the test behind :func:`mean_ci`'s interval (p < 1 - level exactly
+    when that interval excludes 0). NaN for fewer than two finite values or no spread."""
+    d = np.asarray(differences, dtype=float)
+    d = d[np.isfinite(d)]
+    if len(d) < 2 or d.std(ddof=1) == 0:
+        return float("nan")
+    t = d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))
+    return float(2 * stats.t.sf(abs(t), len(d) - 1))
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (controls the chance of any false
+    "better"/"worse" among them at the test level). NaN entries stay NaN and are not counted
+    in the family."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    order = idx[np.argsort(p[idx], kind="stable")]
+    scaled = (len(order) - np.arange(len(order))) * p[order]
+    out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return out
+
+
+def _paired(low: float, high: float, p_holm: float, level: float) -> str:
     if not (np.isfinite(low) and np.isfinite(high)):
         return "no interval"
     if low == high:  # every seed gave the same difference: a t-interval says nothing
         return "no interval (no spread across seeds)"
-    return "better" if low > 0 else "worse" if high < 0 else "no clear difference"
+    if not p_holm < 1 - level:
+        return "no clear difference"
+    return "better" if low + high > 0 else "worse"
+
+
+def _p_text(p: float, p_holm: float, family: int) -> str:
+    return f"p {p:.2g}, Holm {p_holm:.2g} of {family}" if np.isfinite(p) else "no p"
 
 
 def _refuse_duplicates(results: pd.DataFrame, keys: list[str]) -> None:
@@ -53,10 +90,12 @@ def shapes_verdicts(results: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Notebook 01: per color bias, the balanced accuracy (``mean`` over groups) without
     fine-tuning, with random and with QDGS fine-tuning, averaged over seeds, and the paired
     differences (same seed: same real data, initialisation and search seed) with their
-    ``level`` t-intervals. Against each baseline QDGS is "better" (interval above 0), "worse"
-    (below 0) or shows "no clear difference"; it "helps" when it is better than both. One seed
-    gives no interval, and the verdict says so. Seeds with a missing or NaN result are left
-    out of every comparison (``seeds``: the seeds with all three results)."""
+    ``level`` t-intervals and paired t-test p-values (``p``; ``p holm``: Holm-adjusted over
+    every bias level and baseline in the table, ``family`` comparisons). Against each baseline
+    QDGS is "better" or "worse" when its Holm-adjusted p is below 1 - ``level``, else shows "no
+    clear difference"; it "helps" when it is better than both. One seed gives no interval, and
+    the verdict says so. Seeds with a missing or NaN result are left out of every comparison
+    (``seeds``: the seeds with all three results)."""
     _refuse_duplicates(results, ["bias", "seed", "finetune"])
     _require(results["finetune"], ("none", "random", "qdgs"), "fine-tuning")
     wide = results.pivot_table(index=["bias", "seed"], columns="finetune", values="mean",
@@ -68,27 +107,38 @@ def shapes_verdicts(results: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         for base in ("none", "random"):
             m, lo, hi = mean_ci(r["qdgs"] - r[base], level)
             row.update({f"qdgs - {base}": m, f"qdgs - {base} low": lo,
-                        f"qdgs - {base} high": hi})
+                        f"qdgs - {base} high": hi,
+                        f"qdgs - {base} p": paired_p(r["qdgs"] - r[base])})
         row["seeds"], row["level"] = len(r), level
-        vs = {base: _paired(row[f"qdgs - {base} low"], row[f"qdgs - {base} high"])
-              for base in ("none", "random")}
-        if len(r) < 2:
-            verdict = f"{len(r)} complete seed(s): no interval, no verdict"
-        elif set(vs.values()) == {"better"}:
-            verdict = "QDGS helps (better than both)"
-        else:
-            verdict = f"vs biased-only: {vs['none']}; vs random: {vs['random']}"
-        row["verdict"] = verdict
         rows[bias] = row
     out = pd.DataFrame(rows).T
     out.index.name = "bias"
+    out["seeds"] = out["seeds"].astype(int)
+    ps = [f"qdgs - {base} p" for base in ("none", "random")]
+    adjusted = holm(out[ps].to_numpy(float).ravel()).reshape(len(out), len(ps))
+    for j, col in enumerate(ps):
+        out[f"{col} holm"] = adjusted[:, j]
+    out["family"] = int(np.isfinite(adjusted).sum())
+    verdicts = []
+    for _, row in out.iterrows():
+        vs = {base: _paired(row[f"qdgs - {base} low"], row[f"qdgs - {base} high"],
+                            row[f"qdgs - {base} p holm"], level) for base in ("none", "random")}
+        if row["seeds"] < 2:
+            verdicts.append(f"{int(row['seeds'])} complete seed(s): no interval, no verdict")
+        elif set(vs.values()) == {"better"}:
+            verdicts.append("QDGS helps (better than both)")
+        else:
+            verdicts.append(f"vs biased-only: {vs['none']}; vs random: {vs['random']}")
+    out["verdict"] = verdicts
     return out.sort_index(ascending=False)
 
 
 def format_shapes_verdicts(v: pd.DataFrame) -> str:
     def diff(r, base):
-        return (f"{r[f'qdgs - {base}'] * 100:+.1f} pts vs {base} "
-                f"[{r[f'qdgs - {base} low'] * 100:+.1f}, {r[f'qdgs - {base} high'] * 100:+.1f}]")
+        c = f"qdgs - {base}"
+        return (f"{r[c] * 100:+.1f} pts vs {base} [{r[f'{c} low'] * 100:+.1f}, "
+                f"{r[f'{c} high'] * 100:+.1f}] "
+                f"({_p_text(r[f'{c} p'], r[f'{c} p holm'], r['family'])})")
 
     return "\n".join(
         f"bias {bias:.2f}: biased {r['none']:.3f}, +random {r['random']:.3f}, "
@@ -117,20 +167,26 @@ def format_share_verdicts(v: pd.DataFrame) -> str:
 
 def fairness_verdicts(results: pd.DataFrame, benchmark: str, groups: list[str],
                       versus: tuple[str, ...] = ("random", "none"),
-                      level: float = 0.95) -> pd.DataFrame:
+                      level: float = 0.95, worst_group: str | None = None) -> pd.DataFrame:
     """Notebook 04: QDGS pretraining against each baseline on one benchmark with groups.
 
-    On the means over seeds, QDGS is "fairer" when its spread across groups (``fair_std``) is
-    smaller *and* the baseline's worst group is more accurate; the same test made seed by seed
-    on paired runs (same seed: same real data and initialisation) is counted in
-    ``fairer_seeds`` of ``seeds``. The paired differences QDGS - baseline of the spread, the
-    worst group's accuracy and the mean accuracy get ``level`` t-intervals, and ``verdict``
-    reads them: "fairer" only when the spread is clearly smaller and the worst group clearly
-    more accurate, "less fair" for the reverse, else "no clear difference"; then the accuracy
-    change ("costs accuracy", "more accurate", "no clear accuracy change").
+    The worst group is ``worst_group`` if given, else the group least accurate on average over
+    both arms' paired runs (choosing it from the baseline's runs alone would favour QDGS: the
+    baseline's unluckiest group tends to do better in any other run). On the means over seeds,
+    QDGS is "fairer" when its spread across groups (``fair_std``) is smaller *and* it is more
+    accurate on the worst group; the same test made seed by seed on paired runs (same seed:
+    same real data and initialisation) is counted in ``fairer_seeds`` of ``seeds``. The paired
+    differences QDGS - baseline of the spread, the worst group's accuracy and the mean accuracy
+    get ``level`` t-intervals and paired t-test p-values, Holm-adjusted over every comparison
+    in the table (``p holm``, ``family``), and ``verdict`` reads the adjusted ones: "fairer"
+    only when the spread is clearly smaller and the worst group clearly more accurate, "less
+    fair" for the reverse, else "no clear difference"; then the accuracy change ("costs
+    accuracy", "more accurate", "no clear accuracy change").
     """
     r = results[results.benchmark == benchmark]
     _refuse_duplicates(r, ["pretraining", "seed"])
+    if worst_group is not None:
+        _require(groups, (worst_group,), "group")
     cols = [*groups, "fair_mean", "fair_std"]
     per_seed = r.set_index(["pretraining", "seed"])
     rows = []
@@ -146,7 +202,7 @@ def fairness_verdicts(results: pd.DataFrame, benchmark: str, groups: list[str],
             continue
         q = per_seed.loc[[("qdgs", s) for s in seeds], cols].astype(float).mean()
         b = per_seed.loc[[(base, s) for s in seeds], cols].astype(float).mean()
-        worst = b[groups].idxmin()
+        worst = worst_group or (q[groups] + b[groups]).idxmin()
         diff = {col: [per_seed.loc[("qdgs", s), col] - per_seed.loc[(base, s), col]
                       for s in seeds] for col in ("fair_std", worst, "fair_mean")}
         holds = sum(d_std < 0 and d_worst > 0
@@ -160,29 +216,44 @@ def fairness_verdicts(results: pd.DataFrame, benchmark: str, groups: list[str],
                "fairer_seeds": int(holds), "seeds": len(seeds), "level": level}
         for name, col in (("std", "fair_std"), ("worst", worst), ("mean", "fair_mean")):
             m, lo, hi = mean_ci(diff[col], level)
-            row.update({f"{name} diff": m, f"{name} diff low": lo, f"{name} diff high": hi})
-        if len(seeds) < 2:
-            row["verdict"] = "one complete seed: no interval, no verdict"
-        else:
-            spread = _paired(-row["std diff high"], -row["std diff low"])  # lower std: better
-            worst_acc = _paired(row["worst diff low"], row["worst diff high"])
-            fair = ("fairer" if spread == worst_acc == "better" else
-                    "less fair" if spread == worst_acc == "worse" else
-                    # a zero-width interval (every seed the same difference) is no evidence
-                    "no fairness verdict" if "no interval" in spread + worst_acc else
-                    "no clear difference")
-            acc = _paired(row["mean diff low"], row["mean diff high"])
-            row["verdict"] = f"{fair} ({spread} spread, {worst_acc} worst group); " + {
-                "better": "more accurate", "worse": "costs accuracy",
-                "no clear difference": "no clear accuracy change"}.get(acc, f"accuracy: {acc}")
+            row.update({f"{name} diff": m, f"{name} diff low": lo, f"{name} diff high": hi,
+                        f"{name} p": paired_p(diff[col])})
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    ps = ["std p", "worst p", "mean p"]
+    adjusted = holm(out[ps].to_numpy(float).ravel()).reshape(len(out), len(ps))
+    for j, col in enumerate(ps):
+        out[f"{col} holm"] = adjusted[:, j]
+    out["family"] = int(np.isfinite(adjusted).sum())
+    verdicts = []
+    for _, row in out.iterrows():
+        if row["seeds"] < 2:
+            verdicts.append("one complete seed: no interval, no verdict")
+            continue
+        spread = _paired(-row["std diff high"], -row["std diff low"],  # lower std: better
+                         row["std p holm"], level)
+        worst_acc = _paired(row["worst diff low"], row["worst diff high"], row["worst p holm"],
+                            level)
+        fair = ("fairer" if spread == worst_acc == "better" else
+                "less fair" if spread == worst_acc == "worse" else
+                # a zero-width interval (every seed the same difference) is no evidence
+                "no fairness verdict" if "no interval" in spread + worst_acc else
+                "no clear difference")
+        acc = _paired(row["mean diff low"], row["mean diff high"], row["mean p holm"], level)
+        verdicts.append(f"{fair} ({spread} spread, {worst_acc} worst group); " + {
+            "better": "more accurate", "worse": "costs accuracy",
+            "no clear difference": "no clear accuracy change"}.get(acc, f"accuracy: {acc}"))
+    out["verdict"] = verdicts
+    return out
 
 
 def format_fairness_verdicts(v: pd.DataFrame) -> str:
     def diff(r, name, scale=100):
         return (f"{r[f'{name} diff'] * scale:+.2f} [{r[f'{name} diff low'] * scale:+.2f}, "
-                f"{r[f'{name} diff high'] * scale:+.2f}]")
+                f"{r[f'{name} diff high'] * scale:+.2f}] "
+                f"({_p_text(r[f'{name} p'], r[f'{name} p holm'], r['family'])})")
 
     return "\n".join(
         f"{r['benchmark']}: QDGS vs {r['versus']} ({r['seeds']} paired seeds, "
@@ -202,8 +273,9 @@ def label_audit_verdicts(per_seed: pd.DataFrame, columns: tuple[str, ...] = (
         level: float = 0.95) -> pd.DataFrame:
     """Notebook 01's label audit (:func:`qdgs_lib.shapes_poc.label_audit`, rows
     ``"qdgs seed k"`` / ``"random seed k"``): per column, the means over seeds and the paired
-    difference QDGS - random (same seed) with its ``level`` t-interval; the verdict says
-    "QDGS higher" / "QDGS lower" only when the interval excludes 0."""
+    difference QDGS - random (same seed) with its ``level`` t-interval and paired t-test
+    p-value, Holm-adjusted over the columns (``p holm``, ``family``); the verdict says "QDGS
+    higher" / "QDGS lower" only when the adjusted p is below 1 - ``level``."""
     kind = per_seed.index.str.split(" seed ").str[0]
     seed = per_seed.index.str.split(" seed ").str[-1]
     wide = {k: per_seed[kind == k].set_axis(seed[kind == k]) for k in ("qdgs", "random")}
@@ -216,20 +288,29 @@ def label_audit_verdicts(per_seed: pd.DataFrame, columns: tuple[str, ...] = (
         paired = np.isfinite(q) & np.isfinite(r)  # a seed missing either side is left out
         q, r = q[paired], r[paired]
         m, lo, hi = mean_ci(q - r, level)
-        outcome = _paired(lo, hi)
         rows[col] = {"qdgs": q.mean(), "random": r.mean(), "qdgs - random": m,
-                     "low": lo, "high": hi, "seeds": len(q), "level": level,
-                     "verdict": {"better": "QDGS higher", "worse": "QDGS lower",
-                                 "no clear difference": "no clear difference"}.get(
-                                     outcome, f"{len(q)} paired seed(s): {outcome}")}
-    return pd.DataFrame(rows).T
+                     "low": lo, "high": hi, "p": paired_p(q - r), "seeds": len(q),
+                     "level": level}
+    out = pd.DataFrame(rows).T
+    out["seeds"] = out["seeds"].astype(int)
+    out["p holm"] = holm(out["p"].to_numpy(float))
+    out["family"] = int(np.isfinite(out["p holm"].to_numpy(float)).sum())
+    words = {"better": "QDGS higher", "worse": "QDGS lower",
+             "no clear difference": "no clear difference"}
+    verdicts = []
+    for _, r in out.iterrows():
+        outcome = _paired(r["low"], r["high"], r["p holm"], level)
+        verdicts.append(words.get(outcome, f"{int(r['seeds'])} paired seed(s): {outcome}"))
+    out["verdict"] = verdicts
+    return out
 
 
 def format_label_audit_verdicts(v: pd.DataFrame) -> str:
     return "\n".join(
         f"{col}: QDGS {r['qdgs']:.1%}, random {r['random']:.1%}, QDGS - random "
         f"{r['qdgs - random'] * 100:+.1f} pts [{r['low'] * 100:+.1f}, {r['high'] * 100:+.1f}] "
-        f"({r['seeds']} paired seeds, {r['level']:.0%} interval): {r['verdict']}"
+        f"({r['seeds']} paired seeds, {r['level']:.0%} interval; "
+        f"{_p_text(r['p'], r['p holm'], r['family'])}): {r['verdict']}"
         for col, r in v.iterrows())
 
 

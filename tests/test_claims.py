@@ -28,13 +28,16 @@ def test_shapes_verdicts_from_hand_made_means():
                                       "vs random: no interval (no spread across seeds)")
     text = claims.format_shapes_verdicts(v)
     assert "bias 0.98: biased 0.626, +random 0.916, +QDGS 0.854 -> +22.8 pts vs none " \
-           "[+22.8, +22.8], -6.2 pts vs random [-6.2, -6.2] (2 paired seeds, 95% intervals)" \
-           in text
+           "[+22.8, +22.8] (no p), -6.2 pts vs random [-6.2, -6.2] (no p) (2 paired seeds, " \
+           "95% intervals)" in text
     # with seed-to-seed spread in the differences the intervals decide
     res.loc[(res.seed == 1) & (res.finetune == "qdgs"), "mean"] += 0.0004
     v = claims.shapes_verdicts(res)
     assert v.loc[0.98, "verdict"] == "vs biased-only: better; vs random: worse"
     assert v.loc[0.90, "verdict"] == "QDGS helps (better than both)"
+    assert v["family"].tolist() == [4, 4] and v["seeds"].tolist() == [2, 2]
+    assert "+1.0 pts vs random [+0.8, +1.3] (p 0.012, Holm 0.012 of 4)" in \
+        claims.format_shapes_verdicts(v)
     assert "90% intervals" in claims.format_shapes_verdicts(claims.shapes_verdicts(res, 0.9))
 
 
@@ -51,7 +54,15 @@ def test_shapes_verdicts_use_paired_intervals():
     assert v["qdgs - random"] == pytest.approx(0.03)
     assert v["qdgs - random low"] < 0 < v["qdgs - random high"]
     assert v["qdgs - none low"] > 0 and v["seeds"] == 3
-    assert v["verdict"] == "vs biased-only: better; vs random: no clear difference"
+    # the interval vs biased-only excludes 0 (p 0.034), but not once both comparisons of the
+    # table are accounted for (Holm: 2 x 0.034)
+    assert v["qdgs - none p"] == pytest.approx(0.0341, abs=1e-4)
+    assert v["qdgs - none p holm"] == pytest.approx(2 * v["qdgs - none p"])
+    assert v["verdict"] == "vs biased-only: no clear difference; vs random: no clear difference"
+    res.loc[res.finetune == "none", "mean"] -= [0.0, 0.09, 0.0]  # a steadier gain
+    strong = claims.shapes_verdicts(res).loc[0.98]
+    assert strong["qdgs - none p holm"] < 0.05
+    assert strong["verdict"] == "vs biased-only: better; vs random: no clear difference"
     one = claims.shapes_verdicts(res[res.seed == 0]).loc[0.98]
     assert one["verdict"] == "1 complete seed(s): no interval, no verdict"
 
@@ -212,3 +223,34 @@ def test_label_audit_verdicts_leave_out_seeds_missing_a_side():
     r = v.loc["CLIP label = oracle"]
     assert r["seeds"] == 2 and r["qdgs"] == pytest.approx(0.85)
     assert r["random"] == pytest.approx(0.65) and r["qdgs - random"] == pytest.approx(0.2)
+
+
+def test_holm_and_paired_p_match_their_definitions():
+    from scipy import stats
+
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, then running maximum
+    assert claims.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = claims.holm([0.01, float("nan"), 0.04])  # a NaN is not part of the family
+    assert adjusted[0] == pytest.approx(0.02) and adjusted[2] == pytest.approx(0.04)
+    assert np.isnan(adjusted[1]) and claims.holm([0.6, 0.7]).max() == 1.0
+    d = [0.03, -0.01, 0.05, 0.02]
+    assert claims.paired_p(d) == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
+    assert np.isnan(claims.paired_p([0.1, 0.1])) and np.isnan(claims.paired_p([0.1]))
+
+
+def test_fairness_worst_group_is_chosen_from_both_arms():
+    """The baseline's least accurate group by chance (young) is not the one both arms find
+    hardest (old); choosing from the baseline alone would credit QDGS with +10 points."""
+    rows = []
+    for seed, shift in enumerate((0.0, 0.01, -0.01)):
+        for name, (a, b) in {"none": (0.70, 0.72), "qdgs": (0.80, 0.71)}.items():
+            a, b = a + shift, b + shift * (1 + seed)
+            rows.append({"pretraining": name, "seed": seed, "benchmark": "toy", "young": a,
+                         "old": b, "fair_mean": (a + b) / 2, "fair_std": abs(a - b) / 2})
+    res = pd.DataFrame(rows)
+    r = claims.fairness_verdicts(res, "toy", ["young", "old"]).iloc[0]
+    assert r["worst group"] == "old" and r["worst diff"] == pytest.approx(-0.01)
+    fixed = claims.fairness_verdicts(res, "toy", ["young", "old"], worst_group="young")
+    assert fixed.iloc[0]["worst diff"] == pytest.approx(0.10)
+    with pytest.raises(ValueError, match="no group"):
+        claims.fairness_verdicts(res, "toy", ["young", "old"], worst_group="middle")
