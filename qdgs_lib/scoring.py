@@ -252,7 +252,9 @@ class PromptScorer:
         if getattr(self, "_weights_sha256", None) is None:
             h = hashlib.sha256()
             for part in (self.generator, self.clip):
-                for name, t in sorted(part.state_dict().items()):
+                # a wrapped function's generator adds the weights of the modules it reaches
+                state = getattr(part, "fingerprint_state_dict", part.state_dict)()
+                for name, t in sorted(state.items()):
                     t = t.detach().cpu().contiguous()
                     h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
                     h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -242,3 +242,51 @@ def test_a_network_that_normalises_each_image_still_passes_the_gradient_check():
         warnings.simplefilter("error")
         gen = WrappedGenerator(centred, latent_dim=4, output_range=(-2, 2))
     assert gen.latent_dim == 4
+
+
+def test_a_resume_under_other_weights_behind_the_same_function_is_refused(tmp_path):
+    """`WrappedGenerator(lambda z: G(z), ...)` (the guide's pattern for a network that wants
+    more arguments): a search records the weights of the modules the function reaches, so
+    the same function over another network's weights does not resume the run."""
+    from qdgs_lib.generators.wrapped import reachable_modules
+
+    holder = {"G": tanh_gan(seed=0)}
+
+    def closure_over(net):
+        return lambda z: net(z)
+
+    def scorer(fn):
+        return PromptScorer(WrappedGenerator(fn, latent_dim=4, output_range=(-1, 1)),
+                            ToyClip(), ("good", "bad"), [("a", "b"), ("c", "d")],
+                            weights=(1.0, 0.5, 0.0))
+
+    first, again, other = (scorer(closure_over(g)) for g in
+                           (holder["G"], tanh_gan(seed=0), tanh_gan(seed=1)))
+    assert first.weights_sha256() == again.weights_sha256() != other.weights_sha256()
+    cfg = SearchConfig(dims=(4, 4), ranges=((-0.1, 0.1), (-0.1, 0.1)), iterations=4, seed=0)
+    QDSearch(first, cfg, tmp_path / "qd").run(progress=False)
+    QDSearch(again, cfg, tmp_path / "qd").run(progress=False)  # equal weights: reloads
+    with pytest.raises(ValueError, match=r"different settings \(weights_sha256; .*other "
+                                         r"generator or CLIP weights"):
+        QDSearch(other, cfg, tmp_path / "qd").run(progress=False)
+    # the other ways a function holds a network: a bound method, a callable object, a
+    # global name (read when the function is called), through another function
+    G = holder["G"]
+
+    class Renderer:
+        def __init__(self, net):
+            self.net = net
+
+        def __call__(self, z):
+            return self.net(z)
+
+    def helper(z):
+        return holder_net(z)  # noqa: F821 - a global bound below
+
+    globals()["holder_net"] = G
+    try:
+        for fn in (G.forward, Renderer(G), helper, lambda z: helper(z)):
+            assert [m is G for m in reachable_modules(fn).values()] == [True], fn
+    finally:
+        del globals()["holder_net"]
+    assert reachable_modules(torch.sigmoid) == {}

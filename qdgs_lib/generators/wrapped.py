@@ -10,8 +10,11 @@ latent-norm penalty). :class:`WrappedGenerator` builds them around a network::
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
+import types
 import warnings
 from collections.abc import Callable
 
@@ -23,6 +26,56 @@ from .base import Generator
 
 Prior = Callable[[int, torch.Generator], torch.Tensor]  # (n, seeded generator) -> (n, d) latents
 _PROBES = 8  # prior latents every check at construction decodes
+
+
+def reachable_modules(fn: Callable, depth: int = 3) -> dict[str, nn.Module]:
+    """The ``nn.Module``s a function reaches, by a stable name: its closure's cells, the
+    globals its code names, a bound method's object, a ``functools.partial``'s function and
+    arguments, a callable object's attributes; followed through functions up to ``depth``
+    steps. What a search records of a function's weights (a module found is not searched
+    further: its own weights cover what it holds)."""
+    found: dict[str, nn.Module] = {}
+    seen: set[int] = set()
+
+    def code_names(code: types.CodeType) -> set[str]:
+        names = set(code.co_names)
+        for const in code.co_consts:  # nested functions, comprehensions
+            if isinstance(const, types.CodeType):
+                names |= code_names(const)
+        return names
+
+    def visit(obj, label: str, left: int) -> None:
+        if id(obj) in seen or left < 0:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, nn.Module):
+            found.setdefault(label, obj)
+        elif isinstance(obj, functools.partial):
+            visit(obj.func, f"{label}.func", left - 1)
+            for i, a in enumerate(obj.args):
+                visit(a, f"{label}.args[{i}]", left - 1)
+            for k in sorted(obj.keywords):
+                visit(obj.keywords[k], f"{label}.{k}", left - 1)
+        elif inspect.ismethod(obj):
+            visit(obj.__self__, f"{label}.__self__", left - 1)
+        elif inspect.isfunction(obj):
+            cells = zip(obj.__code__.co_freevars, obj.__closure__ or (), strict=True)
+            for name, cell in sorted(cells, key=lambda nc: nc[0]):
+                try:
+                    visit(cell.cell_contents, f"{label}.{name}", left - 1)
+                except ValueError:  # an empty cell
+                    pass
+            for name in sorted(code_names(obj.__code__)):
+                if name in obj.__globals__:
+                    visit(obj.__globals__[name], f"{label}.{name}", left - 1)
+        elif callable(obj) and not isinstance(obj, type | types.ModuleType) \
+                and hasattr(obj, "__dict__"):
+            visit(type(obj).__call__, f"{label}.__call__", left - 1)
+            for name in sorted(vars(obj)):
+                visit(vars(obj)[name], f"{label}.{name}", left - 1)
+
+    visit(fn, "net", depth)
+    return found
 
 
 class WrappedGenerator(Generator):
@@ -212,4 +265,16 @@ class WrappedGenerator(Generator):
         return z.detach().cpu().float()
 
     def sample_prior(self, n: int, seed: int | None = None) -> torch.Tensor:
+        """``n`` prior latents drawn with ``seed``; no seed means seed 0, so two calls
+        without one return the same latents: pass distinct seeds for distinct draws."""
         return self._draw(n, 0 if seed is None else seed).to(self.device)
+
+    def fingerprint_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors a search records (:meth:`PromptScorer.weights_sha256`): a module's own,
+        and for a function those of the modules it reaches (:func:`reachable_modules`), so a
+        run does not resume under other weights behind the same function."""
+        state = dict(self.state_dict())
+        if not isinstance(self.net, nn.Module):
+            for label, module in reachable_modules(self.net).items():
+                state.update({f"{label}:{k}": v for k, v in module.state_dict().items()})
+        return state
