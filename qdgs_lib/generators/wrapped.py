@@ -89,8 +89,8 @@ class WrappedGenerator(Generator):
         net: an ``nn.Module`` (frozen here: eval mode, no parameter gradients; gradients
             still flow to the latents) or any differentiable function of the latents. A
             function over a network leaves the network as it is: put it in eval mode
-            yourself (``G.eval()``), and pass the module itself where you can (its weights are
-            then recorded with a search; a function is known by its name only).
+            yourself (``G.eval()``). A search records the weights of a module, or of the
+            modules a function reaches (:func:`reachable_modules`).
         latent_dim: the size of the space the search moves through (``net``'s input).
         output_range: the range of ``net``'s pixels, mapped linearly onto [0, 1]: ``(-1, 1)``
             for most GANs, ``(0, 255)`` for 8-bit output. Small overshoots are clamped (as
