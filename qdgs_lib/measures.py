@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -157,6 +158,13 @@ def ranges_from_samples(measures: np.ndarray, q: float = 0.01,
     if step is not None and not step > 0:
         raise ValueError(f"step must be > 0, got {step}")
     lo, hi = np.quantile(measures, q, axis=0), np.quantile(measures, 1 - q, axis=0)
+    flat = [k for k, spread in enumerate(hi - lo) if not spread >= 1e-4]
+    if flat:
+        warnings.warn(f"measure(s) {flat} barely vary over these {len(measures)} samples "
+                      f"(spread {[float(f'{hi[k] - lo[k]:.2g}') for k in flat]}): their "
+                      "prompts do not tell the generator's images apart (a CLIP that does not "
+                      "know the attribute, or prompts about something the images do not "
+                      "show); an archive over them sorts rounding noise", stacklevel=2)
     return tuple(_round_outwards(a, b, step if step is not None else _step_for(b - a))
                  for a, b in zip(lo, hi, strict=True))
 

@@ -40,6 +40,16 @@ def assign_bins(measures: np.ndarray, bins: Bins) -> np.ndarray:
     measures = np.asarray(measures, dtype=float)
     if measures.ndim != 2 or measures.shape[1] != len(bins):
         raise ValueError(f"measures must be (N, {len(bins)}), got {measures.shape}")
+    for k, intervals in enumerate(bins):
+        edges = [(float(lo), float(hi)) for lo, hi in intervals]
+        if not edges or any(not lo < hi for lo, hi in edges):
+            raise ValueError(f"bins[{k}] must list intervals (lo, hi) with lo < hi, got "
+                             f"{intervals}")
+        edges.sort()
+        if any(edges[i][1] > edges[i + 1][0] for i in range(len(edges) - 1)):
+            raise ValueError(f"bins[{k}]'s intervals overlap ({intervals}): a measure value "
+                             "would count in the first only; make them disjoint, e.g. "
+                             "[(-inf, 0), (0, inf)]")
     index = np.zeros(len(measures), dtype=int)
     valid = np.ones(len(measures), dtype=bool)
     for k, intervals in enumerate(bins):
@@ -121,7 +131,9 @@ def decode_batched(decode: Callable[[torch.Tensor], torch.Tensor], latents: np.n
         for i in tqdm(range(0, len(latents), batch_size), disable=not progress, desc="decode"):
             x = decode(torch.as_tensor(latents[i:i + batch_size], dtype=torch.float32))
             out.append((x if size is None else resize_square(x, size)).cpu())
-    return torch.cat(out) if out else torch.empty(0)
+    if out:
+        return torch.cat(out)
+    return torch.empty(0, 3, size or 0, size or 0)  # (size unknown without a decode: 0)
 
 
 def write_image_dataset(outdir: str | Path, images: torch.Tensor, classes: Sequence[str],

@@ -172,8 +172,20 @@ class PromptScorer:
                  measure_prompts: Sequence[tuple[Prompt, Prompt]],
                  weights: tuple[float, float, float] = (1.0, 0.0, 0.0),
                  memory_size: int = 100, seed: int = 0):
-        if len(objective_prompts) != 2 or any(len(p) != 2 for p in measure_prompts):
-            raise ValueError("prompts come in (positive, negative) pairs")
+        for name, given, pairs in (("objective_prompts", objective_prompts, [objective_prompts]),
+                                   ("measure_prompts", measure_prompts, measure_prompts)):
+            if isinstance(pairs, str) or any(isinstance(p, str) or len(p) != 2 for p in pairs):
+                raise ValueError(
+                    f"prompts come in (positive, negative) pairs: objective_prompts is one pair, "
+                    f"measure_prompts a list of pairs, e.g. [('A red shape.', 'A blue "
+                    f"shape.')]; {name} got {given!r}")
+        if not all(hasattr(generator, a) for a in ("decode", "sample_prior", "latent_dim",
+                                                    "latent_norm", "device")):
+            raise TypeError(f"generator must follow qdgs_lib's Generator protocol (decode, "
+                            f"sample_prior, latent_dim, latent_norm), got "
+                            f"{type(generator).__name__}: wrap a network or function in "
+                            "qdgs_lib.generators.wrapped.WrappedGenerator(net, latent_dim, "
+                            "output_range)")
         if len(measure_prompts) == 0:
             raise ValueError("need at least one measure prompt pair")
         named = [("objective", objective_prompts),

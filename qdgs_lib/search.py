@@ -82,6 +82,13 @@ class SearchConfig:
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm '{self.algorithm}'; choose from {ALGORITHMS}")
+        try:
+            self.ranges = tuple((lo, hi) for lo, hi in self.ranges)
+            self.dims = tuple(self.dims)
+        except (TypeError, ValueError):
+            raise ValueError(f"dims must be a sequence of cell counts and ranges one (low, high) "
+                             f"per measure, e.g. dims=(50, 50), ranges=((-0.1, 0.1), (-0.1, "
+                             f"0.1)); got dims={self.dims!r}, ranges={self.ranges!r}") from None
         if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool)
                    for d in self.dims):
             raise ValueError(f"grid dims must be whole numbers of cells, got {self.dims}")
@@ -506,6 +513,8 @@ class QDSearch:
     def metrics(self) -> pd.DataFrame:
         """One row per iteration (``METRIC_COLUMNS``); empty where the file is gone."""
         if not self.metrics_path.exists():
+            if not (self.outdir / CHECKPOINT).exists():  # not run yet: nothing is missing
+                return pd.DataFrame(columns=METRIC_COLUMNS)
             warnings.warn(f"{self.metrics_path} is missing (deleted?): no curve for this run; "
                           "run it again in a new folder to get one", stacklevel=2)
             return pd.DataFrame(columns=METRIC_COLUMNS)
@@ -647,9 +656,9 @@ def _run_in_workers(build_scorer, p: dict, runs: Mapping, configs: Mapping, work
 
 def archive_summary(searches: dict[str, QDSearch]) -> pd.DataFrame:
     """One row per search: coverage, QD score, elites, evaluations of its result archive."""
-    return pd.DataFrame({name: {"coverage": s.result_archive.stats.coverage,
-                                "qd_score": s.result_archive.stats.qd_score,
-                                "elites": s.result_archive.stats.num_elites,
+    return pd.DataFrame({name: {"coverage": float(s.result_archive.stats.coverage),
+                                "qd_score": float(s.result_archive.stats.qd_score),
+                                "elites": int(s.result_archive.stats.num_elites),
                                 "evaluations": s.iteration * s.cfg.evaluations_per_iteration}
                          for name, s in searches.items()}).T
 

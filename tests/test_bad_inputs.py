@@ -727,3 +727,48 @@ def test_a_training_set_unpacked_with_its_zip_folder_says_to_move_it_up(tmp_path
     for name in ("train.rec", "train.idx"):
         (nested / name).rename(tmp_path / "train" / name)
     assert asset.present() and asset.problem() is None
+
+
+def test_library_users_first_mistakes_get_a_pointer(tmp_path):
+    """What a user trying the library on their own generator got wrong first (a walkthrough
+    from the README and the guide): each gets a message that names the fix."""
+    from torch import nn
+
+    from qdgs_lib.generators.wrapped import WrappedGenerator
+    from qdgs_lib.measures import ranges_from_samples
+    from qdgs_lib.sampling import assign_bins, decode_batched
+    from qdgs_lib.scoring import PromptScorer
+    from qdgs_lib.search import QDSearch, SearchConfig, archive_summary
+
+    net = nn.Sequential(nn.Linear(4, 3 * 8 * 8), nn.Unflatten(1, (3, 8, 8)), nn.Sigmoid())
+    with pytest.raises(ValueError, match=r"output_range must be the pair \(low, high\)"):
+        WrappedGenerator(net, 4, output_range=255)
+    gen = WrappedGenerator(net, 4)
+    assert torch.equal(gen.sample_prior(3, seed=np.int64(5)), gen.sample_prior(3, seed=5))
+    with pytest.raises(TypeError, match="seed must be an int"):
+        gen.sample_prior(3, seed=1.5)
+    with pytest.raises(TypeError, match="wrap a network or function in .*WrappedGenerator"):
+        PromptScorer(net, ToyClip(), ("good", "bad"), [("a", "b")])
+    for objective, measures in ((("good", "bad"), ("a", "b")), ("good", [("a", "b")]),
+                                (("good", "bad"), [("a", "b", "c")])):
+        with pytest.raises(ValueError, match=r"pairs: .*_prompts got [('\[]"):
+            PromptScorer(gen, ToyClip(), objective, measures)
+    with pytest.raises(ValueError, match=r"ranges one \(low, high\) per measure"):
+        SearchConfig(dims=(4, 4), ranges=(-0.1, 0.1))
+    with pytest.raises(ValueError, match=r"lo < hi"):
+        assign_bins(np.zeros((2, 1)), [[(0.1, -0.1)]])
+    with pytest.raises(ValueError, match="overlap"):
+        assign_bins(np.zeros((2, 1)), [[(-np.inf, 0.1), (0.0, np.inf)]])
+    with pytest.warns(UserWarning, match=r"measure\(s\) \[1\] barely vary"):
+        ranges_from_samples(np.stack([np.linspace(-1, 1, 50), np.full(50, 0.3)], 1))
+    assert decode_batched(gen.decode, np.zeros((0, 4)), size=16).shape == (0, 3, 16, 16)
+    sc = PromptScorer(gen, ToyClip(), ("good", "bad"), [("a", "b"), ("c", "d")])
+    search = QDSearch(sc, SearchConfig(dims=(4, 4), ranges=((-1, 1), (-1, 1)), iterations=2),
+                      tmp_path / "qd")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not run yet: nothing is "missing (deleted?)"
+        assert search.metrics().empty
+    search.run(progress=False)
+    summary = archive_summary({"qd": search})  # numbers, not 0-d arrays in object columns
+    assert all(pd.api.types.is_numeric_dtype(t) for t in summary.dtypes), summary.dtypes
+    assert summary.loc["qd", "evaluations"] == 2 * search.cfg.evaluations_per_iteration

@@ -114,6 +114,9 @@ class WrappedGenerator(Generator):
         if not isinstance(latent_dim, numbers.Integral) or isinstance(latent_dim, bool) \
                 or latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
+        if isinstance(output_range, numbers.Number | str):
+            raise ValueError(f"output_range must be the pair (low, high) of net's pixel range, "
+                             f"e.g. (0, 255), got {output_range!r}")
         if len(output_range) != 2 or not float(output_range[1]) > float(output_range[0]) \
                 or not all(math.isfinite(float(v)) for v in output_range):
             raise ValueError(f"output_range must be (low, high) with finite high > low, got "
@@ -247,7 +250,9 @@ class WrappedGenerator(Generator):
 
     def _draw(self, n: int, seed: int) -> torch.Tensor:
         """``n`` prior latents on the CPU, float32."""
-        g = torch.Generator().manual_seed(seed)
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        g = torch.Generator().manual_seed(int(seed))
         if self.prior is None:
             return torch.randn(n, self.latent_dim, generator=g)
         try:
