@@ -21,6 +21,23 @@ from .utils import atomic_path, atomic_write_csv
 
 _WATERMARK: str | None = None
 _FOOTER: str | None = None
+PALETTE = "colorblind"  # seaborn's colour-blind-safe palette, for every statistical figure
+
+
+def arm_color(name: str) -> tuple[float, float, float] | None:
+    """One colour per arm in every figure: QDGS blue, random sampling orange, no synthetic
+    data (biased only, no pretraining) and prior samples grey; None for anything else (the
+    axes' own colour cycle). Read from the name, e.g. "+ QDGS synthetic", "random-sampling
+    elites", "none"."""
+    colors = sns.color_palette(PALETTE)
+    key = str(name).lower()
+    if "qdgs" in key:
+        return colors[0]
+    if "random" in key:
+        return colors[1]
+    if key in ("none", "biased only") or "prior" in key:
+        return colors[7]
+    return None
 
 
 def set_watermark(text: str | None) -> None:
@@ -145,7 +162,7 @@ def qd_curves(metrics: dict[str, pd.DataFrame], x: str = "evaluations",
     axes = np.atleast_1d(axes)
     for ax, y in zip(axes, ys, strict=True):
         for label, df in metrics.items():
-            ax.plot(df[x], df[y], label=label)
+            ax.plot(df[x], df[y], label=label, color=arm_color(label))
         ax.set_xlabel(x)
         ax.set_ylabel(y)
         ax.grid(alpha=0.3)
@@ -203,7 +220,8 @@ def distributions(samples: dict[str, np.ndarray], ax: plt.Axes | None = None,
     """Overlaid density histograms, one per named sample; an optional vertical threshold."""
     ax = ax or plt.gca()
     for label, values in samples.items():
-        ax.hist(np.asarray(values), bins=bins, density=True, alpha=0.45, label=label)
+        ax.hist(np.asarray(values), bins=bins, density=True, alpha=0.45, label=label,
+                color=arm_color(label))
     if threshold is not None:
         ax.axvline(threshold, color="k", lw=1, ls="--")
     ax.set_xlabel(xlabel)
@@ -239,7 +257,7 @@ def training_curves(logs: pd.DataFrame, axes=None):
     for (pre, stage), df in logs.groupby(["pretraining", "stage"]):
         per_epoch = df.groupby("epoch")[["loss", "train_acc"]]
         mean, low, high = per_epoch.mean(), per_epoch.min(), per_epoch.max()
-        color = f"C{sorted(logs.pretraining.unique()).index(pre)}"
+        color = arm_color(pre) or f"C{sorted(logs.pretraining.unique()).index(pre)}"
         for ax, col in zip(axes, ("loss", "train_acc"), strict=True):
             ax.plot(mean.index, mean[col], "--" if stage == "pre" else "-", color=color,
                     marker="o", markersize=3,  # one epoch is a point
@@ -277,7 +295,6 @@ def group_bars(table: pd.DataFrame, ax: plt.Axes | None = None, ylabel: str = "a
 
 
 # --- statistical figures (seaborn): seeds as points, 95% intervals ----------------------------
-PALETTE = "colorblind"  # seaborn's colour-blind-safe palette, for every statistical figure
 
 
 @contextmanager
@@ -302,19 +319,24 @@ def seed_points(data: pd.DataFrame, x: str, y: str, hue: str, ax: plt.Axes | Non
     """Per-seed results as points (one per seed, dodged by ``hue``) over the mean with its
     95% t-interval (:func:`qdgs_lib.claims.mean_ci`; n - 1 degrees of freedom, so few seeds
     give wide intervals, as they should; ``ylim`` cuts them at the axis, e.g. at accuracy 0
-    and 1)."""
+    and 1). Each arm's interval is its own: comparisons between arms are made on the paired
+    differences (:mod:`qdgs_lib.claims`), which are narrower where seeds move both arms."""
     ax = ax or plt.gca()
     data = data.copy()
+    levels = list(hue_order) if hue_order else list(pd.unique(data[hue]))
+    colors = dict(zip(levels, sns.color_palette(PALETTE, len(levels)), strict=True))
+    colors.update({h: arm_color(h) for h in levels if arm_color(h) is not None})
     if labels:
         data[hue] = data[hue].map(lambda v: labels.get(v, v))
         hue_order = [labels.get(h, h) for h in hue_order] if hue_order else None
+        colors = {labels.get(h, h): c for h, c in colors.items()}
     kw = dict(data=data, x=x, y=y, hue=hue, order=order, hue_order=hue_order, ax=ax)
     with theme():
         sns.stripplot(**kw, dodge=True, jitter=False, alpha=0.55, size=5, legend=False,
-                      palette=PALETTE)
+                      palette=colors)
         sns.pointplot(**kw, dodge=0.8 - 0.8 / max(1, data[hue].nunique()), linestyle="none",
                       errorbar=_t_interval, capsize=0.08, markers="D", markersize=6,
-                      err_kws={"linewidth": 1.5}, palette=PALETTE)
+                      err_kws={"linewidth": 1.5}, palette=colors)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel or x)
         ax.set_ylabel(ylabel or y)

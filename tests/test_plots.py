@@ -118,3 +118,35 @@ def test_latent_norms_and_training_curves_take_edge_cases():
     assert axes[0].lines[0].get_ydata().tolist() == [4.0, 3.0]    # mean over the 2 seeds
     assert "2 seed(s)" in axes[0].get_title()
     plt.close("all")
+
+
+def test_each_arm_has_one_colour_in_every_figure():
+    """QDGS, random sampling and no synthetic data keep their colours from figure to figure
+    (notebook 03's curves and notebook 04's points once showed QDGS and random swapped)."""
+    from matplotlib.colors import to_rgb
+
+    qdgs, rand, none = (plots.arm_color(n) for n in ("qdgs", "random", "none"))
+    assert len({qdgs, rand, none}) == 3 and plots.arm_color("something else") is None
+    assert plots.arm_color("+ QDGS synthetic") == plots.arm_color("QDGS elites") == qdgs
+    assert plots.arm_color("random-sampling elites") == rand
+    assert plots.arm_color("biased only") == plots.arm_color("prior samples") == none
+    rows = [{"arm": a, "seed": s, "acc": 0.5 + 0.1 * s + 0.01 * k}
+            for k, a in enumerate(("none", "random", "qdgs")) for s in range(3)]
+    for order in (["none", "random", "qdgs"], ["qdgs", "none", "random"]):
+        fig, ax = plt.subplots()
+        plots.seed_points(pd.DataFrame(rows), x="seed", y="acc", hue="arm", ax=ax,
+                          hue_order=order, labels={"qdgs": "+ QDGS synthetic"})
+        legend = {t.get_text(): to_rgb(h.get_color() if hasattr(h, "get_color")
+                                       else h.get_facecolor()[0])
+                  for t, h in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles,
+                                  strict=True)}
+        assert legend == {"none": none, "random": rand, "+ QDGS synthetic": qdgs}, order
+        plt.close(fig)
+    logs = pd.DataFrame([{"pretraining": a, "stage": "real", "seed": 0, "epoch": e,
+                          "loss": 1.0 / (e + 1), "train_acc": 0.1 * e}
+                         for a in ("none", "qdgs", "random") for e in range(3)])
+    axes = plots.training_curves(logs)
+    colours = {line.get_label().split(" ")[0]: to_rgb(line.get_color())
+               for line in axes[0].get_lines()}
+    assert colours == {"none": none, "qdgs": qdgs, "random": rand}
+    plt.close("all")
