@@ -127,17 +127,20 @@ def fairness(group_acc: dict[str, float]) -> dict[str, float]:
 
 def group_verification(emb: np.ndarray, issame: np.ndarray, groups: np.ndarray,
                        names: list[str] | None = None, n_folds: int = 10,
-                       folds: np.ndarray | None = None) -> dict[str, float]:
+                       folds: np.ndarray | None = None,
+                       thresholds: np.ndarray | None = None) -> dict[str, float]:
     """10-fold verification accuracy within each group of pairs, then fairness summary, then
-    each group's distance threshold (``threshold <group>``, the mean over folds)."""
+    each group's distance threshold (``threshold <group>``, the mean over folds).
+    ``thresholds``: the candidates (:func:`verification_accuracy`; InsightFace's grid by
+    default)."""
     groups = np.asarray(groups)
-    out, thresholds = {}, {}
+    out, chosen = {}, {}
     for g in np.unique(groups):
         mask = groups == g
         idx = np.flatnonzero(mask)
         e = emb.reshape(-1, 2, emb.shape[1])[idx].reshape(-1, emb.shape[1])
         f = None if folds is None else np.asarray(folds)[mask]
         key = names[g] if names else str(g)
-        res = verification_accuracy(e, np.asarray(issame)[mask], n_folds, f)
-        out[key], thresholds[f"threshold {key}"] = res["accuracy"], res["threshold"]
-    return {**out, **{f"fair_{k}": v for k, v in fairness(out).items()}, **thresholds}
+        res = verification_accuracy(e, np.asarray(issame)[mask], n_folds, f, thresholds)
+        out[key], chosen[f"threshold {key}"] = res["accuracy"], res["threshold"]
+    return {**out, **{f"fair_{k}": v for k, v in fairness(out).items()}, **chosen}

@@ -84,10 +84,12 @@ def load_benchmark(p: dict[str, Any], root=None, size: int = 64):
 
 
 def evaluate_recognizer(backbone: torch.nn.Module, bench,
-                        device: str | torch.device = "auto") -> dict:
+                        device: str | torch.device = "auto",
+                        thresholds: np.ndarray | None = None) -> dict:
     """Per-group 10-fold verification accuracy on ``bench`` (+ mean/std/SER), the accuracy over
     all pairs with one threshold (``all``), and the distance threshold chosen for all pairs and
-    for each group (``threshold <group>``).
+    for each group (``threshold <group>``); ``thresholds``: the candidate distances
+    (InsightFace's ``arange(0, 4, 0.01)`` by default).
 
     ``all`` uses the benchmark's own folds when it has them: its pairs are stored group after
     group, so contiguous folds would each hold one group and fit its threshold on the others."""
@@ -95,11 +97,11 @@ def evaluate_recognizer(backbone: torch.nn.Module, bench,
     if images.shape[-2:] != (size, size):
         images = resize_square(unit_range(images), size)
     emb = embed(backbone, images, device=resolve_device(device), transform=adaface_input)
-    pooled = verification_accuracy(emb, bench.issame, folds=bench.folds)
+    pooled = verification_accuracy(emb, bench.issame, folds=bench.folds, thresholds=thresholds)
     out = {"all": pooled["accuracy"]}
     if bench.groups is not None:
         per_group = group_verification(emb, bench.issame, bench.groups, bench.group_names,
-                                       folds=bench.folds)
+                                       folds=bench.folds, thresholds=thresholds)
         thresholds = {k: v for k, v in per_group.items() if k.startswith("threshold ")}
         out |= {k: v for k, v in per_group.items() if k not in thresholds}
         out |= {"threshold all": pooled["threshold"], **thresholds}
