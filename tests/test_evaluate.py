@@ -278,3 +278,20 @@ def test_rfw_photos_are_aligned_with_their_landmarks(tmp_path):
     (t / f"{race}_lmk.txt").write_text(f"/test/data/{race}/{ident}/{ident}_0001.jpg 5 1 2\n")
     with pytest.raises(BadFileError, match="x1 y1 ... x5 y5"):
         read_rfw(tmp_path, races=[race])
+
+
+def test_group_verification_takes_its_threshold_grid():
+    """Distances of 0.004 (same) and 0.012 (different): InsightFace's 0.01 grid separates them
+    only at 0.01; a grid without a threshold between them cannot, and says so in accuracy."""
+    issame = np.tile([True, False], 20)
+    emb = []
+    for same in issame:
+        c = 1 - (0.004 if same else 0.012) / 2  # squared distance 2 - 2 cos
+        emb += [[1.0, 0.0], [c, np.sqrt(1 - c * c)]]
+    emb = np.asarray(emb)
+    groups = np.repeat([0, 1], 20)
+    fine = group_verification(emb, issame, groups, ["a", "b"])
+    assert fine["a"] == fine["b"] == 1.0 and fine["threshold a"] == pytest.approx(0.01)
+    coarse = group_verification(emb, issame, groups, ["a", "b"],
+                                thresholds=np.arange(0, 4, 0.05))
+    assert coarse["a"] == 0.5 and coarse["threshold a"] in (0.0, 0.05)
