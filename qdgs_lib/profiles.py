@@ -146,12 +146,12 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
     "default": {
         # CPU budget: 32x32 classifier input, fewer epochs (paper: 20 + 30) and three bias
-        # levels; the paper's 5 seeds (search seed k paired with classifier seed k)
+        # levels; 5 seeds (search seed k paired with classifier seed k)
         "shapes": {**_SHAPES_BASE, "iterations": 2000, "seeds": (0, 1, 2, 3, 4),
                    "bias_levels": (0.98, 0.90, 0.80), "image_size": 32, "n_train": 1000,
                    "n_test": 2000, "train_epochs": 15, "finetune_epochs": 10, "batch": 64},
         # CPU budget: 400 solutions per dataset (x 4 augmentations), 8 + 8 epochs of ir_small;
-        # the paper's 5 seeds, paired across pretrainings (same real data and initialisation)
+        # 5 seeds, paired across pretrainings (same real data and initialisation)
         "faces": {**_FACES_BASE, "iterations": 2000, "dataset_solutions": 400},
         "recognition": {**_RECOGNITION_BASE, "pretrain_epochs": 8, "real_epochs": 8,
                         "milestones": (5, 7), "seeds": (0, 1, 2, 3, 4), "compile": True},
