@@ -93,8 +93,10 @@ class WrappedGenerator(Generator):
             modules a function reaches (:func:`reachable_modules`).
         latent_dim: the size of the space the search moves through (``net``'s input).
         output_range: the range of ``net``'s pixels, mapped linearly onto [0, 1]: ``(-1, 1)``
-            for most GANs, ``(0, 255)`` for 8-bit output. Small overshoots are clamped (as
-            StyleGAN2's output is); images far outside the range are refused.
+            for most GANs, ``(0, 255)`` for 8-bit output. Pixels outside it are clamped (as
+            StyleGAN2's are). Only prior latents are checked (at construction: images far
+            outside the range are refused); far from the prior a network may overshoot more,
+            and is clamped without a word (the latent-norm penalty keeps a search near it).
         prior: the latents ``net`` was trained on, as ``prior(n, generator)`` drawing ``n``
             latents with the seeded CPU ``torch.Generator`` (they are moved to the device
             afterwards); default N(0, I).
