@@ -580,3 +580,21 @@ def test_tensor_digest_is_the_data_not_its_layout_nor_its_chunking():
               tensor_digest(x.reshape(5, 3, 16), y), tensor_digest(x, y.flip(0)),
               tensor_digest(x[:4], y[:4]), tensor_digest(x.bfloat16(), y)]
     assert len({d, *others}) == 1 + len(others)
+
+
+def test_pooled_accuracy_uses_the_benchmarks_own_folds():
+    """Two groups stored one after the other (angle gaps same/different: 0.15/0.5, then
+    0.6/1.0), folds given that mix both groups. On them the pooled protocol's first best
+    threshold separates the first group (75%); contiguous folds would each hold one group,
+    fit the other group's threshold on the rest, and score 50%."""
+    rows, issame = [], []
+    for same_gap, diff_gap in ((0.15, 0.5), (0.6, 1.0)):
+        for i in range(100):
+            rows += [0.001 * i, 0.001 * i + (same_gap if i % 2 == 0 else diff_gap)]
+            issame.append(i % 2 == 0)
+    v = torch.tensor(rows)  # image value v -> embedding angle v (AdaFace normalisation)
+    images = ((v / 2 + 0.5)[:, None, None, None]).expand(-1, 3, 8, 8).contiguous()
+    folds = np.arange(len(issame)) // 2 % 10  # each fold: same and different, both groups
+    bench = PairSet("two scales", images, np.array(issame), folds=folds)
+    res = recognition.evaluate_recognizer(_AngleNet(), bench, device="cpu")
+    assert res["all"] == pytest.approx(0.75)

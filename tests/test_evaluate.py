@@ -120,6 +120,9 @@ def test_bin_round_trip(tmp_path):
     # read at another size: resized in float
     small = read_bin(tmp_path / "toy.bin", image_size=56).images
     assert small.dtype == torch.float32 and small.shape == (8, 3, 56, 56)
+    from qdgs_lib.utils import resize_square
+    assert 0 <= small.min() and small.max() <= 1  # resized in [0, 1], not 0..255
+    assert torch.allclose(small, resize_square(ps.images / 255, 56), atol=1e-6)
 
 
 def test_uint8_images_embed_exactly_as_their_float_copies():
@@ -179,6 +182,10 @@ def test_rfw_layout(tmp_path):
     ps = read_rfw(tmp_path, races=["African", "Asian"])
     assert ps.images.shape == (8, 3, 112, 112)
     assert list(ps.issame) == [True, False, True, False] and list(ps.groups) == [0, 0, 1, 1]
+    # the files each line names: "m.01 1 2" -> _0001 (red 50), _0002 (red 100); the negative
+    # "m.01 1 m.02 2" -> m.01_0001 (50), m.02_0002 (100)
+    red = ps.images[:, 0].float().mean((1, 2))
+    assert torch.allclose(red, torch.tensor([50.0, 100.0] * 4), atol=3), red
     (tmp_path / "test/txts/Asian/Asian_pairs.txt").write_text("m.01 1 9\n")
     with pytest.raises(FileNotFoundError, match="m.01_0009"):
         read_rfw(tmp_path, races=["Asian"])
@@ -278,6 +285,59 @@ def test_rfw_photos_are_aligned_with_their_landmarks(tmp_path):
     (t / f"{race}_lmk.txt").write_text(f"/test/data/{race}/{ident}/{ident}_0001.jpg 5 1 2\n")
     with pytest.raises(BadFileError, match="x1 y1 ... x5 y5"):
         read_rfw(tmp_path, races=[race])
+
+
+def test_thresholds_above_two_are_candidates():
+    """InsightFace's grid is arange(0, 4, 0.01): squared distances of unit embeddings reach 4,
+    and a model whose pairs all lie past 2 must still be separable."""
+    issame = np.tile([True, False], 20)
+    emb = []
+    for same in issame:
+        c = 1 - (2.5 if same else 3.5) / 2  # squared distance 2 - 2 cos
+        emb += [[1.0, 0.0], [c, np.sqrt(1 - c * c)]]
+    r = verification_accuracy(np.asarray(emb), issame)
+    assert r["accuracy"] == 1.0 and 2.4 < r["threshold"] < 3.6
+
+
+def test_rfw_folds_are_contiguous_blocks_per_race(tmp_path):
+    """RFW's protocol: fold = line // 600 of each race's 6000 lines (here 20 lines: 2 per fold),
+    counted per race."""
+    from PIL import Image
+    for race in ["African", "Asian"]:
+        d = tmp_path / "test" / "data" / race / "m.01"
+        d.mkdir(parents=True)
+        for n in (1, 2):
+            Image.new("RGB", (112, 112), (n * 50, 0, 0)).save(d / f"m.01_{n:04d}.jpg")
+        t = tmp_path / "test" / "txts" / race
+        t.mkdir(parents=True)
+        (t / f"{race}_pairs.txt").write_text("m.01 1 2\n" * 20)
+    ps = read_rfw(tmp_path, races=["African", "Asian"])
+    assert list(ps.folds) == list(np.repeat(np.arange(10), 2)) * 2
+    assert list(ps.groups) == [0] * 20 + [1] * 20
+
+
+def test_rfw_alignment_rounds_to_the_nearest_level(tmp_path):
+    """A flat photo stays flat through the landmark warp: the warp's float values (e.g.
+    199.99998) round to the nearest uint8 level, not down to 199."""
+    from PIL import Image
+
+    from qdgs_lib.align import ARCFACE_TEMPLATE
+
+    race, ident = "Asian", "m.01"
+    d = tmp_path / "test" / "data" / race / ident
+    d.mkdir(parents=True)
+    for n in (1, 2):
+        Image.new("RGB", (220, 240), (200, 100, 50)).save(d / f"{ident}_{n:04d}.jpg",
+                                                          quality=98)
+    t = tmp_path / "test" / "txts" / race
+    t.mkdir(parents=True)
+    (t / f"{race}_pairs.txt").write_text("m.01 1 2\n")
+    pts = ARCFACE_TEMPLATE * 1.5 + [20.25, 30.25]
+    (t / f"{race}_lmk.txt").write_text("".join(
+        f"/test/data/{race}/{ident}/{ident}_{n:04d}.jpg 5 "
+        + " ".join(f"{v:.3f}" for v in pts.ravel()) + "\n" for n in (1, 2)))
+    got = read_rfw(tmp_path, races=[race]).images
+    assert [torch.unique(got[:, c]).tolist() for c in range(3)] == [[200], [100], [50]]
 
 
 def test_group_verification_takes_its_threshold_grid():

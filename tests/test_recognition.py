@@ -468,6 +468,10 @@ def test_pretrain_protocol_refuses_finished_models_of_other_settings_or_data(tmp
     with pytest.raises(ValueError, match=r"none_seed0.safetensors was trained with other .*"
                                          r"'epochs': \(1, 2\)"):
         recognition.pretrain_protocol(longer, sets, run, progress=False)
+    # the pretraining stage's own epochs are in its record (and so in the real stage's init)
+    longer_pre = {**r, "pretrain_epochs": r["pretrain_epochs"] + 1}
+    with pytest.raises(ValueError, match=r"qdgs_seed0.safetensors was trained with other"):
+        recognition.pretrain_protocol(longer_pre, sets, run, progress=False)
     with pytest.raises(ValueError, match="qdgs_seed0.safetensors was trained with other"):
         recognition.pretrain_protocol(r, synthetic(1), run, progress=False)  # a rewritten set
     # the advice: delete the finished stages of the old set; the rest is kept
@@ -562,3 +566,34 @@ def test_models_table_is_the_same_file_wherever_the_run_folder_lies(tmp_path):
     assert recognition.read_models_table(old).model.tolist() == ["/x/m.safetensors"]
     with pytest.raises(FileNotFoundError, match="run notebooks/03_pretraining.ipynb first"):
         recognition.read_models_table(tmp_path / "none.csv")
+
+
+def test_adaface_keeps_its_norm_statistics_in_eval():
+    head = AdaFace(4, 3).eval()
+    head(torch.nn.functional.normalize(torch.randn(8, 4), dim=1), torch.full((8, 1), 30.0),
+         torch.zeros(8, dtype=torch.long))
+    assert head.batch_mean.item() == 20.0 and head.batch_std.item() == 100.0
+
+
+def test_resume_restores_the_learning_rate_schedule(tmp_path):
+    """milestones=(3,): the rate drops after epoch 3 in the resumed run too (a scheduler left
+    fresh by the resume would keep 0.05 and drop three epochs late)."""
+    full = make_trainer(tmp_path / "full")
+    full.run(3)
+    make_trainer(tmp_path / "part").run(2)
+    resumed = make_trainer(tmp_path / "part", seed=123)
+    resumed.run(3)
+    assert resumed.sched.state_dict() == full.sched.state_dict()
+    assert resumed.opt.param_groups[0]["lr"] == full.opt.param_groups[0]["lr"] \
+        == pytest.approx(0.005)
+
+
+def test_each_epoch_has_its_own_sample_order_and_a_resume_repeats_it(tmp_path):
+    t = make_trainer(tmp_path)
+    first, _ = t._epoch_order()
+    t.epoch = 1
+    second, _ = t._epoch_order()
+    assert not torch.equal(first, second)
+    assert sorted(second.tolist()) == list(range(len(t.data)))
+    t.epoch = 0
+    assert torch.equal(t._epoch_order()[0], first)

@@ -202,3 +202,23 @@ def test_labels_beyond_the_image_count_are_refused(tmp_path):
     write_recordio(tmp_path / "train.rec", {0: pack(0.0, jpeg(1)), 1: pack(1e9, jpeg(2))})
     with pytest.raises(RecordIOError, match="labels up to 1000000000 for 2 images"):
         RecordIOFaces(tmp_path)
+
+
+def test_unpack_reads_the_image_after_several_labels():
+    from qdgs_lib.data.recordio import unpack
+
+    labels, ident, image = unpack(pack([3.0, 7.0, 9.0], b"JPEGDATA", ident=5))
+    assert labels.tolist() == [3.0, 7.0, 9.0] and ident == 5 and image == b"JPEGDATA"
+
+
+def test_an_index_into_the_middle_of_a_record_is_refused(tmp_path):
+    """A payload with the magic at a 4-byte boundary is written in two parts; an offset
+    pointing at the second (continuation flag 3) is a wrong .idx, not a record."""
+    from qdgs_lib.data.recordio import read_record
+
+    payload = b"abcd" + struct.pack("<I", MAGIC) + b"efgh"
+    rec = write_recordio(tmp_path / "x.rec", {0: payload})
+    with open(rec, "rb") as f:
+        assert read_record(f, 0) == payload
+        with pytest.raises(RecordIOError, match="continuation flag 3"):
+            read_record(f, 8 + 4)  # header + the first part's 4 bytes

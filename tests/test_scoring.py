@@ -800,3 +800,16 @@ def test_deterministic_scoring_sets_torch_for_the_call_only(monkeypatch):
         sc.deterministic = flag
         sc.evaluate(z)
     assert sorted(k[-1] for k in sc._static_calls) == [False, True]
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_the_scorer_itself_refuses_one_nonfinite_latent(monkeypatch, value):
+    """In a compiled pass or a CUDA graph replay the generator's own latent check does not run
+    (simulated here: is_compiling() True): the scorer's host-side check must refuse one NaN/inf
+    coordinate among finite latents, before the networks run on it."""
+    sc = make_scorer()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    z = np.zeros((3, 4))
+    z[1, 2] = value
+    with pytest.raises(ValueError, match="latents contain NaN or inf"):
+        sc.evaluate(z)

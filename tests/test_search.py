@@ -522,3 +522,49 @@ def test_a_run_resumes_only_with_the_same_autocast(tmp_path):
     search = QDSearch(scorer_with(None), config("cma_maega", 5), tmp_path)
     search.run(progress=False)  # the finished float32 run, reloaded
     assert search.iteration == 5
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_evaluations_column_counts_every_scored_solution_with_several_emitters(tmp_path,
+                                                                              algorithm):
+    """evaluations = what the scorer was asked to score (x0='zeros': no prior draws), with
+    3 emitters: CMA-MAEGA's gradient step scores one solution per emitter, not one."""
+    sc = scorer()
+    counted = []
+    evaluate = sc.evaluate
+
+    def counting(latents, *args, **kw):
+        counted.append(len(latents))
+        return evaluate(latents, *args, **kw)
+
+    sc.evaluate = counting
+    cfg = config(algorithm, iterations=3, num_emitters=3, batch_size=2, x0="zeros")
+    search = QDSearch(sc, cfg, tmp_path)
+    search.run(progress=False)
+    assert search.metrics()["evaluations"].iloc[-1] == sum(counted)
+    assert sum(counted) == 3 * cfg.evaluations_per_iteration
+
+
+def test_metrics_last_row_is_the_result_archives_stats(tmp_path):
+    search = QDSearch(scorer(), config("cma_maega", 5), tmp_path)
+    st = search.run(progress=False).stats
+    last = search.metrics().iloc[-1]
+    assert last["num_elites"] == st.num_elites
+    for col in ("coverage", "qd_score", "obj_max", "obj_mean"):
+        assert last[col] == pytest.approx(float(getattr(st, col))), col
+
+
+def test_cma_maega_offers_every_scored_batch_to_the_uniqueness_memory(tmp_path):
+    """The gradient step's solutions (ask_dqd) and the branches (ask) both update the memory."""
+    sc = PromptScorer(ToyGenerator(prior_std=0.05), ToyClip(), ("good", "bad"),
+                      [("a", "b"), ("c", "d")], weights=(1.0, 0.0, 0.2), memory_size=1000)
+    batches = []
+    remember = sc._remember
+
+    def spy(loss, emb):
+        batches.append(len(loss))
+        remember(loss, emb)
+
+    sc._remember = spy
+    QDSearch(sc, config("cma_maega", 3, batch_size=4), tmp_path).run(progress=False)
+    assert batches == [1, 4] * 3
