@@ -656,11 +656,14 @@ def _run_in_workers(build_scorer, p: dict, runs: Mapping, configs: Mapping, work
 
 def archive_summary(searches: dict[str, QDSearch]) -> pd.DataFrame:
     """One row per search: coverage, QD score, elites, evaluations of its result archive."""
+    types = {"coverage": float, "qd_score": float, "elites": int, "evaluations": int}
+    if not searches:
+        return pd.DataFrame(columns=list(types)).astype(types)
     return pd.DataFrame({name: {"coverage": float(s.result_archive.stats.coverage),
                                 "qd_score": float(s.result_archive.stats.qd_score),
                                 "elites": int(s.result_archive.stats.num_elites),
                                 "evaluations": s.iteration * s.cfg.evaluations_per_iteration}
-                         for name, s in searches.items()}).T
+                         for name, s in searches.items()}).T.astype(types)
 
 
 def archive_frame(archive: GridArchive) -> pd.DataFrame:

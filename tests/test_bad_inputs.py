@@ -770,5 +770,7 @@ def test_library_users_first_mistakes_get_a_pointer(tmp_path):
         assert search.metrics().empty
     search.run(progress=False)
     summary = archive_summary({"qd": search})  # numbers, not 0-d arrays in object columns
-    assert all(pd.api.types.is_numeric_dtype(t) for t in summary.dtypes), summary.dtypes
+    assert summary.dtypes.to_dict() == {"coverage": float, "qd_score": float, "elites": int,
+                                        "evaluations": int}, summary.dtypes
     assert summary.loc["qd", "evaluations"] == 2 * search.cfg.evaluations_per_iteration
+    assert archive_summary({}).empty
