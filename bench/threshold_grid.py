@@ -2,12 +2,13 @@
 
 The 10-fold protocol picks each fold's distance threshold from ``arange(0, 4, 0.01)`` (what
 InsightFace and the paper's evaluation use). On the toy benchmark the dark-skinned groups'
-best thresholds are 0.02-0.06: the grid's step is a fifth to a half of them. This evaluates
+best thresholds are small (means 0.05-0.06 over the runs, some folds at 0.02): the grid's
+step is a fifth of them or more. This evaluates
 notebook 03's default models once per grid, InsightFace's (its rows must equal
 ``figures/04_results.csv``) and a 100x finer one (``arange(0, 4, 1e-4)``), and prints notebook
 04's verdicts for both. Writes results/threshold_grid.csv (one row per model and grid).
 
-    python bench/threshold_grid.py   # after `make reproduce` (runs/03_pretraining/default); ~2 min
+    python bench/threshold_grid.py   # after `make reproduce` (runs/03_pretraining/); 10-20 min
 """
 
 from __future__ import annotations

@@ -47,13 +47,14 @@ def holm(pvalues) -> np.ndarray:
     """Holm's step-down adjustment of a family of p-values (controls the chance of any false
     "better"/"worse" among them at the test level). NaN entries stay NaN and are not counted
     in the family."""
-    p = np.asarray(pvalues, dtype=float)
+    shape = np.shape(pvalues)
+    p = np.asarray(pvalues, dtype=float).ravel()
     out = np.full(p.shape, np.nan)
     idx = np.flatnonzero(np.isfinite(p))
     order = idx[np.argsort(p[idx], kind="stable")]
     scaled = (len(order) - np.arange(len(order))) * p[order]
     out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
-    return out
+    return out.reshape(shape)
 
 
 def _paired(low: float, high: float, p_holm: float, level: float) -> str:

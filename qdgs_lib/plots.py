@@ -323,12 +323,14 @@ def seed_points(data: pd.DataFrame, x: str, y: str, hue: str, ax: plt.Axes | Non
     differences (:mod:`qdgs_lib.claims`), which are narrower where seeds move both arms."""
     ax = ax or plt.gca()
     data = data.copy()
-    levels = list(hue_order) if hue_order else list(pd.unique(data[hue]))
-    colors = dict(zip(levels, sns.color_palette(PALETTE, len(levels)), strict=True))
-    colors.update({h: arm_color(h) for h in levels if arm_color(h) is not None})
+    levels = list(hue_order) if hue_order is not None else list(pd.unique(data[hue]))
+    # arms keep their colours; any other level takes one of the palette's other colours
+    others = [c for i, c in enumerate(sns.color_palette(PALETTE)) if i not in (0, 1, 7)]
+    rest = iter(others * len(levels))
+    colors = {h: arm_color(h) or next(rest) for h in levels}
     if labels:
         data[hue] = data[hue].map(lambda v: labels.get(v, v))
-        hue_order = [labels.get(h, h) for h in hue_order] if hue_order else None
+        hue_order = [labels.get(h, h) for h in hue_order] if hue_order is not None else None
         colors = {labels.get(h, h): c for h, c in colors.items()}
     kw = dict(data=data, x=x, y=y, hue=hue, order=order, hue_order=hue_order, ax=ax)
     with theme():

@@ -182,7 +182,7 @@ class PromptScorer:
         if not all(hasattr(generator, a) for a in ("decode", "sample_prior", "latent_dim",
                                                     "latent_norm", "device")):
             raise TypeError(f"generator must follow qdgs_lib's Generator protocol (decode, "
-                            f"sample_prior, latent_dim, latent_norm), got "
+                            f"sample_prior, latent_dim, latent_norm, device), got "
                             f"{type(generator).__name__}: wrap a network or function in "
                             "qdgs_lib.generators.wrapped.WrappedGenerator(net, latent_dim, "
                             "output_range)")

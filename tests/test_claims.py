@@ -233,6 +233,8 @@ def test_holm_and_paired_p_match_their_definitions():
     adjusted = claims.holm([0.01, float("nan"), 0.04])  # a NaN is not part of the family
     assert adjusted[0] == pytest.approx(0.02) and adjusted[2] == pytest.approx(0.04)
     assert np.isnan(adjusted[1]) and claims.holm([0.6, 0.7]).max() == 1.0
+    table = claims.holm([[0.01, 0.04], [0.03, 0.005]])  # a table keeps its shape
+    assert table == pytest.approx(np.array([[0.03, 0.06], [0.06, 0.02]]))
     d = [0.03, -0.01, 0.05, 0.02]
     assert claims.paired_p(d) == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
     assert np.isnan(claims.paired_p([0.1, 0.1])) and np.isnan(claims.paired_p([0.1]))

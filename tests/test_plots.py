@@ -142,6 +142,17 @@ def test_each_arm_has_one_colour_in_every_figure():
                                   strict=True)}
         assert legend == {"none": none, "random": rand, "+ QDGS synthetic": qdgs}, order
         plt.close(fig)
+    # levels that are not arms never take an arm's colour; hue_order may be an Index
+    other = pd.DataFrame([{"arm": a, "seed": s, "acc": 0.5} for a in ("baseline", "qdgs")
+                          for s in range(2)])
+    fig, ax = plt.subplots()
+    plots.seed_points(other, x="seed", y="acc", hue="arm", ax=ax,
+                      hue_order=pd.Index(["baseline", "qdgs"]))
+    handles = ax.get_legend().legend_handles
+    colours = [to_rgb(h.get_color() if hasattr(h, "get_color") else h.get_facecolor()[0])
+               for h in handles]
+    assert colours[1] == qdgs and colours[0] not in (qdgs, rand, none)
+    plt.close(fig)
     logs = pd.DataFrame([{"pretraining": a, "stage": "real", "seed": 0, "epoch": e,
                           "loss": 1.0 / (e + 1), "train_acc": 0.1 * e}
                          for a in ("none", "qdgs", "random") for e in range(3)])

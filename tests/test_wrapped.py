@@ -283,10 +283,20 @@ def test_a_resume_under_other_weights_behind_the_same_function_is_refused(tmp_pa
     def helper(z):
         return holder_net(z)  # noqa: F821 - a global bound below
 
-    globals()["holder_net"] = G
+    class Pipeline:  # a plain object holding the network, not callable itself
+        def __init__(self, net):
+            self.net = net
+
+        def generate(self, z):
+            return self.net(z)
+
+    pipe, nets, boxed = Pipeline(G), {"G": G}, [G]
+    globals().update(holder_net=G, clip=tanh_gan(seed=2))  # `clip`: a global like the guide's
     try:
-        for fn in (G.forward, Renderer(G), helper, lambda z: helper(z)):
+        for fn in (G.forward, Renderer(G), helper, lambda z: helper(z), pipe.generate,
+                   lambda z: pipe.net(z), lambda z: nets["G"](z), lambda z: boxed[0](z),
+                   lambda z: holder_net(z).clip(-1, 1)):  # noqa: F821 - .clip: an attribute
             assert [m is G for m in reachable_modules(fn).values()] == [True], fn
     finally:
-        del globals()["holder_net"]
+        del globals()["holder_net"], globals()["clip"]
     assert reachable_modules(torch.sigmoid) == {}

@@ -10,6 +10,7 @@ latent-norm penalty). :class:`WrappedGenerator` builds them around a network::
 
 from __future__ import annotations
 
+import dis
 import functools
 import inspect
 import math
@@ -28,24 +29,25 @@ Prior = Callable[[int, torch.Generator], torch.Tensor]  # (n, seeded generator) 
 _PROBES = 8  # prior latents every check at construction decodes
 
 
-def reachable_modules(fn: Callable, depth: int = 3) -> dict[str, nn.Module]:
+def reachable_modules(fn: Callable, depth: int = 4) -> dict[str, nn.Module]:
     """The ``nn.Module``s a function reaches, by a stable name: its closure's cells, the
-    globals its code names, a bound method's object, a ``functools.partial``'s function and
-    arguments, a callable object's attributes; followed through functions up to ``depth``
-    steps. What a search records of a function's weights (a module found is not searched
-    further: its own weights cover what it holds)."""
+    globals its code loads, a bound method's object and function, a ``functools.partial``'s
+    function and arguments, any object's attributes, the items of lists, tuples and dicts
+    (the first 64); followed up to ``depth`` steps. What a search records of a function's
+    weights (a module found is not searched further: its own weights cover what it holds)."""
     found: dict[str, nn.Module] = {}
     seen: set[int] = set()
 
-    def code_names(code: types.CodeType) -> set[str]:
-        names = set(code.co_names)
+    def global_names(code: types.CodeType) -> set[str]:
+        names = {i.argval for i in dis.get_instructions(code)
+                 if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}  # not attribute names
         for const in code.co_consts:  # nested functions, comprehensions
             if isinstance(const, types.CodeType):
-                names |= code_names(const)
+                names |= global_names(const)
         return names
 
     def visit(obj, label: str, left: int) -> None:
-        if id(obj) in seen or left < 0:
+        if id(obj) in seen or left < 0 or isinstance(obj, type | types.ModuleType):
             return
         seen.add(id(obj))
         if isinstance(obj, nn.Module):
@@ -58,6 +60,7 @@ def reachable_modules(fn: Callable, depth: int = 3) -> dict[str, nn.Module]:
                 visit(obj.keywords[k], f"{label}.{k}", left - 1)
         elif inspect.ismethod(obj):
             visit(obj.__self__, f"{label}.__self__", left - 1)
+            visit(obj.__func__, f"{label}.__func__", left - 1)
         elif inspect.isfunction(obj):
             cells = zip(obj.__code__.co_freevars, obj.__closure__ or (), strict=True)
             for name, cell in sorted(cells, key=lambda nc: nc[0]):
@@ -65,14 +68,22 @@ def reachable_modules(fn: Callable, depth: int = 3) -> dict[str, nn.Module]:
                     visit(cell.cell_contents, f"{label}.{name}", left - 1)
                 except ValueError:  # an empty cell
                     pass
-            for name in sorted(code_names(obj.__code__)):
+            for name in sorted(global_names(obj.__code__)):
                 if name in obj.__globals__:
                     visit(obj.__globals__[name], f"{label}.{name}", left - 1)
-        elif callable(obj) and not isinstance(obj, type | types.ModuleType) \
-                and hasattr(obj, "__dict__"):
-            visit(type(obj).__call__, f"{label}.__call__", left - 1)
-            for name in sorted(vars(obj)):
-                visit(vars(obj)[name], f"{label}.{name}", left - 1)
+        elif isinstance(obj, list | tuple):
+            for i, item in enumerate(obj[:64]):
+                visit(item, f"{label}[{i}]", left - 1)
+        elif isinstance(obj, dict):
+            for key in sorted(obj, key=repr)[:64]:
+                visit(obj[key], f"{label}[{key!r}]", left - 1)
+        elif not isinstance(obj, torch.Tensor) and isinstance(getattr(obj, "__dict__", None),
+                                                               dict):
+            if callable(obj):
+                visit(type(obj).__call__, f"{label}.__call__", left - 1)
+            attrs = vars(obj)
+            for name in sorted(attrs)[:64]:
+                visit(attrs[name], f"{label}.{name}", left - 1)
 
     visit(fn, "net", depth)
     return found
