@@ -67,6 +67,15 @@ def _paired(low: float, high: float, p_holm: float, level: float) -> str:
     return "better" if low + high > 0 else "worse"
 
 
+def _adjust(table: pd.DataFrame, columns: list[str]) -> None:
+    """Holm-adjust a verdict table's p-value ``columns`` together, as one family: adds a
+    ``"<column> holm"`` per column and ``family``, the number of comparisons with a p-value."""
+    adjusted = holm(table[columns].to_numpy(float))
+    for j, col in enumerate(columns):
+        table[f"{col} holm"] = adjusted[:, j]
+    table["family"] = int(np.isfinite(adjusted).sum())
+
+
 def _p_text(p: float, p_holm: float, family: int) -> str:
     return f"p {p:.2g}, Holm {p_holm:.2g} of {family}" if np.isfinite(p) else "no p"
 
@@ -115,11 +124,7 @@ def shapes_verdicts(results: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     out = pd.DataFrame(rows).T
     out.index.name = "bias"
     out["seeds"] = out["seeds"].astype(int)
-    ps = [f"qdgs - {base} p" for base in ("none", "random")]
-    adjusted = holm(out[ps].to_numpy(float).ravel()).reshape(len(out), len(ps))
-    for j, col in enumerate(ps):
-        out[f"{col} holm"] = adjusted[:, j]
-    out["family"] = int(np.isfinite(adjusted).sum())
+    _adjust(out, [f"qdgs - {base} p" for base in ("none", "random")])
     verdicts = []
     for _, row in out.iterrows():
         vs = {base: _paired(row[f"qdgs - {base} low"], row[f"qdgs - {base} high"],
@@ -223,11 +228,7 @@ def fairness_verdicts(results: pd.DataFrame, benchmark: str, groups: list[str],
     out = pd.DataFrame(rows)
     if out.empty:
         return out
-    ps = ["std p", "worst p", "mean p"]
-    adjusted = holm(out[ps].to_numpy(float).ravel()).reshape(len(out), len(ps))
-    for j, col in enumerate(ps):
-        out[f"{col} holm"] = adjusted[:, j]
-    out["family"] = int(np.isfinite(adjusted).sum())
+    _adjust(out, ["std p", "worst p", "mean p"])
     verdicts = []
     for _, row in out.iterrows():
         if row["seeds"] < 2:
@@ -294,8 +295,7 @@ def label_audit_verdicts(per_seed: pd.DataFrame, columns: tuple[str, ...] = (
                      "level": level}
     out = pd.DataFrame(rows).T
     out["seeds"] = out["seeds"].astype(int)
-    out["p holm"] = holm(out["p"].to_numpy(float))
-    out["family"] = int(np.isfinite(out["p holm"].to_numpy(float)).sum())
+    _adjust(out, ["p"])
     words = {"better": "QDGS higher", "worse": "QDGS lower",
              "no clear difference": "no clear difference"}
     verdicts = []

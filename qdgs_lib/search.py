@@ -659,9 +659,9 @@ def archive_summary(searches: dict[str, QDSearch]) -> pd.DataFrame:
     types = {"coverage": float, "qd_score": float, "elites": int, "evaluations": int}
     if not searches:
         return pd.DataFrame(columns=list(types)).astype(types)
-    return pd.DataFrame({name: {"coverage": float(s.result_archive.stats.coverage),
-                                "qd_score": float(s.result_archive.stats.qd_score),
-                                "elites": int(s.result_archive.stats.num_elites),
+    return pd.DataFrame({name: {"coverage": s.result_archive.stats.coverage,
+                                "qd_score": s.result_archive.stats.qd_score,
+                                "elites": s.result_archive.stats.num_elites,
                                 "evaluations": s.iteration * s.cfg.evaluations_per_iteration}
                          for name, s in searches.items()}).T.astype(types)
 
