@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .paths import (
+    RELEASED_OFFSETS_WHERE,
+    RELEASED_SHAPES_VAE_WHERE,
     STYLEGAN2_FFHQ_URL,
     benchmarks_dir,
     in_data_dir,
@@ -130,9 +132,16 @@ def required_assets(profile: str | None, section: str, part: str | None = None,
     p = get_profile(name, section, **overrides)
     out: list[Asset] = []
     if section == "shapes":
-        out += [Asset(weights_dir() / "shapes_vae.safetensors", "the project's shapes VAE",
-                      shipped_weights_fix("shapes_vae.safetensors", "train_shapes_vae.py")),
-                Asset(weights_dir() / "shapes_oracle.safetensors",
+        vae = in_data_dir(p["shapes_vae"])
+        if vae is None:
+            out.append(Asset(weights_dir() / "shapes_vae.safetensors", "the project's shapes VAE",
+                             shipped_weights_fix("shapes_vae.safetensors",
+                                                 "train_shapes_vae.py")))
+        elif vae.suffix == ".safetensors":
+            out.append(Asset(vae, "shapes VAE weights", "the file you named"))
+        else:
+            out.append(Asset(vae, "the released code's shapes VAE", RELEASED_SHAPES_VAE_WHERE))
+        out += [Asset(weights_dir() / "shapes_oracle.safetensors",
                       "the project's shapes oracle (the label audit's reference)",
                       shipped_weights_fix("shapes_oracle.safetensors",
                                           "train_shapes_oracle.py")),
@@ -142,6 +151,9 @@ def required_assets(profile: str | None, section: str, part: str | None = None,
             path = in_data_dir(p["stylegan_weights"]) if p["stylegan_weights"] else \
                 pretrained_dir() / "stylegan2-ffhq-256x256.pkl"
             out.append(Asset(path, "StyleGAN2-FFHQ-256", WHERE["stylegan"]))
+        if p["offsets_file"]:
+            out.append(Asset(in_data_dir(p["offsets_file"]), "latent augmentations",
+                             RELEASED_OFFSETS_WHERE))
         out.append(_clip_asset(p))
     elif section == "recognition":
         if p["real_dataset"] and part in (None, "train"):

@@ -19,7 +19,7 @@ from .generators.base import Generator
 from .generators.stylegan2 import StyleGAN2Generator
 from .generators.stylegan2_legacy import load_stylegan2
 from .measures import dataset_bins, index, ranges_from_samples
-from .paths import in_data_dir
+from .paths import RELEASED_OFFSETS_WHERE, in_data_dir
 from .sampling import assign_bins, cluster_identities, solution_columns, write_identity_dataset
 from .scoring import PromptScorer, scorer_for_profile
 from .search import measures, solutions
@@ -29,9 +29,13 @@ from .utils import resolve_device
 def build_generator(p: dict[str, Any], device: str | torch.device = "auto") -> Generator:
     device = resolve_device(device)
     if p["world"] == "toy":
+        if p["latent_space"] != "w":
+            raise ValueError(f"latent_space={p['latent_space']!r} is a StyleGAN2 setting "
+                             "(world 'ffhq'); the toy world has one latent space: use 'w'")
         return toy_faces.ToyFaces().to(device)
     if p["world"] == "ffhq":
-        return StyleGAN2Generator(load_stylegan2(in_data_dir(p["stylegan_weights"]), device))
+        return StyleGAN2Generator(load_stylegan2(in_data_dir(p["stylegan_weights"]), device),
+                                  latent_space=p["latent_space"])
     raise ValueError(f"unknown world {p['world']!r}: 'toy' or 'ffhq'")
 
 
@@ -57,8 +61,51 @@ def measure_shares(m: np.ndarray, p: dict[str, Any]) -> dict[str, float]:
             "50s (CLIP age < 0)": float((m[:, index(p, "age")] < 0).mean())}
 
 
+def load_latent_offsets(path: str | Path, latent_dim: int, count: int) -> np.ndarray:
+    """Latent augmentations from a file: a (count, latent_dim) tensor saved by torch (like the
+    released ``augmentations.pt``; read with ``weights_only=True``) or a ``.npy`` array. One
+    row must be all zeros (the solution itself); it comes first, the others keep their order."""
+    from .utils import reading
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"latent offsets file not found at {path}: get "
+                                f"{RELEASED_OFFSETS_WHERE}, or set offsets_file to None for "
+                                "random offsets")
+    with reading(path, "latent offsets (a torch tensor or .npy array)", f"Expected "
+                 f"{RELEASED_OFFSETS_WHERE}."):
+        if path.suffix == ".npy":
+            off = np.load(path, allow_pickle=False)
+        else:
+            off = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(off, torch.Tensor):
+                raise ValueError(f"holds a {type(off).__name__}, not a tensor")
+            off = off.numpy()
+    if off.ndim != 2 or off.shape[1] != latent_dim:
+        hint = " (the released file is for StyleGAN2-256 in w+: set latent_space='w+')" \
+            if off.ndim == 2 and off.shape[1] % latent_dim == 0 else ""
+        raise ValueError(f"{path} holds offsets of shape {off.shape}; the generator's latents "
+                         f"have {latent_dim} numbers, so (k, {latent_dim}) is needed{hint}")
+    if not np.isfinite(off).all():
+        raise ValueError(f"{path} holds NaN or inf offsets: a damaged copy")
+    zero = np.flatnonzero(~off.any(axis=1))
+    if len(zero) == 0:
+        raise ValueError(f"{path} has no all-zero row: a dataset keeps each solution's own "
+                         "image, so add a row of zeros")
+    if len(off) != count:
+        raise ValueError(f"{path} holds {len(off)} offsets but the profile's offsets is "
+                         f"{count}: set offsets={len(off)}")
+    order = [int(zero[0]), *(i for i in range(len(off)) if i != zero[0])]
+    return off[order].astype(np.float32)
+
+
 def latent_offsets(p: dict[str, Any], generator: Generator) -> np.ndarray:
-    """The latent augmentations added to every solution (offset 0 is the solution itself)."""
+    """The latent augmentations added to every solution (offset 0 is the solution itself):
+    ``offsets_file``'s where set, else ``offsets`` - 1 seeded normal draws of scale
+    ``offset_scale`` (the toy world: its own pose/lighting offsets)."""
+    if p["offsets_file"]:
+        return load_latent_offsets(in_data_dir(p["offsets_file"]), generator.latent_dim,
+                                   p["offsets"])
     if p["world"] == "toy":
         return toy_faces.toy_latent_offsets(p["offsets"], seed=0).numpy()
     g = torch.Generator().manual_seed(0)

@@ -8,6 +8,15 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # the clone, when the package runs from one
 # NVIDIA's StyleGAN2-FFHQ-256 network pickle (NGC model nvidia/research/stylegan2, version 1)
+# The paper's released code, and where its two data files lie in it (read as data only)
+RELEASED_CODE = "github.com/Cylumn/qd-generative-sampling"
+RELEASED_SHAPES_VAE_WHERE = (
+    f"the shapes VAE of the paper's released code: shapes/pretrained/vae-shapes.pt in "
+    f"{RELEASED_CODE} (a torch state dict, 787 KB); put it at data/pretrained/vae-shapes.pt")
+RELEASED_OFFSETS_WHERE = (
+    f"the released code's latent augmentations: facial_recognition/pretrained/augmentations.pt "
+    f"in {RELEASED_CODE} (9 x 7168: a 3 x 3 grid of two StyleGAN2-256 w+ directions, the "
+    f"centre 0); put it at data/pretrained/augmentations.pt")
 STYLEGAN2_FFHQ_URL = ("https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/"
                       "versions/1/files/stylegan2-ffhq-256x256.pkl")
 

@@ -6,10 +6,12 @@ Writes, under a data folder laid out like ``data/`` (default ``runs/paper-mini/d
 
 * ``pretrained/stylegan2-ffhq-256x256.pkl``: StyleGAN2 paper256 in NVIDIA's pickle format;
 * ``pretrained/open_clip_model.safetensors``: open_clip ViT-B-32-quickgelu (float16);
+* ``pretrained/vae-shapes.pt``, ``pretrained/augmentations.pt``: the released code's shapes VAE
+  (a torch state dict) and latent augmentations (a (9, 7168) float64 tensor);
 * ``benchmarks/{lfw,cfp_fp,cplfw,calfw,agedb_30}.bin``: InsightFace validation pickles;
 * ``benchmarks/rfw/``: the RFW layout (4 races, pair lists, 112x112 JPEGs);
 * ``benchmarks/train/``: an InsightFace RecordIO training set (train.rec, train.idx, property);
-* ``weights``: a link to the project's own shipped weights (the shapes VAE).
+* ``weights``: a link to the project's own shipped weights (the shapes oracle).
 
 ``python -m qdgs_lib.plumbing`` writes them; ``make paper-mini`` also runs the four notebooks.
 """
@@ -27,7 +29,7 @@ from PIL import Image
 
 from .paths import REPO_ROOT, runs_dir
 
-VERSION = 1  # bump when the assets change, so old folders are rewritten
+VERSION = 2  # bump when the assets change, so old folders are rewritten
 BIN_PAIRS = 10  # the 10-fold protocol needs at least 10 pairs
 RFW_PAIRS = 10
 TRAIN_IDENTITIES, TRAIN_VIEWS = 4, 2
@@ -64,6 +66,25 @@ def write_stylegan2_pickle(path: Path, seed: int = 0) -> None:
         net.mapping.w_avg.copy_(net.mapping(torch.randn(1000, net.z_dim))[:, 0].mean(0))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_network_pickle(net.eval(), path)
+
+
+def write_released_shapes_vae(path: Path, seed: int = 0) -> None:
+    """The released code's ``vae-shapes.pt`` format: ``torch.save`` of the state dict."""
+    from .generators.shapes_vae import ReleasedShapesVAE
+
+    torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ReleasedShapesVAE().state_dict(), path)
+
+
+def write_latent_augmentations(path: Path, seed: int = 0, latent_dim: int = 14 * 512) -> None:
+    """The released ``augmentations.pt`` format: a float64 (9, latent_dim) tensor, the 3 x 3
+    grid a * d1 + b * d2 (a, b in -1, 0, 1) of two directions (here random, norm ~13)."""
+    g = torch.Generator().manual_seed(seed)
+    d = torch.randn(2, latent_dim, generator=g, dtype=torch.float64) * 0.15
+    grid = torch.stack([a * d[0] + b * d[1] for a in (-1, 0, 1) for b in (-1, 0, 1)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(grid, path)
 
 
 def write_clip_weights(path: Path, seed: int = 0) -> None:
@@ -123,6 +144,10 @@ def write_paper_mini_assets(root: str | Path | None = None, seed: int = 0,
         return root
     steps = [("StyleGAN2-256 network pickle", lambda: write_stylegan2_pickle(
                  root / "pretrained" / "stylegan2-ffhq-256x256.pkl", seed)),
+             ("released shapes VAE (vae-shapes.pt)", lambda: write_released_shapes_vae(
+                 root / "pretrained" / "vae-shapes.pt", seed)),
+             ("released latent augmentations (augmentations.pt)",
+              lambda: write_latent_augmentations(root / "pretrained" / "augmentations.pt", seed)),
              ("ViT-B/32 weights", lambda: write_clip_weights(
                  root / "pretrained" / "open_clip_model.safetensors", seed)),
              ("benchmarks (.bin, RFW)", lambda: write_benchmarks(root / "benchmarks", seed)),

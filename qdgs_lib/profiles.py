@@ -48,12 +48,17 @@ _SHAPES_BASE: dict[str, Any] = {
     "clip": "qdgs-shapes-clip",
     # None: the default file for `clip`; else a weights file (relative paths: under data/)
     "clip_weights": None,
+    # None: the project's VAE; else a .safetensors in its format, or the released code's
+    # vae-shapes.pt (relative paths: under data/)
+    "shapes_vae": None,
     # prompt gap, latent norm, uniqueness. The paper used (1, 0, 0) for shapes; without the
     # latent-norm penalty 87-98% of the elites left the VAE's prior (first VAE: median norm
     # 14.6 vs 2.3, the CLIP's shape labels agreeing with the first oracle for 62-68% of the
     # images); weight 2 keeps them at the prior's norm (first VAE: agreement 0.79-0.80,
     # bench/shapes_support.py, issue 15; the committed figures: 95.4%, README)
     "objective_weights": (1.0, 2.0, 0.0),
+    # the latent-norm penalty starts at this multiple of the prior's typical norm
+    "latent_norm_scale": 1.0,
     "cutouts": 0,  # random crops CLIP scores and averages (0: the whole image once)
     "tf32_matmul": False,  # CUDA only: CLIP's matmuls in TF32 while scoring (PromptScorer._tf32)
     "autocast": None,  # or "float16"/"bfloat16": the networks in half precision while scoring
@@ -70,8 +75,11 @@ _SHAPES_BASE: dict[str, Any] = {
     "bias_levels": (0.98, 0.95, 0.90, 0.85, 0.80),
     "label_margin": 0.01,  # |shape measure| below this: ambiguous, left out of the dataset
     "image_size": 64,  # classifier resolution
+    "finetune_lr": 1e-4,  # Adam's learning rate on the synthetic set (the first stage: 1e-3)
     "archive_learning_rate": 0.02,
     "x0_samples": 64,  # the emitters start at the best of this many prior samples
+    "x0_truncation": None,  # StyleGAN2: those samples' truncation psi (None: none)
+    "selection_rule": "mu",  # CMA-ES parents: the better half ("mu") or the added ("filter")
     "plumbing_check": False,
 }
 
@@ -79,7 +87,9 @@ _FACES_BASE: dict[str, Any] = {
     "objective": FACES_OBJECTIVE,
     "measures": FACES_MEASURES,
     "objective_weights": (1.0, 0.5, 0.2),  # prompt gap, latent norm, uniqueness (the paper)
+    "latent_norm_scale": 1.0,  # as in the shapes section (the released code: 0.5, in w+)
     "world": "toy",
+    "latent_space": "w",  # ffhq world: "w" (one w for all layers) or "w+" (one per layer)
     "clip": "qdgs-faces-clip",
     "clip_weights": None,  # as in the shapes section
     # None: data/pretrained/stylegan2-ffhq-256x256.pkl; else NVIDIA's network pickle or our
@@ -96,10 +106,15 @@ _FACES_BASE: dict[str, Any] = {
     "lr": 0.5,
     "archive_learning_rate": 0.02,
     "x0_samples": 64,
+    "x0_truncation": None,
+    "selection_rule": "mu",
     "bin_edge": 0.1,  # balanced measures' bins (-inf, -e), (-e, e), (e, inf); the paper: 0.03
     "per_identity": 2,  # solutions per K-means identity
     "offsets": 4,  # images per solution (latent augmentations)
     "offset_scale": 0.1,
+    # None: offsets - 1 seeded random offsets of scale offset_scale; else a file of offsets
+    # (relative paths: under data/), e.g. the released code's augmentations.pt
+    "offsets_file": None,
     "image_size": 64,
     "align": "crop",  # ffhq world: fixed template crop, or "mtcnn" (facenet-pytorch, optional)
     "dataset_solutions": None,  # cap on solutions per dataset (uniform subsample of the archive)
@@ -157,19 +172,31 @@ PROFILES: dict[str, dict[str, Any]] = {
                         "milestones": (5, 7), "seeds": (0, 1, 2, 3, 4), "compile": True},
     },
     "paper": {
-        # the paper's shapes objective has no latent-norm penalty; the offline profiles' weight
-        # 2 was chosen for the project's shapes CLIP (issue 15) and is not checked with
-        # ViT-B/32: override objective_weights=[1, 2, 0] to carry it over
+        # The released code's settings (github.com/Cylumn/qd-generative-sampling; README
+        # "The paper profile and the released code" lists each, and what differs).
+        # Its shapes objective has no latent-norm penalty; the offline profiles' weight 2 was
+        # chosen for the project's shapes CLIP (issue 15) and is not checked with ViT-B/32:
+        # override objective_weights=[1, 2, 0] to carry it over.
         "shapes": {**_SHAPES_BASE, "clip": "ViT-B-32-quickgelu",
+                   "shapes_vae": "pretrained/vae-shapes.pt",
                    "objective_weights": (1.0, 0.0, 0.0),
                    "measures": placed(SHAPES_MEASURES, ranges=((-0.1, 0.1),) * 2),
-                   "iterations": 70000, "seeds": (0, 1, 2, 3, 4), "n_train": 10000,
-                   "n_test": 2000, "train_epochs": 20, "finetune_epochs": 30, "batch": 64},
+                   # its emitter asks batch_size - 1 = 3 (+ the gradient step's point), keeps
+                   # pyribs' default "filter" parents, starts at the best of 32 x 16 draws
+                   "batch_size": 3, "selection_rule": "filter", "x0_samples": 512,
+                   "iterations": 70000, "seeds": (0, 1, 2, 3, 4), "n_train": 1000,
+                   "n_test": 5000, "image_size": 128, "train_epochs": 20,
+                   "finetune_epochs": 30, "finetune_lr": 1e-3, "batch": 128},
+        # faces: w+ (14 x 512) latents, the penalty from half the prior's typical norm, the
+        # start at truncation 0.7, 9 images per solution from its augmentations.pt
         "faces": {**_FACES_BASE, "world": "ffhq", "clip": "ViT-B-32-quickgelu",
                   "measures": placed(FACES_MEASURES, ranges=((-0.1, 0.1),) * 4,
                                      bins=(50, 25, 5, 25)),
-                  "iterations": 60000,
-                  "sigma0": 0.5, "lr": 0.5, "bin_edge": 0.03, "offsets": 4, "image_size": 112},
+                  "iterations": 60000, "latent_space": "w+", "latent_norm_scale": 0.5,
+                  "batch_size": 3, "selection_rule": "filter", "x0_samples": 512,
+                  "x0_truncation": 0.7,
+                  "sigma0": 0.5, "lr": 0.5, "bin_edge": 0.03, "offsets": 9,
+                  "offsets_file": "pretrained/augmentations.pt", "image_size": 112},
         "recognition": {**_RECOGNITION_BASE, "backbone": "ir101", "pretrain_epochs": 26,
                         "real_epochs": 26, "milestones": (12, 20, 24), "seeds": (0,),
                         "real_dataset": "benchmarks/train", "workers": 8,
@@ -181,9 +208,11 @@ PROFILES: dict[str, dict[str, Any]] = {
     "paper-mini": {
         # ranges +-0.01: the measures of a random-weight CLIP are ~1e-3..1e-2
         "shapes": {**_SHAPES_BASE, "clip": "ViT-B-32-quickgelu",
+                   "shapes_vae": "pretrained/vae-shapes.pt",
                    "objective_weights": (1.0, 0.0, 0.0),
                    "measures": placed(SHAPES_MEASURES, ranges=((-0.01, 0.01),) * 2,
                                       bins=(10, 10)),
+                   "batch_size": 3, "selection_rule": "filter", "finetune_lr": 1e-3,
                    "iterations": 2, "x0_samples": 4, "seeds": (0,),
                    "bias_levels": (0.95,), "n_train": 64, "n_test": 64, "train_epochs": 1,
                    "finetune_epochs": 1, "batch": 32, "image_size": 32, "label_margin": 0.0,
@@ -191,8 +220,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "faces": {**_FACES_BASE, "world": "ffhq", "clip": "ViT-B-32-quickgelu",
                   "measures": placed(FACES_MEASURES, ranges=((-0.01, 0.01),) * 4,
                                      bins=(5, 3, 3, 3)),
-                  "iterations": 2,
-                  "x0_samples": 4, "bin_edge": 0.003, "offsets": 2, "image_size": 112,
+                  "iterations": 2, "latent_space": "w+", "latent_norm_scale": 0.5,
+                  "batch_size": 3, "selection_rule": "filter", "x0_truncation": 0.7,
+                  "x0_samples": 4, "bin_edge": 0.003, "offsets": 9,
+                  "offsets_file": "pretrained/augmentations.pt", "image_size": 112,
                   "dataset_solutions": 6, "prior_samples": 64, "preview_images": 8,
                   "plumbing_check": True},
         "recognition": {**_RECOGNITION_BASE, "backbone": "ir101", "pretrain_epochs": 1,
@@ -232,7 +263,7 @@ def _check_type(key: str, default: Any, value: Any) -> None:
     """An override has the type of the profile's value: an int may replace a float, not the
     reverse (no bools), lists and tuples interchange, None defaults take anything, None
     replaces optional paths."""
-    if value is None and key in _OPTIONAL:
+    if value is None and (key in _OPTIONAL or key == "x0_truncation"):
         return
     if key in _OPTIONAL:  # paths, or a count
         ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 1) \
@@ -274,7 +305,8 @@ def _check_type(key: str, default: Any, value: Any) -> None:
                              f"profile's {default!r})")
 
 
-_OPTIONAL = {"clip_weights", "stylegan_weights", "real_dataset", "dataset_solutions"}
+_OPTIONAL = {"clip_weights", "stylegan_weights", "real_dataset", "dataset_solutions",
+             "shapes_vae", "offsets_file"}
 _NON_EMPTY = {"seeds", "bias_levels", "objective", "objective_weights"}  # (benchmarks may be)
 _FIXED_LENGTH = {"objective", "objective_weights"}  # a prompt pair; 3 loss weights
 

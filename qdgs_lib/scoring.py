@@ -166,12 +166,14 @@ class PromptScorer:
             the paper used (1, 0, 0) for shapes and (1, 0.5, 0.2) for faces.
         memory_size: size of the uniqueness memory (FIFO of image embeddings).
         seed: seeds the memory's choice of which embedding to remember.
+        latent_norm_scale: the latent-norm penalty starts at this multiple of the
+            generator's ``latent_norm`` (the released faces code: 0.5, in w+).
     """
 
     def __init__(self, generator: Generator, clip: Clip, objective_prompts: tuple[Prompt, Prompt],
                  measure_prompts: Sequence[tuple[Prompt, Prompt]],
                  weights: tuple[float, float, float] = (1.0, 0.0, 0.0),
-                 memory_size: int = 100, seed: int = 0):
+                 memory_size: int = 100, seed: int = 0, latent_norm_scale: float = 1.0):
         for name, given, pairs in (("objective_prompts", objective_prompts, [objective_prompts]),
                                    ("measure_prompts", measure_prompts, measure_prompts)):
             if isinstance(pairs, str) or any(isinstance(p, str) or len(p) != 2 for p in pairs):
@@ -206,6 +208,10 @@ class PromptScorer:
                              f"penalty, uniqueness), got {weights!r}: a negative weight "
                              "rewards what it should penalize and can make the objective "
                              "unbounded")
+        if not (isinstance(latent_norm_scale, int | float) and 0 < latent_norm_scale < math.inf):
+            raise ValueError(f"latent_norm_scale must be a finite number > 0 (the penalty "
+                             f"starts at that multiple of the prior's typical latent norm), "
+                             f"got {latent_norm_scale!r}")
         if int(memory_size) != memory_size or memory_size < 1:
             raise ValueError(f"memory_size must be an int >= 1 (the uniqueness memory's "
                              f"length), got {memory_size!r}")
@@ -219,6 +225,7 @@ class PromptScorer:
         self.generator = generator
         self.clip = clip
         self.weights = tuple(float(w) for w in weights)
+        self.latent_norm_scale = float(latent_norm_scale)
         self.memory_size = memory_size
         self.objective_prompts = objective_prompts
         self.measure_prompts = list(measure_prompts)
@@ -294,7 +301,7 @@ class PromptScorer:
         loss = w_prompt * self._pair_gap(emb, 0)
         if w_reg > 0:
             norm = z.norm(dim=1)
-            q = float(self.generator.latent_norm)
+            q = self.latent_norm_scale * float(self.generator.latent_norm)
             loss = loss + w_reg * (torch.clamp(norm, min=q) - q).pow(2)
         if w_unique > 0 and len(memory) > 0:
             uniqueness = angdist(emb, memory).min(dim=1).values
@@ -799,7 +806,8 @@ class PromptScorer:
         it, and a run resumes only under the same."""
         return {"memory_size": int(self.memory_size), "seed": self._seed,
                 "cutouts": int(getattr(self.clip, "num_cutouts", 0)),
-                "noise_mode": getattr(self.generator, "noise_mode", None)}
+                "noise_mode": getattr(self.generator, "noise_mode", None),
+                "latent_norm_scale": self.latent_norm_scale}
 
 
 def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> PromptScorer:
@@ -810,7 +818,8 @@ def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> P
     clip = create_clip(p["clip"], weights=in_data_dir(p["clip_weights"]), device=device,
                        num_cutouts=p["cutouts"])
     scorer = PromptScorer(generator, clip, p["objective"], prompts(p),
-                          weights=p["objective_weights"])
+                          weights=p["objective_weights"],
+                          latent_norm_scale=p.get("latent_norm_scale", 1.0))
     scorer.tf32_matmul = bool(p.get("tf32_matmul", False))
     scorer.autocast = p.get("autocast")
     scorer.compile_static = bool(p.get("compile_static", False))

@@ -8,6 +8,7 @@ checkpoint that lets a killed run resume where it stopped.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import multiprocessing
@@ -57,10 +58,17 @@ METRIC_COLUMNS = ["iteration", "evaluations", "seconds", "num_elites", "coverage
 
 @dataclass
 class SearchConfig:
-    """Parameters of one search (defaults: the paper's CMA-MAEGA settings).
+    """Parameters of one search (defaults: the paper's CMA-MAEGA settings, except where the
+    ``paper`` profile notes the released code's own: ``batch_size`` 3, ``selection_rule``
+    "filter", 512 ``x0_samples`` at ``x0_truncation`` 0.7).
 
-    ``batch_size`` is solutions per emitter per ``ask``; ``x0="prior_best"`` starts the
-    emitters at the best of ``x0_samples`` prior samples (as the released code did).
+    ``batch_size`` is solutions per emitter per ``ask`` (a DQD iteration scores one more per
+    emitter: the gradient step's point); ``selection_rule`` is pyribs' choice of CMA-ES
+    parents for CMA-MAE(GA): "mu" (the better half) or "filter" (the solutions the archive
+    took; pyribs' default, which the released code left in place); ``x0="prior_best"``
+    starts the emitters at the best of ``x0_samples`` prior samples (as the released code
+    did), drawn at truncation ``x0_truncation`` where set (generators whose ``sample_prior``
+    takes ``truncation_psi``, i.e. StyleGAN2).
     """
 
     dims: tuple[int, ...]
@@ -75,6 +83,8 @@ class SearchConfig:
     threshold_min: float = 0.0
     x0: str = "prior_best"
     x0_samples: int = 64
+    x0_truncation: float | None = None
+    selection_rule: str = "mu"
     seed: int = 0
     checkpoint_every: int = 200
     extra: dict = field(default_factory=dict)
@@ -115,6 +125,14 @@ class SearchConfig:
         if self.x0 not in ("prior_best", "zeros"):
             raise ValueError(f"x0 must be 'prior_best' (the best of x0_samples prior draws) "
                              f"or 'zeros', got {self.x0!r}")
+        if self.selection_rule not in ("mu", "filter"):
+            raise ValueError(f"selection_rule must be 'mu' (the better half of a batch are "
+                             f"CMA-ES's parents) or 'filter' (the solutions the archive took), "
+                             f"got {self.selection_rule!r}")
+        if self.x0_truncation is not None and not (
+                isinstance(self.x0_truncation, numbers.Real) and 0 < self.x0_truncation <= 1):
+            raise ValueError(f"x0_truncation must be None (no truncation) or a truncation psi "
+                             f"in (0, 1], e.g. 0.7, got {self.x0_truncation!r}")
         if not (0 < self.sigma0 < math.inf and 0 < self.lr < math.inf
                 and 0 < self.archive_learning_rate <= 1):
             raise ValueError("sigma0 and lr must be finite and > 0, archive_learning_rate in "
@@ -130,7 +148,8 @@ class SearchConfig:
                    iterations=p["iterations"], batch_size=p["batch_size"],
                    num_emitters=p["num_emitters"], sigma0=p["sigma0"], lr=p["lr"],
                    archive_learning_rate=p["archive_learning_rate"],
-                   x0_samples=p["x0_samples"], seed=seed,
+                   x0_samples=p["x0_samples"], x0_truncation=p["x0_truncation"],
+                   selection_rule=p["selection_rule"], seed=seed,
                    checkpoint_every=max(50, p["iterations"] // 10))
 
     @property
@@ -161,11 +180,12 @@ def make_scheduler(solution_dim: int, cfg: SearchConfig, x0: np.ndarray,
     if cfg.algorithm == "cma_maega":
         emitters = [GradientArborescenceEmitter(
             archive, x0=x0, sigma0=cfg.sigma0, lr=cfg.lr, ranker="imp", grad_opt="adam",
-            selection_rule="mu", restart_rule="basic", batch_size=cfg.batch_size, seed=s)
+            selection_rule=cfg.selection_rule, restart_rule="basic", batch_size=cfg.batch_size,
+            seed=s)
             for s in seeds]
     elif cfg.algorithm == "cma_mae":
         emitters = [EvolutionStrategyEmitter(
-            archive, x0=x0, sigma0=cfg.sigma0, ranker="imp", selection_rule="mu",
+            archive, x0=x0, sigma0=cfg.sigma0, ranker="imp", selection_rule=cfg.selection_rule,
             restart_rule="basic", batch_size=cfg.batch_size, seed=s) for s in seeds]
     elif cfg.algorithm == "cma_me":
         emitters = [EvolutionStrategyEmitter(
@@ -335,9 +355,23 @@ class QDSearch:
             return np.zeros(self.scorer.solution_dim)
         if self.cfg.x0 != "prior_best":
             raise ValueError(f"x0 must be 'prior_best' or 'zeros', got {self.cfg.x0!r}")
-        z = self.scorer.generator.sample_prior(self.cfg.x0_samples, seed=self.cfg.seed)
+        generator, psi = self.scorer.generator, self.cfg.x0_truncation
+        if psi is None:
+            z = generator.sample_prior(self.cfg.x0_samples, seed=self.cfg.seed)
+        elif "truncation_psi" in inspect.signature(generator.sample_prior).parameters:
+            z = generator.sample_prior(self.cfg.x0_samples, seed=self.cfg.seed,
+                                       truncation_psi=psi)
+        else:
+            raise ValueError(f"x0_truncation={psi} needs a generator whose sample_prior takes "
+                             f"truncation_psi (StyleGAN2); {type(generator).__name__}'s does "
+                             f"not: set x0_truncation to None")
         scores = self.scorer.evaluate(z.cpu().numpy(), update_memory=False)
-        return z[int(np.argmax(scores.objective))].cpu().numpy().astype(np.float64)
+        # the best objective; among equals, the smallest loss (far from the prior every
+        # objective can underflow to 0, e.g. under a tight latent-norm penalty)
+        best = np.flatnonzero(scores.objective == scores.objective.max())
+        if scores.loss is not None and len(best) > 1:
+            best = best[[int(np.argmin(scores.loss[best]))]]
+        return z[int(best[0])].cpu().numpy().astype(np.float64)
 
     # --- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -363,6 +397,12 @@ class QDSearch:
             mine.pop("autocast")
         if "scorer" not in stored:  # written before the scorer's settings were recorded
             mine.pop("scorer")
+        elif "latent_norm_scale" not in stored["scorer"] and \
+                mine["scorer"]["latent_norm_scale"] == 1.0:  # written before it existed
+            mine["scorer"].pop("latent_norm_scale")
+        for key, before in (("selection_rule", "mu"), ("x0_truncation", None)):
+            if key not in stored and mine[key] == before:  # written before the key existed
+                mine.pop(key)
         for key in ("scoring", "device"):  # recorded, but rounding-level: a run may resume
             stored.pop(key, None)  # with them switched (e.g. on another device)
             mine.pop(key, None)

@@ -18,9 +18,11 @@ from torch.utils.data import TensorDataset
 from .data.captions import BLUE_ABOVE, RED_BELOW
 from .data.shapes import BLUE, RED, SHAPES, ShapesDataset, augment_shapes, group_names
 from .evaluate import group_accuracy, predict
-from .generators.shapes_vae import load_shapes_vae
+from .generators.base import Generator
+from .generators.shapes_vae import load_released_shapes_vae, load_shapes_vae
 from .measures import index
 from .models.shape_classifier import ShapeClassifier
+from .paths import in_data_dir
 from .sampling import decode_batched, solution_columns, write_image_dataset
 from .scoring import PromptScorer, scorer_for_profile
 from .search import measures, solutions
@@ -37,9 +39,18 @@ from .utils import (
 )
 
 
+def build_generator(p: dict[str, Any], device: str | torch.device = "auto") -> Generator:
+    """``shapes_vae``: None, the project's VAE; a ``.safetensors`` path, one in its format; any
+    other path (relative: under data/), the released code's ``vae-shapes.pt``."""
+    path = in_data_dir(p["shapes_vae"])
+    if path is None or path.suffix == ".safetensors":
+        return load_shapes_vae(path, device=device)
+    return load_released_shapes_vae(path, device=device)
+
+
 def build_scorer(p: dict[str, Any], device: str | torch.device = "auto") -> PromptScorer:
     device = resolve_device(device)
-    return scorer_for_profile(load_shapes_vae(device=device), p, device)
+    return scorer_for_profile(build_generator(p, device), p, device)
 
 
 def label_by_shape_measure(m: np.ndarray, p: dict[str, Any]) -> np.ndarray:
@@ -102,7 +113,7 @@ def save_set(data: dict, outdir: str | Path) -> Path:
 
 # the profile keys classifier_protocol reads: a checkpoint is only resumed under the same
 PROTOCOL_KEYS = ("bias_levels", "seeds", "n_train", "n_test", "image_size", "train_epochs",
-                 "finetune_epochs", "batch")
+                 "finetune_epochs", "finetune_lr", "batch")
 
 
 def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress: bool = True,
@@ -152,8 +163,9 @@ def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress:
                     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                         torch.manual_seed(seed)
                         train_classifier(model, TensorDataset(data["images"], data["labels"]),
-                                         p["finetune_epochs"], lr=1e-4, batch_size=p["batch"],
-                                         seed=seed, augment=augment_shapes, progress=progress,
+                                         p["finetune_epochs"], lr=p["finetune_lr"],
+                                         batch_size=p["batch"], seed=seed,
+                                         augment=augment_shapes, progress=progress,
                                          desc=f"fine-tune {name}", device=device)
                 acc = group_accuracy(predict(model, test.images, device=device),
                                      test.labels.numpy(), test.groups.numpy(), names)

@@ -10,12 +10,14 @@ def test_every_missing_file_is_named_with_where_to_get_it(tmp_path, monkeypatch)
     with pytest.raises(assets.MissingAssetsError) as err:
         assets.check_assets("paper", "faces")
     msg = str(err.value)
-    for name in ("stylegan2-ffhq-256x256.pkl", "open_clip_model.safetensors"):
+    for name in ("stylegan2-ffhq-256x256.pkl", "open_clip_model.safetensors",
+                 "augmentations.pt"):
         assert str(tmp_path / "data" / "pretrained" / name) in msg
+    assert "github.com/Cylumn/qd-generative-sampling" in msg  # the released files' home
     assert "timm/vit_base_patch32_clip_224.openai" in msg and "NGC" in msg
     later = msg.split("will also need")[1]  # what notebooks 01, 03 and 04 will ask for
     for name in ("lfw.bin", "cfp_fp.bin", "cplfw.bin", "calfw.bin", "agedb_30.bin",
-                 "rfw", "benchmarks/train", "shapes_vae.safetensors",
+                 "rfw", "benchmarks/train", "pretrained/vae-shapes.pt",
                  "shapes_oracle.safetensors"):
         assert name in later, name
     assert "train.rec + train.idx" in later
@@ -54,7 +56,7 @@ def test_checklist_command(tmp_path, monkeypatch, capsys):
     assert assets.main(["paper"]) == 1
     out = capsys.readouterr().out
     # VAE weights, shapes oracle, CLIP, StyleGAN2, train set, 5 .bin, RFW
-    assert out.count("MISSING") == 11
+    assert out.count("MISSING") == 12  # + the released augmentations.pt
 
 
 def test_each_recognition_notebook_checks_only_what_it_reads(tmp_path, monkeypatch):
@@ -95,8 +97,8 @@ def test_checklist_command_takes_overrides_and_refuses_unknown_profiles(tmp_path
                                                                          capsys):
     monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path))
     assert assets.main(["paper", "--overrides", '{"benchmarks": ["lfw"]}']) == 1
-    # VAE weights, shapes oracle, CLIP, StyleGAN2, train set, lfw.bin
-    assert capsys.readouterr().out.count("MISSING") == 6
+    # released VAE, shapes oracle, CLIP, StyleGAN2, augmentations, train set, lfw.bin
+    assert capsys.readouterr().out.count("MISSING") == 7
     with pytest.raises(SystemExit):
         assets.main(["pape"])
     assert "invalid choice" in capsys.readouterr().err

@@ -356,8 +356,12 @@ class StyleGAN2(nn.Module):
 class StyleGAN2Generator(Generator):
     """The :class:`Generator` protocol over normalized w-space: ``w = q * w_std + w_avg``.
 
-    ``w_std`` is the per-dimension std of mapped prior samples, estimated once from
-    ``num_std_samples`` seeded z's; ``latent_norm`` is the mean norm of prior q's.
+    ``latent_space="w"``: a latent is one w (``w_dim`` numbers) that every synthesis layer
+    receives; ``"w+"``: one w per layer (``num_ws * w_dim`` numbers, layer-major), so a search
+    can move the layers apart, as the released code's faces search did (14 x 512 for
+    StyleGAN2-256). ``w_std`` is the per-dimension std of mapped prior samples, estimated once
+    from ``num_std_samples`` seeded z's (the same for every layer: the mapping network gives
+    every layer the same w); ``latent_norm`` is the mean norm of prior q's in the latent space.
     """
 
     # torch.func's vmapped backward runs each convolution once on the 1+m stacked cotangents:
@@ -367,15 +371,20 @@ class StyleGAN2Generator(Generator):
     preferred_jacobian_mode = {"cpu": "func", "cuda": "func"}
 
     def __init__(self, net: StyleGAN2, num_std_samples: int = 10_000, seed: int = 0,
-                 noise_mode: str = "const"):
+                 noise_mode: str = "const", latent_space: str = "w"):
         super().__init__()
         if num_std_samples < 2:
             raise ValueError(f"num_std_samples must be >= 2 (w's standard deviation is "
                              f"estimated from them), got {num_std_samples}")
         if noise_mode not in ("const", "random", "none"):
             raise ValueError(f"noise_mode must be const, random or none, got {noise_mode!r}")
+        if latent_space not in ("w", "w+"):
+            raise ValueError(f"latent_space must be 'w' (one w for every layer) or 'w+' (one "
+                             f"per layer), got {latent_space!r}")
         self.net = net.eval().requires_grad_(False)
-        self.latent_dim = net.w_dim
+        self.latent_space = latent_space
+        self.layers = net.num_ws if latent_space == "w+" else 1  # w's per latent
+        self.latent_dim = self.layers * net.w_dim
         self.image_size = net.img_resolution
         self.noise_mode = noise_mode
         # "auto": grouped (fused) modulated convs for values, split ones when jacobians are
@@ -389,14 +398,19 @@ class StyleGAN2Generator(Generator):
                            for i in range(0, len(z), 1000)])
         self.register_buffer("w_std", w.std(0))
         q = (w - net.mapping.w_avg) / self.w_std
-        self.latent_norm = float(q.norm(dim=1).mean())
+        # a w+ latent repeats a prior q on every layer: its norm is sqrt(layers) times q's
+        self.latent_norm = float(q.norm(dim=1).mean()) * self.layers**0.5
+        if latent_space == "w+":  # what a search records (w's runs keep the class name)
+            self.name = "StyleGAN2Generator(w+)"
 
     def w_from_q(self, q: torch.Tensor) -> torch.Tensor:
-        return q * self.w_std + self.net.mapping.w_avg
+        """(B, num_ws, w_dim) ws of latents ``q`` (B, latent_dim)."""
+        w = q.reshape(len(q), self.layers, -1) * self.w_std + self.net.mapping.w_avg
+        return w.repeat(1, self.net.num_ws, 1) if self.layers == 1 else w
 
     def decode(self, q: torch.Tensor) -> torch.Tensor:
         q = self.check_latents(q).to(self.w_std.device)
-        ws = self.w_from_q(q).unsqueeze(1).repeat(1, self.net.num_ws, 1)
+        ws = self.w_from_q(q)
         modes = {"auto": None, "fused": True, "split": False}
         if self.modconv not in modes:
             raise ValueError(f"modconv must be one of {sorted(modes)}, got {self.modconv!r}")
@@ -404,9 +418,13 @@ class StyleGAN2Generator(Generator):
         img = self.net.synthesis(ws, self.noise_mode, fused)
         return ((img + 1) / 2).clamp(0, 1)
 
-    def sample_prior(self, n: int, seed: int | None = None) -> torch.Tensor:
+    def sample_prior(self, n: int, seed: int | None = None,
+                     truncation_psi: float = 1.0) -> torch.Tensor:
+        """``n`` mapped prior latents (seed None: 0), truncated toward w_avg by
+        ``truncation_psi`` (1: none; the released code drew its search's start at 0.7)."""
         g = torch.Generator().manual_seed(0 if seed is None else seed)
         z = torch.randn(n, self.net.z_dim, generator=g).to(self.w_std.device)
         with torch.no_grad():
-            w = self.net.mapping(z)[:, 0]
-        return (w - self.net.mapping.w_avg) / self.w_std
+            w = self.net.mapping(z, truncation_psi)[:, 0]
+        q = (w - self.net.mapping.w_avg) / self.w_std
+        return q.repeat(1, self.layers)
