@@ -87,7 +87,7 @@ _FACES_BASE: dict[str, Any] = {
     "objective": FACES_OBJECTIVE,
     "measures": FACES_MEASURES,
     "objective_weights": (1.0, 0.5, 0.2),  # prompt gap, latent norm, uniqueness (the paper)
-    "latent_norm_scale": 1.0,  # as in the shapes section (the released code: 0.5, in w+)
+    "latent_norm_scale": 1.0,  # as in the shapes section (the released code: 0.5; README)
     "world": "toy",
     "latent_space": "w",  # ffhq world: "w" (one w for all layers) or "w+" (one per layer)
     "clip": "qdgs-faces-clip",
@@ -187,12 +187,13 @@ PROFILES: dict[str, dict[str, Any]] = {
                    "iterations": 70000, "seeds": (0, 1, 2, 3, 4), "n_train": 1000,
                    "n_test": 5000, "image_size": 128, "train_epochs": 20,
                    "finetune_epochs": 30, "finetune_lr": 1e-3, "batch": 128},
-        # faces: w+ (14 x 512) latents, the penalty from half the prior's typical norm, the
-        # start at truncation 0.7, 9 images per solution from its augmentations.pt
+        # faces: w+ (14 x 512) latents, the start at truncation 0.7, 9 images per solution
+        # from its augmentations.pt. Not its penalty from half the prior's typical norm
+        # (latent_norm_scale 0.5): every start draw then scores 0 here (README)
         "faces": {**_FACES_BASE, "world": "ffhq", "clip": "ViT-B-32-quickgelu",
                   "measures": placed(FACES_MEASURES, ranges=((-0.1, 0.1),) * 4,
                                      bins=(50, 25, 5, 25)),
-                  "iterations": 60000, "latent_space": "w+", "latent_norm_scale": 0.5,
+                  "iterations": 60000, "latent_space": "w+",
                   "batch_size": 3, "selection_rule": "filter", "x0_samples": 512,
                   "x0_truncation": 0.7,
                   "sigma0": 0.5, "lr": 0.5, "bin_edge": 0.03, "offsets": 9,
@@ -220,7 +221,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "faces": {**_FACES_BASE, "world": "ffhq", "clip": "ViT-B-32-quickgelu",
                   "measures": placed(FACES_MEASURES, ranges=((-0.01, 0.01),) * 4,
                                      bins=(5, 3, 3, 3)),
-                  "iterations": 2, "latent_space": "w+", "latent_norm_scale": 0.5,
+                  "iterations": 2, "latent_space": "w+",
                   "batch_size": 3, "selection_rule": "filter", "x0_truncation": 0.7,
                   "x0_samples": 4, "bin_edge": 0.003, "offsets": 9,
                   "offsets_file": "pretrained/augmentations.pt", "image_size": 112,

@@ -467,7 +467,18 @@ class QDSearch:
         sols = self.scheduler.ask()
         s = scorer.evaluate(sols)
         self._count_outside(s.measures)
-        self.scheduler.tell(s.objective, s.measures)
+        try:
+            self.scheduler.tell(s.objective, s.measures)
+        except IndexError as e:  # pyribs restarts an emitter at an elite, and there is none
+            if not self.scheduler.archive.empty:
+                raise
+            raise ValueError(
+                f"iteration {self.iteration}: an emitter restarted while no solution had "
+                f"entered the archive (every objective so far <= threshold_min "
+                f"{cfg.threshold_min}; this batch's best {s.objective.max():.3g}). The "
+                f"objective is floored at 0 far from the prior: check objective_weights and "
+                f"latent_norm_scale (a latent-norm penalty larger than the prompt gap "
+                f"zeroes every score), or start nearer the prior (x0_samples)") from e
 
     def _count_outside(self, measures: np.ndarray) -> None:
         lo, hi = np.asarray(self.cfg.ranges, dtype=float).T

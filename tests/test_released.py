@@ -1,0 +1,273 @@
+"""The paper profile's settings from the released code (github.com/Cylumn/qd-generative-sampling):
+its shapes VAE file, w+ latents, the penalty scale, the start draws, the parents rule and its
+latent augmentations file, each in its real format (files written here, random weights)."""
+
+import dataclasses
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from test_stylegan2 import small_net
+from toys import ToyClip, ToyGenerator
+
+from qdgs_lib.face_synthesis import latent_offsets, load_latent_offsets
+from qdgs_lib.generators.shapes_vae import ReleasedShapesVAE, load_released_shapes_vae
+from qdgs_lib.generators.stylegan2 import StyleGAN2Generator
+from qdgs_lib.plumbing import write_latent_augmentations, write_released_shapes_vae
+from qdgs_lib.profiles import get_profile
+from qdgs_lib.scoring import PromptScorer, Scores
+from qdgs_lib.search import (
+    CHECKPOINT,
+    QDSearch,
+    SearchConfig,
+    load_checkpoint,
+    make_result_archive,
+    make_scheduler,
+)
+from qdgs_lib.utils import BadFileError
+
+# the released vae-shapes.pt's state dict, as read from the file (sha256 acc1d152...)
+RELEASED_VAE_SHAPES = {
+    "encoder.conv1.weight": (16, 3, 3, 3), "encoder.conv1.bias": (16,),
+    "encoder.conv2.weight": (32, 16, 3, 3), "encoder.conv2.bias": (32,),
+    "encoder.conv3.weight": (32, 32, 3, 3), "encoder.conv3.bias": (32,),
+    "encoder.fc_mu.weight": (6, 8192), "encoder.fc_mu.bias": (6,),
+    "encoder.fc_logvar.weight": (6, 8192), "encoder.fc_logvar.bias": (6,),
+    "decoder.fc1.weight": (8192, 6), "decoder.fc1.bias": (8192,),
+    "decoder.convT1.weight": (32, 32, 4, 4), "decoder.convT1.bias": (32,),
+    "decoder.convT2.weight": (32, 16, 4, 4), "decoder.convT2.bias": (16,),
+    "decoder.convT3.weight": (16, 3, 4, 4), "decoder.convT3.bias": (3,),
+}
+
+
+# --- the released shapes VAE ------------------------------------------------------------------
+def test_released_vae_has_the_released_files_parameters_and_loads_it(tmp_path):
+    model = ReleasedShapesVAE()
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == RELEASED_VAE_SHAPES
+    write_released_shapes_vae(tmp_path / "vae-shapes.pt", seed=3)
+    loaded = load_released_shapes_vae(tmp_path / "vae-shapes.pt", device="cpu")
+    torch.manual_seed(3)
+    want = ReleasedShapesVAE()  # the same seeded initialisation the file holds
+    z = loaded.sample_prior(5, seed=1)
+    assert z.shape == (5, 6) and torch.equal(z, loaded.sample_prior(5, seed=1))
+    images = loaded.decode(z)
+    assert images.shape == (5, 3, 128, 128) and 0 <= images.min() and images.max() <= 1
+    assert torch.equal(images, want.eval().decode(z))
+    mu, logvar = loaded.encode(images)
+    assert mu.shape == logvar.shape == (5, 6)
+
+
+def test_released_vae_refuses_what_is_not_its_state_dict(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Cylumn/qd-generative-sampling.*"
+                                                "data/pretrained/vae-shapes.pt"):
+        load_released_shapes_vae(tmp_path / "missing.pt", device="cpu")
+    state = ReleasedShapesVAE().state_dict()
+    cases = {
+        "list": ([1, 2], "not the released shapes VAE's state dict"),
+        "keys": ({"conv.weight": torch.zeros(1)}, "not the released shapes VAE's state dict"),
+        "shape": ({**state, "encoder.fc_mu.weight": torch.zeros(8, 8192)},
+                  "encoder.fc_mu.weight has shape \\(8, 8192\\).*\\(6, 8192\\)"),
+        "nan": ({**state, "decoder.fc1.bias": torch.full((8192,), float("nan"))}, "NaN"),
+    }
+    for name, (obj, match) in cases.items():
+        torch.save(obj, tmp_path / f"{name}.pt")
+        with pytest.raises(ValueError, match=match):
+            load_released_shapes_vae(tmp_path / f"{name}.pt", device="cpu")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_released_vae_never_runs_code_from_the_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open("evil.pt", "wb") as f:
+        pickle.dump({"encoder.conv1.weight": _Payload()}, f)
+    with pytest.raises(BadFileError, match="cannot read it as the released shapes VAE"):
+        load_released_shapes_vae("evil.pt", device="cpu")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_paper_profiles_pick_the_released_vae_by_suffix(tmp_path, monkeypatch):
+    from qdgs_lib.shapes_poc import build_generator
+
+    own = build_generator(get_profile("smoke", "shapes"), "cpu")  # None: the project's VAE
+    assert type(own).__name__ == "ShapesVAE"
+    monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path))
+    write_released_shapes_vae(tmp_path / "pretrained" / "vae-shapes.pt")
+    p = get_profile("paper", "shapes")
+    assert p["shapes_vae"] == "pretrained/vae-shapes.pt"
+    assert isinstance(build_generator(p, "cpu"), ReleasedShapesVAE)
+
+
+# --- StyleGAN2 in w+ --------------------------------------------------------------------------
+def test_w_plus_latents_give_each_layer_its_own_w():
+    net = small_net()
+    w, wp = (StyleGAN2Generator(net, num_std_samples=500, latent_space=s) for s in ("w", "w+"))
+    assert wp.latent_dim == net.num_ws * w.latent_dim
+    assert wp.latent_norm == pytest.approx(w.latent_norm * net.num_ws**0.5)
+    z, zp = w.sample_prior(3, seed=2), wp.sample_prior(3, seed=2)
+    # a prior w+ latent repeats the w on every layer: the same images, to the bit
+    assert torch.equal(zp.view(3, net.num_ws, -1), z[:, None].expand(-1, net.num_ws, -1))
+    assert torch.equal(wp.decode(zp), w.decode(z))
+    # layers apart: the last layers' own w changes the image (w-space cannot express this)
+    moved = zp.clone().view(3, net.num_ws, -1)
+    moved[:, -2:] += 1.0
+    assert not torch.allclose(wp.decode(moved.view(3, -1)), wp.decode(zp))
+    # and every layer's part of the latent reaches the image
+    q = zp[:1].clone().requires_grad_(True)
+    wp.decode(q).sum().backward()
+    assert (q.grad.view(net.num_ws, -1).abs().sum(1) > 0).all()
+    with pytest.raises(ValueError, match="latent_space must be 'w'"):
+        StyleGAN2Generator(net, num_std_samples=500, latent_space="z")
+
+
+def test_truncated_prior_draws_are_psi_times_the_latent():
+    gen = StyleGAN2Generator(small_net(), num_std_samples=500, latent_space="w+")
+    z, zt = gen.sample_prior(4, seed=5), gen.sample_prior(4, seed=5, truncation_psi=0.7)
+    torch.testing.assert_close(zt, 0.7 * z, rtol=1e-5, atol=1e-5)
+
+
+# --- the objective's penalty scale ------------------------------------------------------------
+def test_the_latent_norm_penalty_starts_at_its_scale():
+    gen = ToyGenerator(prior_std=0.3)
+    make = lambda scale: PromptScorer(gen, ToyClip(), ("good", "bad"), [("a", "b")],  # noqa: E731
+                                      weights=(1.0, 0.5, 0.0), latent_norm_scale=scale)
+    z = gen.sample_prior(1, seed=0)
+    z = z / z.norm() * 0.75 * gen.latent_norm  # between half and all of the typical norm
+    full, half = make(1.0).evaluate(z.numpy()), make(0.5).evaluate(z.numpy())
+    penalty = 0.5 * (0.25 * gen.latent_norm) ** 2
+    assert half.loss[0] - full.loss[0] == pytest.approx(penalty, rel=1e-4)
+    assert make(0.5).settings()["latent_norm_scale"] == 0.5
+    for bad in (0, -1, float("inf"), "half"):
+        with pytest.raises(ValueError, match="latent_norm_scale must be a finite number > 0"):
+            make(bad)
+
+
+# --- the search's start and parents -----------------------------------------------------------
+def _scorer(gen=None, weights=(1.0, 0.0, 0.0)):
+    return PromptScorer(gen or ToyGenerator(prior_std=0.05), ToyClip(), ("good", "bad"),
+                        [("a", "b"), ("c", "d")], weights=weights)
+
+
+def _cfg(**kw):
+    return SearchConfig(**{"dims": (10, 10), "ranges": ((-0.5, 0.2), (0.0, 1.1)),
+                           "iterations": 5, "sigma0": 0.3, "lr": 0.3, "seed": 1, **kw})
+
+
+def test_selection_rule_and_start_truncation_are_checked_and_reach_pyribs(tmp_path):
+    for bad in ({"selection_rule": "best"}, {"x0_truncation": 0.0}, {"x0_truncation": 1.5}):
+        with pytest.raises(ValueError, match="selection_rule must be|x0_truncation must be"):
+            _cfg(**bad)
+    for rule in ("mu", "filter"):
+        cfg = _cfg(selection_rule=rule)
+        sched = make_scheduler(4, cfg, np.zeros(4), make_result_archive(4, cfg))
+        assert sched.emitters[0]._selection_rule == rule
+    # a generator without truncation: a clear error, not a silent untruncated start
+    with pytest.raises(ValueError, match="x0_truncation=0.7 needs a generator whose "
+                                         "sample_prior takes truncation_psi"):
+        QDSearch(_scorer(), _cfg(x0_truncation=0.7), tmp_path / "toy").start_latent()
+
+
+def test_the_start_is_the_best_of_truncated_draws(tmp_path):
+    gen = StyleGAN2Generator(small_net(), num_std_samples=500, latent_space="w+")
+    scorer = PromptScorer(gen, ToyClip(), ("good", "bad"), [("a", "b")])
+    target = torch.linspace(-1, 1, gen.latent_dim)  # (ToyClip reads 8 x 8 images: a stand-in)
+    scorer.evaluate = lambda z, **kw: Scores(
+        objective=-np.linalg.norm(np.asarray(z) - target.numpy(), axis=1),
+        measures=np.zeros((len(z), 1)), loss=np.linalg.norm(np.asarray(z), axis=1))
+    search = QDSearch(scorer, SearchConfig(dims=(4,), ranges=((-1.0, 1.0),), x0_samples=8,
+                                           x0_truncation=0.7), tmp_path)
+    draws = gen.sample_prior(8, seed=0, truncation_psi=0.7)
+    best = int((draws - target).norm(dim=1).argmin())
+    np.testing.assert_array_equal(search.start_latent(), draws[best].numpy().astype(np.float64))
+
+
+def test_a_start_among_equal_objectives_is_the_smallest_loss(tmp_path, monkeypatch):
+    search = QDSearch(_scorer(), _cfg(x0_samples=4), tmp_path)
+
+    fake = Scores(objective=np.zeros(4), measures=np.zeros((4, 2)),
+                  loss=np.array([30.0, 25.0, 40.0, 26.0]))  # every objective underflowed
+    monkeypatch.setattr(search.scorer, "evaluate", lambda *a, **k: fake)
+    z = search.scorer.generator.sample_prior(4, seed=1)
+    np.testing.assert_array_equal(search.start_latent(), z[1].numpy().astype(np.float64))
+
+
+def test_runs_written_before_these_settings_resume(tmp_path):
+    QDSearch(_scorer(weights=(1.0, 0.5, 0.0)), _cfg(), tmp_path).run(progress=False)
+    path = tmp_path / CHECKPOINT
+    state = load_checkpoint(path)
+    config = json.loads(state["config"])
+    for key in ("selection_rule", "x0_truncation"):
+        del config[key]
+    del config["scorer"]["latent_norm_scale"]
+    state["config"] = json.dumps(config, sort_keys=True)
+    with open(path, "wb") as f:
+        pickle.dump(state, f)
+    search = QDSearch(_scorer(weights=(1.0, 0.5, 0.0)), _cfg(iterations=7), tmp_path)
+    search.run(progress=False)
+    assert search.iteration == 7
+    with pytest.raises(ValueError, match="different settings"):  # but not under other ones
+        QDSearch(_scorer(weights=(1.0, 0.5, 0.0)), _cfg(iterations=9, selection_rule="filter"),
+                 tmp_path).run(progress=False)
+
+
+# --- the latent augmentations file ------------------------------------------------------------
+def test_latent_offsets_file_in_the_released_format(tmp_path):
+    write_latent_augmentations(tmp_path / "augmentations.pt", seed=0, latent_dim=12)
+    grid = torch.load(tmp_path / "augmentations.pt", weights_only=True)
+    assert grid.dtype == torch.float64 and grid.shape == (9, 12)
+    off = load_latent_offsets(tmp_path / "augmentations.pt", 12, 9)
+    # the zero row (the grid's centre, row 4) first, the others in their order
+    np.testing.assert_array_equal(off[0], 0)
+    np.testing.assert_allclose(off[1:], grid[[0, 1, 2, 3, 5, 6, 7, 8]].float().numpy())
+    np.save(tmp_path / "grid.npy", grid.numpy())
+    np.testing.assert_array_equal(load_latent_offsets(tmp_path / "grid.npy", 12, 9), off)
+    with pytest.raises(ValueError, match="set offsets=9"):
+        load_latent_offsets(tmp_path / "augmentations.pt", 12, 4)
+    with pytest.raises(ValueError, match=r"\(k, 4\) is needed \(the released file .*w\+"):
+        load_latent_offsets(tmp_path / "augmentations.pt", 4, 9)
+    torch.save(grid[[0, 1, 2]], tmp_path / "nozero.pt")
+    with pytest.raises(ValueError, match="no all-zero row"):
+        load_latent_offsets(tmp_path / "nozero.pt", 12, 3)
+    bad = grid.clone()
+    bad[1, 0] = float("nan")
+    torch.save(bad, tmp_path / "nan.pt")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        load_latent_offsets(tmp_path / "nan.pt", 12, 9)
+    torch.save({"offsets": grid}, tmp_path / "dict.pt")
+    with pytest.raises(BadFileError, match="not a tensor"):
+        load_latent_offsets(tmp_path / "dict.pt", 12, 9)
+    with pytest.raises(FileNotFoundError, match="augmentations.pt in "
+                                                "github.com/Cylumn/qd-generative-sampling"):
+        load_latent_offsets(tmp_path / "missing.pt", 12, 9)
+
+
+def test_the_profile_reads_offsets_from_its_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path))
+    gen = StyleGAN2Generator(small_net(), num_std_samples=500, latent_space="w+")
+    write_latent_augmentations(tmp_path / "pretrained" / "augmentations.pt",
+                               latent_dim=gen.latent_dim)
+    p = get_profile("paper", "faces")
+    assert (p["offsets"], p["offsets_file"]) == (9, "pretrained/augmentations.pt")
+    off = latent_offsets(p, gen)
+    assert off.shape == (9, gen.latent_dim) and not off[0].any() and off[1:].any(axis=1).all()
+    p = get_profile("paper", "faces", offsets_file=None, offsets=4)  # random offsets instead
+    assert latent_offsets(p, gen).shape == (4, gen.latent_dim)
+
+
+def test_a_search_whose_every_score_is_zero_says_why(tmp_path):
+    """Every objective floored at 0 (e.g. a latent-norm penalty far above the prompt gap):
+    nothing enters the archive, the flat ranking restarts the emitter, and pyribs has no elite
+    to restart at; the search names the cause instead of pyribs' IndexError."""
+    scorer = _scorer()
+    evaluate = scorer.evaluate
+    scorer.evaluate = lambda z, **kw: dataclasses.replace(evaluate(z, **kw),
+                                                          objective=np.zeros(len(z)))
+    with pytest.raises(ValueError, match="restarted while no solution had entered the "
+                                         "archive.*latent_norm_scale"):
+        QDSearch(scorer, _cfg(iterations=20), tmp_path).run(progress=False)
