@@ -59,6 +59,8 @@ _SHAPES_BASE: dict[str, Any] = {
     "objective_weights": (1.0, 2.0, 0.0),
     # the latent-norm penalty starts at this multiple of the prior's typical norm
     "latent_norm_scale": 1.0,
+    # objective softplus(100 - 50 loss) >= 0; off: the released code's 100 - 50 loss as it is
+    "objective_floor": True,
     "cutouts": 0,  # random crops CLIP scores and averages (0: the whole image once)
     "tf32_matmul": False,  # CUDA only: CLIP's matmuls in TF32 while scoring (PromptScorer._tf32)
     "autocast": None,  # or "float16"/"bfloat16": the networks in half precision while scoring
@@ -76,6 +78,7 @@ _SHAPES_BASE: dict[str, Any] = {
     "label_margin": 0.01,  # |shape measure| below this: ambiguous, left out of the dataset
     "image_size": 64,  # classifier resolution
     "finetune_lr": 1e-4,  # Adam's learning rate on the synthetic set (the first stage: 1e-3)
+    "classifier": "project",  # or "released": the released code's CNN (sigmoid output)
     "archive_learning_rate": 0.02,
     "x0_samples": 64,  # the emitters start at the best of this many prior samples
     "x0_truncation": None,  # StyleGAN2: those samples' truncation psi (None: none)
@@ -87,7 +90,8 @@ _FACES_BASE: dict[str, Any] = {
     "objective": FACES_OBJECTIVE,
     "measures": FACES_MEASURES,
     "objective_weights": (1.0, 0.5, 0.2),  # prompt gap, latent norm, uniqueness (the paper)
-    "latent_norm_scale": 1.0,  # as in the shapes section (the released code: 0.5; README)
+    "latent_norm_scale": 1.0,  # as in the shapes section (the released code: 0.5)
+    "objective_floor": True,
     "world": "toy",
     "latent_space": "w",  # ffhq world: "w" (one w for all layers) or "w+" (one per layer)
     "clip": "qdgs-faces-clip",
@@ -179,21 +183,23 @@ PROFILES: dict[str, dict[str, Any]] = {
         # override objective_weights=[1, 2, 0] to carry it over.
         "shapes": {**_SHAPES_BASE, "clip": "ViT-B-32-quickgelu",
                    "shapes_vae": "pretrained/vae-shapes.pt",
-                   "objective_weights": (1.0, 0.0, 0.0),
+                   "objective_weights": (1.0, 0.0, 0.0), "objective_floor": False,
                    "measures": placed(SHAPES_MEASURES, ranges=((-0.1, 0.1),) * 2),
                    # its emitter asks batch_size - 1 = 3 (+ the gradient step's point), keeps
                    # pyribs' default "filter" parents, starts at the best of 32 x 16 draws
                    "batch_size": 3, "selection_rule": "filter", "x0_samples": 512,
                    "iterations": 70000, "seeds": (0, 1, 2, 3, 4), "n_train": 1000,
                    "n_test": 5000, "image_size": 128, "train_epochs": 20,
-                   "finetune_epochs": 30, "finetune_lr": 1e-3, "batch": 128},
-        # faces: w+ (14 x 512) latents, the start at truncation 0.7, 9 images per solution
-        # from its augmentations.pt. Not its penalty from half the prior's typical norm
-        # (latent_norm_scale 0.5): every start draw then scores 0 here (README)
+                   "finetune_epochs": 30, "finetune_lr": 1e-3, "batch": 128,
+                   "classifier": "released"},
+        # faces: w+ (14 x 512) latents, the penalty from half the prior's typical norm, the
+        # start at truncation 0.7 (so outside that: negative scores, ranked, hence no floor),
+        # 9 images per solution from its augmentations.pt
         "faces": {**_FACES_BASE, "world": "ffhq", "clip": "ViT-B-32-quickgelu",
                   "measures": placed(FACES_MEASURES, ranges=((-0.1, 0.1),) * 4,
                                      bins=(50, 25, 5, 25)),
-                  "iterations": 60000, "latent_space": "w+",
+                  "iterations": 60000, "latent_space": "w+", "latent_norm_scale": 0.5,
+                  "objective_floor": False,
                   "batch_size": 3, "selection_rule": "filter", "x0_samples": 512,
                   "x0_truncation": 0.7,
                   "sigma0": 0.5, "lr": 0.5, "bin_edge": 0.03, "offsets": 9,
@@ -210,10 +216,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         # ranges +-0.01: the measures of a random-weight CLIP are ~1e-3..1e-2
         "shapes": {**_SHAPES_BASE, "clip": "ViT-B-32-quickgelu",
                    "shapes_vae": "pretrained/vae-shapes.pt",
-                   "objective_weights": (1.0, 0.0, 0.0),
+                   "objective_weights": (1.0, 0.0, 0.0), "objective_floor": False,
                    "measures": placed(SHAPES_MEASURES, ranges=((-0.01, 0.01),) * 2,
                                       bins=(10, 10)),
                    "batch_size": 3, "selection_rule": "filter", "finetune_lr": 1e-3,
+                   "classifier": "released",
                    "iterations": 2, "x0_samples": 4, "seeds": (0,),
                    "bias_levels": (0.95,), "n_train": 64, "n_test": 64, "train_epochs": 1,
                    "finetune_epochs": 1, "batch": 32, "image_size": 32, "label_margin": 0.0,
@@ -221,7 +228,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "faces": {**_FACES_BASE, "world": "ffhq", "clip": "ViT-B-32-quickgelu",
                   "measures": placed(FACES_MEASURES, ranges=((-0.01, 0.01),) * 4,
                                      bins=(5, 3, 3, 3)),
-                  "iterations": 2, "latent_space": "w+",
+                  "iterations": 2, "latent_space": "w+", "latent_norm_scale": 0.5,
+                  "objective_floor": False,
                   "batch_size": 3, "selection_rule": "filter", "x0_truncation": 0.7,
                   "x0_samples": 4, "bin_edge": 0.003, "offsets": 9,
                   "offsets_file": "pretrained/augmentations.pt", "image_size": 112,

@@ -12,7 +12,9 @@ Conventions (following the paper's released code, sign of measures flipped for r
   10 * log(1 + exp((100 - 50 * loss) / 10)): the released code's 100 - 50 * loss above ~30,
   with a soft floor at 0 where that goes negative (pyribs' ``threshold_min=0`` rejects a
   negative objective outright). It reaches 0 itself only by float32 underflow (loss >~ 22,
-  far from the prior under the latent-norm penalty); such solutions are not added.
+  far from the prior under the latent-norm penalty); such solutions are not added. With
+  ``objective_floor`` off (the ``paper`` profile) the objective is ``100 - 50 * loss`` as in
+  the released code.
 
 The released code ran one generator+CLIP forward and backward per output (objective, then each
 measure). Here one forward pass serves all of them and the 1 + m vector-jacobian products run
@@ -168,12 +170,17 @@ class PromptScorer:
         seed: seeds the memory's choice of which embedding to remember.
         latent_norm_scale: the latent-norm penalty starts at this multiple of the
             generator's ``latent_norm`` (the released faces code: 0.5, in w+).
+        objective_floor: the objective is ``softplus(100 - 50 * loss)`` (never below 0, so
+            pyribs' ``threshold_min=0`` archive sees no negative score), or, off, the released
+            code's ``100 - 50 * loss``, negative far from the prompt or the prior. Off, a
+            search ranks the solutions it cannot add yet instead of seeing a flat 0.
     """
 
     def __init__(self, generator: Generator, clip: Clip, objective_prompts: tuple[Prompt, Prompt],
                  measure_prompts: Sequence[tuple[Prompt, Prompt]],
                  weights: tuple[float, float, float] = (1.0, 0.0, 0.0),
-                 memory_size: int = 100, seed: int = 0, latent_norm_scale: float = 1.0):
+                 memory_size: int = 100, seed: int = 0, latent_norm_scale: float = 1.0,
+                 objective_floor: bool = True):
         for name, given, pairs in (("objective_prompts", objective_prompts, [objective_prompts]),
                                    ("measure_prompts", measure_prompts, measure_prompts)):
             if isinstance(pairs, str) or any(isinstance(p, str) or len(p) != 2 for p in pairs):
@@ -226,6 +233,7 @@ class PromptScorer:
         self.clip = clip
         self.weights = tuple(float(w) for w in weights)
         self.latent_norm_scale = float(latent_norm_scale)
+        self.objective_floor = bool(objective_floor)
         self.memory_size = memory_size
         self.objective_prompts = objective_prompts
         self.measure_prompts = list(measure_prompts)
@@ -312,6 +320,11 @@ class PromptScorer:
     def loss_to_objective(loss: torch.Tensor) -> torch.Tensor:
         return F.softplus(100 - 50 * loss, beta=0.1)
 
+    def _objective(self, loss: torch.Tensor) -> torch.Tensor:
+        """The objective of a loss: floored softly at 0 (:meth:`loss_to_objective`), or, with
+        ``objective_floor`` off, the released code's ``100 - 50 * loss`` as it is."""
+        return self.loss_to_objective(loss) if self.objective_floor else 100 - 50 * loss
+
     def _outputs(self, z: torch.Tensor, memory: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One forward pass: (loss (B,), outputs (B, 1+m) = [objective, measures], emb)."""
@@ -321,7 +334,7 @@ class PromptScorer:
         with torch.autocast(emb.device.type, enabled=False):  # the scores' math in float32
             loss = self._objective_loss(emb, z, memory)
             measures = [-self._pair_gap(emb, k) for k in range(1, 1 + self.num_measures)]
-            return loss, torch.stack([self.loss_to_objective(loss), *measures], dim=1), emb
+            return loss, torch.stack([self._objective(loss), *measures], dim=1), emb
 
     # --- public API ------------------------------------------------------------------------
     def _to_tensor(self, latents) -> torch.Tensor:
@@ -756,7 +769,7 @@ class PromptScorer:
                 images = self.generator.decode(z)
                 emb = at_least_fp32(self.clip.encode_image(images, check=False))
                 if i == 0:
-                    val = self.loss_to_objective(self._objective_loss(emb, z))
+                    val = self._objective(self._objective_loss(emb, z))
                 else:
                     val = -self._pair_gap(emb, i)
                 (g,) = torch.autograd.grad(val.sum(), z)
@@ -807,7 +820,8 @@ class PromptScorer:
         return {"memory_size": int(self.memory_size), "seed": self._seed,
                 "cutouts": int(getattr(self.clip, "num_cutouts", 0)),
                 "noise_mode": getattr(self.generator, "noise_mode", None),
-                "latent_norm_scale": self.latent_norm_scale}
+                "latent_norm_scale": self.latent_norm_scale,
+                "objective_floor": self.objective_floor}
 
 
 def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> PromptScorer:
@@ -819,7 +833,8 @@ def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> P
                        num_cutouts=p["cutouts"])
     scorer = PromptScorer(generator, clip, p["objective"], prompts(p),
                           weights=p["objective_weights"],
-                          latent_norm_scale=p.get("latent_norm_scale", 1.0))
+                          latent_norm_scale=p.get("latent_norm_scale", 1.0),
+                          objective_floor=p.get("objective_floor", True))
     scorer.tf32_matmul = bool(p.get("tf32_matmul", False))
     scorer.autocast = p.get("autocast")
     scorer.compile_static = bool(p.get("compile_static", False))

@@ -217,7 +217,7 @@ _CKPT_GLOBALS = {
     "ribs.emitters._gradient_arborescence_emitter.GradientArborescenceEmitter",
     "ribs.emitters.opt._adam_opt.AdamOpt", "ribs.emitters.opt._cma_es.CMAEvolutionStrategy",
     "ribs.emitters.opt._cma_es.DecompMatrix", "ribs.emitters.rankers.ImprovementRanker",
-    "ribs.emitters.rankers.TwoStageImprovementRanker"}
+    "ribs.emitters.rankers.TwoStageImprovementRanker", "qdgs_lib.search._compact_array_store"}
 
 
 class _CheckedArrayStore(ArrayStore):
@@ -234,6 +234,50 @@ class _CheckedArrayStore(ArrayStore):
 
 
 _ARRAY_MODULES = {"array_api_compat.numpy", "numpy"}
+
+
+class _CompactPickler(pickle.Pickler):
+    """Writes pyribs' ArrayStores with their occupied rows only: a store holds every cell's
+    row (a paper-scale w+ archive: 156,250 x 7,168 float64 = 9 GB, two of them), while a
+    search has filled a fraction of them. :class:`_CompactArrayStore` puts the rows back."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is not ArrayStore:
+            return NotImplemented
+        state = obj.__getstate__()
+        rows = np.asarray(obj.occupied_list, dtype=np.int64)
+        fields = {name: np.ascontiguousarray(arr[rows]) for name, arr in state["_fields"].items()}
+        return _compact_array_store, (), {**state, "_fields": fields, "_compact_rows": rows}
+
+
+def _compact_array_store() -> _CompactArrayStore:
+    return _CompactArrayStore.__new__(_CompactArrayStore)
+
+
+class _CompactArrayStore(_CheckedArrayStore):
+    """An ArrayStore written by :class:`_CompactPickler`: its rows are checked against the
+    store's own occupancy, then spread back over the full arrays (other cells: zeros)."""
+
+    def __setstate__(self, state: dict) -> None:
+        try:
+            rows, props, fields = state.pop("_compact_rows"), state["_props"], state["_fields"]
+            capacity, n = int(props["capacity"]), int(props["n_occupied"])
+            listed = np.asarray(props["occupied_list"][:n])
+            ok = (isinstance(rows, np.ndarray) and rows.dtype == np.int64 and rows.shape == (n,)
+                  and np.array_equal(rows, listed) and (n == 0 or 0 <= rows.min()
+                                                       and rows.max() < capacity)
+                  and len(np.unique(rows)) == n
+                  and all(isinstance(a, np.ndarray) and len(a) == n for a in fields.values()))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise UnsafePickleError(f"a malformed compact ArrayStore: {e}") from e
+        if not ok:
+            raise UnsafePickleError("a compact ArrayStore whose rows do not match its "
+                                    "occupied cells")
+        full = {}
+        for name, arr in fields.items():
+            full[name] = np.zeros((capacity, *arr.shape[1:]), dtype=arr.dtype)
+            full[name][rows] = arr
+        _CheckedArrayStore.__setstate__(self, {**state, "_fields": full})
 
 
 def _pcg64(bit_generator: Any = "PCG64") -> np.random.PCG64:
@@ -381,7 +425,7 @@ class QDSearch:
                  "scorer": self.scorer.state_dict()}
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
-                pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+                _CompactPickler(f, protocol=pickle.HIGHEST_PROTOCOL).dump(state)
 
         write_checkpoint(self.checkpoint_path, write)
 
@@ -397,9 +441,10 @@ class QDSearch:
             mine.pop("autocast")
         if "scorer" not in stored:  # written before the scorer's settings were recorded
             mine.pop("scorer")
-        elif "latent_norm_scale" not in stored["scorer"] and \
-                mine["scorer"]["latent_norm_scale"] == 1.0:  # written before it existed
-            mine["scorer"].pop("latent_norm_scale")
+        else:
+            for key, before in (("latent_norm_scale", 1.0), ("objective_floor", True)):
+                if key not in stored["scorer"] and mine["scorer"][key] == before:
+                    mine["scorer"].pop(key)  # written before the setting existed
         for key, before in (("selection_rule", "mu"), ("x0_truncation", None)):
             if key not in stored and mine[key] == before:  # written before the key existed
                 mine.pop(key)
@@ -475,10 +520,14 @@ class QDSearch:
             raise ValueError(
                 f"iteration {self.iteration}: an emitter restarted while no solution had "
                 f"entered the archive (every objective so far <= threshold_min "
-                f"{cfg.threshold_min}; this batch's best {s.objective.max():.3g}). The "
-                f"objective is floored at 0 far from the prior: check objective_weights and "
-                f"latent_norm_scale (a latent-norm penalty larger than the prompt gap "
-                f"zeroes every score), or start nearer the prior (x0_samples)") from e
+                f"{cfg.threshold_min}; this batch's best {s.objective.max():.3g}). "
+                + ("The objective is floored at 0, so such scores are all equal and the "
+                   "emitter restarts: check objective_weights and latent_norm_scale (a "
+                   "latent-norm penalty far above the prompt gap zeroes every score), start "
+                   "nearer the prior, or rank them with objective_floor off"
+                   if scorer.objective_floor else
+                   "Check objective_weights and latent_norm_scale, or start nearer the "
+                   "prior") ) from e
 
     def _count_outside(self, measures: np.ndarray) -> None:
         lo, hi = np.asarray(self.cfg.ranges, dtype=float).T

@@ -21,7 +21,7 @@ from .evaluate import group_accuracy, predict
 from .generators.base import Generator
 from .generators.shapes_vae import load_released_shapes_vae, load_shapes_vae
 from .measures import index
-from .models.shape_classifier import ShapeClassifier
+from .models.shape_classifier import ShapeClassifier, make_shape_classifier
 from .paths import in_data_dir
 from .sampling import decode_batched, solution_columns, write_image_dataset
 from .scoring import PromptScorer, scorer_for_profile
@@ -113,7 +113,7 @@ def save_set(data: dict, outdir: str | Path) -> Path:
 
 # the profile keys classifier_protocol reads: a checkpoint is only resumed under the same
 PROTOCOL_KEYS = ("bias_levels", "seeds", "n_train", "n_test", "image_size", "train_epochs",
-                 "finetune_epochs", "finetune_lr", "batch")
+                 "finetune_epochs", "finetune_lr", "batch", "classifier")
 
 
 def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress: bool = True,
@@ -149,12 +149,12 @@ def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress:
                 continue
             seed_everything(seed)
             real = ShapesDataset(p["n_train"], bias, p["image_size"], seed=seed)
-            base = ShapeClassifier()
+            base = make_shape_classifier(p["classifier"], p["image_size"])
             train_classifier(base, TensorDataset(real.images, real.labels), p["train_epochs"],
                              batch_size=p["batch"], seed=seed, augment=augment_shapes,
                              progress=progress, desc=f"bias {bias} seed {seed}", device=device)
             for name in ["none", *synthetic]:
-                model = ShapeClassifier()
+                model = make_shape_classifier(p["classifier"], p["image_size"])
                 model.load_state_dict(base.state_dict())
                 if name != "none":
                     data = sets[name, seed]

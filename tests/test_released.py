@@ -271,3 +271,59 @@ def test_a_search_whose_every_score_is_zero_says_why(tmp_path):
     with pytest.raises(ValueError, match="restarted while no solution had entered the "
                                          "archive.*latent_norm_scale"):
         QDSearch(scorer, _cfg(iterations=20), tmp_path).run(progress=False)
+
+
+def test_unfloored_objective_follows_the_released_dynamics(tmp_path):
+    """The released code's start: every draw far outside a tight latent-norm penalty. Floored
+    at 0, their scores are equal and the search cannot go on; unfloored (100 - 50 loss), they
+    are ranked, pyribs' "filter" rule pulls the gradient point toward the origin while nothing
+    enters, and the archive fills as the branches' norms fall under the penalty's threshold."""
+    gen = ToyGenerator(prior_std=0.3)
+
+    def tight(floor):
+        return PromptScorer(gen, ToyClip(), ("good", "bad"), [("a", "b"), ("c", "d")],
+                            weights=(1.0, 1e5, 0.0), latent_norm_scale=0.05,
+                            objective_floor=floor)
+
+    z = gen.sample_prior(16, seed=1).numpy()
+    s = tight(False).evaluate(z)
+    np.testing.assert_allclose(s.objective, 100 - 50 * s.loss, rtol=1e-6)
+    assert s.objective.max() < 0 and len(np.unique(s.objective)) == 16  # negative, ranked
+    assert tight(True).evaluate(z).objective.max() == 0  # floored: all the same
+    cfg = _cfg(iterations=40, selection_rule="filter", x0_samples=16)
+    with pytest.raises(ValueError, match="restarted while no solution had entered the "
+                                         "archive.*objective_floor off"):
+        QDSearch(tight(True), cfg, tmp_path / "floored").run(progress=False)
+    search = QDSearch(tight(False), cfg, tmp_path / "unfloored")
+    archive = search.run(progress=False)
+    assert archive.stats.num_elites > 5
+    start = search.start_latent()  # outside the penalty's threshold: a negative score
+    assert tight(False).evaluate(start[None], update_memory=False).objective[0] < 0
+
+
+def test_released_classifier_trains_as_sigmoid_and_bce():
+    from qdgs_lib.models.shape_classifier import ReleasedShapeClassifier, make_shape_classifier
+
+    torch.manual_seed(0)
+    model = ReleasedShapeClassifier(128)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
+        "conv1.weight": (16, 3, 3, 3), "conv1.bias": (16,), "conv2.weight": (32, 16, 3, 3),
+        "conv2.bias": (32,), "conv3.weight": (64, 32, 3, 3), "conv3.bias": (64,),
+        "fc1.weight": (128, 128 * 128), "fc1.bias": (128,), "fc2.weight": (1, 128),
+        "fc2.bias": (1,)}  # the released ShapeClassifier's
+    x, y = torch.rand(6, 3, 128, 128), torch.tensor([0, 1, 1, 0, 1, 0])
+    logits = model(x)
+    ce = torch.nn.functional.cross_entropy(logits, y)
+    (g_ce,) = torch.autograd.grad(ce, model.fc2.weight)
+    h = x
+    for conv in (model.conv1, model.conv2, model.conv3):  # the released forward, as written
+        h = model.pool(torch.relu(conv(h)))
+    p = torch.sigmoid(model.fc2(torch.relu(model.fc1(h.view(h.size(0), -1))))).squeeze(1)
+    bce = torch.nn.functional.binary_cross_entropy(p, y.float())  # the released loss
+    (g_bce,) = torch.autograd.grad(bce, model.fc2.weight)
+    torch.testing.assert_close(ce, bce)
+    torch.testing.assert_close(g_ce, g_bce)
+    assert torch.equal(logits.argmax(1), (p > 0.5).long())
+    assert make_shape_classifier("released", 32).fc1.in_features == 64 * 4 * 4
+    with pytest.raises(ValueError, match="classifier must be"):
+        make_shape_classifier("resnet", 128)

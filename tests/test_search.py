@@ -568,3 +568,49 @@ def test_cma_maega_offers_every_scored_batch_to_the_uniqueness_memory(tmp_path):
     sc._remember = spy
     QDSearch(sc, config("cma_maega", 3, batch_size=4), tmp_path).run(progress=False)
     assert batches == [1, 4] * 3
+
+
+def test_checkpoints_hold_only_the_occupied_cells(tmp_path):
+    """An archive's arrays hold a row per cell (a paper-scale w+ archive: 9 GB); a checkpoint
+    keeps the filled ones, and reads back to the same stores, row for row."""
+    from ribs.archives import ArrayStore
+
+    from qdgs_lib.search import _CompactPickler
+    from qdgs_lib.utils import BadFileError
+
+    gen = ToyGenerator(latent_dim=256, prior_std=0.05)
+    sc = PromptScorer(gen, ToyClip(), ("good", "bad"), [("a", "b"), ("c", "d")])
+    cfg = SearchConfig(dims=(100, 100), ranges=RANGES, iterations=20, sigma0=0.3, lr=0.3,
+                       seed=1)
+    search = QDSearch(sc, cfg, tmp_path)
+    search.run(progress=False)
+    full_rows = 2 * 100 * 100 * 256 * 8  # two archives' solution arrays, float64
+    size = (tmp_path / "checkpoint.pkl").stat().st_size
+    assert size < full_rows / 20, size
+    state = load_checkpoint(tmp_path / "checkpoint.pkl")
+    for live, back in ((search.scheduler.archive, state["scheduler"].archive),
+                       (search.result_archive, state["result_archive"])):
+        assert type(back._store) is ArrayStore
+        rows = live._store.occupied_list
+        assert 0 < len(rows) < 10_000
+        np.testing.assert_array_equal(back._store.occupied_list, rows)
+        for name, arr in live._store._fields.items():
+            np.testing.assert_array_equal(back._store._fields[name][rows], arr[rows])
+
+    with open(tmp_path / "plain.pkl", "wb") as f:  # checkpoints written before: full rows
+        pickle.dump(state, f)
+    plain = load_checkpoint(tmp_path / "plain.pkl")["result_archive"]._store
+    np.testing.assert_array_equal(plain.occupied_list, search.result_archive._store.occupied_list)
+
+    class Forged(_CompactPickler):  # rows that are not the store's occupied cells
+        def reducer_override(self, obj):
+            out = super().reducer_override(obj)
+            if out is not NotImplemented:
+                out[2]["_compact_rows"] = out[2]["_compact_rows"][::-1] + 1
+            return out
+
+    with open(tmp_path / "forged.pkl", "wb") as f:
+        Forged(f).dump({**state, "scheduler": search.scheduler,
+                        "result_archive": search.result_archive})
+    with pytest.raises(BadFileError, match="compact ArrayStore whose rows do not match"):
+        load_checkpoint(tmp_path / "forged.pkl")

@@ -150,9 +150,10 @@ class ShapesDataset(Dataset):
 
 
 def augment_shapes(x: torch.Tensor) -> torch.Tensor:
-    """The paper's shape augmentations, for a whole batch at once: a random rotation (+-30
+    """The project's shape augmentations, for a whole batch at once: a random rotation (+-30
     degrees, white fill) and a random resized crop (70-100% of the area, aspect 3/4-4/3),
-    composed into one affine resampling per image (torch's global RNG: seeded runs repeat)."""
+    composed into one affine resampling per image (torch's global RNG: seeded runs repeat).
+    The released code's training rotated each batch by one random angle in +-180 degrees."""
     import math
 
     import torch.nn.functional as F

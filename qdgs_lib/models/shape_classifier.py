@@ -1,7 +1,8 @@
-"""A small CNN that tells triangles from squares (64x64 RGB)."""
+"""Small CNNs that tell triangles from squares: the project's and the released code's."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -20,3 +21,38 @@ class ShapeClassifier(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
+
+
+class ReleasedShapeClassifier(nn.Module):
+    """The released code's shape classifier (``shapes/train.py``): three conv + ReLU + 2x2
+    max-pool layers (16, 32, 64 channels), a 128-unit layer and one output, which it trained
+    as sigmoid + binary cross-entropy on 128x128 images. Here that output ``z`` is returned
+    as the two logits ``(0, z)``: their softmax cross-entropy is the same loss (softmax(0, z)
+    is (1 - sigmoid(z), sigmoid(z))), and argmax picks class 1 where sigmoid(z) > 0.5."""
+
+    def __init__(self, image_size: int = 128):
+        super().__init__()
+        if image_size % 8:
+            raise ValueError(f"image_size must be a multiple of 8 (three 2x2 pools), got "
+                             f"{image_size}")
+        self.conv1 = nn.Conv2d(3, 16, kernel_size=3, stride=1, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, kernel_size=3, stride=1, padding=1)
+        self.conv3 = nn.Conv2d(32, 64, kernel_size=3, stride=1, padding=1)
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.fc1 = nn.Linear(64 * (image_size // 8) ** 2, 128)
+        self.fc2 = nn.Linear(128, 1)
+
+    def forward(self, x):
+        for conv in (self.conv1, self.conv2, self.conv3):
+            x = self.pool(torch.relu(conv(x)))
+        z = self.fc2(torch.relu(self.fc1(x.flatten(1))))
+        return torch.cat([torch.zeros_like(z), z], dim=1)
+
+
+def make_shape_classifier(kind: str, image_size: int) -> nn.Module:
+    """``"project"``: :class:`ShapeClassifier`; ``"released"``: :class:`ReleasedShapeClassifier`."""
+    if kind == "project":
+        return ShapeClassifier()
+    if kind == "released":
+        return ReleasedShapeClassifier(image_size)
+    raise ValueError(f"classifier must be 'project' or 'released', got {kind!r}")
