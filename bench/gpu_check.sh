@@ -33,8 +33,9 @@
 #                                          -> iteration_candidates_cudnn_benchmark_gpu.csv
 # --pending, alone (sized for one 10-minute call on a lent machine, each step with its own
 # time limit): the candidate rows that decide issue 14's 15 ms goal and have never run on a
-# GPU in their current form (deterministic kernels, then func compiled with and without TF32
-# matmuls, each next to an fp32 baseline row of the same process), the two CUDA tests never
+# GPU in their current form (deterministic kernels, the paper profile's w+ search, then func
+# compiled with and without TF32 matmuls, each next to an fp32 baseline row of the same
+# process), the two CUDA tests never
 # run on a GPU (compiled static calls, bitwise-reproducible deterministic searches), then
 # bench/compile_check.py (where a compiled row fails).
 # Random weights throughout: throughput depends on the architecture, not on the values.
@@ -87,14 +88,14 @@ if [ "$pending" = 1 ]; then
     # they finish), the cheap rows first. Deterministic kernels run in processes that set
     # cuBLAS's workspace before their first matmul (older torch checks it then); each process
     # times its own baseline row, so every row is compared under the same settings
-    step "pending rows" timeout 130 env CUBLAS_WORKSPACE_CONFIG=:4096:8 $PY bench/run.py \
-        --only iteration_candidates --candidates baseline deterministic
+    step "pending rows" timeout 170 env CUBLAS_WORKSPACE_CONFIG=:4096:8 $PY bench/run.py \
+        --only iteration_candidates --candidates baseline deterministic paper_profile
     step "pending compiled rows" timeout 190 $PY bench/run.py --only iteration_candidates \
         --candidates baseline func+compile func+compile+tf32_matmul
     step "pending CUDA tests" timeout 100 env CUBLAS_WORKSPACE_CONFIG=:4096:8 $PY -m pytest \
         tests/test_devices.py -p no:cacheprovider -q -rfEsP \
         -k "compiled_static_calls_match_eager or deterministic_searches_reproduce"
-    step "compile check" timeout 100 $PY bench/compile_check.py
+    step "compile check" timeout 60 $PY bench/compile_check.py
     [ -z "$failed" ] || { echo "FAILED:$failed"; exit 1; }
     echo "all pending GPU checks ran; results in $RESULTS"
     exit 0

@@ -116,6 +116,19 @@ def setups(device: str, quick: bool):
     return out
 
 
+def paper_profile_scorer(device: str) -> PromptScorer:
+    """StyleGAN2-256 + ViT-B/32 (random weights) as the ``paper`` profile scores them now:
+    w+ latents, the half-norm latent penalty, the unfloored objective (the released code's)."""
+    p = get_profile("paper", "faces")
+    torch.manual_seed(0)
+    gen = StyleGAN2Generator(StyleGAN2().to(device), num_std_samples=2000,
+                             latent_space=p["latent_space"])
+    clip = create_clip("ViT-B-32-quickgelu", device=device, pretrained=False)
+    return PromptScorer(gen, clip, p["objective"], prompts(p), weights=p["objective_weights"],
+                        latent_norm_scale=p["latent_norm_scale"],
+                        objective_floor=p["objective_floor"])
+
+
 def _fill_memory(scorer: PromptScorer) -> None:
     """A full uniqueness memory, as in a search's steady state (when the objective uses it)."""
     if scorer.weights[2] > 0:
@@ -404,15 +417,18 @@ def _scorer_settings(extra: str | None) -> tuple[bool, str | None, bool]:
 
 
 def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, mode: str,
-                   graphs: bool, tf32: bool, extra: str | None, label: str = "") -> dict:
-    """One timed paper-scale search on ``scorer`` with these settings (see bench_iteration)."""
+                   graphs: bool, tf32: bool, extra: str | None, label: str = "",
+                   search_kw: dict | None = None) -> dict:
+    """One timed paper-scale search on ``scorer`` with these settings (see bench_iteration);
+    ``search_kw``: SearchConfig settings other than batch 4 (the paper profile's)."""
     cuda = scorer.clip.device.type == "cuda"
     scorer.jacobian_mode, scorer.cuda_graphs, scorer.tf32_matmul = mode, graphs, tf32
     scorer.compile_static, scorer.autocast, scorer.deterministic = _scorer_settings(extra)
     scorer.drop_static_calls()
-    cfg = SearchConfig(dims=(50, 25, 5, 25), ranges=[(-0.1, 0.1)] * 4,
-                       iterations=warmup + timed, batch_size=4, num_emitters=1,
-                       x0_samples=8, seed=0, checkpoint_every=10**9)
+    cfg = SearchConfig(**{"dims": (50, 25, 5, 25), "ranges": [(-0.1, 0.1)] * 4,
+                          "iterations": warmup + timed, "batch_size": 4, "num_emitters": 1,
+                          "x0_samples": 8, "seed": 0, "checkpoint_every": 10**9,
+                          **(search_kw or {})})
     search = _WallClockSearch(scorer, cfg, outdir)
     if cuda:
         torch.cuda.empty_cache()
@@ -461,7 +477,9 @@ def _iteration_row(scorer: PromptScorer, outdir: Path, warmup: int, timed: int, 
             "jacobian_rel_err": jac_err, "measures_abs_err": measures_err,
             "iterations_timed": timed, "warmup_s": warmup_s,
             "hours_for_60k": wall * 60_000 / 3.6e6, "peak_gpu_gib": peak,
-            "coverage": search.result_archive.stats.coverage}
+            "coverage": search.result_archive.stats.coverage,
+            "latent_dim": scorer.solution_dim, "batch_size": cfg.batch_size,
+            "selection_rule": cfg.selection_rule}
 
 
 CANDIDATES = {  # name -> (extra setting, jacobian mode, tf32 matmuls); all with CUDA graphs
@@ -472,6 +490,9 @@ CANDIDATES = {  # name -> (extra setting, jacobian mode, tf32 matmuls); all with
     "replicated": (None, "replicated", False),
     # deterministic kernels while scoring (bitwise-reproducible searches): what they cost
     "deterministic": ("deterministic", "func", False),
+    # the paper profile as it now stands (the released code's): w+ latents (7,168 numbers,
+    # archives of 9 GB each), batch 3 + 1, "filter" parents, its objective; fp32, graphed
+    "paper_profile": (None, "func", False),
     # func with compile_static: the values calls compiled (measured right on an H200 before
     # the split layers' fix, run 7) and the whole func jacobian (vjp + vmap in one graph)
     "func+compile": ("compile", "func", False),
@@ -483,6 +504,8 @@ CANDIDATES = {  # name -> (extra setting, jacobian mode, tf32 matmuls); all with
     # (gpu_check.sh --candidates does): --candidates cudnn_benchmark
     "cudnn_benchmark": ("cudnn_benchmark", "func", False),
 }
+PAPER_PROFILE_SEARCH = {k: get_profile("paper", "faces")[k]
+                        for k in ("batch_size", "selection_rule")}
 DEFAULT_CANDIDATES = [k for k in CANDIDATES if k != "cudnn_benchmark"]
 
 
@@ -534,9 +557,12 @@ def bench_iteration(device: str, quick: bool, candidates: bool | list[str] = Fal
     try:
         for name, graphs, tf32, extra, modes in variants:
             for mode in modes:
+                paper = name == "paper_profile"
                 try:
-                    row = _iteration_row(scorer, tmp / f"{mode}_{len(rows)}", warmup, timed,
-                                         mode, graphs, tf32, extra)
+                    row = _iteration_row(
+                        paper_profile_scorer(device) if paper else scorer,
+                        tmp / f"{mode}_{len(rows)}", warmup, timed, mode, graphs, tf32, extra,
+                        search_kw=PAPER_PROFILE_SEARCH if paper else None)
                 except Exception as e:  # noqa: BLE001 - a candidate may fail (e.g. compiling)
                     if not candidates:
                         raise

@@ -133,11 +133,18 @@ def test_iteration_rows_are_written_as_they_come(monkeypatch, tmp_path):
     monkeypatch.setattr(run, "RESULTS", tmp_path)
     scorer = SimpleNamespace(clip=torch.nn.Linear(1, 1))
     monkeypatch.setattr(run, "setups", lambda device, quick: [("x", lambda: scorer)])
+    paper = object()  # the paper profile's own scorer (w+), with its search settings
+    monkeypatch.setattr(run, "paper_profile_scorer", lambda device: paper)
     seen = []
 
-    def fake_row(scorer, outdir, warmup, timed, mode, graphs, tf32, extra, label=""):
+    def fake_row(sc, outdir, warmup, timed, mode, graphs, tf32, extra, label="",
+                 search_kw=None):
         if seen:  # the file holds the rows so far
             assert len(pd.read_csv(tmp_path / "cands.csv")) == len(seen)
+        assert (sc is paper) == (search_kw is not None)
+        if sc is paper:
+            assert search_kw == {"batch_size": 3, "selection_rule": "filter"}
+            extra = "paper_profile"
         seen.append(extra)
         if extra == "math_attention":
             raise RuntimeError("no kernel")
