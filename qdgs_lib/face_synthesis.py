@@ -103,7 +103,7 @@ def latent_offsets(p: dict[str, Any], generator: Generator) -> np.ndarray:
     """The latent augmentations added to every solution (offset 0 is the solution itself):
     ``offsets_file``'s where set, else ``offsets`` - 1 seeded normal draws of scale
     ``offset_scale`` (the toy world: its own pose/lighting offsets)."""
-    if p["offsets_file"]:
+    if p.get("offsets_file"):  # (a profile has the key; a hand-made dict may not)
         return load_latent_offsets(in_data_dir(p["offsets_file"]), generator.latent_dim,
                                    p["offsets"])
     if p["world"] == "toy":

@@ -131,6 +131,7 @@ def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress:
     uninterrupted run (each pair seeds itself), and refuses a file made from anything else.
     """
     device = resolve_device(device)
+    p = {"finetune_lr": 1e-4, "classifier": "project", **p}  # (keys newer than some dicts)
     if p["image_size"] < 16:
         raise ValueError(f"image_size {p['image_size']}: the shape classifier needs >= 16 px")
     sets = {(name, seed): _checked_set(name, seed, synthetic[name], p)
