@@ -29,13 +29,13 @@ from .utils import resolve_device
 def build_generator(p: dict[str, Any], device: str | torch.device = "auto") -> Generator:
     device = resolve_device(device)
     if p["world"] == "toy":
-        if p["latent_space"] != "w":
+        if p.get("latent_space", "w") != "w":
             raise ValueError(f"latent_space={p['latent_space']!r} is a StyleGAN2 setting "
                              "(world 'ffhq'); the toy world has one latent space: use 'w'")
         return toy_faces.ToyFaces().to(device)
     if p["world"] == "ffhq":
         return StyleGAN2Generator(load_stylegan2(in_data_dir(p["stylegan_weights"]), device),
-                                  latent_space=p["latent_space"])
+                                  latent_space=p.get("latent_space", "w"))
     raise ValueError(f"unknown world {p['world']!r}: 'toy' or 'ffhq'")
 
 
@@ -81,6 +81,9 @@ def load_latent_offsets(path: str | Path, latent_dim: int, count: int) -> np.nda
             if not isinstance(off, torch.Tensor):
                 raise ValueError(f"holds a {type(off).__name__}, not a tensor")
             off = off.numpy()
+    if off.dtype.kind not in "fiu":
+        raise ValueError(f"{path} holds {off.dtype} offsets, not numbers: a latent offset is a "
+                         "row of floats")
     if off.ndim != 2 or off.shape[1] != latent_dim:
         hint = " (the released file is for StyleGAN2-256 in w+: set latent_space='w+')" \
             if off.ndim == 2 and off.shape[1] % latent_dim == 0 else ""

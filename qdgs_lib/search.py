@@ -148,8 +148,8 @@ class SearchConfig:
                    iterations=p["iterations"], batch_size=p["batch_size"],
                    num_emitters=p["num_emitters"], sigma0=p["sigma0"], lr=p["lr"],
                    archive_learning_rate=p["archive_learning_rate"],
-                   x0_samples=p["x0_samples"], x0_truncation=p["x0_truncation"],
-                   selection_rule=p["selection_rule"], seed=seed,
+                   x0_samples=p["x0_samples"], x0_truncation=p.get("x0_truncation"),
+                   selection_rule=p.get("selection_rule", "mu"), seed=seed,
                    checkpoint_every=max(50, p["iterations"] // 10))
 
     @property
@@ -250,6 +250,9 @@ class _CompactPickler(pickle.Pickler):
         return _compact_array_store, (), {**state, "_fields": fields, "_compact_rows": rows}
 
 
+_MAX_ROW_ELEMENTS = 1 << 22  # a field's row: a solution (StyleGAN2-1024 w+: 18 x 512) or less
+
+
 def _compact_array_store() -> _CompactArrayStore:
     return _CompactArrayStore.__new__(_CompactArrayStore)
 
@@ -262,21 +265,35 @@ class _CompactArrayStore(_CheckedArrayStore):
         try:
             rows, props, fields = state.pop("_compact_rows"), state["_props"], state["_fields"]
             capacity, n = int(props["capacity"]), int(props["n_occupied"])
-            listed = np.asarray(props["occupied_list"][:n])
-            ok = (isinstance(rows, np.ndarray) and rows.dtype == np.int64 and rows.shape == (n,)
-                  and np.array_equal(rows, listed) and (n == 0 or 0 <= rows.min()
-                                                       and rows.max() < capacity)
-                  and len(np.unique(rows)) == n
-                  and all(isinstance(a, np.ndarray) and len(a) == n for a in fields.values()))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            occupied, listed = props["occupied"], props["occupied_list"]
+            # the sizes it will allocate come from arrays the file holds in full (capacity
+            # flags) and from numeric rows of a bounded width: no object or void fields,
+            # whose zeros would be written out, and no rows wider than any archive's
+            ok = (isinstance(occupied, np.ndarray) and occupied.dtype == bool
+                  and isinstance(listed, np.ndarray) and listed.dtype.kind in "iu"
+                  and occupied.shape == listed.shape == (capacity,) and 0 <= n <= capacity
+                  and int(occupied.sum()) == n
+                  and isinstance(rows, np.ndarray) and rows.dtype == np.int64
+                  and rows.shape == (n,) and np.array_equal(rows, listed[:n])
+                  and (n == 0 or 0 <= rows.min() and rows.max() < capacity)
+                  and len(np.unique(rows)) == n and bool(occupied[rows].all())
+                  and isinstance(fields, dict)
+                  and all(isinstance(a, np.ndarray) and len(a) == n and a.dtype.kind in "fiub"
+                          and math.prod(a.shape[1:]) <= _MAX_ROW_ELEMENTS
+                          for a in fields.values()))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             raise UnsafePickleError(f"a malformed compact ArrayStore: {e}") from e
         if not ok:
             raise UnsafePickleError("a compact ArrayStore whose rows do not match its "
-                                    "occupied cells")
+                                    "occupied cells, or whose fields are not numeric rows")
         full = {}
-        for name, arr in fields.items():
-            full[name] = np.zeros((capacity, *arr.shape[1:]), dtype=arr.dtype)
-            full[name][rows] = arr
+        try:
+            for name, arr in fields.items():
+                full[name] = np.zeros((capacity, *arr.shape[1:]), dtype=arr.dtype)
+                full[name][rows] = arr
+        except MemoryError as e:
+            raise UnsafePickleError(f"a compact ArrayStore too large to rebuild ({capacity} "
+                                    f"cells)") from e
         _CheckedArrayStore.__setstate__(self, {**state, "_fields": full})
 
 

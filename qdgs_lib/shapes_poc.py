@@ -42,7 +42,7 @@ from .utils import (
 def build_generator(p: dict[str, Any], device: str | torch.device = "auto") -> Generator:
     """``shapes_vae``: None, the project's VAE; a ``.safetensors`` path, one in its format; any
     other path (relative: under data/), the released code's ``vae-shapes.pt``."""
-    path = in_data_dir(p["shapes_vae"])
+    path = in_data_dir(p.get("shapes_vae"))
     if path is None or path.suffix == ".safetensors":
         return load_shapes_vae(path, device=device)
     return load_released_shapes_vae(path, device=device)
@@ -114,6 +114,8 @@ def save_set(data: dict, outdir: str | Path) -> Path:
 # the profile keys classifier_protocol reads: a checkpoint is only resumed under the same
 PROTOCOL_KEYS = ("bias_levels", "seeds", "n_train", "n_test", "image_size", "train_epochs",
                  "finetune_epochs", "finetune_lr", "batch", "classifier")
+# what a run did before a protocol key existed (so its checkpoints still resume)
+_PROTOCOL_BEFORE = {"finetune_lr": 1e-4, "classifier": "project"}
 
 
 def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress: bool = True,
@@ -190,6 +192,10 @@ def _resume_rows(checkpoint: str | Path | None, key: dict) -> list[dict]:
                                                   ("profile", "sets")):
             raise ValueError("no record of the inputs")
         pairs = {(r["bias"], r["seed"]) for r in rows}
+    key = json.loads(json.dumps(key))  # (a copy: keys older files lack are left out below)
+    for k, before in _PROTOCOL_BEFORE.items():  # written before the setting existed
+        if k not in have["profile"] and key["profile"].get(k) == before:
+            key["profile"].pop(k)
     if have != key:
         differ = [k for k in differing_keys(have, key) if k not in ("profile", "sets")] + [
             f"{part}: {k}" for part in ("profile", "sets")

@@ -205,6 +205,7 @@ def test_runs_written_before_these_settings_resume(tmp_path):
     for key in ("selection_rule", "x0_truncation"):
         del config[key]
     del config["scorer"]["latent_norm_scale"]
+    del config["scorer"]["objective_floor"]
     state["config"] = json.dumps(config, sort_keys=True)
     with open(path, "wb") as f:
         pickle.dump(state, f)
@@ -239,6 +240,9 @@ def test_latent_offsets_file_in_the_released_format(tmp_path):
     torch.save(bad, tmp_path / "nan.pt")
     with pytest.raises(ValueError, match="NaN or inf"):
         load_latent_offsets(tmp_path / "nan.pt", 12, 9)
+    np.save(tmp_path / "text.npy", np.array([["a"] * 12] * 9))
+    with pytest.raises(ValueError, match="<U1 offsets, not numbers"):
+        load_latent_offsets(tmp_path / "text.npy", 12, 9)
     torch.save({"offsets": grid}, tmp_path / "dict.pt")
     with pytest.raises(BadFileError, match="not a tensor"):
         load_latent_offsets(tmp_path / "dict.pt", 12, 9)

@@ -614,3 +614,31 @@ def test_checkpoints_hold_only_the_occupied_cells(tmp_path):
                         "result_archive": search.result_archive})
     with pytest.raises(BadFileError, match="compact ArrayStore whose rows do not match"):
         load_checkpoint(tmp_path / "forged.pkl")
+
+    # sizes a small file could ask for: object rows (zeros written out), rows wider than any
+    # archive's, a capacity beyond the occupancy flags the file holds
+    def object_rows(st):
+        st["_fields"] = {k: v.astype(object) for k, v in st["_fields"].items()}
+
+    def wide_rows(st):  # an empty store whose rows would be 8M numbers wide
+        cap = st["_props"]["capacity"]
+        st["_props"] = {**st["_props"], "occupied": np.zeros(cap, bool), "n_occupied": 0}
+        st["_compact_rows"] = np.zeros(0, np.int64)
+        st["_fields"] = {k: np.zeros((0, 1 << 23), v.dtype) for k, v in st["_fields"].items()}
+
+    def capacity(st):
+        st["_props"] = {**st["_props"], "capacity": 10**9}
+
+    for name, edit in (("object", object_rows), ("wide", wide_rows), ("capacity", capacity)):
+        class Abused(_CompactPickler):
+            def reducer_override(self, obj, edit=edit):
+                out = super().reducer_override(obj)
+                if out is not NotImplemented:
+                    edit(out[2])
+                return out
+
+        with open(tmp_path / f"{name}.pkl", "wb") as f:
+            Abused(f).dump({**state, "scheduler": search.scheduler,
+                            "result_archive": search.result_archive})
+        with pytest.raises(BadFileError, match="compact ArrayStore"):
+            load_checkpoint(tmp_path / f"{name}.pkl")

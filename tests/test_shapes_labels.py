@@ -226,6 +226,17 @@ def test_classifier_protocol_resumes_after_the_last_finished_pair(tmp_path, monk
                                              checkpoint=ckpt)
     assert len(calls) == 4  # only the two pairs left were trained
     pd.testing.assert_frame_equal(resumed, whole)
+    old = json.loads(ckpt.read_text())  # a file from before finetune_lr / classifier
+    for k in ("finetune_lr", "classifier"):
+        del old["key"]["profile"][k]
+    ckpt.write_text(json.dumps(old))
+    calls.clear()
+    pd.testing.assert_frame_equal(shapes_poc.classifier_protocol(
+        p, {"a": a}, progress=False, device="cpu", checkpoint=ckpt), whole)
+    assert not calls  # every pair was in the file
+    with pytest.raises(ValueError, match="other inputs.*profile: classifier"):
+        shapes_poc.classifier_protocol({**p, "classifier": "released"}, {"a": a},
+                                       progress=False, device="cpu", checkpoint=ckpt)
     with pytest.raises(ValueError, match="other inputs.*profile: train_epochs.*delete it"):
         shapes_poc.classifier_protocol({**p, "train_epochs": 2}, {"a": a}, progress=False,
                                        device="cpu", checkpoint=ckpt)
