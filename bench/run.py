@@ -126,7 +126,8 @@ def paper_profile_scorer(device: str) -> PromptScorer:
     clip = create_clip("ViT-B-32-quickgelu", device=device, pretrained=False)
     return PromptScorer(gen, clip, p["objective"], prompts(p), weights=p["objective_weights"],
                         latent_norm_scale=p["latent_norm_scale"],
-                        objective_floor=p["objective_floor"])
+                        objective_floor=p["objective_floor"],
+                        uniqueness_fill_scale=p["uniqueness_fill_scale"])
 
 
 def _fill_memory(scorer: PromptScorer) -> None:

@@ -147,7 +147,9 @@ def build_datasets(scorer: PromptScorer, qd_df: pd.DataFrame, p: dict[str, Any],
     out = {}
     for name, z, m in (("qdgs", z_qd, m_qd), ("random", z_rand, m_rand)):
         bins = assign_bins(m, dataset_bins(p))
-        ids = cluster_identities(z, bins, p["per_identity"], seed=seed)
+        ids = cluster_identities(z, bins, p["per_identity"], seed=seed,
+                                 n_init=p.get("kmeans_n_init", 4),
+                                 max_iter=p.get("kmeans_max_iter", 300))
         out[name] = write_identity_dataset(outdir / f"dataset_{name}", decode, z, ids, offsets,
                                            solution_columns(m, z, bin=bins),
                                            size=p["image_size"], progress=progress,

@@ -92,6 +92,8 @@ _FACES_BASE: dict[str, Any] = {
     "objective_weights": (1.0, 0.5, 0.2),  # prompt gap, latent norm, uniqueness (the paper)
     "latent_norm_scale": 1.0,  # as in the shapes section (the released code: 0.5)
     "objective_floor": True,
+    # uniqueness x memory size / its length while it fills (the released code: x 100 / length)
+    "uniqueness_fill_scale": False,
     "world": "toy",
     "latent_space": "w",  # ffhq world: "w" (one w for all layers) or "w+" (one per layer)
     "clip": "qdgs-faces-clip",
@@ -114,6 +116,8 @@ _FACES_BASE: dict[str, Any] = {
     "selection_rule": "mu",
     "bin_edge": 0.1,  # balanced measures' bins (-inf, -e), (-e, e), (e, inf); the paper: 0.03
     "per_identity": 2,  # solutions per K-means identity
+    "kmeans_n_init": 4,  # K-means restarts and iterations (scikit-learn's default: 300)
+    "kmeans_max_iter": 300,
     "offsets": 4,  # images per solution (latent augmentations)
     "offset_scale": 0.1,
     # None: offsets - 1 seeded random offsets of scale offset_scale; else a file of offsets
@@ -199,10 +203,11 @@ PROFILES: dict[str, dict[str, Any]] = {
                   "measures": placed(FACES_MEASURES, ranges=((-0.1, 0.1),) * 4,
                                      bins=(50, 25, 5, 25)),
                   "iterations": 60000, "latent_space": "w+", "latent_norm_scale": 0.5,
-                  "objective_floor": False,
+                  "objective_floor": False, "uniqueness_fill_scale": True,
                   "batch_size": 3, "selection_rule": "filter", "x0_samples": 512,
                   "x0_truncation": 0.7,
                   "sigma0": 0.5, "lr": 0.5, "bin_edge": 0.03, "offsets": 9,
+                  "kmeans_n_init": 10, "kmeans_max_iter": 2000,
                   "offsets_file": "pretrained/augmentations.pt", "image_size": 112},
         "recognition": {**_RECOGNITION_BASE, "backbone": "ir101", "pretrain_epochs": 26,
                         "real_epochs": 26, "milestones": (12, 20, 24), "seeds": (0,),
@@ -229,7 +234,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                   "measures": placed(FACES_MEASURES, ranges=((-0.01, 0.01),) * 4,
                                      bins=(5, 3, 3, 3)),
                   "iterations": 2, "latent_space": "w+", "latent_norm_scale": 0.5,
-                  "objective_floor": False,
+                  "objective_floor": False, "uniqueness_fill_scale": True,
                   "batch_size": 3, "selection_rule": "filter", "x0_truncation": 0.7,
                   "x0_samples": 4, "bin_edge": 0.003, "offsets": 9,
                   "offsets_file": "pretrained/augmentations.pt", "image_size": 112,

@@ -220,10 +220,11 @@ def read_image_dataset(root: str | Path, classes: Sequence[str]) -> tuple[torch.
 
 # --- identities (faces) -----------------------------------------------------------------------
 def cluster_identities(latents: np.ndarray, bin_index: np.ndarray, per_identity: int,
-                       seed: int = 0) -> np.ndarray:
+                       seed: int = 0, n_init: int = 4, max_iter: int = 300) -> np.ndarray:
     """Identity id per solution: within each measure bin, K-means on the latents into
     ceil(n / per_identity) clusters (the paper: identities of ``per_identity`` solutions).
-    Solutions outside every bin (bin -1) get identity -1.
+    Solutions outside every bin (bin -1) get identity -1. ``n_init`` / ``max_iter``: K-means'
+    restarts and iterations (the released code: 10 and 2,000).
 
     K-means does not fix cluster sizes: identities hold ``per_identity`` solutions on
     average, single ones and larger ones included (notebook 02's default QDGS dataset: 203
@@ -240,8 +241,8 @@ def cluster_identities(latents: np.ndarray, bin_index: np.ndarray, per_identity:
         if k == 1:
             labels = np.zeros(len(members), dtype=int)
         else:
-            labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(
-                latents[members])
+            labels = KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter,
+                            random_state=seed).fit_predict(latents[members])
         ids[members] = next_id + labels
         next_id += k
     return ids

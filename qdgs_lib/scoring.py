@@ -174,13 +174,16 @@ class PromptScorer:
             pyribs' ``threshold_min=0`` archive sees no negative score), or, off, the released
             code's ``100 - 50 * loss``, negative far from the prompt or the prior. Off, a
             search ranks the solutions it cannot add yet instead of seeing a flat 0.
+        uniqueness_fill_scale: scale the uniqueness distance by ``memory_size`` / the
+            memory's length, as the released code did (x 100 / length): up to
+            ``memory_size`` times stronger while the memory fills, the same once it is full.
     """
 
     def __init__(self, generator: Generator, clip: Clip, objective_prompts: tuple[Prompt, Prompt],
                  measure_prompts: Sequence[tuple[Prompt, Prompt]],
                  weights: tuple[float, float, float] = (1.0, 0.0, 0.0),
                  memory_size: int = 100, seed: int = 0, latent_norm_scale: float = 1.0,
-                 objective_floor: bool = True):
+                 objective_floor: bool = True, uniqueness_fill_scale: bool = False):
         for name, given, pairs in (("objective_prompts", objective_prompts, [objective_prompts]),
                                    ("measure_prompts", measure_prompts, measure_prompts)):
             if isinstance(pairs, str) or any(isinstance(p, str) or len(p) != 2 for p in pairs):
@@ -234,6 +237,7 @@ class PromptScorer:
         self.weights = tuple(float(w) for w in weights)
         self.latent_norm_scale = float(latent_norm_scale)
         self.objective_floor = bool(objective_floor)
+        self.uniqueness_fill_scale = bool(uniqueness_fill_scale)
         self.memory_size = memory_size
         self.objective_prompts = objective_prompts
         self.measure_prompts = list(measure_prompts)
@@ -313,6 +317,8 @@ class PromptScorer:
             loss = loss + w_reg * (torch.clamp(norm, min=q) - q).pow(2)
         if w_unique > 0 and len(memory) > 0:
             uniqueness = angdist(emb, memory).min(dim=1).values
+            if self.uniqueness_fill_scale:  # the released code's: x memory_size / length
+                uniqueness = uniqueness * (self.memory_size / len(memory))
             loss = loss + w_unique * (1 - uniqueness)
         return loss
 
@@ -821,7 +827,8 @@ class PromptScorer:
                 "cutouts": int(getattr(self.clip, "num_cutouts", 0)),
                 "noise_mode": getattr(self.generator, "noise_mode", None),
                 "latent_norm_scale": self.latent_norm_scale,
-                "objective_floor": self.objective_floor}
+                "objective_floor": self.objective_floor,
+                "uniqueness_fill_scale": self.uniqueness_fill_scale}
 
 
 def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> PromptScorer:
@@ -834,7 +841,8 @@ def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> P
     scorer = PromptScorer(generator, clip, p["objective"], prompts(p),
                           weights=p["objective_weights"],
                           latent_norm_scale=p.get("latent_norm_scale", 1.0),
-                          objective_floor=p.get("objective_floor", True))
+                          objective_floor=p.get("objective_floor", True),
+                          uniqueness_fill_scale=p.get("uniqueness_fill_scale", False))
     scorer.tf32_matmul = bool(p.get("tf32_matmul", False))
     scorer.autocast = p.get("autocast")
     scorer.compile_static = bool(p.get("compile_static", False))

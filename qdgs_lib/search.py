@@ -459,7 +459,8 @@ class QDSearch:
         if "scorer" not in stored:  # written before the scorer's settings were recorded
             mine.pop("scorer")
         else:
-            for key, before in (("latent_norm_scale", 1.0), ("objective_floor", True)):
+            for key, before in (("latent_norm_scale", 1.0), ("objective_floor", True),
+                                ("uniqueness_fill_scale", False)):
                 if key not in stored["scorer"] and mine["scorer"][key] == before:
                     mine["scorer"].pop(key)  # written before the setting existed
         for key, before in (("selection_rule", "mu"), ("x0_truncation", None)):

@@ -18,7 +18,7 @@ from qdgs_lib.generators.shapes_vae import ReleasedShapesVAE, load_released_shap
 from qdgs_lib.generators.stylegan2 import StyleGAN2Generator
 from qdgs_lib.plumbing import write_latent_augmentations, write_released_shapes_vae
 from qdgs_lib.profiles import get_profile
-from qdgs_lib.scoring import PromptScorer, Scores
+from qdgs_lib.scoring import PromptScorer, Scores, angdist
 from qdgs_lib.search import (
     CHECKPOINT,
     QDSearch,
@@ -206,6 +206,7 @@ def test_runs_written_before_these_settings_resume(tmp_path):
         del config[key]
     del config["scorer"]["latent_norm_scale"]
     del config["scorer"]["objective_floor"]
+    del config["scorer"]["uniqueness_fill_scale"]
     state["config"] = json.dumps(config, sort_keys=True)
     with open(path, "wb") as f:
         pickle.dump(state, f)
@@ -331,3 +332,50 @@ def test_released_classifier_trains_as_sigmoid_and_bce():
     assert make_shape_classifier("released", 32).fc1.in_features == 64 * 4 * 4
     with pytest.raises(ValueError, match="classifier must be"):
         make_shape_classifier("resnet", 128)
+
+
+def test_uniqueness_fill_scale_is_the_released_one_until_the_memory_is_full():
+    gen = ToyGenerator(prior_std=0.3)
+
+    def make(fill):
+        return PromptScorer(gen, ToyClip(), ("good", "bad"), [("a", "b")],
+                            weights=(1.0, 0.0, 0.2), uniqueness_fill_scale=fill)
+
+    z = gen.sample_prior(3, seed=4).numpy()
+    plain, released = make(False), make(True)
+    memory = ToyClip().encode_image(gen.decode(gen.sample_prior(2, seed=9)))
+    for sc in (plain, released):
+        sc.memory = memory.clone()
+    emb = ToyClip().encode_image(gen.decode(torch.as_tensor(z)))
+    d = angdist(emb, memory).min(dim=1).values.numpy()
+    got = released.evaluate(z, update_memory=False).loss - plain.evaluate(
+        z, update_memory=False).loss
+    np.testing.assert_allclose(got, -0.2 * d * (100 / 2 - 1), rtol=1e-4)
+    full = ToyClip().encode_image(gen.decode(gen.sample_prior(100, seed=9)))
+    for sc in (plain, released):
+        sc.memory = full.clone()
+    np.testing.assert_array_equal(released.evaluate(z, update_memory=False).loss,
+                                  plain.evaluate(z, update_memory=False).loss)
+    assert released.settings()["uniqueness_fill_scale"] is True
+
+
+def test_kmeans_settings_reach_scikit_learn(monkeypatch):
+    import sklearn.cluster
+
+    from qdgs_lib.sampling import cluster_identities
+
+    seen = []
+    real = sklearn.cluster.KMeans
+
+    def recording(**kw):
+        seen.append((kw["n_init"], kw["max_iter"]))
+        return real(**kw)
+
+    monkeypatch.setattr(sklearn.cluster, "KMeans", recording)
+    z = np.random.default_rng(0).normal(size=(12, 3))
+    ids = cluster_identities(z, np.zeros(12, int), 2, n_init=10, max_iter=2000)
+    assert seen == [(10, 2000)] and len(np.unique(ids)) == 6
+    cluster_identities(z, np.zeros(12, int), 2)
+    assert seen[-1] == (4, 300)  # the offline profiles' (scikit-learn's default iterations)
+    p = get_profile("paper", "faces")
+    assert (p["kmeans_n_init"], p["kmeans_max_iter"]) == (10, 2000)
