@@ -336,9 +336,12 @@ def load_checkpoint(path: str | Path) -> dict:
         with open(path, "rb") as f:
             state = RestrictedUnpickler(f, allowed=_CKPT_GLOBALS,
                                         overrides=_CKPT_OVERRIDES).load()
-    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
+    if not isinstance(state, dict):
+        raise BadFileError(f"{path} is not a qdgs search checkpoint (it holds a "
+                           f"{type(state).__name__}, not a dict).")
+    if not CHECKPOINT_KEYS <= set(state):
         raise BadFileError(f"{path} is not a qdgs search checkpoint (missing "
-                           f"{sorted(CHECKPOINT_KEYS - set(state or {}))}).")
+                           f"{sorted(CHECKPOINT_KEYS - set(state))}).")
     return state
 
 
