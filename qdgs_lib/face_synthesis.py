@@ -20,6 +20,7 @@ from .generators.stylegan2 import StyleGAN2Generator
 from .generators.stylegan2_legacy import load_stylegan2
 from .measures import dataset_bins, index, ranges_from_samples
 from .paths import RELEASED_OFFSETS_WHERE, in_data_dir
+from .profiles import with_earlier
 from .sampling import assign_bins, cluster_identities, solution_columns, write_identity_dataset
 from .scoring import PromptScorer, scorer_for_profile
 from .search import measures, solutions
@@ -27,15 +28,15 @@ from .utils import resolve_device
 
 
 def build_generator(p: dict[str, Any], device: str | torch.device = "auto") -> Generator:
-    device = resolve_device(device)
+    device, p = resolve_device(device), with_earlier(p)
     if p["world"] == "toy":
-        if p.get("latent_space", "w") != "w":
+        if p["latent_space"] != "w":
             raise ValueError(f"latent_space={p['latent_space']!r} is a StyleGAN2 setting "
                              "(world 'ffhq'); the toy world has one latent space: use 'w'")
         return toy_faces.ToyFaces().to(device)
     if p["world"] == "ffhq":
         return StyleGAN2Generator(load_stylegan2(in_data_dir(p["stylegan_weights"]), device),
-                                  latent_space=p.get("latent_space", "w"))
+                                  latent_space=p["latent_space"])
     raise ValueError(f"unknown world {p['world']!r}: 'toy' or 'ffhq'")
 
 
@@ -106,7 +107,7 @@ def latent_offsets(p: dict[str, Any], generator: Generator) -> np.ndarray:
     """The latent augmentations added to every solution (offset 0 is the solution itself):
     ``offsets_file``'s where set, else ``offsets`` - 1 seeded normal draws of scale
     ``offset_scale`` (the toy world: its own pose/lighting offsets)."""
-    if p.get("offsets_file"):  # (a profile has the key; a hand-made dict may not)
+    if with_earlier(p)["offsets_file"]:
         return load_latent_offsets(in_data_dir(p["offsets_file"]), generator.latent_dim,
                                    p["offsets"])
     if p["world"] == "toy":
@@ -121,7 +122,7 @@ def build_datasets(scorer: PromptScorer, qd_df: pd.DataFrame, p: dict[str, Any],
                    seed: int = 0, progress: bool = True) -> dict[str, Path]:
     """QDGS dataset from the archive and a random-sampling dataset of equal size, written by
     the same code: bins -> K-means identities -> latent augmentations -> image folders."""
-    outdir = Path(outdir)
+    outdir, p = Path(outdir), with_earlier(p)
     gen = scorer.generator
     z_qd, m_qd = solutions(qd_df), measures(qd_df)
     if len(z_qd) == 0:
@@ -148,8 +149,7 @@ def build_datasets(scorer: PromptScorer, qd_df: pd.DataFrame, p: dict[str, Any],
     for name, z, m in (("qdgs", z_qd, m_qd), ("random", z_rand, m_rand)):
         bins = assign_bins(m, dataset_bins(p))
         ids = cluster_identities(z, bins, p["per_identity"], seed=seed,
-                                 n_init=p.get("kmeans_n_init", 4),
-                                 max_iter=p.get("kmeans_max_iter", 300))
+                                 n_init=p["kmeans_n_init"], max_iter=p["kmeans_max_iter"])
         out[name] = write_identity_dataset(outdir / f"dataset_{name}", decode, z, ids, offsets,
                                            solution_columns(m, z, bin=bins),
                                            size=p["image_size"], progress=progress,

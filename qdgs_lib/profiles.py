@@ -153,6 +153,20 @@ _RECOGNITION_BASE: dict[str, Any] = {
     "plumbing_check": False,
 }
 
+# Keys added after runs and hand-made profile dicts existed, with the behaviour before them:
+# readers fill a dict's missing ones from here (with_earlier), and a resume accepts a file
+# written without one of them when this run keeps its earlier value.
+EARLIER = {"x0_truncation": None, "selection_rule": "mu", "latent_norm_scale": 1.0,
+           "objective_floor": True, "uniqueness_fill_scale": False, "latent_space": "w",
+           "offsets_file": None, "kmeans_n_init": 4, "kmeans_max_iter": 300,
+           "shapes_vae": None, "finetune_lr": 1e-4, "classifier": "project"}
+
+
+def with_earlier(p: dict[str, Any]) -> dict[str, Any]:
+    """``p`` with the keys it lacks among :data:`EARLIER` at their earlier values."""
+    return {**EARLIER, **p}
+
+
 REAL_BENCHMARKS = ("lfw", "cfp_fp", "cplfw", "calfw", "agedb_30", "rfw")
 
 PROFILES: dict[str, dict[str, Any]] = {

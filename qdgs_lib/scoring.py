@@ -41,6 +41,7 @@ from .clip import Clip, create_clip
 from .generators.base import Generator
 from .measures import prompts
 from .paths import in_data_dir
+from .profiles import with_earlier
 from .utils import at_least_fp32, check_batch_size, check_unit_images, compile_available
 
 Prompt = str | Sequence[str]
@@ -838,11 +839,12 @@ def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> P
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before any matmul
     clip = create_clip(p["clip"], weights=in_data_dir(p["clip_weights"]), device=device,
                        num_cutouts=p["cutouts"])
+    p = with_earlier(p)
     scorer = PromptScorer(generator, clip, p["objective"], prompts(p),
                           weights=p["objective_weights"],
-                          latent_norm_scale=p.get("latent_norm_scale", 1.0),
-                          objective_floor=p.get("objective_floor", True),
-                          uniqueness_fill_scale=p.get("uniqueness_fill_scale", False))
+                          latent_norm_scale=p["latent_norm_scale"],
+                          objective_floor=p["objective_floor"],
+                          uniqueness_fill_scale=p["uniqueness_fill_scale"])
     scorer.tf32_matmul = bool(p.get("tf32_matmul", False))
     scorer.autocast = p.get("autocast")
     scorer.compile_static = bool(p.get("compile_static", False))

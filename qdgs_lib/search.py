@@ -33,6 +33,7 @@ from ribs.schedulers import Scheduler
 from tqdm.auto import tqdm
 
 from .measures import grid, ranges
+from .profiles import EARLIER, with_earlier
 from .scoring import PromptScorer
 from .utils import (
     BadFileError,
@@ -144,12 +145,13 @@ class SearchConfig:
     @classmethod
     def from_profile(cls, p: dict, algorithm: str, seed: int = 0) -> SearchConfig:
         """The search of a profile section (``shapes`` or ``faces``)."""
+        p = with_earlier(p)
         return cls(dims=grid(p), ranges=ranges(p), algorithm=algorithm,
                    iterations=p["iterations"], batch_size=p["batch_size"],
                    num_emitters=p["num_emitters"], sigma0=p["sigma0"], lr=p["lr"],
                    archive_learning_rate=p["archive_learning_rate"],
-                   x0_samples=p["x0_samples"], x0_truncation=p.get("x0_truncation"),
-                   selection_rule=p.get("selection_rule", "mu"), seed=seed,
+                   x0_samples=p["x0_samples"], x0_truncation=p["x0_truncation"],
+                   selection_rule=p["selection_rule"], seed=seed,
                    checkpoint_every=max(50, p["iterations"] // 10))
 
     @property
@@ -345,6 +347,14 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
+def _drop_earlier(stored: dict, mine: dict) -> None:
+    """Leave out of ``mine`` the keys a file written before them lacks, where this run keeps
+    their earlier value (:data:`~qdgs_lib.profiles.EARLIER`)."""
+    for key, before in EARLIER.items():
+        if key in mine and key not in stored and mine[key] == before:
+            mine.pop(key)
+
+
 def _csv_field(v) -> str:
     """One value as ``DataFrame.to_csv`` writes it: NaN empty, floats in their shortest repr
     (numpy scalars in their own precision), integers plain. pyribs' stats give some values as
@@ -462,13 +472,8 @@ class QDSearch:
         if "scorer" not in stored:  # written before the scorer's settings were recorded
             mine.pop("scorer")
         else:
-            for key, before in (("latent_norm_scale", 1.0), ("objective_floor", True),
-                                ("uniqueness_fill_scale", False)):
-                if key not in stored["scorer"] and mine["scorer"][key] == before:
-                    mine["scorer"].pop(key)  # written before the setting existed
-        for key, before in (("selection_rule", "mu"), ("x0_truncation", None)):
-            if key not in stored and mine[key] == before:  # written before the key existed
-                mine.pop(key)
+            _drop_earlier(stored["scorer"], mine["scorer"])
+        _drop_earlier(stored, mine)
         for key in ("scoring", "device"):  # recorded, but rounding-level: a run may resume
             stored.pop(key, None)  # with them switched (e.g. on another device)
             mine.pop(key, None)

@@ -23,6 +23,7 @@ from .generators.shapes_vae import load_released_shapes_vae, load_shapes_vae
 from .measures import index
 from .models.shape_classifier import ShapeClassifier, make_shape_classifier
 from .paths import in_data_dir
+from .profiles import EARLIER, with_earlier
 from .sampling import decode_batched, solution_columns, write_image_dataset
 from .scoring import PromptScorer, scorer_for_profile
 from .search import measures, solutions
@@ -42,7 +43,7 @@ from .utils import (
 def build_generator(p: dict[str, Any], device: str | torch.device = "auto") -> Generator:
     """``shapes_vae``: None, the project's VAE; a ``.safetensors`` path, one in its format; any
     other path (relative: under data/), the released code's ``vae-shapes.pt``."""
-    path = in_data_dir(p.get("shapes_vae"))
+    path = in_data_dir(with_earlier(p)["shapes_vae"])
     if path is None or path.suffix == ".safetensors":
         return load_shapes_vae(path, device=device)
     return load_released_shapes_vae(path, device=device)
@@ -114,8 +115,6 @@ def save_set(data: dict, outdir: str | Path) -> Path:
 # the profile keys classifier_protocol reads: a checkpoint is only resumed under the same
 PROTOCOL_KEYS = ("bias_levels", "seeds", "n_train", "n_test", "image_size", "train_epochs",
                  "finetune_epochs", "finetune_lr", "batch", "classifier")
-# what a run did before a protocol key existed (so its checkpoints still resume)
-_PROTOCOL_BEFORE = {"finetune_lr": 1e-4, "classifier": "project"}
 
 
 def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress: bool = True,
@@ -133,7 +132,7 @@ def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress:
     uninterrupted run (each pair seeds itself), and refuses a file made from anything else.
     """
     device = resolve_device(device)
-    p = {"finetune_lr": 1e-4, "classifier": "project", **p}  # (keys newer than some dicts)
+    p = with_earlier(p)
     if p["image_size"] < 16:
         raise ValueError(f"image_size {p['image_size']}: the shape classifier needs >= 16 px")
     sets = {(name, seed): _checked_set(name, seed, synthetic[name], p)
@@ -193,8 +192,8 @@ def _resume_rows(checkpoint: str | Path | None, key: dict) -> list[dict]:
             raise ValueError("no record of the inputs")
         pairs = {(r["bias"], r["seed"]) for r in rows}
     key = json.loads(json.dumps(key))  # (a copy: keys older files lack are left out below)
-    for k, before in _PROTOCOL_BEFORE.items():  # written before the setting existed
-        if k not in have["profile"] and key["profile"].get(k) == before:
+    for k, before in EARLIER.items():  # written before the setting existed
+        if k in key["profile"] and k not in have["profile"] and key["profile"][k] == before:
             key["profile"].pop(k)
     if have != key:
         differ = [k for k in differing_keys(have, key) if k not in ("profile", "sets")] + [

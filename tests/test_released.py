@@ -379,3 +379,16 @@ def test_kmeans_settings_reach_scikit_learn(monkeypatch):
     assert seen[-1] == (4, 300)  # the offline profiles' (scikit-learn's default iterations)
     p = get_profile("paper", "faces")
     assert (p["kmeans_n_init"], p["kmeans_max_iter"]) == (10, 2000)
+
+
+def test_the_offline_profiles_keep_every_earlier_behaviour():
+    """The keys the released-code audit added leave smoke/default as they were: each equals
+    its earlier value (profiles.EARLIER), which files and dicts without the key get."""
+    from qdgs_lib.profiles import EARLIER, PROFILES, with_earlier
+
+    for name in ("smoke", "default"):
+        for section in PROFILES[name].values():
+            assert {k: v for k, v in section.items() if k in EARLIER} == \
+                {k: EARLIER[k] for k in section if k in EARLIER}
+    assert with_earlier({"offsets": 9})["offsets_file"] is None
+    assert with_earlier({"classifier": "released"})["classifier"] == "released"

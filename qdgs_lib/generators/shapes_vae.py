@@ -85,9 +85,6 @@ def save_shapes_vae(model: ShapesVAE, path: str | Path) -> None:
 
 
 # --- the released code's shapes VAE -----------------------------------------------------------
-RELEASED_FILE = "vae-shapes.pt"
-
-
 class _ReleasedEncoder(nn.Module):
     def __init__(self, latent_dim: int):
         super().__init__()
@@ -138,9 +135,7 @@ class ReleasedShapesVAE(Generator):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.check_latents(z).to(self.device))
 
-    def sample_prior(self, n: int, seed: int | None = None) -> torch.Tensor:
-        g = torch.Generator().manual_seed(0 if seed is None else seed)
-        return torch.randn(n, self.latent_dim, generator=g).to(self.device)
+    sample_prior = ShapesVAE.sample_prior  # N(0, I), seeded, like the project's VAE
 
 
 def load_released_shapes_vae(path: str | Path, device: str | torch.device = "auto"
