@@ -6,7 +6,6 @@ optional random cutouts) is differentiable so that gradients reach the generator
 
 from __future__ import annotations
 
-import pickle
 import warnings
 from pathlib import Path
 
@@ -18,10 +17,11 @@ from torch import nn
 from .paths import pretrained_dir, shipped_weights_fix, weights_dir
 from .utils import (
     BadFileError,
-    RestrictedUnpickler,
+    TorchArchiveUnpickler,
     at_least_fp32,
     check_recorded_sha256,
     check_unit_images,
+    load_torch_archive,
     read_weights_record,
     reading,
     resize_square_matmul,
@@ -379,57 +379,18 @@ class _ScriptObject:
         self.state = state
 
 
-# a storage class names its element type: read as that dtype (no storage class is touched)
-_TS_STORAGES = {f"torch.{name}Storage": dtype for name, dtype in (
-    ("Half", torch.float16), ("Float", torch.float32), ("Double", torch.float64),
-    ("BFloat16", torch.bfloat16), ("Long", torch.int64), ("Int", torch.int32),
-    ("Short", torch.int16), ("Char", torch.int8), ("Byte", torch.uint8), ("Bool", torch.bool))}
-
-
-class _TorchScriptUnpickler(RestrictedUnpickler):
-    def __init__(self, file, archive, prefix: str):
-        super().__init__(file, allowed={"torch._utils._rebuild_tensor_v2",
-                                        "collections.OrderedDict"}, overrides=_TS_STORAGES)
-        self.archive, self.prefix, self.storages = archive, prefix, {}
-
+class _TorchScriptUnpickler(TorchArchiveUnpickler):
     def find_class(self, module: str, name: str):
         if (module == "__torch__" or module.startswith("__torch__.")) and "." not in name:
             return _ScriptObject
         return super().find_class(module, name)
 
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], torch.dtype) and isinstance(pid[2], str)
-                and isinstance(pid[4], int)):
-            raise pickle.UnpicklingError(f"unsupported persistent id {str(pid)[:80]}")
-        _, dtype, key, _, numel = pid
-        if key not in self.storages:
-            data = self.archive.read(f"{self.prefix}data/{key}")
-            if len(data) != numel * dtype.itemsize:
-                raise pickle.UnpicklingError(f"storage {key}: {len(data)} bytes for {numel} "
-                                             f"{dtype} values")
-            # not resizable: a tensor asking for more than the file holds is refused instead
-            # of growing the storage (from_buffer's would grow to any size asked)
-            untyped = torch.frombuffer(bytearray(data), dtype=torch.uint8).untyped_storage() \
-                if data else torch.UntypedStorage(0)
-            self.storages[key] = torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype,
-                                                            _internal=True)
-        return self.storages[key]
-
 
 def read_torchscript_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a TorchScript archive (e.g. OpenAI's ``ViT-B-32.pt``), by attribute
     path (``visual.conv1.weight``), read as data: its code is never compiled or run."""
-    import zipfile
-
     with reading(path, "a TorchScript archive", "Use the .safetensors weights instead."):
-        with zipfile.ZipFile(path) as zf:
-            names = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
-            if len(names) != 1:
-                raise BadFileError(f"{path}: no single <name>/data.pkl in the archive")
-            prefix = names[0][: -len("data.pkl")]
-            with zf.open(names[0]) as f:
-                root = _TorchScriptUnpickler(f, zf, prefix).load()
+        root = load_torch_archive(path, _TorchScriptUnpickler)
     out: dict[str, torch.Tensor] = {}
 
     def walk(obj, at: str, depth: int = 0) -> None:

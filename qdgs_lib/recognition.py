@@ -19,13 +19,14 @@ from safetensors.torch import load_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .adaface_format import load_adaface_backbone
 from .data.benchmarks import RFW_RACES, read_bin, read_rfw
 from .data.identities import TensorFaces, open_training_set
 from .data.toy_world import GROUPS, real_training_set, write_benchmark
 from .evaluate import embed, group_verification, verification_accuracy
 from .models.heads import build_head
 from .models.iresnet import build_iresnet
-from .paths import benchmarks_dir, data_dir, real_dataset_path
+from .paths import benchmarks_dir, data_dir, in_data_dir, real_dataset_path
 from .sampling import read_identity_dataset
 from .train import RecognitionTrainer, adaface_input
 from .utils import (
@@ -124,6 +125,41 @@ def evaluate_models(p: dict[str, Any], models: pd.DataFrame, benchmarks: dict,
             res = evaluate_recognizer(net, bench, device=device)
             rows.append({"pretraining": m["pretraining"], "seed": m["seed"], "benchmark": name,
                          **res})
+    return pd.DataFrame(rows)
+
+
+def checkpoint_paths(checkpoints: dict[str, str | Path]) -> dict[str, Path]:
+    """Notebook 04's ``checkpoints`` parameter (label -> path; relative paths are under the
+    data folder), checked: every file exists."""
+    if not isinstance(checkpoints, dict):
+        raise TypeError("checkpoints must be a dict of label -> checkpoint path, got "
+                        f"{type(checkpoints).__name__}")
+    out = {str(label): in_data_dir(path) for label, path in checkpoints.items()}
+    missing = {k: str(v) for k, v in out.items() if not v.is_file()}
+    if missing:
+        raise FileNotFoundError(f"checkpoints not found: {missing}. Relative paths are read "
+                                f"under {data_dir()}; give AdaFace checkpoints (.ckpt) there "
+                                "or as absolute paths")
+    return out
+
+
+def evaluate_checkpoints(checkpoints: dict[str, str | Path], benchmarks: dict,
+                         device: str | torch.device = "auto",
+                         progress: bool = True) -> pd.DataFrame:
+    """Recognizers trained with AdaFace's code (``checkpoints``: label -> AdaFace checkpoint,
+    e.g. AdaFace's published IR-101 or the released code's
+    ``experiments/real_pretrain_<set>_0/last.ckpt``; read as data by
+    :func:`~qdgs_lib.adaface_format.load_adaface_backbone`) on every benchmark, under the
+    protocol of :func:`evaluate_models`: one row per (checkpoint, benchmark), with the
+    columns of :func:`evaluate_recognizer` and the checkpoint's ``architecture``."""
+    rows = []
+    for label, path in tqdm(list(checkpoint_paths(checkpoints).items()), desc="checkpoints",
+                            disable=not progress):
+        net = load_adaface_backbone(path)
+        for name, bench in benchmarks.items():
+            res = evaluate_recognizer(net, bench, device=device)
+            rows.append({"checkpoint": label, "architecture": f"ir{net.depth}",
+                         "benchmark": name, **res})
     return pd.DataFrame(rows)
 
 

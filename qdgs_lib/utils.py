@@ -13,6 +13,7 @@ import shutil
 import struct
 import sys
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
@@ -306,7 +307,8 @@ class UnsafePickleError(BadFileError, pickle.UnpicklingError):
 # safetensors' own error, torch's RuntimeError, open_clip's AssertionError.
 _PARSE_ERRORS = (pickle.UnpicklingError, EOFError, MemoryError, OverflowError, ValueError,
                  TypeError, KeyError, IndexError, AttributeError, RuntimeError, AssertionError,
-                 UnicodeDecodeError, OSError, ImportError, RecursionError, struct.error)
+                 UnicodeDecodeError, OSError, ImportError, RecursionError, struct.error,
+                 zipfile.BadZipFile)
 
 
 @contextmanager
@@ -629,6 +631,57 @@ class RestrictedUnpickler(pickle._Unpickler):
             f"refusing to load global '{key}' from a pickle: it is not on the allow-list. "
             "The file may be malicious or of an unsupported format."
         )
+
+
+# a storage class names its element type: read as that dtype (no storage class is touched)
+TORCH_STORAGES = {f"torch.{name}Storage": dtype for name, dtype in (
+    ("Half", torch.float16), ("Float", torch.float32), ("Double", torch.float64),
+    ("BFloat16", torch.bfloat16), ("Long", torch.int64), ("Int", torch.int32),
+    ("Short", torch.int16), ("Char", torch.int8), ("Byte", torch.uint8), ("Bool", torch.bool))}
+
+
+class TorchArchiveUnpickler(RestrictedUnpickler):
+    """The pickle of a torch zip archive (``torch.save``'s format since torch 1.6, TorchScript's)
+    as data: tensors are rebuilt from the archive's storage bytes, globals resolve as in
+    :class:`RestrictedUnpickler` (tensors and ``OrderedDict``, plus ``allowed``)."""
+
+    def __init__(self, file, archive, prefix: str, allowed: Iterable[str] = ()):
+        super().__init__(file, allowed={"torch._utils._rebuild_tensor_v2",
+                                        "collections.OrderedDict", *allowed},
+                         overrides=TORCH_STORAGES)
+        self.archive, self.prefix, self.storages = archive, prefix, {}
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                and isinstance(pid[1], torch.dtype) and isinstance(pid[2], str)
+                and isinstance(pid[4], int)):
+            raise pickle.UnpicklingError(f"unsupported persistent id {str(pid)[:80]}")
+        _, dtype, key, _, numel = pid
+        if key not in self.storages:
+            data = self.archive.read(f"{self.prefix}data/{key}")
+            if len(data) != numel * dtype.itemsize:
+                raise pickle.UnpicklingError(f"storage {key}: {len(data)} bytes for {numel} "
+                                             f"{dtype} values")
+            # not resizable: a tensor asking for more than the file holds is refused instead
+            # of growing the storage (from_buffer's would grow to any size asked)
+            untyped = torch.frombuffer(bytearray(data), dtype=torch.uint8).untyped_storage() \
+                if data else torch.UntypedStorage(0)
+            self.storages[key] = torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype,
+                                                            _internal=True)
+        return self.storages[key]
+
+
+def load_torch_archive(path: str | os.PathLike,
+                       unpickler: Callable[..., TorchArchiveUnpickler]) -> Any:
+    """Unpickle the ``<name>/data.pkl`` of a torch zip archive with ``unpickler(file, archive,
+    prefix)``; call it inside :func:`reading`, which explains the errors."""
+    with zipfile.ZipFile(path) as zf:
+        names = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(names) != 1:
+            raise BadFileError(f"{path}: no single <name>/data.pkl in the archive")
+        prefix = names[0][: -len("data.pkl")]
+        with zf.open(names[0]) as f:
+            return unpickler(f, zf, prefix).load()
 
 
 def compile_available(device: torch.device) -> str | None:

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from qdgs_lib import assets, recognition
+from qdgs_lib.adaface_format import save_adaface_checkpoint
 from qdgs_lib.paths import REPO_ROOT, figures_dir, runs_dir
 from qdgs_lib.plumbing import write_paper_mini_assets
+from qdgs_lib.profiles import get_profile
 
 NOTEBOOKS = ("01_shapes_poc", "02_face_synthesis", "03_pretraining", "04_benchmark_evaluation")
 
@@ -52,11 +54,22 @@ def test_four_notebooks_run_on_the_paper_architectures(data_root, monkeypatch):
     out_dir.mkdir(parents=True, exist_ok=True)
     for nb in NOTEBOOKS:  # fresh runs: a folder left by older code never blocks a resume
         shutil.rmtree(runs_dir() / nb / "paper-mini", ignore_errors=True)
+    exported = data_root / "adaface" / "none.ckpt"
     for nb in NOTEBOOKS:
+        params = {"profile": "paper-mini"}
+        if nb == "04_benchmark_evaluation":
+            # notebook 03's baseline in AdaFace's format, evaluated again as a checkpoint
+            # (a relative path: under the data folder)
+            models = recognition.read_models_table(runs_dir() / "03_pretraining" / "paper-mini"
+                                                   / "models.csv")
+            none = models.model[models.pretraining == "none"].iloc[0]
+            save_adaface_checkpoint(recognition.load_backbone(
+                get_profile("paper-mini", "recognition"), none), exported)
+            params["checkpoints"] = {"none, as AdaFace's": "adaface/none.ckpt"}
         papermill.execute_notebook(str(REPO_ROOT / "notebooks" / f"{nb}.ipynb"),
-                                   str(out_dir / f"{nb}.ipynb"),
-                                   parameters={"profile": "paper-mini"}, kernel_name="python3",
-                                   cwd=str(REPO_ROOT / "notebooks"), progress_bar=False)
+                                   str(out_dir / f"{nb}.ipynb"), parameters=params,
+                                   kernel_name="python3", cwd=str(REPO_ROOT / "notebooks"),
+                                   progress_bar=False)
 
     figures_after = {f: f.stat().st_mtime_ns for f in figures_dir().rglob("*") if f.is_file()}
     assert figures_after == figures_before, "a plumbing check wrote into figures/"
@@ -89,6 +102,15 @@ def test_four_notebooks_run_on_the_paper_architectures(data_root, monkeypatch):
     assert list(table.columns[:6]) == ["lfw", "cfp_fp", "cplfw", "calfw", "agedb_30", "average"]
     assert [c for c in table.columns if c.startswith("rfw_")] == [
         "rfw_african", "rfw_asian", "rfw_caucasian", "rfw_indian"]
+    # the same network read back from AdaFace's format: the same numbers on every benchmark
+    again = pd.read_csv(runs_dir() / "04_benchmark_evaluation" / "paper-mini" / "figures"
+                        / "04_checkpoints.csv")
+    assert set(again.checkpoint) == {"none, as AdaFace's"} and set(again.architecture) == {
+        "ir101"}
+    base = results[results.pretraining == "none"].set_index("benchmark").sort_index()
+    again = again.set_index("benchmark").sort_index()
+    numbers = [c for c in base.columns if c not in ("pretraining", "seed")]
+    pd.testing.assert_frame_equal(again[numbers], base[numbers])
 
 
 def test_figures_of_plumbing_runs_are_labelled(tmp_path):

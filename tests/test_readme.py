@@ -43,3 +43,19 @@ def test_the_minimal_search_snippet_runs_as_written(tmp_path, monkeypatch):
     assert names["scorer"].weights == (1.0, 2.0, 0.0)
     assert names["archive"].stats.num_elites > 0
     assert (tmp_path / "runs" / "my_search" / "archive.parquet").exists()
+
+
+def test_the_adaface_checkpoint_snippet_runs_as_written(tmp_path, monkeypatch):
+    """On a small AdaFace-format IR-18 at the path the snippet names."""
+    from qdgs_lib.adaface_format import save_adaface_checkpoint
+    from qdgs_lib.models.iresnet import build_iresnet
+
+    monkeypatch.chdir(tmp_path)
+    net = build_iresnet("ir18").eval()
+    save_adaface_checkpoint(net, tmp_path / "experiments/real_pretrain_qdgs_0/last.ckpt")
+    names: dict = {}
+    exec(snippet("### AdaFace checkpoints"), names)  # noqa: S102
+    assert (tmp_path / "ours.ckpt").is_file()
+    x = torch.rand(1, 3, 112, 112)
+    with torch.no_grad():
+        assert torch.equal(names["net"](x)[0], net(x)[0])

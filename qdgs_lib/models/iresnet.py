@@ -46,6 +46,7 @@ class IResNet(nn.Module):
             raise ValueError(f"input_size must be divisible by 16, got {input_size}")
         chans = [max(8, int(c * width)) for c in (64, 128, 256, 512)]
         self.input_size, self.embedding_dim = input_size, embedding_dim
+        self.depth = depth
         self.stem = nn.Sequential(nn.Conv2d(3, chans[0], 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(chans[0]), nn.PReLU(chans[0]))
         blocks, cin = [], chans[0]
