@@ -97,3 +97,17 @@ def test_the_oracle_script_resumes_after_its_finished_members(tmp_path, monkeypa
             x, y = f.get_tensor(k), g.get_tensor(k)
             assert x.dtype == y.dtype and x.shape == y.shape
             assert x.flatten().view(torch.uint8).equal(y.flatten().view(torch.uint8)), k
+
+
+def test_check_against_released_says_what_it_needs(tmp_path, capsys):
+    """Without a clone of the released code it names the missing files and where to get them
+    (the checks themselves need that clone: README, "Checked against the reference code")."""
+    module = _script("check_against_released")
+    (tmp_path / "qdgs").mkdir()
+    (tmp_path / "qdgs" / "discriminator.py").write_text("")
+    with pytest.raises(SystemExit) as e:
+        module.main(["--released", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "facial_recognition/AdaFace/net.py" in err and "qdgs/discriminator.py" not in err
+    assert "github.com/Cylumn/qd-generative-sampling" in err

@@ -1,0 +1,421 @@
+"""Check this project's code against the paper's released code, which you clone yourself:
+
+    git clone https://github.com/Cylumn/qd-generative-sampling /tmp/qdgs-released
+    python scripts/check_against_released.py --released /tmp/qdgs-released [--seeds 6]
+
+(README, "Checked against the reference code", gives what these printed in session 17.) The
+released files are imported from your clone at run time; none of them is copied here. Its
+networks run on the CPU (its shapes encoder asks for CUDA at construction; that call is
+skipped). Exit status 1 if an equality that should be exact is not.
+
+What is compared, each on the same weights and inputs:
+1. IR-18/50/101 (AdaFace's ``net.py``, the released copy): embeddings and norms in eval and
+   training mode, batch-norm statistics; the AdaFace head (``head.py``); four SGD steps with
+   AdaFace's optimizer; checkpoints both ways (AdaFace's loading recipe).
+2. The released shapes VAE (the real ``vae-shapes.pt``) and shape classifier.
+3. The objective, measures, jacobians and uniqueness memory of ``PromptScorer`` (paper
+   settings) against ``qdgs/discriminator.py``, on a toy generator and toy image embeddings.
+4. The search loop against ``create_scheduler`` + ``compute_iter``'s steps on the same toy
+   scorer: per-step agreement, and statistics over ``--seeds`` seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.util
+import shutil
+import sys
+import tempfile
+import types
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the toy CLIP
+
+from toys import ToyClip  # noqa: E402
+
+from qdgs_lib.adaface_format import load_adaface_backbone, save_adaface_checkpoint  # noqa: E402
+from qdgs_lib.generators.shapes_vae import load_released_shapes_vae  # noqa: E402
+from qdgs_lib.generators.wrapped import WrappedGenerator  # noqa: E402
+from qdgs_lib.models.heads import AdaFace  # noqa: E402
+from qdgs_lib.models.iresnet import build_iresnet  # noqa: E402
+from qdgs_lib.models.shape_classifier import ReleasedShapeClassifier  # noqa: E402
+from qdgs_lib.scoring import PromptScorer  # noqa: E402
+from qdgs_lib.search import QDSearch, SearchConfig  # noqa: E402
+from qdgs_lib.train import sgd_no_bn_decay  # noqa: E402
+
+FILES = ("facial_recognition/AdaFace/net.py", "facial_recognition/AdaFace/head.py",
+         "shapes/generator.py", "shapes/train.py", "shapes/pretrained/vae-shapes.pt",
+         "qdgs/discriminator.py", "qdgs/utils.py")
+FACE_PROMPTS = ("A detailed photo of an individual with diverse features.",
+                "An obscure, fake, or discolored photo of a person.")
+MEASURE_PROMPTS = [("A person with dark skin.", "A person with light skin."),
+                   ("A person in their 20s.", "A person in their 50s.")]
+failures: list[str] = []
+
+
+def expect(ok: bool, what: str) -> None:
+    print(f"  {'ok  ' if ok else 'FAIL'} {what}")
+    if not ok:
+        failures.append(what)
+
+
+def load(root: Path, rel: str, name: str):
+    """A released module by file path, under its own name (their ``qdgs/__init__`` would
+    import the OpenAI clip package); modules they import that are not needed here are stubs."""
+    for stub in ("cv2", "fire", "dataset"):
+        sys.modules.setdefault(stub, types.ModuleType(stub))
+    sys.modules["dataset"].ShapesDataset = object
+    spec = importlib.util.spec_from_file_location(name, root / rel)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _ours_name(k: str) -> str:
+    k = k.replace("input_layer.", "stem.").replace("output_layer.", "output.")
+    return k.replace(".res_layer.", ".residual.").replace(".shortcut_layer.", ".shortcut.")
+
+
+def check_recognition(root: Path) -> None:
+    print("1. IR-ResNet and AdaFace head vs AdaFace's net.py / head.py")
+    net, head = load(root, FILES[0], "released_net"), load(root, FILES[1], "released_head")
+    for arch, ours_name in (("ir_18", "ir18"), ("ir_50", "ir50"), ("ir_101", "ir101")):
+        torch.manual_seed(0)
+        ref = net.build_model(arch)
+        with torch.no_grad():  # weights and batch-norm statistics away from their init
+            for t in [*ref.parameters(), *(b for b in ref.buffers() if b.is_floating_point())]:
+                t.copy_(torch.rand_like(t) * 0.2 + 0.9 if t.ndim == 1
+                        else torch.randn_like(t) * t.std().clamp(min=1e-2))
+        ours = build_iresnet(ours_name)
+        ours.load_state_dict({_ours_name(k): v for k, v in ref.state_dict().items()})
+        x = torch.randn(4, 3, 112, 112)
+        ref.eval(), ours.eval()
+        with torch.no_grad():
+            same = all(torch.equal(a, b) for a, b in zip(ref(x), ours(x), strict=True))
+        ref.train(), ours.train()
+        torch.manual_seed(1)
+        a = ref(x)
+        torch.manual_seed(1)
+        b = ours(x)
+        same_train = all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+        stats = all(torch.equal(v, ours.state_dict()[_ours_name(k)])
+                    for k, v in ref.state_dict().items())
+        expect(same and same_train and stats, f"{arch}: embeddings and norms bitwise equal "
+               "(eval; training with dropout under one seed), batch-norm statistics too")
+    torch.manual_seed(0)
+    ref_head = head.AdaFace(512, 50, m=0.4, h=0.333, s=64.0, t_alpha=0.01)
+    our_head = AdaFace(512, 50, m=0.4, h=0.333, s=64.0, t_alpha=0.01)
+    with torch.no_grad():
+        our_head.kernel.copy_(ref_head.kernel)
+    same = True
+    for _ in range(5):
+        emb = torch.nn.functional.normalize(torch.randn(32, 512), dim=1)
+        norms, labels = torch.rand(32, 1) * 40 + 5, torch.randint(0, 50, (32,))
+        same &= torch.equal(ref_head(emb, norms, labels), our_head(emb, norms, labels))
+        same &= float(ref_head.batch_mean) == float(our_head.batch_mean)
+    expect(same, "AdaFace head: five steps, logits and norm statistics bitwise equal")
+
+    torch.manual_seed(0)
+    ref, ours = net.build_model("ir_18"), build_iresnet("ir18")
+    ours.load_state_dict({_ours_name(k): v for k, v in ref.state_dict().items()})
+    ref_head, our_head = head.AdaFace(512, 20, m=0.4, h=0.333, s=64.0, t_alpha=0.01), \
+        AdaFace(512, 20)
+    with torch.no_grad():
+        our_head.kernel.copy_(ref_head.kernel)
+    decay, no_decay = [], []  # AdaFace's Trainer.split_parameters
+    for m in ref.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            no_decay += list(m.parameters())
+        elif not list(m.children()):
+            decay += list(m.parameters())
+    opt_ref = torch.optim.SGD([{"params": decay + [ref_head.kernel], "weight_decay": 5e-4},
+                               {"params": no_decay}], lr=0.01, momentum=0.9)
+    opt = sgd_no_bn_decay([ours, our_head], 0.01)
+    ce = torch.nn.CrossEntropyLoss()
+    worst = 0.0
+    for step in range(4):
+        x, y = torch.randn(8, 3, 112, 112), torch.randint(0, 20, (8,))
+        losses = []
+        for model, hd, o in ((ref, ref_head, opt_ref), (ours, our_head, opt)):
+            torch.manual_seed(100 + step)
+            e, n = model(x)
+            loss = ce(hd(e, n, y.clone()), y)
+            o.zero_grad()
+            loss.backward()
+            o.step()
+            losses.append(float(loss))
+        worst = max(worst, abs(losses[0] - losses[1]), *(
+            float((v - ours.state_dict()[_ours_name(k)]).abs().max())
+            for k, v in ref.state_dict().items() if v.is_floating_point()))
+    expect(worst == 0.0, f"four SGD steps of IR-18 + head: losses and weights max|d| {worst}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = net.build_model("ir_50").eval()
+        path = Path(tmp) / "ours.ckpt"
+        save_adaface_checkpoint(load_via_lightning_file(ref, Path(tmp)), path)
+        again = net.build_model("ir_50")
+        state = torch.load(path, weights_only=True)["state_dict"]  # AdaFace's recipe
+        again.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+        again.eval()
+        x = torch.randn(2, 3, 112, 112)
+        with torch.no_grad():
+            same = all(torch.equal(a, b) for a, b in zip(ref(x), again(x), strict=True))
+        expect(same, "IR-50 through a Lightning-style file, load_adaface_backbone, "
+               "save_adaface_checkpoint and AdaFace's loader: outputs bitwise equal")
+
+
+def load_via_lightning_file(ref: torch.nn.Module, tmp: Path) -> torch.nn.Module:
+    torch.save({"epoch": 1, "state_dict": {f"model.{k}": v for k, v in ref.state_dict().items()},
+                "hyper_parameters": {"arch": "ir_50"}}, tmp / "last.ckpt")
+    return load_adaface_backbone(tmp / "last.ckpt")
+
+
+@contextlib.contextmanager
+def no_cuda_calls():
+    """The released shapes encoder moves a Normal's parameters to CUDA when it is built."""
+    cuda = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = cuda
+
+
+def check_shapes(root: Path) -> None:
+    print("2. Released shapes VAE and classifier vs shapes/generator.py, shapes/train.py")
+    gen = load(root, FILES[2], "released_generator")
+    train = load(root, FILES[3], "released_train")
+    weights = root / FILES[4]
+    with no_cuda_calls():
+        ref = gen.VariationalAutoencoder(6)
+    ref.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    ref.eval()
+    ours = load_released_shapes_vae(weights, device="cpu")
+    z = torch.randn(64, 6, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = ref.decoder(z), ours.decode(z)
+        e = ref.encoder
+        h = e.conv3(torch.relu(e.conv2(torch.relu(e.conv1(b[:8]))))).relu().flatten(1)
+        mu, logvar = ours.encode(b[:8])
+    expect(torch.equal(a, b), "VAE: 64 prior decodes bitwise equal (the real vae-shapes.pt)")
+    expect(torch.equal(e.fc_mu(h), mu) and torch.equal(e.fc_logvar(h), logvar),
+           "VAE encoder: means and log-variances bitwise equal")
+    torch.manual_seed(1)
+    ref_c = train.ShapeClassifier()
+    ours_c = ReleasedShapeClassifier(128)
+    ours_c.load_state_dict(ref_c.state_dict())
+    x = torch.rand(16, 3, 128, 128)
+    with torch.no_grad():
+        same = torch.equal(torch.sigmoid(ours_c(x)[:, 1]), ref_c(x)[:, 0])
+    torch.manual_seed(7)
+    init_ref = train.ShapeClassifier().state_dict()
+    torch.manual_seed(7)
+    init = ReleasedShapeClassifier(128).state_dict()
+    expect(same, "classifier: sigmoid of our z bitwise equal to the released output")
+    expect(all(torch.equal(init_ref[k], init[k]) for k in init),
+           "classifier: the same initial weights under one seed")
+
+
+class ToyWorld:
+    """One toy generator and toy CLIP, seen by both codes."""
+
+    def __init__(self, dim: int = 24, measure_scale: float = 1.0):
+        g = torch.Generator().manual_seed(0)
+        self.dim, self.scale = dim, measure_scale
+        self.W = torch.randn(dim, 3 * 8 * 8, generator=g) / dim**0.5
+        self.clip = ToyClip()
+        self.gen = WrappedGenerator(self.G, latent_dim=dim)
+
+    def G(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(z @ self.W).view(-1, 3, 8, 8)
+
+    def ours(self, weights=(1.0, 0.5, 0.2)) -> PromptScorer:
+        scorer = PromptScorer(self.gen, self.clip, FACE_PROMPTS, MEASURE_PROMPTS,
+                              weights=weights, latent_norm_scale=0.5, objective_floor=False,
+                              uniqueness_fill_scale=True)
+        if self.scale != 1.0:
+            evaluate, k = scorer.evaluate, self.scale
+
+            def scaled(z, *a, **kw):
+                s = evaluate(z, *a, **kw)
+                jac = None if s.jacobian is None else np.concatenate(
+                    [s.jacobian[:, :1], k * s.jacobian[:, 1:]], 1)
+                return dataclasses.replace(s, measures=k * s.measures, jacobian=jac)
+            scorer.evaluate = scaled
+        return scorer
+
+    def released(self, disc_module, weights=(1.0, 0.5, 0.2)):
+        """The released Discriminator over the same toy parts; its measures negated (ours
+        are positive toward the first prompt) and scaled like ours."""
+        world = self
+
+        class Backbone:
+            q_norm = torch.tensor(0.5 * float(world.gen.latent_norm))
+
+        class Gen:
+            backbone = Backbone()
+
+            def synthesis(self, sols):
+                out = [s.view(-1, world.dim) if torch.is_tensor(sols) else
+                       torch.tensor(s.reshape(-1, world.dim), dtype=torch.float,
+                                    requires_grad=True) for s in sols]
+                return world.G(torch.cat(out)), out
+
+        class Clip:
+            def embed_text(self, text):
+                return world.clip.encode_text([text])
+
+            def embed_image(self, images):
+                return world.clip.encode_image(images)[None]  # one "cutout": the image
+
+        disc = disc_module.Discriminator("facial_recognition", FACE_PROMPTS, MEASURE_PROMPTS,
+                                         Gen(), Clip(), "cpu")
+        disc.objective_weights = list(weights)
+        k = -self.scale
+        compute_all, compute_measures = disc.compute_all, disc.compute_measures
+        disc.compute_all = lambda sols, use_grad: (lambda o, m: (o, k * m))(
+            *compute_all(sols, use_grad))
+        disc.compute_measures = lambda sols: (lambda v, j: (k * v, k * j))(
+            *compute_measures(sols))
+        return disc
+
+
+def check_scoring(root: Path) -> None:
+    print("3. PromptScorer (paper settings) vs qdgs/discriminator.py, toy generator and CLIP")
+    world = ToyWorld()
+    disc, ours = world.released(load(root, FILES[5], "released_discriminator")), world.ours()
+    rng = np.random.default_rng(0)
+    obj = meas = 0.0
+    same_memory = True
+    for _ in range(120):  # batches of 1: the memory's random choice is then the same
+        z = rng.normal(size=(1, world.dim)) * rng.choice([0.02, 0.3, 1.0])
+        o, m = disc.compute_all(z, use_grad=False)
+        s = ours.evaluate(z)
+        obj = max(obj, abs(float(o[0]) - s.objective[0]))
+        meas = max(meas, float(np.abs(m.detach().numpy()[0] - s.measures[0]).max()))
+        same_memory &= len(disc.archive_memory) == len(ours.memory)
+    cos = 1.0
+    for _ in range(10):
+        z = rng.normal(size=(1, world.dim)) * 0.3
+        _, jo = disc.compute_objective(z)
+        _, jm = disc.compute_measures(z)
+        s = ours.evaluate(z, jacobian=True)
+        for a, b in zip(np.concatenate([jo[None], jm]), s.jacobian[0], strict=True):
+            cos = min(cos, float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)))
+    expect(obj < 1e-4, f"objectives max|d| {obj:.3g} over 120 calls (float32 near 100)")
+    expect(meas < 1e-5, f"measures max|d| {meas:.3g}")
+    expect(same_memory, f"uniqueness memory the same length after every call "
+           f"({len(ours.memory)} at the end)")
+    expect(cos > 1 - 1e-5, f"jacobian directions at the gradient point: min cosine {cos:.7f}")
+
+
+def run_released(utils_module, disc, x0: np.ndarray, seed: int, iterations: int, log=None):
+    """generate_data.compute_iter's steps, without its writer."""
+    disc.find_good_start_latent = lambda num_batches: torch.tensor(x0)
+    sched, passive = utils_module.create_scheduler("cma_maega", disc, [10, 10], batch_size=4,
+                                                   seed=seed)
+    f32 = np.float32
+    for _ in range(iterations):
+        sols = sched.ask_dqd()
+        if log is not None:
+            log.append(np.array(sols))
+        objs, jo = disc.compute_objective(sols)
+        objs = objs.cpu().detach().numpy()
+        measures, jm = disc.compute_measures(sols)
+        measures = np.transpose(measures)
+        jac = np.concatenate((jo[None], jm), 0)[None]
+        sched.tell_dqd(objs.astype(f32), measures.astype(f32), jac.astype(f32))
+        passive.add(sols, objs.astype(f32), measures.astype(f32))
+        sols = sched.ask()
+        if log is not None:
+            log.append(np.array(sols))
+        o, m = disc.compute_all(sols, use_grad=False)
+        sched.tell(o.detach().numpy(), m.detach().numpy())
+        passive.add(sols, o.detach().numpy(), m.detach().numpy())
+    return passive
+
+
+def run_ours(world: ToyWorld, x0: np.ndarray, seed: int, iterations: int, outdir: Path,
+             log=None):
+    scorer = world.ours(weights=(1.0, 0.5, 0.0))
+    if log is not None:
+        evaluate = scorer.evaluate
+
+        def logged(z, *a, **kw):
+            log.append(np.array(z))
+            return evaluate(z, *a, **kw)
+        scorer.evaluate = logged
+    cfg = SearchConfig(dims=(10, 10), ranges=((-0.1, 0.1),) * 2, iterations=iterations,
+                       batch_size=3, selection_rule="filter", seed=seed,
+                       checkpoint_every=10**6)
+    search = QDSearch(scorer, cfg, outdir)
+    search.start_latent = lambda: x0.copy()
+    return search.run(progress=False)
+
+
+def check_search(root: Path, seeds: int) -> None:
+    print("4. QDSearch (paper settings) vs create_scheduler + compute_iter, toy scorer, "
+          "uniqueness weight 0")
+    utils_module = load(root, FILES[6], "released_utils")
+    disc_module = sys.modules["released_discriminator"]
+    world = ToyWorld(measure_scale=0.15)  # the released ranges are +-0.1
+    with tempfile.TemporaryDirectory() as tmp:
+        x0 = np.random.default_rng(1).normal(size=world.dim) * 0.5
+        theirs, mine = [], []
+        run_released(utils_module, world.released(disc_module, (1.0, 0.5, 0.0)), x0, 0, 40,
+                     theirs)
+        run_ours(world, x0, 0, 40, Path(tmp) / "steps", mine)
+        apart = [float(np.abs(a - b).max()) for a, b in zip(theirs, mine, strict=True)]
+        first = next((i for i, d in enumerate(apart) if d > 1e-5), None)
+        upto = len(apart) if first is None else first
+        print(f"  the first {upto // 2} iterations ask the same solutions within "
+              f"{max(apart[:upto]):.2g}" + ("" if first is None else
+                                             f"; iteration {first // 2} differs by "
+                                             f"{apart[first]:.2g}"))
+        expect(upto // 2 >= 15, "at least 15 iterations alike to float32 rounding (1e-5)")
+        rows = []
+        for seed in range(seeds):
+            x0 = np.random.default_rng(100 + seed).normal(size=world.dim) * 0.5
+            a = run_released(utils_module, world.released(disc_module, (1.0, 0.5, 0.0)), x0,
+                             seed, 300)
+            b = run_ours(world, x0, seed, 300, Path(tmp) / f"seed{seed}")
+            rows.append([len(a), len(b), a.stats.obj_max, b.stats.obj_max])
+            shutil.rmtree(Path(tmp) / f"seed{seed}", ignore_errors=True)
+        r = np.array(rows, dtype=float)
+        if seeds:
+            print(f"  {seeds} seeds x 300 iterations: filled cells released "
+                  f"{r[:, 0].mean():.1f} +- {r[:, 0].std(ddof=1) if seeds > 1 else 0:.1f}, "
+                  f"ours {r[:, 1].mean():.1f} +- {r[:, 1].std(ddof=1) if seeds > 1 else 0:.1f}"
+                  f"; best objective released {r[:, 2].mean():.1f}, ours {r[:, 3].mean():.1f}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--released", required=True, type=Path,
+                    help="a clone of github.com/Cylumn/qd-generative-sampling")
+    ap.add_argument("--seeds", type=int, default=6, help="seeds of the search statistics")
+    args = ap.parse_args(argv)
+    missing = [f for f in FILES if not (args.released / f).is_file()]
+    if missing:
+        ap.error(f"{args.released} lacks {missing}: give a clone of "
+                 "https://github.com/Cylumn/qd-generative-sampling (with its "
+                 "shapes/pretrained/vae-shapes.pt)")
+    warnings.filterwarnings("ignore")
+    check_recognition(args.released)
+    check_shapes(args.released)
+    check_scoring(args.released)
+    check_search(args.released, args.seeds)
+    print("all checks passed" if not failures else f"{len(failures)} FAILED: {failures}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
