@@ -153,7 +153,8 @@ def build_datasets(scorer: PromptScorer, qd_df: pd.DataFrame, p: dict[str, Any],
         out[name] = write_identity_dataset(outdir / f"dataset_{name}", decode, z, ids, offsets,
                                            solution_columns(m, z, bin=bins),
                                            size=p["image_size"], progress=progress,
-                                           settings=settings)
+                                           settings=settings,
+                                           image_format=with_earlier(p)["image_format"])
     return out
 
 

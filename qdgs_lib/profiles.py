@@ -159,7 +159,8 @@ _RECOGNITION_BASE: dict[str, Any] = {
 EARLIER = {"x0_truncation": None, "selection_rule": "mu", "latent_norm_scale": 1.0,
            "objective_floor": True, "uniqueness_fill_scale": False, "latent_space": "w",
            "offsets_file": None, "kmeans_n_init": 4, "kmeans_max_iter": 300,
-           "shapes_vae": None, "finetune_lr": 1e-4, "classifier": "project"}
+           "shapes_vae": None, "finetune_lr": 1e-4, "classifier": "project",
+           "image_format": "png"}
 
 
 def with_earlier(p: dict[str, Any]) -> dict[str, Any]:
@@ -222,7 +223,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                   "x0_truncation": 0.7,
                   "sigma0": 0.5, "lr": 0.5, "bin_edge": 0.03, "offsets": 9,
                   "kmeans_n_init": 10, "kmeans_max_iter": 2000,
-                  "offsets_file": "pretrained/augmentations.pt", "image_size": 112},
+                  "offsets_file": "pretrained/augmentations.pt", "image_size": 112,
+                  "image_format": "jpg"},
         "recognition": {**_RECOGNITION_BASE, "backbone": "ir101", "pretrain_epochs": 26,
                         "real_epochs": 26, "milestones": (12, 20, 24), "seeds": (0,),
                         "real_dataset": "benchmarks/train", "workers": 8,
@@ -252,7 +254,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                   "batch_size": 3, "selection_rule": "filter", "x0_truncation": 0.7,
                   "x0_samples": 4, "bin_edge": 0.003, "offsets": 9,
                   "offsets_file": "pretrained/augmentations.pt", "image_size": 112,
-                  "dataset_solutions": 6, "prior_samples": 64, "preview_images": 8,
+                  "image_format": "jpg", "dataset_solutions": 6, "prior_samples": 64,
+                  "preview_images": 8,
                   "plumbing_check": True},
         "recognition": {**_RECOGNITION_BASE, "backbone": "ir101", "pretrain_epochs": 1,
                         "real_epochs": 1, "milestones": (1,), "batch": 8, "seeds": (0,),

@@ -136,6 +136,11 @@ def decode_batched(decode: Callable[[torch.Tensor], torch.Tensor], latents: np.n
     return torch.empty(0, 3, size or 0, size or 0)  # (size unknown without a decode: 0)
 
 
+# the formats of written datasets, with their PIL save options (JPEG: PIL's default quality,
+# which the released code's ``img.save("....jpg")`` used)
+IMAGE_FORMATS = {"png": {}, "jpg": {"format": "JPEG", "quality": 75}}
+
+
 def write_image_dataset(outdir: str | Path, images: torch.Tensor, classes: Sequence[str],
                         manifest: pd.DataFrame | None = None, overwrite: bool = False) -> Path:
     """Write images into ``outdir/<class>/<i>.png`` plus ``manifest.csv``, atomically."""
@@ -252,9 +257,11 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
                            latents: np.ndarray, identities: np.ndarray, offsets: np.ndarray,
                            extra: pd.DataFrame | None = None, size: int | None = None,
                            batch_size: int = 64, progress: bool = True,
-                           settings: dict | None = None) -> Path:
+                           settings: dict | None = None, image_format: str = "png") -> Path:
     """Write a face-recognition dataset: ``outdir/<identity>/<solution>_<k>.png`` for each
     solution and each latent offset (augmentation), plus ``manifest.csv`` and ``offsets.npy``.
+    ``image_format`` ``"jpg"`` writes JPEGs at PIL's default quality (75), as the paper's
+    released code did; they are the training data, artifacts included.
 
     ``settings``: what else the images depend on (e.g. the generator's weights and the
     alignment, as JSON-able values). With the latents, identities, offsets, ``extra`` and
@@ -289,7 +296,12 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
     # are the same dataset)
     h = hashlib.sha256(latents.tobytes() + identities.astype(np.int64).tobytes()
                        + offsets.tobytes())
-    h.update(json.dumps({"size": size, "settings": settings}, sort_keys=True,
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {sorted(IMAGE_FORMATS)}, got "
+                         f"{image_format!r}")
+    # (PNG, the first format, is left out of the record: folders written before keep theirs)
+    fmt = {} if image_format == "png" else {"image_format": image_format}
+    h.update(json.dumps({"size": size, "settings": settings, **fmt}, sort_keys=True,
                         default=str).encode())
     if extra is not None:
         h.update(extra.to_csv(index=False).encode())
@@ -310,7 +322,7 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
     outdir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stamp, json.dumps({"inputs_sha256": digest, "solutions": len(latents),
                                          "offsets": len(offsets), "size": size,
-                                         "settings": settings}, default=str))
+                                         "settings": settings, **fmt}, default=str))
     if not (outdir / "offsets.npy").exists():  # same digest -> same offsets: write once
         with atomic_path(outdir / "offsets.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, offsets)  # a file object: np.save would append ".npy" to a path
@@ -336,8 +348,8 @@ def write_identity_dataset(outdir: str | Path, decode: Callable[[torch.Tensor], 
         rows = []
         for j, sol in enumerate(np.repeat(members, len(offsets))):
             k = j % len(offsets)
-            rel = f"{ident}/{sol:06d}_{k:02d}.png"
-            Image.fromarray(arr[j]).save(outdir / rel)
+            rel = f"{ident}/{sol:06d}_{k:02d}.{image_format}"
+            Image.fromarray(arr[j]).save(outdir / rel, **IMAGE_FORMATS[image_format])
             row = {"file": rel, "identity": int(ident), "solution": int(sol), "offset": k}
             if columns is not None:  # column by column: an int column stays int
                 row.update({c: v[sol] for c, v in columns.items()})

@@ -400,6 +400,44 @@ def test_dataset_digest_covers_the_identities(tmp_path):
                                offsets, progress=False)
 
 
+def test_jpeg_datasets_are_the_released_codes_jpegs(tmp_path):
+    """image_format "jpg": JPEG files at PIL's default quality (what the released code's
+    save("...jpg") wrote), read back as they are; a PNG folder is not reused as a JPEG one, and
+    a PNG folder's record is the one earlier versions wrote (finished folders stay usable)."""
+    import io
+    import json
+
+    from PIL import Image
+
+    gen, z, offsets = _identity_inputs()
+    ids = np.array([0, 0, 1, 1, 1])
+
+    def decode(z):  # the toy's 8 px noise, smoothed to 32 px (JPEG's kind of image)
+        return torch.nn.functional.interpolate(gen.decode(z), size=32, mode="bilinear")
+    png = write_identity_dataset(tmp_path / "png", decode, z, ids, offsets, progress=False)
+    jpg = write_identity_dataset(tmp_path / "jpg", decode, z, ids, offsets, progress=False,
+                                 image_format="jpg")
+    x_png, _, df_png = read_identity_dataset(png)
+    x_jpg, _, df = read_identity_dataset(jpg)
+    assert all(f.endswith(".jpg") for f in df.file) and all(f.endswith(".png")
+                                                           for f in df_png.file)
+    first = jpg / df.file[0]
+    assert Image.open(first).format == "JPEG"
+    again = io.BytesIO()
+    Image.open(png / df_png.file[0]).save(again, "JPEG")  # PIL's defaults
+    assert first.read_bytes() == again.getvalue()
+    err = (x_jpg - x_png).abs().mean()  # lossy, yet far nearer than another image
+    assert 0 < err < (x_png - x_png.roll(1, 0)).abs().mean() / 2
+    assert "image_format" not in json.loads((png / "dataset.json").read_text())
+    assert json.loads((jpg / "dataset.json").read_text())["image_format"] == "jpg"
+    with pytest.raises(ValueError, match="other inputs"):
+        write_identity_dataset(png, decode, z, ids, offsets, progress=False,
+                               image_format="jpg")
+    with pytest.raises(ValueError, match="image_format must be one of"):
+        write_identity_dataset(tmp_path / "gif", decode, z, ids, offsets, progress=False,
+                               image_format="gif")
+
+
 def test_identity_labels_read_back_contiguous(tmp_path):
     """Catches read_identity_dataset returning raw identity ids as labels."""
     gen, z, offsets = _identity_inputs()
