@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -80,6 +81,7 @@ class _CheckpointUnpickler(TorchArchiveUnpickler):
     def __init__(self, file, archive, prefix: str):
         super().__init__(file, archive, prefix, allowed={
             "collections.Counter", "torch._utils._rebuild_parameter"})
+        self.inert: dict[str, type] = {}  # one stand-in per name (not a new type per opcode)
 
     def find_class(self, module: str, name: str):
         root = module.split(".")[0]
@@ -91,15 +93,32 @@ class _CheckpointUnpickler(TorchArchiveUnpickler):
         key = f"{module}.{name}"
         if "." not in name and (key in self.allowed or key in self.overrides):
             return super().find_class(module, name)
-        return type(name.replace(".", "_"), (_Inert,), {"__module__": f"inert.{module}"})
+        if key not in self.inert:
+            if len(self.inert) >= 10_000:
+                raise UnsafePickleError("it names over 10,000 classes: not a checkpoint")
+            self.inert[key] = type(name.replace(".", "_")[:100], (_Inert,),
+                                   {"__module__": f"inert.{module[:100]}"})
+        return self.inert[key]
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """A torch checkpoint's contents (``torch.save``'s zip format), read as data (see the
     module docstring)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the checkpoint file in it. {_FIX}.")
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found. {_FIX}.")
+    if not zipfile.is_zipfile(path):
+        raise BadFileError(f"{path} is not a zip archive, torch.save's format: a file cut "
+                           "short (download it again), a checkpoint from torch < 1.6 (re-save "
+                           "it with a recent torch, where you trust the file: torch.save("
+                           "torch.load(path, weights_only=False), new_path)), or not a "
+                           "checkpoint")
+    with zipfile.ZipFile(path) as zf:
+        if any(n.endswith("/constants.pkl") for n in zf.namelist()):
+            raise BadFileError(f"{path} is a TorchScript archive, not a checkpoint: save the "
+                               "network's state_dict() with torch.save instead")
     with reading(path, "a torch checkpoint (torch.save's zip format, torch >= 1.6)",
                  _FIX + "."):
         ckpt = load_torch_archive(path, _CheckpointUnpickler)
@@ -114,9 +133,13 @@ def backbone_state(ckpt: dict, path: str | os.PathLike = "checkpoint") -> tuple[
     state = ckpt.get("state_dict", ckpt)
     if not isinstance(state, dict) or not state:
         raise BadFileError(f"{path}: no state dict in it. {_FIX}.")
-    if any(str(k).startswith("model.") for k in state):  # Lightning: the backbone is `model`
-        state = {k[len("model."):]: v for k, v in state.items() if str(k).startswith("model.")}
-    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    keys = [k for k in state if not isinstance(k, str)]
+    if keys:
+        raise BadFileError(f"{path}: state dict keys that are not strings (e.g. a "
+                           f"{type(keys[0]).__name__}). {_FIX}.")
+    if any(k.startswith("model.") for k in state):  # Lightning: the backbone is `model`
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    bad = [_short(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise BadFileError(f"{path}: {bad[:3]} are not tensors. {_FIX}.")
     if any(".se_block." in k for k in state):
@@ -124,8 +147,9 @@ def backbone_state(ckpt: dict, path: str | os.PathLike = "checkpoint") -> tuple[
                            "this project does not build; use an IR network (ir_18 ... ir_101)")
     if "input_layer.0.weight" not in state:
         raise BadFileError(f"{path}: no 'input_layer.0.weight' among its "
-                           f"{len(state)} tensors (e.g. {list(state)[:3]}). {_FIX}.")
-    blocks = {int(m.group(1)) for k in state if (m := re.match(r"body\.(\d+)\.", k))}
+                           f"{len(state)} tensors (e.g. {[_short(k) for k in list(state)[:3]]})"
+                           f". {_FIX}.")
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"body\.(\d{1,6})\.", k))}
     depth = _DEPTHS.get(len(blocks))
     if depth is None:
         raise BadFileError(f"{path}: {len(blocks)} residual blocks; AdaFace's IR networks "
@@ -136,7 +160,14 @@ def backbone_state(ckpt: dict, path: str | os.PathLike = "checkpoint") -> tuple[
         for old, new in RENAMES:
             k = k.replace(old, new)
         ours[k] = v
+    if len(ours) != len(state):  # e.g. both "input_layer.0.weight" and "stem.0.weight"
+        raise BadFileError(f"{path}: tensors under both AdaFace's and this project's names; "
+                           f"one would silently replace the other. {_FIX}.")
     return f"ir{depth}", ours
+
+
+def _short(key: str) -> str:
+    return key if len(key) <= 80 else key[:77] + "..."
 
 
 def load_adaface_backbone(path: str | os.PathLike) -> IResNet:
@@ -152,18 +183,24 @@ def load_adaface_backbone(path: str | os.PathLike) -> IResNet:
     if missing or extra:
         raise BadFileError(f"{path}: as an {arch}, {len(missing)} tensors missing "
                            f"(e.g. {missing[:3]}) and {len(extra)} unexpected (e.g. "
-                           f"{extra[:3]}). {_FIX}.")
+                           f"{[_short(k) for k in extra[:3]]}). {_FIX}.")
     shapes = [k for k in want if want[k].shape != state[k].shape]
     if shapes:
         k = shapes[0]
         raise BadFileError(f"{path}: {len(shapes)} tensors of another shape than an {arch}'s, "
                            f"e.g. {k}: {tuple(state[k].shape)}, expected {tuple(want[k].shape)} "
                            "(only 112x112 input, 512-d embeddings are built here)")
+    kinds = [k for k in want if want[k].is_floating_point() != state[k].is_floating_point()]
+    if kinds:
+        k = kinds[0]
+        raise BadFileError(f"{path}: {k} holds {state[k].dtype} values where an {arch} has "
+                           f"{want[k].dtype}. {_FIX}.")
+    state = {k: v.to(want[k].dtype) for k, v in state.items()}  # (fp16 / bf16 files too)
     nonfinite = [k for k, v in state.items() if v.is_floating_point() and
-                 not torch.isfinite(v).all()]
+                 not torch.isfinite(v).all()]  # checked after the cast: 1e40 is inf in fp32
     if nonfinite:
         raise BadFileError(f"{path}: non-finite values in {nonfinite[:3]} (a diverged run?)")
-    net.load_state_dict({k: v.to(want[k].dtype) for k, v in state.items()})
+    net.load_state_dict(state)
     return net.eval()
 
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import lzma
 import os
 import pickle
 import platform
 import random
+import reprlib
 import shutil
 import struct
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
@@ -308,7 +311,7 @@ class UnsafePickleError(BadFileError, pickle.UnpicklingError):
 _PARSE_ERRORS = (pickle.UnpicklingError, EOFError, MemoryError, OverflowError, ValueError,
                  TypeError, KeyError, IndexError, AttributeError, RuntimeError, AssertionError,
                  UnicodeDecodeError, OSError, ImportError, RecursionError, struct.error,
-                 zipfile.BadZipFile)
+                 zipfile.BadZipFile, zlib.error, lzma.LZMAError)
 
 
 @contextmanager
@@ -319,6 +322,10 @@ def reading(path: str | os.PathLike, what: str, fix: str):
 
     try:
         yield
+    except UnsafePickleError as e:  # raised deep in an unpickler, which knows no file name
+        if str(path) in str(e):
+            raise
+        raise UnsafePickleError(f"{path}: {e}") from e
     except (BadFileError, FileNotFoundError, PermissionError, IsADirectoryError,
             torch.OutOfMemoryError):
         raise  # not the file's content: nothing to fall back from
@@ -580,6 +587,9 @@ def check_seed_sequence(seq: Any) -> None:
                                 f"a pool of {len(seq.pool)} words")
 
 
+MAX_TUPLE_DEPTH, MAX_TUPLE_SIZE = 100, 2_000_000
+
+
 class RestrictedUnpickler(pickle._Unpickler):
     """An unpickler that only resolves an explicit allow-list of globals.
 
@@ -601,6 +611,30 @@ class RestrictedUnpickler(pickle._Unpickler):
         super().__init__(file, **kwargs)
         self.allowed = set(allowed)
         self.overrides = overrides or {}
+        self._tuples: dict[int, tuple[int, int]] = {}  # id -> (depth, flattened size)
+        self._kept: list[tuple] = []  # (their ids stay theirs)
+
+    def _check_tuple(self):
+        """Hashing a tuple (as a dict key, a set member) recurses in C: a file could nest one
+        a million deep (the interpreter crashes) or share one tuple twice per level (2^n
+        work from a few hundred bytes). Both are bounded as each tuple is built."""
+        t = self.stack[-1]
+        depth = size = 1
+        for x in t:
+            d, n = self._tuples.get(id(x), (0, 1)) if type(x) is tuple else (0, 1)
+            depth, size = max(depth, d + 1), size + n
+        if depth > MAX_TUPLE_DEPTH or size > MAX_TUPLE_SIZE:
+            raise UnsafePickleError(f"tuples nested {depth} deep or holding {size} items "
+                                    f"counted with repeats (limits {MAX_TUPLE_DEPTH}, "
+                                    f"{MAX_TUPLE_SIZE}): built to exhaust the reader")
+        if t:
+            self._tuples[id(t)] = (depth, size)
+            self._kept.append(t)
+
+    for _op in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3):
+        dispatch[_op[0]] = (lambda load: lambda self: (load(self), self._check_tuple()))(
+            pickle._Unpickler.dispatch[_op[0]])
+    del _op
 
     def load(self):
         try:
@@ -651,21 +685,32 @@ class TorchArchiveUnpickler(RestrictedUnpickler):
                          overrides=TORCH_STORAGES)
         self.archive, self.prefix, self.storages = archive, prefix, {}
 
+    def load_build(self):
+        if isinstance(self.stack[-2], torch.Tensor | torch.storage.TypedStorage |
+                      torch.UntypedStorage):  # Tensor.__setstate__ would set_() any size
+            raise UnsafePickleError("a pickle that sets a tensor's state (torch never writes "
+                                    "that)")
+        super().load_build()
+
+    dispatch = dict(RestrictedUnpickler.dispatch)
+    dispatch[pickle.BUILD[0]] = load_build
+
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
                 and isinstance(pid[1], torch.dtype) and isinstance(pid[2], str)
                 and isinstance(pid[4], int)):
-            raise pickle.UnpicklingError(f"unsupported persistent id {str(pid)[:80]}")
+            raise pickle.UnpicklingError(f"unsupported persistent id {reprlib.repr(pid)}")
         _, dtype, key, _, numel = pid
         if key not in self.storages:
-            data = self.archive.read(f"{self.prefix}data/{key}")
-            if len(data) != numel * dtype.itemsize:
-                raise pickle.UnpicklingError(f"storage {key}: {len(data)} bytes for {numel} "
-                                             f"{dtype} values")
-            # not resizable: a tensor asking for more than the file holds is refused instead
-            # of growing the storage (from_buffer's would grow to any size asked)
-            untyped = torch.frombuffer(bytearray(data), dtype=torch.uint8).untyped_storage() \
-                if data else torch.UntypedStorage(0)
+            name = f"{self.prefix}data/{key}"
+            info = self.archive.getinfo(name)  # (its size checked before a byte is read)
+            if info.file_size != numel * dtype.itemsize:
+                raise pickle.UnpicklingError(f"storage {reprlib.repr(key)}: {info.file_size} "
+                                             f"bytes for {numel} {dtype} values")
+            # not resizable, even when empty: a tensor asking for more than the file holds is
+            # refused instead of growing the storage (over memory the process freed before)
+            untyped = torch.frombuffer(bytearray(self.archive.read(name) or b"\0"),
+                                       dtype=torch.uint8).untyped_storage()[:info.file_size]
             self.storages[key] = torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype,
                                                             _internal=True)
         return self.storages[key]
@@ -674,12 +719,19 @@ class TorchArchiveUnpickler(RestrictedUnpickler):
 def load_torch_archive(path: str | os.PathLike,
                        unpickler: Callable[..., TorchArchiveUnpickler]) -> Any:
     """Unpickle the ``<name>/data.pkl`` of a torch zip archive with ``unpickler(file, archive,
-    prefix)``; call it inside :func:`reading`, which explains the errors."""
+    prefix)``; call it inside :func:`reading`, which explains the errors. Torch stores the
+    pickle and the tensors' bytes uncompressed: compressed ones (a few bytes that inflate to
+    gigabytes) are refused."""
     with zipfile.ZipFile(path) as zf:
         names = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(names) != 1:
             raise BadFileError(f"{path}: no single <name>/data.pkl in the archive")
         prefix = names[0][: -len("data.pkl")]
+        packed = [i.filename for i in zf.infolist() if i.compress_type != zipfile.ZIP_STORED
+                  and (i.filename == names[0] or i.filename.startswith(f"{prefix}data/"))]
+        if packed:
+            raise BadFileError(f"{path}: compressed entries ({reprlib.repr(packed)}), which "
+                               "torch never writes: not read")
         with zf.open(names[0]) as f:
             return unpickler(f, zf, prefix).load()
 

@@ -204,7 +204,7 @@ def test_bad_files_say_what_they_should_be(tmp_path):
     with pytest.raises(FileNotFoundError, match="AdaFace checkpoint"):
         load_adaface_backbone(tmp_path / "missing.ckpt")
     (tmp_path / "text.ckpt").write_text("not a checkpoint")
-    with pytest.raises(BadFileError, match="torch checkpoint.*AdaFace checkpoint"):
+    with pytest.raises(BadFileError, match="not a zip archive"):
         load_adaface_backbone(tmp_path / "text.ckpt")
     torch.save([torch.ones(2)], tmp_path / "list.ckpt")
     with pytest.raises(BadFileError, match="holds a list, not a dict"):
@@ -214,7 +214,7 @@ def test_bad_files_say_what_they_should_be(tmp_path):
         load_adaface_backbone(tmp_path / "empty.ckpt")
     good = save_adaface_checkpoint(build_iresnet("ir18"), tmp_path / "good.ckpt")
     (tmp_path / "cut.ckpt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(BadFileError, match="cut.ckpt: cannot read it"):
+    with pytest.raises(BadFileError, match="cut.ckpt is not a zip archive.*cut short"):
         load_adaface_backbone(tmp_path / "cut.ckpt")
 
 
@@ -241,3 +241,87 @@ def test_checkpoints_are_evaluated_like_notebook_03s_models(tmp_path, monkeypatc
         recognition.checkpoint_paths({"gone": "ckpts/gone.ckpt"})
     with pytest.raises(TypeError, match="label -> checkpoint path"):
         recognition.checkpoint_paths(["ckpts/a.ckpt"])
+
+
+# --- hostile archives (a review's findings): hand-written pickles in torch's zip layout ------
+def _u(s: str) -> bytes:  # BINUNICODE
+    b = s.encode()
+    return b"X" + len(b).to_bytes(4, "little") + b
+
+
+def _archive(path, pkl: bytes, storages=None, compress=None):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=compress or zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", pkl)
+        for k, v in (storages or {}).items():
+            z.writestr(f"archive/data/{k}", v)
+    return path
+
+
+def _tensor(key: str, numel: int, size: int) -> bytes:
+    """_rebuild_tensor_v2(storage ("storage", FloatStorage, key, "cpu", numel), 0, (size,),
+    (1,), False, OrderedDict())"""
+    pid = b"(" + _u("storage") + b"ctorch\nFloatStorage\n" + _u(key) + _u("cpu") + \
+        b"J" + numel.to_bytes(4, "little") + b"tQ"
+    return (b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + b"K\x00" + b"J"
+            + size.to_bytes(4, "little") + b"\x85K\x01\x85\x89ccollections\nOrderedDict\n)R"
+            + b"tR")
+
+
+def test_deep_or_shared_tuples_are_refused_before_they_are_hashed(tmp_path):
+    deep = b"\x80\x02}" + _u("a") + b"\x85" * 100_000 + b"K\x01s."  # a key 100,000 deep
+    with pytest.raises(BadFileError, match="deep.ckpt: tuples nested 101 deep"):
+        read_checkpoint(_archive(tmp_path / "deep.ckpt", deep))
+    shared = b"\x80\x02}" + _u("a") + b"2\x86" * 40 + b"K\x01s."  # 2^40 items when hashed
+    with pytest.raises(BadFileError, match="items counted with repeats"):
+        read_checkpoint(_archive(tmp_path / "shared.ckpt", shared))
+
+
+def test_compressed_entries_are_refused_unread(tmp_path):
+    import zipfile
+
+    bomb = b"\x80\x02" + b"}0" * 1_000_000 + b"}."  # 2 MB that deflate to a few KB
+    path = _archive(tmp_path / "bomb.ckpt", bomb, compress=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 20_000
+    with pytest.raises(BadFileError, match="compressed entries"):
+        read_checkpoint(path)
+
+
+def test_tensors_cannot_claim_more_than_the_file_holds(tmp_path):
+    empty = b"\x80\x02}" + _u("w") + _tensor("0", 0, 1 << 28) + b"s."  # 1 GiB on 0 bytes
+    with pytest.raises(BadFileError, match="not resizable"):
+        read_checkpoint(_archive(tmp_path / "empty.ckpt", empty, {"0": b""}))
+    small = b"\x80\x02}" + _u("w") + _tensor("0", 1, 1000) + b"s."
+    with pytest.raises(BadFileError, match="not resizable"):
+        read_checkpoint(_archive(tmp_path / "small.ckpt", small, {"0": b"\0" * 4}))
+    lying = b"\x80\x02}" + _u("w") + _tensor("0", 1000, 10) + b"s."  # numel vs bytes
+    with pytest.raises(BadFileError, match="4 bytes for 1000"):
+        read_checkpoint(_archive(tmp_path / "lying.ckpt", lying, {"0": b"\0" * 4}))
+    # a tensor's state set by BUILD (Tensor.__setstate__ would set_() any size)
+    build = b"\x80\x02}" + _u("w") + _tensor("0", 1, 1) + b"(K\x00K\x01\x85K\x01\x85\x89tbs."
+    with pytest.raises(BadFileError, match="sets a tensor's state"):
+        read_checkpoint(_archive(tmp_path / "build.ckpt", build, {"0": b"\0" * 4}))
+
+
+def test_odd_state_dicts_give_clear_errors(tmp_path):
+    good = save_and_read(build_iresnet("ir18"), tmp_path)
+    both = {**good, "stem.0.weight": torch.zeros_like(good["input_layer.0.weight"])}
+    with pytest.raises(BadFileError, match="one would silently replace the other"):
+        load_adaface_backbone(_save_state(tmp_path, both, "both.ckpt"))
+    huge = {**good, "output_layer.3.weight": good["output_layer.3.weight"].double() * 1e40}
+    with pytest.raises(BadFileError, match="non-finite values in \\['output.3.weight'\\]"):
+        load_adaface_backbone(_save_state(tmp_path, huge, "huge.ckpt"))
+    ints = {**good, "input_layer.0.weight": good["input_layer.0.weight"].long()}
+    with pytest.raises(BadFileError, match="stem.0.weight holds torch.int64"):
+        load_adaface_backbone(_save_state(tmp_path, ints, "ints.ckpt"))
+    torch.save({"state_dict": {1: torch.ones(1)}}, tmp_path / "intkey.ckpt")
+    with pytest.raises(BadFileError, match="keys that are not strings"):
+        load_adaface_backbone(tmp_path / "intkey.ckpt")
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        load_adaface_backbone(tmp_path)
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "script.pt")
+    with pytest.raises(BadFileError, match="TorchScript archive"):
+        load_adaface_backbone(tmp_path / "script.pt")
+    half = {k: v.half() if v.is_floating_point() else v for k, v in good.items()}
+    assert load_adaface_backbone(_save_state(tmp_path, half, "half.ckpt")).depth == 18
