@@ -9,7 +9,8 @@ publishes IR-ResNets trained on MS1MV2 / WebFace. AdaFace's ``net.Backbone`` (mo
     body.<i>.shortcut_layer.*     body.<i>.shortcut.*
     output_layer.*                output.*
 
-(checked on AdaFace's own ``net.py`` and ``head.py``: README, "Verified").
+(checked bitwise on AdaFace's own ``net.py`` and ``head.py``: README, "Checked against the
+reference code"; ``scripts/check_against_released.py``).
 
 A checkpoint is a PyTorch Lightning file, ``{"state_dict": {"model.<name>": tensor,
 "head.kernel": tensor}, "hyper_parameters": ..., optimizer and loop states}``, or a bare state
@@ -61,11 +62,11 @@ class _Inert(dict):
     def __setstate__(self, state):
         self.state = state
 
-    def append(self, item):
-        self.items_.append(item)
+    def append(self, item):  # (NEWOBJ skips __init__: the list may not exist yet)
+        self.__dict__.setdefault("items_", []).append(item)
 
     def extend(self, items):
-        self.items_.extend(items)
+        self.__dict__.setdefault("items_", []).extend(items)
 
 
 # a checkpoint has no business naming these: a file that does is refused, not read
