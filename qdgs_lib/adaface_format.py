@@ -36,6 +36,7 @@ from .utils import (
     UnsafePickleError,
     atomic_path,
     cpu_state_dict,
+    is_torchscript_archive,
     load_torch_archive,
     reading,
 )
@@ -116,10 +117,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
                            "it with a recent torch, where you trust the file: torch.save("
                            "torch.load(path, weights_only=False), new_path)), or not a "
                            "checkpoint")
-    with zipfile.ZipFile(path) as zf:
-        if any(n.endswith("/constants.pkl") for n in zf.namelist()):
-            raise BadFileError(f"{path} is a TorchScript archive, not a checkpoint: save the "
-                               "network's state_dict() with torch.save instead")
+    if is_torchscript_archive(path):
+        raise BadFileError(f"{path} is a TorchScript archive, not a checkpoint: save the "
+                           "network's state_dict() with torch.save instead")
     with reading(path, "a torch checkpoint (torch.save's zip format, torch >= 1.6)",
                  _FIX + "."):
         ckpt = load_torch_archive(path, _CheckpointUnpickler)
@@ -156,11 +156,7 @@ def backbone_state(ckpt: dict, path: str | os.PathLike = "checkpoint") -> tuple[
         raise BadFileError(f"{path}: {len(blocks)} residual blocks; AdaFace's IR networks "
                            f"have {sorted(_DEPTHS)} (ir_18, ir_34, ir_50, ir_101). IR-152/200 "
                            "(bottleneck blocks) are not built here")
-    ours = {}
-    for k, v in state.items():
-        for old, new in RENAMES:
-            k = k.replace(old, new)
-        ours[k] = v
+    ours = {to_ours(k): v for k, v in state.items()}
     if len(ours) != len(state):  # e.g. both "input_layer.0.weight" and "stem.0.weight"
         raise BadFileError(f"{path}: tensors under both AdaFace's and this project's names; "
                            f"one would silently replace the other. {_FIX}.")
@@ -211,9 +207,9 @@ def save_adaface_checkpoint(backbone: IResNet, path: str | os.PathLike) -> Path:
     --start_from_model_statedict``), atomically. Only AdaFace's shapes: full width, 112 px,
     512-d embeddings (not ``ir_small``)."""
     state = cpu_state_dict(backbone)
+    adaface = {f"model.{to_adaface(k)}": v for k, v in state.items()}
     try:
-        arch, _ = backbone_state({f"model.{_to_adaface(k)}": v for k, v in state.items()})
-        same = build_iresnet(arch).state_dict()
+        same = build_iresnet(backbone_state(adaface)[0]).state_dict()
         fits = set(same) == set(state) and all(same[k].shape == v.shape
                                                for k, v in state.items())
     except BadFileError:
@@ -223,12 +219,20 @@ def save_adaface_checkpoint(backbone: IResNet, path: str | os.PathLike) -> Path:
                          "input with 512-d embeddings; this backbone is not one of them")
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": {f"model.{_to_adaface(k)}": v for k, v in state.items()}},
-                   tmp)
+        torch.save({"state_dict": adaface}, tmp)
     return path
 
 
-def _to_adaface(key: str) -> str:
+def to_ours(key: str) -> str:
+    """An AdaFace state-dict name as this project's (``input_layer.0.weight`` ->
+    ``stem.0.weight``)."""
+    for old, new in RENAMES:
+        key = key.replace(old, new)
+    return key
+
+
+def to_adaface(key: str) -> str:
+    """This project's state-dict name as AdaFace's (the reverse of :func:`to_ours`)."""
     for old, new in RENAMES:
         key = key.replace(new, old)
     return key

@@ -21,6 +21,7 @@ from .utils import (
     at_least_fp32,
     check_recorded_sha256,
     check_unit_images,
+    is_torchscript_archive,
     load_torch_archive,
     read_weights_record,
     reading,
@@ -286,7 +287,7 @@ def create_clip(name: str, weights: str | Path | None = None,
     if path is not None:
         _check_weights_belong_to(name, path, fix)
     with reading(path, f"open_clip weights for '{name}'", fix):
-        if path is not None and path.suffix == ".pt" and _is_torchscript(path):
+        if path is not None and path.suffix == ".pt" and is_torchscript_archive(path):
             # OpenAI's original release: a TorchScript archive. torch.jit.load would run the
             # archive's TorchScript code (its __setstate__ can write files), so its tensors
             # are read as data and the plain model is built around them, in float32
@@ -405,13 +406,3 @@ def read_torchscript_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
     walk(root, "")
     return out
-
-
-def _is_torchscript(path: Path) -> bool:
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return any(n.endswith("constants.pkl") for n in zf.namelist())
-    except zipfile.BadZipFile:
-        return False

@@ -154,7 +154,7 @@ def build_datasets(scorer: PromptScorer, qd_df: pd.DataFrame, p: dict[str, Any],
                                            solution_columns(m, z, bin=bins),
                                            size=p["image_size"], progress=progress,
                                            settings=settings,
-                                           image_format=with_earlier(p)["image_format"])
+                                           image_format=p["image_format"])
     return out
 
 

@@ -716,6 +716,15 @@ class TorchArchiveUnpickler(RestrictedUnpickler):
         return self.storages[key]
 
 
+def is_torchscript_archive(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip with ``constants.pkl``)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.endswith("constants.pkl") for n in zf.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
 def load_torch_archive(path: str | os.PathLike,
                        unpickler: Callable[..., TorchArchiveUnpickler]) -> Any:
     """Unpickle the ``<name>/data.pkl`` of a torch zip archive with ``unpickler(file, archive,

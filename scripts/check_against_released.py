@@ -40,7 +40,11 @@ sys.path.insert(0, str(ROOT / "tests"))  # the toy CLIP
 
 from toys import ToyClip  # noqa: E402
 
-from qdgs_lib.adaface_format import load_adaface_backbone, save_adaface_checkpoint  # noqa: E402
+from qdgs_lib.adaface_format import (  # noqa: E402
+    load_adaface_backbone,
+    save_adaface_checkpoint,
+    to_ours,
+)
 from qdgs_lib.generators.shapes_vae import load_released_shapes_vae  # noqa: E402
 from qdgs_lib.generators.wrapped import WrappedGenerator  # noqa: E402
 from qdgs_lib.models.heads import AdaFace  # noqa: E402
@@ -79,11 +83,6 @@ def load(root: Path, rel: str, name: str):
     return mod
 
 
-def _ours_name(k: str) -> str:
-    k = k.replace("input_layer.", "stem.").replace("output_layer.", "output.")
-    return k.replace(".res_layer.", ".residual.").replace(".shortcut_layer.", ".shortcut.")
-
-
 def check_recognition(root: Path) -> None:
     print("1. IR-ResNet and AdaFace head vs AdaFace's net.py / head.py")
     net, head = load(root, FILES[0], "released_net"), load(root, FILES[1], "released_head")
@@ -95,7 +94,7 @@ def check_recognition(root: Path) -> None:
                 t.copy_(torch.rand_like(t) * 0.2 + 0.9 if t.ndim == 1
                         else torch.randn_like(t) * t.std().clamp(min=1e-2))
         ours = build_iresnet(ours_name)
-        ours.load_state_dict({_ours_name(k): v for k, v in ref.state_dict().items()})
+        ours.load_state_dict({to_ours(k): v for k, v in ref.state_dict().items()})
         x = torch.randn(4, 3, 112, 112)
         ref.eval(), ours.eval()
         with torch.no_grad():
@@ -106,7 +105,7 @@ def check_recognition(root: Path) -> None:
         torch.manual_seed(1)
         b = ours(x)
         same_train = all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
-        stats = all(torch.equal(v, ours.state_dict()[_ours_name(k)])
+        stats = all(torch.equal(v, ours.state_dict()[to_ours(k)])
                     for k, v in ref.state_dict().items())
         expect(same and same_train and stats, f"{arch}: embeddings and norms bitwise equal "
                "(eval; training with dropout under one seed), batch-norm statistics too")
@@ -125,7 +124,7 @@ def check_recognition(root: Path) -> None:
 
     torch.manual_seed(0)
     ref, ours = net.build_model("ir_18"), build_iresnet("ir18")
-    ours.load_state_dict({_ours_name(k): v for k, v in ref.state_dict().items()})
+    ours.load_state_dict({to_ours(k): v for k, v in ref.state_dict().items()})
     ref_head, our_head = head.AdaFace(512, 20, m=0.4, h=0.333, s=64.0, t_alpha=0.01), \
         AdaFace(512, 20)
     with torch.no_grad():
@@ -153,7 +152,7 @@ def check_recognition(root: Path) -> None:
             o.step()
             losses.append(float(loss))
         worst = max(worst, abs(losses[0] - losses[1]), *(
-            float((v - ours.state_dict()[_ours_name(k)]).abs().max())
+            float((v - ours.state_dict()[to_ours(k)]).abs().max())
             for k, v in ref.state_dict().items() if v.is_floating_point()))
     expect(worst == 0.0, f"four SGD steps of IR-18 + head: losses and weights max|d| {worst}")
 
