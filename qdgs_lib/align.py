@@ -3,10 +3,14 @@
 * :func:`ffhq_crop`: FFHQ-aligned generator output (StyleGAN2-FFHQ) already has the eyes and
   mouth at fixed places, so a fixed crop + resize maps it close to the template.
 * :func:`similarity_transform` / :func:`warp_to_template`: the standard alignment from five
-  landmarks (Umeyama similarity fit), e.g. from MTCNN (facenet-pytorch, optional).
+  landmarks (Umeyama similarity fit), e.g. RFW's.
+* :func:`aligner`: ``"crop"``, or ``"mtcnn"``: the released code's alignment
+  (:mod:`qdgs_lib.mtcnn`: MTCNN landmarks, cp2tform's similarity, its template).
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import torch
@@ -65,42 +69,16 @@ def warp_to_template(image: torch.Tensor, landmarks: np.ndarray, size: int = 112
     return F.grid_sample(image[None], grid, mode="bilinear", align_corners=True)[0]
 
 
-def mtcnn_landmarks(images: torch.Tensor) -> list[np.ndarray | None]:
-    """Five landmarks per image with facenet-pytorch's MTCNN (optional dependency)."""
-    try:
-        from facenet_pytorch import MTCNN
-    except ImportError as e:
-        raise ImportError("MTCNN alignment needs facenet-pytorch: "
-                          "`pip install --no-deps facenet-pytorch==2.5.3`") from e
-    mtcnn = MTCNN(keep_all=False, device=images.device)
-    arr = (images.clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).cpu().numpy()
-    _, _, points = mtcnn.detect(list(arr), landmarks=True)
-    return [None if p is None else p[0] for p in points]
-
-
-def mtcnn_align(images: torch.Tensor, size: int = 112) -> torch.Tensor:
-    """MTCNN landmarks + similarity warp to the template; images without a detected face fall
-    back to :func:`ffhq_crop` (counted in a warning)."""
-    import warnings
-
-    points = mtcnn_landmarks(images)
-    out, missed = [], 0
-    for img, pts in zip(images, points, strict=True):
-        if pts is None:
-            missed += 1
-            out.append(ffhq_crop(img[None], size)[0])
-        else:
-            out.append(warp_to_template(img, pts, size))
-    if missed:
-        warnings.warn(f"MTCNN found no face in {missed}/{len(images)} images; used the "
-                      "fixed template crop for those", stacklevel=2)
-    return torch.stack(out)
-
-
-def aligner(method: str, size: int = 112):
-    """``"crop"`` (fixed template crop of FFHQ-aligned images) or ``"mtcnn"``."""
+def aligner(method: str, size: int = 112, mtcnn_weights: str | os.PathLike | None = None):
+    """``"crop"`` (fixed template crop of FFHQ-aligned images) or ``"mtcnn"`` (the released
+    code's alignment, :func:`qdgs_lib.mtcnn.mtcnn_aligner`, with the weights in the folder
+    ``mtcnn_weights``)."""
     if method == "crop":
         return lambda x: ffhq_crop(x, size)
     if method == "mtcnn":
-        return lambda x: mtcnn_align(x, size)
+        from .mtcnn import mtcnn_aligner
+
+        if mtcnn_weights is None:
+            raise ValueError("MTCNN alignment needs its weights folder (mtcnn_weights)")
+        return mtcnn_aligner(mtcnn_weights, size)
     raise ValueError(f"unknown alignment {method!r}: use 'crop' or 'mtcnn'")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .paths import (
+    RELEASED_MTCNN_WHERE,
     RELEASED_OFFSETS_WHERE,
     RELEASED_SHAPES_VAE_WHERE,
     STYLEGAN2_FFHQ_URL,
@@ -89,6 +90,8 @@ class Asset:
             n = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
             if len(head) < 9 or head[8:9] != b"{" or n > self.path.stat().st_size:
                 return "not a safetensors file (no JSON header)"
+        elif suffix == ".npy" and head[:6] != b"\x93NUMPY":
+            return f"not a numpy .npy file (first bytes {head[:8]!r})"
         elif suffix in (".pkl", ".pt", ".pth") and not (head[:1] == b"\x80"
                                                        or head[:2] == b"PK"):
             return f"not a pickle or torch {suffix} file (first bytes {head[:8]!r})"
@@ -154,6 +157,10 @@ def required_assets(profile: str | None, section: str, part: str | None = None,
         if p["offsets_file"]:
             out.append(Asset(in_data_dir(p["offsets_file"]), "latent augmentations",
                              RELEASED_OFFSETS_WHERE))
+        if p["world"] == "ffhq" and p["align"] == "mtcnn":
+            out += [Asset(in_data_dir(p["mtcnn_weights"]) / f"{net}.npy",
+                          f"the released MTCNN's {net.upper()} (face alignment)",
+                          RELEASED_MTCNN_WHERE) for net in ("pnet", "rnet", "onet")]
         out.append(_clip_asset(p))
     elif section == "recognition":
         if p["real_dataset"] and part in (None, "train"):

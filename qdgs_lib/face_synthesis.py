@@ -138,13 +138,17 @@ def build_datasets(scorer: PromptScorer, qd_df: pd.DataFrame, p: dict[str, Any],
     if p["world"] == "toy":
         decode = gen.decode
     else:
-        align = aligner(p["align"], p["image_size"])
+        align = aligner(p["align"], p["image_size"], in_data_dir(p["mtcnn_weights"]))
         decode = lambda z: align(gen.decode(z))  # noqa: E731
     # what the images depend on beyond the latents: recorded, so that a folder written under
     # another generator, alignment or image size is refused rather than reused
     settings = {"world": p["world"], "align": None if p["world"] == "toy" else p["align"],
                 "generator": getattr(gen, "name", type(gen).__name__),
                 "weights_sha256": scorer.weights_sha256()}
+    if settings["align"] == "mtcnn":
+        from .mtcnn import weights_sha256
+
+        settings["mtcnn_sha256"] = weights_sha256(in_data_dir(p["mtcnn_weights"]))
     out = {}
     for name, z, m in (("qdgs", z_qd, m_qd), ("random", z_rand, m_rand)):
         bins = assign_bins(m, dataset_bins(p))

@@ -8,6 +8,8 @@ Writes, under a data folder laid out like ``data/`` (default ``runs/paper-mini/d
 * ``pretrained/open_clip_model.safetensors``: open_clip ViT-B-32-quickgelu (float16);
 * ``pretrained/vae-shapes.pt``, ``pretrained/augmentations.pt``: the released code's shapes VAE
   (a torch state dict) and latent augmentations (a (9, 7168) float64 tensor);
+* ``pretrained/mtcnn/{pnet,rnet,onet}.npy``: the released face alignment's MTCNN weights (the
+  ``np.save`` of a dict of arrays);
 * ``benchmarks/{lfw,cfp_fp,cplfw,calfw,agedb_30}.bin``: InsightFace validation pickles;
 * ``benchmarks/rfw/``: the RFW layout (4 races, pair lists, 112x112 JPEGs);
 * ``benchmarks/train/``: an InsightFace RecordIO training set (train.rec, train.idx, property);
@@ -29,7 +31,8 @@ from PIL import Image
 
 from .paths import REPO_ROOT, runs_dir
 
-VERSION = 2  # bump when the assets change, so old folders are rewritten
+PNET_SCORE_GAIN = 50.0
+VERSION = 3  # bump when the assets change, so old folders are rewritten
 BIN_PAIRS = 10  # the 10-fold protocol needs at least 10 pairs
 RFW_PAIRS = 10
 TRAIN_IDENTITIES, TRAIN_VIEWS = 4, 2
@@ -98,6 +101,27 @@ def write_clip_weights(path: Path, seed: int = 0) -> None:
     save_file(state, str(path))
 
 
+def write_mtcnn_weights(folder: Path, seed: int = 0) -> None:
+    """The released MTCNN's three weight files (``np.save`` of a dict of float32 arrays):
+    torch's random initialization, except that the score layers are pushed towards "face"
+    and O-Net's landmarks towards the template's place in the box, so that the cascade passes
+    faces on and every step of the alignment runs (untrained, like every plumbing asset)."""
+    from .mtcnn import NET_CLASSES, REFERENCE_112, save_weights_npy
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    nets = {name: cls() for name, cls in NET_CLASSES.items()}
+    with torch.no_grad():
+        nets["pnet"].conv4_1.weight.mul_(PNET_SCORE_GAIN)  # (its softmax runs over the width)
+        nets["rnet"].conv5_1.bias.copy_(torch.tensor([-10.0, 10.0]))
+        onet = nets["onet"]
+        onet.conv6_1.bias.copy_(torch.tensor([-10.0, 10.0]))
+        onet.conv6_3.weight.mul_(0.01)
+        onet.conv6_3.bias.copy_(torch.from_numpy(REFERENCE_112.T.ravel() / 112).float())
+    for name, net in nets.items():
+        save_weights_npy(net, folder / f"{name}.npy")
+
+
 def write_benchmarks(root: Path, seed: int = 0) -> None:
     from .data.benchmarks import RFW_RACES, write_bin
 
@@ -148,6 +172,8 @@ def write_paper_mini_assets(root: str | Path | None = None, seed: int = 0,
                  root / "pretrained" / "vae-shapes.pt", seed)),
              ("released latent augmentations (augmentations.pt)",
               lambda: write_latent_augmentations(root / "pretrained" / "augmentations.pt", seed)),
+             ("released MTCNN weights (pnet.npy, rnet.npy, onet.npy)",
+              lambda: write_mtcnn_weights(root / "pretrained" / "mtcnn", seed)),
              ("ViT-B/32 weights", lambda: write_clip_weights(
                  root / "pretrained" / "open_clip_model.safetensors", seed)),
              ("benchmarks (.bin, RFW)", lambda: write_benchmarks(root / "benchmarks", seed)),

@@ -124,7 +124,11 @@ _FACES_BASE: dict[str, Any] = {
     # (relative paths: under data/), e.g. the released code's augmentations.pt
     "offsets_file": None,
     "image_size": 64,
-    "align": "crop",  # ffhq world: fixed template crop, or "mtcnn" (facenet-pytorch, optional)
+    # ffhq world: "crop" (a fixed template crop) or "mtcnn" (the released code's alignment:
+    # MTCNN landmarks, a similarity warp), with the released MTCNN weights in this folder
+    # (relative paths: under data/)
+    "align": "crop",
+    "mtcnn_weights": "pretrained/mtcnn",
     "dataset_solutions": None,  # cap on solutions per dataset (uniform subsample of the archive)
     "prior_samples": 4000,  # random samples drawn to show the generator's bias
     "preview_images": 32,  # of which this many are drawn
@@ -160,7 +164,7 @@ EARLIER = {"x0_truncation": None, "selection_rule": "mu", "latent_norm_scale": 1
            "objective_floor": True, "uniqueness_fill_scale": False, "latent_space": "w",
            "offsets_file": None, "kmeans_n_init": 4, "kmeans_max_iter": 300,
            "shapes_vae": None, "finetune_lr": 1e-4, "classifier": "project",
-           "image_format": "png"}
+           "image_format": "png", "mtcnn_weights": "pretrained/mtcnn"}
 
 
 def with_earlier(p: dict[str, Any]) -> dict[str, Any]:
@@ -224,7 +228,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                   "sigma0": 0.5, "lr": 0.5, "bin_edge": 0.03, "offsets": 9,
                   "kmeans_n_init": 10, "kmeans_max_iter": 2000,
                   "offsets_file": "pretrained/augmentations.pt", "image_size": 112,
-                  "image_format": "jpg"},
+                  "image_format": "jpg", "align": "mtcnn"},
         "recognition": {**_RECOGNITION_BASE, "backbone": "ir101", "pretrain_epochs": 26,
                         "real_epochs": 26, "milestones": (12, 20, 24), "seeds": (0,),
                         "real_dataset": "benchmarks/train", "workers": 8,
@@ -254,7 +258,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                   "batch_size": 3, "selection_rule": "filter", "x0_truncation": 0.7,
                   "x0_samples": 4, "bin_edge": 0.003, "offsets": 9,
                   "offsets_file": "pretrained/augmentations.pt", "image_size": 112,
-                  "image_format": "jpg", "dataset_solutions": 6, "prior_samples": 64,
+                  "image_format": "jpg", "align": "mtcnn", "dataset_solutions": 6,
+                  "prior_samples": 64,
                   "preview_images": 8,
                   "plumbing_check": True},
         "recognition": {**_RECOGNITION_BASE, "backbone": "ir101", "pretrain_epochs": 1,

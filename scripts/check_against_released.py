@@ -3,7 +3,7 @@
     git clone https://github.com/Cylumn/qd-generative-sampling /tmp/qdgs-released
     python scripts/check_against_released.py --released /tmp/qdgs-released [--seeds 6]
 
-(README, "Checked against the reference code", gives what these printed in session 17.) The
+(README, "Checked against the reference code", gives what these printed in sessions 17-18.) The
 released files are imported from your clone at run time; none of them is copied here. Its
 networks run on the CPU (its shapes encoder asks for CUDA at construction; that call is
 skipped). Exit status 1 if an equality that should be exact is not.
@@ -17,6 +17,10 @@ What is compared, each on the same weights and inputs:
    settings) against ``qdgs/discriminator.py``, on a toy generator and toy image embeddings.
 4. The search loop against ``create_scheduler`` + ``compute_iter``'s steps on the same toy
    scorer: per-step agreement, and statistics over ``--seeds`` seeds.
+5. The face alignment (``qdgs_lib.mtcnn``) against AdaFace's ``face_alignment`` (MTCNN, the
+   real weights) on the face photos in the released repository: boxes, landmarks and the
+   similarity to the bit; aligned faces and the no-face fallback against OpenCV where
+   ``opencv-python-headless`` is installed (``pip install --no-deps opencv-python-headless``).
 """
 
 from __future__ import annotations
@@ -50,13 +54,16 @@ from qdgs_lib.generators.wrapped import WrappedGenerator  # noqa: E402
 from qdgs_lib.models.heads import AdaFace  # noqa: E402
 from qdgs_lib.models.iresnet import build_iresnet  # noqa: E402
 from qdgs_lib.models.shape_classifier import ReleasedShapeClassifier  # noqa: E402
+from qdgs_lib.mtcnn import cp2tform_similarity, load_mtcnn, resize_bilinear  # noqa: E402
 from qdgs_lib.scoring import PromptScorer  # noqa: E402
 from qdgs_lib.search import QDSearch, SearchConfig  # noqa: E402
 from qdgs_lib.train import sgd_no_bn_decay  # noqa: E402
 
+FACE_ALIGNMENT = "facial_recognition/AdaFace/face_alignment"
 FILES = ("facial_recognition/AdaFace/net.py", "facial_recognition/AdaFace/head.py",
          "shapes/generator.py", "shapes/train.py", "shapes/pretrained/vae-shapes.pt",
-         "qdgs/discriminator.py", "qdgs/utils.py")
+         "qdgs/discriminator.py", "qdgs/utils.py", f"{FACE_ALIGNMENT}/mtcnn.py",
+         *(f"{FACE_ALIGNMENT}/mtcnn_pytorch/src/weights/{n}.npy" for n in ("pnet", "rnet", "onet")))
 FACE_PROMPTS = ("A detailed photo of an individual with diverse features.",
                 "An obscure, fake, or discolored photo of a person.")
 MEASURE_PROMPTS = [("A person with dark skin.", "A person with light skin."),
@@ -396,6 +403,67 @@ def check_search(root: Path, seeds: int) -> None:
                   f"; best objective released {r[:, 2].mean():.1f}, ours {r[:, 3].mean():.1f}")
 
 
+def check_alignment(root: Path, cv2) -> None:
+    print("5. Face alignment (qdgs_lib.mtcnn) vs AdaFace's face_alignment, real MTCNN weights")
+    from PIL import Image
+
+    folder = root / FACE_ALIGNMENT
+    released = load(root, f"{FACE_ALIGNMENT}/mtcnn.py", "released_mtcnn")
+    theirs = released.MTCNN(device="cpu", crop_size=(112, 112))
+    # (their mtcnn.py put its folder on sys.path)
+    fit = importlib.import_module("mtcnn_pytorch.src.matlab_cp2tform")
+    ours = load_mtcnn(folder / "mtcnn_pytorch" / "src" / "weights")
+    photos = sorted((folder / "test_images").glob("*.jp*g")) + sorted(
+        (folder / "mtcnn_pytorch" / "images").glob("*.[jp][pn]g"))
+    n = found = exact = fits = 0
+    warp_diff = resize_diff = 0
+    for path in photos:
+        photo = Image.open(path).convert("RGB")
+        # as found, and at 256 x 256 as the released code aligns its faces
+        for img in (photo, photo.resize((256, 256), Image.BILINEAR)):
+            n += 1
+            boxes, marks = theirs.detect_faces(img, theirs.min_face_size, theirs.thresholds,
+                                               theirs.nms_thresholds, theirs.factor)
+            our_boxes, our_marks = ours.detect(img)
+            boxes, marks = np.asarray(boxes).reshape(-1, 5), np.asarray(marks).reshape(-1, 10)
+            exact += np.array_equal(boxes, our_boxes) and np.array_equal(marks, our_marks)
+            pixels = np.array(img)
+            face, _ = ours.align(pixels)
+            if len(marks):
+                found += 1
+                points = [[marks[0][j], marks[0][j + 5]] for j in range(5)]
+                matrix = fit.get_similarity_transform_for_cv2(
+                    np.float32(points), np.float32(theirs.refrence))
+                fits += np.array_equal(matrix, cp2tform_similarity(
+                    np.stack([our_marks[0][:5], our_marks[0][5:]], 1), ours.reference))
+            if cv2 is not None:
+                if len(marks):
+                    want = np.array(theirs.align_multi(img, limit=1)[1][0])
+                else:  # their get_aligned_face's fallback
+                    want = cv2.resize(pixels, (112, 112))
+                diff = np.abs(want.astype(int) - face.astype(int)).max()
+                if len(marks):
+                    warp_diff = max(warp_diff, diff)
+                else:
+                    resize_diff = max(resize_diff, diff)
+                # the fallback on every photo, found or not
+                full = cv2.resize(pixels, (112, 112)).astype(int) - resize_bilinear(
+                    pixels, (112, 112)).astype(int)
+                resize_diff = max(resize_diff, np.abs(full).max())
+    print(f"  {len(photos)} photos, as found and at 256 px: a face in {found} of {n} images")
+    expect(exact == n, f"boxes and landmarks identical in {exact} of {n} images")
+    expect(fits == found, f"the similarity (cp2tform, reflection test) identical in {fits} of "
+                          f"{found}")
+    if cv2 is None:
+        print("  (aligned faces not compared: needs OpenCV, "
+              "`pip install --no-deps opencv-python-headless`)")
+        return
+    expect(warp_diff <= 1, f"aligned faces vs cv2.warpAffine (OpenCV {cv2.__version__}): "
+                           f"at most {warp_diff} gray level apart")
+    expect(resize_diff <= 1, f"the no-face fallback vs cv2.resize: at most {resize_diff} gray "
+                             "level apart")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--released", required=True, type=Path,
@@ -408,10 +476,15 @@ def main(argv=None) -> int:
                  "https://github.com/Cylumn/qd-generative-sampling (with its "
                  "shapes/pretrained/vae-shapes.pt)")
     warnings.filterwarnings("ignore")
+    try:  # before load() stubs it: the alignment's images are compared with OpenCV's
+        import cv2
+    except ImportError:
+        cv2 = None
     check_recognition(args.released)
     check_shapes(args.released)
     check_scoring(args.released)
     check_search(args.released, args.seeds)
+    check_alignment(args.released, cv2)
     print("all checks passed" if not failures else f"{len(failures)} FAILED: {failures}")
     return 1 if failures else 0
 

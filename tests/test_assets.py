@@ -56,7 +56,7 @@ def test_checklist_command(tmp_path, monkeypatch, capsys):
     assert assets.main(["paper"]) == 1
     out = capsys.readouterr().out
     # VAE weights, shapes oracle, CLIP, StyleGAN2, train set, 5 .bin, RFW
-    assert out.count("MISSING") == 12  # + the released augmentations.pt
+    assert out.count("MISSING") == 15  # + the released augmentations.pt and 3 MTCNN files
 
 
 def test_each_recognition_notebook_checks_only_what_it_reads(tmp_path, monkeypatch):
@@ -97,8 +97,9 @@ def test_checklist_command_takes_overrides_and_refuses_unknown_profiles(tmp_path
                                                                          capsys):
     monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path))
     assert assets.main(["paper", "--overrides", '{"benchmarks": ["lfw"]}']) == 1
-    # released VAE, shapes oracle, CLIP, StyleGAN2, augmentations, train set, lfw.bin
-    assert capsys.readouterr().out.count("MISSING") == 7
+    # released VAE, shapes oracle, CLIP, StyleGAN2, augmentations, 3 MTCNN files, train set,
+    # lfw.bin
+    assert capsys.readouterr().out.count("MISSING") == 10
     with pytest.raises(SystemExit):
         assets.main(["pape"])
     assert "invalid choice" in capsys.readouterr().err
