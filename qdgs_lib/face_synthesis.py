@@ -135,6 +135,7 @@ def build_datasets(scorer: PromptScorer, qd_df: pd.DataFrame, p: dict[str, Any],
     z_rand = gen.sample_prior(n, seed=seed + 7).cpu().numpy()
     m_rand = scorer.measures_of(z_rand)
     offsets = latent_offsets(p, gen)
+    align = None
     if p["world"] == "toy":
         decode = gen.decode
     else:
@@ -146,9 +147,10 @@ def build_datasets(scorer: PromptScorer, qd_df: pd.DataFrame, p: dict[str, Any],
                 "generator": getattr(gen, "name", type(gen).__name__),
                 "weights_sha256": scorer.weights_sha256()}
     if settings["align"] == "mtcnn":
-        from .mtcnn import weights_sha256
+        from .mtcnn import ALIGNMENT_VERSION, weights_sha256
 
         settings["mtcnn_sha256"] = weights_sha256(in_data_dir(p["mtcnn_weights"]))
+        settings["mtcnn_version"] = ALIGNMENT_VERSION
     out = {}
     for name, z, m in (("qdgs", z_qd, m_qd), ("random", z_rand, m_rand)):
         bins = assign_bins(m, dataset_bins(p))
@@ -159,6 +161,9 @@ def build_datasets(scorer: PromptScorer, qd_df: pd.DataFrame, p: dict[str, Any],
                                            size=p["image_size"], progress=progress,
                                            settings=settings,
                                            image_format=p["image_format"])
+    if hasattr(align, "summary"):  # MTCNN's fallbacks, counted over both datasets
+        print(f"{align.summary()} written in this session (in the others: the whole image "
+              "resized, as the released code does)")
     return out
 
 

@@ -47,6 +47,7 @@ REFERENCE_112 = np.array([[30.29459953, 51.69630051], [65.53179932, 51.50139999]
                           [62.72990036, 92.20410156]]) + [8.0, 0.0]
 DETECT_SIZE = 256  # the released code resizes every face to 256 px before aligning it
 MAX_WEIGHT_FILE = 64 << 20  # the real files are 41 KB to 2.3 MB
+ALIGNMENT_VERSION = 1  # recorded with the datasets: bump when the images it makes change
 
 
 class NoFace(Exception):
@@ -165,10 +166,10 @@ def load_net(name: str, path: str | Path) -> nn.Module:
         raise BadFileError(f"{path}: not the weights of the released {name.upper()} (missing "
                            f"{missing[:5]}, unexpected {unexpected[:5]}). {fix}")
     for key, p in params.items():
-        value = torch.from_numpy(np.asarray(state[key], dtype=np.float32))
-        if value.shape != p.shape:
-            raise BadFileError(f"{path}: {key} has shape {tuple(value.shape)}, the released "
+        if state[key].shape != tuple(p.shape):
+            raise BadFileError(f"{path}: {key} has shape {state[key].shape}, the released "
                                f"{name.upper()} has {tuple(p.shape)}. {fix}")
+        value = torch.from_numpy(np.asarray(state[key], dtype=np.float32))
         if not torch.isfinite(value).all():
             raise BadFileError(f"{path}: {key} holds NaN or infinite values. {fix}")
         p.data = value
@@ -265,14 +266,14 @@ def crop_boxes(boxes: np.ndarray, image: Image.Image, size: int) -> np.ndarray:
     pixels = np.asarray(image, "uint8")
     out = np.zeros((len(boxes), 3, size, size), "float32")
     for i in range(len(boxes)):
-        if w[i] < 1 or h[i] < 1:
-            raise NoFace(f"a box of {w[i]} x {h[i]} px")
-        cut = np.zeros((h[i], w[i], 3), "uint8")
-        src = pixels[y1[i]:y2[i] + 1, x1[i]:x2[i] + 1]
-        dst = cut[dy[i]:edy[i] + 1, dx[i]:edx[i] + 1]
-        if src.shape != dst.shape or src.size == 0:
-            raise NoFace("a box outside the image")
-        dst[...] = src
+        # the copy's steps, numpy's broadcasting included: a box outside the image may still
+        # cut (a black crop, which the next net rejects); where numpy refuses (a negative
+        # size, shapes that do not broadcast), the released code falls back
+        try:
+            cut = np.zeros((h[i], w[i], 3), "uint8")
+            cut[dy[i]:edy[i] + 1, dx[i]:edx[i] + 1] = pixels[y1[i]:y2[i] + 1, x1[i]:x2[i] + 1]
+        except (ValueError, MemoryError) as e:
+            raise NoFace(f"a box the released code cannot cut: {e}") from e
         resized = Image.fromarray(cut).resize((size, size), Image.BILINEAR)
         out[i] = _preprocess(np.asarray(resized, "float32"))[0]
     return out
@@ -335,8 +336,8 @@ def cp2tform_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 def _bilinear(image: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
-    """Sample (H, W, C) uint8 at float pixel positions; neighbours outside the image count as 0.
-    Rounded to uint8."""
+    """Sample (H, W, C) at float pixel positions (float64); neighbours outside the image
+    count as 0."""
     h, w = image.shape[:2]
     x0, y0 = np.floor(sx).astype(np.int64), np.floor(sy).astype(np.int64)
     fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
@@ -349,7 +350,11 @@ def _bilinear(image: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
         vals = np.zeros_like(out)
         vals[inside] = img[yi[inside], xi[inside]]
         out += wgt * vals
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return out
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 def warp_affine(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -360,7 +365,7 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) ->
                          np.arange(size[0], dtype=np.float64), indexing="ij")
     sx = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
     sy = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
-    return _bilinear(image, sx, sy)
+    return _to_uint8(_bilinear(image, sx, sy))
 
 
 def cv2_invert_affine(m: np.ndarray) -> np.ndarray:
@@ -372,15 +377,18 @@ def cv2_invert_affine(m: np.ndarray) -> np.ndarray:
                      [a21, a22, -a21 * m[0, 2] - a22 * m[1, 2]]])
 
 
-def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_bilinear(image: np.ndarray, size: tuple[int, int],
+                    rounded: bool = True) -> np.ndarray:
     """``cv2.resize(image, size)`` (bilinear, pixel centres aligned, edges repeated, no
-    antialiasing), (H, W, C) uint8, size as (width, height)."""
+    antialiasing) of (H, W, C) values, size as (width, height): uint8 (``rounded``), or the
+    float64 values (as cv2 keeps a float image's)."""
     h, w = image.shape[:2]
     sx = np.clip((np.arange(size[0]) + 0.5) * (w / size[0]) - 0.5, 0, w - 1)
     sy = np.clip((np.arange(size[1]) + 0.5) * (h / size[1]) - 0.5, 0, h - 1)
     sy, sx = np.meshgrid(sy, sx, indexing="ij")
     # at the last row / column the second neighbour has weight 0: repeat the edge there
-    return _bilinear(np.pad(image, ((0, 1), (0, 1), (0, 0)), mode="edge"), sx, sy)
+    out = _bilinear(np.pad(image, ((0, 1), (0, 1), (0, 0)), mode="edge"), sx, sy)
+    return _to_uint8(out) if rounded else out
 
 
 # -- the detector --------------------------------------------------------------------------------
@@ -488,27 +496,42 @@ def load_mtcnn(folder: str | Path, size: int = 112) -> MTCNN:
     return MTCNN(*nets, size=size)
 
 
-def mtcnn_aligner(folder: str | Path, size: int = 112):
-    """Images (B, 3, H, W) in [0, 1] -> aligned (B, 3, size, size), as the released code
-    aligns its synthetic faces: 8 bits (rounded here; the released code truncates), 256 px,
-    MTCNN, the template warp. Runs on the CPU (PIL and numpy steps, tiny networks). Warns with
-    the count of images where no face was found (those are the whole image resized)."""
-    model = load_mtcnn(folder, size)
+class MTCNNAligner:
+    """Images (B, 3, H, W) in [0, 1] -> aligned faces (B, 3, size, size), as the released code
+    writes its synthetic faces: 8 bits by truncation (its ``astype(uint8)``), 256 px, MTCNN, the
+    template warp (or, where no face is found, the whole image resized). Runs on the CPU (PIL
+    and numpy steps, tiny networks). ``seen`` and ``missed`` count images and fallbacks; the
+    first fallback is warned about, :meth:`summary` reports them all."""
 
-    def align(images: torch.Tensor) -> torch.Tensor:
-        pixels = (images.detach().float().cpu().clamp(0, 1) * 255).round().byte()
-        pixels = pixels.permute(0, 2, 3, 1).numpy()
-        out, missed = [], 0
-        for img in pixels:
+    def __init__(self, folder: str | Path, size: int = 112):
+        self.model = load_mtcnn(folder, size)
+        self.seen = self.missed = 0
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"MTCNN alignment takes RGB images (B, 3, H, W), got "
+                             f"{tuple(images.shape)}")
+        x = images.detach().float().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255
+        out = []
+        for img in x:
             if img.shape[:2] != (DETECT_SIZE, DETECT_SIZE):
-                img = resize_bilinear(img, (DETECT_SIZE, DETECT_SIZE))
-            face, found = model.align(np.ascontiguousarray(img))
+                img = resize_bilinear(img, (DETECT_SIZE, DETECT_SIZE), rounded=False)
+            face, found = self.model.align(img.astype(np.uint8))  # (truncates, as released)
             out.append(face)
-            missed += not found
-        if missed:
-            warnings.warn(f"MTCNN found no face in {missed}/{len(pixels)} images: those are "
-                          "the whole image resized, as the released code does", stacklevel=2)
+            if not found:
+                if not self.missed:
+                    warnings.warn("MTCNN found no face in an image: it is the whole image "
+                                  "resized, as the released code does (counted; see "
+                                  "MTCNNAligner.summary)", stacklevel=2)
+                self.missed += 1
+        self.seen += len(x)
         faces = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
         return (faces.float() / 255).to(images.device)
 
-    return align
+    def summary(self) -> str:
+        return f"MTCNN found a face in {self.seen - self.missed} of {self.seen} images"
+
+
+def mtcnn_aligner(folder: str | Path, size: int = 112) -> MTCNNAligner:
+    """:class:`MTCNNAligner` with the released weights in ``folder``."""
+    return MTCNNAligner(folder, size)

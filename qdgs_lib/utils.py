@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import json
@@ -588,6 +589,30 @@ def check_seed_sequence(seq: Any) -> None:
 
 
 MAX_TUPLE_DEPTH, MAX_TUPLE_SIZE = 100, 2_000_000
+try:
+    from numpy._core.multiarray import _reconstruct as _np_reconstruct
+except ImportError:  # numpy 1
+    from numpy.core.multiarray import _reconstruct as _np_reconstruct
+
+
+class _PickledNdarray:
+    """Stands for ``numpy.ndarray`` in a pickle, where numpy only ever names it as the first
+    argument of ``_reconstruct(ndarray, (0,), dtype)`` (the array's data then comes with its
+    state, from the file). Called or built directly it would allocate an array of any size
+    from a few bytes of file: refused."""
+
+    def __new__(cls, *args, **kwargs):
+        raise UnsafePickleError("refusing to build a numpy array of a size the pickle names "
+                                "(numpy's own pickles never do: they carry the data)")
+
+
+def _checked_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    if subtype is not _PickledNdarray or shape != (0,):
+        what = "ndarray" if subtype is _PickledNdarray else getattr(subtype, "__name__", subtype)
+        raise UnsafePickleError(f"refusing numpy's _reconstruct({what!r}, {str(shape)[:40]}, "
+                                "...): numpy pickles an array as _reconstruct(ndarray, (0,), "
+                                "...) and its state")
+    return _np_reconstruct(np.ndarray, (0,), dtype)
 
 
 class RestrictedUnpickler(pickle._Unpickler):
@@ -611,6 +636,14 @@ class RestrictedUnpickler(pickle._Unpickler):
         super().__init__(file, **kwargs)
         self.allowed = set(allowed)
         self.overrides = overrides or {}
+        # bytes that _codecs.encode may make: what the file holds (protocol 2 stores bytes as
+        # latin-1 strings, each once); calls on one remembered string could copy it forever
+        try:
+            here = file.tell()
+            self._encode_budget = file.seek(0, os.SEEK_END) - here + (1 << 20)
+            file.seek(here)
+        except (AttributeError, OSError, ValueError):
+            self._encode_budget = 1 << 32
         self._tuples: dict[int, tuple[int, int]] = {}  # id -> (depth, flattened size)
         self._kept: list[tuple] = []  # (their ids stay theirs)
 
@@ -655,12 +688,28 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     dispatch[pickle.BUILD[0]] = load_build
 
+    def _encode(self, obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        out = codecs.encode(obj, encoding, errors)
+        self._encode_budget -= len(out)
+        if self._encode_budget < 0:
+            raise UnsafePickleError("refusing a pickle that decodes more bytes than the file "
+                                    "holds (one string encoded again and again)")
+        return out
+
     def find_class(self, module: str, name: str):
         key = f"{module}.{name}"
         if "." not in name and key in self.overrides:
             return self.overrides[key]
         if "." not in name and key in self.allowed:
-            return super().find_class(module, name)
+            found = super().find_class(module, name)
+            # numpy arrays only as numpy pickles them; encoded strings within the file's size
+            if found is np.ndarray:
+                return _PickledNdarray
+            if found is _np_reconstruct:
+                return _checked_reconstruct
+            if found is codecs.encode:
+                return self._encode
+            return found
         raise UnsafePickleError(
             f"refusing to load global '{key}' from a pickle: it is not on the allow-list. "
             "The file may be malicious or of an unsupported format."

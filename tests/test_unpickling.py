@@ -160,3 +160,23 @@ def test_dtype_states_other_than_their_own_are_refused():
     got = load(values)
     assert got[0].tolist() == [0, 1, 2] and got[4] == np.dtype(">f4")
     assert got[1].dtype == np.dtype("M8[s]") and got[2].tolist() == [1, "a"] and got[3] == 2.5
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "bin", "network"])
+@pytest.mark.parametrize("payload, match", [
+    # numpy.ndarray((2**31 - 1,)): 16 GB from 30 bytes
+    (b"\x80\x02cnumpy\nndarray\nJ\xff\xff\xff\x7f\x85\x85R.",
+     "numpy array of a size the pickle names"),
+    # one 1 MB string encoded 100 times into a list: 100 MB from 1 MB
+    (b"\x80\x02X\x00\x00\x10\x00" + b"a" * (1 << 20) + b"q\x000](" +
+     b"c_codecs\nencode\nh\x00X\x06\x00\x00\x00latin1\x86R" * 100 + b"e.",
+     "decodes more bytes than the file holds")])
+def test_pickles_that_allocate_more_than_they_hold_are_refused(tmp_path, kind, payload, match):
+    from qdgs_lib.data.benchmarks import read_bin
+    from qdgs_lib.generators.stylegan2_legacy import read_network_pickle
+
+    load = {"checkpoint": load_checkpoint, "bin": read_bin, "network": read_network_pickle}
+    path = tmp_path / f"{kind}.pkl"
+    path.write_bytes(payload)
+    with pytest.raises(BadFileError, match=match):
+        load[kind](path)
