@@ -30,6 +30,7 @@ from .utils import (
 )
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
+CUTOUT_STYLES = ("project", "released")
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -176,11 +177,20 @@ class Clip(nn.Module):
         mean, std: normalization of the model's image tower.
         num_cutouts: if > 0, images are encoded as the mean embedding over this many random
             square crops (the CLIP-guidance trick the paper's code used); 0 encodes the whole image.
+        cutout_style: ``"project"``: squares of 60-100% of the side, resized like whole images;
+            ``"released"``: the released code's (``MakeCutouts(224, n, cut_pow=0.5)``): sides
+            from the model's input size (or the image's, if smaller) to the image's, drawn as
+            ``u ** 0.5``, average-pooled to the input size.
     """
 
     def __init__(self, model: nn.Module, tokenizer, image_size: int,
-                 mean=OPENAI_MEAN, std=OPENAI_STD, num_cutouts: int = 0, name: str = ""):
+                 mean=OPENAI_MEAN, std=OPENAI_STD, num_cutouts: int = 0, name: str = "",
+                 cutout_style: str = "project"):
         super().__init__()
+        if cutout_style not in CUTOUT_STYLES:
+            raise ValueError(f"unknown cutout_style {cutout_style!r}; choose from "
+                             f"{CUTOUT_STYLES}")
+        self.cutout_style = cutout_style
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
@@ -205,6 +215,8 @@ class Clip(nn.Module):
         return (images - self.mean) / self.std
 
     def _cutouts(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        if self.cutout_style == "released":
+            return self._released_cutouts(images, generator)
         b, _, h, w = images.shape
         side = min(h, w)
         crops = []
@@ -214,6 +226,23 @@ class Clip(nn.Module):
             x = int(torch.randint(0, w - size + 1, (), generator=generator))
             crops.append(self.preprocess(images[:, :, y:y + size, x:x + size]))
         return torch.cat(crops)  # (num_cutouts * B, 3, S, S)
+
+    def _released_cutouts(self, images: torch.Tensor,
+                          generator: torch.Generator | None) -> torch.Tensor:
+        """The released ``MakeCutouts``, draw for draw (the side in float32 as it computes it,
+        then x before y): with torch's global generator seeded alike, the same crops."""
+        _, _, h, w = images.shape
+        side = min(h, w)
+        low = min(side, self.image_size)
+        crops = []
+        for _ in range(self.num_cutouts):
+            size = int(torch.rand((), generator=generator) ** 0.5 * (side - low) + low)
+            x = int(torch.randint(0, w - size + 1, (), generator=generator))
+            y = int(torch.randint(0, h - size + 1, (), generator=generator))
+            crop = F.adaptive_avg_pool2d(at_least_fp32(images[:, :, y:y + size, x:x + size]),
+                                         self.image_size)
+            crops.append((crop - self.mean) / self.std)
+        return torch.cat(crops)
 
     def encode_image(self, images: torch.Tensor, generator: torch.Generator | None = None,
                      normalize: bool = True, check: bool = True) -> torch.Tensor:
@@ -254,7 +283,7 @@ class Clip(nn.Module):
 def create_clip(name: str, weights: str | Path | None = None,
                 device: str | torch.device = "auto",
                 num_cutouts: int = 0, pretrained: bool = True,
-                packed_attention: bool | str = "auto") -> Clip:
+                packed_attention: bool | str = "auto", cutout_style: str = "project") -> Clip:
     """Build a :class:`Clip` by open_clip model name.
 
     Args:
@@ -262,6 +291,7 @@ def create_clip(name: str, weights: str | Path | None = None,
             project's own (``"qdgs-shapes-clip"``, ``"qdgs-faces-clip"``).
         weights: a local weights file; if None, the default location for ``name`` is used.
         pretrained: False builds the architecture with random weights (benchmarks only).
+        num_cutouts, cutout_style: random crops per call (:class:`Clip`).
         packed_attention: run the image tower's self-attention as
             :class:`PackedSelfAttention` (same math, faster jacobians): ``"auto"`` on CUDA
             only, True everywhere, False never (benchmarks compare the two).
@@ -314,7 +344,8 @@ def create_clip(name: str, weights: str | Path | None = None,
     image_size = cfg.get("vision_cfg", {}).get("image_size", 224)
     mean = cfg.get("preprocess_cfg", {}).get("mean", OPENAI_MEAN)
     std = cfg.get("preprocess_cfg", {}).get("std", OPENAI_STD)
-    clip = Clip(model, open_clip.get_tokenizer(name), image_size, mean, std, num_cutouts, name)
+    clip = Clip(model, open_clip.get_tokenizer(name), image_size, mean, std, num_cutouts, name,
+                cutout_style)
     return clip.to(resolve_device(device))
 
 

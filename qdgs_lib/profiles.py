@@ -62,6 +62,9 @@ _SHAPES_BASE: dict[str, Any] = {
     # objective softplus(100 - 50 loss) >= 0; off: the released code's 100 - 50 loss as it is
     "objective_floor": True,
     "cutouts": 0,  # random crops CLIP scores and averages (0: the whole image once)
+    # their sizes and resize: "project" (60-100% of the side) or "released" (the released
+    # code's MakeCutouts: 224 px to the side, average-pooled; with cutouts 1, its input)
+    "cutout_style": "project",
     "tf32_matmul": False,  # CUDA only: CLIP's matmuls in TF32 while scoring (PromptScorer._tf32)
     "autocast": None,  # or "float16"/"bfloat16": the networks in half precision while scoring
     # torch.compile'd static scoring calls (PromptScorer.compile_static; CUDA graphs' calls),
@@ -102,6 +105,7 @@ _FACES_BASE: dict[str, Any] = {
     # .safetensors from save_stylegan2 (relative paths: under data/)
     "stylegan_weights": None,
     "cutouts": 0,
+    "cutout_style": "project",
     "tf32_matmul": False,
     "autocast": None,
     "compile_static": False,
@@ -164,7 +168,8 @@ EARLIER = {"x0_truncation": None, "selection_rule": "mu", "latent_norm_scale": 1
            "objective_floor": True, "uniqueness_fill_scale": False, "latent_space": "w",
            "offsets_file": None, "kmeans_n_init": 4, "kmeans_max_iter": 300,
            "shapes_vae": None, "finetune_lr": 1e-4, "classifier": "project",
-           "image_format": "png", "mtcnn_weights": "pretrained/mtcnn"}
+           "image_format": "png", "mtcnn_weights": "pretrained/mtcnn",
+           "cutout_style": "project"}
 
 
 def with_earlier(p: dict[str, Any]) -> dict[str, Any]:

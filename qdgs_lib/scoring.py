@@ -826,6 +826,7 @@ class PromptScorer:
         it, and a run resumes only under the same."""
         return {"memory_size": int(self.memory_size), "seed": self._seed,
                 "cutouts": int(getattr(self.clip, "num_cutouts", 0)),
+                "cutout_style": getattr(self.clip, "cutout_style", "project"),
                 "noise_mode": getattr(self.generator, "noise_mode", None),
                 "latent_norm_scale": self.latent_norm_scale,
                 "objective_floor": self.objective_floor,
@@ -837,9 +838,9 @@ def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> P
     ``generator`` with its objective prompts, measures and ``objective_weights``."""
     if p.get("deterministic") and torch.device(device).type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before any matmul
-    clip = create_clip(p["clip"], weights=in_data_dir(p["clip_weights"]), device=device,
-                       num_cutouts=p["cutouts"])
     p = with_earlier(p)
+    clip = create_clip(p["clip"], weights=in_data_dir(p["clip_weights"]), device=device,
+                       num_cutouts=p["cutouts"], cutout_style=p["cutout_style"])
     scorer = PromptScorer(generator, clip, p["objective"], prompts(p),
                           weights=p["objective_weights"],
                           latent_norm_scale=p["latent_norm_scale"],

@@ -14,7 +14,8 @@ What is compared, each on the same weights and inputs:
    AdaFace's optimizer; checkpoints both ways (AdaFace's loading recipe).
 2. The released shapes VAE (the real ``vae-shapes.pt``) and shape classifier.
 3. The objective, measures, jacobians and uniqueness memory of ``PromptScorer`` (paper
-   settings) against ``qdgs/discriminator.py``, on a toy generator and toy image embeddings.
+   settings) against ``qdgs/discriminator.py``, on a toy generator and toy image embeddings;
+   CLIP's random crops (``cutout_style="released"``) against ``qdgs/clip.py``'s ``MakeCutouts``.
 4. The search loop against ``create_scheduler`` + ``compute_iter``'s steps on the same toy
    scorer: per-step agreement, and statistics over ``--seeds`` seeds.
 5. The face alignment (``qdgs_lib.mtcnn``) against AdaFace's ``face_alignment`` (MTCNN, the
@@ -321,6 +322,32 @@ def check_scoring(root: Path) -> None:
     expect(same_memory, f"uniqueness memory the same length after every call "
            f"({len(ours.memory)} at the end)")
     expect(cos > 1 - 1e-5, f"jacobian directions at the gradient point: min cosine {cos:.7f}")
+    check_cutouts(root)
+
+
+def check_cutouts(root: Path) -> None:
+    """CLIP's input under cutout_style "released" vs the released MakeCutouts(224, n, 0.5),
+    both drawing from torch's global generator under the same seed."""
+    from qdgs_lib.clip import Clip
+
+    sys.modules.setdefault("clip", types.ModuleType("clip"))  # OpenAI's package: not needed
+    if importlib.util.find_spec("einops") is None:
+        sys.modules["einops"] = types.SimpleNamespace(rearrange=None)
+    released = load(root, "qdgs/clip.py", "released_clip")
+    same = total = 0
+    for n, shape in ((1, (4, 3, 256, 256)), (3, (2, 3, 256, 256)), (1, (3, 3, 128, 128)),
+                     (2, (2, 3, 300, 240))):
+        ours = Clip(torch.nn.Identity(), None, 224, num_cutouts=n, cutout_style="released")
+        make = released.MakeCutouts(224, n, 0.5)
+        for seed in range(25):
+            x = torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+            torch.manual_seed(seed)
+            want = (make(x) - ours.mean) / ours.std
+            torch.manual_seed(seed)
+            same += torch.equal(ours._cutouts(x, None), want)
+            total += 1
+    expect(same == total, f"CLIP cutouts (cutout_style \"released\") vs MakeCutouts(224, n, 0.5): "
+                          f"bitwise equal in {same} of {total} draws (256, 128 and 300 x 240 px)")
 
 
 def run_released(utils_module, disc, x0: np.ndarray, seed: int, iterations: int, log=None):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from qdgs_lib.clip import create_clip
 
@@ -39,6 +40,53 @@ def test_preprocessing_is_differentiable_and_cutouts_average():
     assert emb.shape[0] == 2 and torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
     emb.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def _released_cutout_clip(n: int, size: int = 224):
+    from qdgs_lib.clip import Clip
+
+    return Clip(torch.nn.Identity(), None, size, num_cutouts=n, cutout_style="released")
+
+
+def test_released_cutouts_draw_the_released_sizes_and_pool():
+    """MakeCutouts(224, n, cut_pow=0.5) of the released code: sides u ** 0.5 between the input
+    size and the image's side (float32 arithmetic), x then y offsets, average-pooled. (Against
+    the released class itself: scripts/check_against_released.py.)"""
+    clip = _released_cutout_clip(3)
+    x = torch.rand(2, 3, 256, 256)
+    torch.manual_seed(5)
+    out = clip._cutouts(x, None)
+    assert out.shape == (6, 3, 224, 224)
+    torch.manual_seed(5)
+    for k in range(3):
+        side = int(torch.rand(()) ** 0.5 * 32 + 224)
+        ox, oy = int(torch.randint(0, 257 - side, ())), int(torch.randint(0, 257 - side, ()))
+        want = F.adaptive_avg_pool2d(x[:, :, oy:oy + side, ox:ox + side], 224)
+        torch.testing.assert_close(out[2 * k:2 * k + 2], (want - clip.mean) / clip.std,
+                                   rtol=0, atol=0)
+    # the law of the side: E[u ** 0.5] = 2/3 of the way from 224 to 256
+    g = torch.Generator().manual_seed(0)
+    sides = [int(torch.rand((), generator=g) ** 0.5 * 32 + 224) for _ in range(4000)]
+    assert 224 <= min(sides) and max(sides) <= 256 and abs(sum(sides) / 4000 - 244.8) < 0.5
+    # an image smaller than the input: always whole, pooled up (the released shapes, 128 px)
+    small = torch.rand(1, 3, 128, 128)
+    whole = (F.adaptive_avg_pool2d(small, 224) - clip.mean) / clip.std
+    for seed in range(3):
+        torch.testing.assert_close(clip._cutouts(small, torch.Generator().manual_seed(seed))[:1],
+                                   whole, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="unknown cutout_style"):
+        create_clip("qdgs-shapes-clip", pretrained=False, cutout_style="dall-e")
+
+
+def test_the_cutout_style_is_part_of_a_search_s_settings():
+    from qdgs_lib.generators.shapes_vae import load_shapes_vae
+    from qdgs_lib.profiles import get_profile
+    from qdgs_lib.scoring import scorer_for_profile
+
+    p = get_profile("smoke", "shapes", cutouts=1, cutout_style="released")
+    scorer = scorer_for_profile(load_shapes_vae(), p, torch.device("cpu"))
+    assert scorer.clip.cutout_style == "released" and scorer.clip.num_cutouts == 1
+    assert scorer.settings()["cutout_style"] == "released"
 
 
 def _embedding_and_jacobian(clip, x: torch.Tensor, k: int = 5):
