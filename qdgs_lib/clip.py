@@ -18,6 +18,7 @@ from .paths import pretrained_dir, shipped_weights_fix, weights_dir
 from .utils import (
     BadFileError,
     TorchArchiveUnpickler,
+    adaptive_avg_pool_matmul,
     at_least_fp32,
     check_recorded_sha256,
     check_unit_images,
@@ -230,7 +231,12 @@ class Clip(nn.Module):
     def _released_cutouts(self, images: torch.Tensor,
                           generator: torch.Generator | None) -> torch.Tensor:
         """The released ``MakeCutouts``, draw for draw (the side in float32 as it computes it,
-        then x before y): with torch's global generator seeded alike, the same crops."""
+        then x before y): with torch's global generator seeded alike, the same crops. Under
+        torch's deterministic algorithms on CUDA the pooling runs as matmuls (adaptive
+        pooling's backward has no deterministic CUDA kernel): equal up to rounding."""
+        pool = adaptive_avg_pool_matmul if (
+            images.is_cuda and torch.are_deterministic_algorithms_enabled()) \
+            else F.adaptive_avg_pool2d
         _, _, h, w = images.shape
         side = min(h, w)
         low = min(side, self.image_size)
@@ -239,8 +245,7 @@ class Clip(nn.Module):
             size = int(torch.rand((), generator=generator) ** 0.5 * (side - low) + low)
             x = int(torch.randint(0, w - size + 1, (), generator=generator))
             y = int(torch.randint(0, h - size + 1, (), generator=generator))
-            crop = F.adaptive_avg_pool2d(at_least_fp32(images[:, :, y:y + size, x:x + size]),
-                                         self.image_size)
+            crop = pool(at_least_fp32(images[:, :, y:y + size, x:x + size]), self.image_size)
             crops.append((crop - self.mean) / self.std)
         return torch.cat(crops)
 

@@ -197,6 +197,26 @@ def _resize_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
     return w / w.sum(1, keepdim=True)
 
 
+def _pool_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    """(n_out, n_in): 1-D adaptive average pooling as a matrix (output i averages inputs
+    floor(i n_in / n_out) to ceil((i + 1) n_in / n_out), aten's windows)."""
+    i = torch.arange(n_out, device=like.device)[:, None]
+    j = torch.arange(n_in, device=like.device)[None, :]
+    inside = (j >= (i * n_in) // n_out) & (j < -((-(i + 1) * n_in) // n_out))
+    w = inside.to(like.dtype)
+    return w / w.sum(1, keepdim=True)
+
+
+def adaptive_avg_pool_matmul(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(images, size)`` as two matrix products, equal up to float
+    rounding: its backward is deterministic on CUDA, where adaptive pooling's adds with
+    atomics (the released CLIP crops under ``deterministic``)."""
+    h, w = images.shape[-2:]
+    with torch.autocast(images.device.type, enabled=False):
+        x = images if images.dtype in (torch.float32, torch.float64) else images.float()
+        return _pool_matrix(h, size, x) @ x @ _pool_matrix(w, size, x).T
+
+
 def resize_square_matmul(images: torch.Tensor, size: int) -> torch.Tensor:
     """:func:`resize_square` as two matrix products (the resize is separable), equal up to
     float rounding, for images that are differentiated through (CLIP's input while scoring):

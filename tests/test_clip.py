@@ -78,6 +78,22 @@ def test_released_cutouts_draw_the_released_sizes_and_pool():
         create_clip("qdgs-shapes-clip", pretrained=False, cutout_style="dall-e")
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 256, 256), (1, 3, 128, 128), (2, 3, 300, 240),
+                                   (1, 3, 224, 224), (1, 3, 231, 250)])
+def test_pooling_as_matmuls_is_adaptive_average_pooling(shape):
+    """What the released crops pool with under deterministic algorithms on CUDA."""
+    from qdgs_lib.utils import adaptive_avg_pool_matmul
+
+    x = torch.rand(*shape, dtype=torch.float64, requires_grad=True)
+    want = F.adaptive_avg_pool2d(x, 224)
+    got = adaptive_avg_pool_matmul(x, 224)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    g = torch.rand_like(want)
+    (gx,) = torch.autograd.grad(got, x, g)
+    (wx,) = torch.autograd.grad(want, x, g)
+    torch.testing.assert_close(gx, wx, rtol=0, atol=1e-12)
+
+
 def test_the_cutout_style_is_part_of_a_search_s_settings():
     from qdgs_lib.generators.shapes_vae import load_shapes_vae
     from qdgs_lib.profiles import get_profile
