@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .paths import (
+    MTCNN_NETS,
     RELEASED_MTCNN_WHERE,
     RELEASED_OFFSETS_WHERE,
     RELEASED_SHAPES_VAE_WHERE,
@@ -160,7 +161,7 @@ def required_assets(profile: str | None, section: str, part: str | None = None,
         if p["world"] == "ffhq" and p["align"] == "mtcnn":
             out += [Asset(in_data_dir(p["mtcnn_weights"]) / f"{net}.npy",
                           f"the released MTCNN's {net.upper()} (face alignment)",
-                          RELEASED_MTCNN_WHERE) for net in ("pnet", "rnet", "onet")]
+                          RELEASED_MTCNN_WHERE) for net in MTCNN_NETS]
         out.append(_clip_asset(p))
     elif section == "recognition":
         if p["real_dataset"] and part in (None, "train"):

@@ -37,16 +37,17 @@ from PIL import Image
 from torch import nn
 
 from .data.benchmarks import BIN_ALLOWED
+from .paths import MTCNN_NETS as NETS
 from .paths import RELEASED_MTCNN_WHERE
 from .utils import BadFileError, RestrictedUnpickler, reading
 
-NETS = ("pnet", "rnet", "onet")
 # the copy's reference points for a 112 x 112 crop (its 96 x 112 points, moved 8 px right)
 REFERENCE_112 = np.array([[30.29459953, 51.69630051], [65.53179932, 51.50139999],
                           [48.02519989, 71.73660278], [33.54930115, 92.3655014],
                           [62.72990036, 92.20410156]]) + [8.0, 0.0]
 DETECT_SIZE = 256  # the released code resizes every face to 256 px before aligning it
 MAX_WEIGHT_FILE = 64 << 20  # the real files are 41 KB to 2.3 MB
+_FIX = f"Use the released files: {RELEASED_MTCNN_WHERE}"
 ALIGNMENT_VERSION = 1  # recorded with the datasets: bump when the images it makes change
 
 
@@ -131,11 +132,10 @@ def read_weight_file(path: str | Path) -> dict[str, np.ndarray]:
     """One of the copy's weight files: a ``.npy`` holding a pickled dict of float arrays
     (``np.save`` of a dict). Read with a restricted unpickler: numpy arrays only."""
     path = Path(path)
-    fix = f"Use the released files: {RELEASED_MTCNN_WHERE}"
     if path.stat().st_size > MAX_WEIGHT_FILE:
         raise BadFileError(f"{path}: {path.stat().st_size} bytes, far more than an MTCNN "
-                           f"network's weights (at most 2.3 MB). {fix}")
-    with reading(path, "MTCNN weights (a .npy file holding a dict of arrays)", fix), \
+                           f"network's weights (at most 2.3 MB). {_FIX}")
+    with reading(path, "MTCNN weights (a .npy file holding a dict of arrays)", _FIX), \
             open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
         header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
@@ -159,19 +159,18 @@ def load_net(name: str, path: str | Path) -> nn.Module:
     """``pnet`` / ``rnet`` / ``onet`` with the weights of ``path``, checked name by name."""
     net = NET_CLASSES[name]()
     state = read_weight_file(path)
-    fix = f"Use the released files: {RELEASED_MTCNN_WHERE}"
     params = dict(net.named_parameters())
     missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
     if missing or unexpected:
         raise BadFileError(f"{path}: not the weights of the released {name.upper()} (missing "
-                           f"{missing[:5]}, unexpected {unexpected[:5]}). {fix}")
+                           f"{missing[:5]}, unexpected {unexpected[:5]}). {_FIX}")
     for key, p in params.items():
         if state[key].shape != tuple(p.shape):
             raise BadFileError(f"{path}: {key} has shape {state[key].shape}, the released "
-                               f"{name.upper()} has {tuple(p.shape)}. {fix}")
+                               f"{name.upper()} has {tuple(p.shape)}. {_FIX}")
         value = torch.from_numpy(np.asarray(state[key], dtype=np.float32))
         if not torch.isfinite(value).all():
-            raise BadFileError(f"{path}: {key} holds NaN or infinite values. {fix}")
+            raise BadFileError(f"{path}: {key} holds NaN or infinite values. {_FIX}")
         p.data = value
     return net.eval().requires_grad_(False)
 

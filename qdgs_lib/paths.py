@@ -17,6 +17,7 @@ RELEASED_OFFSETS_WHERE = (
     f"the released code's latent augmentations: facial_recognition/pretrained/augmentations.pt "
     f"in {RELEASED_CODE} (9 x 7168: a 3 x 3 grid of two StyleGAN2-256 w+ directions, the "
     f"centre 0); put it at data/pretrained/augmentations.pt")
+MTCNN_NETS = ("pnet", "rnet", "onet")  # the released MTCNN's weight files: <net>.npy
 RELEASED_MTCNN_WHERE = (
     f"the released code's face alignment weights: pnet.npy, rnet.npy and onet.npy in "
     f"facial_recognition/AdaFace/face_alignment/mtcnn_pytorch/src/weights/ of {RELEASED_CODE} "

@@ -211,10 +211,16 @@ def adaptive_avg_pool_matmul(images: torch.Tensor, size: int) -> torch.Tensor:
     """``F.adaptive_avg_pool2d(images, size)`` as two matrix products, equal up to float
     rounding: its backward is deterministic on CUDA, where adaptive pooling's adds with
     atomics (the released CLIP crops under ``deterministic``)."""
+    return _separable_matmul(images, size, _pool_matrix)
+
+
+def _separable_matmul(images: torch.Tensor, size: int,
+                      matrix: Callable[[int, int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``matrix(h) @ images @ matrix(w).T`` in float32 or float64, also under autocast."""
     h, w = images.shape[-2:]
     with torch.autocast(images.device.type, enabled=False):
         x = images if images.dtype in (torch.float32, torch.float64) else images.float()
-        return _pool_matrix(h, size, x) @ x @ _pool_matrix(w, size, x).T
+        return matrix(h, size, x) @ x @ matrix(w, size, x).T
 
 
 def resize_square_matmul(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -228,9 +234,7 @@ def resize_square_matmul(images: torch.Tensor, size: int) -> torch.Tensor:
     h, w = images.shape[-2:]
     if (h, w) == (size, size):
         return images
-    with torch.autocast(images.device.type, enabled=False):
-        x = images if images.dtype in (torch.float32, torch.float64) else images.float()
-        return _resize_matrix(h, size, x) @ x @ _resize_matrix(w, size, x).T
+    return _separable_matmul(images, size, _resize_matrix)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -56,6 +56,7 @@ from qdgs_lib.models.heads import AdaFace  # noqa: E402
 from qdgs_lib.models.iresnet import build_iresnet  # noqa: E402
 from qdgs_lib.models.shape_classifier import ReleasedShapeClassifier  # noqa: E402
 from qdgs_lib.mtcnn import cp2tform_similarity, load_mtcnn, resize_bilinear  # noqa: E402
+from qdgs_lib.paths import MTCNN_NETS  # noqa: E402
 from qdgs_lib.scoring import PromptScorer  # noqa: E402
 from qdgs_lib.search import QDSearch, SearchConfig  # noqa: E402
 from qdgs_lib.train import sgd_no_bn_decay  # noqa: E402
@@ -64,7 +65,7 @@ FACE_ALIGNMENT = "facial_recognition/AdaFace/face_alignment"
 FILES = ("facial_recognition/AdaFace/net.py", "facial_recognition/AdaFace/head.py",
          "shapes/generator.py", "shapes/train.py", "shapes/pretrained/vae-shapes.pt",
          "qdgs/discriminator.py", "qdgs/utils.py", f"{FACE_ALIGNMENT}/mtcnn.py",
-         *(f"{FACE_ALIGNMENT}/mtcnn_pytorch/src/weights/{n}.npy" for n in ("pnet", "rnet", "onet")))
+         *(f"{FACE_ALIGNMENT}/mtcnn_pytorch/src/weights/{n}.npy" for n in MTCNN_NETS))
 FACE_PROMPTS = ("A detailed photo of an individual with diverse features.",
                 "An obscure, fake, or discolored photo of a person.")
 MEASURE_PROMPTS = [("A person with dark skin.", "A person with light skin."),
@@ -455,7 +456,6 @@ def check_alignment(root: Path, cv2) -> None:
             boxes, marks = np.asarray(boxes).reshape(-1, 5), np.asarray(marks).reshape(-1, 10)
             exact += np.array_equal(boxes, our_boxes) and np.array_equal(marks, our_marks)
             pixels = np.array(img)
-            face, _ = ours.align(pixels)
             if len(marks):
                 found += 1
                 points = [[marks[0][j], marks[0][j + 5]] for j in range(5)]
@@ -464,15 +464,13 @@ def check_alignment(root: Path, cv2) -> None:
                 fits += np.array_equal(matrix, cp2tform_similarity(
                     np.stack([our_marks[0][:5], our_marks[0][5:]], 1), ours.reference))
             if cv2 is not None:
+                face = ours.align(pixels)[0].astype(int)
                 if len(marks):
                     want = np.array(theirs.align_multi(img, limit=1)[1][0])
+                    warp_diff = max(warp_diff, np.abs(want.astype(int) - face).max())
                 else:  # their get_aligned_face's fallback
                     want = cv2.resize(pixels, (112, 112))
-                diff = np.abs(want.astype(int) - face.astype(int)).max()
-                if len(marks):
-                    warp_diff = max(warp_diff, diff)
-                else:
-                    resize_diff = max(resize_diff, diff)
+                    resize_diff = max(resize_diff, np.abs(want.astype(int) - face).max())
                 # the fallback on every photo, found or not
                 full = cv2.resize(pixels, (112, 112)).astype(int) - resize_bilinear(
                     pixels, (112, 112)).astype(int)
