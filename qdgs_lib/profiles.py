@@ -83,6 +83,7 @@ _SHAPES_BASE: dict[str, Any] = {
     "finetune_lr": 1e-4,  # Adam's learning rate on the synthetic set (the first stage: 1e-3)
     "classifier": "project",  # or "released": the released code's CNN (sigmoid output)
     "archive_learning_rate": 0.02,
+    "x0": "prior_best",  # the start: the best prior draw, or "released" (its pick)
     "x0_samples": 64,  # the emitters start at the best of this many prior samples
     "x0_truncation": None,  # StyleGAN2: those samples' truncation psi (None: none)
     "selection_rule": "mu",  # CMA-ES parents: the better half ("mu") or the added ("filter")
@@ -115,6 +116,7 @@ _FACES_BASE: dict[str, Any] = {
     "sigma0": 0.5,
     "lr": 0.5,
     "archive_learning_rate": 0.02,
+    "x0": "prior_best",
     "x0_samples": 64,
     "x0_truncation": None,
     "selection_rule": "mu",
@@ -169,7 +171,7 @@ EARLIER = {"x0_truncation": None, "selection_rule": "mu", "latent_norm_scale": 1
            "offsets_file": None, "kmeans_n_init": 4, "kmeans_max_iter": 300,
            "shapes_vae": None, "finetune_lr": 1e-4, "classifier": "project",
            "image_format": "png", "mtcnn_weights": "pretrained/mtcnn",
-           "cutout_style": "project"}
+           "cutout_style": "project", "x0": "prior_best"}
 
 
 def with_earlier(p: dict[str, Any]) -> dict[str, Any]:
@@ -214,8 +216,9 @@ PROFILES: dict[str, dict[str, Any]] = {
                    "objective_weights": (1.0, 0.0, 0.0), "objective_floor": False,
                    "measures": placed(SHAPES_MEASURES, ranges=((-0.1, 0.1),) * 2),
                    # its emitter asks batch_size - 1 = 3 (+ the gradient step's point), keeps
-                   # pyribs' default "filter" parents, starts at the best of 32 x 16 draws
-                   "batch_size": 3, "selection_rule": "filter", "x0_samples": 512,
+                   # pyribs' default "filter" parents, starts at its pick of 32 x 16 draws
+                   "batch_size": 3, "selection_rule": "filter", "x0": "released",
+                   "x0_samples": 512,
                    "iterations": 70000, "seeds": (0, 1, 2, 3, 4), "n_train": 1000,
                    "n_test": 5000, "image_size": 128, "train_epochs": 20,
                    "finetune_epochs": 30, "finetune_lr": 1e-3, "batch": 128,
@@ -228,8 +231,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                                      bins=(50, 25, 5, 25)),
                   "iterations": 60000, "latent_space": "w+", "latent_norm_scale": 0.5,
                   "objective_floor": False, "uniqueness_fill_scale": True,
-                  "batch_size": 3, "selection_rule": "filter", "x0_samples": 512,
-                  "x0_truncation": 0.7,
+                  "batch_size": 3, "selection_rule": "filter", "x0": "released",
+                  "x0_samples": 512, "x0_truncation": 0.7,
                   "sigma0": 0.5, "lr": 0.5, "bin_edge": 0.03, "offsets": 9,
                   "kmeans_n_init": 10, "kmeans_max_iter": 2000,
                   "offsets_file": "pretrained/augmentations.pt", "image_size": 112,
@@ -250,7 +253,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                    "measures": placed(SHAPES_MEASURES, ranges=((-0.01, 0.01),) * 2,
                                       bins=(10, 10)),
                    "batch_size": 3, "selection_rule": "filter", "finetune_lr": 1e-3,
-                   "classifier": "released",
+                   "classifier": "released", "x0": "released",
                    "iterations": 2, "x0_samples": 4, "seeds": (0,),
                    "bias_levels": (0.95,), "n_train": 64, "n_test": 64, "train_epochs": 1,
                    "finetune_epochs": 1, "batch": 32, "image_size": 32, "label_margin": 0.0,
@@ -261,7 +264,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                   "iterations": 2, "latent_space": "w+", "latent_norm_scale": 0.5,
                   "objective_floor": False, "uniqueness_fill_scale": True,
                   "batch_size": 3, "selection_rule": "filter", "x0_truncation": 0.7,
-                  "x0_samples": 4, "bin_edge": 0.003, "offsets": 9,
+                  "x0": "released", "x0_samples": 4, "bin_edge": 0.003, "offsets": 9,
                   "offsets_file": "pretrained/augmentations.pt", "image_size": 112,
                   "image_format": "jpg", "align": "mtcnn", "dataset_solutions": 6,
                   "prior_samples": 64,

@@ -308,12 +308,15 @@ class PromptScorer:
         return angdist(emb, pos).mean(1) - angdist(emb, neg).mean(1)
 
     def _objective_loss(self, emb: torch.Tensor, z: torch.Tensor,
-                        memory: torch.Tensor | None = None) -> torch.Tensor:
+                        memory: torch.Tensor | None = None,
+                        whole_batch_norm: bool = False) -> torch.Tensor:
         w_prompt, w_reg, w_unique = self.weights
         memory = self.memory if memory is None else memory
         loss = w_prompt * self._pair_gap(emb, 0)
         if w_reg > 0:
-            norm = z.norm(dim=1)
+            # whole_batch_norm: the released start's penalty, on the norm of the whole batch
+            # (its torch.norm without dim), one number for every latent of the batch
+            norm = z.norm() if whole_batch_norm else z.norm(dim=1)
             q = self.latent_norm_scale * float(self.generator.latent_norm)
             loss = loss + w_reg * (torch.clamp(norm, min=q) - q).pow(2)
         if w_unique > 0 and len(memory) > 0:
@@ -332,14 +335,15 @@ class PromptScorer:
         ``objective_floor`` off, the released code's ``100 - 50 * loss`` as it is."""
         return self.loss_to_objective(loss) if self.objective_floor else 100 - 50 * loss
 
-    def _outputs(self, z: torch.Tensor, memory: torch.Tensor | None = None
+    def _outputs(self, z: torch.Tensor, memory: torch.Tensor | None = None,
+                 whole_batch_norm: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One forward pass: (loss (B,), outputs (B, 1+m) = [objective, measures], emb)."""
         images = self.generator.decode(z)
         # checked once, on the host, later; half precision (autocast) back to float32
         emb = at_least_fp32(self.clip.encode_image(images, check=False))
         with torch.autocast(emb.device.type, enabled=False):  # the scores' math in float32
-            loss = self._objective_loss(emb, z, memory)
+            loss = self._objective_loss(emb, z, memory, whole_batch_norm)
             measures = [-self._pair_gap(emb, k) for k in range(1, 1 + self.num_measures)]
             return loss, torch.stack([self._objective(loss), *measures], dim=1), emb
 
@@ -461,16 +465,24 @@ class PromptScorer:
                     torch.cuda.manual_seed(seed)
             yield
 
-    def evaluate(self, latents, jacobian: bool = False, update_memory: bool = True) -> Scores:
-        """Objective and measures (and, if asked, their jacobians) of a batch of latents."""
+    def evaluate(self, latents, jacobian: bool = False, update_memory: bool = True,
+                 whole_batch_norm: bool = False) -> Scores:
+        """Objective and measures (and, if asked, their jacobians) of a batch of latents.
+
+        ``whole_batch_norm``: the latent-norm penalty on the norm of the whole batch, the same
+        for each latent in it, as the released code's start search computes it (no
+        jacobians then; see ``SearchConfig.x0``)."""
         z = self._to_tensor(latents)
+        if whole_batch_norm and jacobian:
+            raise ValueError("whole_batch_norm is the released start search's penalty, which "
+                             "takes no jacobians: call evaluate(..., jacobian=False)")
         with self._tf32(), self._autocast(), self._deterministic(), self._randomness():
-            static = self._static_call(jacobian, z)
+            static = None if whole_batch_norm else self._static_call(jacobian, z)
             if static is not None:  # one CUDA graph replay (see _static_call)
                 loss, out, emb, jac = static(z, self.memory)
             elif not jacobian:
                 with torch.no_grad():
-                    loss, out, emb = self._outputs(z)
+                    loss, out, emb = self._outputs(z, whole_batch_norm=whole_batch_norm)
                 jac = None
             else:
                 loss, out, emb, jac = self._with_jacobian(z)

@@ -53,6 +53,8 @@ from .utils import (
 ALGORITHMS = ("cma_maega", "cma_mae", "cma_me", "map_elites", "random")
 DQD_ALGORITHMS = ("cma_maega",)
 CHECKPOINT, METRICS = "checkpoint.pkl", "metrics.csv"  # in a search's folder
+X0_CHOICES = ("prior_best", "released", "zeros")  # SearchConfig.x0
+RELEASED_START_BATCH = 16  # the released find_good_start_latent's draws per scoring call
 METRIC_COLUMNS = ["iteration", "evaluations", "seconds", "num_elites", "coverage",
                   "qd_score", "obj_max", "obj_mean"]
 
@@ -67,9 +69,10 @@ class SearchConfig:
     emitter: the gradient step's point); ``selection_rule`` is pyribs' choice of CMA-ES
     parents for CMA-MAE(GA): "mu" (the better half) or "filter" (the solutions the archive
     took; pyribs' default, which the released code left in place); ``x0="prior_best"``
-    starts the emitters at the best of ``x0_samples`` prior samples (as the released code
-    did), drawn at truncation ``x0_truncation`` where set (generators whose ``sample_prior``
-    takes ``truncation_psi``, i.e. StyleGAN2).
+    starts the emitters at the best of ``x0_samples`` prior samples, drawn at truncation
+    ``x0_truncation`` where set (generators whose ``sample_prior`` takes ``truncation_psi``,
+    i.e. StyleGAN2); ``x0="released"`` picks among the same draws as the released code's
+    ``find_good_start_latent`` did (see :meth:`QDSearch.start_latent`).
     """
 
     dims: tuple[int, ...]
@@ -123,9 +126,10 @@ class SearchConfig:
         if bad := [k for k, v in counts.items() if v < (0 if k == "seed" else 1)]:
             need = "; ".join(f"{k} must be >= {0 if k == 'seed' else 1}" for k in bad)
             raise ValueError(f"{need}, got {counts}")
-        if self.x0 not in ("prior_best", "zeros"):
-            raise ValueError(f"x0 must be 'prior_best' (the best of x0_samples prior draws) "
-                             f"or 'zeros', got {self.x0!r}")
+        if self.x0 not in X0_CHOICES:
+            raise ValueError(f"x0 must be 'prior_best' (the best of x0_samples prior draws), "
+                             f"'released' (the released code's pick among them) or 'zeros', "
+                             f"got {self.x0!r}")
         if self.selection_rule not in ("mu", "filter"):
             raise ValueError(f"selection_rule must be 'mu' (the better half of a batch are "
                              f"CMA-ES's parents) or 'filter' (the solutions the archive took), "
@@ -150,7 +154,7 @@ class SearchConfig:
                    iterations=p["iterations"], batch_size=p["batch_size"],
                    num_emitters=p["num_emitters"], sigma0=p["sigma0"], lr=p["lr"],
                    archive_learning_rate=p["archive_learning_rate"],
-                   x0_samples=p["x0_samples"], x0_truncation=p["x0_truncation"],
+                   x0=p["x0"], x0_samples=p["x0_samples"], x0_truncation=p["x0_truncation"],
                    selection_rule=p["selection_rule"], seed=seed,
                    checkpoint_every=max(50, p["iterations"] // 10))
 
@@ -425,10 +429,19 @@ class QDSearch:
             return str(self.scorer.jacobian_mode)
 
     def start_latent(self) -> np.ndarray:
+        """The emitters' start: zeros, or one of ``x0_samples`` prior draws.
+
+        ``prior_best``: the draw with the best objective (among equals, the smallest loss).
+        ``released``: as the released ``find_good_start_latent`` picks: the draws scored in
+        batches of 16 (:data:`RELEASED_START_BATCH`), each batch's latent-norm penalty on the
+        norm of the whole batch (``torch.norm`` without ``dim``: one number per batch), the
+        smallest loss of each batch, then the smallest of those; each batch's call may add an
+        embedding to the uniqueness memory, which the search then starts with.
+        """
         if self.cfg.x0 == "zeros":
             return np.zeros(self.scorer.solution_dim)
-        if self.cfg.x0 != "prior_best":
-            raise ValueError(f"x0 must be 'prior_best' or 'zeros', got {self.cfg.x0!r}")
+        if self.cfg.x0 not in X0_CHOICES:
+            raise ValueError(f"x0 must be one of {X0_CHOICES}, got {self.cfg.x0!r}")
         generator, psi = self.scorer.generator, self.cfg.x0_truncation
         if psi is None:
             z = generator.sample_prior(self.cfg.x0_samples, seed=self.cfg.seed)
@@ -439,6 +452,8 @@ class QDSearch:
             raise ValueError(f"x0_truncation={psi} needs a generator whose sample_prior takes "
                              f"truncation_psi (StyleGAN2); {type(generator).__name__}'s does "
                              f"not: set x0_truncation to None")
+        if self.cfg.x0 == "released":
+            return self._released_start(z.cpu().numpy())
         scores = self.scorer.evaluate(z.cpu().numpy(), update_memory=False)
         # the best objective; among equals, the smallest loss (far from the prior every
         # objective can underflow to 0, e.g. under a tight latent-norm penalty)
@@ -446,6 +461,16 @@ class QDSearch:
         if scores.loss is not None and len(best) > 1:
             best = best[[int(np.argmin(scores.loss[best]))]]
         return z[int(best[0])].cpu().numpy().astype(np.float64)
+
+    def _released_start(self, z: np.ndarray) -> np.ndarray:
+        best, best_loss = None, np.inf
+        for i in range(0, len(z), RELEASED_START_BATCH):
+            batch = z[i:i + RELEASED_START_BATCH]
+            loss = self.scorer.evaluate(batch, whole_batch_norm=True).loss
+            j = int(np.argmin(loss))  # the first of equals, as torch.argmin
+            if best is None or loss[j] < best_loss:
+                best, best_loss = batch[j], loss[j]
+        return best.astype(np.float64)
 
     # --- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self) -> None:

@@ -3,7 +3,7 @@
     git clone https://github.com/Cylumn/qd-generative-sampling /tmp/qdgs-released
     python scripts/check_against_released.py --released /tmp/qdgs-released [--seeds 6]
 
-(README, "Checked against the reference code", gives what these printed in sessions 17-18.) The
+(README, "Checked against the reference code", gives what these printed in sessions 17-19.) The
 released files are imported from your clone at run time; none of them is copied here. Its
 networks run on the CPU (its shapes encoder asks for CUDA at construction; that call is
 skipped). Exit status 1 if an equality that should be exact is not.
@@ -15,6 +15,7 @@ What is compared, each on the same weights and inputs:
 2. The released shapes VAE (the real ``vae-shapes.pt``) and shape classifier.
 3. The objective, measures, jacobians and uniqueness memory of ``PromptScorer`` (paper
    settings) against ``qdgs/discriminator.py``, on a toy generator and toy image embeddings;
+   the search's start (``x0="released"``) against its ``find_good_start_latent``;
    CLIP's random crops (``cutout_style="released"``) against ``qdgs/clip.py``'s ``MakeCutouts``.
 4. The search loop against ``create_scheduler`` + ``compute_iter``'s steps on the same toy
    scorer: per-step agreement, and statistics over ``--seeds`` seeds.
@@ -323,7 +324,47 @@ def check_scoring(root: Path) -> None:
     expect(same_memory, f"uniqueness memory the same length after every call "
            f"({len(ours.memory)} at the end)")
     expect(cos > 1 - 1e-5, f"jacobian directions at the gradient point: min cosine {cos:.7f}")
+    check_start()
     check_cutouts(root)
+
+
+def check_start() -> None:
+    """``x0="released"`` vs the released ``find_good_start_latent(32)`` on the same 512 draws
+    (handed to it in batches of 16 as its ``randn`` would draw them). With the uniqueness
+    weight on, each batch may remember one of its draws whose loss is below 1, at random
+    (Python's ``random`` there, the scorer's seeded stream here): both take the first such
+    draw in this check, so that the memories and the later batches' losses can agree."""
+    disc_module = sys.modules["released_discriminator"]
+    world = ToyWorld()
+    same = remembered = 0
+    weights = ((1.0, 0.0, 0.0), (1.0, 0.5, 0.0), (1.0, 0.5, 0.2), (1.0, 0.0, 0.2))
+    first = types.SimpleNamespace(sample=lambda population, k: list(population))
+    released_random, disc_module.random = disc_module.random, first
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for seed in range(4):
+                for w in weights:
+                    disc, ours = world.released(disc_module, w), world.ours(w)
+                    ours._rng = types.SimpleNamespace(choice=lambda good: good[0])
+                    draws = world.gen.sample_prior(512, seed=seed)  # what ours draws
+                    batches = iter(draws.split(16))
+                    disc.gen_model.randn = lambda n, b=batches: next(b)
+                    theirs = disc.find_good_start_latent(num_batches=32).numpy()
+                    cfg = SearchConfig(dims=(10, 10), ranges=((-0.1, 0.1),) * 2,
+                                       x0="released", x0_samples=512, seed=seed)
+                    mine = QDSearch(ours, cfg, Path(tmp) / f"{seed}").start_latent()
+                    memory = torch.cat([m.view(1, -1) for m in disc.archive_memory]) \
+                        if disc.archive_memory else ours.memory[:0]
+                    remembered = max(remembered, len(memory))
+                    same += np.array_equal(mine, theirs.astype(np.float64)) and \
+                        memory.shape == ours.memory.shape and \
+                        torch.allclose(memory, ours.memory, atol=1e-6)
+    finally:
+        disc_module.random = released_random
+    expect(same == 4 * len(weights),
+           f"start (x0 \"released\") vs find_good_start_latent(32): the same latent and "
+           f"remembered embeddings in {same} of {4 * len(weights)} (4 seeds x weights "
+           f"{weights}; up to {remembered} remembered)")
 
 
 def check_cutouts(root: Path) -> None:

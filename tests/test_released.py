@@ -197,6 +197,57 @@ def test_a_start_among_equal_objectives_is_the_smallest_loss(tmp_path, monkeypat
     np.testing.assert_array_equal(search.start_latent(), z[1].numpy().astype(np.float64))
 
 
+def _released_pick(scorer, z: torch.Tensor, w_reg: float) -> int:
+    """The released find_good_start_latent, computed here from the prompt gaps alone: per
+    batch of 16 the best gap, plus the penalty on the whole batch's norm; the best batch."""
+    gap = scorer.evaluate(z.numpy(), update_memory=False).loss  # weights (1, 0, 0): the gap
+    q = scorer.latent_norm_scale * scorer.generator.latent_norm
+    best, best_loss = None, np.inf
+    for b in range(0, len(z), 16):
+        i = b + int(np.argmin(gap[b:b + 16]))
+        penalty = w_reg * max(float(z[b:b + 16].norm()) - q, 0.0) ** 2
+        if gap[i] + penalty < best_loss:
+            best, best_loss = i, gap[i] + penalty
+    return best
+
+
+@pytest.mark.parametrize("w_reg", [0.0, 0.5])
+def test_the_released_start_takes_the_penalty_per_batch_of_16(tmp_path, w_reg):
+    gen = ToyGenerator(latent_dim=6, prior_std=0.3)
+    scorer = _scorer(gen, weights=(1.0, w_reg, 0.0))
+    scorer.latent_norm_scale = 0.5
+    cfg = _cfg(x0="released", x0_samples=40, seed=2)  # batches of 16, 16 and 8
+    z = gen.sample_prior(40, seed=cfg.seed)
+    start = QDSearch(scorer, cfg, tmp_path / "released").start_latent()
+    gaps = _scorer(gen)
+    want = _released_pick(gaps, z, w_reg)
+    np.testing.assert_array_equal(start, z[want].numpy().astype(np.float64))
+    if w_reg:  # the penalty per draw picks another start: the test tells the two apart
+        other = QDSearch(scorer, _cfg(x0_samples=40, seed=2), tmp_path / "best").start_latent()
+        assert not np.array_equal(other, start)
+    with pytest.raises(ValueError, match="takes no jacobians"):
+        scorer.evaluate(z[:2].numpy(), jacobian=True, whole_batch_norm=True)
+
+
+def test_the_released_start_may_fill_the_uniqueness_memory(tmp_path):
+    # each batch's call may remember one embedding (loss below 1), as the released one did;
+    # the best-of-draws start leaves the memory empty
+    scorer = _scorer(weights=(1.0, 0.0, 0.2))
+    QDSearch(scorer, _cfg(x0="released", x0_samples=48), tmp_path / "a").start_latent()
+    assert len(scorer.memory) == 3
+    scorer.reset()
+    QDSearch(scorer, _cfg(x0_samples=48), tmp_path / "b").start_latent()
+    assert len(scorer.memory) == 0
+    search = QDSearch(scorer, _cfg(x0="released", x0_samples=48, iterations=1), tmp_path / "c")
+    scores = []
+    evaluate = scorer.evaluate
+    scorer.evaluate = lambda *a, **k: scores.append(len(scorer.memory)) or evaluate(*a, **k)
+    search.run(progress=False)
+    assert scores[:4] == [0, 1, 2, 3] and scores[4] >= 3  # the search starts with them
+    with pytest.raises(ValueError, match="x0 must be 'prior_best'"):
+        _cfg(x0="best")
+
+
 def test_runs_written_before_these_settings_resume(tmp_path):
     QDSearch(_scorer(weights=(1.0, 0.5, 0.0)), _cfg(), tmp_path).run(progress=False)
     path = tmp_path / CHECKPOINT
