@@ -79,6 +79,10 @@ _SHAPES_BASE: dict[str, Any] = {
     "lr": 0.5,
     "bias_levels": (0.98, 0.95, 0.90, 0.85, 0.80),
     "label_margin": 0.01,  # |shape measure| below this: ambiguous, left out of the dataset
+    # "released": square at or below 0 (its bins), triangle above label_margin
+    "label_style": "project",
+    "image_format": "png",  # the synthetic set's pixels; "jpg": through JPEG files (released)
+    "shapes_data": "project",  # the real sets: this project's renders, or "released" ones
     "image_size": 64,  # classifier resolution
     "finetune_lr": 1e-4,  # Adam's learning rate on the synthetic set (the first stage: 1e-3)
     "classifier": "project",  # or "released": the released code's CNN (sigmoid output)
@@ -171,7 +175,8 @@ EARLIER = {"x0_truncation": None, "selection_rule": "mu", "latent_norm_scale": 1
            "offsets_file": None, "kmeans_n_init": 4, "kmeans_max_iter": 300,
            "shapes_vae": None, "finetune_lr": 1e-4, "classifier": "project",
            "image_format": "png", "mtcnn_weights": "pretrained/mtcnn",
-           "cutout_style": "project", "x0": "prior_best"}
+           "cutout_style": "project", "x0": "prior_best", "label_style": "project",
+           "shapes_data": "project"}
 
 
 def with_earlier(p: dict[str, Any]) -> dict[str, Any]:
@@ -222,7 +227,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                    "iterations": 70000, "seeds": (0, 1, 2, 3, 4), "n_train": 1000,
                    "n_test": 5000, "image_size": 128, "train_epochs": 20,
                    "finetune_epochs": 30, "finetune_lr": 1e-3, "batch": 128,
-                   "classifier": "released"},
+                   "classifier": "released", "shapes_data": "released",
+                   "label_style": "released", "image_format": "jpg"},
         # faces: w+ (14 x 512) latents, the penalty from half the prior's typical norm, the
         # start at truncation 0.7 (so outside that: negative scores, ranked, hence no floor),
         # 9 images per solution from its augmentations.pt
@@ -253,7 +259,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                    "measures": placed(SHAPES_MEASURES, ranges=((-0.01, 0.01),) * 2,
                                       bins=(10, 10)),
                    "batch_size": 3, "selection_rule": "filter", "finetune_lr": 1e-3,
-                   "classifier": "released", "x0": "released",
+                   "classifier": "released", "x0": "released", "shapes_data": "released",
+                   "label_style": "released", "image_format": "jpg",
                    "iterations": 2, "x0_samples": 4, "seeds": (0,),
                    "bias_levels": (0.95,), "n_train": 64, "n_test": 64, "train_epochs": 1,
                    "finetune_epochs": 1, "batch": 32, "image_size": 32, "label_margin": 0.0,

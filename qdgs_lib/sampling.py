@@ -141,6 +141,27 @@ def decode_batched(decode: Callable[[torch.Tensor], torch.Tensor], latents: np.n
 IMAGE_FORMATS = {"png": {}, "jpg": {"format": "JPEG", "quality": 75}}
 
 
+def as_released_jpeg(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> the pixels the released code trained on after writing them:
+    8 bits by truncation (``img.clamp(0, 1).mul(255)``, ``astype(uint8)``), a JPEG at PIL's
+    default quality (75), read back as ``ToTensor`` reads it (``/ 255``), float32 on the CPU."""
+    import io
+
+    check_unit_images(images)
+    refuse_nonfinite(nonfinite(images, np.arange(len(images))), "image")
+    eight = (images.detach().cpu().float().clamp(0, 1) * 255).permute(0, 2, 3, 1).numpy()
+    out = []
+    for img in eight.astype(np.uint8):  # numpy's cast truncates, as the released code's
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, **IMAGE_FORMATS["jpg"])
+        buf.seek(0)
+        with Image.open(buf) as f:
+            out.append(torch.from_numpy(np.array(f.convert("RGB"))))
+    if not out:
+        return images.detach().cpu().float()
+    return torch.stack(out).permute(0, 3, 1, 2).float().div(255).contiguous()
+
+
 def write_image_dataset(outdir: str | Path, images: torch.Tensor, classes: Sequence[str],
                         manifest: pd.DataFrame | None = None, overwrite: bool = False) -> Path:
     """Write images into ``outdir/<class>/<i>.png`` plus ``manifest.csv``, atomically."""

@@ -16,7 +16,15 @@ import torch
 from torch.utils.data import TensorDataset
 
 from .data.captions import BLUE_ABOVE, RED_BELOW
-from .data.shapes import BLUE, RED, SHAPES, ShapesDataset, augment_shapes, group_names
+from .data.shapes import (
+    BLUE,
+    RED,
+    SHAPES,
+    ShapesDataset,
+    augment_shapes,
+    group_names,
+    shapes_datasets,
+)
 from .evaluate import group_accuracy, predict
 from .generators.base import Generator
 from .generators.shapes_vae import load_released_shapes_vae, load_shapes_vae
@@ -24,7 +32,13 @@ from .measures import index
 from .models.shape_classifier import ShapeClassifier, make_shape_classifier
 from .paths import in_data_dir
 from .profiles import EARLIER, with_earlier
-from .sampling import decode_batched, solution_columns, write_image_dataset
+from .sampling import (
+    IMAGE_FORMATS,
+    as_released_jpeg,
+    decode_batched,
+    solution_columns,
+    write_image_dataset,
+)
 from .scoring import PromptScorer, scorer_for_profile
 from .search import measures, solutions
 from .shapes_oracle import ShapeOracle, load_shapes_oracle
@@ -34,10 +48,13 @@ from .utils import (
     check_unit_images,
     differing_keys,
     reading,
+    resize_square,
     resolve_device,
     seed_everything,
     tensor_digest,
 )
+
+LABEL_STYLES = ("project", "released")  # label_by_shape_measure
 
 
 def build_generator(p: dict[str, Any], device: str | torch.device = "auto") -> Generator:
@@ -56,9 +73,15 @@ def build_scorer(p: dict[str, Any], device: str | torch.device = "auto") -> Prom
 
 def label_by_shape_measure(m: np.ndarray, p: dict[str, Any]) -> np.ndarray:
     """Class from the shape measure: > ``label_margin`` triangle (0), < -``label_margin``
-    square (1), otherwise -1 (ambiguous, dropped)."""
+    square (1), otherwise -1 (ambiguous, dropped). ``label_style: "released"``: square at or
+    below 0 instead, the released code's bins ``(-100, -0.01)`` and ``(0, 100)`` of its
+    measure, which has the opposite sign."""
+    p = with_earlier(p)
     shape, margin = m[:, index(p, "shape")], p["label_margin"]
-    return np.where(shape > margin, 0, np.where(shape < -margin, 1, -1))
+    if p["label_style"] not in LABEL_STYLES:
+        raise ValueError(f"label_style must be one of {LABEL_STYLES}, got {p['label_style']!r}")
+    square = shape <= 0 if p["label_style"] == "released" else shape < -margin
+    return np.where(shape > margin, 0, np.where(square, 1, -1))
 
 
 def is_red(m: np.ndarray, p: dict[str, Any]) -> np.ndarray:
@@ -74,7 +97,14 @@ def synthetic_set(scorer: PromptScorer, latents: np.ndarray, m: np.ndarray, p: d
     if len(keep) == 0:
         raise ValueError("no solution has an unambiguous shape measure: the archive is empty "
                          "or the measure ranges do not fit this CLIP")
-    images = decode_batched(scorer.generator.decode, latents[keep], size=p["image_size"])
+    fmt = with_earlier(p)["image_format"]
+    if fmt not in IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {sorted(IMAGE_FORMATS)}, got {fmt!r}")
+    if fmt == "jpg":  # the released code trained on the JPEG files it wrote
+        images = decode_batched(scorer.generator.decode, latents[keep])
+        images = resize_square(as_released_jpeg(images), p["image_size"])
+    else:
+        images = decode_batched(scorer.generator.decode, latents[keep], size=p["image_size"])
     return {"images": images, "labels": torch.as_tensor(labels[keep]), "latents": latents[keep],
             "measures": m[keep]}
 
@@ -114,7 +144,7 @@ def save_set(data: dict, outdir: str | Path) -> Path:
 
 # the profile keys classifier_protocol reads: a checkpoint is only resumed under the same
 PROTOCOL_KEYS = ("bias_levels", "seeds", "n_train", "n_test", "image_size", "train_epochs",
-                 "finetune_epochs", "finetune_lr", "batch", "classifier")
+                 "finetune_epochs", "finetune_lr", "batch", "classifier", "shapes_data")
 
 
 def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress: bool = True,
@@ -143,18 +173,23 @@ def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress:
                  for (name, seed), data in sets.items()}}))
     rows = _resume_rows(checkpoint, key)
     done = {(r["bias"], r["seed"]) for r in rows}
-    test = ShapesDataset(p["n_test"], None, p["image_size"], seed=10_000)
+    # the real sets and their augmentation: this project's renders, or the released code's
+    # (whose loader keeps the last, smaller batch)
+    real_set, augment = shapes_datasets(p["shapes_data"])
+    drop_last = None if p["shapes_data"] == "project" else False
+    test = real_set(p["n_test"], None, p["image_size"], seed=10_000)
     names = group_names()
     for bias in p["bias_levels"]:
         for seed in p["seeds"]:
             if (bias, seed) in done:
                 continue
             seed_everything(seed)
-            real = ShapesDataset(p["n_train"], bias, p["image_size"], seed=seed)
+            real = real_set(p["n_train"], bias, p["image_size"], seed=seed)
             base = make_shape_classifier(p["classifier"], p["image_size"])
             train_classifier(base, TensorDataset(real.images, real.labels), p["train_epochs"],
-                             batch_size=p["batch"], seed=seed, augment=augment_shapes,
-                             progress=progress, desc=f"bias {bias} seed {seed}", device=device)
+                             batch_size=p["batch"], seed=seed, augment=augment,
+                             drop_last=drop_last, progress=progress,
+                             desc=f"bias {bias} seed {seed}", device=device)
             for name in ["none", *synthetic]:
                 model = make_shape_classifier(p["classifier"], p["image_size"])
                 model.load_state_dict(base.state_dict())
@@ -167,8 +202,9 @@ def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress:
                         train_classifier(model, TensorDataset(data["images"], data["labels"]),
                                          p["finetune_epochs"], lr=p["finetune_lr"],
                                          batch_size=p["batch"], seed=seed,
-                                         augment=augment_shapes, progress=progress,
-                                         desc=f"fine-tune {name}", device=device)
+                                         augment=augment, drop_last=drop_last,
+                                         progress=progress, desc=f"fine-tune {name}",
+                                         device=device)
                 acc = group_accuracy(predict(model, test.images, device=device),
                                      test.labels.numpy(), test.groups.numpy(), names)
                 rows.append({"bias": bias, "seed": seed, "finetune": name, **acc})

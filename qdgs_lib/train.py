@@ -18,8 +18,11 @@ from .utils import compile_available, unit_range
 def train_classifier(model: nn.Module, dataset: Dataset, epochs: int, lr: float = 1e-3,
                      batch_size: int = 64, seed: int = 0, device: str | torch.device = "auto",
                      augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                     progress: bool = True, desc: str = "train") -> list[float]:
-    """Adam + cross-entropy for ``epochs``; returns the mean loss of each epoch."""
+                     progress: bool = True, desc: str = "train",
+                     drop_last: bool | None = None) -> list[float]:
+    """Adam + cross-entropy for ``epochs``; returns the mean loss of each epoch.
+    ``drop_last``: drop the last, smaller batch of each epoch (None: wherever the dataset
+    holds more than one batch)."""
     if len(dataset) == 0:
         raise ValueError("cannot train on an empty dataset")
     from .utils import resolve_device
@@ -27,7 +30,7 @@ def train_classifier(model: nn.Module, dataset: Dataset, epochs: int, lr: float 
     device = resolve_device(device)
     g = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=g,
-                        drop_last=len(dataset) > batch_size)
+                        drop_last=len(dataset) > batch_size if drop_last is None else drop_last)
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []

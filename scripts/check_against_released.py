@@ -12,7 +12,8 @@ What is compared, each on the same weights and inputs:
 1. IR-18/50/101 (AdaFace's ``net.py``, the released copy): embeddings and norms in eval and
    training mode, batch-norm statistics; the AdaFace head (``head.py``); four SGD steps with
    AdaFace's optimizer; checkpoints both ways (AdaFace's loading recipe).
-2. The released shapes VAE (the real ``vae-shapes.pt``) and shape classifier.
+2. The released shapes VAE (the real ``vae-shapes.pt``) and shape classifier; its shapes
+   datasets, training rotation and JPEG round trip (``shapes_data``, ``image_format``).
 3. The objective, measures, jacobians and uniqueness memory of ``PromptScorer`` (paper
    settings) against ``qdgs/discriminator.py``, on a toy generator and toy image embeddings;
    the search's start (``x0="released"``) against its ``find_good_start_latent``;
@@ -40,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the toy CLIP
@@ -51,6 +53,7 @@ from qdgs_lib.adaface_format import (  # noqa: E402
     save_adaface_checkpoint,
     to_ours,
 )
+from qdgs_lib.data.shapes import ReleasedShapesDataset, released_batch_rotation  # noqa: E402
 from qdgs_lib.generators.shapes_vae import load_released_shapes_vae  # noqa: E402
 from qdgs_lib.generators.wrapped import WrappedGenerator  # noqa: E402
 from qdgs_lib.models.heads import AdaFace  # noqa: E402
@@ -58,6 +61,7 @@ from qdgs_lib.models.iresnet import build_iresnet  # noqa: E402
 from qdgs_lib.models.shape_classifier import ReleasedShapeClassifier  # noqa: E402
 from qdgs_lib.mtcnn import cp2tform_similarity, load_mtcnn, resize_bilinear  # noqa: E402
 from qdgs_lib.paths import MTCNN_NETS  # noqa: E402
+from qdgs_lib.sampling import as_released_jpeg  # noqa: E402
 from qdgs_lib.scoring import PromptScorer  # noqa: E402
 from qdgs_lib.search import QDSearch, SearchConfig  # noqa: E402
 from qdgs_lib.train import sgd_no_bn_decay  # noqa: E402
@@ -66,7 +70,8 @@ FACE_ALIGNMENT = "facial_recognition/AdaFace/face_alignment"
 FILES = ("facial_recognition/AdaFace/net.py", "facial_recognition/AdaFace/head.py",
          "shapes/generator.py", "shapes/train.py", "shapes/pretrained/vae-shapes.pt",
          "qdgs/discriminator.py", "qdgs/utils.py", f"{FACE_ALIGNMENT}/mtcnn.py",
-         *(f"{FACE_ALIGNMENT}/mtcnn_pytorch/src/weights/{n}.npy" for n in MTCNN_NETS))
+         *(f"{FACE_ALIGNMENT}/mtcnn_pytorch/src/weights/{n}.npy" for n in MTCNN_NETS),
+         "shapes/dataset.py")
 FACE_PROMPTS = ("A detailed photo of an individual with diverse features.",
                 "An obscure, fake, or discolored photo of a person.")
 MEASURE_PROMPTS = [("A person with dark skin.", "A person with light skin."),
@@ -231,6 +236,48 @@ def check_shapes(root: Path) -> None:
     expect(same, "classifier: sigmoid of our z bitwise equal to the released output")
     expect(all(torch.equal(init_ref[k], init[k]) for k in init),
            "classifier: the same initial weights under one seed")
+    check_shapes_data(root)
+
+
+def check_shapes_data(root: Path) -> None:
+    """``shapes_data: "released"`` vs shapes/dataset.py's stored sets (``stable=path``: its
+    items drawn in order from torch's global generator) and the training's batch rotation;
+    ``image_format: "jpg"`` vs writing JPEG files and reading them with ImageFolder."""
+    import torchvision
+
+    released = load(root, "shapes/dataset.py", "released_dataset")
+    same = total = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, bias, seed in ((100, 0.98, 0), (100, 0.9, 1), (100, 0.8, 2), (200, 0.5, 3)):
+            torch.manual_seed(seed)
+            ref = released.ShapesDataset(size=n, color_bias=bias, stable=f"{tmp}/{seed}.pt")
+            ours = ReleasedShapesDataset(n, bias, seed=seed)
+            labels = torch.tensor([ref[i][1] for i in range(n)])
+            same += torch.equal(ref.samples, ours.images) and torch.equal(labels, ours.labels)
+            total += 1
+        expect(same == total, f"shapes data (\"released\"): images and labels bitwise equal to "
+                              f"its stored sets in {same} of {total} (biases 0.98/0.9/0.8/0.5)")
+        x = ours.images[:32]
+        torch.manual_seed(5)
+        want = torchvision.transforms.RandomRotation(180)(x)
+        torch.manual_seed(5)
+        expect(torch.equal(released_batch_rotation(x), want),
+               "training batch rotation bitwise equal to RandomRotation(180) on the batch")
+        vae = load_released_shapes_vae(root / FILES[4], device="cpu")
+        with torch.no_grad():
+            images = vae.decode(vae.sample_prior(24, seed=0))
+        for i, img in enumerate(images):  # the released write_data's lines
+            folder = Path(tmp) / "jpg" / str(i % 2)
+            folder.mkdir(parents=True, exist_ok=True)
+            img = img.clamp(0, 1).mul(255).permute(1, 2, 0).numpy().astype(np.uint8)
+            Image.fromarray(img).save(folder / f"{i:03d}.jpg")
+        read = torchvision.datasets.ImageFolder(Path(tmp) / "jpg",
+                                                transform=torchvision.transforms.ToTensor())
+        order = [int(Path(f).stem) for f, _ in read.samples]
+        theirs = torch.stack([read[k][0] for k in range(len(read))])
+        expect(torch.equal(as_released_jpeg(images)[order], theirs),
+               "synthetic shapes through JPEG (image_format \"jpg\"): bitwise equal to the "
+               "released files as ImageFolder reads them (24 prior draws of vae-shapes.pt)")
 
 
 class ToyWorld:

@@ -10,6 +10,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from test_stylegan2 import small_net
 from toys import ToyClip, ToyGenerator
 
@@ -383,6 +384,115 @@ def test_released_classifier_trains_as_sigmoid_and_bce():
     assert make_shape_classifier("released", 32).fc1.in_features == 64 * 4 * 4
     with pytest.raises(ValueError, match="classifier must be"):
         make_shape_classifier("resnet", 128)
+
+
+# --- the released shapes data ----------------------------------------------------------------
+def test_released_base_shapes_are_its_triangle_and_square():
+    from qdgs_lib.data.shapes import RELEASED_BLUE, RELEASED_RED, released_base_shapes
+
+    base = released_base_shapes()
+    ink = base.amax(1) > 0
+    assert ink[0].sum() == ink[1].sum() == sum(32 - abs(32 - i) for i in range(64)) == 1024
+    assert ink[2].sum() == ink[3].sum() == 36 * 36 and ink[2, 46:82, 46:82].all()
+    assert ink[0, 31].sum() == 0 and ink[0, 32].sum() == 1 and ink[0, 63].sum() == 63
+    for k, rgb in enumerate((RELEASED_RED, RELEASED_BLUE, RELEASED_RED, RELEASED_BLUE)):
+        assert torch.equal(base[k][:, ink[k]].unique(dim=1).squeeze(1),
+                           torch.tensor(rgb).div(255))
+
+
+def test_released_shapes_dataset_draws_its_items_in_order_as_released():
+    import torchvision.transforms as T
+
+    from qdgs_lib.data.shapes import ReleasedShapesDataset, released_base_shapes
+
+    data = ReleasedShapesDataset(40, 0.9, seed=3)
+    # its order: red triangles, blue triangles, blue squares, red squares (18/2/18/2 at 0.9)
+    assert data.labels.tolist() == [0] * 20 + [1] * 20
+    assert data.colors.tolist() == [0] * 18 + [1] * 2 + [1] * 18 + [0] * 2
+    assert data.groups.bincount().tolist() == [18, 2, 2, 18]
+    # each item as the released __getitem__ makes it, drawn in order under the seed
+    base = released_base_shapes()
+    transform = T.Compose([T.ToPILImage(), T.RandomRotation(180),
+                           T.RandomResizedCrop(128, scale=(0.5, 2)), T.ToTensor()])
+    state = torch.get_rng_state()
+    torch.manual_seed(3)
+    for i, k in enumerate([0] * 18 + [1] * 2 + [3] * 18 + [2] * 2):
+        want = transform(base[k])
+        want[:, want.lt(0.5).all(dim=0)] = 1
+        assert torch.equal(data.images[i], want)
+    torch.set_rng_state(state)
+    before = torch.get_rng_state()
+    again = ReleasedShapesDataset(40, 0.9, seed=3)
+    assert torch.equal(again.images, data.images) and torch.equal(torch.get_rng_state(), before)
+    assert not (data.images < 0.5).all(dim=1).any()  # no black pixel left
+    assert torch.equal(data.images, (data.images * 255).round() / 255)  # 8-bit values
+    test = ReleasedShapesDataset(8, None, size=32, seed=0)  # bias 0.5, resized
+    assert test.images.shape == (8, 3, 32, 32) and test.groups.bincount().tolist() == [2] * 4
+    for n, bias in ((41, 0.9), (0, 0.9), (40, 0.3)):
+        with pytest.raises(ValueError, match="even number|n >= 1|bias must be"):
+            ReleasedShapesDataset(n, bias)
+
+
+def test_released_batch_rotation_turns_a_batch_by_one_angle():
+    from qdgs_lib.data.shapes import ReleasedShapesDataset, released_batch_rotation
+
+    x = ReleasedShapesDataset(2, 0.5, seed=0).images[:1].repeat(4, 1, 1, 1)
+    torch.manual_seed(1)
+    out = released_batch_rotation(x)
+    assert all(torch.equal(out[0], o) for o in out) and not torch.equal(out[0], x[0])
+    corners = torch.stack([out[0, :, 0, 0], out[0, :, 0, -1], out[0, :, -1, 0], out[0, :, -1, -1]])
+    assert (corners == 0).all(1).any()  # the released rotation's black corners
+
+
+def test_synthetic_shapes_go_through_jpeg_files_as_released(tmp_path):
+    """image_format "jpg": 8 bits by truncation, PIL's JPEG at its default quality, read back
+    as ImageFolder + ToTensor read the released files."""
+    import torchvision
+
+    from qdgs_lib.sampling import as_released_jpeg
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 3, 24, 24, generator=g) * 0.2 + 0.8
+    images[:, 0] = 254.9 / 255  # truncated: 254, rounded: 255
+    for i, img in enumerate(images):
+        (tmp_path / "0").mkdir(exist_ok=True)
+        arr = img.clamp(0, 1).mul(255).permute(1, 2, 0).numpy().astype(np.uint8)
+        Image.fromarray(arr).save(tmp_path / "0" / f"{i:03d}.jpg")
+    read = torchvision.datasets.ImageFolder(tmp_path, transform=torchvision.transforms.ToTensor())
+    want = torch.stack([read[i][0] for i in range(len(read))])
+    got = as_released_jpeg(images)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    assert not torch.equal(got, as_released_jpeg((images * 255).round() / 255))
+    with pytest.raises(ValueError, match="must lie in"):
+        as_released_jpeg(images * 255)
+
+
+def test_released_labels_put_the_square_at_or_below_zero():
+    from qdgs_lib.shapes_poc import label_by_shape_measure
+
+    m = np.array([[0.0, v] for v in (0.02, 0.01, 0.005, 0.0, -0.005, -0.02)])
+    p = get_profile("paper", "shapes")
+    assert p["label_style"] == "released"
+    assert label_by_shape_measure(m, p).tolist() == [0, -1, -1, 1, 1, 1]
+    p = get_profile("default", "shapes")
+    assert label_by_shape_measure(m, p).tolist() == [0, -1, -1, -1, -1, 1]
+    with pytest.raises(ValueError, match="label_style must be"):
+        label_by_shape_measure(m, {**p, "label_style": "paper"})
+
+
+def test_the_released_protocol_keeps_each_epochs_last_batch():
+    from torch.utils.data import TensorDataset
+
+    from qdgs_lib.train import train_classifier
+
+    seen = []
+    data = TensorDataset(torch.rand(10, 3, 8, 8), torch.arange(10) % 2)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2))
+    for drop in (None, False):
+        seen.clear()
+        train_classifier(model, data, 1, batch_size=4, progress=False, device="cpu",
+                         augment=lambda x: seen.append(len(x)) or x, drop_last=drop)
+        assert seen == ([4, 4] if drop is None else [4, 4, 2])
 
 
 def test_uniqueness_fill_scale_is_the_released_one_until_the_memory_is_full():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -190,3 +191,111 @@ def class_balance(colors: np.ndarray, shapes: np.ndarray) -> dict[str, float]:
         for s in range(2):
             out[f"{COLORS[c]} {SHAPES[s]}"] = float(np.mean((colors == c) & (shapes == s)))
     return out
+
+
+# --- the released code's shapes (``shapes/dataset.py``, ``shapes/train.py``) -------------------
+RELEASED_SIZE = 128  # its images' side
+# its colors, as 8-bit RGB (``torch.tensor([216, 27, 96]).div(255)``)
+RELEASED_RED, RELEASED_BLUE = (216, 27, 96), (30, 136, 229)
+
+
+def released_base_shapes() -> torch.Tensor:
+    """The released dataset's four base images (4, 3, 128, 128) on black: red triangle, blue
+    triangle, red square, blue square. Its triangle: for column 32 + i (i < 64), rows
+    32 + j for |32 - i| <= j < 32; its square: rows and columns 46..81."""
+    data = torch.zeros(4, 3, RELEASED_SIZE, RELEASED_SIZE)
+    i = torch.arange(64)[None, :]
+    j = torch.arange(64)[:, None]
+    triangle = torch.zeros(RELEASED_SIZE, RELEASED_SIZE, dtype=torch.bool)
+    triangle[32:96, 32:96] = (j >= (32 - i).abs()) & (j < 32)
+    square = torch.zeros_like(triangle)
+    square[46:82, 46:82] = True
+    for k, (mask, rgb) in enumerate([(triangle, RELEASED_RED), (triangle, RELEASED_BLUE),
+                                     (square, RELEASED_RED), (square, RELEASED_BLUE)]):
+        data[k][:, mask] = torch.tensor(rgb).div(255)[:, None]
+    return data
+
+
+def released_base_index(n: int, bias: float) -> np.ndarray:
+    """Which base image each of the released dataset's ``n`` items shows, by position: the
+    first half triangles (red while ``idx < n // 2 * bias``), the second squares (blue while
+    ``idx < n // 2 * bias + n // 2``). ``n`` even: the released code fails on an odd one."""
+    if n % 2:
+        raise ValueError(f"the released shapes dataset needs an even number of images (half "
+                         f"triangles, half squares; its code fails on the last of an odd "
+                         f"number), got {n}")
+    idx = np.arange(n)
+    half = n // 2
+    return np.select([idx < half * bias, idx < half, idx < half * bias + half],
+                     [0, 1, 3], default=2)
+
+
+def _released_transform():
+    import torchvision.transforms as T
+
+    return T.Compose([T.ToPILImage(), T.RandomRotation(180),
+                      T.RandomResizedCrop(RELEASED_SIZE, scale=(0.5, 2)), T.ToTensor()])
+
+
+class ReleasedShapesDataset(Dataset):
+    """The released ``ShapesDataset(size=n, color_bias=bias, stable=...)``'s images: each
+    item its base image (:func:`released_base_index`) rotated by up to +-180 degrees,
+    random-resized-cropped (scale 0.5-2) to 128 px, through 8 bits, its black pixels (all
+    channels below 0.5: the background and the rotation's corners) made white. Drawn in item
+    order from torch's global generator seeded with ``seed``, as the released code drew its
+    stored sets (the caller's RNG state is left as it was). ``bias=None``: 0.5, its balanced
+    test set. ``size`` other than 128 resizes the images afterwards (for small checks).
+
+    ``labels``: 0 triangle, 1 square; ``colors``: 0 red, 1 blue (the released code's own
+    color flag marks the majority color instead).
+    """
+
+    def __init__(self, n: int, bias: float | None, size: int = RELEASED_SIZE, seed: int = 0):
+        if n < 1:
+            raise ValueError(f"a shapes dataset needs n >= 1 images, got {n}")
+        bias = 0.5 if bias is None else bias
+        if not 0.5 <= bias <= 1.0:
+            raise ValueError(f"bias must be in [0.5, 1], got {bias}")
+        base, index = released_base_shapes(), released_base_index(n, bias)
+        transform = _released_transform()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            images = torch.stack([transform(base[k]) for k in index])
+        images[(images < 0.5).all(dim=1, keepdim=True).expand_as(images)] = 1.0
+        self.images = images if size == RELEASED_SIZE else torch.nn.functional.interpolate(
+            images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        self.labels = torch.as_tensor(index // 2)
+        self.colors = torch.as_tensor(index % 2)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def groups(self) -> torch.Tensor:
+        """Group id 0..3 = 2 * color + shape."""
+        return 2 * self.colors + self.labels
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+
+def released_batch_rotation(x: torch.Tensor) -> torch.Tensor:
+    """The released training's augmentation: ``transforms.RandomRotation(180)`` on the whole
+    batch, so one angle for all its images (nearest neighbour, black corners), from torch's
+    global generator."""
+    import torchvision.transforms as T
+
+    return T.RandomRotation(180)(x)
+
+
+def shapes_datasets(style: str) -> tuple[type, Any]:
+    """The real shapes sets and their training augmentation: ``"project"`` (this project's
+    renders, :func:`augment_shapes`) or ``"released"`` (:class:`ReleasedShapesDataset`,
+    :func:`released_batch_rotation`)."""
+    if style == "project":
+        return ShapesDataset, augment_shapes
+    if style == "released":
+        return ReleasedShapesDataset, released_batch_rotation
+    raise ValueError(f"shapes_data must be 'project' (this project's renders) or 'released' "
+                     f"(the released code's shapes/dataset.py), got {style!r}")
