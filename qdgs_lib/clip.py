@@ -181,7 +181,11 @@ class Clip(nn.Module):
         cutout_style: ``"project"``: squares of 60-100% of the side, resized like whole images;
             ``"released"``: the released code's (``MakeCutouts(224, n, cut_pow=0.5)``): sides
             from the model's input size (or the image's, if smaller) to the image's, drawn as
-            ``u ** 0.5``, average-pooled to the input size.
+            ``u ** 0.5``, average-pooled to the input size. With ``num_cutouts`` 0 the style
+            says how the whole image is resized: ``"project"`` antialiased bilinear,
+            ``"released"`` average-pooled as the released crops are. For images no larger
+            than the input (the released code's 128 px shapes) its one crop is always the
+            whole image, so this is the released input exactly, with no random draw.
     """
 
     def __init__(self, model: nn.Module, tokenizer, image_size: int,
@@ -212,8 +216,19 @@ class Clip(nn.Module):
         # float32 in (autocast may hand over half-precision images: the normalisation is
         # cheap at full precision). The resize as matmuls: jacobians flow back through it,
         # and the interpolation's backward is not deterministic on CUDA
-        images = resize_square_matmul(at_least_fp32(images), self.image_size)
+        if self.cutout_style == "released":
+            images = self._pool(at_least_fp32(images))
+        else:
+            images = resize_square_matmul(at_least_fp32(images), self.image_size)
         return (images - self.mean) / self.std
+
+    def _pool(self, images: torch.Tensor) -> torch.Tensor:
+        """Average-pooled to the input size, as the released ``MakeCutouts``: by matmuls under
+        torch's deterministic algorithms on CUDA (adaptive pooling's backward has no
+        deterministic CUDA kernel there), equal up to rounding."""
+        if images.is_cuda and torch.are_deterministic_algorithms_enabled():
+            return adaptive_avg_pool_matmul(images, self.image_size)
+        return F.adaptive_avg_pool2d(images, self.image_size)
 
     def _cutouts(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         if self.cutout_style == "released":
@@ -234,9 +249,6 @@ class Clip(nn.Module):
         then x before y): with torch's global generator seeded alike, the same crops. Under
         torch's deterministic algorithms on CUDA the pooling runs as matmuls (adaptive
         pooling's backward has no deterministic CUDA kernel): equal up to rounding."""
-        pool = adaptive_avg_pool_matmul if (
-            images.is_cuda and torch.are_deterministic_algorithms_enabled()) \
-            else F.adaptive_avg_pool2d
         _, _, h, w = images.shape
         side = min(h, w)
         low = min(side, self.image_size)
@@ -245,8 +257,7 @@ class Clip(nn.Module):
             size = int(torch.rand((), generator=generator) ** 0.5 * (side - low) + low)
             x = int(torch.randint(0, w - size + 1, (), generator=generator))
             y = int(torch.randint(0, h - size + 1, (), generator=generator))
-            crop = pool(at_least_fp32(images[:, :, y:y + size, x:x + size]), self.image_size)
-            crops.append((crop - self.mean) / self.std)
+            crops.append(self.preprocess(images[:, :, y:y + size, x:x + size]))
         return torch.cat(crops)
 
     def encode_image(self, images: torch.Tensor, generator: torch.Generator | None = None,

@@ -178,13 +178,18 @@ class PromptScorer:
         uniqueness_fill_scale: scale the uniqueness distance by ``memory_size`` / the
             memory's length, as the released code did (x 100 / length): up to
             ``memory_size`` times stronger while the memory fills, the same once it is full.
+        clamp_images: CLIP scores the generator's images clamped to [0, 1] (``decode``), or,
+            off, as the released faces code did, unclamped (``decode_unclamped``, which
+            StyleGAN2 has: ``(x + 1) / 2`` of its raw output, a little outside [0, 1] where
+            it overshoots, with gradients there too). Datasets are always clamped.
     """
 
     def __init__(self, generator: Generator, clip: Clip, objective_prompts: tuple[Prompt, Prompt],
                  measure_prompts: Sequence[tuple[Prompt, Prompt]],
                  weights: tuple[float, float, float] = (1.0, 0.0, 0.0),
                  memory_size: int = 100, seed: int = 0, latent_norm_scale: float = 1.0,
-                 objective_floor: bool = True, uniqueness_fill_scale: bool = False):
+                 objective_floor: bool = True, uniqueness_fill_scale: bool = False,
+                 clamp_images: bool = True):
         for name, given, pairs in (("objective_prompts", objective_prompts, [objective_prompts]),
                                    ("measure_prompts", measure_prompts, measure_prompts)):
             if isinstance(pairs, str) or any(isinstance(p, str) or len(p) != 2 for p in pairs):
@@ -233,6 +238,13 @@ class PromptScorer:
         with torch.no_grad():  # the [0, 1] convention, checked once on two prior samples
             check_unit_images(generator.decode(generator.sample_prior(2, seed=0)),
                               f"{type(generator).__name__}.decode's images")
+        if not isinstance(clamp_images, bool):
+            raise ValueError(f"clamp_images must be True or False, got {clamp_images!r}")
+        if not clamp_images and not callable(getattr(generator, "decode_unclamped", None)):
+            raise ValueError(f"clamp_images=False scores the generator's unclamped images, "
+                             f"and {type(generator).__name__} has no decode_unclamped (the "
+                             "released code's faces: StyleGAN2Generator); use True")
+        self.clamp_images = clamp_images
         self.generator = generator
         self.clip = clip
         self.weights = tuple(float(w) for w in weights)
@@ -339,13 +351,18 @@ class PromptScorer:
                  whole_batch_norm: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One forward pass: (loss (B,), outputs (B, 1+m) = [objective, measures], emb)."""
-        images = self.generator.decode(z)
+        images = self._decode(z)
         # checked once, on the host, later; half precision (autocast) back to float32
         emb = at_least_fp32(self.clip.encode_image(images, check=False))
         with torch.autocast(emb.device.type, enabled=False):  # the scores' math in float32
             loss = self._objective_loss(emb, z, memory, whole_batch_norm)
             measures = [-self._pair_gap(emb, k) for k in range(1, 1 + self.num_measures)]
             return loss, torch.stack([self._objective(loss), *measures], dim=1), emb
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The images CLIP scores (see ``clamp_images``)."""
+        return self.generator.decode(z) if self.clamp_images else \
+            self.generator.decode_unclamped(z)
 
     # --- public API ------------------------------------------------------------------------
     def _to_tensor(self, latents) -> torch.Tensor:
@@ -785,7 +802,7 @@ class PromptScorer:
         for i in range(1 + self.num_measures):
             z = z0.clone().requires_grad_(True)
             with self._tf32(), self._autocast(), self._deterministic():
-                images = self.generator.decode(z)
+                images = self._decode(z)
                 emb = at_least_fp32(self.clip.encode_image(images, check=False))
                 if i == 0:
                     val = self._objective(self._objective_loss(emb, z))
@@ -842,7 +859,8 @@ class PromptScorer:
                 "noise_mode": getattr(self.generator, "noise_mode", None),
                 "latent_norm_scale": self.latent_norm_scale,
                 "objective_floor": self.objective_floor,
-                "uniqueness_fill_scale": self.uniqueness_fill_scale}
+                "uniqueness_fill_scale": self.uniqueness_fill_scale,
+                "clamp_images": self.clamp_images}
 
 
 def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> PromptScorer:
@@ -857,7 +875,8 @@ def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> P
                           weights=p["objective_weights"],
                           latent_norm_scale=p["latent_norm_scale"],
                           objective_floor=p["objective_floor"],
-                          uniqueness_fill_scale=p["uniqueness_fill_scale"])
+                          uniqueness_fill_scale=p["uniqueness_fill_scale"],
+                          clamp_images=p["clamp_images"])
     scorer.tf32_matmul = bool(p.get("tf32_matmul", False))
     scorer.autocast = p.get("autocast")
     scorer.compile_static = bool(p.get("compile_static", False))

@@ -437,6 +437,15 @@ def check_cutouts(root: Path) -> None:
             total += 1
     expect(same == total, f"CLIP cutouts (cutout_style \"released\") vs MakeCutouts(224, n, 0.5): "
                           f"bitwise equal in {same} of {total} draws (256, 128 and 300 x 240 px)")
+    whole = Clip(torch.nn.Identity(), None, 224, num_cutouts=0, cutout_style="released")
+    same = 0
+    for seed in range(25):  # the paper profiles' setting: no draw, the 128 px shapes whole
+        x = torch.rand(3, 3, 128, 128, generator=torch.Generator().manual_seed(seed))
+        torch.manual_seed(seed)
+        same += torch.equal(whole.preprocess(x), (released.MakeCutouts(224, 1, 0.5)(x)
+                                                  - whole.mean) / whole.std)
+    expect(same == 25, f"CLIP input without cutouts (cutout_style \"released\") vs "
+                       f"MakeCutouts(224, 1, 0.5) of 128 px shapes: bitwise equal in {same} of 25")
 
 
 def run_released(utils_module, disc, x0: np.ndarray, seed: int, iterations: int, log=None):

@@ -78,6 +78,27 @@ def test_released_cutouts_draw_the_released_sizes_and_pool():
         create_clip("qdgs-shapes-clip", pretrained=False, cutout_style="dall-e")
 
 
+def test_released_style_without_cutouts_pools_the_whole_image():
+    """cutouts 0 under cutout_style "released": the whole image average-pooled, no draw; for
+    images no larger than the input, exactly what the released one crop gives."""
+    pooled = _released_cutout_clip(0)
+    small = torch.rand(2, 3, 128, 128)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    got = pooled.preprocess(small)
+    assert torch.equal(torch.get_rng_state(), state)  # nothing drawn
+    assert torch.equal(got, _released_cutout_clip(1)._cutouts(small, None))
+    large = torch.rand(2, 3, 256, 256)
+    assert torch.equal(pooled.preprocess(large),
+                       (F.adaptive_avg_pool2d(large, 224) - pooled.mean) / pooled.std)
+    project = create_clip("qdgs-shapes-clip", pretrained=False)
+    released = create_clip("qdgs-shapes-clip", pretrained=False, cutout_style="released")
+    x = torch.rand(3, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(project.preprocess(x), released.preprocess(x))  # 128 -> 64 px
+    emb, jac = _embedding_and_jacobian(released, x)  # both jacobian modes through the pool
+    assert torch.isfinite(jac).all() and jac.abs().sum() > 0
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 256, 256), (1, 3, 128, 128), (2, 3, 300, 240),
                                    (1, 3, 224, 224), (1, 3, 231, 250)])
 def test_pooling_as_matmuls_is_adaptive_average_pooling(shape):

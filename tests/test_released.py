@@ -149,6 +149,37 @@ def test_the_latent_norm_penalty_starts_at_its_scale():
             make(bad)
 
 
+def test_unclamped_images_are_scored_as_the_released_faces_were():
+    """clamp_images False: CLIP sees (x + 1) / 2 of StyleGAN2's raw output, overshoot and its
+    gradients included; values, jacobians and the per-output scheme agree."""
+    from qdgs_lib.clip import create_clip
+
+    gen = StyleGAN2Generator(small_net(), num_std_samples=500, latent_space="w+")
+    clip = create_clip("qdgs-faces-clip", pretrained=False)
+    z = gen.sample_prior(3, seed=0)
+    raw = gen.decode_unclamped(z)
+    assert raw.min() < 0 or raw.max() > 1  # this random network overshoots
+    assert torch.equal(gen.decode(z), raw.clamp(0, 1))
+    make = lambda clamp: PromptScorer(gen, clip, ("good", "bad"), [("a", "b")],  # noqa: E731
+                                      weights=(1.0, 0.5, 0.0), clamp_images=clamp)
+    unclamped, clamped = make(False), make(True)
+    s = unclamped.evaluate(z.numpy(), jacobian=True)
+    emb = clip.encode_image(raw, check=False)
+    want = -(angdist(emb, clip.encode_text(["a"])).mean(1)
+             - angdist(emb, clip.encode_text(["b"])).mean(1))
+    np.testing.assert_allclose(s.measures[:, 0], want.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(s.measures, clamped.evaluate(z.numpy()).measures, rtol=0, atol=1e-7)
+    per_output = unclamped.evaluate_per_output(z.numpy())
+    np.testing.assert_allclose(s.jacobian, per_output.jacobian, rtol=1e-3, atol=1e-5)
+    assert unclamped.settings()["clamp_images"] is False
+    assert clamped.settings()["clamp_images"] is True
+    with pytest.raises(ValueError, match="has no decode_unclamped"):
+        PromptScorer(ToyGenerator(), ToyClip(), ("good", "bad"), [("a", "b")],
+                     clamp_images=False)
+    assert get_profile("paper", "faces")["clamp_images"] is False
+    assert get_profile("default", "faces")["clamp_images"] is True
+
+
 # --- the search's start and parents -----------------------------------------------------------
 def _scorer(gen=None, weights=(1.0, 0.0, 0.0)):
     return PromptScorer(gen or ToyGenerator(prior_std=0.05), ToyClip(), ("good", "bad"),

@@ -409,6 +409,12 @@ class StyleGAN2Generator(Generator):
         return w.repeat(1, self.net.num_ws, 1) if self.layers == 1 else w
 
     def decode(self, q: torch.Tensor) -> torch.Tensor:
+        return self.decode_unclamped(q).clamp(0, 1)
+
+    def decode_unclamped(self, q: torch.Tensor) -> torch.Tensor:
+        """``(x + 1) / 2`` of the synthesis output ``x``, not clamped: a little outside
+        [0, 1] where the network overshoots (what the released code's CLIP saw; see
+        ``PromptScorer(clamp_images=False)``)."""
         q = self.check_latents(q).to(self.w_std.device)
         ws = self.w_from_q(q)
         modes = {"auto": None, "fused": True, "split": False}
@@ -416,7 +422,7 @@ class StyleGAN2Generator(Generator):
             raise ValueError(f"modconv must be one of {sorted(modes)}, got {self.modconv!r}")
         fused = modes[self.modconv]
         img = self.net.synthesis(ws, self.noise_mode, fused)
-        return ((img + 1) / 2).clamp(0, 1)
+        return (img + 1) / 2
 
     def sample_prior(self, n: int, seed: int | None = None,
                      truncation_psi: float = 1.0) -> torch.Tensor:
