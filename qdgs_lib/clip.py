@@ -32,6 +32,10 @@ from .utils import (
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 CUTOUT_STYLES = ("project", "released")
+# the image and text towers' weights: float32; float16 as OpenAI's clip.load converts them
+# (convolutions, linear layers, attention and projections; layer norms compute in float32);
+# "released": float16 on CUDA, float32 elsewhere, as clip.load chose by device
+CLIP_PRECISIONS = ("float32", "float16", "released")
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -269,12 +273,20 @@ class Clip(nn.Module):
             if not torch.isfinite(images).all():
                 raise ValueError("images contain NaN or inf: check the generator's "
                                  "output/latents")
+        dtype = self.weights_dtype  # the input in the towers' precision, as OpenAI's CLIP
         if self.num_cutouts > 0:
-            emb = self.model.encode_image(self._cutouts(images, generator))
+            emb = self.model.encode_image(self._cutouts(images, generator).to(dtype))
             emb = emb.view(self.num_cutouts, images.shape[0], -1).mean(0)
         else:
-            emb = self.model.encode_image(self.preprocess(images))
+            emb = self.model.encode_image(self.preprocess(images).to(dtype))
         return F.normalize(emb, dim=-1) if normalize else emb
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        """The image tower's precision: that of its first convolution (float16 after
+        :func:`create_clip`'s ``precision="float16"``), float32 for towers without one."""
+        conv = getattr(getattr(self.model, "visual", None), "conv1", None)
+        return conv.weight.dtype if isinstance(conv, nn.Conv2d) else torch.float32
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str], normalize: bool = True) -> torch.Tensor:
@@ -299,7 +311,8 @@ class Clip(nn.Module):
 def create_clip(name: str, weights: str | Path | None = None,
                 device: str | torch.device = "auto",
                 num_cutouts: int = 0, pretrained: bool = True,
-                packed_attention: bool | str = "auto", cutout_style: str = "project") -> Clip:
+                packed_attention: bool | str = "auto", cutout_style: str = "project",
+                precision: str = "float32") -> Clip:
     """Build a :class:`Clip` by open_clip model name.
 
     Args:
@@ -311,7 +324,18 @@ def create_clip(name: str, weights: str | Path | None = None,
         packed_attention: run the image tower's self-attention as
             :class:`PackedSelfAttention` (same math, faster jacobians): ``"auto"`` on CUDA
             only, True everywhere, False never (benchmarks compare the two).
+        precision: ``"float32"``; ``"float16"``, the weights converted as OpenAI's
+            ``clip.load`` converts them on a GPU (``convert_weights``: convolutions, linear
+            layers, attention and projections in half precision; layer norms compute in
+            float32; images enter in half precision, embeddings are normalized in it); or
+            ``"released"``: float16 on CUDA and float32 elsewhere, which is what the released
+            code's ``clip.load(..., device=device)`` gave.
     """
+    if precision not in CLIP_PRECISIONS:
+        raise ValueError(f"precision must be one of {CLIP_PRECISIONS}, got {precision!r}")
+    device = resolve_device(device)
+    if precision == "released":
+        precision = "float16" if device.type == "cuda" else "float32"
     register_configs()
     if name not in open_clip.list_models():
         import difflib
@@ -351,6 +375,8 @@ def create_clip(name: str, weights: str | Path | None = None,
             model = open_clip.create_model(name, pretrained=str(path) if path else None,
                                            weights_only=True)
     _layer_norms_take_fp32(model)
+    if precision == "float16":
+        open_clip.model.convert_weights_to_lp(model, torch.float16)
     if packed_attention not in ("auto", True, False):
         raise ValueError("packed_attention must be 'auto', True or False, "
                          f"got {packed_attention!r}")
@@ -362,7 +388,7 @@ def create_clip(name: str, weights: str | Path | None = None,
     std = cfg.get("preprocess_cfg", {}).get("std", OPENAI_STD)
     clip = Clip(model, open_clip.get_tokenizer(name), image_size, mean, std, num_cutouts, name,
                 cutout_style)
-    return clip.to(resolve_device(device))
+    return clip.to(device)
 
 
 class PromotingLayerNorm(nn.LayerNorm):

@@ -62,6 +62,9 @@ _SHAPES_BASE: dict[str, Any] = {
     # objective softplus(100 - 50 loss) >= 0; off: the released code's 100 - 50 loss as it is
     "objective_floor": True,
     "cutouts": 0,  # random crops CLIP scores and averages (0: the whole image once)
+    # CLIP's weights: "float32", "float16" (as OpenAI's clip.load converts them on a GPU) or
+    # "released" (float16 on CUDA, float32 elsewhere: what the released code's clip.load gave)
+    "clip_precision": "float32",
     # their sizes and resize: "project" (60-100% of the side) or "released" (the released
     # code's MakeCutouts: 224 px to the side, average-pooled; with cutouts 1, its input).
     # With cutouts 0: the whole image resized (bilinear) or average-pooled ("released": for
@@ -113,6 +116,7 @@ _FACES_BASE: dict[str, Any] = {
     "stylegan_weights": None,
     "cutouts": 0,
     "cutout_style": "project",
+    "clip_precision": "float32",
     # CLIP sees the images clamped to [0, 1]; False: unclamped, as the released faces code
     "clamp_images": True,
     "tf32_matmul": False,
@@ -180,7 +184,7 @@ EARLIER = {"x0_truncation": None, "selection_rule": "mu", "latent_norm_scale": 1
            "shapes_vae": None, "finetune_lr": 1e-4, "classifier": "project",
            "image_format": "png", "mtcnn_weights": "pretrained/mtcnn",
            "cutout_style": "project", "x0": "prior_best", "label_style": "project",
-           "shapes_data": "project", "clamp_images": True}
+           "shapes_data": "project", "clamp_images": True, "clip_precision": "float32"}
 
 
 def with_earlier(p: dict[str, Any]) -> dict[str, Any]:
@@ -224,7 +228,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                    "shapes_vae": "pretrained/vae-shapes.pt",
                    "objective_weights": (1.0, 0.0, 0.0), "objective_floor": False,
                    "measures": placed(SHAPES_MEASURES, ranges=((-0.1, 0.1),) * 2),
-                   "cutout_style": "released",
+                   "cutout_style": "released", "clip_precision": "released",
                    # its emitter asks batch_size - 1 = 3 (+ the gradient step's point), keeps
                    # pyribs' default "filter" parents, starts at its pick of 32 x 16 draws
                    "batch_size": 3, "selection_rule": "filter", "x0": "released",
@@ -241,6 +245,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                   "measures": placed(FACES_MEASURES, ranges=((-0.1, 0.1),) * 4,
                                      bins=(50, 25, 5, 25)),
                   "cutout_style": "released", "clamp_images": False,
+                  "clip_precision": "released",
                   "iterations": 60000, "latent_space": "w+", "latent_norm_scale": 0.5,
                   "objective_floor": False, "uniqueness_fill_scale": True,
                   "batch_size": 3, "selection_rule": "filter", "x0": "released",
@@ -264,6 +269,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                    "objective_weights": (1.0, 0.0, 0.0), "objective_floor": False,
                    "measures": placed(SHAPES_MEASURES, ranges=((-0.01, 0.01),) * 2,
                                       bins=(10, 10)), "cutout_style": "released",
+                   "clip_precision": "released",
                    "batch_size": 3, "selection_rule": "filter", "finetune_lr": 1e-3,
                    "classifier": "released", "x0": "released", "shapes_data": "released",
                    "label_style": "released", "image_format": "jpg",
@@ -274,7 +280,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "faces": {**_FACES_BASE, "world": "ffhq", "clip": "ViT-B-32-quickgelu",
                   "measures": placed(FACES_MEASURES, ranges=((-0.01, 0.01),) * 4,
                                      bins=(5, 3, 3, 3)), "cutout_style": "released",
-                  "clamp_images": False,
+                  "clamp_images": False, "clip_precision": "released",
                   "iterations": 2, "latent_space": "w+", "latent_norm_scale": 0.5,
                   "objective_floor": False, "uniqueness_fill_scale": True,
                   "batch_size": 3, "selection_rule": "filter", "x0_truncation": 0.7,

@@ -860,7 +860,9 @@ class PromptScorer:
                 "latent_norm_scale": self.latent_norm_scale,
                 "objective_floor": self.objective_floor,
                 "uniqueness_fill_scale": self.uniqueness_fill_scale,
-                "clamp_images": self.clamp_images}
+                "clamp_images": self.clamp_images,
+                "clip_precision": str(getattr(self.clip, "weights_dtype",
+                                              torch.float32)).removeprefix("torch.")}
 
 
 def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> PromptScorer:
@@ -870,7 +872,8 @@ def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> P
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before any matmul
     p = with_earlier(p)
     clip = create_clip(p["clip"], weights=in_data_dir(p["clip_weights"]), device=device,
-                       num_cutouts=p["cutouts"], cutout_style=p["cutout_style"])
+                       num_cutouts=p["cutouts"], cutout_style=p["cutout_style"],
+                       precision=p["clip_precision"])
     scorer = PromptScorer(generator, clip, p["objective"], prompts(p),
                           weights=p["objective_weights"],
                           latent_norm_scale=p["latent_norm_scale"],

@@ -24,6 +24,10 @@ What is compared, each on the same weights and inputs:
    real weights) on the face photos in the released repository: boxes, landmarks and the
    similarity to the bit; aligned faces and the no-face fallback against OpenCV where
    ``opencv-python-headless`` is installed (``pip install --no-deps opencv-python-headless``).
+6. CLIP with ``clip_precision`` float16 (what ``"released"`` gives on a GPU) against OpenAI's
+   ``clip/model.py`` (``build_model``, which converts the weights as ``clip.load`` does), where
+   OpenAI's package is installed (``pip install --no-deps openai-clip``): embeddings of the
+   same random ViT-B/32 on the CPU.
 """
 
 from __future__ import annotations
@@ -414,15 +418,23 @@ def check_start() -> None:
            f"{weights}; up to {remembered} remembered)")
 
 
+def load_released_clip(root: Path):
+    """The released ``qdgs/clip.py`` (its MakeCutouts and CLIP class; OpenAI's package and
+    einops, which it imports, are not needed for what is compared)."""
+    if "released_clip" in sys.modules:
+        return sys.modules["released_clip"]
+    sys.modules.setdefault("clip", types.ModuleType("clip"))
+    if importlib.util.find_spec("einops") is None:
+        sys.modules["einops"] = types.SimpleNamespace(rearrange=None)
+    return load(root, "qdgs/clip.py", "released_clip")
+
+
 def check_cutouts(root: Path) -> None:
     """CLIP's input under cutout_style "released" vs the released MakeCutouts(224, n, 0.5),
     both drawing from torch's global generator under the same seed."""
     from qdgs_lib.clip import Clip
 
-    sys.modules.setdefault("clip", types.ModuleType("clip"))  # OpenAI's package: not needed
-    if importlib.util.find_spec("einops") is None:
-        sys.modules["einops"] = types.SimpleNamespace(rearrange=None)
-    released = load(root, "qdgs/clip.py", "released_clip")
+    released = load_released_clip(root)
     same = total = 0
     for n, shape in ((1, (4, 3, 256, 256)), (3, (2, 3, 256, 256)), (1, (3, 3, 128, 128)),
                      (2, (2, 3, 300, 240))):
@@ -586,6 +598,68 @@ def check_alignment(root: Path, cv2) -> None:
                              "level apart")
 
 
+def openai_clip_model_file() -> Path | None:
+    """OpenAI's ``clip/model.py`` where its package is installed (found, not imported: its
+    ``__init__`` pulls in more than this check needs)."""
+    spec = importlib.util.find_spec("clip")
+    places = list(spec.submodule_search_locations or []) if spec else []
+    files = [Path(place) / "model.py" for place in places]
+    return next((f for f in files if f.is_file() and "def convert_weights" in f.read_text()),
+                None)
+
+
+def check_clip_precision(root: Path, model_file: Path | None) -> None:
+    print("6. CLIP in half precision (clip_precision \"released\" on a GPU) vs OpenAI's "
+          "clip/model.py")
+    if model_file is None:
+        print("  (skipped: needs OpenAI's clip package, `pip install --no-deps --target "
+              "/tmp/openai-clip openai-clip`, then PYTHONPATH=/tmp/openai-clip)")
+        return
+    from qdgs_lib.clip import create_clip
+
+    spec = importlib.util.spec_from_file_location("openai_clip_model", model_file)
+    openai = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(openai)
+    released = load_released_clip(root)
+    torch.manual_seed(0)
+    full = create_clip("ViT-B-32-quickgelu", pretrained=False, device="cpu")
+    state = {k: v.clone() for k, v in full.model.state_dict().items()}
+    ours = create_clip("ViT-B-32-quickgelu", pretrained=False, device="cpu", num_cutouts=1,
+                       cutout_style="released", precision="float16")
+    ours.model.load_state_dict(state)
+    # what the released CLIP class holds after clip.load on a GPU: build_model converts the
+    # weights to float16 (its __init__ would download them; the same random ones here)
+    theirs = released.CLIP.__new__(released.CLIP)
+    theirs.device, theirs.make_cutouts = "cpu", released.MakeCutouts(224, 1, 0.5)
+    theirs.model = openai.build_model(dict(state)).requires_grad_(False)
+    theirs.normalize = lambda x: (x - ours.mean) / ours.std  # transforms.Normalize's numbers
+    raw = same_text = 0
+    unit = 0.0
+    for seed in range(4):
+        x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(seed))
+        x.requires_grad_(True)  # as in the jacobian passes (see below for values only)
+        torch.manual_seed(seed)
+        want = theirs.model.encode_image(theirs.normalize(theirs.make_cutouts(x)))
+        torch.manual_seed(seed)
+        got = ours.encode_image(x, normalize=False, check=False)
+        raw += torch.equal(got, want)
+        torch.manual_seed(seed)
+        unit = max(unit, float((ours.encode_image(x.detach(), check=False).float()
+                                - want.detach().float() / want.detach().float().norm(
+                                    dim=-1, keepdim=True)).abs().max()))
+    tokens = ours.tokenizer(list(FACE_PROMPTS) + [p for pair in MEASURE_PROMPTS for p in pair])
+    with torch.no_grad():
+        same_text = torch.equal(theirs.model.encode_text(tokens).float(),
+                                ours.model.encode_text(tokens).float())
+    expect(theirs.model.visual.conv1.weight.dtype == ours.weights_dtype == torch.float16,
+           "both towers in float16 (convolutions, linear layers, attention, projections)")
+    expect(raw == 4, f"image embeddings through the released crop, with gradients: bitwise "
+                     f"equal in {raw} of 4 (ViT-B/32, random weights, on the CPU)")
+    expect(same_text, "text embeddings of the paper's 6 prompts bitwise equal")
+    print(f"  without gradients (values only), unit embeddings within {unit:.2g}: open_clip's "
+          "batch-first attention takes torch's fused inference path there")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--released", required=True, type=Path,
@@ -602,11 +676,13 @@ def main(argv=None) -> int:
         import cv2
     except ImportError:
         cv2 = None
+    openai_model = openai_clip_model_file()  # before load() stubs the name "clip"
     check_recognition(args.released)
     check_shapes(args.released)
     check_scoring(args.released)
     check_search(args.released, args.seeds)
     check_alignment(args.released, cv2)
+    check_clip_precision(args.released, openai_model)
     print("all checks passed" if not failures else f"{len(failures)} FAILED: {failures}")
     return 1 if failures else 0
 

@@ -1,5 +1,6 @@
 """CLIP loading: clear errors for missing weights; the project's CLIPs load from git."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -97,6 +98,61 @@ def test_released_style_without_cutouts_pools_the_whole_image():
     assert not torch.equal(project.preprocess(x), released.preprocess(x))  # 128 -> 64 px
     emb, jac = _embedding_and_jacobian(released, x)  # both jacobian modes through the pool
     assert torch.isfinite(jac).all() and jac.abs().sum() > 0
+
+
+def test_float16_weights_are_converted_as_openai_clip_load_converts_them():
+    """precision "float16": convolutions, linear layers, attention and projections in half
+    precision, layer norms and embeddings tables not (OpenAI's convert_weights); images enter
+    in half precision; "released" is float16 on CUDA only, as clip.load chose."""
+    import open_clip
+
+    half = create_clip("qdgs-faces-clip", precision="float16")
+    full = create_clip("qdgs-faces-clip")
+    assert half.weights_dtype == torch.float16 and full.weights_dtype == torch.float32
+    for name, t in half.model.named_parameters():
+        module = half.model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else half.model
+        lowered = isinstance(module, (torch.nn.Conv2d, torch.nn.Linear,
+                                      torch.nn.MultiheadAttention)) or \
+            name.endswith(("proj", "text_projection"))
+        assert t.dtype == (torch.float16 if lowered else torch.float32), name
+    assert isinstance(half.model.visual.ln_pre, torch.nn.LayerNorm)
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    a, b = half.encode_image(x), full.encode_image(x)
+    assert a.dtype == torch.float16 and b.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(a.float(), b).min() > 0.999
+    assert not torch.equal(a.float(), b)
+    text = half.encode_text(["a red shape"])
+    assert text.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(text, full.encode_text(["a red shape"])) > 0.999
+    assert create_clip("qdgs-faces-clip", precision="released").weights_dtype == torch.float32
+    with pytest.raises(ValueError, match="precision must be one of"):
+        create_clip("qdgs-faces-clip", precision="fp16")
+    assert open_clip.model.convert_weights_to_lp  # the conversion used (open_clip's copy)
+
+
+def test_a_float16_clip_scores_and_differentiates_like_float32():
+    from qdgs_lib.generators.toy_faces import ToyFaces
+    from qdgs_lib.profiles import get_profile
+    from qdgs_lib.scoring import scorer_for_profile
+
+    gen = ToyFaces()
+    cpu = torch.device("cpu")
+    p = get_profile("default", "faces")
+    full = scorer_for_profile(gen, p, cpu)
+    half = scorer_for_profile(gen, {**p, "clip_precision": "float16"}, cpu)
+    assert half.settings()["clip_precision"] == "float16"
+    assert full.settings()["clip_precision"] == "float32"
+    assert half.weights_sha256() != full.weights_sha256()
+    z = gen.sample_prior(3, seed=0).numpy()
+    want = full.evaluate(z, jacobian=True, update_memory=False)
+    for mode in ("batched", "func"):
+        half.jacobian_mode = mode
+        got = half.evaluate(z, jacobian=True, update_memory=False)
+        assert np.isfinite(got.jacobian).all()
+        np.testing.assert_allclose(got.measures, want.measures, atol=2e-3)
+        cos = (got.jacobian * want.jacobian).sum(-1) / np.linalg.norm(got.jacobian, axis=-1) \
+            / np.linalg.norm(want.jacobian, axis=-1)
+        assert cos.min() > 0.9999, (mode, cos.min())
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 256, 256), (1, 3, 128, 128), (2, 3, 300, 240),
