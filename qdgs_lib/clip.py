@@ -283,10 +283,12 @@ class Clip(nn.Module):
 
     @property
     def weights_dtype(self) -> torch.dtype:
-        """The image tower's precision: that of its first convolution (float16 after
-        :func:`create_clip`'s ``precision="float16"``), float32 for towers without one."""
-        conv = getattr(getattr(self.model, "visual", None), "conv1", None)
-        return conv.weight.dtype if isinstance(conv, nn.Conv2d) else torch.float32
+        """The image tower's precision: that of its first convolution or linear layer
+        (float16 after :func:`create_clip`'s ``precision="float16"``); float32 without one."""
+        tower = getattr(self.model, "visual", None)
+        layers = tower.modules() if isinstance(tower, nn.Module) else ()
+        return next((m.weight.dtype for m in layers if isinstance(m, nn.Conv2d | nn.Linear)),
+                    torch.float32)
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str], normalize: bool = True) -> torch.Tensor:

@@ -273,7 +273,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                    "batch_size": 3, "selection_rule": "filter", "finetune_lr": 1e-3,
                    "classifier": "released", "x0": "released", "shapes_data": "released",
                    "label_style": "released", "image_format": "jpg",
-                   "iterations": 2, "x0_samples": 4, "seeds": (0,),
+                   "iterations": 2, "x0_samples": 16, "seeds": (0,),
                    "bias_levels": (0.95,), "n_train": 64, "n_test": 64, "train_epochs": 1,
                    "finetune_epochs": 1, "batch": 32, "image_size": 32, "label_margin": 0.0,
                    "plumbing_check": True},
@@ -284,7 +284,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                   "iterations": 2, "latent_space": "w+", "latent_norm_scale": 0.5,
                   "objective_floor": False, "uniqueness_fill_scale": True,
                   "batch_size": 3, "selection_rule": "filter", "x0_truncation": 0.7,
-                  "x0": "released", "x0_samples": 4, "bin_edge": 0.003, "offsets": 9,
+                  "x0": "released", "x0_samples": 16, "bin_edge": 0.003, "offsets": 9,
                   "offsets_file": "pretrained/augmentations.pt", "image_size": 112,
                   "image_format": "jpg", "align": "mtcnn", "dataset_solutions": 6,
                   "prior_samples": 64,
@@ -371,6 +371,36 @@ def _check_type(key: str, default: Any, value: Any) -> None:
 
 _OPTIONAL = {"clip_weights", "stylegan_weights", "real_dataset", "dataset_solutions",
              "shapes_vae", "offsets_file"}
+# keys that name one of a few settings, checked when the profile is read (a typo would
+# otherwise surface only where the key is used, possibly after hours of search); the modules
+# that use them hold the same tuples (tests/test_profiles.py checks that they agree)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "x0": ("prior_best", "released", "zeros"),
+    "cutout_style": ("project", "released"),
+    "clip_precision": ("float32", "float16", "released"),
+    "classifier": ("project", "released"),
+    "shapes_data": ("project", "released"),
+    "label_style": ("project", "released"),
+    "image_format": ("png", "jpg"),
+    "selection_rule": ("mu", "filter"),
+    "align": ("crop", "mtcnn"),
+}
+
+
+def _check_choices(p: dict[str, Any]) -> None:
+    """Each key of :data:`CHOICES` one of its settings; the released shapes sets need even
+    sizes (half triangles, half squares), the project's balanced test set a multiple of 4."""
+    for key, allowed in CHOICES.items():
+        if key in p and p[key] not in allowed:
+            raise ValueError(f"{key}={p[key]!r} is not one of {allowed}")
+    if p.get("shapes_data") == "released":
+        odd = {k: p[k] for k in ("n_train", "n_test") if k in p and p[k] % 2}
+        if odd:
+            raise ValueError(f"shapes_data 'released' builds sets of half triangles and half "
+                             f"squares, as its code does: {odd} must be even")
+    elif "n_test" in p and p["n_test"] % 4:
+        raise ValueError(f"n_test={p['n_test']}: the balanced shapes test set holds as many "
+                         "images of each color and shape, so n_test must be divisible by 4")
 _NON_EMPTY = {"seeds", "bias_levels", "objective", "objective_weights"}  # (benchmarks may be)
 _FIXED_LENGTH = {"objective", "objective_weights"}  # a prompt pair; 3 loss weights
 
@@ -402,6 +432,8 @@ def get_profile(profile: str | None = None, section: str | None = None,
             if key != "measures":
                 _check_type(key, p[key], value)
     p.update(overrides)
+    for part in ([p] if section is not None else p.values()):
+        _check_choices(part)
     if "measures" in overrides:
         p["measures"] = as_measures(_sequence("measures", overrides["measures"]))
     if shortcuts:

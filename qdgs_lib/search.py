@@ -130,6 +130,11 @@ class SearchConfig:
             raise ValueError(f"x0 must be 'prior_best' (the best of x0_samples prior draws), "
                              f"'released' (the released code's pick among them) or 'zeros', "
                              f"got {self.x0!r}")
+        if self.x0 == "released" and self.x0_samples % RELEASED_START_BATCH:
+            raise ValueError(f"x0 'released' scores the start draws in whole batches of "
+                             f"{RELEASED_START_BATCH}, as the released code did (a smaller last "
+                             f"batch would win on its smaller norm): x0_samples must be a "
+                             f"multiple of {RELEASED_START_BATCH}, got {self.x0_samples}")
         if self.selection_rule not in ("mu", "filter"):
             raise ValueError(f"selection_rule must be 'mu' (the better half of a batch are "
                              f"CMA-ES's parents) or 'filter' (the solutions the archive took), "
@@ -507,8 +512,13 @@ class QDSearch:
         asked = {k: (stored.pop(k, None), mine.pop(k)) for k in ("iterations", "checkpoint_every")}
         if stored != mine:
             differ = differing_keys(stored, mine)
-            gloss = "; weights_sha256: other generator or CLIP weights" \
-                if "weights_sha256" in differ else ""
+            gloss = "; weights_sha256: other generator or CLIP weights (or CLIP's " \
+                "precision)" if "weights_sha256" in differ else ""
+            if "scorer" in differ and stored["scorer"].get("clip_precision", "float32") != \
+                    mine["scorer"].get("clip_precision", "float32"):
+                gloss += ("; clip_precision: CLIP in float16 or float32 ('released' is "
+                          "float16 on CUDA only): to resume on another kind of device, set "
+                          "clip_precision to what the run used")
             raise ValueError(
                 f"{self.checkpoint_path} belongs to a run with different settings "
                 f"({', '.join(differ)}{gloss}). "

@@ -612,8 +612,7 @@ def check_clip_precision(root: Path, model_file: Path | None) -> None:
     print("6. CLIP in half precision (clip_precision \"released\" on a GPU) vs OpenAI's "
           "clip/model.py")
     if model_file is None:
-        print("  (skipped: needs OpenAI's clip package, `pip install --no-deps --target "
-              "/tmp/openai-clip openai-clip`, then PYTHONPATH=/tmp/openai-clip)")
+        print("  (skipped: needs OpenAI's clip package, `pip install --no-deps openai-clip`)")
         return
     from qdgs_lib.clip import create_clip
 

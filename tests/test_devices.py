@@ -369,3 +369,42 @@ def test_uint8_images_scale_on_cuda_to_the_cpus_values():
 
     x = torch.arange(256, dtype=torch.uint8)
     assert torch.equal(unit_range(x.cuda()).cpu(), x.float() / 255)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_released_settings_on_every_device(device, tmp_path):
+    """The paper profiles' released-code settings: CLIP as clip.load gives it (float16 on
+    CUDA), pooled, unclamped faces scored with jacobians (CUDA graphs from a shape's second
+    call), the released start; the released shapes sets and training rotation."""
+    import numpy as np
+
+    from qdgs_lib.clip import create_clip
+    from qdgs_lib.generators.stylegan2 import StyleGAN2, StyleGAN2Generator
+    from qdgs_lib.measures import prompts
+    from qdgs_lib.scoring import PromptScorer
+    from qdgs_lib.search import QDSearch, SearchConfig
+
+    torch.manual_seed(0)
+    gen = StyleGAN2Generator(StyleGAN2(img_resolution=32, channel_base=1024).eval(),
+                             num_std_samples=200, latent_space="w+").to(device)
+    clip = create_clip("qdgs-faces-clip", device=device, precision="released",
+                       cutout_style="released")
+    assert clip.weights_dtype == (torch.float16 if device == "cuda" else torch.float32)
+    p = get_profile("paper", "faces")
+    scorer = PromptScorer(gen, clip, p["objective"], prompts(p), weights=p["objective_weights"],
+                          latent_norm_scale=0.5, objective_floor=False,
+                          uniqueness_fill_scale=True, clamp_images=False)
+    z = gen.sample_prior(2, seed=0).cpu().numpy()
+    first = scorer.evaluate(z[:1], jacobian=True, update_memory=False)
+    again = scorer.evaluate(z[:1], jacobian=True, update_memory=False)  # (captured here)
+    assert np.isfinite(first.jacobian).all() and np.isfinite(again.jacobian).all()
+    np.testing.assert_allclose(again.measures, first.measures, atol=1e-3)
+    cfg = SearchConfig(dims=(2,) * 4, ranges=((-0.1, 0.1),) * 4, iterations=2, x0="released",
+                       x0_samples=16, x0_truncation=0.7, batch_size=3, selection_rule="filter")
+    start = QDSearch(scorer, cfg, tmp_path / "search").start_latent()
+    assert start.shape == (gen.latent_dim,) and np.isfinite(start).all()
+    ps = get_profile("paper", "shapes", n_train=16, n_test=16, train_epochs=1,
+                     finetune_epochs=1, batch=8, image_size=32, seeds=[0], bias_levels=[0.9],
+                     classifier="project")
+    rows = shapes_poc.classifier_protocol(ps, {}, progress=False, device=device)
+    assert len(rows) == 1 and rows["finetune"].tolist() == ["none"]

@@ -50,3 +50,32 @@ def test_negative_objective_weights_are_refused():
     with pytest.raises(ValueError, match="finite numbers >= 0"):
         PromptScorer(ToyGenerator(), ToyClip(), ("a", "b"), [("c", "d")],
                      weights=(1.0, -5.0, 0.0))
+
+
+def test_choice_keys_are_checked_when_the_profile_is_read():
+    """A typo in a setting that names one of a few choices fails at get_profile, not hours
+    later where the key is used; the choices are the modules' own."""
+    from qdgs_lib.clip import CLIP_PRECISIONS, CUTOUT_STYLES
+    from qdgs_lib.profiles import CHOICES, PROFILES
+    from qdgs_lib.sampling import IMAGE_FORMATS
+    from qdgs_lib.search import X0_CHOICES
+    from qdgs_lib.shapes_poc import LABEL_STYLES
+
+    assert CHOICES["x0"] == X0_CHOICES and CHOICES["cutout_style"] == CUTOUT_STYLES
+    assert CHOICES["clip_precision"] == CLIP_PRECISIONS
+    assert CHOICES["label_style"] == LABEL_STYLES
+    assert set(CHOICES["image_format"]) == set(IMAGE_FORMATS)
+    for name in PROFILES:
+        get_profile(name)  # every shipped profile passes
+    for key, bad in (("shapes_data", "relased"), ("label_style", "Released"),
+                     ("image_format", "jpeg"), ("x0", "best"), ("clip_precision", "fp16"),
+                     ("classifier", "resnet"), ("cutout_style", "dall-e")):
+        with pytest.raises(ValueError, match=f"{key}='{bad}' is not one of"):
+            get_profile("paper", "shapes", **{key: bad})
+    with pytest.raises(ValueError, match="align='dlib' is not one of"):
+        get_profile("paper", "faces", align="dlib")
+    with pytest.raises(ValueError, match=r"\{'n_test': 5001\} must be even"):
+        get_profile("paper", "shapes", n_test=5001)
+    with pytest.raises(ValueError, match="n_test must be divisible by 4"):
+        get_profile("default", "shapes", n_test=2002)  # the project's balanced test set
+    get_profile("paper", "shapes", n_test=5002)

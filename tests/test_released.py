@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import pickle
+import types
 
 import numpy as np
 import pytest
@@ -229,11 +230,14 @@ def test_a_start_among_equal_objectives_is_the_smallest_loss(tmp_path, monkeypat
     np.testing.assert_array_equal(search.start_latent(), z[1].numpy().astype(np.float64))
 
 
-def _released_pick(scorer, z: torch.Tensor, w_reg: float) -> int:
-    """The released find_good_start_latent, computed here from the prompt gaps alone: per
-    batch of 16 the best gap, plus the penalty on the whole batch's norm; the best batch."""
-    gap = scorer.evaluate(z.numpy(), update_memory=False).loss  # weights (1, 0, 0): the gap
-    q = scorer.latent_norm_scale * scorer.generator.latent_norm
+def _released_pick(gen, z: torch.Tensor, w_reg: float, scale: float) -> int:
+    """The released find_good_start_latent, computed here from the toy CLIP's prompt gaps:
+    per batch of 16 the best gap, plus the penalty on the whole batch's norm; the best batch."""
+    clip = ToyClip()
+    emb = clip.encode_image(gen.decode(z))
+    gap = (angdist(emb, clip.encode_text(["good"])).mean(1)
+           - angdist(emb, clip.encode_text(["bad"])).mean(1)).numpy()
+    q = scale * gen.latent_norm
     best, best_loss = None, np.inf
     for b in range(0, len(z), 16):
         i = b + int(np.argmin(gap[b:b + 16]))
@@ -248,15 +252,16 @@ def test_the_released_start_takes_the_penalty_per_batch_of_16(tmp_path, w_reg):
     gen = ToyGenerator(latent_dim=6, prior_std=0.3)
     scorer = _scorer(gen, weights=(1.0, w_reg, 0.0))
     scorer.latent_norm_scale = 0.5
-    cfg = _cfg(x0="released", x0_samples=40, seed=2)  # batches of 16, 16 and 8
-    z = gen.sample_prior(40, seed=cfg.seed)
+    cfg = _cfg(x0="released", x0_samples=48, seed=2)  # 3 batches of 16
+    z = gen.sample_prior(48, seed=cfg.seed)
     start = QDSearch(scorer, cfg, tmp_path / "released").start_latent()
-    gaps = _scorer(gen)
-    want = _released_pick(gaps, z, w_reg)
-    np.testing.assert_array_equal(start, z[want].numpy().astype(np.float64))
+    want = _released_pick(gen, z, w_reg, scale=0.5)
+    np.testing.assert_allclose(start, z[want].numpy().astype(np.float64), rtol=0, atol=0)
     if w_reg:  # the penalty per draw picks another start: the test tells the two apart
-        other = QDSearch(scorer, _cfg(x0_samples=40, seed=2), tmp_path / "best").start_latent()
+        other = QDSearch(scorer, _cfg(x0_samples=48, seed=2), tmp_path / "best").start_latent()
         assert not np.array_equal(other, start)
+    with pytest.raises(ValueError, match="multiple of 16"):  # a short last batch would win
+        _cfg(x0="released", x0_samples=40)
     with pytest.raises(ValueError, match="takes no jacobians"):
         scorer.evaluate(z[:2].numpy(), jacobian=True, whole_batch_norm=True)
 
@@ -285,11 +290,11 @@ def test_runs_written_before_these_settings_resume(tmp_path):
     path = tmp_path / CHECKPOINT
     state = load_checkpoint(path)
     config = json.loads(state["config"])
-    for key in ("selection_rule", "x0_truncation"):
+    for key in ("selection_rule", "x0_truncation", "x0"):
         del config[key]
-    del config["scorer"]["latent_norm_scale"]
-    del config["scorer"]["objective_floor"]
-    del config["scorer"]["uniqueness_fill_scale"]
+    for key in ("latent_norm_scale", "objective_floor", "uniqueness_fill_scale",
+                "clamp_images", "clip_precision"):
+        del config["scorer"][key]
     state["config"] = json.dumps(config, sort_keys=True)
     with open(path, "wb") as f:
         pickle.dump(state, f)
@@ -496,6 +501,52 @@ def test_synthetic_shapes_go_through_jpeg_files_as_released(tmp_path):
     assert not torch.equal(got, as_released_jpeg((images * 255).round() / 255))
     with pytest.raises(ValueError, match="must lie in"):
         as_released_jpeg(images * 255)
+
+
+def test_the_released_protocol_trains_on_the_released_sets(monkeypatch):
+    """shapes_data "released": both stages on ReleasedShapesDataset images, rotated a batch at
+    a time, each epoch's last batch kept; tested on its balanced set."""
+    from qdgs_lib import shapes_poc
+    from qdgs_lib.data.shapes import ReleasedShapesDataset, released_batch_rotation
+
+    calls = []
+    train = shapes_poc.train_classifier
+    monkeypatch.setattr(shapes_poc, "train_classifier",
+                        lambda model, data, *a, **kw: calls.append((data, kw))
+                        or train(model, data, *a, **kw))
+    p = get_profile("paper", "shapes", n_train=16, n_test=8, train_epochs=1, finetune_epochs=1,
+                    batch=8, image_size=32, seeds=[0], bias_levels=[0.9])
+    g = torch.Generator().manual_seed(0)
+    synthetic = {"images": torch.rand(6, 3, 32, 32, generator=g),
+                 "labels": torch.tensor([0, 1] * 3)}
+    rows = shapes_poc.classifier_protocol(p, {"qdgs": synthetic}, progress=False, device="cpu")
+    assert rows["finetune"].tolist() == ["none", "qdgs"]
+    (real, first), (_, second) = calls
+    assert torch.equal(real.tensors[0], ReleasedShapesDataset(16, 0.9, size=32, seed=0).images)
+    for kw in (first, second):
+        assert kw["augment"] is released_batch_rotation and kw["drop_last"] is False
+    p = get_profile("default", "shapes")
+    assert shapes_poc.shapes_datasets(p["shapes_data"])[1] is not released_batch_rotation
+
+
+def test_synthetic_shapes_of_the_paper_profile_are_the_jpeg_pixels():
+    from qdgs_lib import shapes_poc
+    from qdgs_lib.sampling import as_released_jpeg
+
+    vae = ReleasedShapesVAE().eval()  # random weights: the pixels, not the shapes, matter
+    scorer = types.SimpleNamespace(generator=vae)
+    z = vae.sample_prior(4, seed=0).numpy()
+    m = np.array([[0.0, 0.5], [0.0, -0.5], [0.0, 0.0], [0.0, 0.005]])
+    p = get_profile("paper", "shapes", image_size=128)
+    data = shapes_poc.synthetic_set(scorer, z, m, p)
+    assert data["labels"].tolist() == [0, 1, 1]  # 0.005: ambiguous, left out
+    with torch.no_grad():
+        want = as_released_jpeg(vae.decode(torch.as_tensor(z[:3])))
+    assert torch.equal(data["images"], want)
+    small = shapes_poc.synthetic_set(scorer, z, m, {**p, "image_size": 32})["images"]
+    assert small.shape == (3, 3, 32, 32)  # through JPEG at 128 px, then resized
+    png = shapes_poc.synthetic_set(scorer, z, m, {**p, "image_format": "png"})["images"]
+    assert not torch.equal(png, want)
 
 
 def test_released_labels_put_the_square_at_or_below_zero():

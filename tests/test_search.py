@@ -268,6 +268,27 @@ def test_a_run_resumes_only_with_the_same_memory_length(tmp_path):
         QDSearch(other, config("cma_maega", 10), tmp_path).run(progress=False)
 
 
+def test_a_run_moved_to_another_clip_precision_says_how_to_resume(tmp_path):
+    """clip_precision "released" is float16 on CUDA and float32 on a CPU: a run moved between
+    them is refused, and the error names the setting to pin."""
+    from qdgs_lib.clip import create_clip
+
+    def make(precision):
+        torch.manual_seed(0)  # the same random CLIP weights each time
+        clip = create_clip("qdgs-shapes-clip", pretrained=False, device="cpu",
+                           precision=precision)
+        return PromptScorer(ToyGenerator(prior_std=0.05), clip, ("good", "bad"),
+                            [("a", "b"), ("c", "d")])
+
+    QDSearch(make("float32"), config("cma_maega", 3), tmp_path).run(progress=False)
+    with pytest.raises(ValueError, match="clip_precision: CLIP in float16 or float32.*set "
+                                         "clip_precision to what the run used"):
+        QDSearch(make("float16"), config("cma_maega", 5), tmp_path).run(progress=False)
+    search = QDSearch(make("released"), config("cma_maega", 5), tmp_path)  # float32 here
+    search.run(progress=False)
+    assert search.iteration == 5
+
+
 class NoisyClip(ToyClip):
     """Random cutouts stand-in: every call draws from torch's global RNG."""
 
