@@ -118,16 +118,20 @@ def setups(device: str, quick: bool):
 
 def paper_profile_scorer(device: str) -> PromptScorer:
     """StyleGAN2-256 + ViT-B/32 (random weights) as the ``paper`` profile scores them now:
-    w+ latents, the half-norm latent penalty, the unfloored objective (the released code's)."""
+    w+ latents, the half-norm latent penalty, the unfloored objective, unclamped faces, the
+    whole image average-pooled, CLIP as clip.load gives it (float16 on CUDA): the released
+    code's settings."""
     p = get_profile("paper", "faces")
     torch.manual_seed(0)
     gen = StyleGAN2Generator(StyleGAN2().to(device), num_std_samples=2000,
                              latent_space=p["latent_space"])
-    clip = create_clip("ViT-B-32-quickgelu", device=device, pretrained=False)
+    clip = create_clip("ViT-B-32-quickgelu", device=device, pretrained=False,
+                       cutout_style=p["cutout_style"], precision=p["clip_precision"])
     return PromptScorer(gen, clip, p["objective"], prompts(p), weights=p["objective_weights"],
                         latent_norm_scale=p["latent_norm_scale"],
                         objective_floor=p["objective_floor"],
-                        uniqueness_fill_scale=p["uniqueness_fill_scale"])
+                        uniqueness_fill_scale=p["uniqueness_fill_scale"],
+                        clamp_images=p["clamp_images"])
 
 
 def _fill_memory(scorer: PromptScorer) -> None:
