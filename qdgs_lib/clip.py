@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .paths import pretrained_dir, shipped_weights_fix, weights_dir
+from .profiles import CHOICES
 from .utils import (
     BadFileError,
     TorchArchiveUnpickler,
@@ -31,11 +32,11 @@ from .utils import (
 )
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
-CUTOUT_STYLES = ("project", "released")
+CUTOUT_STYLES = CHOICES["cutout_style"]
 # the image and text towers' weights: float32; float16 as OpenAI's clip.load converts them
 # (convolutions, linear layers, attention and projections; layer norms compute in float32);
 # "released": float16 on CUDA, float32 elsewhere, as clip.load chose by device
-CLIP_PRECISIONS = ("float32", "float16", "released")
+CLIP_PRECISIONS = CHOICES["clip_precision"]
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 

@@ -373,7 +373,7 @@ _OPTIONAL = {"clip_weights", "stylegan_weights", "real_dataset", "dataset_soluti
              "shapes_vae", "offsets_file"}
 # keys that name one of a few settings, checked when the profile is read (a typo would
 # otherwise surface only where the key is used, possibly after hours of search); the modules
-# that use them hold the same tuples (tests/test_profiles.py checks that they agree)
+# that use them take their tuples from here (tests/test_profiles.py checks the others agree)
 CHOICES: dict[str, tuple[str, ...]] = {
     "x0": ("prior_best", "released", "zeros"),
     "cutout_style": ("project", "released"),

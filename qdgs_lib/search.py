@@ -33,7 +33,7 @@ from ribs.schedulers import Scheduler
 from tqdm.auto import tqdm
 
 from .measures import grid, ranges
-from .profiles import EARLIER, with_earlier
+from .profiles import CHOICES, EARLIER, with_earlier
 from .scoring import PromptScorer
 from .utils import (
     BadFileError,
@@ -53,7 +53,7 @@ from .utils import (
 ALGORITHMS = ("cma_maega", "cma_mae", "cma_me", "map_elites", "random")
 DQD_ALGORITHMS = ("cma_maega",)
 CHECKPOINT, METRICS = "checkpoint.pkl", "metrics.csv"  # in a search's folder
-X0_CHOICES = ("prior_best", "released", "zeros")  # SearchConfig.x0
+X0_CHOICES = CHOICES["x0"]  # SearchConfig.x0
 RELEASED_START_BATCH = 16  # the released find_good_start_latent's draws per scoring call
 METRIC_COLUMNS = ["iteration", "evaluations", "seconds", "num_elites", "coverage",
                   "qd_score", "obj_max", "obj_mean"]

@@ -31,7 +31,7 @@ from .generators.shapes_vae import load_released_shapes_vae, load_shapes_vae
 from .measures import index
 from .models.shape_classifier import ShapeClassifier, make_shape_classifier
 from .paths import in_data_dir
-from .profiles import EARLIER, with_earlier
+from .profiles import CHOICES, EARLIER, with_earlier
 from .sampling import (
     IMAGE_FORMATS,
     as_released_jpeg,
@@ -54,7 +54,7 @@ from .utils import (
     tensor_digest,
 )
 
-LABEL_STYLES = ("project", "released")  # label_by_shape_measure
+LABEL_STYLES = CHOICES["label_style"]  # label_by_shape_measure
 
 
 def build_generator(p: dict[str, Any], device: str | torch.device = "auto") -> Generator:

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..utils import resize_square
+
 RED = torch.tensor([0.85, 0.10, 0.10])
 BLUE = torch.tensor([0.10, 0.15, 0.85])
 SHAPES = ("triangle", "square")  # label 0, 1
@@ -237,7 +239,7 @@ def _released_transform():
                       T.RandomResizedCrop(RELEASED_SIZE, scale=(0.5, 2)), T.ToTensor()])
 
 
-class ReleasedShapesDataset(Dataset):
+class ReleasedShapesDataset(ShapesDataset):
     """The released ``ShapesDataset(size=n, color_bias=bias, stable=...)``'s images: each
     item its base image (:func:`released_base_index`) rotated by up to +-180 degrees,
     random-resized-cropped (scale 0.5-2) to 128 px, through 8 bits, its black pixels (all
@@ -262,22 +264,11 @@ class ReleasedShapesDataset(Dataset):
             torch.manual_seed(seed)
             images = torch.stack([transform(base[k]) for k in index])
         images[(images < 0.5).all(dim=1, keepdim=True).expand_as(images)] = 1.0
-        self.images = images if size == RELEASED_SIZE else torch.nn.functional.interpolate(
-            images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        self.images = resize_square(images, size)
         self.labels = torch.as_tensor(index // 2)
         self.colors = torch.as_tensor(index % 2)
+        self.augment = False  # (its augmentation is the training's: released_batch_rotation)
         self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def groups(self) -> torch.Tensor:
-        """Group id 0..3 = 2 * color + shape."""
-        return 2 * self.colors + self.labels
-
-    def __getitem__(self, i):
-        return self.images[i], self.labels[i]
 
 
 def released_batch_rotation(x: torch.Tensor) -> torch.Tensor:
