@@ -28,7 +28,7 @@ from .paths import (
     shipped_weights_fix,
     weights_dir,
 )
-from .profiles import get_profile, profile_name
+from .profiles import get_profile, profile_name, section_keys, split_overrides
 
 SECTIONS = ("shapes", "faces", "recognition")
 # what a recognition notebook reads: 03 trains (the real set), 04 evaluates (the benchmarks)
@@ -182,9 +182,12 @@ def required_assets(profile: str | None, section: str, part: str | None = None,
 
 
 def missing_assets(profile: str | None, sections=SECTIONS, **overrides) -> list[Asset]:
+    """The files of ``sections`` that are missing or unusable (``overrides``: any section's
+    keys, each section takes its own)."""
     seen, out = set(), []
     for section in sections:
-        for a in required_assets(profile, section, **(overrides if len(sections) == 1 else {})):
+        mine, _ = split_overrides(profile, section, overrides)
+        for a in required_assets(profile, section, **mine):
             if a.path not in seen and not a.present():
                 seen.add(a.path)
                 out.append(a)
@@ -225,12 +228,15 @@ def check_assets(profile: str | None, section: str, part: str | None = None,
                  **overrides) -> None:
     """Raise :class:`MissingAssetsError` naming every missing (or empty, or malformed) file
     of ``section`` (``part``: see :func:`required_assets`), and, as a note, those the other
-    notebooks of the profile will need. Call before writing outputs."""
+    notebooks of the profile will need (``overrides``: any section's keys, as the notebooks
+    take them). Call before writing outputs."""
     name = profile_name(profile)
-    missing = [a for a in required_assets(name, section, part, **overrides) if not a.present()]
+    mine, _ = split_overrides(name, section, overrides)
+    missing = [a for a in required_assets(name, section, part, **mine) if not a.present()]
     if not missing:
         return
-    later = [a for a in missing_assets(name) if a.path not in {m.path for m in missing}]
+    later = [a for a in missing_assets(name, **overrides)
+             if a.path not in {m.path for m in missing}]
     msg = (f"profile '{name}' ({section}) cannot start: {len(missing)} file(s) missing or "
            f"unusable\n" + _lines(missing))
     if later:
@@ -253,18 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     name = profile_name(args.profile)
     overrides = parse_overrides(args.overrides)
-    keys = {}
-    for section in SECTIONS:
-        keys[section] = set(get_profile(name, section))
-        if "measures" in keys[section]:
-            keys[section] |= {"grid", "ranges"}   # get_profile's shortcuts
-    unknown = set(overrides).difference(*keys.values())
-    if unknown:
-        ap.error(f"unknown override(s) {sorted(unknown)}: no section of profile {name!r} has "
-                 f"them; known: {sorted(set().union(*keys.values()))}")
+    known = set().union(*(section_keys(name, s) for s in SECTIONS))
+    if set(overrides) - known:
+        ap.error(f"unknown override(s) {sorted(set(overrides) - known)}: no section of "
+                 f"profile {name!r} has them; known: {sorted(known)}")
     status, seen = 0, set()
     for section in SECTIONS:
-        mine = {k: v for k, v in overrides.items() if k in keys[section]}
+        mine, _ = split_overrides(name, section, overrides)
         try:
             needed = required_assets(name, section, **mine)
         except ValueError as e:   # a bad override value: say so without a traceback
@@ -276,8 +277,13 @@ def main(argv: list[str] | None = None) -> int:
             ok = a.present()
             bad = None if ok else a.problem()
             status |= not ok
-            print(f"[{'ok' if ok else 'BAD' if bad else 'MISSING'}] {section:11s} {a.path}"
-                  + ("" if ok else f"\n      {a.what}: {bad or a.where}"))
+            print(f"[{'ok' if ok else 'BAD' if bad else 'MISSING'}] {section:11s} {a.path}")
+            if bad and a.kind == "trainset":  # (the problem says where the files go)
+                print(f"      {a.what}: {bad}")
+            elif bad:
+                print(f"      {a.what}: {bad}; replace it with {a.where}")
+            elif not ok:
+                print(f"      {a.what}: {a.where}")
     return status
 
 

@@ -20,7 +20,7 @@ import torch
 from . import plots
 from .assets import check_assets, fingerprint, required_assets
 from .paths import notebook_dirs
-from .profiles import get_profile, parse_overrides, profile_name
+from .profiles import get_profile, parse_overrides, profile_name, split_overrides
 from .utils import resolve_device, write_run_info
 
 PLUMBING_LABEL = "RANDOM WEIGHTS - plumbing check, not a result"
@@ -40,10 +40,14 @@ def provenance(profile: str, section: str, p: dict[str, Any]) -> str:
                 else f"CLIP {name}")
 
     if section == "shapes":
-        what = f"the project's shapes VAE, {clip(p['clip'])}"
+        vae = p["shapes_vae"]
+        vae = ("the project's shapes VAE" if vae is None else f"shapes VAE {vae}"
+               if str(vae).endswith(".safetensors") else f"the released code's shapes VAE {vae}")
+        what = f"{vae}, {clip(p['clip'])}"
     elif section == "faces":
         world = ("the project's toy-face world (renderer)" if p["world"] == "toy"
-                 else "StyleGAN2-FFHQ-256")
+                 else "StyleGAN2-FFHQ-256" if p["stylegan_weights"] is None
+                 else f"StyleGAN2 {p['stylegan_weights']}")
         what = f"{world}, {clip(p['clip'])}"
     else:
         real = ("the toy world's biased photos" if p["real_dataset"] is None
@@ -83,14 +87,20 @@ def start(notebook: str, profile: str | None, section: str,
           part: str | None = None) -> NotebookRun:
     """Resolve the profile (``overrides``: a dict or a JSON string) and device, check assets
     (``part``: what of a "recognition" section this notebook reads: "train" or "eval"),
-    create the run folders, record the run (with the sha256 of the inputs read from disk)."""
+    create the run folders, record the run (with the sha256 of the inputs read from disk).
+
+    ``overrides`` may hold keys of the profile's other sections (one set for all notebooks):
+    they are named and left out here; a key no section takes is refused."""
     name = profile_name(profile)
     overrides = parse_overrides(overrides)
-    p = get_profile(name, section, **overrides)
+    mine, elsewhere = split_overrides(name, section, overrides)
+    if elsewhere:
+        print(f"overrides for other notebooks, not used here: {sorted(elsewhere)}")
+    p = get_profile(name, section, **mine)
     dev = resolve_device(device)
     check_assets(name, section, part, **overrides)
     inputs = {str(_repo_relative(a.path)): fingerprint(a.path)
-              for a in required_assets(name, section, part, **overrides)}
+              for a in required_assets(name, section, part, **mine)}
     fig_dir, run_dir = notebook_dirs(notebook, name)
     record = {"profile": name, "device": str(dev), **p, "inputs": inputs}
     write_run_info(run_dir, record)

@@ -443,6 +443,31 @@ def get_profile(profile: str | None = None, section: str | None = None,
     return p
 
 
+def section_keys(profile: str | None, section: str) -> set[str]:
+    """The override keys ``section`` of ``profile`` takes (``grid`` / ``ranges`` with
+    ``measures``)."""
+    keys = set(get_profile(profile, section))
+    return keys | {"grid", "ranges"} if "measures" in keys else keys
+
+
+def split_overrides(profile: str | None, section: str,
+                    overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``overrides`` as (the keys of ``section``, the keys only other sections take), so that
+    one set of overrides serves every notebook of a profile (``stylegan_weights`` for 02,
+    ``real_dataset`` for 03); a key no section takes (a typo) is refused."""
+    name = profile_name(profile)
+    keys = {s: section_keys(name, s) for s in PROFILES[name]}
+    if section not in keys:
+        raise ValueError(f"profile '{name}' has no section '{section}'")
+    unknown = set(overrides).difference(*keys.values())
+    if unknown:
+        raise ValueError(f"unknown override(s) {sorted(unknown)}: no section of profile "
+                         f"'{name}' takes them; {section} takes "
+                         f"{sorted(keys[section])}")
+    mine = {k: v for k, v in overrides.items() if k in keys[section]}
+    return mine, {k: v for k, v in overrides.items() if k not in mine}
+
+
 def _sequence(key: str, value: Any) -> Any:
     if value is not None and not isinstance(value, list | tuple):
         raise ValueError(f"override {key}={value!r} ({type(value).__name__}) must be a list "

@@ -2,7 +2,7 @@
 
 import pytest
 
-from qdgs_lib import assets, notebook
+from qdgs_lib import assets, notebook, profiles
 
 
 def test_every_missing_file_is_named_with_where_to_get_it(tmp_path, monkeypatch):
@@ -110,3 +110,40 @@ def test_checklist_command_takes_overrides_and_refuses_unknown_profiles(tmp_path
     with pytest.raises(SystemExit):   # a shortcut key is known; its bad value is named
         assets.main(["smoke", "--overrides", '{"grid": [4, 4]}'])
     assert "faces: 2 bins values for 4 measures" in capsys.readouterr().err
+
+
+def test_one_set_of_overrides_serves_every_notebook(tmp_path, monkeypatch, capsys):
+    """The README's paper loop passes the same overrides to all four notebooks: each takes its
+    section's keys and names the others (notebook 03 once refused ``stylegan_weights``)."""
+    monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("QDGS_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("QDGS_FIGURES_DIR", str(tmp_path / "figures"))
+    overrides = {"stylegan_weights": "mine/ffhq.pkl", "benchmarks": ["lfw"], "seeds": [0, 1],
+                 "iterations": 100}
+    mine, elsewhere = profiles.split_overrides("paper", "recognition", overrides)
+    assert mine == {"benchmarks": ["lfw"], "seeds": [0, 1]}
+    assert elsewhere == {"stylegan_weights": "mine/ffhq.pkl", "iterations": 100}
+    with pytest.raises(ValueError, match=r"unknown override\(s\) \['stylegan_weight'\]"):
+        profiles.split_overrides("paper", "faces", {"stylegan_weight": "x"})
+    # the notebook names what it leaves out; its asset check still sees the other notebooks'
+    # paths (the note lists the user's StyleGAN2 file, not the default one)
+    with pytest.raises(assets.MissingAssetsError) as err:
+        notebook.start("03_pretraining", "paper", "recognition", overrides, part="train")
+    assert "not used here: ['iterations', 'stylegan_weights']" in capsys.readouterr().out
+    later = str(err.value).split("will also need")[1]
+    assert "mine/ffhq.pkl" in later
+    assert f"{tmp_path / 'data' / 'pretrained' / 'stylegan2-ffhq-256x256.pkl'}  (" not in later
+    assert "lfw.bin" in later and "cfp_fp.bin" not in later
+    with pytest.raises(assets.MissingAssetsError) as err:
+        notebook.start("02_face_synthesis", "paper", "faces", overrides)
+    assert "mine/ffhq.pkl" in str(err.value).split("will also need")[0]
+
+
+def test_checklist_says_what_is_wrong_and_where_to_get_the_file(tmp_path, monkeypatch,
+                                                                capsys):
+    monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path))
+    (tmp_path / "pretrained").mkdir()
+    (tmp_path / "pretrained" / "stylegan2-ffhq-256x256.pkl").write_text("<html>")
+    assets.main(["paper"])
+    out = capsys.readouterr().out.split("[BAD]")[1].split("\n[")[0]
+    assert "not a pickle" in out and "NGC" in out  # the problem, then where to get it

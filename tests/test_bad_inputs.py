@@ -135,6 +135,17 @@ def test_run_record_holds_the_sha256_of_its_inputs(tmp_path, monkeypatch):
     from qdgs_lib import plots
     assert plots._FOOTER == ("qdgs - profile smoke: the project's shapes VAE, CLIP "
                              "qdgs-shapes-clip (the project's own small CLIP)")
+    # ... the files it was given, not the offline default's (the paper's footer once named
+    # the project's VAE)
+    from qdgs_lib.notebook import provenance
+    from qdgs_lib.profiles import get_profile
+
+    assert provenance("paper", "shapes", get_profile("paper", "shapes")).startswith(
+        "qdgs - profile paper: the released code's shapes VAE pretrained/vae-shapes.pt, CLIP "
+        "ViT-B-32-quickgelu")
+    own = get_profile("paper", "faces", stylegan_weights="mine/ffhq.safetensors")
+    assert "StyleGAN2 mine/ffhq.safetensors" in provenance("paper", "faces", own)
+    assert "StyleGAN2-FFHQ-256" in provenance("paper", "faces", get_profile("paper", "faces"))
 
 
 # --- errors that name the file and the next step ------------------------------------------------
