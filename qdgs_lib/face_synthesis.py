@@ -41,8 +41,22 @@ def build_generator(p: dict[str, Any], device: str | torch.device = "auto") -> G
 
 
 def build_scorer(p: dict[str, Any], device: str | torch.device = "auto") -> PromptScorer:
+    """The generator and its CLIP scorer; also reads the files the datasets need after the
+    search (latent offsets, MTCNN weights), so that a wrong one fails now, not an hour in."""
     device = resolve_device(device)
-    return scorer_for_profile(build_generator(p, device), p, device)
+    scorer = scorer_for_profile(build_generator(p, device), p, device)
+    check_dataset_inputs(p, scorer.generator)
+    return scorer
+
+
+def check_dataset_inputs(p: dict[str, Any], generator: Generator) -> None:
+    """Load what :func:`build_datasets` reads from disk besides the archive (the latent
+    offsets file for ``generator``'s latents, the MTCNN weights) and raise its error if any
+    is missing, damaged or of the wrong shape."""
+    p = with_earlier(p)
+    latent_offsets(p, generator)
+    if p["world"] != "toy":
+        aligner(p["align"], p["image_size"], in_data_dir(p["mtcnn_weights"]))
 
 
 def true_attribute_shares(latents: np.ndarray) -> dict[str, float]:

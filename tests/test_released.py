@@ -353,6 +353,36 @@ def test_the_profile_reads_offsets_from_its_file(tmp_path, monkeypatch):
     assert latent_offsets(p, gen).shape == (4, gen.latent_dim)
 
 
+def test_the_datasets_files_are_read_before_the_search(tmp_path, monkeypatch):
+    """Notebook 02 reads the offsets and MTCNN weights only after its searches; its scorer
+    reads them first, so a wrong file fails at once, not an hour into a paper run."""
+    from qdgs_lib import face_synthesis
+    from qdgs_lib.generators.stylegan2_legacy import save_stylegan2
+    from qdgs_lib.paths import weights_dir
+    from qdgs_lib.plumbing import write_mtcnn_weights
+
+    (tmp_path / "weights").symlink_to(weights_dir())  # the project's CLIP, for build_scorer
+    monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path))
+    gen = StyleGAN2Generator(small_net(), num_std_samples=500, latent_space="w+")
+    write_latent_augmentations(tmp_path / "pretrained" / "augmentations.pt",
+                               latent_dim=gen.latent_dim)
+    write_mtcnn_weights(tmp_path / "pretrained" / "mtcnn", seed=0)
+    p = get_profile("paper", "faces")
+    face_synthesis.check_dataset_inputs(p, gen)  # the right files: no error
+    with pytest.raises(ValueError, match="set latent_space='w\\+'"):  # w offsets wanted
+        face_synthesis.check_dataset_inputs(get_profile("paper", "faces", latent_space="w"),
+                                            StyleGAN2Generator(small_net(), latent_space="w"))
+    (tmp_path / "pretrained" / "mtcnn" / "rnet.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="rnet"):
+        face_synthesis.check_dataset_inputs(p, gen)
+    # build_scorer makes the check (a StyleGAN2 file in our format, the project's faces CLIP)
+    save_stylegan2(small_net(), tmp_path / "g.safetensors")
+    with pytest.raises(FileNotFoundError, match="rnet"):
+        face_synthesis.build_scorer(get_profile("paper", "faces", stylegan_weights="g.safetensors",
+                                                clip="qdgs-faces-clip", clip_precision="float32"),
+                                    "cpu")
+
+
 def test_a_search_whose_every_score_is_zero_says_why(tmp_path):
     """Every objective floored at 0 (e.g. a latent-norm penalty far above the prompt gap):
     nothing enters the archive, the flat ranking restarts the emitter, and pyribs has no elite
