@@ -245,6 +245,128 @@ def check_assets(profile: str | None, section: str, part: str | None = None,
                              "QDGS_DATA_DIR.")
 
 
+def _released_note(paths: list[Path]) -> str:
+    """Whether ``paths`` are the released code's files of those names (by sha256)."""
+    from .paths import RELEASED_SHA256
+    from .utils import sha256_file
+
+    known = [x for x in paths if x.is_file() and x.name in RELEASED_SHA256]
+    other = [x.name for x in known if sha256_file(x) != RELEASED_SHA256[x.name]]
+    if not known:
+        return ""
+    if not other:
+        return "; the released code's file" + ("s" if len(known) > 1 else "")
+    return (f"; NOT the released code's {', '.join(other)} (another sha256): fine if you "
+            "mean to use another")
+
+
+def _load_steps(profile: str, section: str, overrides: dict[str, Any]) -> list[tuple]:
+    """(what, the file, a function that loads it as the notebooks do and describes it)."""
+    from . import face_synthesis, shapes_poc
+    from .scoring import clip_for_profile
+
+    p = get_profile(profile, section, **overrides)
+
+    def clip():
+        c = clip_for_profile(p, "cpu")
+        emb = c.encode_text(["a photo"])
+        return (f"{p['clip']}: {c.image_size} px images, {emb.shape[1]}-d embeddings, "
+                f"{c.weights_dtype} weights")
+
+    if section == "shapes":
+        def vae():
+            g = shapes_poc.build_generator(p, "cpu")
+            return f"latent {g.latent_dim}, {g.image_size} px images"
+
+        from .shapes_oracle import load_shapes_oracle
+
+        vae_path = required_assets(profile, section, **overrides)[0].path
+        return [("shapes VAE", vae_path, vae),
+                ("shapes oracle", weights_dir() / "shapes_oracle.safetensors",
+                 lambda: type(load_shapes_oracle()).__name__),
+                ("CLIP", _clip_asset(p).path, clip)]
+    if section == "faces":
+        gen = {}
+
+        def generator():
+            gen["g"] = g = face_synthesis.build_generator(p, "cpu")
+            return f"{type(g).__name__}: latent {g.latent_dim}, {g.image_size} px images"
+
+        def offsets():
+            if "g" not in gen:
+                raise RuntimeError("needs the generator, which did not load")
+            off = face_synthesis.latent_offsets(p, gen["g"])
+            return f"{len(off)} offsets of {off.shape[1]} numbers"
+
+        def mtcnn():
+            from .align import aligner
+
+            aligner(p["align"], p["image_size"], in_data_dir(p["mtcnn_weights"]))
+            return "P-, R- and O-Net"
+
+        steps = [("generator", None, generator)]
+        if p["world"] == "ffhq":
+            steps[0] = ("StyleGAN2", required_assets(profile, section, **overrides)[0].path,
+                        generator)
+            if p["align"] == "mtcnn":
+                steps.append(("MTCNN", in_data_dir(p["mtcnn_weights"]), mtcnn))
+        if p["offsets_file"]:
+            steps.append(("latent offsets", in_data_dir(p["offsets_file"]), offsets))
+        return [*steps, ("CLIP", _clip_asset(p).path, clip)]
+    from .data.benchmarks import read_bin, read_rfw
+    from .data.identities import open_training_set
+
+    def train():
+        ds = open_training_set(real_dataset_path(p))
+        image = ds[0][0]
+        return (f"{type(ds).__name__}: {len(ds)} images of {ds.num_classes} identities, "
+                f"first image {tuple(image.shape)}")
+
+    def bench(path):
+        pairs = read_bin(path)
+        return f"{len(pairs.issame)} pairs ({int(pairs.issame.sum())} same), " \
+               f"{tuple(pairs.images.shape[1:])} images"
+
+    def rfw(root):
+        pairs = read_rfw(root, limit_per_race=10)
+        return f"the first 10 pairs of {len(pairs.group_names)} races read and aligned"
+
+    steps = [("training set", real_dataset_path(p), train)] if p["real_dataset"] else []
+    for b in p["benchmarks"]:
+        path = benchmarks_dir() / ("rfw" if b == "rfw" else f"{b}.bin")
+        steps.append((b, path, (lambda x=path: rfw(x)) if b == "rfw" else
+                      (lambda x=path: bench(x))))
+    return steps
+
+
+def load_assets(profile: str | None, overrides: dict[str, Any] | None = None) -> int:
+    """Load every file of ``profile`` with the loader its notebook uses (on the CPU) and print
+    one line each: ``[loaded]`` with what it holds (and, for the released code's data files,
+    whether they are those files), or ``[FAILED]`` with the loader's error. Returns the number
+    of failures. Slower than the checklist (it reads every file whole)."""
+    name, overrides = profile_name(profile), dict(overrides or {})
+    failed, seen = 0, set()
+    for section in SECTIONS:
+        mine, _ = split_overrides(name, section, overrides)
+        for what, path, load in _load_steps(name, section, mine):
+            if (what, path) in seen:
+                continue
+            seen.add((what, path))
+            try:
+                summary = load()
+                if path is not None:
+                    summary += _released_note([path] if what != "MTCNN" else
+                                              [path / f"{n}.npy" for n in MTCNN_NETS])
+                print(f"[loaded] {section:11s} {what}: {path or '(no file)'}\n      {summary}",
+                      flush=True)
+            except Exception as e:  # noqa: BLE001 (every loader's error is the report)
+                failed += 1
+                print(f"[FAILED] {section:11s} {what}: {path or '(no file)'}\n      "
+                      f"{type(e).__name__}: {e}", flush=True)
+    print(f"{failed} of {len(seen)} failed" if failed else f"all {len(seen)} loaded")
+    return failed
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -256,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="default: $QDGS_PROFILE, else 'default'")
     ap.add_argument("--overrides", default=None,
                     help='JSON, as a notebook\'s overrides, e.g. \'{"benchmarks": ["lfw"]}\'')
+    ap.add_argument("--load", action="store_true",
+                    help="also load every file with the notebooks' loaders (slower: reads "
+                         "each whole) and say what it holds")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     name = profile_name(args.profile)
     overrides = parse_overrides(args.overrides)
@@ -263,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     if set(overrides) - known:
         ap.error(f"unknown override(s) {sorted(set(overrides) - known)}: no section of "
                  f"profile {name!r} has them; known: {sorted(known)}")
+    if args.load:
+        return int(load_assets(name, overrides) > 0)
     status, seen = 0, set()
     for section in SECTIONS:
         mine, _ = split_overrides(name, section, overrides)

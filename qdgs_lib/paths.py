@@ -22,6 +22,15 @@ RELEASED_MTCNN_WHERE = (
     f"the released code's face alignment weights: pnet.npy, rnet.npy and onet.npy in "
     f"facial_recognition/AdaFace/face_alignment/mtcnn_pytorch/src/weights/ of {RELEASED_CODE} "
     f"(AdaFace's copy of mtcnn-pytorch, MIT licence); put them in data/pretrained/mtcnn/")
+# sha256 of the released code's data files (its repository at commit 5d18c0b, read here):
+# `python -m qdgs_lib.assets paper --load` says whether a file is that one
+RELEASED_SHA256 = {
+    "vae-shapes.pt": "acc1d1526827cba22a8c389103f56a54a5dab552223b0100c468a4aa52837bbf",
+    "augmentations.pt": "90a350fc2cec9c7f8ec754201a96e9941e2d116ebec3058b8559fb567cdc3055",
+    "pnet.npy": "03e19e5c473932ab38f5a6308fe6210624006994a687e858d1dcda53c66f18cb",
+    "rnet.npy": "5660aad67688edc9e8a3dd4e47ed120932835e06a8a711a423252a6f2c747083",
+    "onet.npy": "313141c3646bebb73cb8350a2d5fee4c7f044fb96304b46ccc21aeea8b818f83",
+}
 STYLEGAN2_FFHQ_URL = ("https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/"
                       "versions/1/files/stylegan2-ffhq-256x256.pkl")
 

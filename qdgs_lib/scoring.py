@@ -865,16 +865,22 @@ class PromptScorer:
                                               torch.float32)).removeprefix("torch.")}
 
 
+def clip_for_profile(p: dict, device: str | torch.device = "cpu") -> Clip:
+    """The profile section's CLIP: ``clip``, ``clip_weights``, ``cutouts``, ``cutout_style``,
+    ``clip_precision``."""
+    p = with_earlier(p)
+    return create_clip(p["clip"], weights=in_data_dir(p["clip_weights"]), device=device,
+                       num_cutouts=p["cutouts"], cutout_style=p["cutout_style"],
+                       precision=p["clip_precision"])
+
+
 def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> PromptScorer:
     """The profile section's CLIP (``clip``, ``clip_weights``, ``cutouts``) scoring
     ``generator`` with its objective prompts, measures and ``objective_weights``."""
     if p.get("deterministic") and torch.device(device).type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before any matmul
     p = with_earlier(p)
-    clip = create_clip(p["clip"], weights=in_data_dir(p["clip_weights"]), device=device,
-                       num_cutouts=p["cutouts"], cutout_style=p["cutout_style"],
-                       precision=p["clip_precision"])
-    scorer = PromptScorer(generator, clip, p["objective"], prompts(p),
+    scorer = PromptScorer(generator, clip_for_profile(p, device), p["objective"], prompts(p),
                           weights=p["objective_weights"],
                           latent_norm_scale=p["latent_norm_scale"],
                           objective_floor=p["objective_floor"],

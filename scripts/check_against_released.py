@@ -9,6 +9,8 @@ networks run on the CPU (its shapes encoder asks for CUDA at construction; that 
 skipped). Exit status 1 if an equality that should be exact is not.
 
 What is compared, each on the same weights and inputs:
+0. The sha256 of its data files against ``paths.RELEASED_SHA256`` (which
+   ``python -m qdgs_lib.assets paper --load`` compares a user's copies with).
 1. IR-18/50/101 (AdaFace's ``net.py``, the released copy): embeddings and norms in eval and
    training mode, batch-norm statistics; the AdaFace head (``head.py``); four SGD steps with
    AdaFace's optimizer; checkpoints both ways (AdaFace's loading recipe).
@@ -205,6 +207,18 @@ def no_cuda_calls():
         yield
     finally:
         torch.Tensor.cuda = cuda
+
+
+def check_file_hashes(root: Path) -> None:
+    print("0. The released data files' sha256 vs qdgs_lib.paths.RELEASED_SHA256")
+    from qdgs_lib.paths import RELEASED_SHA256
+    from qdgs_lib.utils import sha256_file
+
+    where = {"vae-shapes.pt": "shapes/pretrained", "augmentations.pt":
+             "facial_recognition/pretrained",
+             **{f"{n}.npy": f"{FACE_ALIGNMENT}/mtcnn_pytorch/src/weights" for n in MTCNN_NETS}}
+    for name, sha in RELEASED_SHA256.items():
+        expect(sha256_file(root / where[name] / name) == sha, f"{name}: sha256 {sha[:12]}...")
 
 
 def check_shapes(root: Path) -> None:
@@ -676,6 +690,7 @@ def main(argv=None) -> int:
     except ImportError:
         cv2 = None
     openai_model = openai_clip_model_file()  # before load() stubs the name "clip"
+    check_file_hashes(args.released)
     check_recognition(args.released)
     check_shapes(args.released)
     check_scoring(args.released)

@@ -45,6 +45,35 @@ def test_assets_are_in_the_real_formats(data_root, monkeypatch):
     assert type(train).__name__ == "RecordIOFaces" and train.num_classes >= 2
 
 
+def test_every_file_loads_with_the_notebooks_loaders(data_root, monkeypatch, capsys, tmp_path):
+    """``python -m qdgs_lib.assets paper-mini --load``: each file through the loader its
+    notebook uses, what it holds, whether it is the released code's file (by sha256)."""
+    from qdgs_lib import paths
+    from qdgs_lib.utils import sha256_file
+
+    monkeypatch.setenv("QDGS_DATA_DIR", str(data_root))
+    vae = data_root / "pretrained" / "vae-shapes.pt"
+    monkeypatch.setitem(paths.RELEASED_SHA256, "vae-shapes.pt", sha256_file(vae))
+    assert assets.main(["paper-mini", "--load"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[loaded]") == 13 and "all 13 loaded" in out and "[FAILED]" not in out
+    lines = out.splitlines()
+    said = {lines[i][21:].split(":")[0]: lines[i + 1].strip()  # what: its description
+            for i in range(len(lines) - 1) if lines[i].startswith("[loaded]")}
+    assert said["StyleGAN2"] == "StyleGAN2Generator: latent 7168, 256 px images"
+    assert said["CLIP"].startswith("ViT-B-32-quickgelu: 224 px images, 512-d embeddings")
+    assert said["shapes VAE"].endswith("the released code's file")  # (sha256 set to this file's)
+    assert "NOT the released code's augmentations.pt" in said["latent offsets"]  # random weights
+    assert said["lfw"].startswith("10 pairs (5 same), (3, 112, 112) images")
+    # a wrong file is named with the loader's error, and the command fails
+    torch.save(torch.zeros(9, 512), tmp_path / "w_offsets.pt")
+    assert assets.main(["paper-mini", "--load", "--overrides",
+                        f'{{"offsets_file": "{tmp_path / "w_offsets.pt"}"}}']) == 1
+    out = capsys.readouterr().out
+    assert "[FAILED] faces       latent offsets" in out and "(k, 7168) is needed" in out
+    assert "1 of 13 failed" in out
+
+
 def test_four_notebooks_run_on_the_paper_architectures(data_root, monkeypatch):
     import papermill
 

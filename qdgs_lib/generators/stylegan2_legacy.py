@@ -105,9 +105,10 @@ _NV_OVERRIDES = {
 MISSING_FFHQ = (
     "StyleGAN2-FFHQ-256 weights not found at {path}. Download NVIDIA's "
     "'stylegan2-ffhq-256x256.pkl' (NGC model nvidia/research/stylegan2, version 1: "
-    f"{STYLEGAN2_FFHQ_URL}; or StyleGAN2-ADA-PyTorch's transfer-learning-source-nets/"
-    "ffhq-res256-mirror-paper256-noaug.pkl, renamed) and put it there, or pass its path. It is "
-    "licensed by NVIDIA (non-commercial): never commit it."
+    f"{STYLEGAN2_FFHQ_URL}, the released code's network) and put it there; another network "
+    "pickle goes in the profile override stylegan_weights (then the released latent "
+    "augmentations, made for this network, do not fit it). It is licensed by NVIDIA "
+    "(non-commercial): never commit it."
 )
 NETWORK_PICKLE = ("an NVIDIA StyleGAN2 network pickle (a dict with G_ema, e.g. "
                   "stylegan2-ffhq-256x256.pkl)")
