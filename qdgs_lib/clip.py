@@ -145,7 +145,8 @@ def resolve_weights(name: str, weights: str | Path | None) -> Path | None:
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
-            raise FileNotFoundError(f"CLIP weights file not found: {path}")
+            raise FileNotFoundError(f"CLIP weights file not found: {path} (a profile's "
+                                    "clip_weights is a path under data/ or an absolute one)")
         return path
     if name in OWN_MODELS:
         path = weights_dir() / OWN_MODELS[name]
@@ -163,7 +164,8 @@ def resolve_weights(name: str, weights: str | Path | None) -> Path | None:
                 return path
         raise FileNotFoundError(
             f"No local weights for CLIP '{name}'. Download {where} and put it at "
-            f"{pretrained_dir() / filename} (or pass weights=<path>). "
+            f"{pretrained_dir() / filename} (OpenAI's file at {pretrained_dir() / 'ViT-B-32.pt'}"
+            "; or pass weights=<path>, in a profile clip_weights). "
             "Nothing is downloaded at run time."
         )
     raise FileNotFoundError(

@@ -190,7 +190,9 @@ def read_rfw(root: str | Path, races=RFW_RACES, image_size: int = 112,
         pairs_file = root / "test" / "txts" / race / f"{race}_pairs.txt"
         if not pairs_file.is_file():
             raise FileNotFoundError(f"{pairs_file} not found: expected the RFW layout "
-                                    f"test/txts/<Race>/<Race>_pairs.txt under {root}")
+                                    f"test/txts/<Race>/<Race>_pairs.txt under {root} (RFW is "
+                                    "given on request by its authors; unpack its test/ folder "
+                                    "there as it is)")
         lmk_file = pairs_file.with_name(f"{race}_lmk.txt")
         landmarks = _rfw_landmarks(lmk_file)
         lines = [ln.split() for ln in pairs_file.read_text().splitlines() if ln.strip()]
