@@ -88,6 +88,9 @@ _SHAPES_BASE: dict[str, Any] = {
     "label_style": "project",
     "image_format": "png",  # the synthetic set's pixels; "jpg": through JPEG files (released)
     "shapes_data": "project",  # the real sets: this project's renders, or "released" ones
+    # the biased training set: drawn per seed, or "per_bias": one per bias level for every
+    # seed (seed 0's), as the released code stores one set per bias for all its trials
+    "train_sets": "per_seed",
     "image_size": 64,  # classifier resolution
     "finetune_lr": 1e-4,  # Adam's learning rate on the synthetic set (the first stage: 1e-3)
     "classifier": "project",  # or "released": the released code's CNN (sigmoid output)
@@ -184,7 +187,8 @@ EARLIER = {"x0_truncation": None, "selection_rule": "mu", "latent_norm_scale": 1
            "shapes_vae": None, "finetune_lr": 1e-4, "classifier": "project",
            "image_format": "png", "mtcnn_weights": "pretrained/mtcnn",
            "cutout_style": "project", "x0": "prior_best", "label_style": "project",
-           "shapes_data": "project", "clamp_images": True, "clip_precision": "float32"}
+           "shapes_data": "project", "clamp_images": True, "clip_precision": "float32",
+           "train_sets": "per_seed"}
 
 
 def with_earlier(p: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +241,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                    "n_test": 5000, "image_size": 128, "train_epochs": 20,
                    "finetune_epochs": 30, "finetune_lr": 1e-3, "batch": 128,
                    "classifier": "released", "shapes_data": "released",
-                   "label_style": "released", "image_format": "jpg"},
+                   "train_sets": "per_bias", "label_style": "released",
+                   "image_format": "jpg"},
         # faces: w+ (14 x 512) latents, the penalty from half the prior's typical norm, the
         # start at truncation 0.7 (so outside that: negative scores, ranked, hence no floor),
         # 9 images per solution from its augmentations.pt
@@ -272,7 +277,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                    "clip_precision": "released",
                    "batch_size": 3, "selection_rule": "filter", "finetune_lr": 1e-3,
                    "classifier": "released", "x0": "released", "shapes_data": "released",
-                   "label_style": "released", "image_format": "jpg",
+                   "train_sets": "per_bias", "label_style": "released", "image_format": "jpg",
                    "iterations": 2, "x0_samples": 16, "seeds": (0,),
                    "bias_levels": (0.95,), "n_train": 64, "n_test": 64, "train_epochs": 1,
                    "finetune_epochs": 1, "batch": 32, "image_size": 32, "label_margin": 0.0,
@@ -380,6 +385,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "clip_precision": ("float32", "float16", "released"),
     "classifier": ("project", "released"),
     "shapes_data": ("project", "released"),
+    "train_sets": ("per_seed", "per_bias"),
     "label_style": ("project", "released"),
     "image_format": ("png", "jpg"),
     "selection_rule": ("mu", "filter"),

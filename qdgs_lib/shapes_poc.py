@@ -144,14 +144,18 @@ def save_set(data: dict, outdir: str | Path) -> Path:
 
 # the profile keys classifier_protocol reads: a checkpoint is only resumed under the same
 PROTOCOL_KEYS = ("bias_levels", "seeds", "n_train", "n_test", "image_size", "train_epochs",
-                 "finetune_epochs", "finetune_lr", "batch", "classifier", "shapes_data")
+                 "finetune_epochs", "finetune_lr", "batch", "classifier", "shapes_data",
+                 "train_sets")
 
 
 def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress: bool = True,
                         device: str | torch.device = "auto",
                         checkpoint: str | Path | None = None) -> pd.DataFrame:
     """Train on color-biased real shapes, fine-tune on each synthetic set (or not), and
-    evaluate on a balanced set; one row per (bias, seed, fine-tune set).
+    evaluate on a balanced set; one row per (bias, seed, fine-tune set). The biased set is
+    drawn per seed, or under ``train_sets: "per_bias"`` once per bias (seed 0's) for every
+    seed, as the released code does; the network, its training order and augmentations follow
+    the seed either way.
 
     ``synthetic`` maps a name to one set for every seed, or to ``{seed: set}`` (e.g. the
     archive of the search with that seed), so seed k pairs classifier seed k with search k.
@@ -184,7 +188,8 @@ def classifier_protocol(p: dict[str, Any], synthetic: dict[str, dict], progress:
             if (bias, seed) in done:
                 continue
             seed_everything(seed)
-            real = real_set(p["n_train"], bias, p["image_size"], seed=seed)
+            real = real_set(p["n_train"], bias, p["image_size"],
+                            seed=seed if p["train_sets"] == "per_seed" else 0)
             base = make_shape_classifier(p["classifier"], p["image_size"])
             train_classifier(base, TensorDataset(real.images, real.labels), p["train_epochs"],
                              batch_size=p["batch"], seed=seed, augment=augment,

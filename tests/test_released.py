@@ -559,6 +559,34 @@ def test_the_released_protocol_trains_on_the_released_sets(monkeypatch):
     assert shapes_poc.shapes_datasets(p["shapes_data"])[1] is not released_batch_rotation
 
 
+def test_one_training_set_per_bias_for_every_seed_as_released(monkeypatch):
+    """train_sets "per_bias" (paper): every seed trains on the same biased set (seed 0's), as
+    the released code's stored set per bias; "per_seed" draws one per seed. The networks
+    follow their seeds either way."""
+    from qdgs_lib import shapes_poc
+
+    calls = []
+    monkeypatch.setattr(shapes_poc, "train_classifier",
+                        lambda model, data, *a, **kw: calls.append(
+                            (data.tensors[0], next(model.parameters()).detach().clone())))
+    synthetic = {"images": torch.rand(4, 3, 32, 32), "labels": torch.tensor([0, 1] * 2)}
+    sets, inits = {}, {}
+    for style in ("per_bias", "per_seed"):
+        calls.clear()
+        p = get_profile("paper", "shapes", n_train=16, n_test=8, train_epochs=1,
+                        finetune_epochs=1, batch=8, image_size=32, seeds=[0, 1],
+                        bias_levels=[0.9], train_sets=style)
+        shapes_poc.classifier_protocol(p, {"qdgs": synthetic}, progress=False, device="cpu")
+        # per seed: the biased stage, then the fine-tune
+        sets[style] = [calls[0][0], calls[2][0]]
+        inits[style] = [calls[0][1], calls[2][1]]
+    assert torch.equal(*sets["per_bias"]) and not torch.equal(*sets["per_seed"])
+    assert torch.equal(sets["per_bias"][0], sets["per_seed"][0])  # seed 0's set
+    for style in sets:  # the networks start from their own seed's initialisation
+        assert not torch.equal(*inits[style])
+    assert get_profile("default", "shapes")["train_sets"] == "per_seed"
+
+
 def test_synthetic_shapes_of_the_paper_profile_are_the_jpeg_pixels():
     from qdgs_lib import shapes_poc
     from qdgs_lib.sampling import as_released_jpeg
