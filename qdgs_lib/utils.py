@@ -423,11 +423,20 @@ def check_recorded_sha256(path: str | os.PathLike, fix: str) -> None:
 
 def keep_rows_through(path: str | os.PathLike, column: str, last: int, what: str, fix: str):
     """Keep the rows of the CSV log ``path`` whose ``column`` is at most ``last`` (rows logged
-    after the checkpoint a run resumes from), rewritten atomically; returns them."""
+    after the checkpoint a run resumes from), rewritten atomically; returns them. A last line
+    without its newline (the run was killed while writing it) is dropped: its cut-off fields
+    would read as another row (iteration "2" of a cut "26")."""
+    import io
+
     import pandas as pd
 
     with reading(path, what, fix):
-        rows = pd.read_csv(path)
+        text = Path(path).read_text()
+        complete = text[:text.rfind("\n") + 1]
+        if "\n" not in complete:  # not even the header was written whole: start the log anew
+            Path(path).unlink()
+            return pd.DataFrame(columns=[column])
+        rows = pd.read_csv(io.StringIO(complete))
         rows = rows[rows[column] <= last]
     with atomic_path(path) as tmp:
         rows.to_csv(tmp, index=False)

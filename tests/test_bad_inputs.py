@@ -785,3 +785,18 @@ def test_library_users_first_mistakes_get_a_pointer(tmp_path):
                                         "evaluations": int}, summary.dtypes
     assert summary.loc["qd", "evaluations"] == 2 * search.cfg.evaluations_per_iteration
     assert archive_summary({}).empty
+
+
+def test_a_log_line_cut_by_a_kill_is_no_row(tmp_path):
+    """A run killed while appending to its CSV log leaves a line without its newline; the
+    resume keeps the whole rows only (a cut "26,0.5" once came back as iteration 2)."""
+    from qdgs_lib.utils import keep_rows_through
+
+    log = tmp_path / "log.csv"
+    log.write_text("epoch,loss\n1,0.9\n2,0.8\n3,0.7\n2")
+    rows = keep_rows_through(log, "epoch", 3, "a log", "delete it")
+    assert rows["epoch"].tolist() == [1, 2, 3]
+    assert log.read_text() == "epoch,loss\n1,0.9\n2,0.8\n3,0.7\n"
+    log.write_text("epoch,lo")  # killed while writing the header: the log starts anew
+    assert len(keep_rows_through(log, "epoch", 3, "a log", "delete it")) == 0
+    assert not log.exists()

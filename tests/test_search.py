@@ -40,20 +40,26 @@ def test_other_algorithms_fill_the_archive(tmp_path, algorithm):
     assert archive.stats.num_elites > 5
 
 
-def test_resume_after_interruption_continues_the_same_run(tmp_path):
-    full = QDSearch(scorer(), config("cma_maega", 60, checkpoint_every=20), tmp_path / "full")
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_resume_after_interruption_continues_the_same_run(tmp_path, algorithm):
+    full = QDSearch(scorer(), config(algorithm, 60, checkpoint_every=20), tmp_path / "full")
     full.run(progress=False)
 
     class Killed(Exception):
         pass
 
-    part = QDSearch(scorer(), config("cma_maega", 60, checkpoint_every=20), tmp_path / "part")
+    part = QDSearch(scorer(), config(algorithm, 60, checkpoint_every=20), tmp_path / "part")
     interrupt_at(part, 47, Killed)
     with pytest.raises(Killed):
         part.run(progress=False)
     assert load_checkpoint(tmp_path / "part" / "checkpoint.pkl")["iteration"] == 40
+    # killed while writing a metrics row: its first characters ("4" of "46,...") are no row
+    metrics = tmp_path / "part" / "metrics.csv"
+    text = metrics.read_text()
+    assert text.endswith("\n")
+    metrics.write_text(text + text.splitlines()[-1][:1])
 
-    resumed = QDSearch(scorer(), config("cma_maega", 60, checkpoint_every=20), tmp_path / "part")
+    resumed = QDSearch(scorer(), config(algorithm, 60, checkpoint_every=20), tmp_path / "part")
     resumed.run(progress=False)
     m = resumed.metrics()
     assert list(m["iteration"]) == list(range(1, 61))  # no gaps, no duplicates
