@@ -112,7 +112,8 @@ def test_objective_is_nonnegative_and_measures_have_sign_of_prompt():
     assert ((s.measures[:, 0] > 0) == closer).all()
 
 
-def test_uniqueness_memory_is_fifo_and_penalizes_repeats():
+def test_uniqueness_memory_is_bounded_and_penalizes_repeats():
+    """(Its first-in-first-out order: test_objective_and_search.py.)"""
     sc = make_scorer()
     sc.memory_size = 3
     z = np.random.default_rng(2).normal(0, 0.3, (4, 4))

@@ -82,12 +82,12 @@ def test_oracle_rejects_bad_images_and_missing_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match="train_shapes_oracle.py"):
         load_shapes_oracle(tmp_path / "none.safetensors")
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(Exception, match="train_shapes_oracle.py"):
+    with pytest.raises(BadFileError, match="train_shapes_oracle.py"):
         load_shapes_oracle(tmp_path / "bad.safetensors")
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))  # not an oracle
-    with pytest.raises(Exception, match="train_shapes_oracle.py"):
+    with pytest.raises(BadFileError, match="train_shapes_oracle.py"):
         load_shapes_oracle(tmp_path / "other.safetensors")
     from qdgs_lib.models.shape_classifier import ShapeClassifier
 
@@ -250,17 +250,23 @@ def test_classifier_protocol_resumes_after_the_last_finished_pair(tmp_path, monk
                                        checkpoint=ckpt)
 
 
-def test_classifier_protocol_refuses_sets_it_cannot_learn_from():
+def test_classifier_protocol_refuses_sets_it_cannot_learn_from(monkeypatch):
     p, a, _ = _tiny_protocol()
-    bad = {"NaN pixels": {**a, "images": a["images"].clone().index_fill_(0, torch.tensor([3]),
-                                                                         float("nan"))},
-           "0-255": {**a, "images": a["images"] * 255},
-           "32 px": {**a, "images": torch.nn.functional.interpolate(a["images"], size=32)},
-           "label 2": {**a, "labels": a["labels"].clone().fill_(2)}}
+    # each case is refused before any training, with its own reason
+    bad = {"NaN/inf pixels": {**a, "images": a["images"].clone().index_fill_(
+               0, torch.tensor([3]), float("nan"))},
+           "in \\[0, 1\\]": {**a, "images": a["images"] * 255},
+           "expected \\(N, 3, 16, 16\\)": {**a, "images": torch.nn.functional.interpolate(
+               a["images"], size=32)},
+           "values \\[2\\]": {**a, "labels": a["labels"].clone().fill_(2)}}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking the sets")
+
+    monkeypatch.setattr(shapes_poc, "train_classifier", no_training)
     for why, data in bad.items():
-        with pytest.raises(ValueError, match="synthetic set 'x' \\(seed 0\\)"):
+        with pytest.raises(ValueError, match=f"synthetic set 'x' \\(seed 0\\):? .*{why}"):
             shapes_poc.classifier_protocol(p, {"x": data}, progress=False, device="cpu")
-        assert why   # each case above is refused before any training
     with pytest.raises(KeyError, match="has seeds \\[5\\], the profile \\(0,\\)"):
         shapes_poc.classifier_protocol(p, {"x": {5: a}}, progress=False, device="cpu")
 
