@@ -11,6 +11,7 @@ import os
 import pickle
 import platform
 import random
+import re
 import reprlib
 import shutil
 import struct
@@ -356,6 +357,11 @@ def reading(path: str | os.PathLike, what: str, fix: str):
         raise  # not the file's content: nothing to fall back from
     except (*_PARSE_ERRORS, SafetensorError) as e:
         detail = " ".join(str(e).split())[:240]
+        refused = re.search(r"WeightsUnpickler error: (.*?)(?: Please use|\n|$)", str(e))
+        if refused:  # torch's advice (weights_only=False) would run the file's code: not it
+            detail = (f"its pickle asks for more than tensors and plain data ("
+                      f"{refused.group(1).strip()[:160]}); loading it could run code, so it "
+                      "is refused")
         raise BadFileError(f"{path}: cannot read it as {what} ({type(e).__name__}"
                            f"{': ' + detail if detail else ''}). {fix}") from e
 

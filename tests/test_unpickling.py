@@ -180,3 +180,60 @@ def test_pickles_that_allocate_more_than_they_hold_are_refused(tmp_path, kind, p
     path.write_bytes(payload)
     with pytest.raises(BadFileError, match=match):
         load[kind](path)
+
+
+class _Payload:
+    """Pickles as a call that would create ``marker`` if a loader ran it."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _load_offsets(path):
+    from qdgs_lib.face_synthesis import load_latent_offsets
+
+    return load_latent_offsets(path, 4, 1)
+
+
+def _load_training_checkpoint(path):
+    from qdgs_lib.train import RecognitionTrainer
+
+    return RecognitionTrainer._read(None, path)  # (reads the file only)
+
+
+def _load_released_vae(path):
+    from qdgs_lib.generators.shapes_vae import load_released_shapes_vae
+
+    return load_released_shapes_vae(path, device="cpu")
+
+
+@pytest.mark.parametrize("load", [_load_offsets, _load_training_checkpoint, _load_released_vae])
+def test_torch_files_from_users_never_run_their_pickles(tmp_path, load):
+    """Every loader of a user's torch.save file reads it with weights_only=True: a file whose
+    pickle calls a function is refused, and the function never runs."""
+    import torch
+
+    marker = tmp_path / "ran"
+    torch.save({"offsets": _Payload(marker)}, tmp_path / "evil.pt")
+    assert not marker.exists()
+    with pytest.raises(BadFileError, match="loading it could run code, so it is refused") as e:
+        load(tmp_path / "evil.pt")
+    assert not marker.exists()
+    assert "weights_only" not in str(e.value)  # torch's advice to load it anyway is left out
+
+
+def test_a_script_checkpoint_that_runs_code_is_set_aside_unrun(tmp_path):
+    import torch
+
+    from qdgs_lib.utils import StepCheckpoint
+
+    marker = tmp_path / "ran"
+    ckpt = StepCheckpoint(tmp_path / "w", {"steps": 2})
+    torch.save({"step": _Payload(marker)}, ckpt.path)
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(BadFileError, match="could run code.*delete w.ckpt"):
+        ckpt.resume(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert not marker.exists()
