@@ -820,3 +820,33 @@ def test_a_log_line_cut_by_a_kill_is_no_row(tmp_path):
     log.write_text("epoch,lo")  # killed while writing the header: the log starts anew
     assert len(keep_rows_through(log, "epoch", 3, "a log", "delete it")) == 0
     assert not log.exists()
+
+
+def test_empty_archives_and_missing_earlier_outputs_say_what_to_run(tmp_path):
+    """Errors a notebook meets when an earlier step gave nothing or was not run."""
+    import types
+
+    import pandas as pd
+
+    from qdgs_lib import face_synthesis, recognition, shapes_poc
+    from qdgs_lib.data.shapes import ShapesDataset
+    from qdgs_lib.profiles import get_profile
+    from qdgs_lib.sampling import read_image_dataset
+
+    scorer = types.SimpleNamespace(generator=ToyGenerator())
+    empty = pd.DataFrame({"solution_0": [], "measures_0": [], "measures_1": []})
+    with pytest.raises(ValueError, match="the QDGS archive is empty: run the search first"):
+        face_synthesis.build_datasets(scorer, empty, get_profile("smoke", "faces"), tmp_path)
+    p = get_profile("smoke", "shapes")
+    with pytest.raises(ValueError, match="no solution has an unambiguous shape measure"):
+        shapes_poc.synthetic_set(scorer, np.zeros((3, 4)), np.zeros((3, 2)), p)
+    with pytest.raises(ValueError, match="image_size 8: the shape classifier needs >= 16 px"):
+        shapes_poc.classifier_protocol({**p, "image_size": 8}, {}, progress=False,
+                                       device="cpu")
+    for bias in (0.4, 1.2):
+        with pytest.raises(ValueError, match=r"bias must be in \[0.5, 1\]"):
+            ShapesDataset(8, bias)
+    with pytest.raises(FileNotFoundError, match="run notebooks/03_pretraining.ipynb first"):
+        recognition.load_backbone(get_profile("smoke", "recognition"), tmp_path / "none.st")
+    with pytest.raises(FileNotFoundError, match="is .* a dataset written by qdgs"):
+        read_image_dataset(tmp_path, ["a"])

@@ -27,6 +27,24 @@ def test_pixel_color_recovers_the_render_color():
     assert (red == (balanced.colors.numpy() == 0)).all()
 
 
+@pytest.mark.parametrize("bias", [0.5, 0.8, 0.98])
+def test_the_biased_sets_have_the_bias_they_are_named_for(bias):
+    """The experiment's manipulation: half triangles, half squares; a triangle is red (a
+    square blue) with probability ``bias``, in the groups and in the rendered pixels."""
+    from qdgs_lib.data.shapes import biased_groups
+
+    n = 40_000
+    colors, shapes = biased_groups(n, bias, torch.Generator().manual_seed(0))
+    sd = np.sqrt(0.25 / n)  # binomial standard deviations: 5 of them, a loose bound
+    assert abs(shapes.float().mean().item() - 0.5) < 5 * sd
+    majority = (colors == shapes).float()  # red (0) triangles (0), blue (1) squares (1)
+    for shape in (0, 1):
+        share = majority[shapes == shape].mean().item()
+        assert abs(share - bias) < 5 * np.sqrt(bias * (1 - bias) / (n / 2)) + 1e-9, share
+    data = ShapesDataset(400, bias, 32, seed=1)
+    assert ((pixel_color(data.images) > 0.5) == (data.colors.numpy() == 1)).all()
+
+
 def test_shape_augmentation_is_seeded_white_filled_and_keeps_the_shape():
     import torch
 

@@ -225,7 +225,7 @@ def test_torch_files_from_users_never_run_their_pickles(tmp_path, load):
     assert "weights_only" not in str(e.value)  # torch's advice to load it anyway is left out
 
 
-def test_a_script_checkpoint_that_runs_code_is_set_aside_unrun(tmp_path):
+def test_a_script_checkpoint_that_runs_code_is_refused_unrun(tmp_path):
     import torch
 
     from qdgs_lib.utils import StepCheckpoint
