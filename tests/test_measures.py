@@ -15,8 +15,8 @@ from qdgs_lib.search import SearchConfig
 def test_records_drive_search_config_labels_and_prompts():
     p = get_profile("default", "faces")
     cfg = SearchConfig.from_profile(p, "cma_maega")
-    assert cfg.dims == (20, 10, 5, 10)
-    assert cfg.ranges == ((-0.85, 0.85), (-0.85, 0.85), (-0.7, 0.7), (-0.85, 0.8))
+    assert cfg.dims == tuple(m.bins for m in p["measures"]) == (20, 10, 5, 10)
+    assert cfg.ranges == tuple(m.range for m in p["measures"])
     assert measures.prompts(p)[3] == ("A person in their 20s.", "A person in their 50s.")
     assert measures.labels(p)[0] == "dark skin (+) vs light"
     assert measures.index(p, "age") == 3
