@@ -182,14 +182,16 @@ def build_datasets(scorer: PromptScorer, qd_df: pd.DataFrame, p: dict[str, Any],
 
 
 def dataset_summary(datasets: dict[str, Path], p: dict[str, Any]) -> pd.DataFrame:
-    """Per dataset: images, identities, solutions, solutions per bin, and (toy world) the
-    true attribute shares of its solutions."""
+    """Per dataset (the index): images, identities, solutions, images per solution (the
+    augmentations), solutions per bin, and (toy world) the true attribute shares of its
+    solutions."""
     rows = {}
     for name, path in datasets.items():
         man = pd.read_csv(Path(path) / "manifest.csv")
         per_solution = man.drop_duplicates("solution")
         row = {"images": len(man), "identities": man["identity"].nunique(),
-               "solutions": len(per_solution)}
+               "solutions": len(per_solution),
+               "images per solution": len(man) / max(len(per_solution), 1)}
         row |= {f"bin {b}": int(n) for b, n in per_solution["bin"].value_counts().sort_index()
                 .items()}
         if p["world"] == "toy":

@@ -57,6 +57,47 @@ def provenance(profile: str, section: str, p: dict[str, Any]) -> str:
     return f"qdgs - profile {profile}{weights}: {what}"
 
 
+def expect_complete(table, grid: dict[str, Any], values: tuple[str, ...] = (),
+                    unit: bool = True) -> None:
+    """A notebook's last check that a resumed or partial run left no gap: ``table`` has
+    exactly one row per combination of ``grid``'s values (column -> values) and its
+    ``values`` columns are finite (and in [0, 1] when ``unit``: accuracies, shares). Raises a
+    ValueError naming what is missing, repeated or out of range."""
+    import itertools
+
+    import numpy as np
+
+    cols = list(grid)
+    absent = [c for c in (*cols, *values) if c not in table.columns]
+    if absent:
+        raise ValueError(f"the table has no column(s) {absent} (it has {list(table.columns)})")
+    have = [tuple(r) for r in table[cols].itertuples(index=False)]
+    want = list(itertools.product(*(list(v) for v in grid.values())))
+    missing = sorted(set(want) - set(have), key=str)
+    repeated = sorted({r for r in have if have.count(r) > 1}, key=str)
+    extra = sorted(set(have) - set(want), key=str)
+    def row(r):
+        return dict(zip(cols, r, strict=True))
+
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} row(s) missing, e.g. {row(missing[0])}")
+    if repeated:
+        problems.append(f"rows repeated, e.g. {row(repeated[0])}")
+    if extra:
+        problems.append(f"rows not asked for, e.g. {row(extra[0])}")
+    for c in values:
+        x = table[c].to_numpy(dtype=float)
+        if not np.isfinite(x).all():
+            problems.append(f"{c}: {int((~np.isfinite(x)).sum())} NaN/inf value(s)")
+        elif unit and ((x < 0) | (x > 1)).any():
+            problems.append(f"{c}: values outside [0, 1] ({x.min():.3g} .. {x.max():.3g})")
+    if problems:
+        raise ValueError(f"incomplete results over {cols}: " + "; ".join(problems) +
+                         ". Rerun the cells above (finished parts resume), or delete the run "
+                         "folder's checkpoints to start over.")
+
+
 @dataclass
 class NotebookRun:
     profile: str

@@ -850,3 +850,29 @@ def test_empty_archives_and_missing_earlier_outputs_say_what_to_run(tmp_path):
         recognition.load_backbone(get_profile("smoke", "recognition"), tmp_path / "none.st")
     with pytest.raises(FileNotFoundError, match="is .* a dataset written by qdgs"):
         read_image_dataset(tmp_path, ["a"])
+
+
+def test_a_gap_in_a_notebooks_results_is_named():
+    """notebook.expect_complete, each notebook's last check: missing, repeated, unasked-for
+    rows and NaN or out-of-range values are each named."""
+    import pandas as pd
+
+    from qdgs_lib.notebook import expect_complete
+
+    grid = {"bias": [0.9, 0.8], "seed": [0, 1]}
+    full = pd.DataFrame([{"bias": b, "seed": s, "mean": 0.5} for b in grid["bias"]
+                         for s in grid["seed"]])
+    expect_complete(full, grid, values=("mean",))   # complete: no error
+    with pytest.raises(ValueError, match=r"1 row\(s\) missing, e.g. \{'bias': 0.8, 'seed': 1\}"):
+        expect_complete(full.iloc[:3], grid, values=("mean",))
+    with pytest.raises(ValueError, match="rows repeated, e.g. {'bias': 0.9, 'seed': 0}"):
+        expect_complete(pd.concat([full, full.iloc[:1]]), grid)
+    with pytest.raises(ValueError, match="rows not asked for, e.g. {'bias': 0.5, 'seed': 0}"):
+        expect_complete(pd.concat([full, full.iloc[:1].assign(bias=0.5)]), grid)
+    with pytest.raises(ValueError, match="mean: 1 NaN/inf value"):
+        expect_complete(full.assign(mean=[0.5, np.nan, 0.5, 0.5]), grid, values=("mean",))
+    with pytest.raises(ValueError, match=r"mean: values outside \[0, 1\]"):
+        expect_complete(full.assign(mean=[0.5, 1.5, 0.5, 0.5]), grid, values=("mean",))
+    expect_complete(full.assign(mean=7.0), grid, values=("mean",), unit=False)
+    with pytest.raises(ValueError, match=r"no column\(s\) \['finetune'\]"):
+        expect_complete(full, {**grid, "finetune": ["none"]})
