@@ -235,8 +235,11 @@ def check_assets(profile: str | None, section: str, part: str | None = None,
     missing = [a for a in required_assets(name, section, part, **mine) if not a.present()]
     if not missing:
         return
-    later = [a for a in missing_assets(name, **overrides)
-             if a.path not in {m.path for m in missing}]
+    try:
+        later = [a for a in missing_assets(name, **overrides)
+                 if a.path not in {m.path for m in missing}]
+    except ValueError:  # another section's bad override: its notebook will say so
+        later = []
     msg = (f"profile '{name}' ({section}) cannot start: {len(missing)} file(s) missing or "
            f"unusable\n" + _lines(missing))
     if later:
@@ -247,11 +250,11 @@ def check_assets(profile: str | None, section: str, part: str | None = None,
 
 def _released_note(paths: list[Path]) -> str:
     """Whether ``paths`` are the released code's files of those names (by sha256)."""
-    from .paths import RELEASED_SHA256
-    from .utils import sha256_file
+    from .paths import is_released_file
 
-    known = [x for x in paths if x.is_file() and x.name in RELEASED_SHA256]
-    other = [x.name for x in known if sha256_file(x) != RELEASED_SHA256[x.name]]
+    verdicts = {x.name: is_released_file(x) for x in paths}
+    known = {k: v for k, v in verdicts.items() if v is not None}
+    other = [k for k, v in known.items() if not v]
     if not known:
         return ""
     if not other:
@@ -270,8 +273,9 @@ def _load_steps(profile: str, section: str, overrides: dict[str, Any]) -> list[t
     def clip():
         c = clip_for_profile(p, "cpu")
         emb = c.encode_text(["a photo"])
+        on_gpu = {"released": "; float16 on CUDA (clip_precision 'released')"}
         return (f"{p['clip']}: {c.image_size} px images, {emb.shape[1]}-d embeddings, "
-                f"{c.weights_dtype} weights")
+                f"{c.weights_dtype} weights here{on_gpu.get(p['clip_precision'], '')}")
 
     if section == "shapes":
         def vae():
@@ -347,8 +351,13 @@ def load_assets(profile: str | None, overrides: dict[str, Any] | None = None) ->
     name, overrides = profile_name(profile), dict(overrides or {})
     failed, seen = 0, set()
     for section in SECTIONS:
-        mine, _ = split_overrides(name, section, overrides)
-        for what, path, load in _load_steps(name, section, mine):
+        try:
+            steps = _load_steps(name, section, split_overrides(name, section, overrides)[0])
+        except ValueError as e:  # a bad override: no file of this section can be named
+            failed += 1
+            print(f"[FAILED] {section:11s} overrides: {e}", flush=True)
+            continue
+        for what, path, load in steps:
             if (what, path) in seen:
                 continue
             seen.add((what, path))
@@ -384,20 +393,22 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     name = profile_name(args.profile)
     overrides = parse_overrides(args.overrides)
-    known = set().union(*(section_keys(name, s) for s in SECTIONS))
+    known = set().union(*(section_keys(name, s) for s in SECTIONS), SECTIONS)
     if set(overrides) - known:
         ap.error(f"unknown override(s) {sorted(set(overrides) - known)}: no section of "
                  f"profile {name!r} has them; known: {sorted(known)}")
+    needed = {}
+    for section in SECTIONS:   # a bad override value: said without a traceback
+        try:
+            needed[section] = required_assets(name, section,
+                                              **split_overrides(name, section, overrides)[0])
+        except ValueError as e:
+            ap.error(f"{section}: {e}")
     if args.load:
         return int(load_assets(name, overrides) > 0)
     status, seen = 0, set()
     for section in SECTIONS:
-        mine, _ = split_overrides(name, section, overrides)
-        try:
-            needed = required_assets(name, section, **mine)
-        except ValueError as e:   # a bad override value: say so without a traceback
-            ap.error(f"{section}: {e}")
-        for a in needed:
+        for a in needed[section]:
             if a.path in seen:
                 continue
             seen.add(a.path)

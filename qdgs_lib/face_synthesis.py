@@ -190,8 +190,10 @@ def dataset_summary(datasets: dict[str, Path], p: dict[str, Any]) -> pd.DataFram
         man = pd.read_csv(Path(path) / "manifest.csv")
         per_solution = man.drop_duplicates("solution")
         row = {"images": len(man), "identities": man["identity"].nunique(),
-               "solutions": len(per_solution),
-               "images per solution": len(man) / max(len(per_solution), 1)}
+               "solutions": len(per_solution)}
+        counts = man.groupby("solution").size()  # one number when every solution has as many
+        row["images per solution"] = (int(counts.iloc[0]) if counts.nunique() == 1 else
+                                      f"{counts.min()}-{counts.max()}")
         row |= {f"bin {b}": int(n) for b, n in per_solution["bin"].value_counts().sort_index()
                 .items()}
         if p["world"] == "toy":

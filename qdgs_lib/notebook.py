@@ -19,8 +19,14 @@ import torch
 
 from . import plots
 from .assets import check_assets, fingerprint, required_assets
-from .paths import notebook_dirs
-from .profiles import get_profile, parse_overrides, profile_name, split_overrides
+from .paths import in_data_dir, is_released_file, notebook_dirs
+from .profiles import (
+    get_profile,
+    parse_overrides,
+    profile_name,
+    shared_overrides,
+    split_overrides,
+)
 from .utils import resolve_device, write_run_info
 
 PLUMBING_LABEL = "RANDOM WEIGHTS - plumbing check, not a result"
@@ -41,8 +47,14 @@ def provenance(profile: str, section: str, p: dict[str, Any]) -> str:
 
     if section == "shapes":
         vae = p["shapes_vae"]
-        vae = ("the project's shapes VAE" if vae is None else f"shapes VAE {vae}"
-               if str(vae).endswith(".safetensors") else f"the released code's shapes VAE {vae}")
+        if vae is None:
+            vae = "the project's shapes VAE"
+        elif str(vae).endswith(".safetensors"):
+            vae = f"shapes VAE {vae}"
+        elif is_released_file(in_data_dir(vae)):
+            vae = "the released code's shapes VAE"
+        else:
+            vae = f"shapes VAE {vae} (in the released code's format)"
         what = f"{vae}, {clip(p['clip'])}"
     elif section == "faces":
         world = ("the project's toy-face world (renderer)" if p["world"] == "toy"
@@ -58,7 +70,8 @@ def provenance(profile: str, section: str, p: dict[str, Any]) -> str:
 
 
 def expect_complete(table, grid: dict[str, Any], values: tuple[str, ...] = (),
-                    unit: bool = True) -> None:
+                    unit: bool = True,
+                    fix: str = "Rerun the cells above (finished parts resume).") -> None:
     """A notebook's last check that a resumed or partial run left no gap: ``table`` has
     exactly one row per combination of ``grid``'s values (column -> values) and its
     ``values`` columns are finite (and in [0, 1] when ``unit``: accuracies, shares). Raises a
@@ -66,13 +79,18 @@ def expect_complete(table, grid: dict[str, Any], values: tuple[str, ...] = (),
     import itertools
 
     import numpy as np
+    import pandas as pd
 
     cols = list(grid)
     absent = [c for c in (*cols, *values) if c not in table.columns]
     if absent:
         raise ValueError(f"the table has no column(s) {absent} (it has {list(table.columns)})")
-    have = [tuple(r) for r in table[cols].itertuples(index=False)]
-    want = list(itertools.product(*(list(v) for v in grid.values())))
+    def same(v):  # 0.9 in float32 is 0.8999999761: numbers compared to 6 decimals
+        return round(float(v), 6) if isinstance(v, float | np.floating) else v
+
+    have = [tuple(map(same, r)) for r in table[cols].itertuples(index=False)]
+    want = list(itertools.product(*([same(x) for x in ([v] if isinstance(v, str) else v)]
+                                    for v in grid.values())))
     missing = sorted(set(want) - set(have), key=str)
     repeated = sorted({r for r in have if have.count(r) > 1}, key=str)
     extra = sorted(set(have) - set(want), key=str)
@@ -87,15 +105,14 @@ def expect_complete(table, grid: dict[str, Any], values: tuple[str, ...] = (),
     if extra:
         problems.append(f"rows not asked for, e.g. {row(extra[0])}")
     for c in values:
-        x = table[c].to_numpy(dtype=float)
+        x = pd.to_numeric(table[c], errors="coerce").to_numpy(dtype=float)  # text: NaN
         if not np.isfinite(x).all():
             problems.append(f"{c}: {int((~np.isfinite(x)).sum())} NaN/inf value(s)")
         elif unit and ((x < 0) | (x > 1)).any():
             problems.append(f"{c}: values outside [0, 1] ({x.min():.3g} .. {x.max():.3g})")
     if problems:
-        raise ValueError(f"incomplete results over {cols}: " + "; ".join(problems) +
-                         ". Rerun the cells above (finished parts resume), or delete the run "
-                         "folder's checkpoints to start over.")
+        raise ValueError(f"incomplete results over {cols}: " + "; ".join(problems) + ". "
+                         + fix)
 
 
 @dataclass
@@ -137,6 +154,10 @@ def start(notebook: str, profile: str | None, section: str,
     mine, elsewhere = split_overrides(name, section, overrides)
     if elsewhere:
         print(f"overrides for other notebooks, not used here: {sorted(elsewhere)}")
+    shared = shared_overrides(name, section, overrides)
+    if shared:
+        print(f"overrides {shared} apply here and to the other notebooks that take them; "
+              f'for this notebook alone write {{"{section}": {{...}}}}')
     p = get_profile(name, section, **mine)
     dev = resolve_device(device)
     check_assets(name, section, part, **overrides)

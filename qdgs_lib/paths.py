@@ -31,6 +31,19 @@ RELEASED_SHA256 = {
     "rnet.npy": "5660aad67688edc9e8a3dd4e47ed120932835e06a8a711a423252a6f2c747083",
     "onet.npy": "313141c3646bebb73cb8350a2d5fee4c7f044fb96304b46ccc21aeea8b818f83",
 }
+
+
+def is_released_file(path: str | os.PathLike) -> bool | None:
+    """Whether ``path`` is the released code's file of its name (sha256); None when the name
+    is none of :data:`RELEASED_SHA256`'s or there is no such file."""
+    from .utils import sha256_file
+
+    path = Path(path)
+    if path.name not in RELEASED_SHA256 or not path.is_file():
+        return None
+    return sha256_file(path) == RELEASED_SHA256[path.name]
+
+
 STYLEGAN2_FFHQ_URL = ("https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/"
                       "versions/1/files/stylegan2-ffhq-256x256.pkl")
 

@@ -227,7 +227,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         # "The paper profile and the released code" lists each, and what differs).
         # Its shapes objective has no latent-norm penalty; the offline profiles' weight 2 was
         # chosen for the project's shapes CLIP (issue 15) and is not checked with ViT-B/32:
-        # override objective_weights=[1, 2, 0] to carry it over.
+        # override {"shapes": {"objective_weights": [1, 2, 0]}} to carry it over.
         "shapes": {**_SHAPES_BASE, "clip": "ViT-B-32-quickgelu",
                    "shapes_vae": "pretrained/vae-shapes.pt",
                    "objective_weights": (1.0, 0.0, 0.0), "objective_floor": False,
@@ -458,20 +458,46 @@ def section_keys(profile: str | None, section: str) -> set[str]:
 
 def split_overrides(profile: str | None, section: str,
                     overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``overrides`` as (the keys of ``section``, the keys only other sections take), so that
-    one set of overrides serves every notebook of a profile (``stylegan_weights`` for 02,
-    ``real_dataset`` for 03); a key no section takes (a typo) is refused."""
+    """``overrides`` as (what ``section`` takes, what only other sections take), so that one
+    set of overrides serves every notebook of a profile.
+
+    A plain key applies to every section that takes it: ``stylegan_weights`` to faces,
+    ``real_dataset`` to recognition, but ``seeds``, ``lr``, ``batch``, ``image_size`` or
+    ``iterations`` to several sections, where they mean different things. A section's name
+    holds overrides for that section alone (``{"recognition": {"seeds": [0, 1, 2]}}``), and
+    wins over a plain key. A key no section takes (a typo) is refused, as is a section key
+    the section does not take."""
     name = profile_name(profile)
     keys = {s: section_keys(name, s) for s in PROFILES[name]}
     if section not in keys:
         raise ValueError(f"profile '{name}' has no section '{section}'")
-    unknown = set(overrides).difference(*keys.values())
+    scoped = {k: v for k, v in overrides.items() if k in keys}
+    plain = {k: v for k, v in overrides.items() if k not in keys}
+    for part, extra in scoped.items():
+        if not isinstance(extra, dict):
+            raise ValueError(f"override {part!r} names a section: give it a dict of that "
+                             "section's keys, e.g. {\"recognition\": {\"seeds\": [0, 1]}}")
+        unknown = set(extra) - keys[part]
+        if unknown:
+            raise ValueError(f"unknown override(s) {sorted(unknown)} for section {part!r} "
+                             f"of profile '{name}'; it takes {sorted(keys[part])}")
+    unknown = set(plain).difference(*keys.values())
     if unknown:
         raise ValueError(f"unknown override(s) {sorted(unknown)}: no section of profile "
                          f"'{name}' takes them; {section} takes "
                          f"{sorted(keys[section])}")
-    mine = {k: v for k, v in overrides.items() if k in keys[section]}
-    return mine, {k: v for k, v in overrides.items() if k not in mine}
+    mine = {k: v for k, v in plain.items() if k in keys[section]} | scoped.get(section, {})
+    elsewhere = {k: v for k, v in plain.items() if k not in keys[section]}
+    elsewhere |= {k: v for k, v in scoped.items() if k != section}
+    return mine, elsewhere
+
+
+def shared_overrides(profile: str | None, section: str, overrides: dict[str, Any]) -> list[str]:
+    """The plain keys of ``overrides`` that ``section`` takes and other sections take too
+    (each notebook of those sections applies them)."""
+    name = profile_name(profile)
+    others = set().union(*(section_keys(name, s) for s in PROFILES[name] if s != section))
+    return sorted(k for k in overrides if k in others and k in section_keys(name, section))
 
 
 def _sequence(key: str, value: Any) -> Any:

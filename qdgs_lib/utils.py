@@ -357,7 +357,8 @@ def reading(path: str | os.PathLike, what: str, fix: str):
         raise  # not the file's content: nothing to fall back from
     except (*_PARSE_ERRORS, SafetensorError) as e:
         detail = " ".join(str(e).split())[:240]
-        refused = re.search(r"WeightsUnpickler error: (.*?)(?: Please use|\n|$)", str(e))
+        refused = re.search(r"WeightsUnpickler error: (Unsupported global.*?)(?: Please use|\n|$)",
+                            str(e))
         if refused:  # torch's advice (weights_only=False) would run the file's code: not it
             detail = (f"its pickle asks for more than tensors and plain data ("
                       f"{refused.group(1).strip()[:160]}); loading it could run code, so it "

@@ -147,3 +147,33 @@ def test_checklist_says_what_is_wrong_and_where_to_get_the_file(tmp_path, monkey
     assets.main(["paper"])
     out = capsys.readouterr().out.split("[BAD]")[1].split("\n[")[0]
     assert "not a pickle" in out and "NGC" in out  # the problem, then where to get it
+
+
+def test_a_section_name_scopes_overrides_to_its_notebooks(tmp_path, monkeypatch, capsys):
+    """``seeds`` means notebook 01's classifier seeds and 03/04's training seeds: a plain key
+    applies to every section that takes it (and the notebook says so); under a section's name
+    it applies there alone, and wins over the plain key."""
+    overrides = {"seeds": [0, 1], "recognition": {"seeds": [0, 1, 2]}, "faces": {"grid": [5] * 4}}
+    assert profiles.split_overrides("paper", "shapes", overrides)[0] == {"seeds": [0, 1]}
+    assert profiles.split_overrides("paper", "recognition", overrides)[0] == {"seeds": [0, 1, 2]}
+    assert profiles.split_overrides("paper", "faces", overrides)[0] == {"grid": [5] * 4}
+    assert profiles.shared_overrides("paper", "shapes", overrides) == ["seeds"]
+    for bad, match in (({"faces": {"seeds": [0]}}, r"\['seeds'\] for section 'faces'"),
+                       ({"faces": 3}, "names a section: give it a dict")):
+        with pytest.raises(ValueError, match=match):
+            profiles.split_overrides("paper", "shapes", bad)
+    monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("QDGS_RUNS_DIR", str(tmp_path / "runs"))
+    with pytest.raises(assets.MissingAssetsError):
+        notebook.start("01_shapes_poc", "paper", "shapes", overrides)
+    out = capsys.readouterr().out
+    assert "not used here: ['faces', 'recognition']" in out
+    assert "overrides ['seeds'] apply here and to the other notebooks" in out
+    # another section's bad value does not hide this notebook's missing files
+    with pytest.raises(assets.MissingAssetsError, match="vae-shapes.pt"):
+        notebook.start("01_shapes_poc", "paper", "shapes", {"faces": {"grid": [5, 5]}})
+    # the checklist, --load included, names a bad override without a traceback
+    for argv in (["paper", "--load"], ["paper"]):
+        with pytest.raises(SystemExit):
+            assets.main([*argv, "--overrides", '{"faces": {"grid": [50, 50]}}'])
+        assert "faces: 2 bins values for 4 measures" in capsys.readouterr().err

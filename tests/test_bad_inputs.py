@@ -137,12 +137,21 @@ def test_run_record_holds_the_sha256_of_its_inputs(tmp_path, monkeypatch):
                              "qdgs-shapes-clip (the project's own small CLIP)")
     # ... the files it was given, not the offline default's (the paper's footer once named
     # the project's VAE)
+    from qdgs_lib import paths
     from qdgs_lib.notebook import provenance
     from qdgs_lib.profiles import get_profile
 
-    assert provenance("paper", "shapes", get_profile("paper", "shapes")).startswith(
-        "qdgs - profile paper: the released code's shapes VAE pretrained/vae-shapes.pt, CLIP "
-        "ViT-B-32-quickgelu")
+    monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path / "data"))
+    paper = get_profile("paper", "shapes")
+    assert provenance("paper", "shapes", paper).startswith(
+        "qdgs - profile paper: shapes VAE pretrained/vae-shapes.pt (in the released code's "
+        "format), CLIP ViT-B-32-quickgelu")  # (no such file here: not known to be released)
+    vae = tmp_path / "data" / "pretrained" / "vae-shapes.pt"
+    vae.parent.mkdir(parents=True)
+    vae.write_bytes(b"the released bytes")
+    monkeypatch.setitem(paths.RELEASED_SHA256, "vae-shapes.pt", sha256_file(vae))
+    assert provenance("paper", "shapes", paper).startswith(
+        "qdgs - profile paper: the released code's shapes VAE, CLIP ViT-B-32-quickgelu")
     own = get_profile("paper", "faces", stylegan_weights="mine/ffhq.safetensors")
     assert "StyleGAN2 mine/ffhq.safetensors" in provenance("paper", "faces", own)
     assert "StyleGAN2-FFHQ-256" in provenance("paper", "faces", get_profile("paper", "faces"))

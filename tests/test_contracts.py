@@ -531,6 +531,21 @@ def test_random_dataset_is_prior_samples_of_equal_size(face_sets):
     np.testing.assert_allclose(m, scorer.measures_of(rand), atol=1e-5)
 
 
+def test_a_solution_short_of_images_shows_in_the_summary(face_sets, tmp_path):
+    """Notebook 02's last check reads "images per solution": one number only when every
+    solution has as many (an average would hide a short one)."""
+    import shutil
+
+    _, p, _, sets, _ = face_sets
+    copy = tmp_path / "dataset_qdgs"
+    shutil.copytree(sets["qdgs"], copy)
+    man = pd.read_csv(copy / "manifest.csv")
+    man.drop(index=man.index[man.solution == man.solution.iloc[0]][-1:]).to_csv(
+        copy / "manifest.csv", index=False)
+    s = face_synthesis.dataset_summary({"qdgs": copy}, p)
+    assert s.loc["qdgs", "images per solution"] == f"{p['offsets'] - 1}-{p['offsets']}"
+
+
 def test_dataset_summary_counts_solutions_not_images(face_sets):
     """Catches the summary's `solutions` (and per-bin counts) counting images."""
     _, p, _, sets, mans = face_sets
@@ -541,6 +556,7 @@ def test_dataset_summary_counts_solutions_not_images(face_sets):
         assert s.loc[name, "solutions"] == n
         assert s.loc[name, "identities"] == man.identity.nunique()
         assert sum(s.loc[name, c] for c in s.columns if c.startswith("bin ")) == n
+        assert s.loc[name, "images per solution"] == p["offsets"]
 
 
 def test_latent_offsets_start_with_the_solution_itself():
