@@ -308,12 +308,13 @@ def _load_steps(profile: str, section: str, overrides: dict[str, Any]) -> list[t
             aligner(p["align"], p["image_size"], in_data_dir(p["mtcnn_weights"]))
             return "P-, R- and O-Net"
 
-        steps = [("generator", None, generator)]
-        if p["world"] == "ffhq":
-            steps[0] = ("StyleGAN2", required_assets(profile, section, **overrides)[0].path,
-                        generator)
+        if p["world"] == "ffhq":  # (the toy world renders: no file)
+            steps = [("StyleGAN2", required_assets(profile, section, **overrides)[0].path,
+                      generator)]
             if p["align"] == "mtcnn":
                 steps.append(("MTCNN", in_data_dir(p["mtcnn_weights"]), mtcnn))
+        else:
+            steps = [("generator", None, generator)]
         if p["offsets_file"]:
             steps.append(("latent offsets", in_data_dir(p["offsets_file"]), offsets))
         return [*steps, ("CLIP", _clip_asset(p).path, clip)]

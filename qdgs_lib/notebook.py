@@ -77,6 +77,7 @@ def expect_complete(table, grid: dict[str, Any], values: tuple[str, ...] = (),
     ``values`` columns are finite (and in [0, 1] when ``unit``: accuracies, shares). Raises a
     ValueError naming what is missing, repeated or out of range."""
     import itertools
+    from collections import Counter
 
     import numpy as np
     import pandas as pd
@@ -85,18 +86,19 @@ def expect_complete(table, grid: dict[str, Any], values: tuple[str, ...] = (),
     absent = [c for c in (*cols, *values) if c not in table.columns]
     if absent:
         raise ValueError(f"the table has no column(s) {absent} (it has {list(table.columns)})")
+
     def same(v):  # 0.9 in float32 is 0.8999999761: numbers compared to 6 decimals
         return round(float(v), 6) if isinstance(v, float | np.floating) else v
 
-    have = [tuple(map(same, r)) for r in table[cols].itertuples(index=False)]
-    want = list(itertools.product(*([same(x) for x in ([v] if isinstance(v, str) else v)]
-                                    for v in grid.values())))
-    missing = sorted(set(want) - set(have), key=str)
-    repeated = sorted({r for r in have if have.count(r) > 1}, key=str)
-    extra = sorted(set(have) - set(want), key=str)
     def row(r):
         return dict(zip(cols, r, strict=True))
 
+    have = Counter(tuple(map(same, r)) for r in table[cols].itertuples(index=False))
+    want = set(itertools.product(*([same(x) for x in ([v] if isinstance(v, str) else v)]
+                                   for v in grid.values())))
+    missing = sorted(want - set(have), key=str)
+    repeated = sorted((r for r, n in have.items() if n > 1), key=str)
+    extra = sorted(set(have) - want, key=str)
     problems = []
     if missing:
         problems.append(f"{len(missing)} row(s) missing, e.g. {row(missing[0])}")
