@@ -22,7 +22,7 @@ from .measures import dataset_bins, index, ranges_from_samples
 from .paths import RELEASED_OFFSETS_WHERE, in_data_dir
 from .profiles import with_earlier
 from .sampling import assign_bins, cluster_identities, solution_columns, write_identity_dataset
-from .scoring import PromptScorer, scorer_for_profile
+from .scoring import PromptScorer, scorer_for_profile, set_cublas_workspace
 from .search import measures, solutions
 from .utils import resolve_device
 
@@ -44,6 +44,7 @@ def build_scorer(p: dict[str, Any], device: str | torch.device = "auto") -> Prom
     """The generator and its CLIP scorer; also reads the files the datasets need after the
     search (latent offsets, MTCNN weights), so that a wrong one fails now, not an hour in."""
     device = resolve_device(device)
+    set_cublas_workspace(p, device)  # before the generator's first CUDA matmul
     scorer = scorer_for_profile(build_generator(p, device), p, device)
     check_dataset_inputs(p, scorer.generator)
     return scorer

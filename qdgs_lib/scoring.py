@@ -42,7 +42,14 @@ from .generators.base import Generator
 from .measures import prompts
 from .paths import in_data_dir
 from .profiles import with_earlier
-from .utils import at_least_fp32, check_batch_size, check_unit_images, compile_available
+from .utils import (
+    at_least_fp32,
+    check_batch_size,
+    check_unit_images,
+    compile_available,
+    tf32_matmul,
+    tf32_matmul_on,
+)
 
 Prompt = str | Sequence[str]
 # PromptScorer.autocast's choices
@@ -381,21 +388,17 @@ class PromptScorer:
         """TF32 CUDA matmuls for the duration of a scoring call if ``tf32_matmul``.
 
         cuDNN already runs fp32 convolutions (the generator's) in TF32 by default; matmuls
-        (CLIP's) are fp32 unless ``torch.backends.cuda.matmul.allow_tf32``. With it, a
-        paper-scale CMA-MAEGA iteration took 20.8 instead of 24.6 ms on an H200
-        (bench/README.md), at a 10-bit mantissa's rounding (~1e-3) in CLIP's matmuls. Set
-        here and restored after the call, not globally; off by default.
+        (CLIP's) are fp32 unless TF32 is on (``tf32_matmul_on``). With it, a paper-scale
+        CMA-MAEGA iteration took 20.8 instead of 24.6 ms on an H200 (bench/README.md), at a
+        10-bit mantissa's rounding (~1e-3) in CLIP's matmuls. Set here and restored after the
+        call, not globally; off by default.
         """
-        # already on (also via set_float32_matmul_precision): nothing to set or restore
-        if not (self.tf32_matmul and self.clip.device.type == "cuda") or \
-                torch.backends.cuda.matmul.allow_tf32:
+        # already on (by any of torch's settings): nothing to set or restore
+        if not (self.tf32_matmul and self.clip.device.type == "cuda") or tf32_matmul_on():
             yield
             return
-        torch.backends.cuda.matmul.allow_tf32 = True
-        try:
+        with tf32_matmul():
             yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = False  # it was off (above)
 
     @contextmanager
     def _deterministic(self) -> Iterator[None]:
@@ -409,8 +412,9 @@ class PromptScorer:
         ``CUBLAS_WORKSPACE_CONFIG`` (set here to ``:4096:8`` unless set), but cuBLAS reads it
         once, at the process's first CUDA matmul, and a scorer's constructor already encodes
         its prompts: export ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` before starting Python
-        (``scorer_for_profile`` sets it before building the scorer, which is in time for a
-        fresh process). Off by default (deterministic kernels can be slower)."""
+        (the notebooks' ``build_scorer`` sets it before building the generator, which is in
+        time for a fresh process: :func:`set_cublas_workspace`). Off by default
+        (deterministic kernels can be slower)."""
         if not self.deterministic:
             yield
             return
@@ -654,7 +658,7 @@ class PromptScorer:
         compiled = self.compile_static and mode not in self.uncompiled_modes and (
             mode == "values" or (mode in ("replicated", "func") and not self.stochastic))
         key = (mode, tuple(z.shape), tuple(self.memory.shape),
-               z.is_cuda and torch.backends.cuda.matmul.allow_tf32, self.autocast,
+               z.is_cuda and tf32_matmul_on(), self.autocast,
                self.deterministic) + \
             (("compiled",) * compiled)
         if key not in self._static_calls:
@@ -874,11 +878,20 @@ def clip_for_profile(p: dict, device: str | torch.device = "cpu") -> Clip:
                        precision=p["clip_precision"])
 
 
+def set_cublas_workspace(p: dict, device: str | torch.device) -> None:
+    """For a ``deterministic`` profile on CUDA, ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (unless
+    set), which deterministic cuBLAS matmuls need. cuBLAS reads it once, at the process's
+    first CUDA matmul: call this before building the generator (StyleGAN2's constructor
+    already runs its mapping network)."""
+    if p.get("deterministic") and torch.device(device).type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
 def scorer_for_profile(generator: Generator, p: dict, device: torch.device) -> PromptScorer:
     """The profile section's CLIP (``clip``, ``clip_weights``, ``cutouts``) scoring
-    ``generator`` with its objective prompts, measures and ``objective_weights``."""
-    if p.get("deterministic") and torch.device(device).type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before any matmul
+    ``generator`` with its objective prompts, measures and ``objective_weights``. (Build the
+    generator after :func:`set_cublas_workspace`.)"""
+    set_cublas_workspace(p, device)  # in time if the generator ran no CUDA matmul yet
     p = with_earlier(p)
     scorer = PromptScorer(generator, clip_for_profile(p, device), p["objective"], prompts(p),
                           weights=p["objective_weights"],

@@ -39,7 +39,7 @@ from .sampling import (
     solution_columns,
     write_image_dataset,
 )
-from .scoring import PromptScorer, scorer_for_profile
+from .scoring import PromptScorer, scorer_for_profile, set_cublas_workspace
 from .search import measures, solutions
 from .shapes_oracle import ShapeOracle, load_shapes_oracle
 from .train import train_classifier
@@ -68,6 +68,7 @@ def build_generator(p: dict[str, Any], device: str | torch.device = "auto") -> G
 
 def build_scorer(p: dict[str, Any], device: str | torch.device = "auto") -> PromptScorer:
     device = resolve_device(device)
+    set_cublas_workspace(p, device)  # before the generator's first CUDA matmul
     return scorer_for_profile(build_generator(p, device), p, device)
 
 

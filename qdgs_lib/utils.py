@@ -19,7 +19,7 @@ import sys
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -853,3 +853,36 @@ def compile_available(device: torch.device) -> str | None:
                 "(apt-get install g++, conda install -c conda-forge cxx-compiler, or set "
                 "CXX to a compiler before starting Python)")
     return None
+
+
+def tf32_matmul_on() -> bool:
+    """Whether CUDA float32 matmuls run as TF32, by any of torch's settings
+    (``allow_tf32``, ``set_float32_matmul_precision("high")``, or the newer
+    ``torch.backends[.cuda.matmul].fp32_precision = "tf32"``). Since torch 2.9, reading
+    ``allow_tf32`` raises once the newer setting was used; ``fp32_precision`` answers for all
+    three."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        return matmul.fp32_precision == "tf32"
+    return bool(matmul.allow_tf32)
+
+
+@contextmanager
+def tf32_matmul() -> Iterator[None]:
+    """CUDA float32 matmuls in TF32 inside the block; torch's setting as it was after it.
+    Through ``fp32_precision`` where torch has it, so that neither the user's later reads of
+    ``allow_tf32`` nor of ``fp32_precision`` meet a mix of the two settings."""
+    matmul = torch.backends.cuda.matmul
+    new_api = hasattr(matmul, "fp32_precision")
+    was = matmul.fp32_precision if new_api else matmul.allow_tf32
+    if new_api:
+        matmul.fp32_precision = "tf32"
+    else:
+        matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        if new_api:
+            matmul.fp32_precision = was
+        else:
+            matmul.allow_tf32 = was

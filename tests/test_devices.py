@@ -278,10 +278,11 @@ def test_tf32_scores_stay_close_to_fp32_on_the_paper_architectures():
 
     from qdgs_lib.measures import prompts
     from qdgs_lib.scoring import PromptScorer
+    from qdgs_lib.utils import tf32_matmul_on
 
     p, gen, clip = _paper_networks()
     sc = PromptScorer(gen, clip, p["objective"], prompts(p), weights=(1.0, 0.5, 0.2))
-    before = torch.backends.cuda.matmul.allow_tf32
+    before = tf32_matmul_on()
     z = gen.sample_prior(16, seed=3).cpu().numpy()
     out = {}
     for tf32 in (False, True):
@@ -289,7 +290,7 @@ def test_tf32_scores_stay_close_to_fp32_on_the_paper_architectures():
         values = sc.evaluate(z, update_memory=False)
         jac = sc.evaluate(z[:4], jacobian=True, update_memory=False).jacobian
         out[tf32] = values.measures, values.objective, jac
-        assert torch.backends.cuda.matmul.allow_tf32 == before
+        assert tf32_matmul_on() == before
     (m, obj, jac), (m32, obj32, jac32) = out[False], out[True]
     measure_err = (np.abs(m32 - m).max(0) / m.std(0)).max()
     cos = (jac * jac32).sum(2) / (np.linalg.norm(jac, axis=2) * np.linalg.norm(jac32, axis=2))
@@ -374,8 +375,9 @@ def test_uint8_images_scale_on_cuda_to_the_cpus_values():
 @pytest.mark.parametrize("device", DEVICES)
 def test_the_released_settings_on_every_device(device, tmp_path):
     """The paper profiles' released-code settings: CLIP as clip.load gives it (float16 on
-    CUDA), pooled, unclamped faces scored with jacobians (CUDA graphs from a shape's second
-    call), the released start; the released shapes sets and training rotation."""
+    CUDA), pooled, unclamped faces scored with jacobians (a CUDA graph from a shape's second
+    call, once the uniqueness memory is full), the released start; the released shapes sets
+    and training rotation."""
     import numpy as np
 
     from qdgs_lib.clip import create_clip
@@ -383,6 +385,7 @@ def test_the_released_settings_on_every_device(device, tmp_path):
     from qdgs_lib.measures import prompts
     from qdgs_lib.scoring import PromptScorer
     from qdgs_lib.search import QDSearch, SearchConfig
+    from qdgs_lib.utils import at_least_fp32
 
     torch.manual_seed(0)
     gen = StyleGAN2Generator(StyleGAN2(img_resolution=32, channel_base=1024).eval(),
@@ -393,12 +396,20 @@ def test_the_released_settings_on_every_device(device, tmp_path):
     p = get_profile("paper", "faces")
     scorer = PromptScorer(gen, clip, p["objective"], prompts(p), weights=p["objective_weights"],
                           latent_norm_scale=0.5, objective_floor=False,
-                          uniqueness_fill_scale=True, clamp_images=False)
+                          uniqueness_fill_scale=True, clamp_images=False, memory_size=4)
+    # a full uniqueness memory: only then are a shape's calls captured (CUDA graphs on CUDA;
+    # on a CPU, cuda_graphs=True runs the same static buffers eagerly)
+    with torch.no_grad():
+        scorer.memory = at_least_fp32(clip.encode_image(gen.decode(gen.sample_prior(4, seed=1))))
+    scorer.cuda_graphs = True
     z = gen.sample_prior(2, seed=0).cpu().numpy()
     first = scorer.evaluate(z[:1], jacobian=True, update_memory=False)
-    again = scorer.evaluate(z[:1], jacobian=True, update_memory=False)  # (captured here)
+    again = scorer.evaluate(z[:1], jacobian=True, update_memory=False)  # captured here
+    assert len(scorer._static_calls) == 1
     assert np.isfinite(first.jacobian).all() and np.isfinite(again.jacobian).all()
     np.testing.assert_allclose(again.measures, first.measures, atol=1e-3)
+    np.testing.assert_allclose(again.jacobian, first.jacobian,
+                               atol=1e-2 * np.abs(first.jacobian).max())
     cfg = SearchConfig(dims=(2,) * 4, ranges=((-0.1, 0.1),) * 4, iterations=2, x0="released",
                        x0_samples=16, x0_truncation=0.7, batch_size=3, selection_rule="filter")
     start = QDSearch(scorer, cfg, tmp_path / "search").start_latent()

@@ -1,3 +1,4 @@
+import os
 import warnings
 
 import numpy as np
@@ -255,30 +256,88 @@ def test_static_calls_are_skipped_where_the_work_is_not_fixed():
     assert sc._static_calls == {}
 
 
-def test_tf32_is_set_for_the_call_only_and_on_cuda_only():
-    """``tf32_matmul`` switches CUDA matmuls to TF32 inside a scoring call and restores
-    torch's setting after it, also after an error; off CUDA, and when False, nothing moves."""
+_TF32_ROUTES = {  # each way a user can switch CUDA matmuls to TF32 (or keep them fp32)
+    "default": "pass",
+    "allow_tf32 = False": "torch.backends.cuda.matmul.allow_tf32 = False",
+    "allow_tf32 = True": "torch.backends.cuda.matmul.allow_tf32 = True",
+    "set_float32_matmul_precision('high')": "torch.set_float32_matmul_precision('high')",
+    # torch >= 2.9's settings: once one is set in a process that never set allow_tf32,
+    # reading allow_tf32 raises (the scorer read it on every CUDA call)
+    "matmul.fp32_precision = 'ieee'": "torch.backends.cuda.matmul.fp32_precision = 'ieee'",
+    "matmul.fp32_precision = 'tf32'": "torch.backends.cuda.matmul.fp32_precision = 'tf32'",
+    "backends.fp32_precision = 'tf32'": "torch.backends.fp32_precision = 'tf32'",
+}
+
+
+def check_tf32_route(name: str) -> None:
+    """Set TF32 by route ``name``; the scorer's TF32 switch then reads it without error, is on
+    inside a CUDA call only, and leaves the setting (and the user's way to read it) as it was,
+    also after an error."""
     from types import SimpleNamespace
 
-    flag = torch.backends.cuda.matmul
-    before = flag.allow_tf32
+    from qdgs_lib.scoring import PromptScorer
+    from qdgs_lib.utils import tf32_matmul_on
+
+    exec(_TF32_ROUTES[name])
+    start = tf32_matmul_on()
+    assert start == ("True" in name or "high" in name or "'tf32'" in name), name
     cuda = SimpleNamespace(tf32_matmul=True, clip=SimpleNamespace(device=torch.device("cuda")))
-    try:
-        for start in (False, True):
-            flag.allow_tf32 = start
-            with PromptScorer._tf32(cuda):
-                assert flag.allow_tf32 is True
-            assert flag.allow_tf32 is start
-            with pytest.raises(KeyError), PromptScorer._tf32(cuda):
-                raise KeyError
-            assert flag.allow_tf32 is start
-            for other in (SimpleNamespace(tf32_matmul=False, clip=cuda.clip),
-                          SimpleNamespace(tf32_matmul=True,
-                                          clip=SimpleNamespace(device=torch.device("cpu")))):
-                with PromptScorer._tf32(other):
-                    assert flag.allow_tf32 is start
-    finally:
-        flag.allow_tf32 = before
+    with PromptScorer._tf32(cuda):
+        assert tf32_matmul_on() is True
+    assert tf32_matmul_on() is start
+    with pytest.raises(KeyError), PromptScorer._tf32(cuda):
+        raise KeyError
+    assert tf32_matmul_on() is start
+    for other in (SimpleNamespace(tf32_matmul=False, clip=cuda.clip),
+                  SimpleNamespace(tf32_matmul=True,
+                                  clip=SimpleNamespace(device=torch.device("cpu")))):
+        with PromptScorer._tf32(other):
+            assert tf32_matmul_on() is start
+    if "fp32_precision" not in name:  # the user's own reads work as before
+        assert torch.backends.cuda.matmul.allow_tf32 is start
+
+
+@pytest.fixture
+def restore_tf32():
+    """torch's matmul precision settings as they were before the test."""
+    matmul = torch.backends.cuda.matmul
+    new_api = hasattr(matmul, "fp32_precision")
+    saved = (matmul.fp32_precision, torch.backends.fp32_precision) if new_api \
+        else matmul.allow_tf32
+    yield
+    if new_api:
+        torch.backends.fp32_precision, matmul.fp32_precision = saved[1], saved[0]
+    else:
+        matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("name", [n for n in _TF32_ROUTES if "fp32_precision" not in n])
+def test_tf32_is_set_for_the_call_only_and_on_cuda_only(name, restore_tf32):
+    """``tf32_matmul`` switches CUDA matmuls to TF32 inside a scoring call and restores
+    torch's setting after it; off CUDA, and when False, nothing moves."""
+    check_tf32_route(name)
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"),
+                    reason="torch < 2.9 has no fp32_precision setting")
+def test_tf32_switch_works_with_torchs_newer_setting():
+    """The same with torch's newer ``fp32_precision`` settings, in a fresh process: torch
+    refuses reads of ``allow_tf32`` after them only where ``allow_tf32`` was never set, which
+    other tests in this process may have done."""
+    import os
+    import subprocess
+    import sys
+
+    routes = [n for n in _TF32_ROUTES if "fp32_precision" in n or n == "default"]
+    code = ("import sys\nimport torch\nsys.path[:0] = ['tests']\n"
+            "from test_scoring import check_tf32_route\n"
+            f"for name in {routes!r}:\n"
+            "    check_tf32_route(name)\n"
+            "    torch.backends.fp32_precision = 'none'\n"
+            "    torch.backends.cuda.matmul.fp32_precision = 'none'\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(__file__)), timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
 
 
 @pytest.mark.parametrize("key", ["tf32_matmul", "compile_static", "deterministic"])
@@ -801,6 +860,33 @@ def test_deterministic_scoring_sets_torch_for_the_call_only(monkeypatch):
         sc.deterministic = flag
         sc.evaluate(z)
     assert sorted(k[-1] for k in sc._static_calls) == [False, True]
+
+
+@pytest.mark.parametrize("module", ["shapes_poc", "face_synthesis"])
+def test_cublas_workspace_is_set_before_the_generator_is_built(module, monkeypatch):
+    """cuBLAS reads ``CUBLAS_WORKSPACE_CONFIG`` once, at the first CUDA matmul, and
+    StyleGAN2's constructor already runs its mapping network: a deterministic profile on CUDA
+    sets it before building the generator (it used to be set after, too late)."""
+    import importlib
+
+    from qdgs_lib.profiles import get_profile
+
+    mod = importlib.import_module(f"qdgs_lib.{module}")
+    seen = {}
+
+    def build_generator(p, device):
+        seen[p["deterministic"]] = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+        raise KeyboardInterrupt  # stop here: no CUDA to build on
+
+    monkeypatch.setattr(mod, "build_generator", build_generator)
+    monkeypatch.setattr(mod, "resolve_device", lambda device: torch.device("cuda"))
+    section = "shapes" if module == "shapes_poc" else "faces"
+    for deterministic in (False, True):
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+        p = get_profile("paper", section, deterministic=deterministic)
+        with pytest.raises(KeyboardInterrupt):
+            mod.build_scorer(p, "cuda")
+    assert seen == {False: None, True: ":4096:8"}
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
