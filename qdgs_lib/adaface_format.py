@@ -30,16 +30,8 @@ from pathlib import Path
 import torch
 
 from .models.iresnet import LAYOUTS, IResNet, build_iresnet
-from .utils import (
-    BadFileError,
-    TorchArchiveUnpickler,
-    UnsafePickleError,
-    atomic_path,
-    cpu_state_dict,
-    is_torchscript_archive,
-    load_torch_archive,
-    reading,
-)
+from .unpickling import TorchArchiveUnpickler, is_torchscript_archive, load_torch_archive
+from .utils import BadFileError, UnsafePickleError, atomic_path, cpu_state_dict, reading
 
 # AdaFace's names -> ours (the rest of each key is the same)
 RENAMES = (("input_layer.", "stem."), ("output_layer.", "output."),

@@ -16,15 +16,13 @@ from torch import nn
 
 from .paths import pretrained_dir, shipped_weights_fix, weights_dir
 from .profiles import CHOICES
+from .unpickling import TorchArchiveUnpickler, is_torchscript_archive, load_torch_archive
 from .utils import (
     BadFileError,
-    TorchArchiveUnpickler,
     adaptive_avg_pool_matmul,
     at_least_fp32,
     check_recorded_sha256,
     check_unit_images,
-    is_torchscript_archive,
-    load_torch_archive,
     read_weights_record,
     reading,
     resize_square_matmul,

@@ -39,7 +39,8 @@ from torch import nn
 from .data.benchmarks import BIN_ALLOWED
 from .paths import MTCNN_NETS as NETS
 from .paths import RELEASED_MTCNN_WHERE
-from .utils import BadFileError, RestrictedUnpickler, reading
+from .unpickling import RestrictedUnpickler
+from .utils import BadFileError, reading
 
 # the copy's reference points for a 112 x 112 crop (its 96 x 112 points, moved 8 px right)
 REFERENCE_112 = np.array([[30.29459953, 51.69630051], [65.53179932, 51.50139999],

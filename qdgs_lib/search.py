@@ -35,12 +35,11 @@ from tqdm.auto import tqdm
 from .measures import grid, ranges
 from .profiles import CHOICES, EARLIER, with_earlier
 from .scoring import PromptScorer
+from .unpickling import RestrictedUnpickler, check_seed_sequence
 from .utils import (
     BadFileError,
-    RestrictedUnpickler,
     UnsafePickleError,
     atomic_path,
-    check_seed_sequence,
     differing_keys,
     keep_rows_through,
     load_checkpoint_with_fallback,

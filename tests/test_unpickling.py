@@ -143,7 +143,8 @@ def test_dtype_states_other_than_their_own_are_refused():
     import io
 
     from qdgs_lib.data.benchmarks import BIN_ALLOWED
-    from qdgs_lib.utils import RestrictedUnpickler, UnsafePickleError
+    from qdgs_lib.unpickling import RestrictedUnpickler
+    from qdgs_lib.utils import UnsafePickleError
 
     def load(obj):
         raw = pickle.dumps(obj, protocol=2)

@@ -24,9 +24,9 @@ import torch
 from PIL import Image
 
 from ..evaluate import contiguous_folds
+from ..unpickling import RestrictedUnpickler
 from ..utils import (
     BadFileError,
-    RestrictedUnpickler,
     atomic_write_bytes,
     reading,
     resize_square,

@@ -16,14 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..paths import STYLEGAN2_FFHQ_URL, pretrained_dir
-from ..utils import (
-    BadFileError,
-    RestrictedUnpickler,
-    atomic_path,
-    check_tensor_shapes,
-    reading,
-    resolve_device,
-)
+from ..unpickling import RestrictedUnpickler
+from ..utils import BadFileError, atomic_path, check_tensor_shapes, reading, resolve_device
 from .stylegan2 import StyleGAN2
 
 
