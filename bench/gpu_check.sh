@@ -92,9 +92,9 @@ if [ "$pending" = 1 ]; then
         --only iteration_candidates --candidates baseline deterministic paper_profile
     step "pending compiled rows" timeout 190 $PY bench/run.py --only iteration_candidates \
         --candidates baseline func+compile func+compile+tf32_matmul
-    step "pending CUDA tests" timeout 100 env CUBLAS_WORKSPACE_CONFIG=:4096:8 $PY -m pytest \
-        tests/test_devices.py -p no:cacheprovider -q -rfEsP \
-        -k "compiled_static_calls_match_eager or deterministic_searches_reproduce"
+    step "pending CUDA tests" timeout 120 env CUBLAS_WORKSPACE_CONFIG=:4096:8 $PY -m pytest \
+        tests/test_devices.py -p no:cacheprovider -q -rfEsP -k "compiled_static_calls_match_eager \
+or deterministic_searches_reproduce or released_settings or uint8_images_scale"
     step "compile check" timeout 60 $PY bench/compile_check.py
     [ -z "$failed" ] || { echo "FAILED:$failed"; exit 1; }
     echo "all pending GPU checks ran; results in $RESULTS"
