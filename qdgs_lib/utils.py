@@ -621,16 +621,21 @@ def compile_available(device: torch.device) -> str | None:
     return None
 
 
+def _tf32_flag() -> tuple[str, str | bool]:
+    """torch's CUDA matmul TF32 setting: (attribute of ``torch.backends.cuda.matmul``, its
+    value for TF32). ``fp32_precision`` where torch has it (2.9+): it reflects all three ways
+    of setting TF32, and reading ``allow_tf32`` raises once the newer setting was used."""
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        return "fp32_precision", "tf32"
+    return "allow_tf32", True
+
+
 def tf32_matmul_on() -> bool:
     """Whether CUDA float32 matmuls run as TF32, by any of torch's settings
     (``allow_tf32``, ``set_float32_matmul_precision("high")``, or the newer
-    ``torch.backends[.cuda.matmul].fp32_precision = "tf32"``). Since torch 2.9, reading
-    ``allow_tf32`` raises once the newer setting was used; ``fp32_precision`` answers for all
-    three."""
-    matmul = torch.backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision"):
-        return matmul.fp32_precision == "tf32"
-    return bool(matmul.allow_tf32)
+    ``torch.backends[.cuda.matmul].fp32_precision = "tf32"``)."""
+    name, on = _tf32_flag()
+    return getattr(torch.backends.cuda.matmul, name) == on
 
 
 @contextmanager
@@ -638,17 +643,10 @@ def tf32_matmul() -> Iterator[None]:
     """CUDA float32 matmuls in TF32 inside the block; torch's setting as it was after it.
     Through ``fp32_precision`` where torch has it, so that neither the user's later reads of
     ``allow_tf32`` nor of ``fp32_precision`` meet a mix of the two settings."""
-    matmul = torch.backends.cuda.matmul
-    new_api = hasattr(matmul, "fp32_precision")
-    was = matmul.fp32_precision if new_api else matmul.allow_tf32
-    if new_api:
-        matmul.fp32_precision = "tf32"
-    else:
-        matmul.allow_tf32 = True
+    name, on = _tf32_flag()
+    was = getattr(torch.backends.cuda.matmul, name)
+    setattr(torch.backends.cuda.matmul, name, on)
     try:
         yield
     finally:
-        if new_api:
-            matmul.fp32_precision = was
-        else:
-            matmul.allow_tf32 = was
+        setattr(torch.backends.cuda.matmul, name, was)

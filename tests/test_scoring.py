@@ -324,7 +324,6 @@ def test_tf32_switch_works_with_torchs_newer_setting():
     """The same with torch's newer ``fp32_precision`` settings, in a fresh process: torch
     refuses reads of ``allow_tf32`` after them only where ``allow_tf32`` was never set, which
     other tests in this process may have done."""
-    import os
     import subprocess
     import sys
 
