@@ -176,6 +176,9 @@ _RECOGNITION_BASE: dict[str, Any] = {
     # compile (bench/run.py); off where a stage is too short to pay for it
     "compile": False,
     "plumbing_check": False,
+    # AdaFace's augmentations: "project" (float, RGB, torch's interpolations) or "released"
+    # (as the paper's pipeline ran them: uint8, ColorJitter on BGR, cv2's five interpolations)
+    "augment_style": "project",
 }
 
 # Keys added after runs and hand-made profile dicts existed, with the behaviour before them:
@@ -188,7 +191,7 @@ EARLIER = {"x0_truncation": None, "selection_rule": "mu", "latent_norm_scale": 1
            "image_format": "png", "mtcnn_weights": "pretrained/mtcnn",
            "cutout_style": "project", "x0": "prior_best", "label_style": "project",
            "shapes_data": "project", "clamp_images": True, "clip_precision": "float32",
-           "train_sets": "per_seed"}
+           "train_sets": "per_seed", "augment_style": "project"}
 
 
 def with_earlier(p: dict[str, Any]) -> dict[str, Any]:
@@ -262,7 +265,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "recognition": {**_RECOGNITION_BASE, "backbone": "ir101", "pretrain_epochs": 26,
                         "real_epochs": 26, "milestones": (12, 20, 24), "seeds": (0,),
                         "real_dataset": "benchmarks/train", "workers": 8,
-                        "toy_benchmark": False, "benchmarks": REAL_BENCHMARKS},
+                        "toy_benchmark": False, "benchmarks": REAL_BENCHMARKS,
+                        "augment_style": "released"},
     },
     # The paper's architectures and file formats at toy sizes, on random-weight assets that
     # `python -m qdgs_lib.plumbing` writes in the real formats: a plumbing check of the paper
@@ -299,7 +303,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                         "real_epochs": 1, "milestones": (1,), "batch": 8, "seeds": (0,),
                         "real_dataset": "benchmarks/train", "workers": 2,
                         "toy_benchmark": False, "benchmarks": REAL_BENCHMARKS,
-                        "plumbing_check": True},
+                        "augment_style": "released", "plumbing_check": True},
     },
 }
 
@@ -390,6 +394,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "image_format": ("png", "jpg"),
     "selection_rule": ("mu", "filter"),
     "align": ("crop", "mtcnn"),
+    "augment_style": ("project", "released"),
 }
 
 

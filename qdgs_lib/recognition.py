@@ -27,6 +27,7 @@ from .evaluate import embed, group_verification, verification_accuracy
 from .models.heads import build_head
 from .models.iresnet import build_iresnet
 from .paths import benchmarks_dir, data_dir, in_data_dir, real_dataset_path
+from .profiles import with_earlier
 from .sampling import read_identity_dataset
 from .train import RecognitionTrainer, adaface_input
 from .utils import (
@@ -50,6 +51,7 @@ def train_recognizer(data: Dataset, p: dict[str, Any], outdir, epochs: int,
     :mod:`~qdgs_lib.data.identities` dataset), optionally starting from a pretrained backbone
     state; resumes from ``outdir``. Returns the backbone on the CPU, in eval mode."""
     seed_everything(seed)
+    p = with_earlier(p)
     backbone = build_iresnet(p["backbone"])
     if init is not None:
         backbone.load_state_dict(init)
@@ -67,7 +69,8 @@ def train_recognizer(data: Dataset, p: dict[str, Any], outdir, epochs: int,
     trainer = RecognitionTrainer(backbone, head, data, outdir, lr=p["lr"],
                                  milestones=p["milestones"], batch_size=p["batch"], seed=seed,
                                  device=device, progress=progress, num_workers=workers,
-                                 compile=p["compile"], data_id=data_id)
+                                 compile=p["compile"], augment_style=p["augment_style"],
+                                 data_id=data_id)
     trainer.run(epochs)
     net = trainer.backbone.eval().cpu()
     return net.to(memory_format=torch.contiguous_format)

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .augment import AUGMENT_STYLES, face_augment
 from .utils import compile_available, unit_range
 
 
@@ -54,100 +55,6 @@ def train_classifier(model: nn.Module, dataset: Dataset, epochs: int, lr: float 
 
 
 # --- face recognition -------------------------------------------------------------------------
-# cv2's interpolations in AdaFace's low-resolution augmentation, less Lanczos (not in torch)
-_RESIZE_MODES = ("nearest", "bilinear", "area", "bicubic")
-
-
-def _resized_crop_box(h: int, w: int, g: torch.Generator, scale=(0.2, 1.0),
-                      ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """torchvision's ``RandomResizedCrop.get_params`` (top, left, height, width), drawn
-    from ``g``."""
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    for _ in range(10):
-        target = h * w * (scale[0] + (scale[1] - scale[0]) * float(torch.rand((), generator=g)))
-        aspect = math.exp(log_lo + (log_hi - log_lo) * float(torch.rand((), generator=g)))
-        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
-        if 0 < cw <= w and 0 < ch <= h:
-            top = int(torch.randint(0, h - ch + 1, (), generator=g))
-            left = int(torch.randint(0, w - cw + 1, (), generator=g))
-            return top, left, ch, cw
-    # torchvision's fallback: a centred crop at the nearest allowed aspect ratio
-    if w / h < ratio[0]:
-        cw, ch = w, round(w / ratio[0])
-    elif w / h > ratio[1]:
-        cw, ch = round(h * ratio[1]), h
-    else:
-        cw, ch = w, h
-    return (h - ch) // 2, (w - cw) // 2, ch, cw
-
-
-def _gray(img: torch.Tensor) -> torch.Tensor:
-    """torchvision's ``rgb_to_grayscale`` weights (ITU-R 601-2 luma), one channel."""
-    r, gr, b = img.unbind(-3)
-    return (0.2989 * r + 0.587 * gr + 0.114 * b).unsqueeze(-3)
-
-
-def color_jitter(img: torch.Tensor, order: list[int], factors: list[float]) -> torch.Tensor:
-    """torchvision's ``adjust_brightness`` (0), ``adjust_contrast`` (1) and
-    ``adjust_saturation`` (2) in ``order``, with ``factors`` indexed by those numbers; RGB in
-    [0, 1], clamped after each as torchvision does."""
-    for k in order:
-        f = factors[k]
-        if k == 0:
-            img = (img * f).clamp(0, 1)
-        elif k == 1:  # around the image's mean gray level
-            img = (img * f + (1 - f) * _gray(img).mean((-3, -2, -1), keepdim=True)).clamp(0, 1)
-        else:  # towards each pixel's gray
-            img = (img * f + (1 - f) * _gray(img)).clamp(0, 1)
-    return img
-
-
-def face_augment(x: torch.Tensor, generator: torch.Generator,
-                 p: float | tuple[float, float, float] = 0.2, flip: bool = True
-                 ) -> torch.Tensor:
-    """AdaFace's training augmentations (its ``Augmenter`` with the paper's probability
-    ``p`` = 0.2 each, or one per augmentation (crop, low resolution, photometric), then
-    ``RandomHorizontalFlip``), on RGB images in [0, 1]:
-
-    1. crop: torchvision's ``RandomResizedCrop`` box (area 0.2-1, aspect 3/4-4/3) kept at its
-       place, everything around it black (not resized: the face shrinks, as in AdaFace);
-    2. low resolution: down to a square of side 0.2-1 of the height and back up, each way
-       with a random interpolation (AdaFace draws among cv2's five; Lanczos has no torch
-       counterpart, so four here);
-    3. photometric: ``ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5)``, the three
-       in a random order, each clamped to [0, 1] as torchvision does;
-    4. a horizontal flip with probability 0.5 (``flip``).
-
-    The random draws come from ``generator`` on the host (no device sync); the image math
-    runs where ``x`` is, e.g. on the GPU, so the loader only decodes. Only samples that draw
-    one of 1-3 are touched one by one; the flip is one indexed copy.
-    """
-    b, _, h, w = x.shape
-    out = x.clone()
-    apply = torch.rand(b, 3, generator=generator) < torch.as_tensor(p, dtype=torch.float32)
-    flips = torch.rand(b, generator=generator) < 0.5
-    for i in torch.nonzero(apply.any(1)).flatten().tolist():
-        img = out[i:i + 1]
-        if apply[i, 0]:  # crop, kept in place on black
-            top, left, ch, cw = _resized_crop_box(h, w, generator)
-            mask = torch.zeros(1, 1, h, w, dtype=img.dtype, device=img.device)
-            mask[..., top:top + ch, left:left + cw] = 1
-            img = img * mask
-        if apply[i, 1]:  # low resolution
-            side = max(int(h * (0.2 + 0.8 * float(torch.rand((), generator=generator)))), 1)
-            down, up = (_RESIZE_MODES[int(k)] for k in
-                        torch.randint(0, len(_RESIZE_MODES), (2,), generator=generator))
-            img = F.interpolate(img, size=(side, side), mode=down)
-            img = F.interpolate(img, size=(h, w), mode=up).clamp(0, 1)
-        if apply[i, 2]:  # photometric
-            order = torch.randperm(3, generator=generator).tolist()
-            img = color_jitter(img, order, (0.5 + torch.rand(3, generator=generator)).tolist())
-        out[i:i + 1] = img
-    if flip and flips.any():
-        idx = torch.nonzero(flips).flatten().to(out.device)
-        out[idx] = out[idx].flip(-1)
-    return out.clamp_(0, 1)
-
 
 def adaface_input(x: torch.Tensor) -> torch.Tensor:
     """AdaFace models take BGR input normalized as (x - 0.5) / 0.5."""
@@ -202,7 +109,8 @@ class RecognitionTrainer:
     ``precision``: ``auto`` (fp16 autocast with loss scaling on CUDA, fp32 elsewhere),
     ``fp32``, ``fp16`` (loss scaling on CUDA only: elsewhere small gradients may underflow;
     use ``bf16`` there) or ``bf16`` (autocast, no loss scaling needed). Augmentations run on
-    the training device, so ``num_workers`` loader processes only decode.
+    the training device, so ``num_workers`` loader processes only decode; ``augment_style``:
+    "project" (float, RGB) or "released" (as the paper's pipeline: :mod:`qdgs_lib.augment`).
     ``compile``: the backbone's forward (and so its backward) through ``torch.compile``:
     ir_small at batch 64 on 2 CPU cores 1.2-1.4x faster after a one-time ~1 min compile (reused
     by later trainers in the same process); results differ from eager by float rounding.
@@ -217,7 +125,7 @@ class RecognitionTrainer:
     def __init__(self, backbone: nn.Module, head: nn.Module, data: Dataset, outdir,
                  lr: float = 0.01, milestones=(12, 20, 24), batch_size: int = 64, seed: int = 0,
                  device: str | torch.device = "auto", augment: bool = True,
-                 progress: bool = True, num_workers: int = 0,
+                 augment_style: str = "project", progress: bool = True, num_workers: int = 0,
                  channels_last: bool | None = None, precision: str = "auto",
                  compile: bool = False, data_id: str | list[str] | None = None):
         from pathlib import Path
@@ -241,7 +149,10 @@ class RecognitionTrainer:
         self.data = data
         self.outdir = Path(outdir)
         self.batch_size, self.seed = batch_size, seed
-        self.augment, self.progress = augment, progress
+        if augment_style not in AUGMENT_STYLES:
+            raise ValueError(f"augment_style {augment_style!r}: one of {AUGMENT_STYLES} "
+                             "(qdgs_lib.augment)")
+        self.augment, self.augment_style, self.progress = augment, augment_style, progress
         self.rank, self.world = _rank_and_world()
         aliases = [data_id] if data_id is None or isinstance(data_id, str) else list(data_id)
         data_id, self._data_aliases = aliases[0], set(aliases)
@@ -250,7 +161,8 @@ class RecognitionTrainer:
         # count: the effective batch, processes x batch_size, and each rank's shard)
         self.settings = {"lr": float(lr), "milestones": [int(m) for m in milestones],
                          "batch_size": int(batch_size), "seed": int(seed),
-                         "augment": bool(augment), "samples": len(data),
+                         "augment": bool(augment), "augment_style": augment_style,
+                         "samples": len(data),
                          "identities": None if classes is None else int(classes),
                          "processes": self.world, "data_id": data_id}
         self.num_workers = num_workers
@@ -327,8 +239,10 @@ class RecognitionTrainer:
             return False
         theirs = st.get("settings")  # (checkpoints before 2026-11-26 have none)
         if theirs is not None:  # (before 2026-11-27 no process count: single-process runs;
-            # before 2026-11-28 no data id: unknown, so not held against this one's)
-            theirs = {"processes": 1, "data_id": self.settings["data_id"], **theirs}
+            # before 2026-11-28 no data id: unknown, so not held against this one's; before
+            # 2026-11-29 no augmentation style: the project's)
+            theirs = {"processes": 1, "data_id": self.settings["data_id"],
+                      "augment_style": "project", **theirs}
             if theirs["data_id"] in self._data_aliases:
                 theirs["data_id"] = self.settings["data_id"]
         if theirs is not None and theirs != self.settings:
@@ -394,7 +308,7 @@ class RecognitionTrainer:
         y = y.long().to(self.device, non_blocking=True)
         x = unit_range(x)
         if self.augment:
-            x = face_augment(x, g)
+            x = face_augment(x, g, style=self.augment_style)
         x = adaface_input(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

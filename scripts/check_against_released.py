@@ -30,6 +30,9 @@ What is compared, each on the same weights and inputs:
    ``clip/model.py`` (``build_model``, which converts the weights as ``clip.load`` does), where
    OpenAI's package is installed (``pip install --no-deps openai-clip``): embeddings of the
    same random ViT-B/32 on the CPU.
+7. AdaFace's training augmentations (``augment_style="released"``) against the released
+   ``dataset/augmenter.py`` with the same draws, on the face photos above: crop, colour jitter
+   (on BGR, in PIL's uint8 arithmetic) and, with OpenCV, the low resolution (cv2.resize).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from qdgs_lib.adaface_format import (  # noqa: E402
     save_adaface_checkpoint,
     to_ours,
 )
+from qdgs_lib.augment import CV2_INTERPOLATIONS, draw_augmentation, face_augment  # noqa: E402
 from qdgs_lib.data.shapes import ReleasedShapesDataset, released_batch_rotation  # noqa: E402
 from qdgs_lib.generators.shapes_vae import load_released_shapes_vae  # noqa: E402
 from qdgs_lib.generators.wrapped import WrappedGenerator  # noqa: E402
@@ -77,7 +81,7 @@ FILES = ("facial_recognition/AdaFace/net.py", "facial_recognition/AdaFace/head.p
          "shapes/generator.py", "shapes/train.py", "shapes/pretrained/vae-shapes.pt",
          "qdgs/discriminator.py", "qdgs/utils.py", f"{FACE_ALIGNMENT}/mtcnn.py",
          *(f"{FACE_ALIGNMENT}/mtcnn_pytorch/src/weights/{n}.npy" for n in MTCNN_NETS),
-         "shapes/dataset.py")
+         "shapes/dataset.py", "facial_recognition/AdaFace/dataset/augmenter.py")
 FACE_PROMPTS = ("A detailed photo of an individual with diverse features.",
                 "An obscure, fake, or discolored photo of a person.")
 MEASURE_PROMPTS = [("A person with dark skin.", "A person with light skin."),
@@ -613,6 +617,94 @@ def check_alignment(root: Path, cv2) -> None:
                              "level apart")
 
 
+def check_augmentations(root: Path, cv2) -> None:
+    print("7. AdaFace's augmentations (augment_style \"released\") vs the released Augmenter")
+
+    released = load(root, "facial_recognition/AdaFace/dataset/augmenter.py",
+                    "released_augmenter")
+    codes = None if cv2 is None else dict(zip(CV2_INTERPOLATIONS, (
+        cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_AREA, cv2.INTER_CUBIC,
+        cv2.INTER_LANCZOS4), strict=True))
+    folder = root / FACE_ALIGNMENT
+    photos = sorted((folder / "test_images").glob("*.jp*g")) + sorted(
+        (folder / "mtcnn_pytorch" / "images").glob("*.[jp][pn]g"))
+    faces = np.stack([np.array(Image.open(f).convert("RGB").resize((112, 112),
+                                                                   Image.BILINEAR))
+                      for f in photos])  # RGB, as a dataset's loader reads them
+    x = torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 255
+    g = torch.Generator().manual_seed(0)
+    equal = n = 0
+    worst = {"none": 0, "low_res": 0, "low_res+jitter": 0}  # where cv2 ran, and after it
+    count = dict.fromkeys(worst, 0)
+    mean_diff = []  # per image where cv2 ran
+    for _ in range(30):
+        state = g.get_state()
+        p = (0.5, 0.0, 0.5) if cv2 is None else 0.5
+        ours = face_augment(x, g, p=p, flip=False, style="released")
+        ours = (ours * 255).round().permute(0, 2, 3, 1).to(torch.uint8).numpy()
+        g.set_state(state)  # replay face_augment's draws for the released Augmenter
+        apply = torch.rand(len(x), 3, generator=g) < torch.as_tensor(p, dtype=torch.float32)
+        torch.rand(len(x), generator=g)  # (the flips)
+        for i, face in enumerate(faces):
+            draws = (None, None, None)
+            if apply[i].any():
+                draws = draw_augmentation(apply[i].tolist(), 112, 112, g)
+            want = released_augment(released, face, draws, codes)
+            n += 1
+            equal += np.array_equal(want, ours[i])
+            kind = "none" if draws[1] is None else \
+                "low_res" if draws[2] is None else "low_res+jitter"
+            diff = np.abs(want.astype(int) - ours[i].astype(int))
+            worst[kind] = max(worst[kind], int(diff.max()))
+            count[kind] += 1
+            if kind != "none":
+                mean_diff.append(diff.mean())
+    print(f"  {len(photos)} face photos at 112 px, 30 batches, each augmentation at p = 0.5"
+          + (" (low resolution off: needs OpenCV)" if cv2 is None else ""))
+    expect(worst["none"] == 0, f"without the low resolution, bitwise equal (crop, colour "
+                               f"jitter on BGR in PIL's uint8 arithmetic): {count['none']} "
+                               "images")
+    print(f"  bitwise equal in {equal} of {n}")
+    if cv2 is None:
+        return
+    # cv2 rounds in fixed point: each resize within 1 level (2 after both), which the jitter's
+    # three factors (up to 1.5 each) may amplify to 2 x 1.5**3
+    expect(worst["low_res"] <= 2, f"the low resolution (cv2's five interpolations, OpenCV "
+                                  f"{cv2.__version__}): at most {worst['low_res']} gray levels "
+                                  f"apart ({count['low_res']} images)")
+    expect(worst["low_res+jitter"] <= 6, f"then the colour jitter: at most "
+                                         f"{worst['low_res+jitter']} apart "
+                                         f"({count['low_res+jitter']} images)")
+    expect(max(mean_diff) < 0.5, f"where cv2 ran, the mean difference per image at most "
+                                 f"{max(mean_diff):.3f} gray levels (median "
+                                 f"{np.median(mean_diff):.3f})")
+
+
+def released_augment(released, face: np.ndarray, draws: tuple, codes) -> np.ndarray:
+    """The released ``Augmenter.augment`` of one RGB face as its datasets hand it over (BGR
+    in a PIL image), with our draws patched in; RGB out."""
+    from unittest import mock
+
+    crop, low_res, jitter = draws
+    aug = released.Augmenter(float(crop is not None), float(jitter is not None),
+                             float(low_res is not None))
+    if crop is not None:
+        aug.random_resized_crop.get_params = lambda img, scale, ratio: crop
+    if jitter is not None:
+        order, (fb, fc, fs) = jitter
+        aug.photometric.get_params = lambda *a: (torch.tensor(order), fb, fc, fs, None)
+    uniform, choice = np.random.uniform, np.random.choice
+    if low_res is not None:
+        side, down, up = low_res
+        picks = iter((codes[down], codes[up]))
+        uniform = lambda lo, hi: (side + 0.5) / len(face)  # noqa: E731 (int(r * 112) = side)
+        choice = lambda options: next(picks)  # noqa: E731
+    with mock.patch.object(np.random, "uniform", uniform), \
+            mock.patch.object(np.random, "choice", choice):
+        out = aug.augment(Image.fromarray(np.ascontiguousarray(face[:, :, ::-1])))
+    return np.asarray(out)[:, :, ::-1]
+
+
 def openai_clip_model_file() -> Path | None:
     """OpenAI's ``clip/model.py`` where its package is installed (found, not imported: its
     ``__init__`` pulls in more than this check needs)."""
@@ -698,6 +790,7 @@ def main(argv=None) -> int:
     check_search(args.released, args.seeds)
     check_alignment(args.released, cv2)
     check_clip_precision(args.released, openai_model)
+    check_augmentations(args.released, cv2)
     print("all checks passed" if not failures else f"{len(failures)} FAILED: {failures}")
     return 1 if failures else 0
 

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from toys import TinyNet, ToyGenerator
 
-from qdgs_lib import claims, face_synthesis, recognition, train
+from qdgs_lib import augment, claims, face_synthesis, recognition
+from qdgs_lib.augment import face_augment
 from qdgs_lib.data.benchmarks import PairSet
 from qdgs_lib.data.identities import TensorFaces
 from qdgs_lib.evaluate import embed, group_accuracy, group_verification, verification_accuracy
@@ -23,7 +24,7 @@ from qdgs_lib.models.heads import CosFace
 from qdgs_lib.profiles import get_profile
 from qdgs_lib.sampling import cluster_identities, read_identity_dataset, write_identity_dataset
 from qdgs_lib.search import solutions
-from qdgs_lib.train import RecognitionTrainer, adaface_input, face_augment
+from qdgs_lib.train import RecognitionTrainer, adaface_input
 from qdgs_lib.utils import atomic_dir, tensor_digest
 
 
@@ -86,13 +87,13 @@ def test_uint8_batches_are_scaled_to_unit_range_before_augmenting(tmp_path):
 def test_color_jitter_factors_span_half_to_one_and_a_half(monkeypatch):
     """Catches ColorJitter(0.5) factors drawn from a range narrower than [0.5, 1.5)."""
     seen = []
-    real = train.color_jitter
+    real = augment.color_jitter
 
     def spy(img, order, factors):
         seen.extend(factors)
         return real(img, order, factors)
 
-    monkeypatch.setattr(train, "color_jitter", spy)
+    monkeypatch.setattr(augment, "color_jitter", spy)
     face_augment(torch.rand(300, 3, 4, 4), torch.Generator().manual_seed(0), p=(0, 0, 1),
                  flip=False)
     assert len(seen) == 900
@@ -110,7 +111,7 @@ def test_low_resolution_side_spans_a_fifth_to_all_of_the_height(monkeypatch):
             sides.append(size[0])
         return real(img, size=size, mode=mode)
 
-    monkeypatch.setattr(train.F, "interpolate", spy)
+    monkeypatch.setattr(augment.F, "interpolate", spy)
     face_augment(torch.rand(300, 3, h, h), torch.Generator().manual_seed(0), p=(0, 1, 0),
                  flip=False)
     assert len(sides) >= 250  # (a draw of exactly h skips nothing: it is filtered out here)

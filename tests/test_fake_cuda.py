@@ -83,10 +83,11 @@ def test_recognition_training_step_stays_on_the_device(tmp_path):
     augmentations' draws are host-side tensors whose values steer the pass, which fake
     tensors do not have. ``meta`` tensors have no data either, but host tensors stay real,
     and an elementwise op of a CPU and a meta tensor fails as it would with CUDA.)"""
+    from qdgs_lib.augment import face_augment
     from qdgs_lib.data.identities import TensorFaces
     from qdgs_lib.models.heads import AdaFace
     from qdgs_lib.models.iresnet import build_iresnet
-    from qdgs_lib.train import RecognitionTrainer, face_augment
+    from qdgs_lib.train import RecognitionTrainer
     from qdgs_lib.utils import unit_range
 
     with pytest.raises(RuntimeError, match="device"):  # the check relied on
@@ -105,6 +106,7 @@ def test_recognition_training_step_stays_on_the_device(tmp_path):
     loss.backward()
     assert {t.device.type for t in (xb, yb, emb, logits, loss)} == {"meta"}
     assert all(q.grad.device.type == "meta" for q in tr.model.parameters())
-    augmented = face_augment(unit_range(x.to("meta")), g, p=1.0)
-    assert augmented.device.type == "meta" and augmented.shape == x.shape
+    for style in ("project", "released"):  # no step reads the images back to the host
+        augmented = face_augment(unit_range(x.to("meta")), g, p=1.0, style=style)
+        assert augmented.device.type == "meta" and augmented.shape == x.shape
 

@@ -55,6 +55,7 @@ def test_negative_objective_weights_are_refused():
 def test_choice_keys_are_checked_when_the_profile_is_read():
     """A typo in a setting that names one of a few choices fails at get_profile, not hours
     later where the key is used; the choices are the modules' own."""
+    from qdgs_lib.augment import AUGMENT_STYLES
     from qdgs_lib.clip import CLIP_PRECISIONS, CUTOUT_STYLES
     from qdgs_lib.profiles import CHOICES, PROFILES
     from qdgs_lib.sampling import IMAGE_FORMATS
@@ -64,6 +65,7 @@ def test_choice_keys_are_checked_when_the_profile_is_read():
     assert CHOICES["x0"] == X0_CHOICES and CHOICES["cutout_style"] == CUTOUT_STYLES
     assert CHOICES["clip_precision"] == CLIP_PRECISIONS
     assert CHOICES["label_style"] == LABEL_STYLES
+    assert CHOICES["augment_style"] == AUGMENT_STYLES
     assert set(CHOICES["image_format"]) == set(IMAGE_FORMATS)
     for name in PROFILES:
         get_profile(name)  # every shipped profile passes
@@ -74,6 +76,8 @@ def test_choice_keys_are_checked_when_the_profile_is_read():
             get_profile("paper", "shapes", **{key: bad})
     with pytest.raises(ValueError, match="align='dlib' is not one of"):
         get_profile("paper", "faces", align="dlib")
+    with pytest.raises(ValueError, match="augment_style='pil' is not one of"):
+        get_profile("paper", "recognition", augment_style="pil")
     with pytest.raises(ValueError, match=r"\{'n_test': 5001\} must be even"):
         get_profile("paper", "shapes", n_test=5001)
     with pytest.raises(ValueError, match="n_test must be divisible by 4"):

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from qdgs_lib.augment import face_augment
 from qdgs_lib.data.identities import TensorFaces
 from qdgs_lib.models.heads import AdaFace, ArcFace, CosFace, build_head
 from qdgs_lib.models.iresnet import IResNet, build_iresnet
-from qdgs_lib.train import RecognitionTrainer, face_augment, sgd_no_bn_decay
+from qdgs_lib.train import RecognitionTrainer, sgd_no_bn_decay
 
 
 def test_iresnet_shapes_and_unit_embeddings():
@@ -132,7 +133,7 @@ def test_face_augment_flips_half_the_batch_and_nothing_else_at_p0():
 
 
 def test_crop_boxes_follow_random_resized_crop():
-    from qdgs_lib.train import _resized_crop_box
+    from qdgs_lib.augment import _resized_crop_box
 
     g = torch.Generator().manual_seed(0)
     areas = []
@@ -171,7 +172,7 @@ def test_face_augment_low_resolution_blurs_but_keeps_flat_images():
 def test_color_jitter_equals_torchvision():
     from torchvision.transforms import functional as TF
 
-    from qdgs_lib.train import color_jitter
+    from qdgs_lib.augment import color_jitter
 
     img = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     fns = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
