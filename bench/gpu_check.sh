@@ -17,6 +17,7 @@
 #   components_gpu.csv  ms per forward/backward (and 5 vmapped backward passes) of
 #                       StyleGAN2-256 and ViT-B/32 (open_clip vs packed attention)
 #   loader_gpu.csv      images/s of the streaming training sets alone (0-8 workers)
+#   augment_gpu.csv     images/s of AdaFace's augmentations alone, both styles, p 0.2 and 1
 #   profile_gpu.txt     operator tables of one eager fused evaluation, batch 1 and 4
 #   device_tests_gpu.csv  tests/test_devices.py (incl. CUDA graphs = eager, packed attention =
 #                       open_clip's, TF32 and float16/bfloat16 autocast close to fp32) and
@@ -37,7 +38,7 @@
 # compiled with and without TF32 matmuls, each next to an fp32 baseline row of the same
 # process), the two CUDA tests never
 # run on a GPU (compiled static calls, bitwise-reproducible deterministic searches), then
-# bench/compile_check.py (where a compiled row fails).
+# bench/compile_check.py (where a compiled row fails), then the augmentations alone.
 # Random weights throughout: throughput depends on the architecture, not on the values.
 # Every row names its source: the `device`, `torch`, `cuda`, `malloc` and `run` columns
 # (`run`: $QDGS_BENCH_RUN, by default this script's start in UTC); the log says which
@@ -94,8 +95,10 @@ if [ "$pending" = 1 ]; then
         --candidates baseline func+compile func+compile+tf32_matmul
     step "pending CUDA tests" timeout 120 env CUBLAS_WORKSPACE_CONFIG=:4096:8 $PY -m pytest \
         tests/test_devices.py -p no:cacheprovider -q -rfEsP -k "compiled_static_calls_match_eager \
-or deterministic_searches_reproduce or released_settings or uint8_images_scale"
+or deterministic_searches_reproduce or released_settings or uint8_images_scale \
+or released_augmentations"
     step "compile check" timeout 60 $PY bench/compile_check.py
+    step "augmentations" timeout 20 $PY bench/run.py --only augment
     [ -z "$failed" ] || { echo "FAILED:$failed"; exit 1; }
     echo "all pending GPU checks ran; results in $RESULTS"
     exit 0
@@ -104,7 +107,8 @@ fi
 # bench/run.py: bench_iteration, bench_training (+ _plain_loop_ips) first: the goals
 step "iteration+training" $PY bench/run.py --only iteration training
 # bench_scoring, bench_components, bench_loader, profile_scoring
-step "scoring+components+loader+profile" $PY bench/run.py --only scoring components loader profile
+step "scoring+components+loader+augment+profile" $PY bench/run.py --only scoring components \
+    loader augment profile
 # correctness on CUDA: the notebooks' library steps, CUDA graphs vs eager, the four notebooks
 # under paper-mini (StyleGAN2-256 + ViT-B/32 + IR-101 assets in the real file formats)
 step "device tests" $PY -m pytest tests/test_devices.py tests/test_paper_mini.py \

@@ -716,6 +716,36 @@ def bench_training(device: str, quick: bool) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def bench_augment(device: str, quick: bool) -> pd.DataFrame:
+    """Images/s of AdaFace's augmentations alone (``face_augment`` on the device, as the
+    trainer runs them), batch 64 of 112 px uint8 faces: each style at the paper's p = 0.2 and
+    at p = 1 (every sample cropped, resized and jittered). The trainer's GPU must not wait on
+    this either."""
+    from qdgs_lib.augment import face_augment
+    from qdgs_lib.utils import unit_range
+
+    gpu = device.startswith("cuda")
+    batches = 5 if quick else (50 if gpu else 20)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 112, 112), dtype=torch.uint8, generator=g).to(device)
+    rows = []
+    for style in ("project", "released"):
+        for p in (0.2, 1.0):
+            face_augment(unit_range(x), g, p=p, style=style)  # warm-up (cv2 weights cached)
+            if gpu:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(batches):
+                face_augment(unit_range(x), g, p=p, style=style)
+            if gpu:
+                torch.cuda.synchronize()
+            ips = batches * len(x) / (time.perf_counter() - t0)
+            rows.append({"style": style, "p": p, "batch": len(x), "size": 112,
+                         "batches": batches, "images_per_s": ips, **machine(device)})
+            print(f"augment {style:8s} p {p}: {ips:9.0f} images/s", flush=True)
+    return pd.DataFrame(rows)
+
+
 def bench_loader(device: str, quick: bool) -> pd.DataFrame:
     """Images/s the streaming training sets deliver (decode + resize + collate), batch 64:
     InsightFace RecordIO and identity folders of 112x112 JPEGs, 0-2 DataLoader workers. The
@@ -800,7 +830,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", nargs="+", choices=["scoring", "components", "search",
                                                   "iteration", "training", "loader",
-                                                  "profile", "iteration_candidates"],
+                                                  "augment", "profile",
+                                                  "iteration_candidates"],
                     help="iteration_candidates (only when named): the next steps' rows, "
                          "with minutes of torch.compile")
     ap.add_argument("--setup", help="scoring: only the setups whose name contains this")
@@ -865,6 +896,8 @@ def main():
     section("training", lambda: write(bench_training(args.device, args.quick),
                                       f"training_{tag}"))
     section("loader", lambda: write(bench_loader(args.device, args.quick), f"loader_{tag}"))
+    section("augment", lambda: write(bench_augment(args.device, args.quick),
+                                     f"augment_{tag}"))
     section("profile", profile)
     if failed:
         sys.exit(f"failed sections: {failed}")

@@ -18,9 +18,9 @@ horizontally half of the time. Two styles of the same draws:
 from __future__ import annotations
 
 import math
-import struct
 from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -108,63 +108,59 @@ def pil_color_jitter(levels: torch.Tensor, order: list[int], factors: list[float
     return levels
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=1024)
 def _cv2_weights(n_in: int, n_out: int, mode: str) -> torch.Tensor:
     """cv2.resize's weights along one axis, (n_out, n_in) float64: its sample positions
-    (pixel centres; nearest: floor(d * scale)), kernels (cubic a = -0.75; Lanczos a = 4 on 8
-    taps, normalized) and edges (replicated), no antialiasing; area: exact box averages down,
-    cv2's linear-at-pixel-edges rule up."""
+    (pixel centres, as float32; nearest: floor(d * scale)), kernels (cubic a = -0.75;
+    Lanczos a = 4 on 8 taps, normalized) and edges (replicated), no antialiasing; area: exact
+    box averages down, cv2's linear-at-pixel-edges rule up."""
+    if mode not in CV2_INTERPOLATIONS:
+        raise ValueError(f"unknown interpolation {mode!r}: one of {CV2_INTERPOLATIONS}")
     s = 1 / (n_out / n_in)  # as cv2 computes it: a floor at an exact integer may go either way
-    w = torch.zeros(n_out, n_in, dtype=torch.float64)
-    for d in range(n_out):
-        if mode == "nearest":
-            w[d, min(math.floor(d * s), n_in - 1)] = 1
-            continue
-        if mode == "area" and s >= 1:
-            lo, hi = d * s, (d + 1) * s
-            for j in range(math.floor(lo), min(math.ceil(hi), n_in)):
-                w[d, j] = (min(hi, j + 1) - max(lo, j)) / s
-            continue
-        if mode == "area":
-            sx = math.floor(d * s)
-            fx = _float32((d + 1) - (sx + 1) * (n_out / n_in))
-            fx = 0.0 if fx <= 0 else _float32(fx - math.floor(fx))
-            taps = [(sx, 1 - fx), (sx + 1, fx)]
+    d = np.arange(n_out, dtype=np.float64)
+    if mode == "area" and s >= 1:  # the overlap of [d s, (d + 1) s] with each input pixel
+        j = np.arange(n_in, dtype=np.float64)
+        overlap = np.minimum((d + 1)[:, None] * s, j + 1) - np.maximum(d[:, None] * s, j)
+        return torch.from_numpy(np.clip(overlap, 0, None) / s)
+    if mode == "nearest":
+        sx, taps = np.floor(d * s), np.ones((n_out, 1))
+    elif mode == "area":  # up: a copy, blended with the next pixel where a pixel edge falls
+        sx = np.floor(d * s)
+        fx = ((d + 1) - (sx + 1) * (n_out / n_in)).astype(np.float32)  # (floats in cv2)
+        fx = np.where(fx <= 0, np.float32(0), fx - np.floor(fx)).astype(np.float64)
+        taps = np.stack([1 - fx, fx], 1)
+    else:
+        fx = ((d + 0.5) * s - 0.5).astype(np.float32)
+        sx = np.floor(fx)
+        fx = (fx - sx.astype(np.float32)).astype(np.float64)
+        sx = sx.astype(np.float64)
+        if mode == "linear":  # left of the first centre: the first pixel
+            fx, sx = np.where(sx < 0, 0.0, fx), np.maximum(sx, 0)
+            taps = np.stack([1 - fx, fx], 1)
+        elif mode == "cubic":
+            sx = sx - 1
+            taps = np.stack([_cubic(fx + 1 - k) for k in range(4)], 1)
         else:
-            fx = _float32((d + 0.5) * s - 0.5)  # (a float in cv2)
-            sx = math.floor(fx)
-            fx = _float32(fx - sx)
-            if mode == "linear":
-                if sx < 0:
-                    sx, fx = 0, 0.0
-                taps = [(sx, 1 - fx), (sx + 1, fx)]
-            elif mode == "cubic":
-                taps = [(sx - 1 + k, _cubic(fx + 1 - k)) for k in range(4)]
-            elif mode == "lanczos4":
-                ks = [_lanczos4(fx + 3 - k) for k in range(8)]
-                taps = [(sx - 3 + k, v / sum(ks)) for k, v in enumerate(ks)]
-            else:
-                raise ValueError(f"unknown interpolation {mode!r}: one of {CV2_INTERPOLATIONS}")
-        for j, v in taps:
-            w[d, min(max(j, 0), n_in - 1)] += v
-    return w
+            sx = sx - 3
+            taps = np.stack([_lanczos4(fx + 3 - k) for k in range(8)], 1)
+            taps /= taps.sum(1, keepdims=True)
+    cols = np.clip(sx[:, None].astype(np.int64) + np.arange(taps.shape[1]), 0, n_in - 1)
+    w = np.zeros((n_out, n_in))
+    np.add.at(w, (np.repeat(np.arange(n_out), taps.shape[1]), cols.ravel()), taps.ravel())
+    return torch.from_numpy(w)
 
 
-def _float32(x: float) -> float:
-    return struct.unpack("f", struct.pack("f", x))[0]
+def _cubic(x: np.ndarray, a: float = -0.75) -> np.ndarray:
+    x = np.abs(x)
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return np.where(x <= 1, near, np.where(x < 2, far, 0.0))
 
 
-def _cubic(x: float, a: float = -0.75) -> float:
-    x = abs(x)
-    if x <= 1:
-        return ((a + 2) * x - (a + 3)) * x * x + 1
-    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a if x < 2 else 0.0
-
-
-def _lanczos4(x: float) -> float:
-    if abs(x) < 1e-12:
-        return 1.0
-    return math.sin(math.pi * x) * math.sin(math.pi * x / 4) / (math.pi**2 * x * x / 4)
+def _lanczos4(x: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = np.sin(np.pi * x) * np.sin(np.pi * x / 4) / (np.pi**2 * x * x / 4)
+    return np.where(np.abs(x) < 1e-12, 1.0, k)
 
 
 def cv2_resize(img: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:

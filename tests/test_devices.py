@@ -372,6 +372,25 @@ def test_uint8_images_scale_on_cuda_to_the_cpus_values():
     assert torch.equal(unit_range(x.cuda()).cpu(), x.float() / 255)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_released_augmentations_on_cuda_match_the_cpus():
+    """The released style on the training device: crop and PIL's jitter are integer-valued
+    float32 steps, bitwise the CPU's; the resizes are float32 matmuls, which round
+    differently per device (within a level, up to 5 after the jitter, as against OpenCV)."""
+    from qdgs_lib.augment import face_augment
+    from qdgs_lib.utils import unit_range
+
+    x = torch.randint(0, 256, (64, 3, 112, 112), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(0))
+    for p, bound in (((1.0, 0.0, 1.0), 0), (0.5, 5)):
+        want = face_augment(unit_range(x), torch.Generator().manual_seed(1), p=p,
+                            style="released")
+        got = face_augment(unit_range(x.cuda()), torch.Generator().manual_seed(1), p=p,
+                           style="released").cpu()
+        diff = ((got - want).abs() * 255).round()
+        assert diff.max() <= bound and diff.mean() < 0.05, (p, diff.max(), diff.mean())
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_the_released_settings_on_every_device(device, tmp_path):
     """The paper profiles' released-code settings: CLIP as clip.load gives it (float16 on
