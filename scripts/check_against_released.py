@@ -3,7 +3,7 @@
     git clone https://github.com/Cylumn/qd-generative-sampling /tmp/qdgs-released
     python scripts/check_against_released.py --released /tmp/qdgs-released [--seeds 6]
 
-(README, "Checked against the reference code", gives what these printed in sessions 17-19.) The
+(README, "Checked against the reference code", gives what these printed in sessions 17-22.) The
 released files are imported from your clone at run time; none of them is copied here. Its
 networks run on the CPU (its shapes encoder asks for CUDA at construction; that call is
 skipped). Exit status 1 if an equality that should be exact is not.
