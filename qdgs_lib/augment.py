@@ -175,6 +175,14 @@ def cv2_resize(img: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Ten
     return rows @ img.float() @ cols.T
 
 
+def _keep_box(img: torch.Tensor, crop: tuple[int, int, int, int]) -> torch.Tensor:
+    """AdaFace's crop: the box (top, left, height, width) kept in place, black around it."""
+    top, left, ch, cw = crop
+    mask = torch.zeros(1, 1, *img.shape[-2:], dtype=img.dtype, device=img.device)
+    mask[..., top:top + ch, left:left + cw] = 1
+    return img * mask
+
+
 def released_augment_one(levels: torch.Tensor, crop: tuple[int, int, int, int] | None = None,
                          low_res: tuple[int, str, str] | None = None,
                          jitter: tuple[list[int], list[float]] | None = None) -> torch.Tensor:
@@ -186,10 +194,7 @@ def released_augment_one(levels: torch.Tensor, crop: tuple[int, int, int, int] |
     uint8 each way; ``jitter``: (order, factors) of :func:`pil_color_jitter`."""
     h, w = levels.shape[-2:]
     if crop is not None:
-        top, left, ch, cw = crop
-        mask = torch.zeros(1, 1, h, w, dtype=levels.dtype, device=levels.device)
-        mask[..., top:top + ch, left:left + cw] = 1
-        levels = levels * mask
+        levels = _keep_box(levels, crop)
     if low_res is not None:
         side, down, up = low_res
         levels = cv2_resize(levels, (side, side), down).round().clamp(0, 255)
@@ -264,10 +269,7 @@ def _project_augment_one(img: torch.Tensor, crop, low_res, jitter) -> torch.Tens
     """The project style of :func:`released_augment_one`: RGB in [0, 1], float math."""
     h, w = img.shape[-2:]
     if crop is not None:
-        top, left, ch, cw = crop
-        mask = torch.zeros(1, 1, h, w, dtype=img.dtype, device=img.device)
-        mask[..., top:top + ch, left:left + cw] = 1
-        img = img * mask
+        img = _keep_box(img, crop)
     if low_res is not None:
         side, down, up = low_res
         img = F.interpolate(img, size=(side, side), mode=down)

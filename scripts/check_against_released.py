@@ -559,6 +559,13 @@ def check_search(root: Path, seeds: int) -> None:
                   f"; best objective released {r[:, 2].mean():.1f}, ours {r[:, 3].mean():.1f}")
 
 
+def face_photos(root: Path) -> list[Path]:
+    """The face photos in the released copy of AdaFace's face_alignment (11)."""
+    folder = root / FACE_ALIGNMENT
+    return sorted((folder / "test_images").glob("*.jp*g")) + sorted(
+        (folder / "mtcnn_pytorch" / "images").glob("*.[jp][pn]g"))
+
+
 def check_alignment(root: Path, cv2) -> None:
     print("5. Face alignment (qdgs_lib.mtcnn) vs AdaFace's face_alignment, real MTCNN weights")
     from PIL import Image
@@ -569,8 +576,7 @@ def check_alignment(root: Path, cv2) -> None:
     # (their mtcnn.py put its folder on sys.path)
     fit = importlib.import_module("mtcnn_pytorch.src.matlab_cp2tform")
     ours = load_mtcnn(folder / "mtcnn_pytorch" / "src" / "weights")
-    photos = sorted((folder / "test_images").glob("*.jp*g")) + sorted(
-        (folder / "mtcnn_pytorch" / "images").glob("*.[jp][pn]g"))
+    photos = face_photos(root)
     n = found = exact = fits = 0
     warp_diff = resize_diff = 0
     for path in photos:
@@ -625,9 +631,7 @@ def check_augmentations(root: Path, cv2) -> None:
     codes = None if cv2 is None else dict(zip(CV2_INTERPOLATIONS, (
         cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_AREA, cv2.INTER_CUBIC,
         cv2.INTER_LANCZOS4), strict=True))
-    folder = root / FACE_ALIGNMENT
-    photos = sorted((folder / "test_images").glob("*.jp*g")) + sorted(
-        (folder / "mtcnn_pytorch" / "images").glob("*.[jp][pn]g"))
+    photos = face_photos(root)
     faces = np.stack([np.array(Image.open(f).convert("RGB").resize((112, 112),
                                                                    Image.BILINEAR))
                       for f in photos])  # RGB, as a dataset's loader reads them
@@ -637,9 +641,9 @@ def check_augmentations(root: Path, cv2) -> None:
     worst = {"none": 0, "low_res": 0, "low_res+jitter": 0}  # where cv2 ran, and after it
     count = dict.fromkeys(worst, 0)
     mean_diff = []  # per image where cv2 ran
+    p = (0.5, 0.0, 0.5) if cv2 is None else 0.5
     for _ in range(30):
         state = g.get_state()
-        p = (0.5, 0.0, 0.5) if cv2 is None else 0.5
         ours = face_augment(x, g, p=p, flip=False, style="released")
         ours = (ours * 255).round().permute(0, 2, 3, 1).to(torch.uint8).numpy()
         g.set_state(state)  # replay face_augment's draws for the released Augmenter
