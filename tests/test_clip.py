@@ -251,8 +251,11 @@ def test_packed_attention_shares_the_parameters_and_trains():
     x = torch.rand(3, 3, 64, 64)
     stock(x).square().sum().backward()
     model.visual(x).square().sum().backward()
+    # equal to float rounding, relative to each gradient's largest entry: the packed and stock
+    # attention sum in other orders (torch 2.6's CPU kernels: within 6e-7 of it)
     for (name, p), q in zip(model.visual.named_parameters(), stock.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=2e-6 * q.grad.abs().max().item(),
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 TINY_OPENAI = {  # an OpenAI-layout CLIP small enough for a test (ViT, QuickGELU)

@@ -17,6 +17,11 @@ import torch.nn.functional as F
 fake_tensor = pytest.importorskip("torch._subclasses.fake_tensor")
 
 
+# how torch words a device mismatch: "... on the same device" (2.14), "... found two different
+# devices" (fake tensors in 2.6)
+SAME_DEVICE = "same device|different devices"
+
+
 @pytest.fixture
 def fake_cuda(monkeypatch):
     """A fake-tensor mode in which ``device="cuda"`` works without a GPU."""
@@ -35,9 +40,9 @@ def test_the_fake_mode_catches_a_cpu_tensor_in_a_cuda_pass(fake_cuda):
     """The check these tests rely on: it fails where CUDA fails, and passes where CUDA does."""
     with fake_cuda:
         x = torch.ones(3, 4, device="cuda")
-        with pytest.raises(RuntimeError, match="same device"):
+        with pytest.raises(RuntimeError, match=SAME_DEVICE):
             torch.cat([x, torch.zeros(3, 4)])
-        with pytest.raises(RuntimeError, match="same device"):
+        with pytest.raises(RuntimeError, match=SAME_DEVICE):
             x + torch.arange(4.0)
         assert (x * torch.tensor(2.0)).device.type == "cuda"  # a 0-d CPU tensor is allowed
 
@@ -61,7 +66,12 @@ def test_paper_scoring_forward_stays_on_cuda(fake_cuda, monkeypatch):
     # the constructor's [0, 1] check reads pixel values, which fake tensors do not have
     monkeypatch.setattr(scoring, "check_unit_images", lambda images, what: None)
     with fake_cuda:
-        gen, clip = gen.to("cuda"), clip.to("cuda")
+        try:
+            gen, clip = gen.to("cuda"), clip.to("cuda")
+        except RuntimeError as e:  # torch 2.6 runs .to on parameters for real
+            if "driver" not in str(e):  # anything but a real CUDA call is a failure
+                raise
+            pytest.skip(f"this torch moves parameters to CUDA for real in fake mode ({e})")
         sc = scoring.PromptScorer(gen, clip, p["objective"], prompts(p),
                                   weights=p["objective_weights"], latent_norm_scale=0.5,
                                   objective_floor=False, uniqueness_fill_scale=True,
