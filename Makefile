@@ -4,7 +4,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce test test-ui test-devices paper-mini guide lab bench gpu-check lint
+.PHONY: setup reproduce test test-torch test-ui test-devices paper-mini guide lab bench gpu-check lint
 
 setup: .venv/.installed
 
@@ -33,6 +33,20 @@ reproduce: setup
 test: setup
 	rm -rf runs/*/smoke runs/*/paper-mini
 	QDGS_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+# The same tests on another torch, in a venv of its own (.venv-torch<version>, about 6 GB), e.g.
+# the oldest supported: make test-torch TORCH=2.6.0 TORCHVISION=0.21.0 (README, Development)
+TORCH ?= 2.6.0
+TORCHVISION ?= 0.21.0
+VENV_TORCH := .venv-torch$(TORCH)
+test-torch:
+	test -x $(VENV_TORCH)/bin/python || python3 -m venv $(VENV_TORCH)
+	$(VENV_TORCH)/bin/python -m pip install -q "torch==$(TORCH)" "torchvision==$(TORCHVISION)"
+	$(VENV_TORCH)/bin/python -m pip install -q -e ".[dev]"
+	$(VENV_TORCH)/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	rm -rf runs/*/smoke runs/*/paper-mini
+	QDGS_PROFILE=smoke $(VENV_TORCH)/bin/python -m pytest tests notebooks --nbval-lax \
+	  --nbval-current-env -p no:cacheprovider
 
 # The archive explorer in a real browser: JupyterLab from the venv, notebook 02 (smoke) run in
 # headless Chromium (Debian's package, installed here if missing), an archive cell selected;

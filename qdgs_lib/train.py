@@ -86,6 +86,8 @@ class BackboneAndHead(nn.Module):
         self.backbone, self.head = backbone, head
         # a plain function, not a submodule: the state dicts stay the backbone's own;
         # fallback_random: dropout draws the eager masks, so compiled = eager up to rounding
+        # (torch >= 2.14; 2.11 draws a channels_last tensor's mask in logical order, eager in
+        # memory order: another draw, tests/test_recognition.py)
         self._compiled_forward = torch.compile(
             backbone.forward, dynamic=False, options={"fallback_random": True}) if compile \
             else None
@@ -113,7 +115,8 @@ class RecognitionTrainer:
     "project" (float, RGB) or "released" (as the paper's pipeline: :mod:`qdgs_lib.augment`).
     ``compile``: the backbone's forward (and so its backward) through ``torch.compile``:
     ir_small at batch 64 on 2 CPU cores 1.2-1.4x faster after a one-time ~1 min compile (reused
-    by later trainers in the same process); results differ from eager by float rounding.
+    by later trainers in the same process); results differ from eager by float rounding
+    (torch 2.14; on torch 2.11 with ``channels_last`` the dropout masks are another draw).
     Multi-GPU: launch with ``torchrun --nproc_per_node=N``; the trainer then wraps backbone
     and margin head in DistributedDataParallel and shards each epoch's permutation by rank.
     ``data_id``: anything naming the data's content (e.g. a digest); a checkpoint resumes only

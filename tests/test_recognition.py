@@ -80,11 +80,12 @@ def tiny_task(n_ids=4, per_id=8):
     return x, torch.arange(n_ids).repeat_interleave(per_id)
 
 
-def make_trainer(outdir, seed=0):
+def make_trainer(outdir, seed=0, channels_last=None):
     torch.manual_seed(seed)
     x, y = tiny_task()
     return RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), TensorFaces(x, y),
-                              outdir, lr=0.05, milestones=(3,), batch_size=16, progress=False)
+                              outdir, lr=0.05, milestones=(3,), batch_size=16, progress=False,
+                              channels_last=channels_last)
 
 
 def test_loss_decreases_on_a_tiny_set(tmp_path):
@@ -342,11 +343,17 @@ def test_compiled_training_matches_eager_up_to_rounding(tmp_path):
 
     assert worst(comp) <= 3 * worst(eager) + 1e-6, (worst(comp), worst(eager))
 
+    # The trainer's default layout is channels_last. torch 2.11's compiled dropout draws its
+    # mask in the tensor's logical order where eager draws in memory order: on channels_last
+    # another draw of the same masks' distribution (measured on 2.11.0, CPU: one step's loss
+    # 29.62 against eager's 28.59, and equal to an NCHW run's); 2.14 draws in eager's order.
+    layout = None if torch.__version__ >= "2.14" else False
+
     def trainer(outdir, batch, compile):
         torch.manual_seed(0)
         return RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4), TensorFaces(x, y),
                                   outdir, lr=0.05, milestones=(3,), batch_size=batch,
-                                  progress=False, compile=compile)
+                                  progress=False, compile=compile, channels_last=layout)
 
     # one step (the whole set in one batch): the logged loss is that of the same initial
     # weights, batch, augmentations and dropout, so it agrees to float rounding
@@ -356,10 +363,10 @@ def test_compiled_training_matches_eager_up_to_rounding(tmp_path):
     assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5), (a, b)
     # two steps: the second starts from weights one SGD step (lr 0.05) apart by rounding,
     # which the loss amplifies (measured 0.2% at 1 thread, less at 2): close, not equal
-    rows_eager = make_trainer(tmp_path / "eager").run(1)
+    rows_eager = make_trainer(tmp_path / "eager", channels_last=layout).run(1)
     rows = trainer(tmp_path / "compiled", 16, True).run(1)
     assert math.isclose(rows_eager[0]["loss"], rows[0]["loss"], rel_tol=1e-2), (rows_eager, rows)
-    resumed = make_trainer(tmp_path / "compiled")
+    resumed = make_trainer(tmp_path / "compiled", channels_last=layout)
     assert resumed.load() and resumed.epoch == 1
 
 

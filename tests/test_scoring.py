@@ -387,12 +387,22 @@ def test_compiled_static_calls_give_the_eager_numbers(autocast, mode):
         sc.memory = sc.clip.encode_image(sc.generator.decode(latents)).detach()
         sc.jacobian_mode, sc.cuda_graphs, sc.compile_static = mode, True, compiled
         sc.autocast = dtype
-        runs.append([sc.evaluate(z, jacobian=j, update_memory=False) for z, j in calls])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            runs.append([sc.evaluate(z, jacobian=j, update_memory=False) for z, j in calls])
         if compiled:
             assert sc.compile_static is True  # (kept by the check against eager)
-            assert {k[0] for k in sc._static_calls if k[-1] == "compiled"} == {mode, "values"}
-            assert set(sc._compiled) == {"_outputs"} | ({"_func_jacobian"} if mode == "func"
-                                                        else set())
+            kept = {k[0] for k in sc._static_calls if k[-1] == "compiled"}
+            if mode == "func" and kept == {"values"}:
+                # torch 2.6.0 compiles this whole vjp + vmap to wrong jacobians (rows 100%
+                # off); the check against eager caught it and func runs uncompiled. Never
+                # on the torch versions this project runs (2.11.0, 2.14.1)
+                assert torch.__version__ < "2.11" and set(sc._compiled) == {"_outputs"}
+                assert any("far from the eager one" in str(w.message) for w in caught)
+            else:
+                assert kept == {mode, "values"}
+                assert set(sc._compiled) == {"_outputs"} | ({"_func_jacobian"}
+                                                            if mode == "func" else set())
             assert {k[4] for k in sc._static_calls} == {autocast}
     fp32, runs = runs[0], runs[1:]
     if autocast is not None:  # half precision did run, compiled too
