@@ -34,13 +34,15 @@ test: setup
 	rm -rf runs/*/smoke runs/*/paper-mini
 	QDGS_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
-# The same tests on another torch, in a venv of its own (.venv-torch<version>, about 6 GB), e.g.
-# the oldest supported: make test-torch TORCH=2.6.0 TORCHVISION=0.21.0 (README, Development)
+# The same tests on another torch (and Python), in a venv of its own (about 6 GB), e.g. the
+# oldest supported: make test-torch TORCH=2.6.0 TORCHVISION=0.21.0 PYTHON=python3.10 (README,
+# Development)
 TORCH ?= 2.6.0
 TORCHVISION ?= 0.21.0
-VENV_TORCH := .venv-torch$(TORCH)
+PYTHON ?= python3
+VENV_TORCH := .venv-torch$(TORCH)-$(notdir $(PYTHON))
 test-torch:
-	test -x $(VENV_TORCH)/bin/python || python3 -m venv $(VENV_TORCH)
+	test -x $(VENV_TORCH)/bin/python || $(PYTHON) -m venv $(VENV_TORCH)
 	$(VENV_TORCH)/bin/python -m pip install -q "torch==$(TORCH)" "torchvision==$(TORCHVISION)"
 	$(VENV_TORCH)/bin/python -m pip install -q -e ".[dev]"
 	$(VENV_TORCH)/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null

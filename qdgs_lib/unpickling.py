@@ -29,11 +29,12 @@ def _check_dtype_state(dtype: np.dtype, state: Any) -> None:
     size under the fields (reads past the buffer). The state must be the dtype's own, but
     for its byte order: plain dtypes as numpy pickles them, nothing forged."""
     own = dtype.__reduce__()[2]
-    # a datetime's unit arrives in its state's metadata: (None, (unit, num, den, events))
+    # a datetime's unit arrives in its state's metadata: (None, (unit, num, den, events));
+    # numpy < 2.3 writes {} for None (an empty metadata dict)
     unit = dtype.kind in "mM" and len(own) == 9 and isinstance(state, tuple) and \
         len(state) == 9 and isinstance(state[8], tuple) and len(state[8]) == 2 and \
-        state[8][0] is None and isinstance(state[8][1], tuple) and \
-        [type(v) for v in state[8][1]] == [bytes, int, int, int]
+        (state[8][0] is None or (type(state[8][0]) is dict and not state[8][0])) and \
+        isinstance(state[8][1], tuple) and [type(v) for v in state[8][1]] == [bytes, int, int, int]
     plain = (isinstance(state, tuple) and len(state) == len(own) and state[0] == own[0]
              and state[1] in ("<", ">", "|", "=") and state[2:8] == own[2:8]
              and (state[8:] == own[8:] or unit) and dtype.names is None)

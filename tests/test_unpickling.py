@@ -161,6 +161,12 @@ def test_dtype_states_other_than_their_own_are_refused():
     got = load(values)
     assert got[0].tolist() == [0, 1, 2] and got[4] == np.dtype(">f4")
     assert got[1].dtype == np.dtype("M8[s]") and got[2].tolist() == [1, "a"] and got[3] == 2.5
+    # a datetime dtype as numpy < 2.3 pickles it (2.2.6 writes an empty metadata dict where
+    # 2.4 writes None); any other metadata is refused
+    old_numpy = (4, "<", None, None, None, -1, -1, 0, ({}, (b"ms", 2, 1, 1)))
+    assert load(_ForgedDtype("m8", old_numpy)) == np.dtype("m8[2ms]")
+    with pytest.raises(UnsafePickleError, match="numpy dtype state"):
+        load(_ForgedDtype("m8", old_numpy[:8] + (({"k": 1}, (b"ms", 2, 1, 1)),)))
 
 
 @pytest.mark.parametrize("kind", ["checkpoint", "bin", "network"])
