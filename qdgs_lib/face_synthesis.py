@@ -201,7 +201,11 @@ def dataset_summary(datasets: dict[str, Path], p: dict[str, Any]) -> pd.DataFram
             row |= {f"true {k}": round(v, 3)
                     for k, v in true_attribute_shares(solutions(per_solution)).items()}
         rows[name] = row
-    return pd.DataFrame(rows).T.fillna(0)
+    # a bin one dataset lacks counts 0 there: filled here, so each column keeps its own type
+    # (a filled object frame is downcast by pandas 2 and not by pandas 3)
+    columns = list(dict.fromkeys(k for row in rows.values() for k in row))
+    return pd.DataFrame.from_dict({name: {k: row.get(k, 0) for k in columns}
+                                   for name, row in rows.items()}, orient="index")
 
 
 # --- measures vs truth (toy world) -----------------------------------------------------------
