@@ -29,10 +29,11 @@ reproduce: setup
 # Unit tests (incl. the paper-mini plumbing check: all four notebooks on the paper's
 # architectures and file formats, random weights) + every notebook under the smoke profile
 # (nbval). Test runs are disposable: start them fresh, so a run folder left by older code never
-# blocks a resume check.
+# blocks a resume check. (RUN_TESTS: these tests with the python given, for test-torch too)
+RUN_TESTS = rm -rf runs/*/smoke runs/*/paper-mini && \
+	QDGS_PROFILE=smoke $(1) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 test: setup
-	rm -rf runs/*/smoke runs/*/paper-mini
-	QDGS_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+	$(call RUN_TESTS,$(PY))
 
 # The same tests on another torch (and Python), in a venv of its own (about 6 GB), e.g. the
 # oldest supported: make test-torch TORCH=2.6.0 TORCHVISION=0.21.0 PYTHON=python3.10 (README,
@@ -46,9 +47,7 @@ test-torch:
 	$(VENV_TORCH)/bin/python -m pip install -q "torch==$(TORCH)" "torchvision==$(TORCHVISION)"
 	$(VENV_TORCH)/bin/python -m pip install -q -e ".[dev]"
 	$(VENV_TORCH)/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
-	rm -rf runs/*/smoke runs/*/paper-mini
-	QDGS_PROFILE=smoke $(VENV_TORCH)/bin/python -m pytest tests notebooks --nbval-lax \
-	  --nbval-current-env -p no:cacheprovider
+	$(call RUN_TESTS,$(VENV_TORCH)/bin/python)
 
 # The archive explorer in a real browser: JupyterLab from the venv, notebook 02 (smoke) run in
 # headless Chromium (Debian's package, installed here if missing), an archive cell selected;
