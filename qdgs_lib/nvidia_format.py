@@ -9,9 +9,11 @@ import sys
 import types
 from collections import OrderedDict
 
+import numpy as np
 from torch import nn
 
-CLASS_NAMES = {"StyleGAN2": "Generator"}  # others keep their names
+CLASS_NAMES = {"StyleGAN2": "Generator", "StyleGAN3": "Generator"}  # others keep their names
+SIZES = ("size", "in_size", "out_size")  # StyleGAN3 stores these as numpy arrays
 
 
 def _fake_modules():
@@ -45,15 +47,22 @@ class _Record:
 
 def _record(module: nn.Module, fn, easydict):
     attrs = {k: v for k, v in vars(module).items()
-             if not k.startswith("_") and isinstance(v, (int, float, str, type(None)))}
+             if not k.startswith("_") and isinstance(v, (int, float, str, list, type(None)))
+             and k != "config"}
+    attrs.update({k: np.asarray(attrs[k]) for k in SIZES if k in attrs})
     attrs.pop("training", None)
+    if type(module).__name__ == "StyleGAN3":
+        attrs.update(c_dim=0, img_channels=module.config["img_channels"])
+        attrs["_init_kwargs"] = easydict(z_dim=module.z_dim, c_dim=0, w_dim=module.w_dim,
+                                         img_resolution=module.img_resolution,
+                                         img_channels=module.config["img_channels"])
     if type(module).__name__ == "StyleGAN2":
         attrs.update(c_dim=0, img_channels=3)
         attrs["_init_kwargs"] = easydict(z_dim=module.z_dim, c_dim=0, w_dim=module.w_dim,
                                          img_resolution=module.img_resolution, img_channels=3,
                                          mapping_kwargs=easydict(num_layers=8),
                                          synthesis_kwargs=easydict(conv_clamp=256))
-    if type(module).__name__ == "SynthesisNetwork":
+    if type(module).__name__ == "SynthesisNetwork" and hasattr(module, "block_resolutions"):
         attrs["architecture"] = "skip"
     state = {"training": False,
              "_parameters": OrderedDict(module._parameters),

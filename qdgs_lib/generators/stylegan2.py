@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from torch import nn
 
 from ..utils import at_least_fp32
 from .base import Generator
+
+if TYPE_CHECKING:
+    from .stylegan3 import StyleGAN3
 
 SQRT2 = math.sqrt(2)
 
@@ -354,7 +358,8 @@ class StyleGAN2(nn.Module):
 
 # --- the search space -------------------------------------------------------------------------
 class StyleGAN2Generator(Generator):
-    """The :class:`Generator` protocol over normalized w-space: ``w = q * w_std + w_avg``.
+    """The :class:`Generator` protocol over normalized w-space: ``w = q * w_std + w_avg``,
+    for a StyleGAN2 or a StyleGAN3 network (:mod:`.stylegan3`; it has no noise inputs).
 
     ``latent_space="w"``: a latent is one w (``w_dim`` numbers) that every synthesis layer
     receives; ``"w+"``: one w per layer (``num_ws * w_dim`` numbers, layer-major), so a search
@@ -370,7 +375,7 @@ class StyleGAN2Generator(Generator):
     # 20.8 vs 24.9 with TF32 matmuls (bench/README.md). Eager, batched was faster there.
     preferred_jacobian_mode = {"cpu": "func", "cuda": "func"}
 
-    def __init__(self, net: StyleGAN2, num_std_samples: int = 10_000, seed: int = 0,
+    def __init__(self, net: StyleGAN2 | StyleGAN3, num_std_samples: int = 10_000, seed: int = 0,
                  noise_mode: str = "const", latent_space: str = "w"):
         super().__init__()
         if num_std_samples < 2:
@@ -400,8 +405,10 @@ class StyleGAN2Generator(Generator):
         q = (w - net.mapping.w_avg) / self.w_std
         # a w+ latent repeats a prior q on every layer: its norm is sqrt(layers) times q's
         self.latent_norm = float(q.norm(dim=1).mean()) * self.layers**0.5
-        if latent_space == "w+":  # what a search records (w's runs keep the class name)
-            self.name = "StyleGAN2Generator(w+)"
+        # what a search records (StyleGAN2 w runs keep the class name)
+        family = "StyleGAN3" if type(net).__name__ == "StyleGAN3" else "StyleGAN2"
+        if latent_space == "w+" or family == "StyleGAN3":
+            self.name = f"{family}Generator{'(w+)' if latent_space == 'w+' else ''}"
 
     def w_from_q(self, q: torch.Tensor) -> torch.Tensor:
         """(B, num_ws, w_dim) ws of latents ``q`` (B, latent_dim)."""
