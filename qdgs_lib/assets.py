@@ -294,7 +294,8 @@ def _load_steps(profile: str, section: str, overrides: dict[str, Any]) -> list[t
 
         def generator():
             gen["g"] = g = face_synthesis.build_generator(p, "cpu")
-            return f"{type(g).__name__}: latent {g.latent_dim}, {g.image_size} px images"
+            name = getattr(g, "name", type(g).__name__)  # e.g. StyleGAN3Generator(w+)
+            return f"{name}: latent {g.latent_dim}, {g.image_size} px images"
 
         def offsets():
             if "g" not in gen:

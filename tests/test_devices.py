@@ -438,3 +438,48 @@ def test_the_released_settings_on_every_device(device, tmp_path):
                      classifier="project")
     rows = shapes_poc.classifier_protocol(ps, {}, progress=False, device=device)
     assert len(rows) == 1 and rows["finetune"].tolist() == ["none"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_stylegan3_scores_on_every_device(device):
+    """A StyleGAN3 (config T, random weights) scored with jacobians on ``device`` by the faces
+    CLIP: eagerly, then from a shape's second call as a CUDA graph (on a CPU the same static
+    buffers run eagerly): the same numbers, and on a GPU the CPU's to TF32 rounding."""
+    import copy
+
+    import numpy as np
+
+    from qdgs_lib.clip import create_clip
+    from qdgs_lib.generators.stylegan2 import StyleGAN2Generator
+    from qdgs_lib.generators.stylegan3 import StyleGAN3
+    from qdgs_lib.measures import prompts
+    from qdgs_lib.scoring import PromptScorer
+    from qdgs_lib.utils import at_least_fp32
+
+    torch.manual_seed(0)
+    net = StyleGAN3(img_resolution=32, channel_base=1024, channel_max=32, num_layers=6).eval()
+    p = get_profile("paper", "faces")
+
+    def scores(dev, graphs):
+        gen = StyleGAN2Generator(copy.deepcopy(net), num_std_samples=200).to(dev)
+        sc = PromptScorer(gen, create_clip("qdgs-faces-clip", device=dev), p["objective"],
+                          prompts(p), weights=p["objective_weights"], memory_size=4)
+        with torch.no_grad():  # a full memory: only then are a shape's calls captured
+            sc.memory = at_least_fp32(sc.clip.encode_image(gen.decode(gen.sample_prior(4,
+                                                                                       seed=1))))
+        sc.cuda_graphs = graphs
+        z = gen.sample_prior(2, seed=0).cpu().numpy()
+        return [sc.evaluate(z, jacobian=True, update_memory=False) for _ in range(2)], sc
+
+    (eager, _), sc = scores(device, False)
+    (first, captured), sc = scores(device, True)
+    assert len(sc._static_calls) == 1
+    for s in (first, captured):
+        np.testing.assert_allclose(s.measures, eager.measures, atol=1e-5)
+        np.testing.assert_allclose(s.jacobian, eager.jacobian,
+                                   atol=1e-4 * np.abs(eager.jacobian).max())
+    assert np.abs(eager.jacobian).max() > 0 and np.isfinite(eager.jacobian).all()
+    if device != "cpu":
+        (cpu, _), _ = scores("cpu", False)
+        np.testing.assert_allclose(eager.measures, cpu.measures,
+                                   atol=1e-2 * np.abs(cpu.measures).max())

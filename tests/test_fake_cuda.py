@@ -86,6 +86,33 @@ def test_paper_scoring_forward_stays_on_cuda(fake_cuda, monkeypatch):
             assert clip.encode_text(["A photo of a face."]).device.type == "cuda"
 
 
+def test_stylegan3_forward_stays_on_cuda(fake_cuda):
+    """StyleGAN3's synthesis (the input's grid and transforms, filters, identity filters made
+    on the fly) meets no CPU tensor on CUDA, for z, w and w+ latents."""
+    import copy
+
+    from qdgs_lib.generators.stylegan2 import StyleGAN2Generator
+    from qdgs_lib.generators.stylegan3 import StyleGAN3
+
+    torch.manual_seed(0)
+    net = StyleGAN3(z_dim=16, w_dim=16, img_resolution=16, channel_base=256, channel_max=8,
+                    num_layers=3, use_radial_filters=True).eval()
+    gens = [StyleGAN2Generator(copy.deepcopy(net), num_std_samples=50, latent_space=s)
+            for s in ("w", "w+")]
+    with fake_cuda:
+        try:
+            net, gens = net.to("cuda"), [g.to("cuda") for g in gens]
+        except RuntimeError as e:  # torch 2.6 runs .to on parameters for real
+            if "driver" not in str(e):
+                raise
+            pytest.skip(f"this torch moves parameters to CUDA for real in fake mode ({e})")
+        with torch.no_grad():
+            assert net(torch.randn(2, 16, device="cuda")).device.type == "cuda"
+            for g in gens:
+                img = g.decode(torch.randn(2, g.latent_dim, device="cuda"))
+                assert img.shape == (2, 3, 16, 16) and img.device.type == "cuda"
+
+
 def test_recognition_training_step_stays_on_the_device(tmp_path):
     """A training batch of uint8 images from the (CPU) loader: moved, scaled, augmented
     (AdaFace's crop, low resolution, photometric, flip: every one drawn), channels_last,

@@ -60,7 +60,7 @@ def test_every_file_loads_with_the_notebooks_loaders(data_root, monkeypatch, cap
     lines = out.splitlines()
     said = {lines[i][21:].split(":")[0]: lines[i + 1].strip()  # what: its description
             for i in range(len(lines) - 1) if lines[i].startswith("[loaded]")}
-    assert said["StyleGAN2"] == "StyleGAN2Generator: latent 7168, 256 px images"
+    assert said["StyleGAN2"] == "StyleGAN2Generator(w+): latent 7168, 256 px images"
     assert said["CLIP"].startswith("ViT-B-32-quickgelu: 224 px images, 512-d embeddings")
     assert said["shapes VAE"].endswith("the released code's file")  # (sha256 set to this file's)
     assert "NOT the released code's augmentations.pt" in said["latent offsets"]  # random weights
