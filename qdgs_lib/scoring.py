@@ -593,8 +593,14 @@ class PromptScorer:
             try:
                 return self._batched_jacobian(z) if mode == "batched" else self._func_jacobian(z)
             except RuntimeError as e:  # (torch.OutOfMemoryError included)
-                # a full device is not a missing vmap rule
-                if self.jacobian_mode != "auto" or _out_of_memory(e):
+                if _out_of_memory(e):  # a full device is not a missing vmap rule
+                    raise type(e)(
+                        f"{e}\n\nOut of memory taking the jacobians of {len(z)} latent(s) "
+                        f"in jacobian_mode {mode!r}, which runs the backward passes of all "
+                        f"{1 + self.num_measures} outputs at once: set jacobian_mode='loop' "
+                        "(one backward pass at a time, the memory of one) or a smaller "
+                        "batch") from e
+                if self.jacobian_mode != "auto":
                     raise
                 # an op without a vmap rule: loop from now on (the same rule each run)
                 warnings.warn(f"jacobian mode {mode!r} failed on these networks "

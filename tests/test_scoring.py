@@ -49,9 +49,13 @@ def test_auto_mode_falls_back_to_loop_with_a_warning_but_not_on_out_of_memory(mo
         sc = make_scorer()
         sc.generator.preferred_jacobian_mode = "batched"
         monkeypatch.setattr(sc, "_batched_jacobian", full)
-        with pytest.raises(type(error), match="memory"):
+        with pytest.raises(type(error), match="memory") as err:
             sc.evaluate(z, jacobian=True, update_memory=False)
         assert sc.jacobian_mode == "auto"  # a full device is no reason to change the mode
+        # the device's own words, then what to do
+        assert str(error) in str(err.value) and err.value.__cause__ is error
+        assert "jacobian_mode 'batched'" in str(err.value)
+        assert "all 4 outputs at once: set jacobian_mode='loop'" in str(err.value)
 
 
 def test_angdist_matches_acos():
