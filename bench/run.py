@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from qdgs_lib.clip import PackedSelfAttention, create_clip  # noqa: E402
 from qdgs_lib.generators.shapes_vae import ShapesVAE, load_shapes_vae  # noqa: E402
 from qdgs_lib.generators.stylegan2 import StyleGAN2, StyleGAN2Generator  # noqa: E402
+from qdgs_lib.generators.stylegan3 import StyleGAN3  # noqa: E402
 from qdgs_lib.measures import grid, prompts, ranges  # noqa: E402
 from qdgs_lib.profiles import get_profile  # noqa: E402
 from qdgs_lib.scoring import (  # noqa: E402
@@ -219,8 +220,9 @@ def bench_scoring(device: str, quick: bool, only_setup: str | None = None) -> pd
 
 def bench_components(device: str, quick: bool) -> pd.DataFrame:
     """Milliseconds per forward and per backward pass of StyleGAN2-256 (grouped vs split
-    modulated convolutions; batch 1) and of ViT-B/32 (open_clip's attention modules vs
-    PackedSelfAttention; batch 1 and 4): where the scoring time goes. The vmapped column is
+    modulated convolutions; batch 1), of StyleGAN3-T and -R at 256 px (batch 1) and of
+    ViT-B/32 (open_clip's attention modules vs PackedSelfAttention; batch 1 and 4): where the
+    scoring time goes. The vmapped column is
     the scorer's backward: 1 + 4 cotangents in one pass."""
     name, make = setups(device, quick)[-1]
     scorer = make()
@@ -229,20 +231,31 @@ def bench_components(device: str, quick: bool) -> pd.DataFrame:
     repeats = 1 if quick else 5
     rows = []
 
-    def fwd_bwd(part, forward, x, cotangents=5):
+    def fwd_bwd(part, forward, x, cotangents=5, lean=False):
         """forward, one backward, and the scorer's backward: ``cotangents`` (1 + m outputs)
-        in one vmapped pass (``is_grads_batched``)."""
+        in one vmapped pass (``is_grads_batched``). ``lean``: one graph at a time (one timed
+        forward, one backward that frees it; no vmapped pass), for networks whose graph
+        fills half the memory."""
         x = x.detach().requires_grad_(True)
-        y = forward(x)
-        g = torch.randn_like(y)
-        gs = torch.randn(cotangents, *y.shape, device=y.device)
-        fwd = _time(lambda: forward(x), repeats)
-        bwd = _time(lambda: torch.autograd.grad(y, x, g, retain_graph=True), repeats)
-        vmapped = _time(lambda: torch.autograd.grad(y, x, gs, retain_graph=True,
-                                                    is_grads_batched=True), repeats)
+        if lean:
+            t0 = time.perf_counter()
+            y = forward(x)
+            fwd = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            torch.autograd.grad(y, x, torch.randn_like(y))
+            bwd, vmapped = time.perf_counter() - t0, float("nan")
+            del y
+        else:
+            y = forward(x)
+            g = torch.randn_like(y)
+            gs = torch.randn(cotangents, *y.shape, device=y.device)
+            fwd = _time(lambda: forward(x), repeats)
+            bwd = _time(lambda: torch.autograd.grad(y, x, g, retain_graph=True), repeats)
+            vmapped = _time(lambda: torch.autograd.grad(y, x, gs, retain_graph=True,
+                                                        is_grads_batched=True), repeats)
         rows.append({"part": part, "batch": len(x), "forward_ms": 1e3 * fwd,
                      "backward_ms": 1e3 * bwd, f"backward_x{cotangents}_vmapped_ms":
-                     1e3 * vmapped, **machine(device)})
+                     1e3 * vmapped, "repeats": 1 if lean else repeats, **machine(device)})
         print(f"{part:42s} B={len(x)} forward {1e3 * fwd:7.1f} ms  backward {1e3 * bwd:7.1f} "
               f"ms  {cotangents} vmapped backward passes {1e3 * vmapped:7.1f} ms", flush=True)
 
@@ -250,6 +263,19 @@ def bench_components(device: str, quick: bool) -> pd.DataFrame:
         gen.modconv = mode
         fwd_bwd(f"StyleGAN2-256 ({mode} modconv)", gen.decode, q)
     gen.modconv = "auto"
+    # StyleGAN3 at 256 px as NVIDIA's train.py configures it (T: --cbase 32768 --cmax 512;
+    # R: both doubled, 1x1 convolutions, radial filters), searched in w like StyleGAN2. On a
+    # CPU T alone, lean: its graph alone takes 11 GB at batch 1 (the reference ops'
+    # full-resolution intermediates); two graphs and the vmapped backward ran this 24 GB
+    # machine out of memory
+    configs = (("T", {}), ("R", {"channel_base": 65536, "channel_max": 1024,
+                                 "conv_kernel": 1, "use_radial_filters": True}))
+    for config, kw in configs[:1] if device == "cpu" else configs:
+        torch.manual_seed(0)
+        sg3 = StyleGAN2Generator(StyleGAN3(**kw).eval().to(device), num_std_samples=2000)
+        fwd_bwd(f"StyleGAN3-{config}-256", sg3.decode, sg3.sample_prior(1, seed=0),
+                lean=device == "cpu")
+        del sg3
     with torch.no_grad():
         img = gen.decode(gen.sample_prior(4, seed=0))
     for packed in (False, True):  # open_clip's attention modules vs PackedSelfAttention

@@ -467,7 +467,8 @@ def test_stylegan3_scores_on_every_device(device):
         with torch.no_grad():  # a full memory: only then are a shape's calls captured
             sc.memory = at_least_fp32(sc.clip.encode_image(gen.decode(gen.sample_prior(4,
                                                                                        seed=1))))
-        sc.cuda_graphs = graphs
+        # CUDA's mode on every device (a CPU's, loop, is never captured)
+        sc.cuda_graphs, sc.jacobian_mode = graphs, "func"
         z = gen.sample_prior(2, seed=0).cpu().numpy()
         return [sc.evaluate(z, jacobian=True, update_memory=False) for _ in range(2)], sc
 

@@ -111,6 +111,8 @@ def test_the_search_generator_takes_a_stylegan3(latent_space):
     gen = StyleGAN2Generator(net, num_std_samples=300, latent_space=latent_space)
     assert gen.name == "StyleGAN3Generator" + ("(w+)" if latent_space == "w+" else "")
     assert gen.latent_dim == 16 * (net.num_ws if latent_space == "w+" else 1)
+    # one backward at a time on a CPU (memory), vmapped on CUDA
+    assert gen.preferred_jacobian_mode == {"cpu": "loop", "cuda": "func"}
     sc = PromptScorer(gen, ToyClip(), ("good", "bad"), [("a", "b"), ("c", "d")],
                       weights=(1.0, 0.5, 0.0))
     sc.clip.encode_image = lambda im, **kw: ToyClip.encode_image(
