@@ -101,10 +101,12 @@ def load_latent_offsets(path: str | Path, latent_dim: int, count: int) -> np.nda
         raise ValueError(f"{path} holds {off.dtype} offsets, not numbers: a latent offset is a "
                          "row of floats")
     if off.ndim != 2 or off.shape[1] != latent_dim:
-        hint = " (the released file is for StyleGAN2-256 in w+: set latent_space='w+')" \
-            if off.ndim == 2 and off.shape[1] % latent_dim == 0 else ""
+        hint = (" (the released file is for StyleGAN2-FFHQ-256 in w+: with that network set "
+                "latent_space='w+')" if off.ndim == 2 and off.shape[1] % latent_dim == 0 else "")
         raise ValueError(f"{path} holds offsets of shape {off.shape}; the generator's latents "
-                         f"have {latent_dim} numbers, so (k, {latent_dim}) is needed{hint}")
+                         f"have {latent_dim} numbers, so (k, {latent_dim}) is needed{hint}; "
+                         "or set offsets_file to None for seeded offsets of scale offset_scale "
+                         "in any generator's space")
     if not np.isfinite(off).all():
         raise ValueError(f"{path} holds NaN or inf offsets: a damaged copy")
     zero = np.flatnonzero(~off.any(axis=1))

@@ -167,7 +167,7 @@ def test_the_faces_pipeline_runs_on_a_stylegan3_pickle(tmp_path, monkeypatch):
     monkeypatch.setenv("QDGS_DATA_DIR", str(write_paper_mini_assets(progress=False)))
     write_network_pickle(small_net(img_resolution=16, num_layers=3), tmp_path / "sg3.pkl")
     weights = str(tmp_path / "sg3.pkl")
-    with pytest.raises(ValueError, match="offsets"):
+    with pytest.raises(ValueError, match="is needed.*set offsets_file to None"):
         face_synthesis.build_scorer(get_profile("paper-mini", "faces",
                                                 stylegan_weights=weights), "cpu")
     p = get_profile("paper-mini", "faces", stylegan_weights=weights, offsets_file=None,

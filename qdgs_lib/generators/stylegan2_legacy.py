@@ -189,8 +189,7 @@ def _find(rec: PersistentRecord, key: str):
 
 def _ints(value, n: int) -> list[int]:
     """An attribute NVIDIA stores as an int, a list or a numpy array, as ``n`` ints."""
-    out = [int(v) for v in np.broadcast_to(np.asarray(value), [n])]
-    return out
+    return [int(v) for v in np.broadcast_to(np.asarray(value), [n])]
 
 
 def stylegan3_from_records(g: PersistentRecord) -> StyleGAN3:
