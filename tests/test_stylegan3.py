@@ -17,6 +17,7 @@ from qdgs_lib.generators.stylegan2 import StyleGAN2Generator
 from qdgs_lib.generators.stylegan2_legacy import (
     PersistentRecord,
     load_stylegan2,
+    save_stylegan2,
     stylegan2_from_records,
 )
 from qdgs_lib.generators.stylegan3 import StyleGAN3, filtered_lrelu, upfirdn2d
@@ -68,8 +69,6 @@ def test_network_pickle_and_safetensors_round_trip(tmp_path):
     with torch.no_grad():
         ref = net(z, truncation_psi=0.7)
         assert torch.equal(loaded(z, truncation_psi=0.7), ref)
-    from qdgs_lib.generators.stylegan2_legacy import save_stylegan2
-
     save_stylegan2(loaded, tmp_path / "net.safetensors")
     again = load_stylegan2(tmp_path / "net.safetensors", "cpu")
     with torch.no_grad():
