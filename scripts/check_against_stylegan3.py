@@ -119,13 +119,17 @@ def compare_geometry(G, kw: dict) -> list[str]:
     return bad
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nvidia", type=Path, required=True, help="a clone of NVlabs/stylegan3")
     ap.add_argument("--full", action="store_true", help="also the 256 px T and R (minutes)")
     ap.add_argument("--write-fixture", action="store_true")
     ap.add_argument("--tmp", type=Path, default=Path("/tmp/qdgs-stylegan3-check"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    need = args.nvidia / "training" / "networks_stylegan3.py"
+    if not need.is_file():
+        ap.error(f"{need} not found: --nvidia takes a clone of NVIDIA's StyleGAN3 code "
+                 "(git clone https://github.com/NVlabs/stylegan3)")
     Generator = import_nvidia(args.nvidia.resolve())
     args.tmp.mkdir(parents=True, exist_ok=True)
     failed, fixture = False, {}

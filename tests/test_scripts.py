@@ -111,3 +111,15 @@ def test_check_against_released_says_what_it_needs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "facial_recognition/AdaFace/net.py" in err and "qdgs/discriminator.py" not in err
     assert "github.com/Cylumn/qd-generative-sampling" in err
+
+
+def test_check_against_stylegan3_says_what_it_needs(tmp_path, capsys):
+    """Without a clone of NVIDIA's StyleGAN3 code it names the file it needs and where to get
+    it (the check itself needs that clone: README, "Checked against the reference code")."""
+    module = _script("check_against_stylegan3")
+    with pytest.raises(SystemExit) as e:
+        module.main(["--nvidia", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "training/networks_stylegan3.py not found" in err
+    assert "github.com/NVlabs/stylegan3" in err
