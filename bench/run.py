@@ -222,8 +222,8 @@ def bench_components(device: str, quick: bool) -> pd.DataFrame:
     """Milliseconds per forward and per backward pass of StyleGAN2-256 (grouped vs split
     modulated convolutions; batch 1), of StyleGAN3-T and -R at 256 px (batch 1) and of
     ViT-B/32 (open_clip's attention modules vs PackedSelfAttention; batch 1 and 4): where the
-    scoring time goes. The vmapped column is
-    the scorer's backward: 1 + 4 cotangents in one pass."""
+    scoring time goes. The vmapped column is the scorer's backward: 1 + 4 cotangents in one
+    pass."""
     name, make = setups(device, quick)[-1]
     scorer = make()
     gen, clip = scorer.generator, scorer.clip

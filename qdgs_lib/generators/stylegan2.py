@@ -405,12 +405,13 @@ class StyleGAN2Generator(Generator):
         q = (w - net.mapping.w_avg) / self.w_std
         # a w+ latent repeats a prior q on every layer: its norm is sqrt(layers) times q's
         self.latent_norm = float(q.norm(dim=1).mean()) * self.layers**0.5
+        # a network may know its jacobians better (StyleGAN3: memory)
+        self.preferred_jacobian_mode = getattr(net, "preferred_jacobian_mode",
+                                               self.preferred_jacobian_mode)
         # what a search records (StyleGAN2 w runs keep the class name)
-        family = "StyleGAN3" if type(net).__name__ == "StyleGAN3" else "StyleGAN2"
-        if family == "StyleGAN3":
-            # its reference-op graph is large (11 GB at 256 px, batch 1): on a CPU one
-            # backward pass at a time, as the 5 vmapped ones ran 24 GB out of memory
-            self.preferred_jacobian_mode = {"cpu": "loop", "cuda": "func"}
+        from .stylegan3 import StyleGAN3
+
+        family = "StyleGAN3" if isinstance(net, StyleGAN3) else "StyleGAN2"
         if latent_space == "w+" or family == "StyleGAN3":
             self.name = f"{family}Generator{'(w+)' if latent_space == 'w+' else ''}"
 

@@ -14,7 +14,6 @@ float16 on CUDA).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -22,9 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .stylegan2 import FullyConnectedLayer, MappingNetwork
-
-SQRT2 = math.sqrt(2)
+from .stylegan2 import SQRT2, FullyConnectedLayer, MappingNetwork
 
 
 # --- the reference operations -------------------------------------------------------------
@@ -278,6 +275,10 @@ class StyleGAN3(nn.Module):
     """Mapping + alias-free synthesis (unconditional). ``forward(z)`` -> images in about
     [-1, 1]. Built from the schedule's hyperparameters (``synthesis_geometry``), or from a
     file's own ``geometry`` (input spec and layer specs) when one is loaded."""
+
+    # for StyleGAN2Generator: the reference ops' graph is large (11 GB at 256 px, batch 1),
+    # so on a CPU one backward pass at a time, as the 5 vmapped ones ran 24 GB out of memory
+    preferred_jacobian_mode = {"cpu": "loop", "cuda": "func"}
 
     def __init__(self, z_dim: int = 512, w_dim: int = 512, img_resolution: int = 256,
                  img_channels: int = 3, mapping_layers: int = 2,
