@@ -170,3 +170,27 @@ def test_candidate_results_are_named_portably():
     assert run.candidates_results_name(None, "gpu") == "iteration_candidates_gpu"
     name = run.candidates_results_name(["autocast_float16+compile", "compile"], "gpu")
     assert name == "iteration_candidates_autocast_float16-compile_compile_gpu"
+
+
+def test_faces_between_searches_repeats_notebook_02_at_its_seed(tmp_path):
+    """bench/faces_between_searches.py: seed 0 is notebook 02's own search (the same shares),
+    seed 1 another search, and every seed gets notebook 03's three pretrainings."""
+    from bench import faces_between_searches as fbs
+    from qdgs_lib import face_synthesis
+    from qdgs_lib.profiles import get_profile
+    from qdgs_lib.search import archive_frame, measures, run_search, solutions
+
+    table, results, groups = fbs.between_searches("smoke", [0, 1], tmp_path / "bench")
+    faces = get_profile("smoke", "faces")
+    scorer = face_synthesis.build_scorer(faces, "cpu")
+    df = archive_frame(run_search(scorer, faces, "cma_maega", tmp_path / "nb02",
+                                  progress=False).result_archive)
+    expected = fbs.shares(faces, solutions(df), measures(df))
+    row = table.set_index("seed")
+    assert {k: row.loc[0, f"qdgs: {k}"] for k in expected} == expected
+    assert row.loc[0, "qdgs search: qd_score"] != row.loc[1, "qdgs search: qd_score"]
+    assert sorted(zip(results.pretraining, results.seed, strict=True)) == sorted(
+        (arm, s) for arm in ("none", "random", "qdgs") for s in (0, 1))
+    assert results[groups].notna().all().all()
+    text = fbs.report(table, results, groups)
+    assert "true dark skin" in text and "QDGS vs random (2 paired seeds" in text
