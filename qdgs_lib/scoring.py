@@ -494,6 +494,8 @@ class PromptScorer:
         for each latent in it, as the released code's start search computes it (no
         jacobians then; see ``SearchConfig.x0``)."""
         z = self._to_tensor(latents)
+        if jacobian:
+            self._require_gradients()
         if whole_batch_norm and jacobian:
             raise ValueError("whole_batch_norm is the released start search's penalty, which "
                              "takes no jacobians: call evaluate(..., jacobian=False)")
@@ -516,6 +518,13 @@ class PromptScorer:
             self._remember(loss, emb)
         return Scores(objective=out[:, 0], measures=out[:, 1:], jacobian=jac,
                       loss=loss.cpu().numpy())
+
+    def _require_gradients(self) -> None:
+        if not getattr(self.generator, "differentiable", True):
+            raise ValueError(f"{getattr(self.generator, 'name', type(self.generator).__name__)}"
+                             " is not differentiable: no jacobians of its scores. Search it "
+                             "with a gradient-free algorithm (cma_mae, cma_me, map_elites or "
+                             "random), not cma_maega")
 
     def _nonfinite_message(self, z: torch.Tensor, out: np.ndarray, jac: np.ndarray | None
                            ) -> str:
@@ -807,6 +816,7 @@ class PromptScorer:
         Kept as the reference for tests and the speed benchmark; same numbers as
         ``evaluate(latents, jacobian=True, update_memory=False)``.
         """
+        self._require_gradients()
         z0 = self._to_tensor(latents)
         values, jacs = [], []
         for i in range(1 + self.num_measures):

@@ -388,6 +388,13 @@ class QDSearch:
         if len(config.dims) != scorer.num_measures:
             raise ValueError(f"the archive has {len(config.dims)} dims but the scorer "
                              f"{scorer.num_measures} measures")
+        if config.algorithm in DQD_ALGORITHMS and not getattr(scorer.generator,
+                                                              "differentiable", True):
+            raise ValueError(
+                f"{config.algorithm} follows the gradients of the scores through the "
+                f"generator, and {getattr(scorer.generator, 'name', 'this generator')} has "
+                "none (differentiable=False): use algorithm 'cma_mae' (CMA-MAEGA's archive "
+                "and ranking, without gradients), 'cma_me', 'map_elites' or 'random'")
         self.scorer = scorer
         self.cfg = config
         self.outdir = Path(outdir)

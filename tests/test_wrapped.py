@@ -300,3 +300,52 @@ def test_a_resume_under_other_weights_behind_the_same_function_is_refused(tmp_pa
     finally:
         del globals()["holder_net"], globals()["clip"]
     assert reachable_modules(torch.sigmoid) == {}
+
+
+def test_a_generator_without_gradients_takes_the_gradient_free_searches(tmp_path):
+    """A numpy renderer with 8-bit output (no gradients): wrapped with differentiable=False,
+    scored without jacobians, searched by CMA-MAE; CMA-MAEGA and jacobians are refused with
+    what to use instead, and without the flag the wrapper says to pass it."""
+    w = np.random.default_rng(0).normal(size=(4, 3 * 8 * 8))
+
+    def render(z):  # latents -> uint8 images, in numpy
+        x = 1 / (1 + np.exp(-(z.cpu().numpy().astype(np.float64) @ w)))
+        return (x * 255).round().astype(np.uint8).reshape(-1, 3, 8, 8)
+
+    gen = WrappedGenerator(render, latent_dim=4, output_range=(0, 255), differentiable=False)
+    z = gen.sample_prior(5, seed=1)
+    img = gen.decode(z)
+    assert img.dtype == torch.float32 and not img.requires_grad
+    torch.testing.assert_close(img, torch.from_numpy(render(z)).float() / 255)
+    assert gen.name.endswith(", differentiable=False)")
+    sc = PromptScorer(gen, ToyClip(), ("good", "bad"), [("a", "b"), ("c", "d")],
+                      weights=(1.0, 0.5, 0.0))
+    with pytest.raises(ValueError, match=r"not differentiable: no jacobians.*cma_mae"):
+        sc.evaluate(z.numpy(), jacobian=True)
+    with pytest.raises(ValueError, match=r"not differentiable"):
+        sc.evaluate_per_output(z.numpy())
+    ranges = tuple((float(lo), float(hi)) for lo, hi in zip(
+        *np.quantile(sc.measures_of(gen.sample_prior(200, seed=1).numpy()), [0.01, 0.99], 0),
+        strict=True))
+    cfg = SearchConfig(dims=(6, 6), ranges=ranges, iterations=30, seed=0, batch_size=8,
+                       algorithm="cma_mae")
+    archive = QDSearch(sc, cfg, tmp_path / "cma_mae").run(progress=False)
+    assert archive.stats.num_elites > 1
+    # the elites' scores are the scorer's scores of their latents (no gradient involved)
+    df = archive_frame(archive)
+    np.testing.assert_allclose(measures(df), sc.measures_of(df.filter(like="solution_")
+                                                             .to_numpy()), atol=1e-5)
+    with pytest.raises(ValueError, match=r"cma_maega follows the gradients.*'cma_mae'"):
+        QDSearch(sc, SearchConfig(dims=(6, 6), ranges=ranges), tmp_path / "cma_maega")
+    with pytest.raises(TypeError, match=r"got ndarray.*differentiable=False"):
+        WrappedGenerator(render, latent_dim=4, output_range=(0, 255))
+    with pytest.raises(ValueError, match=r"require gradients.*numpy.*differentiable=False"):
+        WrappedGenerator(lambda z: torch.from_numpy(render(z)).float(), latent_dim=4,
+                         output_range=(0, 255))
+    with pytest.raises(ValueError, match=r"no gradient reaches.*differentiable=False"):
+        WrappedGenerator(lambda z: torch.from_numpy(render(z.detach())).float(), latent_dim=4,
+                         output_range=(0, 255))
+    z.requires_grad_(True)  # decode detaches them for the renderer
+    torch.testing.assert_close(gen.decode(z), img)
+    with pytest.raises(ValueError, match="differentiable must be True or False"):
+        WrappedGenerator(render, latent_dim=4, output_range=(0, 255), differentiable="no")

@@ -23,6 +23,9 @@ class Generator(nn.Module):
     # "replicated", or a dict by device type such as {"cpu": "func", "cuda": "func"}; see
     # PromptScorer._with_jacobian); a fixed per-generator choice keeps seeded runs reproducible
     preferred_jacobian_mode: str = "batched"
+    # False: decode gives no gradients to the latents (WrappedGenerator(differentiable=False)):
+    # scorers refuse jacobians, searches take the gradient-free algorithms only
+    differentiable: bool = True
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (B, latent_dim) -> images (B, 3, H, W) in [0, 1], differentiable in z."""

@@ -1,4 +1,4 @@
-"""Your own generator: any differentiable network from latents to images, for QDGS.
+"""Your own generator: any network or function from latents to images, for QDGS.
 
 QDGS needs four things of a generator (:class:`~qdgs_lib.generators.base.Generator`): the
 latent size, a differentiable ``decode`` to images in [0, 1], a seeded prior (the random
@@ -6,6 +6,11 @@ baseline and the search's start), and the prior's typical latent norm (the objec
 latent-norm penalty). :class:`WrappedGenerator` builds them around a network::
 
     gen = WrappedGenerator(my_gan, latent_dim=128, output_range=(-1, 1))
+
+A generator without gradients (a renderer, a sampler too long to backpropagate through,
+numpy or 8-bit output) is wrapped with ``differentiable=False``: the gradient-free searches
+(CMA-MAE, CMA-ME, MAP-Elites, random sampling) take it; CMA-MAEGA, which follows the
+gradients, refuses it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import types
 import warnings
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -93,8 +99,9 @@ class WrappedGenerator(Generator):
     """``net`` (latents (B, ``latent_dim``) -> images (B, 3, H, H)) as a QDGS generator.
 
     Checked once at construction, on prior latents: image shape and batch size, finite pixels
-    inside ``output_range``, gradients reaching the latents, and the same images for the same
-    latents (alone or in a batch: no dropout or batch statistics).
+    inside ``output_range``, gradients reaching the latents (unless ``differentiable`` is
+    False), and the same images for the same latents (alone or in a batch: no dropout or
+    batch statistics).
 
     Args:
         net: an ``nn.Module`` (frozen here: eval mode, no parameter gradients; gradients
@@ -114,12 +121,17 @@ class WrappedGenerator(Generator):
         device: where a plain function's tensors live (a module's parameters tell it);
             ``"auto"``: CUDA when available.
         prior_samples: prior draws that estimate the typical latent norm (seed 0, on the CPU).
+        differentiable: False for a generator that gives no gradients to the latents: it may
+            return integer pixels (e.g. uint8, with ``output_range=(0, 255)``) or a numpy
+            array, and runs under ``torch.no_grad``; searches take it with the gradient-free
+            algorithms (``cma_mae``, ``cma_me``, ``map_elites``, ``random``), not
+            ``cma_maega``.
     """
 
     def __init__(self, net: nn.Module | Callable[[torch.Tensor], torch.Tensor],
                  latent_dim: int, output_range: tuple[float, float] = (0.0, 1.0),
                  prior: Prior | None = None, device: str | torch.device | None = None,
-                 prior_samples: int = 1000):
+                 prior_samples: int = 1000, differentiable: bool = True):
         super().__init__()
         if not callable(net):
             raise TypeError(f"net must be an nn.Module or a function of the latents, got "
@@ -136,6 +148,9 @@ class WrappedGenerator(Generator):
                              f"{output_range!r}")
         if int(prior_samples) != prior_samples or prior_samples < 2:
             raise ValueError(f"prior_samples must be an int >= 2, got {prior_samples!r}")
+        if not isinstance(differentiable, bool):
+            raise ValueError(f"differentiable must be True or False, got {differentiable!r}")
+        self.differentiable = differentiable
         if isinstance(net, nn.Module):
             net.eval().requires_grad_(False)
         self.net = net  # a module registers as a submodule: .to() moves it
@@ -155,13 +170,14 @@ class WrappedGenerator(Generator):
         # what a search's config records next to the weights' sha256 (which a function lacks)
         lo, hi = self.output_range
         self.name = (f"WrappedGenerator({getattr(net, '__qualname__', type(net).__name__)}, "
-                     f"output_range=({lo:g}, {hi:g}), latent_norm={self.latent_norm:.6g})")
+                     f"output_range=({lo:g}, {hi:g}), latent_norm={self.latent_norm:.6g}"
+                     f"{'' if differentiable else ', differentiable=False'})")
         self.image_size = self._check_net(z[:_PROBES].to(self.device))
 
     # --- construction checks ----------------------------------------------------------------
     def _first_call(self, z: torch.Tensor) -> torch.Tensor:
         try:
-            return self._raw(self.check_latents(z))
+            out = self._call(self.check_latents(z))
         except torch.cuda.OutOfMemoryError:
             raise  # not a mismatch between net and latents
         except Exception as e:  # noqa: BLE001 - a user's network fails in any way (TypeError:
@@ -176,6 +192,7 @@ class WrappedGenerator(Generator):
                              "Check latent_dim and that net takes the latents alone (e.g. "
                              "lambda z: G(z, None) for a network that also wants a label)"
                              ) from e
+        return self._images(out)
 
     def _check_net(self, z: torch.Tensor) -> int:
         """The checks on ``z``; returns the image size."""
@@ -193,9 +210,24 @@ class WrappedGenerator(Generator):
                              "alone instead of in a batch): a network in training mode "
                              "(dropout, batch statistics)? Call .eval() on it, and make any "
                              "noise it draws fixed")
+        if self.differentiable:
+            self._check_gradients(z)
+        return raw.shape[-1]
+
+    def _check_gradients(self, z: torch.Tensor) -> None:
+        """Gradients reach the latents, through every latent dim (else a warning)."""
         zz = self.check_latents(z[:4]).detach().requires_grad_(True)
         with torch.enable_grad():
-            out = self._raw(zz)
+            try:
+                out = self._raw(zz)
+            except RuntimeError as e:  # e.g. numpy() of latents that require gradients
+                if "grad" not in str(e):
+                    raise
+                raise ValueError(f"net failed on latents that require gradients ({e}): a "
+                                 "numpy step inside it? QDGS's CMA-MAEGA follows gradients "
+                                 "through the generator; for a generator without them pass "
+                                 "differentiable=False and search with a gradient-free "
+                                 "algorithm (e.g. cma_mae)") from e
             # a random cotangent: a sum's gradient vanishes where pixels' effects cancel
             # (a per-image normalisation), a random weighting's does not
             cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
@@ -203,15 +235,16 @@ class WrappedGenerator(Generator):
                                        )[0] if out.requires_grad else None
         if grad is None or not bool(grad.abs().sum() > 0):
             raise ValueError("no gradient reaches the latents through net (a torch.no_grad, "
-                             ".detach() or numpy step inside it?): QDGS follows the gradients "
-                             "of the CLIP scores through the generator")
+                             ".detach() or numpy step inside it?): QDGS's CMA-MAEGA follows "
+                             "the gradients of the CLIP scores through the generator. For a "
+                             "generator without gradients pass differentiable=False and search "
+                             "with a gradient-free algorithm (e.g. cma_mae)")
         dead = (grad.abs().sum(0) == 0).nonzero().flatten().tolist()
         if dead:
             warnings.warn(f"{len(dead)} of the {self.latent_dim} latent dims (e.g. "
                           f"{dead[:5]}) do not change net's images: is latent_dim larger than "
                           "the network's input? The search would move through them for "
-                          "nothing", stacklevel=3)
-        return raw.shape[-1]
+                          "nothing", stacklevel=4)
 
     def _check_output(self, raw: torch.Tensor, n: int) -> None:
         """Shape (n, 3, H, H), finite, inside ``output_range`` up to a 5% overshoot."""
@@ -222,12 +255,13 @@ class WrappedGenerator(Generator):
         if raw.shape[0] != n:
             raise ValueError(f"net returned {raw.shape[0]} images for {n} latents: it must "
                              "return one image per latent")
-        if not raw.is_floating_point():
+        if not raw.is_floating_point() and self.differentiable:
             raise ValueError(f"net returns {raw.dtype} images: integer pixels carry no "
                              "gradient to the latents; return the float pixels from before "
                              "the rounding (e.g. drop a final .round().to(torch.uint8)) "
-                             "and declare their range, e.g. output_range=(0, 255)")
-        if not torch.isfinite(raw).all():
+                             "and declare their range, e.g. output_range=(0, 255); or, for a "
+                             "generator without gradients, pass differentiable=False")
+        if raw.is_floating_point() and not torch.isfinite(raw).all():
             raise ValueError("net's images of prior latents contain NaN or inf: check its "
                              "weights and the prior")
         lo, hi = self.output_range
@@ -248,11 +282,24 @@ class WrappedGenerator(Generator):
 
     # --- the Generator protocol -------------------------------------------------------------
     def _raw(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.net(z)
+        return self._images(self._call(z))
+
+    def _call(self, z: torch.Tensor):
+        if self.differentiable:
+            return self.net(z)
+        with torch.no_grad():  # (detached: a numpy step may take the latents as they are)
+            return self.net(z.detach())
+
+    def _images(self, x) -> torch.Tensor:
+        """``net``'s output as a tensor (a numpy array's too, without gradients)."""
+        if isinstance(x, np.ndarray) and not self.differentiable:  # a numpy renderer's
+            x = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
         if not isinstance(x, torch.Tensor):
+            hint = ("(a generator without gradients, e.g. in numpy: pass differentiable=False)"
+                    if isinstance(x, np.ndarray) else "(wrap a network that returns a tuple "
+                    "or dict in a function that picks the images)")
             raise TypeError(f"net must return a tensor of images, got {type(x).__name__} "
-                            "(wrap a network that returns a tuple or dict in a function that "
-                            "picks the images)")
+                            + hint)
         return x
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
