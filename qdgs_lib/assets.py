@@ -108,7 +108,13 @@ def _clip_asset(p: dict[str, Any]) -> Asset:
 
     name = p["clip"]
     if p["clip_weights"]:
-        return Asset(in_data_dir(p["clip_weights"]), f"CLIP {name} weights", "the file you named")
+        path = in_data_dir(p["clip_weights"])
+        if path.is_dir():  # a transformers checkpoint folder: the weights file in it
+            from .hf_clip import WEIGHT_FILES, weights_in
+
+            path = weights_in(path) or path / WEIGHT_FILES[0]
+        return Asset(path, f"CLIP {name} weights", "the file (or transformers checkpoint "
+                     "folder) you named")
     if name in OWN_MODELS:
         return Asset(weights_dir() / OWN_MODELS[name], f"the project's CLIP {name}",
                      shipped_weights_fix(OWN_MODELS[name], OWN_MODELS_REBUILD[name]))

@@ -6,14 +6,18 @@ optional random cutouts) is differentiable so that gradients reach the generator
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
 import open_clip
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
 
+from . import hf_clip
 from .paths import pretrained_dir, shipped_weights_fix, weights_dir
 from .profiles import CHOICES
 from .unpickling import TorchArchiveUnpickler, is_torchscript_archive, load_torch_archive
@@ -56,9 +60,13 @@ KNOWN_PRETRAINED = {
     "ViT-B-32-quickgelu": (
         "open_clip_model.safetensors",
         "the OpenAI ViT-B/32 weights: Hugging Face repo timm/vit_base_patch32_clip_224.openai, "
-        "file open_clip_model.safetensors (or OpenAI's original ViT-B-32.pt)",
+        "file open_clip_model.safetensors (or OpenAI's original ViT-B-32.pt, or the "
+        "transformers copy: repo openai/clip-vit-base-patch32, its config.json and "
+        "model.safetensors in a folder data/pretrained/clip-vit-base-patch32/)",
     ),
 }
+# where a transformers checkpoint folder of a KNOWN_PRETRAINED model is looked for
+HF_FOLDERS = {"ViT-B-32-quickgelu": "clip-vit-base-patch32"}
 
 _registered = False
 
@@ -142,6 +150,14 @@ def resolve_weights(name: str, weights: str | Path | None) -> Path | None:
     """Find the weights file for ``name``; raise a FileNotFoundError that says what to do."""
     if weights is not None:
         path = Path(weights)
+        if path.is_dir():  # a transformers checkpoint folder
+            found = hf_clip.weights_in(path)
+            if found is None:
+                raise FileNotFoundError(
+                    f"{path} is a folder without {' or '.join(hf_clip.WEIGHT_FILES)}: pass a "
+                    "weights file, or a transformers CLIP checkpoint folder (config.json + "
+                    "model.safetensors, e.g. the hub repo openai/clip-vit-base-patch32)")
+            return found
         if not path.is_file():
             raise FileNotFoundError(f"CLIP weights file not found: {path} (a profile's "
                                     "clip_weights is a path under data/ or an absolute one)")
@@ -155,8 +171,10 @@ def resolve_weights(name: str, weights: str | Path | None) -> Path | None:
         return path
     if name in KNOWN_PRETRAINED:
         filename, where = KNOWN_PRETRAINED[name]
+        folder = pretrained_dir() / HF_FOLDERS.get(name, f"{name}-transformers")
         candidates = [pretrained_dir() / filename, pretrained_dir() / f"{name}.safetensors",
-                      pretrained_dir() / "ViT-B-32.pt"]
+                      pretrained_dir() / "ViT-B-32.pt",
+                      *(folder / f for f in hf_clip.WEIGHT_FILES)]
         for path in candidates:
             if path.is_file():
                 return path
@@ -367,13 +385,22 @@ def create_clip(name: str, weights: str | Path | None = None,
             state = read_torchscript_tensors(path)
             _check_architecture(name, state, path)
             # OpenAI's weights were trained with QuickGELU (open_clip's loader forced it too)
-            model = open_clip.create_model(name, force_quick_gelu=True)
+            model = _architecture(name, force_quick_gelu=True)
             want = model.state_dict()
             missing = [k for k in want if k not in state]
             if missing:
                 raise BadFileError(f"{path} lacks {len(missing)} of the model's tensors "
                                    f"(e.g. {missing[:3]}). {fix}")
             model.load_state_dict({k: state[k] for k in want})
+        elif path is not None and (state := _hf_state(path)) is not None:
+            # a transformers CLIPModel: its tensors renamed into the open_clip architecture
+            model = _architecture(name)
+            try:
+                renamed = hf_clip.open_clip_state(state)
+            except ValueError as e:
+                raise BadFileError(f"{path}: {e}. {fix}") from e
+            _load_exactly(model, renamed, path, fix)
+            _check_activation(name, path)
         else:
             model = open_clip.create_model(name, pretrained=str(path) if path else None,
                                            weights_only=True)
@@ -430,6 +457,70 @@ def _check_weights_belong_to(name: str, path: Path, fix: str) -> None:
         warnings.warn(f"{path.name} holds OpenAI's weights, trained with QuickGELU; '{name}' "
                       f"builds another activation around them. Use one of "
                       f"{sorted(KNOWN_PRETRAINED)}.", stacklevel=3)
+
+
+def _architecture(name: str, **kwargs) -> nn.Module:
+    """open_clip's model ``name`` to load weights into, without its warning that no weights
+    were loaded (they are, next)."""
+    class Quiet(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "No pretrained weights loaded" not in record.getMessage()
+
+    root, quiet = logging.getLogger(), Quiet()
+    root.addFilter(quiet)
+    try:
+        return open_clip.create_model(name, **kwargs)
+    finally:
+        root.removeFilter(quiet)
+
+
+def _hf_state(path: Path) -> dict[str, torch.Tensor] | None:
+    """The tensors of a transformers CLIP checkpoint file (None for other files)."""
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), "pt") as f:
+            if not hf_clip.is_hf_clip_state(f.keys()):
+                return None
+        return load_file(str(path))
+    if path.suffix == ".bin":  # a torch zip of tensors: read as data
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return state if isinstance(state, dict) and hf_clip.is_hf_clip_state(state) else None
+    return None
+
+
+def _check_activation(name: str, path: Path) -> None:
+    """Warn when the config beside a transformers checkpoint names another activation than
+    the open_clip architecture ``name`` builds (the shapes fit, the embeddings degrade)."""
+    config = hf_clip.read_config(path)
+    quick = None if config is None else hf_clip.uses_quick_gelu(config)
+    builds = bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
+    if quick is not None and quick != builds:
+        other = name.removesuffix("-quickgelu") if builds else f"{name}-quickgelu"
+        use = (f"use '{other}'" if other in open_clip.list_models() else
+               f"use an architecture with{'out' if builds else ''} QuickGELU (an open_clip "
+               f"config's quick_gelu: {str(not builds).lower()})")
+        warnings.warn(f"{path.parent / 'config.json'} says these weights were trained with "
+                      f"{'QuickGELU' if quick else 'another activation than QuickGELU'}, but "
+                      f"'{name}' builds {'QuickGELU' if builds else 'GELU'}: {use}",
+                      stacklevel=4)
+
+
+def _load_exactly(model: nn.Module, state: dict[str, torch.Tensor], path: Path,
+                  fix: str) -> None:
+    """Load every tensor of ``model`` from ``state``, refusing missing, extra or misshapen
+    ones with a message that names them."""
+    want = model.state_dict()
+    missing = sorted(set(want) - set(state))
+    extra = sorted(set(state) - set(want))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(want[k].shape)}" for k in want
+              if k in state and state[k].shape != want[k].shape]
+    if missing or extra or shapes:
+        what = "; ".join(part for part in (
+            f"lacks {missing[:3]}" if missing else "",
+            f"has more tensors ({extra[:3]})" if extra else "",
+            f"other shapes ({shapes[:2]})" if shapes else "") if part)
+        raise BadFileError(f"{path} does not fit this model name's architecture: {what}. "
+                           f"{fix}")
+    model.load_state_dict(state)
 
 
 def _check_architecture(name: str, state: dict[str, torch.Tensor], path: Path) -> None:

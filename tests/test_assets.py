@@ -177,3 +177,17 @@ def test_a_section_name_scopes_overrides_to_its_notebooks(tmp_path, monkeypatch,
         with pytest.raises(SystemExit):
             assets.main([*argv, "--overrides", '{"faces": {"grid": [50, 50]}}'])
         assert "faces: 2 bins values for 4 measures" in capsys.readouterr().err
+
+
+def test_a_transformers_clip_folder_is_an_asset(tmp_path, monkeypatch):
+    """clip_weights may name a transformers checkpoint folder: checked by its weights file."""
+    monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path))
+    folder = tmp_path / "pretrained" / "hf"
+    folder.mkdir(parents=True)
+    (clip,) = [a for a in assets.required_assets("paper", "faces", clip_weights="pretrained/hf")
+               if a.what.startswith("CLIP")]
+    assert clip.path == folder / "model.safetensors" and not clip.present()
+    (folder / "pytorch_model.bin").write_bytes(b"PK\x03\x04")
+    (clip,) = [a for a in assets.required_assets("paper", "faces", clip_weights="pretrained/hf")
+               if a.what.startswith("CLIP")]
+    assert clip.path == folder / "pytorch_model.bin" and clip.present()

@@ -1,11 +1,17 @@
 """CLIP loading: clear errors for missing weights; the project's CLIPs load from git."""
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
+import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
-from qdgs_lib.clip import create_clip
+from qdgs_lib.clip import create_clip, resolve_weights
 
 
 def test_missing_vit_weights_name_the_file_and_where_to_put_it(tmp_path, monkeypatch):
@@ -547,3 +553,72 @@ def test_the_matmul_resize_is_the_antialiased_interpolation():
     (jac,) = torch.func.vmap(vjp)(torch.eye(4)[:, None, :])
     ref = torch.autograd.functional.jacobian(corner, x)  # (1, 4, 1, 3, 32, 32)
     assert torch.allclose(jac[:, 0], ref[0][:, 0], atol=1e-7)
+
+
+HF_TINY = Path(__file__).parent / "data" / "hf_clip_tiny"
+
+
+def hf_folder(tmp_path, name="hf", state=None, config=None):
+    """A transformers checkpoint folder: the fixture's files, or other tensors / config."""
+    folder = tmp_path / name
+    folder.mkdir()
+    cfg = json.loads((HF_TINY / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, **(config or {})}))
+    if state is None:
+        shutil.copy(HF_TINY / "model.safetensors", folder)
+    else:
+        torch.save(state, folder / "pytorch_model.bin")
+    return folder
+
+
+def test_transformers_clip_checkpoints_embed_as_transformers_does(tmp_path):
+    """A tiny CLIPModel written by transformers' save_pretrained, and its own embeddings
+    (scripts/check_against_transformers.py --write-fixture; ViT-B/32 is checked there): the
+    folder, its safetensors file and a pytorch_model.bin of older transformers (position_ids
+    buffers included) load into the open_clip architecture and embed alike."""
+    open_clip.add_model_config(HF_TINY.parent / "hf-clip-tiny.json")
+    ref = np.load(HF_TINY / "reference.npz")
+    state = load_file(HF_TINY / "model.safetensors")
+    assert sorted(state) == sorted(ref["keys"])  # transformers' names, as it wrote them
+    old = {**state, "text_model.embeddings.position_ids": torch.arange(16)[None],
+           "vision_model.embeddings.position_ids": torch.arange(17)[None]}
+    images, tokens = torch.from_numpy(ref["images"]), torch.from_numpy(ref["tokens"])
+    for weights in (hf_folder(tmp_path), HF_TINY / "model.safetensors",
+                    hf_folder(tmp_path, "bin", state=old) / "pytorch_model.bin"):
+        clip = create_clip("hf-clip-tiny", weights=weights, device="cpu")
+        with torch.no_grad():
+            img = clip.encode_image(images, normalize=False)
+            txt = clip.model.encode_text(tokens)
+        for got, want in ((img, ref["image_features"]), (txt, ref["text_features"])):
+            err = (got - torch.from_numpy(want)).norm(dim=1) / torch.from_numpy(want).norm(dim=1)
+            assert float(err.max()) < 1e-5, (weights, float(err.max()))
+
+
+def test_transformers_clip_checkpoints_that_do_not_fit_are_refused(tmp_path, monkeypatch):
+    open_clip.add_model_config(HF_TINY.parent / "hf-clip-tiny.json")
+    with pytest.raises(ValueError, match=r"does not fit.*architecture: lacks.*other shapes"):
+        create_clip("qdgs-shapes-clip", weights=hf_folder(tmp_path), device="cpu")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"folder without model.safetensors or "
+                                                r"pytorch_model.bin.*openai/clip-vit"):
+        create_clip("hf-clip-tiny", weights=empty)
+    state = load_file(HF_TINY / "model.safetensors")
+    with pytest.raises(ValueError, match=r"1 tensors.*not a CLIPModel's.*text_model.pooler"):
+        create_clip("hf-clip-tiny", weights=hf_folder(
+            tmp_path, "extra", state={**state, "text_model.pooler.weight": torch.zeros(2)}))
+    del state["vision_model.encoder.layers.1.self_attn.k_proj.bias"]
+    with pytest.raises(ValueError, match=r"lacks \['k'\] projections"):
+        create_clip("hf-clip-tiny", weights=hf_folder(tmp_path, "less", state=state))
+    gelu = {k: {"hidden_act": "gelu"} for k in ("text_config", "vision_config")}
+    with pytest.warns(UserWarning, match=r"another activation than QuickGELU.*builds QuickGELU"):
+        create_clip("hf-clip-tiny", weights=hf_folder(tmp_path, "gelu", config=gelu))
+    # the paper's CLIP finds the transformers copy in its default folder
+    monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "data" / "pretrained" / "clip-vit-base-patch32").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"clip-vit-base-patch32"):
+        create_clip("ViT-B-32-quickgelu")
+    shutil.copy(HF_TINY / "model.safetensors",
+                tmp_path / "data" / "pretrained" / "clip-vit-base-patch32")
+    assert resolve_weights("ViT-B-32-quickgelu", None) == \
+        tmp_path / "data" / "pretrained" / "clip-vit-base-patch32" / "model.safetensors"

@@ -123,3 +123,12 @@ def test_check_against_stylegan3_says_what_it_needs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "training/networks_stylegan3.py not found" in err
     assert "github.com/NVlabs/stylegan3" in err
+
+
+def test_check_against_transformers_says_what_it_needs(monkeypatch, capsys):
+    """Without transformers installed it says to install it (the check itself needs it:
+    README, "Checked against the reference code")."""
+    module = _script("check_against_transformers")
+    monkeypatch.setitem(sys.modules, "transformers", None)  # (import fails, as uninstalled)
+    assert module.main([]) == 2
+    assert "pip install transformers" in capsys.readouterr().err
