@@ -633,6 +633,14 @@ class PromptScorer:
         return mode
 
     # --- static shapes: CUDA graphs ----------------------------------------------------------
+    def _graphs_wanted(self, z: torch.Tensor) -> bool:
+        """``cuda_graphs`` for this call: ``auto`` is on for CUDA latents, except for a
+        generator without gradients (typically host code: numpy, a sampler's loop, which a
+        graph cannot capture); True asks for them whatever the generator."""
+        if self.cuda_graphs == "auto":
+            return z.is_cuda and getattr(self.generator, "differentiable", True)
+        return bool(self.cuda_graphs)
+
     def _static_call(self, jacobian: bool, z: torch.Tensor) -> StaticCall | None:
         """The captured call for this batch shape, or None to run eagerly.
 
@@ -643,10 +651,11 @@ class PromptScorer:
         no random cutouts (drawn on the host), a full (or unused) uniqueness memory, batches
         up to ``static_max_batch``, a jacobian mode other than ``loop``, and from a shape's
         second call.
-        ``cuda_graphs``: ``auto`` (on for CUDA), True (on any device: on a CPU the same
-        static buffers run eagerly, which is what tests check), False. A graph holds the
-        networks' tensors as they were at capture: after moving or casting the networks, or
-        changing ``weights``, call :meth:`drop_static_calls` (or build a new scorer).
+        ``cuda_graphs``: ``auto`` (on for CUDA, but not for a generator without gradients),
+        True (on any device: on a CPU the same static buffers run eagerly, which is what tests
+        check), False. A graph holds the networks' tensors as they were at capture: after
+        moving or casting the networks, or changing ``weights``, call
+        :meth:`drop_static_calls` (or build a new scorer).
 
         ``compile_static``: the static calls of values and of the ``replicated`` jacobian mode
         run ``torch.compile``'d forward passes (and AOTAutograd's compiled backward), those of
@@ -658,10 +667,8 @@ class PromptScorer:
         uncompiled from then on (``uncompiled_modes``, with a warning); the others stay
         compiled.
         """
-        use = self.cuda_graphs
-        if use == "auto":
-            use = z.is_cuda
-        if not use or getattr(self.clip, "num_cutouts", 0) > 0 or len(z) > self.static_max_batch:
+        if not self._graphs_wanted(z) or getattr(self.clip, "num_cutouts", 0) > 0 \
+                or len(z) > self.static_max_batch:
             return None
         if self.weights[2] > 0 and len(self.memory) != self.memory_size:
             return None  # the memory still grows: its shape changes from call to call

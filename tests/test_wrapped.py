@@ -349,3 +349,21 @@ def test_a_generator_without_gradients_takes_the_gradient_free_searches(tmp_path
     torch.testing.assert_close(gen.decode(z), img)
     with pytest.raises(ValueError, match="differentiable must be True or False"):
         WrappedGenerator(render, latent_dim=4, output_range=(0, 255), differentiable="no")
+
+
+def test_cuda_graphs_stay_off_for_a_generator_without_gradients():
+    """cuda_graphs 'auto' captures CUDA calls, but not a generator without gradients (host
+    code a graph cannot capture); True still asks for them."""
+    cuda_latents = type("Latents", (), {"is_cuda": True})()
+    differentiable = PromptScorer(WrappedGenerator(tanh_gan(), latent_dim=4,
+                                                   output_range=(-1, 1)),
+                                  ToyClip(), ("good", "bad"), [("a", "b")])
+    net = tanh_gan()
+    without = PromptScorer(WrappedGenerator(lambda z: net(z), latent_dim=4,
+                                            output_range=(-1, 1), differentiable=False),
+                           ToyClip(), ("good", "bad"), [("a", "b")])
+    assert differentiable._graphs_wanted(cuda_latents)
+    assert not without._graphs_wanted(cuda_latents)
+    without.cuda_graphs = True
+    assert without._graphs_wanted(cuda_latents)
+    assert not differentiable._graphs_wanted(torch.zeros(1, 4))  # CPU latents: auto is off
