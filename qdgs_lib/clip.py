@@ -171,10 +171,10 @@ def resolve_weights(name: str, weights: str | Path | None) -> Path | None:
         return path
     if name in KNOWN_PRETRAINED:
         filename, where = KNOWN_PRETRAINED[name]
-        folder = pretrained_dir() / HF_FOLDERS.get(name, f"{name}-transformers")
+        folders = [pretrained_dir() / HF_FOLDERS[name]] if name in HF_FOLDERS else []
         candidates = [pretrained_dir() / filename, pretrained_dir() / f"{name}.safetensors",
                       pretrained_dir() / "ViT-B-32.pt",
-                      *(folder / f for f in hf_clip.WEIGHT_FILES)]
+                      *(folder / f for folder in folders for f in hf_clip.WEIGHT_FILES)]
         for path in candidates:
             if path.is_file():
                 return path
