@@ -475,16 +475,31 @@ def _architecture(name: str, **kwargs) -> nn.Module:
 
 
 def _hf_state(path: Path) -> dict[str, torch.Tensor] | None:
-    """The tensors of a transformers CLIP checkpoint file (None for other files)."""
+    """The tensors of a transformers CLIP checkpoint file, or of the shards its index names
+    (None for other files)."""
+    if path.name.endswith(".index.json"):
+        state = {}
+        for shard in hf_clip.shard_files(path):
+            state.update(_tensors(shard))
+        return state if hf_clip.is_hf_clip_state(state) else None
     if path.suffix == ".safetensors":
         with safe_open(str(path), "pt") as f:
             if not hf_clip.is_hf_clip_state(f.keys()):
                 return None
-        return load_file(str(path))
-    if path.suffix == ".bin":  # a torch zip of tensors: read as data
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return state if isinstance(state, dict) and hf_clip.is_hf_clip_state(state) else None
+    if path.suffix in (".safetensors", ".bin"):
+        state = _tensors(path)
+        return state if hf_clip.is_hf_clip_state(state) else None
     return None
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file, or a torch zip of tensors read as data (``weights_only``)."""
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise BadFileError(f"{path} holds a {type(state).__name__}, not a dict of tensors")
+    return state
 
 
 def _check_activation(name: str, path: Path) -> None:

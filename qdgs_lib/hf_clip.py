@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# a checkpoint folder's weights: one file, or an index of shards (large models)
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json")
 _LAYER = re.compile(r"(text|vision)_model\.encoder\.layers\.(\d+)\.(.+)")
 _IN_LAYER = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1",
              "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
@@ -52,6 +54,26 @@ def weights_in(folder: str | Path) -> Path | None:
         if (Path(folder) / name).is_file():
             return Path(folder) / name
     return None
+
+
+def shard_files(index: str | Path) -> list[Path]:
+    """The shard files a ``*.index.json`` names (its ``weight_map``), beside it; a shard
+    named with a folder, or missing, is refused."""
+    index = Path(index)
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{index} is not a transformers shard index (a JSON object with a "
+                         f"weight_map): {type(e).__name__}: {e}") from e
+    bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")]
+    if bad:
+        raise ValueError(f"{index} names shards outside its folder ({bad[:3]}): refused")
+    missing = [n for n in names if not (index.parent / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{index} names shards that are not beside it: {missing[:3]} "
+                                "(download every file of the checkpoint)")
+    return [index.parent / n for n in names]
 
 
 def read_config(weights: str | Path) -> dict | None:

@@ -622,3 +622,36 @@ def test_transformers_clip_checkpoints_that_do_not_fit_are_refused(tmp_path, mon
                 tmp_path / "data" / "pretrained" / "clip-vit-base-patch32")
     assert resolve_weights("ViT-B-32-quickgelu", None) == \
         tmp_path / "data" / "pretrained" / "clip-vit-base-patch32" / "model.safetensors"
+
+
+def test_sharded_transformers_checkpoints_load_and_bad_indexes_are_named(tmp_path):
+    """Large checkpoints come as shards and an index (model.safetensors.index.json): the
+    shards are read together; an index naming a missing shard, or one outside its folder,
+    is refused."""
+    from safetensors.torch import save_file
+
+    open_clip.add_model_config(HF_TINY.parent / "hf-clip-tiny.json")
+    ref = np.load(HF_TINY / "reference.npz")
+    state = load_file(HF_TINY / "model.safetensors")
+    folder = hf_folder(tmp_path, "sharded", state={})
+    (folder / "pytorch_model.bin").unlink()
+    shards = {"model-00001-of-00002.safetensors": {}, "model-00002-of-00002.safetensors": {}}
+    for i, (k, t) in enumerate(sorted(state.items())):  # text and vision in both shards
+        shards[sorted(shards)[i % 2]][k] = t.contiguous()
+    for name, part in shards.items():
+        save_file(part, folder / name)
+    index = {"metadata": {"total_size": 0},
+             "weight_map": {k: name for name, part in shards.items() for k in part}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    clip = create_clip("hf-clip-tiny", weights=folder, device="cpu")
+    with torch.no_grad():
+        img = clip.encode_image(torch.from_numpy(ref["images"]), normalize=False)
+    torch.testing.assert_close(img, torch.from_numpy(ref["image_features"]), rtol=1e-5,
+                               atol=1e-6)
+    (folder / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"names shards that are not beside it.*00002"):
+        create_clip("hf-clip-tiny", weights=folder)
+    index["weight_map"] = {k: "../elsewhere.safetensors" for k in index["weight_map"]}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="names shards outside its folder"):
+        create_clip("hf-clip-tiny", weights=folder)
