@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from qdgs_lib import claims, face_synthesis, recognition
@@ -30,13 +29,6 @@ from qdgs_lib.profiles import get_profile
 from qdgs_lib.search import archive_frame, archive_summary, run_searches, solutions
 from qdgs_lib.search import measures as elite_measures
 from qdgs_lib.utils import write_run_info
-
-
-def shares(p: dict, z: np.ndarray, m: np.ndarray) -> dict[str, float]:
-    """Notebook 02's share table row: CLIP measure shares and the toy world's true ones."""
-    out = face_synthesis.measure_shares(m, p)
-    out.update({f"true {k}": v for k, v in face_synthesis.true_attribute_shares(z).items()})
-    return out
 
 
 def between_searches(profile: str, seeds: list[int], run_dir: Path,
@@ -59,7 +51,8 @@ def between_searches(profile: str, seeds: list[int], run_dir: Path,
         row = {"seed": s}
         for arm, z, m in (("random", rand_z, scorer.measures_of(rand_z)),
                           ("qdgs", solutions(qd_df), elite_measures(qd_df))):
-            row.update({f"{arm}: {k}": v for k, v in shares(faces, z, m).items()})
+            row.update({f"{arm}: {k}": v
+                        for k, v in face_synthesis.shares(faces, z, m).items()})
         for arm, r in archive_summary({"qdgs": qd, "random": rnd}).iterrows():
             row.update({f"{arm} search: {k}": v for k, v in r.items()})
         rows.append(row)

@@ -481,15 +481,16 @@ def _hf_state(path: Path) -> dict[str, torch.Tensor] | None:
         state = {}
         for shard in hf_clip.shard_files(path):
             state.update(_tensors(shard))
-        return state if hf_clip.is_hf_clip_state(state) else None
-    if path.suffix == ".safetensors":
-        with safe_open(str(path), "pt") as f:
-            if not hf_clip.is_hf_clip_state(f.keys()):
+    elif path.suffix == ".safetensors":
+        with safe_open(str(path), "pt") as f:  # the header alone tells (open_clip's own
+            if not hf_clip.is_hf_clip_state(f.keys()):  # files are read once, by open_clip)
                 return None
-    if path.suffix in (".safetensors", ".bin"):
+        state = load_file(str(path))
+    elif path.suffix == ".bin":
         state = _tensors(path)
-        return state if hf_clip.is_hf_clip_state(state) else None
-    return None
+    else:
+        return None
+    return state if hf_clip.is_hf_clip_state(state) else None
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -77,6 +77,16 @@ def measure_shares(m: np.ndarray, p: dict[str, Any]) -> dict[str, float]:
             "50s (CLIP age < 0)": float((m[:, index(p, "age")] < 0).mean())}
 
 
+def shares(p: dict[str, Any], latents: np.ndarray, m: np.ndarray) -> dict[str, float]:
+    """Notebook 02's share table row for a set of solutions: :func:`measure_shares` of their
+    measures ``m`` and, in the toy world, :func:`true_attribute_shares` of their ``latents``
+    (as ``true <attribute>``)."""
+    out = measure_shares(m, p)
+    if p["world"] == "toy":
+        out.update({f"true {k}": v for k, v in true_attribute_shares(latents).items()})
+    return out
+
+
 def load_latent_offsets(path: str | Path, latent_dim: int, count: int) -> np.ndarray:
     """Latent augmentations from a file: a (count, latent_dim) tensor saved by torch (like the
     released ``augmentations.pt``; read with ``weights_only=True``) or a ``.npy`` array. One

@@ -101,7 +101,7 @@ def open_clip_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A ``transformers`` ``CLIPModel`` state dict under open_clip's ``CLIP`` names. Raises
     a ValueError naming any tensor it cannot place (another model family)."""
     out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[str, int, str], dict[str, torch.Tensor]] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}  # (layer, param) -> q, k, v
     unknown = []
     for key, t in state.items():
         if key in _TOP:
@@ -113,14 +113,14 @@ def open_clip_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             prefix = f"{'visual.' if tower == 'vision' else ''}transformer.resblocks.{i}."
             module, _, param = rest.rpartition(".")
             if module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
-                qkv.setdefault((prefix, i, param), {})[module[-6]] = t
+                qkv.setdefault((prefix, param), {})[module[-6]] = t
             elif module in _IN_LAYER:
                 out[f"{prefix}{_IN_LAYER[module]}.{param}"] = t
             else:
                 unknown.append(key)
         elif not _IGNORED.fullmatch(key):
             unknown.append(key)
-    for (prefix, _, param), parts in qkv.items():
+    for (prefix, param), parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
             raise ValueError(f"{prefix}: the attention's {param} lacks "
                              f"{sorted({'q', 'k', 'v'} - set(parts))} projections")

@@ -185,7 +185,7 @@ def test_faces_between_searches_repeats_notebook_02_at_its_seed(tmp_path):
     scorer = face_synthesis.build_scorer(faces, "cpu")
     df = archive_frame(run_search(scorer, faces, "cma_maega", tmp_path / "nb02",
                                   progress=False).result_archive)
-    expected = fbs.shares(faces, solutions(df), measures(df))
+    expected = face_synthesis.shares(faces, solutions(df), measures(df))
     row = table.set_index("seed")
     assert {k: row.loc[0, f"qdgs: {k}"] for k in expected} == expected
     assert row.loc[0, "qdgs search: qd_score"] != row.loc[1, "qdgs search: qd_score"]
