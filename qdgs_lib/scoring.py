@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from .clip import Clip, create_clip
 from .generators.base import Generator
+from .image_prompts import ImagePrompt
 from .measures import prompts
 from .paths import in_data_dir
 from .profiles import with_earlier
@@ -51,7 +52,7 @@ from .utils import (
     tf32_matmul_on,
 )
 
-Prompt = str | Sequence[str]
+Prompt = str | Sequence[str] | ImagePrompt  # text (alternatives), or example images
 # PromptScorer.autocast's choices
 AUTOCAST_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -66,8 +67,9 @@ def _alternatives(p: Prompt) -> list[str]:
     """``"a | b"`` or ``["a", "b"]`` -> ["a", "b"] (distances are averaged over alternatives)."""
     items = [p] if isinstance(p, str) else list(p) if isinstance(p, Iterable) else None
     if items is None or not all(isinstance(item, str) for item in items):
-        raise TypeError(f"a prompt is a string (alternatives joined by '|') or a list of "
-                        f"strings, got {p!r}")
+        raise TypeError(f"a prompt is a string (alternatives joined by '|'), a list of "
+                        f"strings or example images (qdgs_lib.image_prompts.ImagePrompt), "
+                        f"got {p!r}")
     out = [s.strip() for item in items for s in item.split("|") if s.strip()]
     if not out:
         raise ValueError(f"empty prompt: {p!r}")
@@ -76,7 +78,9 @@ def _alternatives(p: Prompt) -> list[str]:
 
 def _as_tokenized(p: Prompt) -> frozenset[str]:
     """A prompt's alternatives as CLIP's tokenizer sees them (lower case, single spaces):
-    "A cat" and "a  cat" are one prompt."""
+    "A cat" and "a  cat" are one prompt. Example images: their pixels' digest."""
+    if isinstance(p, ImagePrompt):
+        return frozenset({f"images sha256 {p.sha256}"})
     return frozenset(" ".join(a.lower().split()) for a in _alternatives(p))
 
 
@@ -199,7 +203,8 @@ class PromptScorer:
                  clamp_images: bool = True):
         for name, given, pairs in (("objective_prompts", objective_prompts, [objective_prompts]),
                                    ("measure_prompts", measure_prompts, measure_prompts)):
-            if isinstance(pairs, str) or any(isinstance(p, str) or len(p) != 2 for p in pairs):
+            if isinstance(pairs, str | ImagePrompt) or any(
+                    isinstance(p, str | ImagePrompt) or len(p) != 2 for p in pairs):
                 raise ValueError(
                     f"prompts come in (positive, negative) pairs: objective_prompts is one pair, "
                     f"measure_prompts a list of pairs, e.g. [('A red shape.', 'A blue "
@@ -216,6 +221,13 @@ class PromptScorer:
         named = [("objective", objective_prompts),
                  *((f"measure {k}", pair) for k, pair in enumerate(measure_prompts))]
         for name, (pos, neg) in named:
+            if isinstance(pos, ImagePrompt) != isinstance(neg, ImagePrompt):
+                raise ValueError(
+                    f"the {name} pair mixes example images with text ({pos!r}, {neg!r}): "
+                    "CLIP's image embeddings lie much closer to each other than to any text "
+                    "(the modality gap), so such a measure says how much an image looks like "
+                    "the examples rather than which end of the attribute it is nearer; give "
+                    "two ImagePrompts or two text prompts")
             if _as_tokenized(pos) == _as_tokenized(neg):
                 raise ValueError(f"the {name} pair's two prompts are the same ({pos!r}): it "
                                  "would score every image 0; give the attribute's two ends, "
@@ -262,11 +274,10 @@ class PromptScorer:
         self.objective_prompts = objective_prompts
         self.measure_prompts = list(measure_prompts)
         pairs = [objective_prompts, *self.measure_prompts]
-        # Each pair -> (P_pos, D), (P_neg, D) unit text embeddings, computed once.
-        self._targets = [(clip.encode_text(_alternatives(p)), clip.encode_text(_alternatives(n)))
-                         for p, n in pairs]
-        self.memory = torch.empty(0, self._targets[0][0].shape[1], device=clip.device)
+        # Each pair -> (P_pos, D), (P_neg, D) unit text (or example image) embeddings, once
         self._seed = seed
+        self._targets = [(self._embed(p), self._embed(n)) for p, n in pairs]
+        self.memory = torch.empty(0, self._targets[0][0].shape[1], device=clip.device)
         self._rng = np.random.default_rng(seed)
         # seeds of the random cutouts / generator noise of each call (see _randomness): a
         # stream of its own, so deterministic scorers keep the memory's draws as they were
@@ -295,6 +306,15 @@ class PromptScorer:
         self.uncompiled_modes: set[str] = set()
         self._static_calls: dict[tuple, StaticCall] = {}
         self._shape_counts: dict[tuple, int] = {}
+
+    def _embed(self, prompt: Prompt) -> torch.Tensor:
+        """A prompt's unit embeddings (P, D): its text alternatives, or its example images
+        (any cutouts drawn from a seed of the scorer's own, the same on every build)."""
+        if not isinstance(prompt, ImagePrompt):
+            return self.clip.encode_text(_alternatives(prompt))
+        seed = int(np.random.SeedSequence([self._seed, 3]).generate_state(1, np.uint64)[0])
+        with self._randomness(seed):
+            return prompt.embed(self.clip)
 
     def weights_sha256(self) -> str:
         """sha256 over the generator's and CLIP's tensors (names, dtypes, shapes, bytes): what

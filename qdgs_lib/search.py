@@ -32,6 +32,7 @@ from ribs.emitters import EvolutionStrategyEmitter, GaussianEmitter, GradientArb
 from ribs.schedulers import Scheduler
 from tqdm.auto import tqdm
 
+from .image_prompts import prompt_record
 from .measures import grid, ranges
 from .profiles import CHOICES, EARLIER, with_earlier
 from .scoring import PromptScorer
@@ -414,8 +415,9 @@ class QDSearch:
         return self.outdir / METRICS
 
     def _config_dict(self) -> dict:
-        return {**asdict(self.cfg), "objective_prompts": self.scorer.objective_prompts,
-                "measure_prompts": self.scorer.measure_prompts,
+        return {**asdict(self.cfg),  # (example images by name, count and sha256)
+                "objective_prompts": prompt_record(self.scorer.objective_prompts),
+                "measure_prompts": prompt_record(self.scorer.measure_prompts),
                 "objective_weights": self.scorer.weights,
                 "generator": getattr(self.scorer.generator, "name",
                                      type(self.scorer.generator).__name__),
