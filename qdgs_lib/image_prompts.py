@@ -25,11 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 from .utils import check_unit_images, tensor_digest, unit_range
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 EMBED_BATCH = 64  # example images embedded at a time
+QUIET_BELOW = 256  # example sets smaller than this are read and embedded without a progress bar
 
 
 def _square_image(path: Path, size: int) -> torch.Tensor:
@@ -97,7 +99,9 @@ class ImagePrompt:
             files = _files(images)
             default_name = Path(images).name if isinstance(images, str | os.PathLike) \
                 else f"{len(files)} images"
-            images = torch.stack([_square_image(p, size) for p in files])
+            images = torch.stack([_square_image(p, size) for p in tqdm(
+                files, desc=f"read {default_name}", leave=False,
+                disable=len(files) < QUIET_BELOW)])
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         self.images = images
@@ -135,7 +139,8 @@ class ImagePrompt:
         """(N, D) unit float32 embeddings of the examples by ``clip`` (its cutouts, if any,
         drawn from torch's global generator: seed it, as :class:`PromptScorer` does)."""
         out = [clip.encode_image(unit_range(x.to(clip.device)))
-               for x in self.images.split(EMBED_BATCH)]
+               for x in tqdm(self.images.split(EMBED_BATCH), desc=f"embed {self.name}",
+                             leave=False, disable=len(self) < QUIET_BELOW)]
         return torch.nn.functional.normalize(torch.cat(out).float(), dim=-1)
 
 
