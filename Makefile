@@ -4,7 +4,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce test test-torch test-ui test-devices paper-mini guide lab bench gpu-check lint
+.PHONY: setup reproduce test test-torch test-ui test-devices paper-mini guide lab bench gpu-check lint docs
 
 setup: .venv/.installed
 
@@ -92,6 +92,10 @@ bench: setup
 # On a GPU machine: every GPU number (bench/results/*_gpu.csv) and the CUDA tests, ~6 minutes.
 gpu-check: setup
 	PY=$(CURDIR)/$(PY) bash bench/gpu_check.sh
+
+# The API reference (pdoc, from the docstrings) in runs/docs/index.html.
+docs: setup
+	PDOC_ALLOW_EXEC=1 $(PY) -m pdoc --docformat google -o runs/docs qdgs_lib
 
 lint: setup
 	$(PY) -m ruff check qdgs_lib tests scripts bench

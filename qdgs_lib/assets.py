@@ -57,6 +57,10 @@ WHERE = {
 
 @dataclass(frozen=True)
 class Asset:
+    """One file a notebook reads: ``path``, ``what`` it is, ``where`` to get it (or how to
+    make it), and its ``kind``: "file", "dir" or "trainset" (a RecordIO pair or identity
+    folders), which decides what :meth:`present` checks."""
+
     path: Path
     what: str
     where: str
@@ -385,6 +389,9 @@ def load_assets(profile: str | None, overrides: dict[str, Any] | None = None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m qdgs_lib.assets``: print a profile's checklist (ok / BAD / MISSING, with
+    where to get each file), or with ``--load`` load every file; returns the exit status
+    (1 if anything is missing, unusable or failed to load)."""
     import argparse
 
     from .profiles import PROFILES, parse_overrides

@@ -140,6 +140,9 @@ def shapes_verdicts(results: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
 
 
 def format_shapes_verdicts(v: pd.DataFrame) -> str:
+    """One line per bias level of a :func:`shapes_verdicts` table: the three balanced
+    accuracies, QDGS's paired differences (in points) with intervals and p-values, and the
+    verdict."""
     def diff(r, base):
         c = f"qdgs - {base}"
         return (f"{r[c] * 100:+.1f} pts vs {base} [{r[f'{c} low'] * 100:+.1f}, "
@@ -166,6 +169,8 @@ def share_verdicts(shares: pd.DataFrame, before: str = "random sampling",
 
 
 def format_share_verdicts(v: pd.DataFrame) -> str:
+    """One line per share of a :func:`share_verdicts` table: before -> after, the change in
+    points and the verdict."""
     before, after = v.columns[:2]
     return "\n".join(f"{name}: {before} {r[before]:.1%} -> {after} {r[after]:.1%} "
                      f"({r['change'] * 100:+.1f} pts): {r['verdict']}" for name, r in v.iterrows())
@@ -252,6 +257,9 @@ def fairness_verdicts(results: pd.DataFrame, benchmark: str, groups: list[str],
 
 
 def format_fairness_verdicts(v: pd.DataFrame) -> str:
+    """One line per baseline of a :func:`fairness_verdicts` table: spread across groups,
+    worst group and mean accuracy before -> after with their paired differences (in points),
+    the verdict, and the on-average and per-seed "fairer" counts."""
     def diff(r, name, scale=100):
         return (f"{r[f'{name} diff'] * scale:+.2f} [{r[f'{name} diff low'] * scale:+.2f}, "
                 f"{r[f'{name} diff high'] * scale:+.2f}] "
@@ -307,6 +315,8 @@ def label_audit_verdicts(per_seed: pd.DataFrame, columns: tuple[str, ...] = (
 
 
 def format_label_audit_verdicts(v: pd.DataFrame) -> str:
+    """One line per column of a :func:`label_audit_verdicts` table: QDGS and random means,
+    their paired difference (in points) with interval and p-values, and the verdict."""
     return "\n".join(
         f"{col}: QDGS {r['qdgs']:.1%}, random {r['random']:.1%}, QDGS - random "
         f"{r['qdgs - random'] * 100:+.1f} pts [{r['low'] * 100:+.1f}, {r['high'] * 100:+.1f}] "

@@ -12,6 +12,8 @@ from .utils import resolve_device, unit_range
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
             device: str | torch.device = "auto") -> np.ndarray:
+    """Predicted class (argmax of the logits) of each image, in eval mode and batches of
+    ``batch_size`` on ``device`` (the model is moved there)."""
     device = resolve_device(device)
     model.to(device).eval()
     out = [model(images[i:i + batch_size].to(device)).argmax(1).cpu()

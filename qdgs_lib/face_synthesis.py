@@ -28,6 +28,9 @@ from .utils import resolve_device
 
 
 def build_generator(p: dict[str, Any], device: str | torch.device = "auto") -> Generator:
+    """The faces profile ``p``'s generator on ``device``: ``toy_faces.ToyFaces`` for world "toy",
+    else StyleGAN2 (or 3) from ``stylegan_weights`` (default: the FFHQ-256 pickle), searched
+    in its ``latent_space``."""
     device, p = resolve_device(device), with_earlier(p)
     if p["world"] == "toy":
         if p["latent_space"] != "w":

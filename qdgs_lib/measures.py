@@ -116,18 +116,23 @@ def index(p: dict[str, Any], key: str) -> int:
 
 
 def prompts(p: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (positive, negative) prompt pair of each measure of a profile section, in order
+    (what the scorer encodes)."""
     return [m.prompts for m in p["measures"]]
 
 
 def labels(p: dict[str, Any]) -> list[str]:
+    """The plot axis label of each measure of a profile section, in order."""
     return [m.label for m in p["measures"]]
 
 
 def ranges(p: dict[str, Any]) -> tuple[tuple[float, float], ...]:
+    """The archive range (low, high) of each measure of a profile section, in order."""
     return tuple(m.range for m in p["measures"])
 
 
 def grid(p: dict[str, Any]) -> tuple[int, ...]:
+    """The archive's cells along each measure of a profile section: its grid shape."""
     return tuple(int(m.bins) for m in p["measures"])
 
 

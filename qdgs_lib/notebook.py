@@ -119,6 +119,10 @@ def expect_complete(table, grid: dict[str, Any], values: tuple[str, ...] = (),
 
 @dataclass
 class NotebookRun:
+    """What :func:`start` returns: the ``profile`` name, its resolved section ``p``, the
+    notebook's figure and run folders, the ``device``, the notebook's name, and the run
+    ``record`` (written to the run folder's ``config.json``)."""
+
     profile: str
     p: dict[str, Any]
     fig_dir: Path

@@ -76,6 +76,10 @@ def _record(module: nn.Module, fn, easydict):
 
 
 def write_network_pickle(net: nn.Module, path) -> None:
+    """Pickle ``net`` (a :class:`StyleGAN2` or :class:`StyleGAN3` of ours) to ``path`` as
+    NVIDIA's network pickle dict: ``G`` and ``G_ema`` the same persistence records, ``D``
+    and ``augment_pipe`` None; the stand-in ``torch_utils`` / ``dnnlib`` modules it pickles
+    against are removed from ``sys.modules`` again afterwards."""
     fakes = _fake_modules()
     saved = {k: sys.modules.get(k) for k in fakes}
     sys.modules.update(fakes)

@@ -64,6 +64,8 @@ def project_root() -> Path:
 
 
 def data_dir() -> Path:
+    """The data folder (weights, pretrained files, benchmarks, datasets): ``QDGS_DATA_DIR``
+    if set, else ``data/`` under :func:`project_root`."""
     return Path(os.environ.get("QDGS_DATA_DIR", project_root() / "data"))
 
 
@@ -101,10 +103,14 @@ def benchmarks_dir() -> Path:
 
 
 def figures_dir() -> Path:
+    """Where the ``default`` and ``paper`` profiles' figures go: ``QDGS_FIGURES_DIR`` if set,
+    else ``figures/`` under :func:`project_root`."""
     return Path(os.environ.get("QDGS_FIGURES_DIR", project_root() / "figures"))
 
 
 def runs_dir() -> Path:
+    """Where runs write their outputs and records: ``QDGS_RUNS_DIR`` if set, else ``runs/``
+    under :func:`project_root`."""
     return Path(os.environ.get("QDGS_RUNS_DIR", project_root() / "runs"))
 
 
@@ -144,6 +150,9 @@ def nested_recordio(path: Path) -> Path | None:
 
 
 def misplaced_recordio(path: Path, nested: Path) -> str:
+    """The message for a training set whose RecordIO files lie one folder too deep, in
+    ``nested`` (as :func:`nested_recordio` finds it): how to move them up or point
+    ``real_dataset`` there."""
     return (f"{path} holds no train.rec, but {nested} does (the zip's top folder): move "
             f"train.rec, train.idx and property up into {path} (the zip's .bin benchmarks go "
             f"to {path.parent}), or set real_dataset to {nested}")

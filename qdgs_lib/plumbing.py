@@ -39,6 +39,7 @@ TRAIN_IDENTITIES, TRAIN_VIEWS = 4, 2
 
 
 def default_root() -> Path:
+    """Where the assets go by default: ``runs/paper-mini/data`` under :func:`runs_dir`."""
     return runs_dir() / "paper-mini" / "data"
 
 
@@ -57,6 +58,8 @@ def _jpeg(img: np.ndarray) -> bytes:
 
 
 def write_stylegan2_pickle(path: Path, seed: int = 0) -> None:
+    """A random-weight StyleGAN2 paper256 (noise strengths 0.05, ``w_avg`` the mean of 1000
+    mapped z's) as NVIDIA's network pickle at ``path``."""
     from .generators.stylegan2 import StyleGAN2
     from .nvidia_format import write_network_pickle
 
@@ -91,6 +94,8 @@ def write_latent_augmentations(path: Path, seed: int = 0, latent_dim: int = 14 *
 
 
 def write_clip_weights(path: Path, seed: int = 0) -> None:
+    """Random-weight open_clip ViT-B-32-quickgelu as a float16 safetensors state dict at
+    ``path`` (the layout of ``open_clip_model.safetensors``)."""
     import open_clip
     from safetensors.torch import save_file
 
@@ -123,6 +128,9 @@ def write_mtcnn_weights(folder: Path, seed: int = 0) -> None:
 
 
 def write_benchmarks(root: Path, seed: int = 0) -> None:
+    """Under ``root``: the five InsightFace ``.bin`` files (``BIN_PAIRS`` pairs each,
+    alternately same and different) and the RFW layout (``RFW_PAIRS`` pairs per race, with
+    ``_lmk.txt`` landmarks at the ArcFace template), of random 112x112 colour fields."""
     from .data.benchmarks import RFW_RACES, write_bin
 
     rng = np.random.default_rng(seed)
@@ -151,6 +159,8 @@ def write_benchmarks(root: Path, seed: int = 0) -> None:
 
 
 def write_training_set(folder: Path, seed: int = 0) -> None:
+    """An InsightFace RecordIO training set (``train.rec``, ``train.idx``, ``property``) in
+    ``folder``: ``TRAIN_IDENTITIES`` identities x ``TRAIN_VIEWS`` random JPEGs."""
     from .data.recordio import write_insightface_set
 
     rng = np.random.default_rng(seed + 1)
@@ -194,6 +204,8 @@ def write_paper_mini_assets(root: str | Path | None = None, seed: int = 0,
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m qdgs_lib.plumbing [--root DIR] [--seed N]``: write the ``paper-mini``
+    assets (:func:`write_paper_mini_assets`) and say how to point the notebooks at them."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, default=None, help=f"default: {default_root()}")
     ap.add_argument("--seed", type=int, default=0)

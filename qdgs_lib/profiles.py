@@ -309,6 +309,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 
 def profile_name(profile: str | None = None) -> str:
+    """The profile to run: ``profile``, else ``$QDGS_PROFILE``, else "default"; refused
+    (ValueError) unless it is one of :data:`PROFILES`."""
     name = profile or os.environ.get("QDGS_PROFILE") or "default"
     if name not in PROFILES:
         raise ValueError(f"unknown profile '{name}'; choose from {sorted(PROFILES)}")

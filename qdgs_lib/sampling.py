@@ -212,6 +212,8 @@ def nonfinite(images: torch.Tensor, ids: np.ndarray) -> list[int]:
 
 
 def refuse_nonfinite(which: list[int], what: str) -> None:
+    """Raise ValueError naming (the first 20 of) ``which``, the indices of the ``what``s
+    (e.g. "image", "solution") whose images hold NaN or inf pixels; no-op when empty."""
     if which:
         raise ValueError(f"non-finite (NaN/inf) pixels in the images of {what}(s) "
                          f"{which[:20]}{' ...' if len(which) > 20 else ''}: the generator "

@@ -94,6 +94,11 @@ def _out_of_memory(e: BaseException) -> bool:
 
 @dataclass
 class Scores:
+    """What a scoring call (:meth:`PromptScorer.evaluate`) returns for B latents: the
+    ``objective`` and the m ``measures`` (float64), their ``jacobian`` with respect to the
+    latent when asked for (row 0: the objective's), and the objective ``loss`` the
+    objective is computed from (None from :meth:`PromptScorer.evaluate_per_output`)."""
+
     objective: np.ndarray  # (B,)
     measures: np.ndarray  # (B, m)
     jacobian: np.ndarray | None = None  # (B, 1 + m, d): d objective, d measures / d latent

@@ -849,6 +849,8 @@ def export_archive(archive: GridArchive, path: str | Path) -> Path:
 
 
 def read_archive(path: str | Path) -> pd.DataFrame:
+    """Read an archive :func:`export_archive` wrote (one row per elite); an empty one is
+    refused (ValueError)."""
     df = pd.read_parquet(path)
     if len(df) == 0:
         raise ValueError(f"archive {path} is empty: the search found no solutions")
@@ -856,12 +858,16 @@ def read_archive(path: str | Path) -> pd.DataFrame:
 
 
 def solutions(df: pd.DataFrame) -> np.ndarray:
+    """The elites' latents (N, d) from an archive frame's ``solution_<i>`` columns, in
+    numeric order of i."""
     cols = sorted((c for c in df.columns if c.startswith("solution_")),
                   key=lambda c: int(c.split("_")[1]))
     return df[cols].to_numpy()
 
 
 def measures(df: pd.DataFrame) -> np.ndarray:
+    """The elites' measures (N, m) from an archive frame's ``measures_<i>`` columns, in
+    numeric order of i."""
     cols = sorted((c for c in df.columns if c.startswith("measures_")),
                   key=lambda c: int(c.split("_")[1]))
     return df[cols].to_numpy()

@@ -108,10 +108,13 @@ def vote(probs: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def train_shapes_oracle(seeds=SEEDS, n: int = 8000, epochs: int = 10, size: int = SIZE,
                         progress: bool = True, device: str | torch.device = "cpu") -> ShapeOracle:
+    """An oracle of one :func:`train_member` per seed of ``seeds``, each at ``size`` px."""
     return ShapeOracle([train_member(s, n, epochs, size, progress, device) for s in seeds], size)
 
 
 def save_shapes_oracle(oracle: ShapeOracle, path: str | Path) -> None:
+    """Write ``oracle``'s members to ``path`` as safetensors, with its ``size`` and member
+    count in the metadata (what :func:`load_shapes_oracle` reads)."""
     save_file({k: v.contiguous() for k, v in oracle.state_dict().items()}, str(path),
               metadata={"size": str(oracle.size), "members": str(len(oracle.members))})
 

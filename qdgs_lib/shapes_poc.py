@@ -67,6 +67,7 @@ def build_generator(p: dict[str, Any], device: str | torch.device = "auto") -> G
 
 
 def build_scorer(p: dict[str, Any], device: str | torch.device = "auto") -> PromptScorer:
+    """The shapes profile ``p``'s VAE (:func:`build_generator`) and its CLIP scorer."""
     device = resolve_device(device)
     set_cublas_workspace(p, device)  # before the generator's first CUDA matmul
     return scorer_for_profile(build_generator(p, device), p, device)
@@ -111,6 +112,8 @@ def synthetic_set(scorer: PromptScorer, latents: np.ndarray, m: np.ndarray, p: d
 
 
 def qdgs_set(scorer: PromptScorer, archive_df: pd.DataFrame, p: dict[str, Any]) -> dict:
+    """The QDGS synthetic set: every elite of an archive frame decoded and labeled by its
+    shape measure (:func:`synthetic_set`; ambiguous ones dropped)."""
     return synthetic_set(scorer, solutions(archive_df), measures(archive_df), p)
 
 
@@ -138,6 +141,8 @@ def random_set(scorer: PromptScorer, n: int, p: dict[str, Any], seed: int = 0,
 
 
 def save_set(data: dict, outdir: str | Path) -> Path:
+    """Write a synthetic set as ``outdir/<shape>/<i>.png`` with a manifest of its measures
+    and latents (:func:`qdgs_lib.sampling.write_image_dataset`, replacing what is there)."""
     man = solution_columns(data["measures"], data["latents"])
     classes = [SHAPES[int(y)] for y in data["labels"]]
     return write_image_dataset(outdir, data["images"], classes, man, overwrite=True)

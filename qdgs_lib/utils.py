@@ -238,11 +238,14 @@ def resize_square_matmul(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_path`): a write cut off leaves
+    the previous file."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` as UTF-8, atomically (:func:`atomic_write_bytes`)."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
@@ -367,6 +370,7 @@ def reading(path: str | os.PathLike, what: str, fix: str):
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes, read ``chunk`` bytes at a time."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

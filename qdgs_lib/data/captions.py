@@ -36,6 +36,8 @@ RED_BELOW, BLUE_ABOVE = 0.35, 0.65
 
 
 def color_name(c: float) -> str:
+    """The caption word for a render's ``color`` (0 red .. 1 blue): "red" below
+    ``RED_BELOW``, "blue" above ``BLUE_ABOVE``, else "purple"."""
     return "red" if c < RED_BELOW else ("blue" if c > BLUE_ABOVE else "purple")
 
 
@@ -56,6 +58,8 @@ def shapes_batch(n: int, generator: torch.Generator, splatter_frac: float = 0.2,
 
 
 def true_captions(attrs: dict[str, str], captions: dict[str, dict[str, str]]) -> list[str]:
+    """The captions of ``captions`` that are true for an image with attributes ``attrs``
+    (every attribute the caption states matches)."""
     return [c for c, need in captions.items()
             if all(attrs.get(k) == v for k, v in need.items())]
 
@@ -98,6 +102,10 @@ def _level(v: float, low: str, high: str, margin: float = 0.15) -> str | None:
 
 
 def face_attrs(a: dict[str, torch.Tensor], i: int) -> dict[str, str]:
+    """Caption attributes of face ``i`` from its true attributes ``a`` (as
+    ``generators.toy_faces.attributes`` returns them): ``kind`` "clean", plus skin, age,
+    hair and masc only where clearly on one side (beyond 0.5 +- 0.15), so that no caption
+    states an ambiguous attribute."""
     out = {"kind": "clean"}
     for key, low, high in (("skin", "light", "dark"), ("age", "young", "old"),
                            ("hair", "short", "long"), ("masc", "feminine", "masculine")):

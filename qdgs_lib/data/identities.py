@@ -35,6 +35,9 @@ def _to_tensor(img: Image.Image, size: int) -> torch.Tensor:
 
 
 class FaceBatch(NamedTuple):
+    """A batch :class:`TensorFaces` fetches in one indexing: ``images`` (B, 3, S, S) and
+    identity ``labels`` (B,); :func:`collate_faces` passes it through as it is."""
+
     images: torch.Tensor
     labels: torch.Tensor
 

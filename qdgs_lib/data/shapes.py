@@ -184,10 +184,14 @@ def _slice(p: ShapeParams, a: int, b: int) -> ShapeParams:
 
 
 def group_names() -> list[str]:
+    """The four color x shape group names: "red triangle", "red square", "blue triangle",
+    "blue square"."""
     return [f"{c} {s}" for c in COLORS for s in SHAPES]
 
 
 def class_balance(colors: np.ndarray, shapes: np.ndarray) -> dict[str, float]:
+    """Share of each color x shape group (by :func:`group_names`) among the labels
+    ``colors`` (0 red, 1 blue) and ``shapes`` (0 triangle, 1 square)."""
     out = {}
     for c in range(2):
         for s in range(2):

@@ -44,6 +44,8 @@ def group_latents(n: int, group: str, generator: torch.Generator) -> torch.Tenso
 
 
 def group_of(z: torch.Tensor) -> np.ndarray:
+    """The skin x age group (a name of ``GROUPS``) of each latent in ``z``, from its true
+    attributes split at 0.5."""
     a = attributes(z)
     dark, old = (a["skin"] > 0.5).numpy(), (a["age"] > 0.5).numpy()
     names = np.array(GROUPS)

@@ -28,6 +28,10 @@ def _up(cin: int, cout: int) -> nn.Sequential:
 
 
 class ShapesVAE(Generator):
+    """The project's shapes VAE: five stride-2 conv-BN-LeakyReLU layers and a linear layer
+    encode a 128x128 image to ``(mu, logvar)``; a linear layer and nearest-upsampling convs
+    decode a latent (prior N(0, I), ``latent_dim`` 6) to 128x128 RGB in [0, 1]."""
+
     def __init__(self, latent_dim: int = 6, width: int = 16):
         super().__init__()
         self.latent_dim = latent_dim
@@ -81,6 +85,8 @@ def load_shapes_vae(path: str | Path | None = None, device: str | torch.device =
 
 
 def save_shapes_vae(model: ShapesVAE, path: str | Path) -> None:
+    """Write ``model``'s state dict to ``path`` as safetensors, as
+    :func:`load_shapes_vae` reads it."""
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
 
 

@@ -53,6 +53,9 @@ def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
 
 def bias_act(x: torch.Tensor, b: torch.Tensor, act: str, gain: float,
              clamp: float | None) -> torch.Tensor:
+    """NVIDIA's ``bias_act`` op (reference path): add ``b`` along dim 1, apply ``act``
+    ("lrelu": leaky ReLU, slope 0.2; anything else: linear), scale by ``gain``, then clamp to
+    [-``clamp``, ``clamp``] unless ``clamp`` is None."""
     x = x + b.view(1, -1, *([1] * (x.ndim - 2)))
     if act == "lrelu":
         x = F.leaky_relu(x, 0.2)
@@ -61,6 +64,10 @@ def bias_act(x: torch.Tensor, b: torch.Tensor, act: str, gain: float,
 
 
 class FullyConnectedLayer(nn.Module):
+    """NVIDIA's ``FullyConnectedLayer``: a linear layer with equalized learning rate (weight
+    scaled by ``lr_multiplier / sqrt(in_features)`` and bias by ``lr_multiplier`` at run
+    time), optionally followed by a leaky ReLU with gain sqrt(2) (``activation="lrelu"``)."""
+
     def __init__(self, in_features: int, out_features: int, activation: str = "linear",
                  lr_multiplier: float = 1.0, bias_init: float = 0.0):
         super().__init__()
@@ -79,6 +86,10 @@ class FullyConnectedLayer(nn.Module):
 
 
 class MappingNetwork(nn.Module):
+    """The mapping network (NVIDIA's ``MappingNetwork``, unconditional: no c): z, normalized
+    to unit second moment, -> ``num_layers`` leaky-ReLU FC layers -> w, truncated towards
+    ``w_avg`` by ``truncation_psi``, broadcast to (batch, ``num_ws``, ``w_dim``)."""
+
     def __init__(self, z_dim: int, w_dim: int, num_ws: int, num_layers: int = 8,
                  lr_multiplier: float = 0.01):
         super().__init__()
@@ -219,6 +230,12 @@ def split_modulated_layer(x, weight, styles, noise, bias, up=1, padding=0, f=Non
 
 
 class SynthesisLayer(nn.Module):
+    """One modulated conv of a synthesis block (NVIDIA's ``SynthesisLayer``): styles from w
+    by ``affine``, a demodulated ``kernel_size`` conv (2x up-sampling when ``up=2``), per-pixel
+    noise (``noise_mode`` "const": the stored ``noise_const``, "random": fresh, else none)
+    times ``noise_strength``, bias, leaky ReLU with gain sqrt(2), clamp to ``conv_clamp``.
+    Runs fused (one grouped conv) or split (:func:`split_modulated_layer`, frozen weights)."""
+
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
                  up: int = 1, conv_clamp: float | None = 256, kernel_size: int = 3):
         super().__init__()
@@ -252,6 +269,10 @@ class SynthesisLayer(nn.Module):
 
 
 class ToRGBLayer(nn.Module):
+    """A block's to-RGB output (NVIDIA's ``ToRGBLayer``): a 1x1 modulated conv without
+    demodulation to ``out_channels`` (the image channels), plus bias, with no activation,
+    clamped to ``conv_clamp``."""
+
     def __init__(self, in_channels: int, out_channels: int, w_dim: int,
                  conv_clamp: float | None = 256):
         super().__init__()
@@ -271,6 +292,12 @@ class ToRGBLayer(nn.Module):
 
 
 class SynthesisBlock(nn.Module):
+    """One resolution of the "skip" synthesis network (NVIDIA's ``SynthesisBlock``): the
+    first block (``in_channels=0``) starts from a learned constant and has one conv, the
+    others up-sample 2x (``conv0``) and convolve (``conv1``); ``forward`` takes the block's
+    ``num_conv + 1`` ws and returns the features and the image so far (the previous image
+    FIR-up-sampled plus this block's to-RGB)."""
+
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int,
                  img_channels: int = 3, conv_clamp: float | None = 256):
         super().__init__()
@@ -301,6 +328,11 @@ class SynthesisBlock(nn.Module):
 
 
 class SynthesisNetwork(nn.Module):
+    """The synthesis network (NVIDIA's ``SynthesisNetwork``, "skip" architecture): ws
+    (batch, ``num_ws``, ``w_dim``) -> images (batch, ``img_channels``, ``img_resolution``,
+    ``img_resolution``) in about [-1, 1], through one :class:`SynthesisBlock` per resolution
+    from 4x4 (``b4``, ``b8``, ...) with ``min(channel_base // r, channel_max)`` channels."""
+
     def __init__(self, w_dim: int, img_resolution: int, img_channels: int = 3,
                  channel_base: int = 16384, channel_max: int = 512,
                  conv_clamp: float | None = 256):

@@ -53,6 +53,9 @@ def _stylegan3_config_problem(config: dict) -> str | None:
 
 
 def load_stylegan2_safetensors(path: str | Path) -> StyleGAN2 | StyleGAN3:
+    """Read a file :func:`save_stylegan2` wrote: a :class:`StyleGAN2` or :class:`StyleGAN3`
+    built from the config in its metadata (checked, with the tensor shapes, before the
+    network is built), its weights loaded, on the CPU in eval mode."""
     from safetensors import safe_open
 
     fix = "Write it again with save_stylegan2 from NVIDIA's network pickle."

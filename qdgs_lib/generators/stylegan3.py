@@ -243,6 +243,12 @@ class SynthesisLayer(nn.Module):
 
 
 class SynthesisNetwork(nn.Module):
+    """The alias-free synthesis network (NVIDIA's StyleGAN3 ``SynthesisNetwork``): ws
+    (batch, ``num_ws``, ``w_dim``) -> images; ``ws[:, 0]`` transforms the Fourier-feature
+    :class:`SynthesisInput`, then each of ``layer_specs`` (a :class:`SynthesisLayer`
+    ``L{i}_{size}_{channels}``, the last one to-RGB) takes the next w; the output is scaled
+    by ``output_scale``. ``num_ws`` is the number of layers + 1."""
+
     def __init__(self, w_dim: int, img_resolution: int, img_channels: int,
                  input_spec: dict[str, Any], layer_specs: list[dict[str, Any]],
                  output_scale: float = 0.25):

@@ -28,6 +28,9 @@ class _MarginHead(nn.Module):
 
 
 class CosFace(_MarginHead):
+    """CosFace: an additive cosine margin; the target logit is s * (cos(theta) - m), others
+    s * cos(theta) (``norms`` are unused)."""
+
     def __init__(self, embedding_dim, num_classes, m: float = 0.4, s: float = 64.0):
         super().__init__(embedding_dim, num_classes, s)
         self.m = m
@@ -39,6 +42,9 @@ class CosFace(_MarginHead):
 
 
 class ArcFace(_MarginHead):
+    """ArcFace: an additive angular margin; the target logit is s * cos(theta + m), others
+    s * cos(theta), with angles clamped to [eps, pi - eps] (``norms`` are unused)."""
+
     def __init__(self, embedding_dim, num_classes, m: float = 0.5, s: float = 64.0):
         super().__init__(embedding_dim, num_classes, s)
         self.m = m
@@ -90,6 +96,8 @@ HEADS = {"adaface": AdaFace, "arcface": ArcFace, "cosface": CosFace}
 
 
 def build_head(name: str, embedding_dim: int, num_classes: int, **kw) -> nn.Module:
+    """The head ``name`` ("adaface", "arcface" or "cosface") over ``num_classes``
+    identities; ``kw``: its own settings (``m``, ``s``, ...)."""
     if name not in HEADS:
         raise ValueError(f"unknown head '{name}'; choose from {sorted(HEADS)}")
     return HEADS[name](embedding_dim, num_classes, **kw)

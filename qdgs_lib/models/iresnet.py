@@ -16,6 +16,9 @@ LAYOUTS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 3
 
 
 class BasicBlockIR(nn.Module):
+    """The IR residual block: BN-Conv3x3-BN-PReLU-Conv3x3(``stride``)-BN, plus a
+    MaxPool(1, ``stride``) shortcut when ``cin == cout``, else Conv1x1(``stride``)-BN."""
+
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         if cin == cout:

@@ -12,6 +12,10 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class ShapeClassifier(nn.Module):
+    """The project's shape classifier: four conv3x3-BN-ReLU-maxpool blocks (``width``,
+    2x, 4x, 4x channels), global average pooling and a linear layer to ``num_classes``
+    logits (0 triangle, 1 square); any image size of at least 16."""
+
     def __init__(self, num_classes: int = 2, width: int = 16):
         super().__init__()
         self.features = nn.Sequential(_block(3, width), _block(width, 2 * width),
