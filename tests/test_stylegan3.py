@@ -42,9 +42,10 @@ def small_net(seed: int = 0, img_resolution: int = 32, num_layers: int = 6, **kw
 @pytest.mark.parametrize("config", ["t", "r"])
 def test_renders_what_nvidias_code_rendered(config):
     """Images from z (truncation 1 and 0.7) and from w+ one at a time, and the mapped ws, of
-    NVIDIA-built networks against NVIDIA's own outputs (bitwise on the torch that wrote them,
-    so within 1e-6 of their scale on another): a wrong filter, padding, gain, input
-    transform or normalization moves them by far more."""
+    NVIDIA-built networks against NVIDIA's own outputs (bitwise on the CPU type and torch
+    that wrote them, a Xeon with AVX-512; on an AMD EPYC 1.1e-6 of their scale with torch 2.8
+    and 2.14, so within 5e-6 elsewhere): a wrong filter, padding, gain, input transform or
+    normalization moves them by far more."""
     ref = np.load(DATA / "stylegan3_reference.npz")
     net = load_stylegan2(DATA / f"stylegan3_{config}.safetensors", "cpu")
     z, ws = torch.from_numpy(ref[f"{config}_z"]), torch.from_numpy(ref[f"{config}_ws"])
@@ -55,7 +56,7 @@ def test_renders_what_nvidias_code_rendered(config):
     for key, value in got.items():
         want = torch.from_numpy(ref[f"{config}_{key}"])
         assert want.abs().max() > 1e-3  # not a blank image
-        torch.testing.assert_close(value, want, rtol=0, atol=1e-6 * float(want.abs().max()),
+        torch.testing.assert_close(value, want, rtol=0, atol=5e-6 * float(want.abs().max()),
                                    msg=f"{config} {key}")
 
 
