@@ -4,7 +4,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce test test-torch test-ui test-devices paper-mini guide lab bench gpu-check lint docs
+.PHONY: setup reproduce test test-torch test-ui test-devices paper-mini guide lab bench gpu-check lint docs compare
 
 setup: .venv/.installed
 
@@ -25,6 +25,11 @@ reproduce: setup
 	  $(MALLOC) QDGS_PROFILE=default $(PY) -m papermill --cwd notebooks "$$nb" "runs/executed/$$(basename $$nb)" \
 	    -k python3 -p profile default || exit 1; \
 	done
+
+# After a reproduce: its result tables and verdicts against the committed ones (git HEAD);
+# exit status 1 where a verdict changed.
+compare: setup
+	$(PY) -m qdgs_lib.reproduction
 
 # Unit tests (incl. the paper-mini plumbing check: all four notebooks on the paper's
 # architectures and file formats, random weights) + every notebook under the smoke profile
