@@ -65,6 +65,9 @@ def _files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path
             raise ValueError(f"{folder} holds no {'/'.join(IMAGE_SUFFIXES)} files (sub-folders "
                              "are not searched): put the example images directly in it")
         return files
+    if not all(isinstance(p, str | os.PathLike) for p in source):
+        raise TypeError("example images are a folder, a list of image files, or one tensor "
+                        "(N, 3, H, W): stack a list of image tensors with torch.stack")
     files = [Path(p) for p in source]
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
@@ -93,7 +96,7 @@ class ImagePrompt:
         if isinstance(images, np.ndarray):
             images = torch.from_numpy(np.ascontiguousarray(images))
         if isinstance(images, torch.Tensor):
-            images = self._checked(images.detach().cpu())
+            images = self._checked(images.detach().cpu().clone())  # (not the caller's to change)
             default_name = f"{len(images)} images"
         else:
             files = _files(images)

@@ -57,7 +57,9 @@ def test_folders_are_read_as_square_rgb_crops_in_name_order(tmp_path):
     # the digest is of the pixels: the same images give it again, a changed pixel another
     assert ImagePrompt(sorted(tmp_path.glob("*_*.*")), size=32).sha256 == p.sha256
     changed = p.images.clone()
-    changed[0, 0, 0, 0] += 1
+    kept = ImagePrompt(changed)
+    changed[0, 0, 0, 0] += 1  # the prompt keeps its own copy: the caller's edit is not in it
+    assert kept.sha256 == p.sha256 and torch.equal(kept.images, p.images)
     assert ImagePrompt(changed).sha256 != p.sha256
     assert p.record() == {"images": tmp_path.name, "count": 3, "sha256": p.sha256}
 
@@ -88,6 +90,8 @@ def test_bad_folders_and_files_are_named(tmp_path):
         ImagePrompt(tmp_path)
     with pytest.raises(FileNotFoundError, match="do not exist"):
         ImagePrompt([tmp_path / "sub" / "x.png", tmp_path / "gone.png"])
+    with pytest.raises(TypeError, match="torch.stack"):
+        ImagePrompt([torch.rand(3, 8, 8), torch.rand(3, 8, 8)])
     with pytest.raises(ValueError, match="name must be a non-empty string"):
         ImagePrompt([tmp_path / "sub" / "x.png"], name=" ")
 
