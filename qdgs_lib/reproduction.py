@@ -140,7 +140,11 @@ def compare(new: Reader, ref: Reader, names: list[str]) -> tuple[pd.DataFrame, p
             drift.append(pd.DataFrame({"file": [name], "column": ["(identical)"],
                                        "cells differ": [0]}))
         else:
-            d = column_drift(pd.read_csv(io.BytesIO(a)), pd.read_csv(io.BytesIO(b)))
+            try:
+                d = column_drift(pd.read_csv(io.BytesIO(a)), pd.read_csv(io.BytesIO(b)))
+            except ValueError as e:  # another layout: reported, the other tables still compared
+                drift.append(pd.DataFrame({"file": [name], "column": [f"(not comparable: {e})"]}))
+                continue
             drift.append(d.rename_axis("column").reset_index().assign(file=name))
     drift = pd.concat(drift, ignore_index=True)
     drift = drift[["file", "column", *[c for c in drift.columns if c not in ("file", "column")]]]
@@ -179,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  same     {claim}: {r['reference']}" if r["same"] else
               f"  CHANGED  {claim}: {r['reference']} -> {r['reproduction']}")
     changed = int((~table["same"]).sum())
-    missing = int(drift["column"].astype(str).str.startswith("(missing").sum())
+    missing = int(drift["column"].astype(str).str.startswith(("(missing", "(not comp")).sum())
     print(f"\n{len(table) - changed} of {len(table)} verdicts the same; {changed} changed"
-          + (f"; {missing} table(s) missing" if missing else ""))
+          + (f"; {missing} table(s) missing or not comparable" if missing else ""))
     return 1 if changed or missing else 0
 
 

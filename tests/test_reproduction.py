@@ -73,6 +73,14 @@ def test_missing_tables_and_references_are_named(two_copies, tmp_path, capsys):
     assert reproduction.main([str(new), "--ref-dir", str(ref)]) == 1
     out = capsys.readouterr().out
     assert "(missing in the reference)" in out and "verdicts the same" in out
+    qd = pd.read_csv(new / "02_faces_qd_metrics.csv")
+    qd.iloc[:1].to_csv(new / "02_faces_qd_metrics.csv", index=False)  # a row fewer
+    drift, _ = reproduction.compare(reproduction.folder_reader(new),
+                                    reproduction.folder_reader(ref),
+                                    ["02_faces_qd_metrics.csv", "02_faces_shares.csv"])
+    assert drift.column.str.startswith("(not comparable: the tables differ in shape").iloc[0]
+    assert drift.column.iloc[1] == "(identical)"
+    assert reproduction.main([str(new), "--ref-dir", str(ref)]) == 1
     with pytest.raises(ValueError, match="--ref-dir"):
         reproduction.git_reader("HEAD", repo=tmp_path)
 
