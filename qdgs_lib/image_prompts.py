@@ -141,10 +141,10 @@ class ImagePrompt:
     def embed(self, clip) -> torch.Tensor:
         """(N, D) unit float32 embeddings of the examples by ``clip`` (its cutouts, if any,
         drawn from torch's global generator: seed it, as :class:`PromptScorer` does)."""
-        out = [clip.encode_image(unit_range(x.to(clip.device)))
+        out = [clip.encode_image(unit_range(x.to(clip.device)), normalize=False)
                for x in tqdm(self.images.split(EMBED_BATCH), desc=f"embed {self.name}",
                              leave=False, disable=len(self) < QUIET_BELOW)]
-        return torch.nn.functional.normalize(torch.cat(out).float(), dim=-1)
+        return torch.nn.functional.normalize(torch.cat(out).float(), dim=-1)  # (once, in fp32)
 
 
 def prompt_record(prompt) -> object:

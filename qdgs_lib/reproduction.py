@@ -11,6 +11,7 @@ another folder, column by column, and recomputes every verdict the notebooks pri
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import subprocess
 import sys
@@ -130,6 +131,7 @@ def compare(new: Reader, ref: Reader, names: list[str]) -> tuple[pd.DataFrame, p
     """(drift, verdicts) of the CSVs ``names``: one drift row per column of each table
     (:func:`column_drift`; a byte-identical table is one row, "identical"), and the verdicts
     of both sides with ``same`` (True where they agree)."""
+    ref, new = functools.cache(ref), functools.cache(new)  # each table read once for both
     drift = []
     for name in names:
         a, b = ref(name), new(name)

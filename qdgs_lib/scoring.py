@@ -317,9 +317,14 @@ class PromptScorer:
         (any cutouts drawn from a seed of the scorer's own, the same on every build)."""
         if not isinstance(prompt, ImagePrompt):
             return self.clip.encode_text(_alternatives(prompt))
-        seed = int(np.random.SeedSequence([self._seed, 3]).generate_state(1, np.uint64)[0])
-        with self._randomness(seed):
+        with self._randomness(self._fixed_seed(3)):
             return prompt.embed(self.clip)
+
+    def _fixed_seed(self, stream: int) -> int:
+        """A seed derived from the scorer's seed alone, one per ``stream`` (2: the cutouts of
+        :meth:`measures_of_images`, 3: those of example images): the same on every call and
+        build, apart from the stream a search's calls draw from."""
+        return int(np.random.SeedSequence([self._seed, stream]).generate_state(1, np.uint64)[0])
 
     def weights_sha256(self) -> str:
         """sha256 over the generator's and CLIP's tensors (names, dtypes, shapes, bytes): what
@@ -589,7 +594,7 @@ class PromptScorer:
         out = [torch.zeros(0, self.num_measures)]
         # random cutouts seeded from the scorer's seed, the same for each call (not the
         # caller's RNG, nor the stream a search's calls draw from)
-        seed = int(np.random.SeedSequence([self._seed, 2]).generate_state(1, np.uint64)[0])
+        seed = self._fixed_seed(2)
         with torch.no_grad(), self._tf32(), self._autocast(), self._deterministic(), \
                 self._randomness(seed):
             for x in images.split(batch_size):
