@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from .utils import check_unit_images, tensor_digest, unit_range
@@ -34,13 +34,28 @@ EMBED_BATCH = 64  # example images embedded at a time
 QUIET_BELOW = 256  # example sets smaller than this are read and embedded without a progress bar
 
 
+def _rgb(img: Image.Image) -> Image.Image:
+    """RGB as CLIP's own preprocessing converts (alpha dropped, not composited), upright by
+    the file's EXIF orientation (phone photos), 16-bit grey scaled to 8 bits (PIL's convert
+    would clip it to white)."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        grey = np.asarray(img, dtype=np.float64)
+        if grey.min() < 0 or grey.max() > 65535:
+            raise ValueError(f"{img.mode} pixels outside 0..65535")
+        img = Image.fromarray(np.round(grey / 257).astype(np.uint8))
+    elif img.mode == "F":
+        raise ValueError("float pixels (mode F): save the image as 8-bit PNG or JPEG")
+    return img.convert("RGB")
+
+
 def _square_image(path: Path, size: int) -> torch.Tensor:
-    """A file as (3, size, size) uint8: RGB, centre-cropped to a square (as CLIP's own
-    preprocessing crops), resized with PIL's bicubic filter."""
+    """A file as (3, size, size) uint8: RGB (:func:`_rgb`), centre-cropped to a square (as
+    CLIP's own preprocessing crops), resized with PIL's bicubic filter."""
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
+            img = _rgb(img)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path} is not an image PIL can read ({e}): remove it from the "
                          "example set or convert it to PNG or JPEG") from None
     w, h = img.size
@@ -59,15 +74,19 @@ def _files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path
             raise FileNotFoundError(f"no folder of example images at {folder}: give a folder "
                                     "holding the images themselves (.jpg, .png, ...), a list of "
                                     "image files, or a tensor (N, 3, H, W)")
-        files = sorted(p for p in folder.iterdir()
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in folder.iterdir()  # (hidden files: macOS's ._x.jpg)
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                       and not p.name.startswith("."))
         if not files:
             raise ValueError(f"{folder} holds no {'/'.join(IMAGE_SUFFIXES)} files (sub-folders "
                              "are not searched): put the example images directly in it")
         return files
+    source = list(source)  # (a generator is read once)
     if not all(isinstance(p, str | os.PathLike) for p in source):
         raise TypeError("example images are a folder, a list of image files, or one tensor "
                         "(N, 3, H, W): stack a list of image tensors with torch.stack")
+    if not source:
+        raise ValueError("the list of example image files is empty: give at least one file")
     files = [Path(p) for p in source]
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
@@ -82,8 +101,10 @@ class ImagePrompt:
     Args:
         images: a folder of image files (the files directly inside it, in name order), a list
             of image files, or a tensor / array (N, 3, H, W) of float images in [0, 1] or
-            uint8 images. Files are read as RGB, centre-cropped to squares and resized to
-            ``size``; tensors are kept as they are (CLIP resizes them as the generator's).
+            uint8 images. Files are read as RGB (upright by their EXIF orientation; alpha
+            dropped, as CLIP's own preprocessing does), centre-cropped to squares and resized
+            to ``size``; tensors are kept as they are, and CLIP resizes them as it resizes the
+            generator's images (a non-square tensor is stretched to a square, not cropped).
         name: how plots, records and errors name the set; default: the folder's name, or
             ``"<N> images"``.
         size: the side files are resized to (CLIP resizes again to its input size).
@@ -100,8 +121,9 @@ class ImagePrompt:
             default_name = f"{len(images)} images"
         else:
             files = _files(images)
-            default_name = Path(images).name if isinstance(images, str | os.PathLike) \
-                else f"{len(files)} images"
+            default_name = (Path(images).resolve().name or str(images)) if isinstance(
+                images, str | os.PathLike) \
+                else f"{len(files)} images"  # ("." is named by the folder it means)
             images = torch.stack([_square_image(p, size) for p in tqdm(
                 files, desc=f"read {default_name}", leave=False,
                 disable=len(files) < QUIET_BELOW)])
@@ -129,6 +151,21 @@ class ImagePrompt:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    # A set is a value: equal to a set of the same name and pixels; copies (a profile is
+    # deep-copied) share its images rather than duplicate them (nothing changes them).
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ImagePrompt) and (self.name, self.sha256) == (other.name,
+                                                                               other.sha256)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.sha256))
+
+    def __copy__(self) -> ImagePrompt:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> ImagePrompt:
+        return self
 
     def __repr__(self) -> str:
         return f"ImagePrompt({self.name!r}, {len(self)} images, sha256 {self.sha256[:12]})"

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .image_prompts import ImagePrompt
+from .paths import in_data_dir
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,10 @@ class Measure:
 
     Args:
         key: short name code refers to (``"skin"``).
-        positive, negative: the prompt pair; the measure grows towards ``positive``.
+        positive, negative: the prompt pair; the measure grows towards ``positive``. Text, or
+            example images: an :class:`ImagePrompt`, or (JSON overrides) a dict
+            ``{"images": folder or list of files, "name": ...}`` (see :func:`as_prompt`);
+            both of a pair text, or both images.
         label: axis label for plots.
         range: archive range (low, high) of the measure for this profile's CLIP.
         bins: archive cells along this measure.
@@ -49,6 +56,10 @@ class Measure:
     balanced: bool = False
 
     def __post_init__(self):
+        for end in ("positive", "negative"):
+            object.__setattr__(self, end, as_prompt(getattr(self, end),
+                                                    f"measure {self.key!r}'s {end}"))
+        check_pair((self.positive, self.negative), f"measure {self.key!r}")
         lo, hi = (float(v) for v in self.range)
         object.__setattr__(self, "range", (lo, hi))
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
@@ -61,7 +72,7 @@ class Measure:
             raise ValueError(f"measure {self.key!r}: sign must be +1 or -1, got {self.sign!r}")
 
     @property
-    def prompts(self) -> tuple[str, str]:
+    def prompts(self) -> tuple[str | ImagePrompt, str | ImagePrompt]:
         return (self.positive, self.negative)
 
     def oriented(self, attribute_values):
@@ -80,6 +91,50 @@ class Measure:
         if "range" in d:
             d["range"] = tuple(d["range"])
         return cls(**d)
+
+
+def as_prompt(value: Any, where: str = "prompt") -> str | ImagePrompt:
+    """A prompt as a profile gives it: text, an :class:`ImagePrompt`, or (JSON overrides) a
+    dict ``{"images": folder or [files], "name": str, "size": int}`` read into one (``name``
+    and ``size`` optional; relative paths are under the data folder, as the profile's other
+    paths: ``{"images": "examples/smiling"}`` is ``data/examples/smiling``)."""
+    if isinstance(value, ImagePrompt):
+        return value
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"{where} is empty: give a sentence, e.g. 'A person with dark "
+                             "skin.', or example images ({'images': 'folder'})")
+        return value
+    if isinstance(value, dict):
+        unknown = set(value) - {"images", "name", "size"}
+        if "images" not in value or unknown:
+            raise ValueError(f"{where}: example images are given as {{'images': folder or "
+                             f"list of files, 'name': optional, 'size': optional}}, got keys "
+                             f"{sorted(value)}")
+        images = value["images"]
+        if isinstance(images, str | os.PathLike):
+            images = in_data_dir(images)
+        elif isinstance(images, list | tuple) and all(isinstance(v, str | os.PathLike)
+                                                       for v in images):
+            images = [in_data_dir(v) for v in images]
+        else:
+            raise ValueError(f"{where}: 'images' must be a folder or a list of image files "
+                             f"(paths; relative ones under the data folder), got {images!r}")
+        return ImagePrompt(images, name=value.get("name"), size=value.get("size", 224))
+    raise ValueError(f"{where} must be text or example images ({{'images': folder}} or an "
+                     f"ImagePrompt), got {value!r} ({type(value).__name__})")
+
+
+def check_pair(pair: Sequence, where: str) -> None:
+    """A prompt pair is both text or both example images (the scorer's rule, checked when a
+    profile is read rather than when the search starts)."""
+    if isinstance(pair[0], ImagePrompt) != isinstance(pair[1], ImagePrompt):
+        raise ValueError(
+            f"{where} mixes example images with text ({pair[0]!r}, {pair[1]!r}): CLIP's image "
+            "embeddings lie much closer to each other than to any text (the modality gap), so "
+            "such a measure says how much an image looks like the examples rather than which "
+            "end of the attribute it is nearer; give both ends as example images (ImagePrompt, "
+            "or {'images': folder} in overrides) or both as text")
 
 
 def placed(measures: Sequence[Measure], ranges: Iterable | None = None,

@@ -15,7 +15,7 @@ import math
 import os
 from typing import Any
 
-from .measures import Measure, as_measures, placed
+from .measures import Measure, as_measures, as_prompt, check_pair, placed
 
 SHAPES_OBJECTIVE = ("A regular square or a triangle.", "Splatters of colors.")
 # ranges: the project's shapes CLIP, read off its scores of the VAE's prior samples and of
@@ -442,8 +442,10 @@ def get_profile(profile: str | None = None, section: str | None = None,
                          f"{sorted(p) + (['grid', 'ranges'] if 'measures' in p else [])}")
     if section is not None:
         for key, value in overrides.items():
-            if key != "measures":
+            if key not in ("measures", "objective"):
                 _check_type(key, p[key], value)
+        if "objective" in overrides:
+            overrides["objective"] = _objective(overrides["objective"])
     p.update(overrides)
     for part in ([p] if section is not None else p.values()):
         _check_choices(part)
@@ -454,6 +456,19 @@ def get_profile(profile: str | None = None, section: str | None = None,
                                ranges=_sequence("ranges", shortcuts.get("ranges")),
                                bins=_sequence("grid", shortcuts.get("grid")))
     return p
+
+
+def _objective(value: Any) -> tuple:
+    """An ``objective`` override: a (positive, negative) pair of text or of example images
+    (:func:`qdgs_lib.measures.as_prompt`)."""
+    if isinstance(value, str) or not isinstance(value, list | tuple) or len(value) != 2:
+        raise ValueError(f"override objective={value!r} must be a (positive, negative) pair, "
+                         "e.g. ['A photo of a face.', 'A blurry image.'] or two example image "
+                         "sets [{'images': 'good'}, {'images': 'bad'}]")
+    pair = tuple(as_prompt(v, f"objective's {end}")
+                 for v, end in zip(value, ("positive", "negative"), strict=True))
+    check_pair(pair, "the objective")
+    return pair
 
 
 def section_keys(profile: str | None, section: str) -> set[str]:

@@ -24,42 +24,78 @@ import pandas as pd
 from . import claims
 from .paths import figures_dir, project_root
 
+
+class FolderTables:
+    """The CSVs of a folder: ``tables(name)`` is a CSV's bytes (None where absent),
+    ``tables.names()`` the CSVs there are."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"no figures folder at {self.folder}")
+
+    def __call__(self, name: str) -> bytes | None:
+        path = self.folder / name
+        return path.read_bytes() if path.is_file() else None
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.folder.glob("*.csv"))
+
+    def __str__(self) -> str:
+        return str(self.folder)
+
+
+class GitTables:
+    """The CSVs of ``folder`` as committed at ``revision`` of the git checkout ``repo``
+    (default: this project's), read as :class:`FolderTables`."""
+
+    def __init__(self, revision: str = "HEAD", repo: str | Path | None = None,
+                 folder: str = "figures"):
+        self.repo = Path(repo) if repo is not None else project_root()
+        self.revision, self.folder = revision, folder
+        if self._git("rev-parse", "--git-dir").returncode != 0:
+            raise ValueError(f"{self.repo} is not a git checkout: give the reference tables "
+                             "as a folder instead (--ref-dir)")
+        if self._git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}").returncode:
+            raise ValueError(f"no revision {revision!r} in {self.repo} (a commit, branch or "
+                             "tag, e.g. HEAD~1 or main)")
+
+    def _git(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(self.repo), *args], capture_output=True)
+
+    def __call__(self, name: str) -> bytes | None:
+        out = self._git("show", f"{self.revision}:{self.folder}/{name}")
+        return out.stdout if out.returncode == 0 else None
+
+    def names(self) -> list[str]:
+        out = self._git("ls-tree", "--name-only", self.revision, f"{self.folder}/")
+        return sorted(Path(p).name for p in out.stdout.decode().splitlines()
+                      if p.endswith(".csv"))
+
+    def __str__(self) -> str:
+        return f"git {self.revision}"
+
+
 Reader = Callable[[str], bytes | None]  # a CSV's name -> its bytes, None where absent
 
 
-def folder_reader(folder: str | Path) -> Reader:
-    """The files of ``folder``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no figures folder at {folder}")
-
-    def read(name: str) -> bytes | None:
-        path = folder / name
-        return path.read_bytes() if path.is_file() else None
-    return read
+def folder_reader(folder: str | Path) -> FolderTables:
+    """The tables of ``folder``."""
+    return FolderTables(folder)
 
 
 def git_reader(revision: str = "HEAD", repo: str | Path | None = None,
-               folder: str = "figures") -> Reader:
-    """The files of ``folder`` as committed at ``revision`` of the git checkout ``repo``
+               folder: str = "figures") -> GitTables:
+    """The tables of ``folder`` as committed at ``revision`` of the git checkout ``repo``
     (default: this project's)."""
-    repo = Path(repo) if repo is not None else project_root()
-    probe = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet",
-                            f"{revision}^{{commit}}"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        raise ValueError(f"{repo} is not a git checkout with a revision {revision!r}: give "
-                         "the reference tables as a folder instead (--ref-dir)")
-
-    def read(name: str) -> bytes | None:
-        out = subprocess.run(["git", "-C", str(repo), "show", f"{revision}:{folder}/{name}"],
-                             capture_output=True)
-        return out.stdout if out.returncode == 0 else None
-    return read
+    return GitTables(revision, repo, folder)
 
 
 def column_drift(ref: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     """Per column of two tables of the same shape: how many cells differ, and for numbers the
     largest absolute difference and that relative to the column's largest reference value."""
+    if set(ref.columns) == set(new.columns) and len(ref.columns) == len(new.columns):
+        new = new[list(ref.columns)]  # the same columns in another order: compared by name
     if list(ref.columns) != list(new.columns) or ref.shape != new.shape:
         raise ValueError(f"the tables differ in shape or columns ({ref.shape} vs {new.shape}; "
                          f"columns only in one: "
@@ -72,10 +108,12 @@ def column_drift(ref: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
         if numeric:
             x, y = a.to_numpy(float), b.to_numpy(float)
             same = (x == y) | (np.isnan(x) & np.isnan(y))
-            diff = np.abs(x - y)
-            diff = diff[np.isfinite(diff)]
-            biggest = float(diff.max()) if diff.size else 0.0
-            scale = float(np.nanmax(np.abs(x))) if np.isfinite(x).any() else 0.0
+            # a cell that became (or stopped being) NaN or inf moved without bound
+            with np.errstate(invalid="ignore"):  # inf - inf: NaN, then unbounded below
+                diff = np.where(same, 0.0, np.abs(x - y))
+            biggest = float(np.nan_to_num(diff, nan=np.inf).max()) if diff.size else 0.0
+            finite = np.abs(x[np.isfinite(x)])
+            scale = float(finite.max()) if finite.size else 0.0
             rows[col] = {"cells differ": int((~same).sum()), "max |diff|": biggest,
                          "max |diff| / scale": biggest / scale if scale > 0 else np.nan}
         else:
@@ -87,7 +125,12 @@ def column_drift(ref: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
 
 def _csv(read: Reader, name: str, **kw) -> pd.DataFrame | None:
     data = read(name)
-    return None if data is None else pd.read_csv(io.BytesIO(data), **kw)
+    if data is None:
+        return None
+    try:
+        return pd.read_csv(io.BytesIO(data), **kw)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{name} is empty") from None
 
 
 def _fairness_groups(results: pd.DataFrame, benchmark: str) -> list[str]:
@@ -98,32 +141,59 @@ def _fairness_groups(results: pd.DataFrame, benchmark: str) -> list[str]:
     return [c for c in inner if rows[c].notna().all()]
 
 
+def _shapes(read: Reader) -> dict[str, str]:
+    results = _csv(read, "01_shapes_results.csv")
+    if results is None:
+        return {}
+    return {f"01 shapes, bias {bias:g}": v
+            for bias, v in claims.shapes_verdicts(results)["verdict"].items()}
+
+
+def _label_audit(read: Reader) -> dict[str, str]:
+    audit = _csv(read, "01_shapes_label_audit.csv", index_col=0)
+    if audit is None:
+        return {}
+    per_seed = audit[audit.index.astype(str).str.contains(" seed ")]
+    return {f"01 label audit: {col}": v
+            for col, v in claims.label_audit_verdicts(per_seed)["verdict"].items()}
+
+
+def _shares(read: Reader) -> dict[str, str]:
+    shares = _csv(read, "02_faces_shares.csv", index_col=0)
+    if shares is None:
+        return {}
+    return {f"02 share: {col}": v
+            for col, v in claims.share_verdicts(shares)["verdict"].items()}
+
+
+def _fairness(read: Reader) -> dict[str, str]:
+    results = _csv(read, "04_results.csv")
+    if results is None:
+        return {}
+    out = {}
+    for bench in results.benchmark.unique():
+        groups = _fairness_groups(results, bench)
+        if groups:
+            table = claims.fairness_verdicts(results, bench, groups)
+            for _, r in table.iterrows():
+                out[f"04 fairness on {bench}, QDGS vs {r['versus']}"] = r["verdict"]
+    return out
+
+
+CLAIMS = {"01 shapes": _shapes, "01 label audit": _label_audit, "02 shares": _shares,
+          "04 fairness": _fairness}
+
+
 def verdicts(read: Reader) -> pd.Series:
     """Every verdict the notebooks print, recomputed from the result tables ``read`` gives
     (those absent are left out), by claim: "01 shapes, bias 0.98", "02 share: true dark
-    skin", ..."""
+    skin", ...; a table of another layout gives one "(cannot compute: why)" for its claims."""
     out: dict[str, str] = {}
-    results = _csv(read, "01_shapes_results.csv")
-    if results is not None:
-        for bias, v in claims.shapes_verdicts(results)["verdict"].items():
-            out[f"01 shapes, bias {bias:g}"] = v
-    audit = _csv(read, "01_shapes_label_audit.csv", index_col=0)
-    if audit is not None:
-        per_seed = audit[audit.index.astype(str).str.contains(" seed ")]
-        for col, v in claims.label_audit_verdicts(per_seed)["verdict"].items():
-            out[f"01 label audit: {col}"] = v
-    shares = _csv(read, "02_faces_shares.csv", index_col=0)
-    if shares is not None:
-        for col, v in claims.share_verdicts(shares)["verdict"].items():
-            out[f"02 share: {col}"] = v
-    results = _csv(read, "04_results.csv")
-    if results is not None:
-        for bench in results.benchmark.unique():
-            groups = _fairness_groups(results, bench)
-            if groups:
-                table = claims.fairness_verdicts(results, bench, groups)
-                for _, r in table.iterrows():
-                    out[f"04 fairness on {bench}, QDGS vs {r['versus']}"] = r["verdict"]
+    for group, recompute in CLAIMS.items():
+        try:
+            out.update(recompute(read))
+        except (ValueError, KeyError, AttributeError, IndexError) as e:
+            out[f"{group} (all)"] = f"(cannot compute: {type(e).__name__}: {e})"
     return pd.Series(out, dtype=object)
 
 
@@ -169,16 +239,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ref-dir", default=None, help="a folder of reference tables instead")
     args = ap.parse_args(argv)
     folder = Path(args.figures) if args.figures else figures_dir()
-    new = folder_reader(folder)
-    ref = folder_reader(args.ref_dir) if args.ref_dir else git_reader(args.ref)
-    names = sorted(p.name for p in folder.glob("*.csv"))
-    if not names:
+    try:
+        new = folder_reader(folder)
+        ref = folder_reader(args.ref_dir) if args.ref_dir else git_reader(args.ref)
+    except (ValueError, FileNotFoundError) as e:
+        ap.error(str(e))
+    if not new.names():
         print(f"no result CSVs in {folder}: run make reproduce first", file=sys.stderr)
         return 1
+    names = sorted(set(new.names()) | set(ref.names()))  # (one side's missing tables too)
     drift, table = compare(new, ref, names)
+    table[["reference", "reproduction"]] = table[["reference", "reproduction"]].fillna(
+        "(no table)")
     with pd.option_context("display.width", 200, "display.max_rows", None,
                            "display.max_colwidth", 70, "display.float_format", "{:.3g}".format):
-        print(f"== {folder} against {args.ref_dir or 'git ' + args.ref}: drift per column")
+        print(f"== {folder} against {ref}: drift per column")
         print(drift.to_string(index=False))
     print(f"\n== verdicts ({len(table)})")
     for claim, r in table.iterrows():

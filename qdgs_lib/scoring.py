@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from .clip import Clip, create_clip
 from .generators.base import Generator
 from .image_prompts import ImagePrompt
-from .measures import prompts
+from .measures import check_pair, prompts
 from .paths import in_data_dir
 from .profiles import with_earlier
 from .utils import (
@@ -226,13 +226,7 @@ class PromptScorer:
         named = [("objective", objective_prompts),
                  *((f"measure {k}", pair) for k, pair in enumerate(measure_prompts))]
         for name, (pos, neg) in named:
-            if isinstance(pos, ImagePrompt) != isinstance(neg, ImagePrompt):
-                raise ValueError(
-                    f"the {name} pair mixes example images with text ({pos!r}, {neg!r}): "
-                    "CLIP's image embeddings lie much closer to each other than to any text "
-                    "(the modality gap), so such a measure says how much an image looks like "
-                    "the examples rather than which end of the attribute it is nearer; give "
-                    "two ImagePrompts or two text prompts")
+            check_pair((pos, neg), f"the {name} pair")
             if _as_tokenized(pos) == _as_tokenized(neg):
                 raise ValueError(f"the {name} pair's two prompts are the same ({pos!r}): it "
                                  "would score every image 0; give the attribute's two ends, "

@@ -356,6 +356,16 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
+def _unnamed(record: Any) -> Any:
+    """A prompt record without example sets' names (:meth:`ImagePrompt.record`): a renamed
+    folder, or the same files given as a list, are the same images."""
+    if isinstance(record, dict) and {"sha256", "count"} <= set(record):
+        return {k: v for k, v in record.items() if k != "images"}
+    if isinstance(record, list):
+        return [_unnamed(r) for r in record]
+    return record
+
+
 def _drop_earlier(stored: dict, mine: dict) -> None:
     """Leave out of ``mine`` the keys a file written before them lacks, where this run keeps
     their earlier value (:data:`~qdgs_lib.profiles.EARLIER`)."""
@@ -512,6 +522,10 @@ class QDSearch:
         else:
             _drop_earlier(stored["scorer"], mine["scorer"])
         _drop_earlier(stored, mine)
+        for record in (stored, mine):  # example images count by their pixels, not their name
+            for key in ("objective_prompts", "measure_prompts"):
+                if key in record:
+                    record[key] = _unnamed(record[key])
         for key in ("scoring", "device"):  # recorded, but rounding-level: a run may resume
             stored.pop(key, None)  # with them switched (e.g. on another device)
             mine.pop(key, None)
@@ -522,6 +536,9 @@ class QDSearch:
             differ = differing_keys(stored, mine)
             gloss = "; weights_sha256: other generator or CLIP weights (or CLIP's " \
                 "precision)" if "weights_sha256" in differ else ""
+            if {"objective_prompts", "measure_prompts"} & set(differ):
+                gloss += ("; prompts: other text, or other example images (compared by count "
+                          "and the sha256 of their pixels)")
             if "scorer" in differ and stored["scorer"].get("clip_precision", "float32") != \
                     mine["scorer"].get("clip_precision", "float32"):
                 gloss += ("; clip_precision: CLIP in float16 or float32 ('released' is "

@@ -280,9 +280,14 @@ def versions(device: str | torch.device | None = None) -> dict[str, str]:
 
 
 def _jsonable(value: Any) -> Any:
-    """Records (dataclasses, e.g. measures) as dicts; anything else as its string."""
+    """Records (dataclasses, e.g. measures) as dicts of their fields (json calls this again for
+    the fields it cannot write); example images by their record (name, count, sha256);
+    anything else as its string."""
+    from .image_prompts import ImagePrompt  # (it imports this module)
+    if isinstance(value, ImagePrompt):
+        return value.record()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     return str(value)
 
 

@@ -1,5 +1,6 @@
 """Measures from example images (ImagePrompt): loading, checks, scoring, search records."""
 
+import copy
 import json
 
 import numpy as np
@@ -9,11 +10,15 @@ import torch
 from PIL import Image
 
 from qdgs_lib.clip import create_clip
+from qdgs_lib.face_synthesis import build_scorer
 from qdgs_lib.generators import toy_faces
 from qdgs_lib.generators.wrapped import WrappedGenerator
 from qdgs_lib.image_prompts import ImagePrompt
+from qdgs_lib.paths import REPO_ROOT
+from qdgs_lib.profiles import get_profile
 from qdgs_lib.scoring import PromptScorer, angdist
 from qdgs_lib.search import QDSearch, SearchConfig
+from qdgs_lib.utils import write_run_info
 
 OBJECTIVE = ("A detailed photo of an individual with diverse features.",
              "An obscure, fake, or discolored photo of a person.")
@@ -140,11 +145,19 @@ def test_a_search_records_example_images_and_resumes_only_with_them(faces, tmp_p
     recorded = json.loads((tmp_path / "config.json").read_text())
     assert recorded["config"]["measure_prompts"][0][0] == {"images": "dark", "count": 16,
                                                  "sha256": dark.sha256}
-    again = QDSearch(PromptScorer(gen, clip, OBJECTIVE, [(dark, light)]), cfg, tmp_path)
-    assert again.run().stats.num_elites > 0  # resumed: the same images
+    def no_step(self):
+        raise AssertionError("searched again instead of resuming")
+
+    # the same pixels resume, also under another name (a renamed folder, files as a list)
+    renamed = ImagePrompt(dark.images, name="dark, renamed")
+    for first in (dark, renamed):
+        again = QDSearch(PromptScorer(gen, clip, OBJECTIVE, [(first, light)]), cfg, tmp_path)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(QDSearch, "_step", no_step)
+            assert again.run().stats.num_elites > 0 and again.iteration == 2
 
     other = examples(z, a["skin"] > 0.9, name="dark")  # same name, other images
-    with pytest.raises(ValueError, match="measure_prompts"):
+    with pytest.raises(ValueError, match="measure_prompts.*other example images"):
         QDSearch(PromptScorer(gen, clip, OBJECTIVE, [(other, light)]), cfg, tmp_path).run()
 
 
@@ -161,3 +174,110 @@ def test_example_embeddings_do_not_depend_on_the_callers_rng(faces):
     after = torch.rand(3)
     torch.manual_seed(2)
     assert torch.equal(first, second) and torch.equal(after, torch.rand(3))
+
+
+def _save(images: torch.Tensor, folder) -> None:
+    folder.mkdir(parents=True)
+    for i, img in enumerate(images):
+        Image.fromarray((img * 255).round().byte().permute(1, 2, 0).numpy()).save(
+            folder / f"{i:03d}.png")
+
+
+def test_profiles_take_example_images_in_json_overrides(faces, tmp_path, monkeypatch):
+    """A notebook's measures and objective take {"images": folder}: relative folders are under
+    the data folder, the pair is checked when the profile is read, the scorer measures with
+    the folder's images, and config.json records them by name, count and sha256."""
+    gen, clip, z, a = faces
+    monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path / "data"))
+    _save(toy_faces.render(z[a["skin"] > 0.8][:8]), tmp_path / "data" / "ex" / "dark")
+    _save(toy_faces.render(z[a["skin"] < 0.2][:8]), tmp_path / "data" / "ex" / "light")
+    (tmp_path / "data" / "weights").symlink_to(REPO_ROOT / "data" / "weights")  # (the CLIP)
+    skin = {"key": "skin", "label": "skin tone", "range": [-0.1, 0.1], "bins": 4,
+            "positive": {"images": "ex/dark"}, "negative": {"images": "ex/light",
+                                                            "name": "pale"}}
+    age = {"key": "age", "label": "age", "range": [-0.1, 0.1], "bins": 3,
+           "positive": "A person in their 50s.", "negative": "A person in their 20s."}
+    overrides = json.loads(json.dumps({"measures": [skin, age]}))  # as papermill passes them
+    p = get_profile("smoke", "faces", **overrides)
+    dark, light = p["measures"][0].prompts
+    assert isinstance(dark, ImagePrompt) and (dark.name, len(dark)) == ("dark", 8)
+    assert light.name == "pale" and p["measures"][1].prompts[0] == "A person in their 50s."
+    assert copy.deepcopy(p)["measures"][0].positive is dark  # copies share the pixels
+
+    scorer = build_scorer(p, "cpu")
+    direct = PromptScorer(gen, scorer.clip, p["objective"],
+                          [(ImagePrompt(tmp_path / "data/ex/dark"),
+                            ImagePrompt(tmp_path / "data/ex/light")), age_text := (
+                              "A person in their 50s.", "A person in their 20s.")])
+    prior = gen.sample_prior(64, seed=3).numpy()
+    np.testing.assert_allclose(scorer.measures_of(prior), direct.measures_of(prior), atol=1e-6)
+    assert age_text == p["measures"][1].prompts
+
+    write_run_info(tmp_path / "run", {"faces": p})
+    text = (tmp_path / "run" / "config.json").read_text()
+    record = json.loads(text)["config"]["faces"]["measures"][0]
+    assert record["positive"] == {"images": "dark", "count": 8, "sha256": dark.sha256}
+    assert record["negative"]["images"] == "pale" and len(text) < 20_000  # names, no pixels
+
+    # the objective takes example images too, as a pair
+    p2 = get_profile("smoke", "faces", objective=[{"images": "ex/dark"}, {"images": "ex/light"}])
+    assert all(isinstance(v, ImagePrompt) for v in p2["objective"])
+
+
+@pytest.mark.parametrize("override, match", [
+    ({"measures": [{"key": "skin", "label": "s", "range": [-1, 1], "bins": 2,
+                    "positive": {"images": "ex/dark"}, "negative": "A person with light skin."}]},
+     "mixes example images with text"),
+    ({"measures": [{"key": "skin", "label": "s", "range": [-1, 1], "bins": 2,
+                    "positive": {"folder": "ex/dark"}, "negative": {"images": "ex/dark"}}]},
+     r"given as \{'images'"),
+    ({"measures": [{"key": "skin", "label": "s", "range": [-1, 1], "bins": 2,
+                    "positive": {"images": 3}, "negative": {"images": "ex/dark"}}]},
+     "must be a folder or a list of image files"),
+    ({"measures": [{"key": "skin", "label": "s", "range": [-1, 1], "bins": 2,
+                    "positive": " ", "negative": "A person with light skin."}]}, "is empty"),
+    ({"measures": [{"key": "skin", "label": "s", "range": [-1, 1], "bins": 2,
+                    "positive": {"images": "ex/none"}, "negative": {"images": "ex/dark"}}]},
+     "no folder of example images at .*ex/none"),
+    ({"objective": [{"images": "ex/dark"}]}, "must be a .positive, negative. pair"),
+    ({"objective": [{"images": "ex/dark"}, "An obscure photo."]}, "objective mixes"),
+    ({"objective": ["A photo.", 7]}, "must be text or example images"),
+])
+def test_bad_example_image_overrides_are_refused_when_the_profile_is_read(
+        override, match, tmp_path, monkeypatch):
+    monkeypatch.setenv("QDGS_DATA_DIR", str(tmp_path))
+    _save(torch.rand(2, 3, 16, 16), tmp_path / "ex" / "dark")
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        get_profile("smoke", "faces", **override)
+
+
+def test_odd_image_files_are_read_as_they_look(tmp_path, monkeypatch):
+    """16-bit grey is scaled, not clipped to white; EXIF orientation is applied (a phone
+    photo is read upright); macOS's ._ files are skipped; "." is named after its folder."""
+    folder = tmp_path / "examples"
+    folder.mkdir()
+    Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(folder / "a_grey16.png")
+    assert Image.open(folder / "a_grey16.png").mode.startswith("I")
+    stored = np.zeros((20, 40, 3), np.uint8)  # stored wide: left half red, right half blue
+    stored[:, :20, 0], stored[:, 20:, 2] = 255, 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(stored).save(folder / "b_phone.png", exif=exif)
+    (folder / "._b_phone.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble, not an image")
+
+    p = ImagePrompt(folder, size=20)
+    assert len(p) == 2
+    grey, phone = p.images.int()
+    assert abs(grey - 128).max() <= 1
+    # displayed upright it is tall: red on top, blue below (the crop keeps the middle rows)
+    assert (phone[0, :8] > 200).all() and (phone[2, :8] < 50).all()
+    assert (phone[2, -8:] > 200).all() and (phone[0, -8:] < 50).all()
+
+    monkeypatch.chdir(folder)
+    assert ImagePrompt(".").name == "examples"
+    assert ImagePrompt(f for f in ["a_grey16.png"]).name == "1 images"  # a generator, read once
+    with pytest.raises(ValueError, match="list of example image files is empty"):
+        ImagePrompt([])
+    Image.fromarray(np.zeros((4, 4), np.float32), mode="F").save(folder / "c_float.tiff")
+    with pytest.raises(ValueError, match="c_float.tiff .*float pixels"):
+        ImagePrompt(["c_float.tiff"])
