@@ -67,6 +67,10 @@ class Asset:
     kind: str = "file"  # file | dir | trainset
 
     def present(self) -> bool:
+        """Whether the asset is there in a usable form: a file that exists and has no
+        :meth:`problem`; a folder that exists; a training set as a ``.rec``
+        (or a folder's ``train.rec``) with its ``.idx`` beside it, or else a folder of identity
+        subfolders with no RecordIO pair nested one level too deep."""
         if self.kind == "file":
             return self.path.is_file() and self.problem() is None
         if self.kind == "trainset":  # what data.identities.open_training_set reads

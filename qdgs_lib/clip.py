@@ -91,6 +91,10 @@ class PackedSelfAttention(nn.MultiheadAttention):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
                 attn_mask=None, average_attn_weights=True, is_causal=False):
+        """``nn.MultiheadAttention.forward``'s signature and results. Called with
+        ``need_weights=False``, no masks, and query, key and value the same (B, L, E) tensor, it
+        takes the packed path and returns ``(out, None)``; anything else (and, with ``cuda_only``, a
+        CPU input) runs the stock code."""
         stock = (need_weights or attn_mask is not None or key_padding_mask is not None
                  or is_causal or not self.batch_first or not self._qkv_same_embed_dim
                  or not (query is key is value) or query.is_nested or query.ndim != 3
@@ -230,6 +234,7 @@ class Clip(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """The device the model is on (that of its normalization buffer ``mean``)."""
         return self.mean.device
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -427,6 +432,7 @@ class PromotingLayerNorm(nn.LayerNorm):
     ``nn.LayerNorm`` at full precision. See :func:`_layer_norms_take_fp32`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Layer norm of ``x`` computed in at least float32, returned in ``x``'s dtype."""
         out = F.layer_norm(at_least_fp32(x), self.normalized_shape, self.weight, self.bias,
                            self.eps)
         return out.to(x.dtype)

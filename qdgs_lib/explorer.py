@@ -254,14 +254,19 @@ class ArchiveExplorer:
 
     @property
     def dims(self) -> tuple[int, int]:
+        """The measure pair shown: (x, y) indices into ``measures``."""
         return int(self.x.value), int(self.y.value)
 
     @property
     def cell(self) -> tuple[int, int]:
+        """The chosen cell: (x bin, y bin) along the measure pair shown."""
         return int(self.bin_x.value), int(self.bin_y.value)
 
     def select(self, dims: tuple[int, int] | None = None,
                cell: tuple[int, int] | None = None) -> None:
+        """Choose the measure pair ``dims`` (x, y indices into ``measures``) and/or the cell
+        ``cell`` (x bin, y bin) from code, then redraw once; None keeps the current choice. New dims
+        also set the bin sliders' ranges to those measures' bins."""
         self._updating = True
         if dims is not None:
             self.x.value, self.y.value = dims
@@ -298,6 +303,9 @@ class ArchiveExplorer:
         self.refresh()
 
     def refresh(self) -> None:
+        """Redraw every archive's panel for the current dims and cell: the plane's heatmap (one
+        colour scale for all archives), the cell's elite image and its facts, or "no elite" where
+        the cell is empty."""
         dims, cell = self.dims, self.cell
         vmax = _vmax(self.archives, dims)
         for name, data in self.archives.items():

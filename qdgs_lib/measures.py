@@ -73,6 +73,8 @@ class Measure:
 
     @property
     def prompts(self) -> tuple[str | ImagePrompt, str | ImagePrompt]:
+        """``(positive, negative)``: the prompt pair (text or :class:`ImagePrompt`) as the scorer
+        takes it."""
         return (self.positive, self.negative)
 
     def oriented(self, attribute_values):

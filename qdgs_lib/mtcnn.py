@@ -82,6 +82,9 @@ class PNet(nn.Module):
         self.conv4_2 = nn.Conv2d(32, 4, 1, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, 3, H, W) scaled to about [-1, 1] -> box offsets (B, 4, h, w) and face
+        probabilities (B, 2, h, w), one per 12 x 12 window at a stride of 2 px; the softmax runs
+        over ``softmax_dim``."""
         x = self.features(x)
         return self.conv4_2(x), F.softmax(self.conv4_1(x), dim=self.softmax_dim)
 
@@ -100,6 +103,8 @@ class RNet(nn.Module):
         self.conv5_2 = nn.Linear(128, 4)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Crops (B, 3, 24, 24) scaled to about [-1, 1] -> box offsets (B, 4) and face probabilities
+        (B, 2)."""
         x = self.features(x)
         return self.conv5_2(x), F.softmax(self.conv5_1(x), dim=-1)
 
@@ -120,6 +125,8 @@ class ONet(nn.Module):
         self.conv6_3 = nn.Linear(256, 10)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Crops (B, 3, 48, 48) scaled to about [-1, 1] -> landmarks (B, 10: five x, then five y, as
+        fractions of the box), box offsets (B, 4) and face probabilities (B, 2)."""
         x = self.features(x)
         return self.conv6_3(x), self.conv6_2(x), F.softmax(self.conv6_1(x), dim=-1)
 
@@ -529,6 +536,8 @@ class MTCNNAligner:
         return (faces.float() / 255).to(images.device)
 
     def summary(self) -> str:
+        """One sentence: in how many of the images seen so far MTCNN found a face
+        (the others were resized whole)."""
         return f"MTCNN found a face in {self.seen - self.missed} of {self.seen} images"
 
 

@@ -39,6 +39,7 @@ class FolderTables:
         return path.read_bytes() if path.is_file() else None
 
     def names(self) -> list[str]:
+        """The names of the folder's ``.csv`` files, sorted."""
         return sorted(p.name for p in self.folder.glob("*.csv"))
 
     def __str__(self) -> str:
@@ -68,6 +69,8 @@ class GitTables:
         return out.stdout if out.returncode == 0 else None
 
     def names(self) -> list[str]:
+        """The names of the ``.csv`` files directly in ``folder`` at ``revision``, sorted
+        (empty where git lists none)."""
         out = self._git("ls-tree", "--name-only", self.revision, f"{self.folder}/")
         return sorted(Path(p).name for p in out.stdout.decode().splitlines()
                       if p.endswith(".csv"))

@@ -338,10 +338,12 @@ class PromptScorer:
 
     @property
     def num_measures(self) -> int:
+        """m: the number of measures (the prompt pairs besides the objective's)."""
         return len(self.measure_prompts)
 
     @property
     def solution_dim(self) -> int:
+        """The generator's ``latent_dim``: the length of a solution."""
         return self.generator.latent_dim
 
     # --- the math -------------------------------------------------------------------------
@@ -371,6 +373,8 @@ class PromptScorer:
 
     @staticmethod
     def loss_to_objective(loss: torch.Tensor) -> torch.Tensor:
+        """The objective of a loss: ``softplus(100 - 50 * loss)`` with beta 0.1, the released code's
+        ``100 - 50 * loss`` floored softly at 0 (see the module docstring)."""
         return F.softplus(100 - 50 * loss, beta=0.1)
 
     def _objective(self, loss: torch.Tensor) -> torch.Tensor:
@@ -892,10 +896,15 @@ class PromptScorer:
 
     # --- checkpointing ---------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """What a search checkpoint keeps of the scorer: the uniqueness memory (a numpy array) and
+        the states of its two random generators (the memory's choices and the seeds of each
+        call)."""
         return {"memory": self.memory.cpu().numpy(), "rng": self._rng.bit_generator.state,
                 "call_rng": self._call_rng.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict`: the memory (onto CLIP's device) and the random states; an
+        older checkpoint without ``call_rng`` leaves the call seeds' generator as it is."""
         self.memory = torch.as_tensor(state["memory"], device=self.clip.device)
         self._rng.bit_generator.state = state["rng"]
         if "call_rng" in state:  # (checkpoints before 2026-11-27 have none)

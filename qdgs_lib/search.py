@@ -418,10 +418,14 @@ class QDSearch:
 
     @property
     def checkpoint_path(self) -> Path:
+        """``outdir/checkpoint.pkl``: the latest checkpoint (the one before it is kept beside it as
+        ``checkpoint.prev.pkl``)."""
         return self.outdir / CHECKPOINT
 
     @property
     def metrics_path(self) -> Path:
+        """``outdir/metrics.csv``: one row per iteration (evaluations, seconds, elites, coverage, QD
+        score, objective max and mean)."""
         return self.outdir / METRICS
 
     def _config_dict(self) -> dict:
@@ -497,6 +501,9 @@ class QDSearch:
 
     # --- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        """Pickle the search's state (iteration, seconds, config, scheduler, result archive, scorer
+        state) to :attr:`checkpoint_path` atomically, keeping the previous checkpoint beside it;
+        archive stores are written with their occupied rows only."""
         state = {"iteration": self.iteration, "seconds": self.seconds,
                  "config": json.dumps(self._config_dict(), sort_keys=True, default=str),
                  "scheduler": self.scheduler, "result_archive": self.result_archive,

@@ -93,6 +93,8 @@ class BackboneAndHead(nn.Module):
             else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images x and labels y (B,) -> (unit embeddings, margin logits (B, num_classes)); the head
+        gets the embeddings and norms as float32."""
         emb, norms = (self._compiled_forward or self.backbone)(x)
         return emb, self.head(emb.float(), norms.float(), y)
 
@@ -202,15 +204,21 @@ class RecognitionTrainer:
 
     @property
     def checkpoint_path(self):
+        """``outdir/checkpoint.pt``: written by :meth:`save` after every epoch, resumed from by
+        ``run``."""
         return self.outdir / "checkpoint.pt"
 
     def state_dict(self) -> dict:
+        """What a checkpoint holds: the epoch, the backbone, head, optimizer, scheduler and
+        loss-scaler states, and the ``settings`` and ``precision`` that a resume checks."""
         return {"epoch": self.epoch, "backbone": self.backbone.state_dict(),
                 "head": self.head.state_dict(), "opt": self.opt.state_dict(),
                 "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
                 "settings": self.settings, "precision": self.precision}
 
     def save(self) -> None:
+        """Write :meth:`state_dict` to :attr:`checkpoint_path` atomically, the previous checkpoint
+        kept beside it; only the main rank writes."""
         from .utils import write_checkpoint
 
         if not self.is_main:
@@ -318,6 +326,12 @@ class RecognitionTrainer:
         return x, y
 
     def train_epoch(self) -> dict[str, float]:
+        """Train one epoch, then step the learning-rate schedule. Each rank takes its share of the
+        epoch's seeded order in full batches (the last partial batch is dropped, unless the data is
+        smaller than one batch). Returns the log row: ``epoch`` (counted after it), the mean
+        ``loss`` and ``train_acc`` (of the plain cosine classifier, no margin, where the head has
+        one) over all ranks' samples, and the ``lr`` it trained at. Does not checkpoint: ``run``
+        does."""
         self.model.train()
         order, g = self._epoch_order()
         steps = range(0, len(order) - self.batch_size + 1, self.batch_size) \

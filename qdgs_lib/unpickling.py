@@ -133,6 +133,8 @@ class RestrictedUnpickler(pickle._Unpickler):
     del _op
 
     def load(self):
+        """Unpickle the file; one cut short raises :class:`pickle.UnpicklingError` starting with
+        "truncated" (not EOFError, nor the pure-Python unpickler's own wording)."""
         try:
             return super().load()
         except EOFError as e:
@@ -143,6 +145,9 @@ class RestrictedUnpickler(pickle._Unpickler):
             raise
 
     def load_build(self):
+        """The BUILD opcode (``obj.__setstate__(state)``), checked: a numpy dtype's state must be
+        its own (no forged flags or item size), and a SeedSequence must not claim a pool larger than
+        it holds."""
         inst, state = self.stack[-2], self.stack[-1]
         if isinstance(inst, np.dtype):
             _check_dtype_state(inst, state)
@@ -160,6 +165,10 @@ class RestrictedUnpickler(pickle._Unpickler):
         return out
 
     def find_class(self, module: str, name: str):
+        """Resolve the global ``module.name`` only if ``name`` is undotted and the key is in
+        ``overrides`` (its replacement returned) or ``allowed``; numpy's ``ndarray`` and
+        ``_reconstruct`` and ``codecs.encode`` come back as checked stand-ins. Anything else raises
+        :class:`UnsafePickleError` before any import."""
         key = f"{module}.{name}"
         if "." not in name and key in self.overrides:
             return self.overrides[key]
@@ -198,6 +207,8 @@ class TorchArchiveUnpickler(RestrictedUnpickler):
         self.archive, self.prefix, self.storages = archive, prefix, {}
 
     def load_build(self):
+        """As :meth:`RestrictedUnpickler.load_build`, and BUILD on a tensor or storage is refused
+        (torch never writes one; ``Tensor.__setstate__`` would ``set_()`` it to any size)."""
         if isinstance(self.stack[-2], torch.Tensor | torch.storage.TypedStorage |
                       torch.UntypedStorage):  # Tensor.__setstate__ would set_() any size
             raise UnsafePickleError("a pickle that sets a tensor's state (torch never writes "
@@ -208,6 +219,9 @@ class TorchArchiveUnpickler(RestrictedUnpickler):
     dispatch[pickle.BUILD[0]] = load_build
 
     def persistent_load(self, pid):
+        """A storage reference ``("storage", dtype, key, location, numel)`` -> a typed storage of
+        the archive's ``data/<key>`` (read once per key), refused unless that entry holds exactly
+        ``numel`` values of ``dtype``."""
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
                 and isinstance(pid[1], torch.dtype) and isinstance(pid[2], str)
                 and isinstance(pid[4], int)):

@@ -600,6 +600,7 @@ class StepCheckpoint:
             write_checkpoint(self.path, lambda tmp: torch.save(state, tmp))
 
     def done(self) -> None:
+        """Delete the checkpoint and the previous one: call once the final weights are written."""
         for path in (self.path, previous_path(self.path)):
             path.unlink(missing_ok=True)
 

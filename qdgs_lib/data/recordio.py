@@ -205,15 +205,20 @@ class RecordIOReader:
         return bool(i < len(self.keys) and self.keys[i] == key)
 
     def offset(self, key: int) -> int:
+        """The byte offset of record ``key`` in the ``.rec`` (from the index); KeyError where the
+        index has no such key."""
         i = np.searchsorted(self.keys, key)
         if i >= len(self.keys) or self.keys[i] != key:
             raise KeyError(f"{self.path}: no record with key {key}")
         return int(self.offsets[i])
 
     def read(self, key: int) -> bytes:
+        """The payload of record ``key`` (multi-part records joined; :func:`unpack` splits it), read
+        through this process's own file handle, opened on first use."""
         return read_record(self._handle(), self.offset(key), self.path)
 
     def close(self) -> None:
+        """Close this process's file handle, if open (a later :meth:`read` opens it again)."""
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -37,6 +37,8 @@ class Generator(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """The device of the first parameter (else of the first buffer); the CPU for a generator
+        with neither."""
         for t in self.parameters():
             return t.device
         for t in self.buffers():
@@ -44,6 +46,11 @@ class Generator(nn.Module):
         return torch.device("cpu")
 
     def check_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """``z`` checked for :meth:`decode`: a float tensor (B, latent_dim), cast to the dtype of
+        the network's first floating-point parameter or buffer (float32 without one) and finite;
+        TypeError or ValueError, naming the fix, otherwise. The finiteness check is skipped inside
+        torch.compile and while a CUDA graph is captured (the scorer checks latents on the host
+        first). Its device stays as given."""
         if not isinstance(z, torch.Tensor) or not z.is_floating_point():
             kind = z.dtype if isinstance(z, torch.Tensor) else type(z).__name__
             raise TypeError(f"{type(self).__name__}.decode takes a float tensor of latents "

@@ -49,6 +49,7 @@ class ShapesVAE(Generator):
         self.width = w
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, 3, 128, 128) -> the posterior's ``(mu, logvar)``, each (B, latent_dim)."""
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar
 
@@ -58,6 +59,8 @@ class ShapesVAE(Generator):
         return torch.sigmoid(self.decoder(h))
 
     def forward(self, x: torch.Tensor):
+        """The training pass: images (B, 3, 128, 128) -> (reconstructions, mu, logvar), decoding one
+        reparameterized sample ``z = mu + eps * exp(logvar / 2)``."""
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         return self.decode(z), mu, logvar
@@ -136,6 +139,8 @@ class ReleasedShapesVAE(Generator):
         self.decoder = _ReleasedDecoder(latent_dim)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, 3, 128, 128) -> the released encoder's ``(mu, logvar)``, each
+        (B, latent_dim)."""
         return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

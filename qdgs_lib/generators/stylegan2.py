@@ -78,6 +78,8 @@ class FullyConnectedLayer(nn.Module):
         self.bias_gain = lr_multiplier
 
     def forward(self, x):
+        """(B, in_features) -> (B, out_features), with weight and bias scaled by their gains at run
+        time."""
         w = self.weight * self.weight_gain
         b = self.bias * self.bias_gain
         if self.activation == "linear":
@@ -101,6 +103,8 @@ class MappingNetwork(nn.Module):
         self.register_buffer("w_avg", torch.zeros(w_dim))
 
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Tensor:
+        """z (B, z_dim) -> ws (B, num_ws, w_dim): one w per sample, truncated towards ``w_avg`` by
+        ``truncation_psi`` (1: not truncated), repeated for every layer."""
         x = z * (z.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
         for i in range(self.num_layers):
             x = getattr(self, f"fc{i}")(x)
@@ -250,6 +254,10 @@ class SynthesisLayer(nn.Module):
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
 
     def forward(self, x, w, noise_mode: str = "const", fused_modconv: bool = True):
+        """Features x (B, in_channels, r, r) (r / 2 with ``up=2``; r: ``resolution``) and w
+        (B, w_dim) -> (B, out_channels, r, r). ``noise_mode``: "const", "random", anything else no
+        noise; ``fused_modconv``: one grouped conv, else the split form
+        (:func:`split_modulated_layer`: frozen weights only, cheaper jacobians)."""
         styles = self.affine(w)
         noise = None
         if noise_mode == "const":
@@ -283,6 +291,8 @@ class ToRGBLayer(nn.Module):
         self.weight_gain = 1 / math.sqrt(in_channels)
 
     def forward(self, x, w, fused_modconv: bool = True):
+        """Features (B, in_channels, H, W) and w (B, w_dim) -> the block's RGB contribution
+        (B, out_channels, H, W); ``fused_modconv`` as in :class:`SynthesisLayer`."""
         styles = self.affine(w) * self.weight_gain
         if not fused_modconv:
             return split_modulated_layer(x, self.weight, styles, None, self.bias, demodulate=False,
@@ -315,6 +325,9 @@ class SynthesisBlock(nn.Module):
         self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp)
 
     def forward(self, x, img, ws, noise_mode="const", fused_modconv: bool = True):
+        """Features ``x``, the image so far ``img`` and the block's ws (B, num_conv + 1, w_dim) ->
+        (features, image) at this block's resolution. The first block (``in_channels=0``) starts
+        from its constant, so its ``x`` is unused and its ``img`` is None."""
         if self.in_channels == 0:
             x = self.const.unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
             x = self.conv1(x, ws[:, 0], noise_mode, fused_modconv)
@@ -385,6 +398,9 @@ class StyleGAN2(nn.Module):
 
     def forward(self, z, truncation_psi: float = 1.0, noise_mode: str = "const",
                 fused_modconv: bool | None = None):
+        """z (B, z_dim) -> images (B, img_channels, img_resolution, img_resolution) in about
+        [-1, 1]; ``truncation_psi`` goes to the mapping network, ``noise_mode`` and
+        ``fused_modconv`` to the synthesis network."""
         return self.synthesis(self.mapping(z, truncation_psi), noise_mode, fused_modconv)
 
 

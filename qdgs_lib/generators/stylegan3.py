@@ -177,6 +177,9 @@ class SynthesisInput(nn.Module):
         self.register_buffer("phases", torch.rand(channels) - 0.5)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        """w (B, w_dim) -> Fourier features (B, channels, height, width), rotated and translated by
+        the affine map of each w (composed with the stored ``transform``); frequencies a transform
+        pushes past ``bandwidth`` are damped."""
         t = self.affine(w)  # (cos, sin, tx, ty) up to scale
         t = t / t[:, :2].norm(dim=1, keepdim=True)
         one, zero = torch.ones_like(t[:, 0]), torch.zeros_like(t[:, 0])
@@ -231,6 +234,11 @@ class SynthesisLayer(nn.Module):
                                                      radial=down_radial)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Features x (B, in_channels, H, W) of ``in_size`` and w (B, w_dim) -> features
+        (B, out_channels, H', W') of ``out_size`` (sizes: width, height): modulated conv (input gain
+        ``magnitude_ema ** -0.5``; demodulated unless to-RGB), then :func:`filtered_lrelu` (bias,
+        up-sample, leaky ReLU with gain sqrt(2), clamp, down-sample; linear with gain 1 for
+        to-RGB)."""
         styles = self.affine(w)
         if self.is_torgb:
             styles = styles * (1 / np.sqrt(self.in_channels * self.conv_kernel**2))
@@ -312,4 +320,7 @@ class StyleGAN3(nn.Module):
 
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, noise_mode: str = "const",
                 fused_modconv: bool | None = None) -> torch.Tensor:
+        """z (B, z_dim) -> images (B, img_channels, img_resolution, img_resolution) in about
+        [-1, 1]. ``noise_mode`` and ``fused_modconv`` are unused (no noise inputs, one conv form):
+        taken so that StyleGAN2's callers work unchanged."""
         return self.synthesis(self.mapping(z, truncation_psi))

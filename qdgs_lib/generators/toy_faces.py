@@ -157,6 +157,8 @@ class ToyFaces(Generator):
 
     @staticmethod
     def attributes(z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The toy world's true attributes of latents (B, latent_dim), as :func:`attributes` gives
+        them."""
         return attributes(z)
 
 

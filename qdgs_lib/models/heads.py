@@ -36,6 +36,8 @@ class CosFace(_MarginHead):
         self.m = m
 
     def forward(self, emb, norms, labels):
+        """Unit embeddings (B, D), their norms (unused) and labels (B,) -> logits (B, num_classes),
+        the target's with the cosine margin."""
         cos = self.cosine(emb)
         onehot = F.one_hot(labels, cos.shape[1]).to(cos.dtype)
         return self.s * (cos - self.m * onehot)
@@ -50,6 +52,8 @@ class ArcFace(_MarginHead):
         self.m = m
 
     def forward(self, emb, norms, labels):
+        """Unit embeddings (B, D), their norms (unused) and labels (B,) -> logits (B, num_classes),
+        the target's with the angular margin."""
         cos = self.cosine(emb)
         onehot = F.one_hot(labels, cos.shape[1]).to(cos.dtype)
         theta = torch.acos(cos)
@@ -72,6 +76,9 @@ class AdaFace(_MarginHead):
         self.register_buffer("batch_std", torch.tensor(100.0))
 
     def margin_scaler(self, norms: torch.Tensor) -> torch.Tensor:
+        """Feature norms -> the margin scale z (B,) in [-1, 1]: each norm standardized by the EMA
+        batch statistics, times ``h``. In training mode it first moves those EMAs (rate ``t_alpha``)
+        towards this batch's norms; no gradient reaches the norms."""
         n = norms.detach().clamp(0.001, 100).view(-1)
         if self.training:
             with torch.no_grad():
@@ -82,6 +89,9 @@ class AdaFace(_MarginHead):
         return z.clamp(-1, 1)
 
     def forward(self, emb, norms, labels):
+        """Unit embeddings (B, D), their norms (B, 1) and labels (B,) -> logits (B, num_classes),
+        the target's margin scaled by :meth:`margin_scaler` (which updates the norm statistics in
+        training mode)."""
         cos = self.cosine(emb)
         z = self.margin_scaler(norms)[:, None]
         onehot = F.one_hot(labels, cos.shape[1]).to(cos.dtype)

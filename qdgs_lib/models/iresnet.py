@@ -31,6 +31,7 @@ class BasicBlockIR(nn.Module):
             nn.PReLU(cout), nn.Conv2d(cout, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x):
+        """Residual branch plus shortcut: (B, cin, H, W) -> (B, cout, H / stride, W / stride)."""
         return self.residual(x) + self.shortcut(x)
 
 
@@ -69,6 +70,8 @@ class IResNet(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, 3, input_size, input_size) -> (unit embeddings (B, embedding_dim), their norms
+        (B, 1)): the norm is AdaFace's image-quality proxy. ValueError for another input size."""
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             raise ValueError(f"expected {self.input_size}x{self.input_size} input, "
                              f"got {tuple(x.shape[-2:])}")

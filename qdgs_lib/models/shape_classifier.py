@@ -24,6 +24,7 @@ class ShapeClassifier(nn.Module):
         self.head = nn.Linear(4 * width, num_classes)
 
     def forward(self, x):
+        """Images (B, 3, H, W), H and W at least 16 -> logits (B, num_classes)."""
         return self.head(self.features(x))
 
 
@@ -47,6 +48,8 @@ class ReleasedShapeClassifier(nn.Module):
         self.fc2 = nn.Linear(128, 1)
 
     def forward(self, x):
+        """Images (B, 3, image_size, image_size) -> logits (B, 2) ``(0, z)``, z the released
+        network's one output (see the class)."""
         for conv in (self.conv1, self.conv2, self.conv3):
             x = self.pool(torch.relu(conv(x)))
         z = self.fc2(torch.relu(self.fc1(x.flatten(1))))
