@@ -4,7 +4,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce test test-torch test-ui test-devices paper-mini guide lab bench gpu-check lint docs compare
+.PHONY: setup reproduce test test-torch test-ui test-devices paper-mini guide lab bench gpu-check lint docs compare coverage
 
 setup: .venv/.installed
 
@@ -101,6 +101,13 @@ gpu-check: setup
 # The API reference (pdoc, from the docstrings) in runs/docs/index.html.
 docs: setup
 	PDOC_ALLOW_EXEC=1 $(PY) -m pdoc --docformat google -o runs/docs qdgs_lib
+
+# Which library lines the unit tests run (notebooks not counted): runs/coverage/index.html
+coverage: setup
+	QDGS_PROFILE=smoke COVERAGE_FILE=runs/.coverage $(PY) -m coverage run --source=qdgs_lib \
+	  -m pytest tests -q -p no:cacheprovider
+	COVERAGE_FILE=runs/.coverage $(PY) -m coverage report --sort=cover
+	COVERAGE_FILE=runs/.coverage $(PY) -m coverage html -q -d runs/coverage
 
 lint: setup
 	$(PY) -m ruff check qdgs_lib tests scripts bench

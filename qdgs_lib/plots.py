@@ -272,28 +272,6 @@ def training_curves(logs: pd.DataFrame, axes=None):
     return axes
 
 
-def group_bars(table: pd.DataFrame, ax: plt.Axes | None = None, ylabel: str = "accuracy",
-               title: str = "", ylim: tuple[float, float] | None = None):
-    """Grouped bars: one group of bars per row (e.g. model), one bar per column (e.g. group);
-    optional error bars from a same-shaped ``table.attrs["err"]`` frame."""
-    ax = ax or plt.gca()
-    err = table.attrs.get("err")
-    n_rows, n_cols = table.shape
-    width = 0.8 / n_cols
-    x = np.arange(n_rows)
-    for k, col in enumerate(table.columns):
-        ax.bar(x + (k - (n_cols - 1) / 2) * width, table[col].to_numpy(), width, label=str(col),
-               yerr=None if err is None else err[col].to_numpy(), capsize=2)
-    ax.set_xticks(x, [str(i) for i in table.index])
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    if ylim:
-        ax.set_ylim(*ylim)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    return ax
-
-
 # --- statistical figures (seaborn): seeds as points, 95% intervals ----------------------------
 
 

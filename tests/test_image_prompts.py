@@ -281,3 +281,18 @@ def test_odd_image_files_are_read_as_they_look(tmp_path, monkeypatch):
     Image.fromarray(np.zeros((4, 4), np.float32), mode="F").save(folder / "c_float.tiff")
     with pytest.raises(ValueError, match="c_float.tiff .*float pixels"):
         ImagePrompt(["c_float.tiff"])
+
+
+def test_example_sets_are_values_of_their_name_and_pixels():
+    """numpy arrays as tensors; equal sets (name and pixels) compare and hash equal; copies
+    (a profile is deep-copied) share the images; sizes below 8 px are refused."""
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 3, 12, 12), dtype=np.uint8)
+    a, b = ImagePrompt(pixels, name="set"), ImagePrompt(torch.from_numpy(pixels), name="set")
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert a != ImagePrompt(pixels, name="other") and a != ImagePrompt(pixels[:2], name="set")
+    assert copy.copy(a) is a and copy.deepcopy({"m": [a]})["m"][0] is a
+    pixels[0] = 0  # the set keeps its own copy of the caller's array
+    assert a.sha256 == b.sha256 != ImagePrompt(pixels, name="set").sha256
+    for size in (4, 8.0, True):
+        with pytest.raises(ValueError, match="size must be an int >= 8"):
+            ImagePrompt(pixels, size=size)
