@@ -54,6 +54,7 @@ ALGORITHMS = ("cma_maega", "cma_mae", "cma_me", "map_elites", "random")
 DQD_ALGORITHMS = ("cma_maega",)
 CHECKPOINT, METRICS = "checkpoint.pkl", "metrics.csv"  # in a search's folder
 X0_CHOICES = CHOICES["x0"]  # SearchConfig.x0
+EARLY_RANGE_CHECK = 400  # solutions scored before the ranges are first checked (seconds in)
 RELEASED_START_BATCH = 16  # the released find_good_start_latent's draws per scoring call
 METRIC_COLUMNS = ["iteration", "evaluations", "seconds", "num_elites", "coverage",
                   "qd_score", "obj_max", "obj_mean"]
@@ -415,6 +416,7 @@ class QDSearch:
         self.seconds = 0.0
         # solutions scored by this process, and per measure those outside its range
         self._scored, self._outside = 0, np.zeros(len(config.dims), dtype=np.int64)
+        self._ranges_warned = False
 
     @property
     def checkpoint_path(self) -> Path:
@@ -627,18 +629,24 @@ class QDSearch:
         self._outside += ((measures < lo) | (measures > hi)).sum(0)
         self._scored += len(measures)
 
-    def _warn_if_ranges_miss(self) -> None:
+    def _warn_if_ranges_miss(self, early: bool = False) -> None:
         """pyribs files a solution outside the ranges in the nearest edge cell: when most of
-        a search lies outside a measure's range, its archive is a pile-up on the edges."""
-        if self._scored < 50:
+        a search lies outside a measure's range, its archive is a pile-up on the edges. Checked
+        once :data:`EARLY_RANGE_CHECK` solutions are scored (``early``: a long search need not
+        run for hours first) and at the end; warns once per run."""
+        if self._scored < 50 or self._ranges_warned:
             return
         frac = self._outside / self._scored
         k = int(np.argmax(frac))
         if frac[k] > 0.5:
-            warnings.warn(f"{frac[k]:.0%} of the {self._scored} solutions scored had measure "
-                          f"{k} outside its range {tuple(self.cfg.ranges[k])}: pyribs files "
-                          "them in the edge cells, so the archive piles up there. Widen the "
-                          "ranges to cover the measures (e.g. ranges_from_samples of the "
+            self._ranges_warned = True
+            when = (f"so far (iteration {self.iteration} of {self.cfg.iterations}: interrupt "
+                    "it and start again with wider ranges in a new folder, or let it run) "
+                    if early else "")
+            warnings.warn(f"{frac[k]:.0%} of the {self._scored} solutions scored {when}had "
+                          f"measure {k} outside its range {tuple(self.cfg.ranges[k])}: pyribs "
+                          "files them in the edge cells, so the archive piles up there. Widen "
+                          "the ranges to cover the measures (e.g. ranges_from_samples of the "
                           "measures of prior samples)", stacklevel=4)
 
     def _log(self) -> None:
@@ -685,11 +693,14 @@ class QDSearch:
         bar = tqdm(total=self.cfg.iterations, initial=self.iteration, disable=not progress,
                    desc=f"{self.cfg.algorithm}", unit="it")
         while self.iteration < self.cfg.iterations:
-            t0 = time.perf_counter()
+            t0, scored = time.perf_counter(), self._scored
             self._step()
             self.seconds += time.perf_counter() - t0
             self.iteration += 1
             self._log()
+            if scored < EARLY_RANGE_CHECK <= self._scored < self.cfg.evaluations_per_iteration \
+                    * self.cfg.iterations:
+                self._warn_if_ranges_miss(early=True)
             if self.iteration % self.cfg.checkpoint_every == 0:
                 self.save_checkpoint()
             bar.update(1)

@@ -109,6 +109,28 @@ def test_ranges_that_miss_the_measures_warn(tmp_path):
         QDSearch(scorer(), config("cma_maega", 20), tmp_path / "on").run(progress=False)
 
 
+def test_a_long_search_warns_of_missed_ranges_early_and_once(tmp_path, monkeypatch):
+    """Checked once EARLY_RANGE_CHECK solutions are scored, not only after the last
+    iteration (hours into a paper-scale search), and not again at the end."""
+    import warnings
+
+    from qdgs_lib import search
+
+    monkeypatch.setattr(search, "EARLY_RANGE_CHECK", 60)  # 5 solutions an iteration
+    cfg = SearchConfig(dims=(10, 10), ranges=((0.5, 0.6), (0.5, 0.6)), iterations=40, seed=0)
+    run = QDSearch(scorer(), cfg, tmp_path / "early")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match=r"100% of the 60 solutions scored so far "
+                                              r"\(iteration 12 of 40: interrupt"):
+            run.run(progress=False)
+    assert run.iteration == 12
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        QDSearch(scorer(), cfg, tmp_path / "once").run(progress=False)
+    assert len([w for w in caught if "outside its range" in str(w.message)]) == 1
+
+
 def test_checkpoint_of_other_settings_is_refused(tmp_path):
     QDSearch(scorer(), config("cma_maega", 10), tmp_path).run(progress=False)
     with pytest.raises(ValueError, match="different settings") as err:
