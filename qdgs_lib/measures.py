@@ -96,7 +96,8 @@ class Measure:
 
 
 def as_prompt(value: Any, where: str = "prompt") -> str | ImagePrompt:
-    """A prompt as a profile gives it: text, an :class:`ImagePrompt`, or (JSON overrides) a
+    """A prompt as a profile gives it: text (alternatives: ``"a | b"`` or a list of strings,
+    kept as a tuple), an :class:`ImagePrompt`, or (JSON overrides) a
     dict ``{"images": folder or [files], "name": str, "size": int}`` read into one (``name``
     and ``size`` optional; relative paths are under the data folder, as the profile's other
     paths: ``{"images": "examples/smiling"}`` is ``data/examples/smiling``)."""
@@ -107,6 +108,10 @@ def as_prompt(value: Any, where: str = "prompt") -> str | ImagePrompt:
             raise ValueError(f"{where} is empty: give a sentence, e.g. 'A person with dark "
                              "skin.', or example images ({'images': 'folder'})")
         return value
+    if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+        if not all(v.strip() for v in value):
+            raise ValueError(f"{where} has an empty alternative: {value!r}")
+        return tuple(value)  # alternatives (averaged, as "a | b")
     if isinstance(value, dict):
         unknown = set(value) - {"images", "name", "size"}
         if "images" not in value or unknown:
@@ -123,8 +128,9 @@ def as_prompt(value: Any, where: str = "prompt") -> str | ImagePrompt:
             raise ValueError(f"{where}: 'images' must be a folder or a list of image files "
                              f"(paths; relative ones under the data folder), got {images!r}")
         return ImagePrompt(images, name=value.get("name"), size=value.get("size", 224))
-    raise ValueError(f"{where} must be text or example images ({{'images': folder}} or an "
-                     f"ImagePrompt), got {value!r} ({type(value).__name__})")
+    raise ValueError(f"{where} must be text (a string, or a list of alternative strings) or "
+                     f"example images ({{'images': folder}} or an ImagePrompt), got {value!r} "
+                     f"({type(value).__name__})")
 
 
 def check_pair(pair: Sequence, where: str) -> None:

@@ -219,6 +219,12 @@ def test_profiles_take_example_images_in_json_overrides(faces, tmp_path, monkeyp
     assert record["positive"] == {"images": "dark", "count": 8, "sha256": dark.sha256}
     assert record["negative"]["images"] == "pale" and len(text) < 20_000  # names, no pixels
 
+    # text alternatives stay text (a tuple, as the scorer averages "a | b")
+    alternatives = dict(age, positive=["A person in their 50s.", "An older adult."])
+    p3 = get_profile("smoke", "faces", measures=[alternatives])
+    assert p3["measures"][0].positive == ("A person in their 50s.", "An older adult.")
+    assert hash(p3["measures"][0])
+
     # the objective takes example images too, as a pair
     p2 = get_profile("smoke", "faces", objective=[{"images": "ex/dark"}, {"images": "ex/light"}])
     assert all(isinstance(v, ImagePrompt) for v in p2["objective"])
@@ -241,7 +247,9 @@ def test_profiles_take_example_images_in_json_overrides(faces, tmp_path, monkeyp
      "no folder of example images at .*ex/none"),
     ({"objective": [{"images": "ex/dark"}]}, "must be a .positive, negative. pair"),
     ({"objective": [{"images": "ex/dark"}, "An obscure photo."]}, "objective mixes"),
-    ({"objective": ["A photo.", 7]}, "must be text or example images"),
+    ({"objective": ["A photo.", 7]}, "must be text .* or example images"),
+    ({"objective": ["A photo.", ["An obscure photo.", ""]]}, "has an empty alternative"),
+    ({"objective": ["A photo.", [{"images": "ex/dark"}]]}, "must be text"),
 ])
 def test_bad_example_image_overrides_are_refused_when_the_profile_is_read(
         override, match, tmp_path, monkeypatch):
