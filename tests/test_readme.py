@@ -31,6 +31,11 @@ def test_the_own_generator_snippet_runs_as_written(tmp_path, monkeypatch):
     counts = np.unique(names["groups"][names["keep"]], return_counts=True)[1]
     assert len(counts) == 4 and len(set(counts)) == 1  # the same number in each group
     assert (tmp_path / "runs" / "mine" / "archive.parquet").exists()
+    import pandas as pd
+
+    manifest = pd.read_csv(tmp_path / "runs" / "mine" / "dataset" / "manifest.csv")
+    assert len(manifest) == len(names["keep"]) and manifest["class"].nunique() == 4
+    assert all((tmp_path / "runs" / "mine" / "dataset" / f).is_file() for f in manifest.file)
 
 
 def test_the_minimal_search_snippet_runs_as_written(tmp_path, monkeypatch):
