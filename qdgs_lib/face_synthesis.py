@@ -183,7 +183,7 @@ def build_datasets(scorer: PromptScorer, qd_df: pd.DataFrame, p: dict[str, Any],
         settings["mtcnn_version"] = ALIGNMENT_VERSION
     out = {}
     for name, z, m in (("qdgs", z_qd, m_qd), ("random", z_rand, m_rand)):
-        bins = assign_bins(m, dataset_bins(p))
+        bins = assign_bins(m, dataset_bins(p), warn_empty=False)  # (bins hold what it holds)
         ids = cluster_identities(z, bins, p["per_identity"], seed=seed,
                                  n_init=p["kmeans_n_init"], max_iter=p["kmeans_max_iter"])
         out[name] = write_identity_dataset(outdir / f"dataset_{name}", decode, z, ids, offsets,

@@ -8,6 +8,7 @@ half-written dataset never exists under the final name.
 from __future__ import annotations
 
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -29,13 +30,14 @@ from .utils import (
 Bins = Sequence[Sequence[tuple[float, float]]]  # per measure: list of [lo, hi) intervals
 
 
-def assign_bins(measures: np.ndarray, bins: Bins) -> np.ndarray:
+def assign_bins(measures: np.ndarray, bins: Bins, warn_empty: bool = True) -> np.ndarray:
     """Index of the bin (row-major over measures) each row falls in; -1 if it falls in none.
 
     ``bins[k]`` lists half-open intervals [lo, hi) of measure k; e.g. the paper's shape bins
     ``[[(-inf, inf)], [(-inf, -0.01), (0, inf)]]`` ignore color and split on shape. An
     interval that ends at ``inf`` includes ``+inf`` (as one from ``-inf`` includes ``-inf``);
-    NaN falls in no bin.
+    NaN falls in no bin. ``warn_empty``: warn where an interval lies outside all of a
+    measure's values (a split the data cannot fill; :func:`balanced_indices` would fail).
     """
     measures = np.asarray(measures, dtype=float)
     if measures.ndim != 2 or measures.shape[1] != len(bins):
@@ -50,6 +52,18 @@ def assign_bins(measures: np.ndarray, bins: Bins) -> np.ndarray:
             raise ValueError(f"bins[{k}]'s intervals overlap ({intervals}): a measure value "
                              "would count in the first only; make them disjoint, e.g. "
                              "[(-inf, 0), (0, inf)]")
+    finite = measures[np.isfinite(measures).all(1)]
+    for k, intervals in enumerate(bins):  # a split outside the values: a bin left empty
+        if not warn_empty or len(finite) == 0 or len(intervals) < 2:
+            continue
+        lo_k, hi_k = finite[:, k].min(), finite[:, k].max()
+        empty = [(lo, hi) for lo, hi in intervals if hi <= lo_k or lo > hi_k]
+        if empty:
+            warnings.warn(f"bins[{k}]: {len(empty)} interval(s) {empty} hold none of the "
+                          f"{len(finite)} values of measure {k}, which lie in [{lo_k:.3g}, "
+                          f"{hi_k:.3g}]: a search whose range lies on one side of a split "
+                          "cannot fill the other; split inside the values (e.g. at their "
+                          "median) or search wider ranges", stacklevel=2)
     index = np.zeros(len(measures), dtype=int)
     valid = np.ones(len(measures), dtype=bool)
     for k, intervals in enumerate(bins):

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .clip import Clip, create_clip
 from .generators.base import Generator
@@ -563,25 +564,35 @@ class PromptScorer:
         norms = z.detach().cpu().double().norm(dim=1).numpy()
         typical = float(self.generator.sample_prior(64, seed=0).cpu().double().norm(dim=1).mean())
         what = "scores or jacobians" if jac is not None else "scores"
+        near = bool((norms[bad] <= 1.5 * typical).all())
+        advice = ("They lie near the prior, so the generator fails on ordinary latents: check "
+                  "its weights and numerics (e.g. float16 overflow) on these latents" if near
+                  else "If they lie far from the prior, keep the search near it: a larger "
+                  "latent-norm weight (objective_weights[1]), a smaller sigma0 or lr; else "
+                  "check the weights")
         return (f"non-finite {what} for {int(bad.sum())} of {len(bad)} latents (latent "
                 f"norms {', '.join(f'{v:.3g}' for v in norms[bad][:4])}; prior latents have "
                 f"~{typical:.3g}): the generator produced NaN/inf images there (or CLIP NaN "
-                "embeddings). If they lie far from the prior, keep the search near it: a "
-                "larger latent-norm weight (objective_weights[1]), a smaller sigma0 or lr; "
-                "else check the weights. A rerun resumes from the last checkpoint and meets "
-                "the same latents: change a setting and use a new output folder")
+                f"embeddings). {advice}. In a search, a rerun resumes from the last checkpoint "
+                "and meets the same latents: change a setting and use a new output folder")
 
-    def measures_of(self, latents, batch_size: int = 256) -> np.ndarray:
-        """Measures (N, m) of any number of latents, in batches, without touching the memory."""
+    def measures_of(self, latents, batch_size: int = 256,
+                    progress: bool | None = None) -> np.ndarray:
+        """Measures (N, m) of any number of latents, in batches, without touching the memory.
+        ``progress``: a progress bar (None: where there is more than one batch); lower
+        ``batch_size`` for a generator of large images."""
         if isinstance(latents, torch.Tensor):  # possibly on a GPU: copy to the host first
             latents = latents.detach().cpu().numpy()
         latents = np.asarray(latents)
         check_batch_size(batch_size)
         if len(latents) == 0:
             return np.zeros((0, self.num_measures))
+        starts = range(0, len(latents), batch_size)
+        show = len(starts) > 1 if progress is None else progress
         return np.concatenate([self.evaluate(latents[i:i + batch_size],
                                              update_memory=False).measures
-                               for i in range(0, len(latents), batch_size)])
+                               for i in tqdm(starts, desc="measures", unit="batch",
+                                             leave=False, disable=not show)])
 
     def measures_of_images(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """Measures (N, m) of images (N, 3, H, W) in [0, 1] that need not come from the

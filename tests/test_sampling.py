@@ -26,12 +26,30 @@ def test_assign_bins_row_major_and_outside():
     two = [(-INF, 0.0), (0.0, INF)]
     np.testing.assert_array_equal(assign_bins(m, [three, two]), [1, 2, 5, -1])
     # half-open: 0.0 falls in the upper interval
-    np.testing.assert_array_equal(assign_bins(np.array([[0.0]]), [two]), [1])
+    np.testing.assert_array_equal(assign_bins(np.array([[0.0]]), [two], warn_empty=False), [1])
     # the open ends take the infinities alike; NaN falls in no bin
-    np.testing.assert_array_equal(assign_bins(np.array([[-INF], [INF], [np.nan]]), [two]),
-                                  [0, 1, -1])
+    np.testing.assert_array_equal(assign_bins(np.array([[-INF], [INF], [np.nan]]), [two],
+                                              warn_empty=False), [0, 1, -1])
     with pytest.raises(ValueError, match=r"\(N, 2\)"):
         assign_bins(m[:, :1], [three, two])
+
+
+def test_a_split_outside_the_values_is_named_before_balancing_fails():
+    """An archive whose range lies above 0 cannot fill the bin below 0: assign_bins says so
+    (balanced_indices then fails), unless told that empty bins are expected."""
+    import warnings
+
+    m = np.column_stack([np.linspace(0.01, 0.06, 20), np.linspace(-0.1, 0.1, 20)])
+    split = [[(-np.inf, 0), (0, np.inf)]] * 2
+    with pytest.warns(UserWarning, match=r"bins\[0\]: 1 interval\(s\) \[\(-inf, 0\)\] hold "
+                                         r"none of the 20 values of measure 0.*\[0.01, 0.06\]"):
+        groups = assign_bins(m, split)
+    with pytest.raises(ValueError, match="cannot balance"):
+        balanced_indices(groups, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assign_bins(m, split, warn_empty=False)
+        assign_bins(m, [[(-np.inf, 0.03), (0.03, np.inf)], split[1]])  # inside: quiet
 
 
 def test_bin_names_follow_assign_bins_order():

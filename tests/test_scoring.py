@@ -191,6 +191,11 @@ def test_latents_that_give_nan_images_are_named_with_their_norms():
         with pytest.raises(ValueError, match=rf"non-finite {what} for 1 of 4 latents \(latent "
                            r"norms 10; prior latents have ~0.\d+\).*latent-norm weight"):
             sc.evaluate(z, jacobian=jacobian)
+    # near the prior the generator itself is at fault: no search advice
+    with pytest.raises(ValueError, match=r"latents \(latent norms 0;.*near the prior, so the "
+                       r"generator fails on ordinary latents") as e:
+        PromptScorer(NaNGenerator(), ToyClip(), ("a", "b"), [("c", "d")]).measures_of(z[:1])
+    assert "latent-norm weight" not in str(e.value)
 
 
 def test_preferred_jacobian_mode_by_device_type():

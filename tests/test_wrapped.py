@@ -1,6 +1,7 @@
 """Your own generator: WrappedGenerator around a module or a function, its checks, and a
 search and a balanced dataset through it (the guide notebook's path)."""
 
+import functools
 import warnings
 
 import numpy as np
@@ -98,12 +99,23 @@ def test_networks_that_would_mislead_a_search_are_refused():
 
     with pytest.raises(ValueError, match=r"other images for the same latents.*\.eval\(\)"):
         WrappedGenerator(in_training, latent_dim=4, output_range=(-1, 1))
+    # batch statistics in training mode: refused before any call changes them
     batchnorm = nn.Sequential(nn.Linear(4, 3 * 8 * 8), nn.BatchNorm1d(3 * 8 * 8),
                               nn.Unflatten(1, (3, 8, 8)), nn.Tanh()).train()
-    with pytest.raises(ValueError, match="alone instead of in a batch"):
-        WrappedGenerator(lambda z: batchnorm(z) if len(z) > 1 else batchnorm.eval()(z),
-                         latent_dim=4, output_range=(-1, 1))
+    stats = batchnorm[1].running_mean.clone()
+    with pytest.raises(ValueError, match=r"training mode \(net.batchnorm.1\).*\.eval\(\)"):
+        WrappedGenerator(lambda z: batchnorm(z), latent_dim=4, output_range=(-1, 1))
+    assert torch.equal(batchnorm[1].running_mean, stats) and batchnorm.training
     net = tanh_gan()
+    with pytest.raises(ValueError, match="alone instead of in a batch"):  # batch-dependent
+        WrappedGenerator(lambda z: net(z - z.mean(0)), latent_dim=4, output_range=(-1, 1))
+
+    def batch_noise(z):  # noise seeded per call: each latent's depends on its place
+        g = torch.Generator().manual_seed(0)
+        return (net(z) + 0.3 * torch.randn(len(z), 3, 8, 8, generator=g)).clamp(-1, 1)
+
+    with pytest.raises(ValueError, match="at another place in the batch.*fixed per latent"):
+        WrappedGenerator(batch_noise, latent_dim=4, output_range=(-1, 1))
     with pytest.raises(ValueError, match="no gradient reaches the latents"):
         WrappedGenerator(lambda z: net(z).detach(), latent_dim=4, output_range=(-1, 1))
     with pytest.raises(ValueError, match="net returned 1 images for 8 latents"):
@@ -115,8 +127,14 @@ def test_networks_that_would_mislead_a_search_are_refused():
     with pytest.raises(ValueError, match="same seed gave other latents"):
         WrappedGenerator(net, latent_dim=4, output_range=(-1, 1),
                          prior=lambda n, g: torch.randn(n, 4))  # ignores the generator
-    with pytest.warns(UserWarning, match=r"use only \[.*washed out or dark"):
+    with pytest.raises(ValueError, match="same latents for two seeds"):  # a generator of its own
+        WrappedGenerator(net, latent_dim=4, output_range=(-1, 1), prior=lambda n, g: torch.randn(
+            n, 4, generator=torch.Generator().manual_seed(0)))
+    # [0, 1] pixels declared as (0, 255): black images, refused; as (0, 2): dark, a warning
+    with pytest.raises(ValueError, match=r"under 1% of output_range=\(0, 255\).*\(0, 1\)"):
         WrappedGenerator(lambda z: (net(z) + 1) / 2, latent_dim=4, output_range=(0, 255))
+    with pytest.warns(UserWarning, match=r"use only \[.*washed out or dark"):
+        WrappedGenerator(lambda z: (net(z) + 1) / 8, latent_dim=4, output_range=(0, 2))
     # [0, 1] pixels declared as (-1, 1): all in the upper half, decoded to [0.5, 1]
     with pytest.warns(UserWarning, match=r"use only \[.*output_range=\(-1, 1\).*washed out"):
         WrappedGenerator(lambda z: (net(z) + 1) / 2, latent_dim=4, output_range=(-1, 1))
@@ -295,7 +313,8 @@ def test_a_resume_under_other_weights_behind_the_same_function_is_refused(tmp_pa
     try:
         for fn in (G.forward, Renderer(G), helper, lambda z: helper(z), pipe.generate,
                    lambda z: pipe.net(z), lambda z: nets["G"](z), lambda z: boxed[0](z),
-                   lambda z: holder_net(z).clip(-1, 1)):  # noqa: F821 - .clip: an attribute
+                   lambda z: holder_net(z).clip(-1, 1),  # noqa: F821 - .clip: an attribute
+                   lambda z, net=G: net(z), functools.partial(lambda z, *, net=G: net(z))):
             assert [m is G for m in reachable_modules(fn).values()] == [True], fn
     finally:
         del globals()["holder_net"], globals()["clip"]

@@ -35,9 +35,19 @@ Prior = Callable[[int, torch.Generator], torch.Tensor]  # (n, seeded generator) 
 _PROBES = 8  # prior latents every check at construction decodes
 
 
+def _depends_on_mode(layer: nn.Module) -> bool:
+    """A layer in training mode whose output (and, for running statistics, state) differs
+    from eval mode: dropout, batch norm, instance norm that tracks running statistics."""
+    return layer.training and (
+        isinstance(layer, nn.modules.dropout._DropoutNd | nn.modules.batchnorm._BatchNorm)
+        or (isinstance(layer, nn.modules.instancenorm._InstanceNorm)
+            and layer.track_running_stats))
+
+
 def reachable_modules(fn: Callable, depth: int = 4) -> dict[str, nn.Module]:
     """The ``nn.Module``s a function reaches, by a stable name: its closure's cells, the
-    globals its code loads, a bound method's object and function, a ``functools.partial``'s
+    globals its code loads, its default arguments, a bound method's object and function, a
+    ``functools.partial``'s
     function and arguments, any object's attributes, the items of lists, tuples and dicts
     (the first 64); followed up to ``depth`` steps. What a search records of a function's
     weights (a module found is not searched further: its own weights cover what it holds)."""
@@ -77,6 +87,11 @@ def reachable_modules(fn: Callable, depth: int = 4) -> dict[str, nn.Module]:
             for name in sorted(global_names(obj.__code__)):
                 if name in obj.__globals__:
                     visit(obj.__globals__[name], f"{label}.{name}", left - 1)
+            # default arguments: lambda z, G=G: G(z) (the loop-safe idiom)
+            for i, value in enumerate(obj.__defaults__ or ()):
+                visit(value, f"{label}.__defaults__[{i}]", left - 1)
+            for name in sorted(obj.__kwdefaults__ or {}):
+                visit(obj.__kwdefaults__[name], f"{label}.{name}", left - 1)
         elif isinstance(obj, list | tuple):
             for i, item in enumerate(obj[:64]):
                 visit(item, f"{label}[{i}]", left - 1)
@@ -162,10 +177,23 @@ class WrappedGenerator(Generator):
                                  persistent=False)
         if self.device.type == "meta":
             raise ValueError("net is on the meta device (no weights): load its weights first")
+        reached = {} if isinstance(net, nn.Module) else reachable_modules(net)
+        training = [f"{name}.{sub}" if sub else name for name, m in reached.items()
+                    for sub, layer in m.named_modules() if _depends_on_mode(layer)]
+        if training:  # refused before any call: a call in training mode updates their statistics
+            raise ValueError(f"net reaches layers in training mode ({', '.join(training[:4])}"
+                             f"{', ...' if len(training) > 4 else ''}): dropout and batch "
+                             "statistics would give other images for the same latents, and "
+                             "each call would change the running statistics. Call .eval() on "
+                             "the network first")
         z = self._draw(prior_samples, seed=0)
         if not torch.equal(self._draw(_PROBES, seed=1), self._draw(_PROBES, seed=1)):
             raise ValueError("prior(n, generator) must draw with the generator it is given "
                              "(the same seed gave other latents): seeded runs must reproduce")
+        if torch.equal(self._draw(_PROBES, seed=1), self._draw(_PROBES, seed=2)):
+            raise ValueError("prior(n, generator) gave the same latents for two seeds: it must "
+                             "draw with the torch.Generator it is given (not one of its own), "
+                             "or every seed gives the same samples")
         self.latent_norm = float(z.cpu().double().norm(dim=1).mean())
         # what a search's config records next to the weights' sha256 (which a function lacks)
         lo, hi = self.output_range
@@ -186,6 +214,11 @@ class WrappedGenerator(Generator):
             if "device" in msg or "cuda" in msg.lower():
                 hint = (" A function over a network on another device needs device=, e.g. "
                         "WrappedGenerator(fn, latent_dim, device='cuda').")
+            elif "dtype" in msg or "Half" in msg or "BFloat16" in msg:
+                hint = (" Latents come as float32: a function over a half-precision network "
+                        "casts them, e.g. lambda z: G(z.half()).")
+            hint += (" A network that wants latents of another shape takes flat ones through "
+                     "a view, e.g. latent_dim=256 and lambda z: G(z.view(-1, 4, 8, 8)).")
             raise ValueError(f"net failed on {len(z)} prior latents of shape "
                              f"{tuple(z.shape)}, {z.dtype}, on {z.device}: "
                              f"{type(e).__name__}: {msg}.{hint} "
@@ -201,15 +234,19 @@ class WrappedGenerator(Generator):
         self._check_output(raw, len(z))
         with torch.no_grad():  # deterministic, and each image independent of its batch
             again, alone = self._raw(self.check_latents(z)), self._raw(self.check_latents(z[:1]))
+            flipped = self._raw(self.check_latents(z.flip(0))).flip(0)  # other positions
         # rounding (other kernels for another batch size, TF32) moves pixels by far less than
         # dropout or batch statistics do
         tol = 1e-2 * (self.output_range[1] - self.output_range[0])
         if not (torch.allclose(again, raw, atol=tol, rtol=0)
-                and torch.allclose(alone[0], raw[0], atol=tol, rtol=0)):
-            raise ValueError("net gives other images for the same latents (called again, or "
-                             "alone instead of in a batch): a network in training mode "
-                             "(dropout, batch statistics)? Call .eval() on it, and make any "
-                             "noise it draws fixed")
+                and torch.allclose(alone[0], raw[0], atol=tol, rtol=0)
+                and torch.allclose(flipped, raw, atol=tol, rtol=0)):
+            raise ValueError("net gives other images for the same latents (called again, "
+                             "alone instead of in a batch, or at another place in the batch): "
+                             "a network in training mode (dropout, batch statistics)? Call "
+                             ".eval() on it. Noise it draws must be fixed per latent, not per "
+                             "call or batch: make the noise part of the latents (a larger "
+                             "latent_dim), or derive it from each latent")
         if self.differentiable:
             self._check_gradients(z)
         return raw.shape[-1]
@@ -272,6 +309,11 @@ class WrappedGenerator(Generator):
                              f", outside output_range=({lo:g}, {hi:g}): pass the range net "
                              "really produces, e.g. output_range=(-1, 1) for a GAN's tanh "
                              "output, (0, 255) for 8-bit images")
+        if got_hi - got_lo < 0.01 * (hi - lo):  # e.g. [0, 1] declared as (0, 255): 0.4%
+            raise ValueError(f"net's images of {n} prior latents use only [{got_lo:.3g}, "
+                             f"{got_hi:.3g}], under 1% of output_range=({lo:g}, {hi:g}): the "
+                             "images would be flat (black or grey). Pass the range net really "
+                             "produces, e.g. output_range=(0, 1)")
         # a narrow range, or no pixel of n images in the lower half: [0, 1] declared as
         # (0, 255) makes them dark, as (-1, 1) washed out (every pixel >= 0.5)
         if got_hi - got_lo < 0.25 * (hi - lo) or got_lo >= lo + 0.45 * (hi - lo):
