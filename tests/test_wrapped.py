@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 from toys import ToyClip
 
@@ -84,6 +85,7 @@ def test_a_function_with_its_own_prior():
     (lambda z: torch.rand(len(z), 3, 8, 6), r"\(8, 3, 8, 6\).*crop"),
     (lambda z: torch.full((len(z), 3, 8, 8), float("nan")), "NaN or inf"),
     (lambda z: (torch.rand(len(z), 3, 8, 8), z), "return a tensor of images, got tuple"),
+    (lambda z: [Image.new("RGB", (8, 8))] * len(z), r"got list \(PIL images.*pil_to_tensor"),
 ])
 def test_bad_networks_are_refused_at_construction(net, match):
     with pytest.raises((ValueError, TypeError), match=match):

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from ..utils import resolve_device
@@ -288,7 +289,8 @@ class WrappedGenerator(Generator):
         if raw.ndim != 4 or raw.shape[1] != 3 or raw.shape[2] != raw.shape[3]:
             raise ValueError(f"net must map latents (B, {self.latent_dim}) to square RGB images "
                              f"(B, 3, H, H), got {tuple(raw.shape)} (grayscale: repeat the "
-                             "channel; channels last: permute(0, 3, 1, 2); crop to a square)")
+                             "channel; channels last: permute(0, 3, 1, 2), in numpy "
+                             "transpose(0, 3, 1, 2); crop to a square)")
         if raw.shape[0] != n:
             raise ValueError(f"net returned {raw.shape[0]} images for {n} latents: it must "
                              "return one image per latent")
@@ -337,9 +339,16 @@ class WrappedGenerator(Generator):
         if isinstance(x, np.ndarray) and not self.differentiable:  # a numpy renderer's
             x = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
         if not isinstance(x, torch.Tensor):
-            hint = ("(a generator without gradients, e.g. in numpy: pass differentiable=False)"
-                    if isinstance(x, np.ndarray) else "(wrap a network that returns a tuple "
-                    "or dict in a function that picks the images)")
+            if isinstance(x, np.ndarray):
+                hint = "(a generator without gradients, e.g. in numpy: pass differentiable=False)"
+            elif isinstance(x, list | tuple) and x and isinstance(x[0], Image.Image):
+                hint = ("(PIL images, e.g. a diffusers pipeline's: return a tensor, e.g. "
+                        "torch.stack([torchvision.transforms.functional.pil_to_tensor(im) for "
+                        "im in images]) with output_range=(0, 255) and differentiable=False; "
+                        "pipelines also take output_type='pt')")
+            else:
+                hint = ("(wrap a network that returns a tuple, list or dict in a function that "
+                        "picks the images, e.g. lambda z: G(z)[0])")
             raise TypeError(f"net must return a tensor of images, got {type(x).__name__} "
                             + hint)
         return x
