@@ -48,10 +48,10 @@ def _depends_on_mode(layer: nn.Module) -> bool:
 def reachable_modules(fn: Callable, depth: int = 4) -> dict[str, nn.Module]:
     """The ``nn.Module``s a function reaches, by a stable name: its closure's cells, the
     globals its code loads, its default arguments, a bound method's object and function, a
-    ``functools.partial``'s
-    function and arguments, any object's attributes, the items of lists, tuples and dicts
-    (the first 64); followed up to ``depth`` steps. What a search records of a function's
-    weights (a module found is not searched further: its own weights cover what it holds)."""
+    ``functools.partial``'s function and arguments, any object's attributes, the items of
+    lists, tuples and dicts (the first 64); followed up to ``depth`` steps. What a search
+    records of a function's weights (a module found is not searched further: its own weights
+    cover what it holds)."""
     found: dict[str, nn.Module] = {}
     seen: set[int] = set()
 
