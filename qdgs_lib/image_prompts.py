@@ -121,9 +121,9 @@ class ImagePrompt:
             default_name = f"{len(images)} images"
         else:
             files = _files(images)
-            default_name = (Path(images).resolve().name or str(images)) if isinstance(
+            default_name = (Path(os.path.abspath(images)).name or str(images)) if isinstance(
                 images, str | os.PathLike) \
-                else f"{len(files)} images"  # ("." is named by the folder it means)
+                else f"{len(files)} images"  # ("." named by its folder; a link by its own name)
             images = torch.stack([_square_image(p, size) for p in tqdm(
                 files, desc=f"read {default_name}", leave=False,
                 disable=len(files) < QUIET_BELOW)])

@@ -103,15 +103,13 @@ def as_prompt(value: Any, where: str = "prompt") -> str | ImagePrompt:
     paths: ``{"images": "examples/smiling"}`` is ``data/examples/smiling``)."""
     if isinstance(value, ImagePrompt):
         return value
-    if isinstance(value, str):
-        if not value.strip():
-            raise ValueError(f"{where} is empty: give a sentence, e.g. 'A person with dark "
-                             "skin.', or example images ({'images': 'folder'})")
-        return value
-    if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
-        if not all(v.strip() for v in value):
-            raise ValueError(f"{where} has an empty alternative: {value!r}")
-        return tuple(value)  # alternatives (averaged, as "a | b")
+    text = [value] if isinstance(value, str) else list(value) if isinstance(
+        value, list | tuple) and value and all(isinstance(v, str) for v in value) else None
+    if text is not None:  # alternatives, split as the scorer splits them
+        if not any(part.strip() for item in text for part in item.split("|")):
+            raise ValueError(f"{where} is empty ({value!r}): give a sentence, e.g. 'A person "
+                             "with dark skin.', or example images ({'images': 'folder'})")
+        return value if isinstance(value, str) else tuple(value)  # (averaged, as "a | b")
     if isinstance(value, dict):
         unknown = set(value) - {"images", "name", "size"}
         if "images" not in value or unknown:

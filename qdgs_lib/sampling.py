@@ -52,18 +52,6 @@ def assign_bins(measures: np.ndarray, bins: Bins, warn_empty: bool = True) -> np
             raise ValueError(f"bins[{k}]'s intervals overlap ({intervals}): a measure value "
                              "would count in the first only; make them disjoint, e.g. "
                              "[(-inf, 0), (0, inf)]")
-    finite = measures[np.isfinite(measures).all(1)]
-    for k, intervals in enumerate(bins):  # a split outside the values: a bin left empty
-        if not warn_empty or len(finite) == 0 or len(intervals) < 2:
-            continue
-        lo_k, hi_k = finite[:, k].min(), finite[:, k].max()
-        empty = [(lo, hi) for lo, hi in intervals if hi <= lo_k or lo > hi_k]
-        if empty:
-            warnings.warn(f"bins[{k}]: {len(empty)} interval(s) {empty} hold none of the "
-                          f"{len(finite)} values of measure {k}, which lie in [{lo_k:.3g}, "
-                          f"{hi_k:.3g}]: a search whose range lies on one side of a split "
-                          "cannot fill the other; split inside the values (e.g. at their "
-                          "median) or search wider ranges", stacklevel=2)
     index = np.zeros(len(measures), dtype=int)
     valid = np.ones(len(measures), dtype=bool)
     for k, intervals in enumerate(bins):
@@ -73,6 +61,15 @@ def assign_bins(measures: np.ndarray, bins: Bins, warn_empty: bool = True) -> np
             which[(measures[:, k] >= lo) & below & (which < 0)] = b
         valid &= which >= 0
         index = index * len(intervals) + np.maximum(which, 0)
+        values = measures[~np.isnan(measures[:, k]), k]
+        empty = [intervals[b] for b in range(len(intervals)) if not (which == b).any()]
+        if warn_empty and empty and len(intervals) > 1 and len(values):  # a split outside them
+            warnings.warn(f"bins[{k}]: {len(empty)} interval(s) {empty} hold none of the "
+                          f"{len(values)} values of measure {k}, which lie in "
+                          f"[{values.min():.3g}, {values.max():.3g}]: a search whose range "
+                          "lies on one side of a split cannot fill the other; split inside "
+                          "the values (e.g. at their median) or search wider ranges",
+                          stacklevel=2)
     return np.where(valid, index, -1)
 
 

@@ -26,6 +26,7 @@ after the other (``loop``), or as one backward over a batch repeated once per ou
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import os
 import warnings
@@ -321,21 +322,34 @@ class PromptScorer:
         build, apart from the stream a search's calls draw from."""
         return int(np.random.SeedSequence([self._seed, stream]).generate_state(1, np.uint64)[0])
 
-    def weights_sha256(self) -> str:
+    def weights_sha256(self, defaults: bool = True) -> str:
         """sha256 over the generator's and CLIP's tensors (names, dtypes, shapes, bytes): what
         a search records so that it never resumes or reloads a run scored by other weights.
-        Computed once per scorer (the networks are frozen)."""
+        Computed once per scorer (the networks are frozen). ``defaults=False``: without the
+        modules a wrapped function holds as default arguments (as recorded before 2026-11-29:
+        such runs still resume)."""
+        if not defaults:
+            return self._digest(defaults=False)
         if getattr(self, "_weights_sha256", None) is None:
-            h = hashlib.sha256()
-            for part in (self.generator, self.clip):
-                # a wrapped function's generator adds the weights of the modules it reaches
-                state = getattr(part, "fingerprint_state_dict", part.state_dict)()
-                for name, t in sorted(state.items()):
-                    t = t.detach().cpu().contiguous()
-                    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-                    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-            self._weights_sha256 = h.hexdigest()
+            self._weights_sha256 = self._digest(defaults=True)
         return self._weights_sha256
+
+    def _digest(self, defaults: bool) -> str:
+        h = hashlib.sha256()
+        for part in (self.generator, self.clip):
+            # a wrapped function's generator adds the weights of the modules it reaches
+            fingerprint = getattr(part, "fingerprint_state_dict", None)
+            if fingerprint is None:
+                state = part.state_dict()
+            elif defaults or "defaults" not in inspect.signature(fingerprint).parameters:
+                state = fingerprint()
+            else:
+                state = fingerprint(defaults=False)
+            for name, t in sorted(state.items()):
+                t = t.detach().cpu().contiguous()
+                h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
 
     @property
     def num_measures(self) -> int:

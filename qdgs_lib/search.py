@@ -524,6 +524,9 @@ class QDSearch:
         mine = json.loads(json.dumps(self._config_dict(), sort_keys=True, default=str))
         if "weights_sha256" not in stored:  # checkpoints written before weights were recorded
             mine.pop("weights_sha256")
+        elif stored["weights_sha256"] != mine["weights_sha256"] and stored["weights_sha256"] \
+                == self.scorer.weights_sha256(defaults=False):  # recorded before a wrapped
+            mine["weights_sha256"] = stored["weights_sha256"]  # function's defaults counted
         if "autocast" not in stored and mine["autocast"] is None:  # written before autocast
             mine.pop("autocast")
         if "scorer" not in stored:  # written before the scorer's settings were recorded
@@ -698,8 +701,8 @@ class QDSearch:
             self.seconds += time.perf_counter() - t0
             self.iteration += 1
             self._log()
-            if scored < EARLY_RANGE_CHECK <= self._scored < self.cfg.evaluations_per_iteration \
-                    * self.cfg.iterations:
+            if scored < EARLY_RANGE_CHECK <= self._scored and \
+                    self.iteration < self.cfg.iterations:  # (the end has a check of its own)
                 self._warn_if_ranges_miss(early=True)
             if self.iteration % self.cfg.checkpoint_every == 0:
                 self.save_checkpoint()

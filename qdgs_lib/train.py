@@ -99,6 +99,13 @@ class BackboneAndHead(nn.Module):
         return emb, self.head(emb.float(), norms.float(), y)
 
 
+def _compile_failure(e: BaseException) -> bool:
+    """An error of torch.compile's backend (inductor's code generation or its C++ compile),
+    not of the network: by class name, as the classes move between torch versions."""
+    names = {c.__name__ for c in type(e).__mro__}
+    return bool(names & {"BackendCompilerFailed", "InductorError", "CppCompileError"})
+
+
 def _rank_and_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -196,6 +203,7 @@ class RecognitionTrainer:
                           "differ by float rounding from a compiled run's)", stacklevel=2)
             self.compiled = False
         self.model = BackboneAndHead(self.backbone, self.head, compile=self.compiled)
+        self._compile_unproven = self.compiled  # (_first_compiled_step)
         if self.world > 1:  # the head too: its class weights must be averaged across ranks
             if len(data) < self.world * batch_size:
                 raise ValueError(f"{len(data)} samples cannot give each of {self.world} "
@@ -325,6 +333,45 @@ class RecognitionTrainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
 
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor):
+        """One step's forward and backward (gradients in the parameters, not yet applied)."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            emb, logits = self.model(x, y)
+            loss = F.cross_entropy(logits, y)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        return emb, logits, loss
+
+    def _first_compiled_step(self, x: torch.Tensor, y: torch.Tensor):
+        """The first step through the compiled model, where torch.compile builds the forward
+        and, at the backward, the backward graph. Where that compile fails (torch 2.7's
+        inductor writes C++ that g++ refuses for IR-ResNets on AVX-512 CPUs), the step's
+        state is restored (buffers: batch-norm and AdaFace statistics; the RNG: dropout) and
+        it runs again eagerly, with a warning; later steps run eagerly too."""
+        buffers = {k: v.clone() for k, v in self.model.named_buffers()}
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        try:
+            out = self._forward_backward(x, y)
+        except Exception as e:  # noqa: BLE001 - only a failed compile is caught below
+            if not _compile_failure(e):
+                raise
+            warnings.warn(f"torch.compile failed ({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0][:200]}); training runs eagerly "
+                          "(its numbers differ by float rounding from a compiled run's)",
+                          stacklevel=3)
+            with torch.no_grad():
+                for k, v in self.model.named_buffers():
+                    v.copy_(buffers[k])
+            torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, self.device)
+            getattr(self.model, "module", self.model)._compiled_forward = None
+            self.compiled = False
+            out = self._forward_backward(x, y)
+        self._compile_unproven = False
+        return out
+
     def train_epoch(self) -> dict[str, float]:
         """Train one epoch, then step the learning-rate schedule. Each rank takes its share of the
         epoch's seeded order in full batches (the last partial batch is dropped, unless the data is
@@ -348,16 +395,13 @@ class RecognitionTrainer:
         for step in tqdm(range(len(batches)), disable=not self.progress, leave=False,
                          desc=f"epoch {self.epoch + 1}"):
             x, y = nxt
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                emb, logits = self.model(x, y)
-                loss = F.cross_entropy(logits, y)
+            emb, logits, loss = self._first_compiled_step(x, y) if self._compile_unproven \
+                else self._forward_backward(x, y)
             with torch.no_grad():  # accuracy of the plain cosine classifier (no margin), with
                 # the class centres that gave this loss (after the step they fit the batch)
                 cos = self.head.cosine(emb.detach().float()) if hasattr(self.head, "cosine") \
                     else logits.detach()
                 correct += (cos.argmax(1) == y).sum()
-            self.opt.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
             # the next batch is read, moved and augmented while the GPU runs this backward:
             # the fp16 loss scaler's step below waits for the GPU (it reads an overflow flag)
             if step + 1 < len(batches):

@@ -248,7 +248,8 @@ def test_profiles_take_example_images_in_json_overrides(faces, tmp_path, monkeyp
     ({"objective": [{"images": "ex/dark"}]}, "must be a .positive, negative. pair"),
     ({"objective": [{"images": "ex/dark"}, "An obscure photo."]}, "objective mixes"),
     ({"objective": ["A photo.", 7]}, "must be text .* or example images"),
-    ({"objective": ["A photo.", ["An obscure photo.", ""]]}, "has an empty alternative"),
+    ({"objective": ["A photo.", ["", " | "]]}, r"objective's negative is empty"),
+    ({"objective": ["A photo.", "|"]}, r"objective's negative is empty"),
     ({"objective": ["A photo.", [{"images": "ex/dark"}]]}, "must be text"),
 ])
 def test_bad_example_image_overrides_are_refused_when_the_profile_is_read(
@@ -281,6 +282,8 @@ def test_odd_image_files_are_read_as_they_look(tmp_path, monkeypatch):
     assert (phone[0, :8] > 200).all() and (phone[2, :8] < 50).all()
     assert (phone[2, -8:] > 200).all() and (phone[0, -8:] < 50).all()
 
+    (tmp_path / "dark").symlink_to(folder)  # a link is named as the user named it
+    assert ImagePrompt(tmp_path / "dark").name == "dark"
     monkeypatch.chdir(folder)
     assert ImagePrompt(".").name == "examples"
     assert ImagePrompt(f for f in ["a_grey16.png"]).name == "1 images"  # a generator, read once

@@ -309,12 +309,50 @@ def test_a_uint8_set_trains_exactly_as_its_float_copy(tmp_path):
         assert torch.equal(a, states[1][k]), k
 
 
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_a_failed_compile_trains_eagerly_with_the_eager_numbers(where, tmp_path):
+    """torch 2.7's inductor writes C++ that g++ refuses for IR-ResNets on AVX-512 CPUs (at the
+    backward's compile, in the first step's loss.backward()). A compile that fails, in the
+    forward or the backward, warns; the step's batch-norm and AdaFace statistics and RNG are
+    restored and it runs again eagerly: the epoch equals an eager trainer's bitwise."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    class InductorError(RuntimeError):  # (inductor's own class, matched by name)
+        pass
+
+    def broken(graph, inputs):
+        raise InductorError("CppCompileError: conflicting declaration 'float tmp_acc0_arr [2]'")
+
+    backend = broken if where == "forward" else aot_autograd(
+        fw_compiler=lambda graph, inputs: make_boxed_func(graph.forward), bw_compiler=broken)
+    x, y = tiny_task()
+    runs = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        tr = RecognitionTrainer(build_iresnet("ir_small"), AdaFace(128, 4),
+                                TensorFaces(x[:32], y[:32]), tmp_path / str(compiled),
+                                lr=0.05, milestones=(3,), batch_size=8, progress=False,
+                                device="cpu", compile=compiled)
+        if compiled:
+            tr.model._compiled_forward = torch.compile(tr.backbone.forward, backend=backend)
+            with pytest.warns(UserWarning, match="torch.compile failed .*runs eagerly"):
+                log = tr.train_epoch()
+            assert tr.model._compiled_forward is None and not tr.compiled
+        else:
+            log = tr.train_epoch()
+        runs.append((log, {k: v.clone() for k, v in tr.model.state_dict().items()}))
+    assert runs[0][0] == runs[1][0]
+    for k, v in runs[0][1].items():
+        assert torch.equal(v, runs[1][1][k]), k
+
+
 def test_compiled_training_matches_eager_up_to_rounding(tmp_path):
     # torch.compile (inductor on this CPU): for the same weights, batch and dropout seed, the
     # loss of eager, and gradients as close to float64's as eager's are (fp32 rounding through
     # 8 BatchNorms leaves ~0.5% in some tensors either way); a trainer's epoch within
     # rounding of the eager one, and the same checkpoint layout, so eager resumes compiled
-    from qdgs_lib.train import BackboneAndHead
+    from qdgs_lib.train import BackboneAndHead, _compile_failure
 
     torch.manual_seed(0)
     x, y = tiny_task()
@@ -329,7 +367,12 @@ def test_compiled_training_matches_eager_up_to_rounding(tmp_path):
 
     eager_loss, eager = loss_and_grads(lambda a, b: BackboneAndHead(net, head)(a, b)[1])
     compiled_model = BackboneAndHead(net, head, compile=True)
-    comp_loss, comp = loss_and_grads(lambda a, b: compiled_model(a, b)[1])
+    try:
+        comp_loss, comp = loss_and_grads(lambda a, b: compiled_model(a, b)[1])
+    except Exception as e:  # torch 2.7 on AVX-512 CPUs: the trainer trains eagerly (above)
+        if not _compile_failure(e):
+            raise
+        pytest.skip(f"this torch cannot compile ir_small here: {str(e).splitlines()[0]}")
     net.double(), head.double()
     ref_loss, ref = loss_and_grads(lambda a, b: head(*net(a), b), torch.float64)
     assert math.isclose(eager_loss, comp_loss, rel_tol=1e-5) and \

@@ -50,6 +50,8 @@ def test_a_split_outside_the_values_is_named_before_balancing_fails():
         warnings.simplefilter("error")
         assign_bins(m, split, warn_empty=False)
         assign_bins(m, [[(-np.inf, 0.03), (0.03, np.inf)], split[1]])  # inside: quiet
+        # -inf is a value of the open lower interval (as assign_bins files it)
+        assert assign_bins(np.array([[-np.inf], [0.01], [0.02]]), split[:1]).tolist() == [0, 1, 1]
 
 
 def test_bin_names_follow_assign_bins_order():

@@ -129,6 +129,16 @@ def test_a_long_search_warns_of_missed_ranges_early_and_once(tmp_path, monkeypat
         warnings.simplefilter("always")
         QDSearch(scorer(), cfg, tmp_path / "once").run(progress=False)
     assert len([w for w in caught if "outside its range" in str(w.message)]) == 1
+    # a resumed run counts its own session's solutions: a crossing at its last iteration is
+    # the end's check, not "so far ... interrupt it"
+    short = SearchConfig(dims=(10, 10), ranges=((0.5, 0.6), (0.5, 0.6)), iterations=28, seed=0)
+    with pytest.warns(UserWarning, match="so far"):
+        QDSearch(scorer(), short, tmp_path / "resumed").run(progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        QDSearch(scorer(), cfg, tmp_path / "resumed").run(progress=False)  # 28 -> 40: 60 new
+    said = [str(w.message) for w in caught if "outside its range" in str(w.message)]
+    assert len(said) == 1 and "of the 60 solutions scored had" in said[0], said
 
 
 def test_checkpoint_of_other_settings_is_refused(tmp_path):

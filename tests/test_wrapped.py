@@ -1,6 +1,7 @@
 """Your own generator: WrappedGenerator around a module or a function, its checks, and a
 search and a balanced dataset through it (the guide notebook's path)."""
 
+import dataclasses
 import functools
 import warnings
 
@@ -108,6 +109,13 @@ def test_networks_that_would_mislead_a_search_are_refused():
     with pytest.raises(ValueError, match=r"training mode \(net.batchnorm.1\).*\.eval\(\)"):
         WrappedGenerator(lambda z: batchnorm(z), latent_dim=4, output_range=(-1, 1))
     assert torch.equal(batchnorm[1].running_mean, stats) and batchnorm.training
+    # layers in training mode that do not run, or cannot change an image, are no concern:
+    # a generator beside a discriminator in training, dropout with p=0
+    G, p0 = tanh_gan().eval(), nn.Sequential(tanh_gan(), nn.Dropout(0.0)).train()
+    trainer = {"G_ema": G, "D": batchnorm}
+    WrappedGenerator(lambda z: trainer["G_ema"](z), latent_dim=4, output_range=(-1, 1))
+    WrappedGenerator(lambda z: p0(z), latent_dim=4, output_range=(-1, 1))
+    assert torch.equal(batchnorm[1].running_mean, stats)
     net = tanh_gan()
     with pytest.raises(ValueError, match="alone instead of in a batch"):  # batch-dependent
         WrappedGenerator(lambda z: net(z - z.mean(0)), latent_dim=4, output_range=(-1, 1))
@@ -262,6 +270,37 @@ def test_a_network_that_normalises_each_image_still_passes_the_gradient_check():
         warnings.simplefilter("error")
         gen = WrappedGenerator(centred, latent_dim=4, output_range=(-2, 2))
     assert gen.latent_dim == 4
+
+
+def test_a_network_held_as_a_default_argument_is_recorded_and_old_runs_still_resume(
+        tmp_path, monkeypatch):
+    """`lambda z, G=G: G(z)`: G's weights are recorded (a run does not resume under another
+    G); a run recorded before default arguments were followed (their digest left G out)
+    still resumes."""
+    from qdgs_lib.generators import wrapped
+
+    def scorer(net):
+        return PromptScorer(WrappedGenerator(lambda z, G=net: G(z), latent_dim=4,
+                                             output_range=(-1, 1)),
+                            ToyClip(), ("good", "bad"), [("a", "b"), ("c", "d")],
+                            weights=(1.0, 0.5, 0.0))
+
+    cfg = SearchConfig(dims=(4, 4), ranges=((-0.1, 0.1), (-0.1, 0.1)), iterations=4, seed=0)
+    assert scorer(tanh_gan(seed=0)).weights_sha256() != scorer(tanh_gan(seed=1)).weights_sha256()
+    QDSearch(scorer(tanh_gan(seed=0)), cfg, tmp_path / "new").run(progress=False)
+    with pytest.raises(ValueError, match=r"different settings \(weights_sha256"):
+        QDSearch(scorer(tanh_gan(seed=1)), cfg, tmp_path / "new").run(progress=False)
+
+    follow = wrapped.reachable_modules
+    with monkeypatch.context() as m:  # the code before: defaults not followed
+        m.setattr(wrapped, "reachable_modules", lambda fn, depth=4, defaults=True: follow(
+            fn, depth, defaults=False))
+        old = scorer(tanh_gan(seed=0))
+        QDSearch(old, cfg, tmp_path / "old").run(progress=False)
+    longer = dataclasses.replace(cfg, iterations=6)
+    again = QDSearch(scorer(tanh_gan(seed=0)), longer, tmp_path / "old")
+    assert again.run(progress=False) is not None and again.iteration == 6
+    assert len(again.metrics()) == 6  # resumed: 4 iterations read back, 2 run
 
 
 def test_a_resume_under_other_weights_behind_the_same_function_is_refused(tmp_path):

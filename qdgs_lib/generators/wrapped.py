@@ -40,18 +40,29 @@ def _depends_on_mode(layer: nn.Module) -> bool:
     """A layer in training mode whose output (and, for running statistics, state) differs
     from eval mode: dropout, batch norm, instance norm that tracks running statistics."""
     return layer.training and (
-        isinstance(layer, nn.modules.dropout._DropoutNd | nn.modules.batchnorm._BatchNorm)
+        (isinstance(layer, nn.modules.dropout._DropoutNd) and layer.p > 0)
+        or isinstance(layer, nn.modules.batchnorm._BatchNorm)
         or (isinstance(layer, nn.modules.instancenorm._InstanceNorm)
             and layer.track_running_stats))
 
 
-def reachable_modules(fn: Callable, depth: int = 4) -> dict[str, nn.Module]:
+class _LayerInTraining(Exception):
+    """Raised by a forward pre-hook when a layer in training mode is about to run."""
+
+
+def _stop_training_layer(name: str, module: nn.Module, args) -> None:
+    raise _LayerInTraining(name)
+
+
+def reachable_modules(fn: Callable, depth: int = 4,
+                      defaults: bool = True) -> dict[str, nn.Module]:
     """The ``nn.Module``s a function reaches, by a stable name: its closure's cells, the
     globals its code loads, its default arguments, a bound method's object and function, a
     ``functools.partial``'s function and arguments, any object's attributes, the items of
     lists, tuples and dicts (the first 64); followed up to ``depth`` steps. What a search
     records of a function's weights (a module found is not searched further: its own weights
-    cover what it holds)."""
+    cover what it holds). ``defaults=False``: not default arguments (what searches recorded
+    before they were followed; their runs still resume)."""
     found: dict[str, nn.Module] = {}
     seen: set[int] = set()
 
@@ -89,9 +100,9 @@ def reachable_modules(fn: Callable, depth: int = 4) -> dict[str, nn.Module]:
                 if name in obj.__globals__:
                     visit(obj.__globals__[name], f"{label}.{name}", left - 1)
             # default arguments: lambda z, G=G: G(z) (the loop-safe idiom)
-            for i, value in enumerate(obj.__defaults__ or ()):
+            for i, value in enumerate((obj.__defaults__ or ()) if defaults else ()):
                 visit(value, f"{label}.__defaults__[{i}]", left - 1)
-            for name in sorted(obj.__kwdefaults__ or {}):
+            for name in sorted((obj.__kwdefaults__ or {}) if defaults else {}):
                 visit(obj.__kwdefaults__[name], f"{label}.{name}", left - 1)
         elif isinstance(obj, list | tuple):
             for i, item in enumerate(obj[:64]):
@@ -178,15 +189,6 @@ class WrappedGenerator(Generator):
                                  persistent=False)
         if self.device.type == "meta":
             raise ValueError("net is on the meta device (no weights): load its weights first")
-        reached = {} if isinstance(net, nn.Module) else reachable_modules(net)
-        training = [f"{name}.{sub}" if sub else name for name, m in reached.items()
-                    for sub, layer in m.named_modules() if _depends_on_mode(layer)]
-        if training:  # refused before any call: a call in training mode updates their statistics
-            raise ValueError(f"net reaches layers in training mode ({', '.join(training[:4])}"
-                             f"{', ...' if len(training) > 4 else ''}): dropout and batch "
-                             "statistics would give other images for the same latents, and "
-                             "each call would change the running statistics. Call .eval() on "
-                             "the network first")
         z = self._draw(prior_samples, seed=0)
         if not torch.equal(self._draw(_PROBES, seed=1), self._draw(_PROBES, seed=1)):
             raise ValueError("prior(n, generator) must draw with the generator it is given "
@@ -207,7 +209,7 @@ class WrappedGenerator(Generator):
     def _first_call(self, z: torch.Tensor) -> torch.Tensor:
         try:
             out = self._call(self.check_latents(z))
-        except torch.cuda.OutOfMemoryError:
+        except (torch.cuda.OutOfMemoryError, _LayerInTraining):
             raise  # not a mismatch between net and latents
         except Exception as e:  # noqa: BLE001 - a user's network fails in any way (TypeError:
             msg = str(e)  # a second argument; IndexError: a latent_dim too small, ...)
@@ -230,8 +232,25 @@ class WrappedGenerator(Generator):
 
     def _check_net(self, z: torch.Tensor) -> int:
         """The checks on ``z``; returns the image size."""
-        with torch.no_grad():
-            raw = self._first_call(z)
+        # layers in training mode that a function's network runs stop the first call before
+        # they run (a call would change their running statistics); unused ones do not matter
+        reached = {} if isinstance(self.net, nn.Module) else reachable_modules(self.net)
+        hooks = [layer.register_forward_pre_hook(functools.partial(
+                     _stop_training_layer, f"{name}.{sub}" if sub else name))
+                 for name, m in reached.items() for sub, layer in m.named_modules()
+                 if _depends_on_mode(layer)]
+        try:
+            with torch.no_grad():
+                raw = self._first_call(z)
+        except _LayerInTraining as e:
+            raise ValueError(f"net runs a layer in training mode ({e}): dropout and batch "
+                             "statistics would give other images for the same latents, and "
+                             "each call would change the running statistics. Call .eval() on "
+                             "the network first (nothing ran: its statistics are unchanged)"
+                             ) from None
+        finally:
+            for hook in hooks:
+                hook.remove()
         self._check_output(raw, len(z))
         with torch.no_grad():  # deterministic, and each image independent of its batch
             again, alone = self._raw(self.check_latents(z)), self._raw(self.check_latents(z[:1]))
@@ -385,12 +404,12 @@ class WrappedGenerator(Generator):
         without one return the same latents: pass distinct seeds for distinct draws."""
         return self._draw(n, 0 if seed is None else seed).to(self.device)
 
-    def fingerprint_state_dict(self) -> dict[str, torch.Tensor]:
+    def fingerprint_state_dict(self, defaults: bool = True) -> dict[str, torch.Tensor]:
         """The tensors a search records (:meth:`PromptScorer.weights_sha256`): a module's own,
-        and for a function those of the modules it reaches (:func:`reachable_modules`), so a
-        run does not resume under other weights behind the same function."""
+        and for a function those of the modules it reaches (:func:`reachable_modules`, with
+        ``defaults``), so a run does not resume under other weights behind the same function."""
         state = dict(self.state_dict())
         if not isinstance(self.net, nn.Module):
-            for label, module in reachable_modules(self.net).items():
+            for label, module in reachable_modules(self.net, defaults=defaults).items():
                 state.update({f"{label}:{k}": v for k, v in module.state_dict().items()})
         return state
