@@ -95,6 +95,20 @@ class Measure:
         return cls(**d)
 
 
+def text_alternatives(p: str | Iterable[str]) -> list[str]:
+    """``"a | b"`` or ``["a", "b"]`` -> ["a", "b"] (the scorer averages
+    distances over alternatives); TypeError for anything but text, ValueError for none."""
+    items = [p] if isinstance(p, str) else list(p) if isinstance(p, Iterable) else None
+    if items is None or not all(isinstance(item, str) for item in items):
+        raise TypeError(f"a prompt is a string (alternatives joined by '|'), a list of "
+                        f"strings or example images (qdgs_lib.image_prompts.ImagePrompt), "
+                        f"got {p!r}")
+    out = [s.strip() for item in items for s in item.split("|") if s.strip()]
+    if not out:
+        raise ValueError(f"empty prompt: {p!r}")
+    return out
+
+
 def as_prompt(value: Any, where: str = "prompt") -> str | ImagePrompt:
     """A prompt as a profile gives it: text (alternatives: ``"a | b"`` or a list of strings,
     kept as a tuple), an :class:`ImagePrompt`, or (JSON overrides) a
@@ -103,12 +117,14 @@ def as_prompt(value: Any, where: str = "prompt") -> str | ImagePrompt:
     paths: ``{"images": "examples/smiling"}`` is ``data/examples/smiling``)."""
     if isinstance(value, ImagePrompt):
         return value
-    text = [value] if isinstance(value, str) else list(value) if isinstance(
-        value, list | tuple) and value and all(isinstance(v, str) for v in value) else None
-    if text is not None:  # alternatives, split as the scorer splits them
-        if not any(part.strip() for item in text for part in item.split("|")):
+    if isinstance(value, str) or (isinstance(value, list | tuple) and value
+                                  and all(isinstance(v, str) for v in value)):
+        try:
+            text_alternatives(value)  # (as the scorer will split them)
+        except ValueError:
             raise ValueError(f"{where} is empty ({value!r}): give a sentence, e.g. 'A person "
-                             "with dark skin.', or example images ({'images': 'folder'})")
+                             "with dark skin.', or example images ({'images': 'folder'})"
+                             ) from None
         return value if isinstance(value, str) else tuple(value)  # (averaged, as "a | b")
     if isinstance(value, dict):
         unknown = set(value) - {"images", "name", "size"}

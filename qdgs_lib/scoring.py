@@ -30,7 +30,7 @@ import inspect
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from .clip import Clip, create_clip
 from .generators.base import Generator
 from .image_prompts import ImagePrompt
-from .measures import check_pair, prompts
+from .measures import check_pair, prompts, text_alternatives
 from .paths import in_data_dir
 from .profiles import with_earlier
 from .utils import (
@@ -65,25 +65,12 @@ def angdist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 2 * torch.arcsin((chord / 2).clamp(max=1.0))
 
 
-def _alternatives(p: Prompt) -> list[str]:
-    """``"a | b"`` or ``["a", "b"]`` -> ["a", "b"] (distances are averaged over alternatives)."""
-    items = [p] if isinstance(p, str) else list(p) if isinstance(p, Iterable) else None
-    if items is None or not all(isinstance(item, str) for item in items):
-        raise TypeError(f"a prompt is a string (alternatives joined by '|'), a list of "
-                        f"strings or example images (qdgs_lib.image_prompts.ImagePrompt), "
-                        f"got {p!r}")
-    out = [s.strip() for item in items for s in item.split("|") if s.strip()]
-    if not out:
-        raise ValueError(f"empty prompt: {p!r}")
-    return out
-
-
 def _as_tokenized(p: Prompt) -> frozenset[str]:
     """A prompt's alternatives as CLIP's tokenizer sees them (lower case, single spaces):
     "A cat" and "a  cat" are one prompt. Example images: their pixels' digest."""
     if isinstance(p, ImagePrompt):
         return frozenset({f"images sha256 {p.sha256}"})
-    return frozenset(" ".join(a.lower().split()) for a in _alternatives(p))
+    return frozenset(" ".join(a.lower().split()) for a in text_alternatives(p))
 
 
 def _out_of_memory(e: BaseException) -> bool:
@@ -312,7 +299,7 @@ class PromptScorer:
         """A prompt's unit embeddings (P, D): its text alternatives, or its example images
         (any cutouts drawn from a seed of the scorer's own, the same on every build)."""
         if not isinstance(prompt, ImagePrompt):
-            return self.clip.encode_text(_alternatives(prompt))
+            return self.clip.encode_text(text_alternatives(prompt))
         with self._randomness(self._fixed_seed(3)):
             return prompt.embed(self.clip)
 
