@@ -99,6 +99,8 @@ _SHAPES_BASE: dict[str, Any] = {
     "x0_samples": 64,  # the emitters start at the best of this many prior samples
     "x0_truncation": None,  # StyleGAN2: those samples' truncation psi (None: none)
     "selection_rule": "mu",  # CMA-ES parents: the better half ("mu") or the added ("filter")
+    # solutions whose images score NaN/inf: stop the search (False) or skip them (True)
+    "skip_nonfinite": False,
     "plumbing_check": False,
 }
 
@@ -135,6 +137,7 @@ _FACES_BASE: dict[str, Any] = {
     "x0_samples": 64,
     "x0_truncation": None,
     "selection_rule": "mu",
+    "skip_nonfinite": False,  # as in the shapes section
     "bin_edge": 0.1,  # balanced measures' bins (-inf, -e), (-e, e), (e, inf); the paper: 0.03
     "per_identity": 2,  # solutions per K-means identity
     "kmeans_n_init": 4,  # K-means restarts and iterations (scikit-learn's default: 300)
@@ -191,7 +194,7 @@ EARLIER = {"x0_truncation": None, "selection_rule": "mu", "latent_norm_scale": 1
            "image_format": "png", "mtcnn_weights": "pretrained/mtcnn",
            "cutout_style": "project", "x0": "prior_best", "label_style": "project",
            "shapes_data": "project", "clamp_images": True, "clip_precision": "float32",
-           "train_sets": "per_seed", "augment_style": "project"}
+           "train_sets": "per_seed", "augment_style": "project", "skip_nonfinite": False}
 
 
 def with_earlier(p: dict[str, Any]) -> dict[str, Any]:

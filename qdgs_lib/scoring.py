@@ -94,6 +94,14 @@ class Scores:
     loss: np.ndarray | None = None  # (B,) objective loss before the transform
 
 
+class NonFiniteScoresError(ValueError):
+    """A scoring call met NaN/inf images, scores or jacobians; ``rows``: which latents."""
+
+    def __init__(self, message: str, rows: np.ndarray):
+        super().__init__(message)
+        self.rows = rows
+
+
 def preferred_mode(generator: Generator, device: torch.device) -> str:
     """The generator's jacobian mode for ``device``: ``preferred_jacobian_mode`` is a mode, or
     a dict by device type (``{"cpu": ..., "cuda": ...}``, other types: ``batched``)."""
@@ -517,12 +525,14 @@ class PromptScorer:
             yield
 
     def evaluate(self, latents, jacobian: bool = False, update_memory: bool = True,
-                 whole_batch_norm: bool = False) -> Scores:
+                 whole_batch_norm: bool = False, allow_nonfinite: bool = False) -> Scores:
         """Objective and measures (and, if asked, their jacobians) of a batch of latents.
 
         ``whole_batch_norm``: the latent-norm penalty on the norm of the whole batch, the same
         for each latent in it, as the released code's start search computes it (no
-        jacobians then; see ``SearchConfig.x0``)."""
+        jacobians then; see ``SearchConfig.x0``). Latents whose images (or scores) come out
+        NaN/inf raise :class:`NonFiniteScoresError`; with ``allow_nonfinite`` their rows are
+        returned as they are, and the memory never takes them."""
         z = self._to_tensor(latents)
         if jacobian:
             self._require_gradients()
@@ -542,8 +552,12 @@ class PromptScorer:
         loss, out, emb = loss.detach(), out.detach(), emb.detach()
         out = out.cpu().numpy().astype(np.float64)
         jac = None if jac is None else jac.cpu().numpy().astype(np.float64)
-        if not np.isfinite(out).all() or (jac is not None and not np.isfinite(jac).all()):
-            raise ValueError(self._nonfinite_message(z, out, jac))
+        bad = ~np.isfinite(out).all(1)
+        if jac is not None:
+            bad |= ~np.isfinite(jac).all((1, 2))
+        if bad.any() and not allow_nonfinite:
+            raise NonFiniteScoresError(self._nonfinite_message(z, bad, jac is not None),
+                                       bad)
         if update_memory and self.weights[2] > 0:
             self._remember(loss, emb)
         return Scores(objective=out[:, 0], measures=out[:, 1:], jacobian=jac,
@@ -556,15 +570,11 @@ class PromptScorer:
                              "with a gradient-free algorithm (cma_mae, cma_me, map_elites or "
                              "random), not cma_maega")
 
-    def _nonfinite_message(self, z: torch.Tensor, out: np.ndarray, jac: np.ndarray | None
-                           ) -> str:
+    def _nonfinite_message(self, z: torch.Tensor, bad: np.ndarray, jacobian: bool) -> str:
         """Which latents scored NaN/inf, how far from the prior they lie, and what to do."""
-        bad = ~np.isfinite(out).all(1)
-        if jac is not None:
-            bad |= ~np.isfinite(jac).all((1, 2))
         norms = z.detach().cpu().double().norm(dim=1).numpy()
         typical = float(self.generator.sample_prior(64, seed=0).cpu().double().norm(dim=1).mean())
-        what = "scores or jacobians" if jac is not None else "scores"
+        what = "scores or jacobians" if jacobian else "scores"
         near = bool((norms[bad] <= 1.5 * typical).all())
         advice = ("They lie near the prior, so the generator fails on ordinary latents: check "
                   "its weights and numerics (e.g. float16 overflow) on these latents" if near
@@ -575,7 +585,9 @@ class PromptScorer:
                 f"norms {', '.join(f'{v:.3g}' for v in norms[bad][:4])}; prior latents have "
                 f"~{typical:.3g}): the generator produced NaN/inf images there (or CLIP NaN "
                 f"embeddings). {advice}. In a search, a rerun resumes from the last checkpoint "
-                "and meets the same latents: change a setting and use a new output folder")
+                "and meets the same latents: change a setting and use a new output folder, or "
+                "let the search skip such solutions (SearchConfig skip_nonfinite=True, profile "
+                "key 'skip_nonfinite'; a resume may switch it on)")
 
     def measures_of(self, latents, batch_size: int = 256,
                     progress: bool | None = None) -> np.ndarray:
@@ -884,7 +896,8 @@ class PromptScorer:
                       jacobian=torch.stack(jacs, 1).cpu().numpy().astype(np.float64))
 
     def _remember(self, loss: torch.Tensor, emb: torch.Tensor) -> None:
-        """Remember one random good (loss < 1) embedding of the batch, FIFO of memory_size."""
+        """Remember one random good (loss < 1: never a NaN) embedding of the batch, FIFO of
+        memory_size."""
         good = np.flatnonzero(loss.cpu().numpy() < 1)
         if len(good) == 0:
             return

@@ -21,7 +21,7 @@ from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from .image_prompts import prompt_record
 from .measures import grid, ranges
 from .profiles import CHOICES, EARLIER, with_earlier
-from .scoring import PromptScorer
+from .scoring import NonFiniteScoresError, PromptScorer, Scores
 from .unpickling import RestrictedUnpickler, check_seed_sequence
 from .utils import (
     BadFileError,
@@ -74,6 +74,14 @@ class SearchConfig:
     ``x0_truncation`` where set (generators whose ``sample_prior`` takes ``truncation_psi``,
     i.e. StyleGAN2); ``x0="released"`` picks among the same draws as the released code's
     ``find_good_start_latent`` did (see :meth:`QDSearch.start_latent`).
+
+    ``skip_nonfinite``: a solution whose image or scores come out NaN/inf (a generator that
+    overflows at rare latents) is left out of both archives and ranked below every scored
+    solution (pyribs' "not added"), instead of stopping the search; counted in
+    :attr:`QDSearch.skipped`. Off by default: such images usually mean broken weights. The
+    gradient step's point of CMA-MAEGA cannot be skipped (its emitter needs the jacobian
+    there), and under ``selection_rule`` "mu" skipped solutions count among the better half
+    when more than half of a batch is skipped. A resume may switch it on or off.
     """
 
     dims: tuple[int, ...]
@@ -92,6 +100,7 @@ class SearchConfig:
     selection_rule: str = "mu"
     seed: int = 0
     checkpoint_every: int = 200
+    skip_nonfinite: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -149,6 +158,8 @@ class SearchConfig:
             raise ValueError("sigma0 and lr must be finite and > 0, archive_learning_rate in "
                              f"(0, 1], got {self.sigma0}, {self.lr}, "
                              f"{self.archive_learning_rate}")
+        if not isinstance(self.skip_nonfinite, bool):
+            raise ValueError(f"skip_nonfinite must be True or False, got {self.skip_nonfinite!r}")
         if not self.threshold_min < math.inf:  # -inf: CMA-ME's plain elitism; NaN: nothing
             raise ValueError(f"threshold_min must be a number or -inf, got {self.threshold_min}")
 
@@ -162,7 +173,8 @@ class SearchConfig:
                    archive_learning_rate=p["archive_learning_rate"],
                    x0=p["x0"], x0_samples=p["x0_samples"], x0_truncation=p["x0_truncation"],
                    selection_rule=p["selection_rule"], seed=seed,
-                   checkpoint_every=max(50, p["iterations"] // 10))
+                   checkpoint_every=max(50, p["iterations"] // 10),
+                   skip_nonfinite=p["skip_nonfinite"])
 
     @property
     def evaluations_per_iteration(self) -> int:
@@ -375,6 +387,68 @@ def _drop_earlier(stored: dict, mine: dict) -> None:
             mine.pop(key)
 
 
+NONFINITE_RESTARTS = 10  # restarts at elites for a gradient point that scores NaN/inf
+
+
+def _nonfinite_rows(s: Scores) -> np.ndarray:
+    """Rows of ``s`` whose objective, measures or jacobian hold NaN/inf."""
+    bad = ~(np.isfinite(s.objective) & np.isfinite(s.measures).all(1))
+    if s.jacobian is not None:
+        bad |= ~np.isfinite(s.jacobian).all((1, 2))
+    return bad
+
+
+def _put(a: np.ndarray | None, rows: np.ndarray, b: np.ndarray | None) -> np.ndarray | None:
+    """``a`` with ``rows`` replaced by ``b``'s rows (a copy)."""
+    if a is None:
+        return None
+    a = a.copy()
+    a[rows] = b
+    return a
+
+
+def _restart_at_elite(emitter: GradientArborescenceEmitter) -> None:
+    """pyribs' own restart of a GradientArborescenceEmitter (the last lines of its ``tell``,
+    ribs 0.12): the gradient point moves to a random elite (the archive's seeded draw), the
+    coefficients' CMA-ES and the ranker start afresh."""
+    emitter._grad_opt.reset(emitter.archive.sample_elites(1)["solution"][0])
+    emitter._opt.reset(np.zeros(emitter._num_coefficients))
+    emitter._ranker.reset(emitter, emitter.archive)
+    emitter._restarts += 1
+
+
+def _tell_skipping(scheduler: Scheduler, objective: np.ndarray, measures: np.ndarray,
+                   bad: np.ndarray) -> None:
+    """``scheduler.tell`` with the ``bad`` rows kept out of both archives: pyribs (pinned)
+    adds a batch to them in ``Scheduler._add_to_archives``; for this call that step adds the
+    other rows and reports the bad ones as not added (status 0) with the lowest improvement
+    (-inf), so every emitter ranks them last. Their objective and measures reach the emitters
+    as placeholders (0 and the grid's lower corner), which their rankers ("imp", "2imp") and
+    the Gaussian emitter never read."""
+    if not bad.any():
+        scheduler.tell(objective, measures)
+        return
+    add, ok = scheduler._add_to_archives, ~bad
+
+    def add_the_finite(data: dict) -> dict:
+        kept = add({k: None if v is None else v[ok] for k, v in data.items()}) if ok.any() \
+            else {"status": np.zeros(0, np.int32), "value": np.zeros(0)}
+        if set(kept) != {"status", "value"}:
+            raise RuntimeError(f"pyribs' archive reported {sorted(kept)}, where skipping "
+                               "expects status and value: skip_nonfinite needs ribs 0.12")
+        info = {"status": np.zeros(len(bad), np.int32), "value": np.full(len(bad), -np.inf)}
+        for name, arr in kept.items():
+            info[name][ok] = arr
+        return info
+
+    scheduler._add_to_archives = add_the_finite  # this instance, this call (never pickled)
+    try:
+        scheduler.tell(np.where(bad, 0.0, objective),
+                       np.where(bad[:, None], scheduler.archive.lower_bounds, measures))
+    finally:
+        del scheduler._add_to_archives
+
+
 def _csv_field(v) -> str:
     """One value as ``DataFrame.to_csv`` writes it: NaN empty, floats in their shortest repr
     (numpy scalars in their own precision), integers plain. pyribs' stats give some values as
@@ -416,7 +490,8 @@ class QDSearch:
         self.seconds = 0.0
         # solutions scored by this process, and per measure those outside its range
         self._scored, self._outside = 0, np.zeros(len(config.dims), dtype=np.int64)
-        self._ranges_warned = False
+        self._ranges_warned = self._skip_warned = False
+        self.skipped = 0  # solutions left out for NaN/inf scores (skip_nonfinite), whole run
 
     @property
     def checkpoint_path(self) -> Path:
@@ -509,7 +584,7 @@ class QDSearch:
         state = {"iteration": self.iteration, "seconds": self.seconds,
                  "config": json.dumps(self._config_dict(), sort_keys=True, default=str),
                  "scheduler": self.scheduler, "result_archive": self.result_archive,
-                 "scorer": self.scorer.state_dict()}
+                 "scorer": self.scorer.state_dict(), "skipped": self.skipped}
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
                 _CompactPickler(f, protocol=pickle.HIGHEST_PROTOCOL).dump(state)
@@ -538,8 +613,10 @@ class QDSearch:
             for key in ("objective_prompts", "measure_prompts"):
                 if key in record:
                     record[key] = _unnamed(record[key])
-        for key in ("scoring", "device"):  # recorded, but rounding-level: a run may resume
-            stored.pop(key, None)  # with them switched (e.g. on another device)
+        # recorded, but rounding-level (a run may resume with them switched, e.g. on another
+        # device), or no change to a run that met no NaN (skip_nonfinite)
+        for key in ("scoring", "device", "skip_nonfinite"):
+            stored.pop(key, None)
             mine.pop(key, None)
         # a run may be extended (more iterations: the same as one longer run, since nothing
         # in the search depends on the total) or checkpoint at another pace
@@ -577,6 +654,7 @@ class QDSearch:
         self.seconds = state["seconds"]
         self.scheduler = state["scheduler"]
         self.result_archive = state["result_archive"]
+        self.skipped = int(state.get("skipped", 0))  # (not in checkpoints before it)
         self.scorer.load_state_dict(state["scorer"])
         # Drop metric rows logged after the checkpoint: they are recomputed now.
         df = pd.DataFrame(columns=METRIC_COLUMNS)
@@ -598,20 +676,25 @@ class QDSearch:
             n = cfg.evaluations_per_iteration
             z = scorer.generator.sample_prior(n, seed=cfg.seed * 1_000_003 + self.iteration)
             z = z.cpu().numpy().astype(np.float64)
-            s = scorer.evaluate(z)
-            self._count_outside(s.measures)
-            self.result_archive.add(z, s.objective, s.measures)
+            s = scorer.evaluate(z, allow_nonfinite=cfg.skip_nonfinite)
+            ok = ~self._skip(z, s)
+            self._count_outside(s.measures[ok])
+            if ok.any():
+                self.result_archive.add(z[ok], s.objective[ok], s.measures[ok])
             return
         if cfg.algorithm in DQD_ALGORITHMS:
             sols = self.scheduler.ask_dqd()
-            s = scorer.evaluate(sols, jacobian=True)
+            s = scorer.evaluate(sols, jacobian=True, allow_nonfinite=cfg.skip_nonfinite)
+            if self._skip(sols, s).any():
+                s = self._restart_nonfinite(sols, s)
             self._count_outside(s.measures)
             self.scheduler.tell_dqd(s.objective, s.measures, s.jacobian)
         sols = self.scheduler.ask()
-        s = scorer.evaluate(sols)
-        self._count_outside(s.measures)
+        s = scorer.evaluate(sols, allow_nonfinite=cfg.skip_nonfinite)
+        bad = self._skip(sols, s)
+        self._count_outside(s.measures[~bad])
         try:
-            self.scheduler.tell(s.objective, s.measures)
+            _tell_skipping(self.scheduler, s.objective, s.measures, bad)
         except IndexError as e:  # pyribs restarts an emitter at an elite, and there is none
             if not self.scheduler.archive.empty:
                 raise
@@ -626,6 +709,58 @@ class QDSearch:
                    if scorer.objective_floor else
                    "Check objective_weights and latent_norm_scale, or start nearer the "
                    "prior") ) from e
+
+    def _restart_nonfinite(self, sols: np.ndarray, s: Scores) -> Scores:
+        """Gradient-step points that scored NaN/inf (``skip_nonfinite``): their emitters need
+        a jacobian there, so each restarts at a random elite, as pyribs restarts a stalled
+        emitter, and its new point is scored (up to :data:`NONFINITE_RESTARTS` times).
+        ``sols`` is the scheduler's array of points: the new ones are written into it."""
+        emitters = self.scheduler.emitters
+        if len(sols) != len(emitters):  # GradientArborescenceEmitter: one point each
+            raise RuntimeError(f"{len(sols)} gradient points for {len(emitters)} emitters")
+        bad = _nonfinite_rows(s)
+        for _ in range(NONFINITE_RESTARTS):
+            if self.scheduler.archive.empty:
+                break
+            rows = np.flatnonzero(bad)
+            for i in rows:
+                _restart_at_elite(emitters[i])
+                sols[i] = emitters[i].ask_dqd()[0]
+            again = self.scorer.evaluate(sols[rows], jacobian=True, allow_nonfinite=True)
+            s = Scores(**{f.name: _put(getattr(s, f.name), rows, getattr(again, f.name))
+                          for f in fields(Scores)})
+            bad = self._skip(sols, s, rows)
+            if not bad.any():
+                return s
+        raise NonFiniteScoresError(
+            f"iteration {self.iteration}: {int(bad.sum())} of CMA-MAEGA's gradient-step points "
+            "scored NaN/inf" + (" before any solution entered the archive (no elite to "
+                                "restart at)" if self.scheduler.archive.empty else
+                                f", also after {NONFINITE_RESTARTS} restarts at elites") +
+            ": skip_nonfinite cannot skip them (the emitter needs their jacobian). Keep the "
+            "search nearer the prior (a larger latent-norm weight, smaller sigma0 or lr), or "
+            "search with cma_mae", bad)
+
+    def _skip(self, latents: np.ndarray, s: Scores, rows: np.ndarray | None = None
+              ) -> np.ndarray:
+        """Rows of ``s`` with NaN/inf scores (only where ``skip_nonfinite`` let them through),
+        among ``rows`` (None: all): counted, and a warning at the first of this process."""
+        bad = _nonfinite_rows(s)
+        if rows is not None:
+            bad &= np.isin(np.arange(len(bad)), rows)
+        if bad.any():
+            if not self._skip_warned:
+                norms = np.linalg.norm(np.asarray(latents)[bad], axis=1)
+                warnings.warn(
+                    f"iteration {self.iteration}: {int(bad.sum())} of {len(bad)} solutions "
+                    f"scored NaN/inf (latent norms {', '.join(f'{v:.3g}' for v in norms[:4])})"
+                    " and were skipped (skip_nonfinite): left out of the archives, ranked "
+                    "last (a gradient-step point: its emitter restarted at an elite). "
+                    "QDSearch.skipped counts them; this warning comes once per session",
+                    stacklevel=4)
+                self._skip_warned = True
+            self.skipped += int(bad.sum())
+        return bad
 
     def _count_outside(self, measures: np.ndarray) -> None:
         lo, hi = np.asarray(self.cfg.ranges, dtype=float).T

@@ -6,7 +6,7 @@ import pytest
 import torch
 from toys import ToyClip, ToyGenerator
 
-from qdgs_lib.scoring import PromptScorer, angdist
+from qdgs_lib.scoring import NonFiniteScoresError, PromptScorer, angdist
 
 
 def make_scorer(weights=(1.0, 0.5, 0.2)):
@@ -918,3 +918,25 @@ def test_the_scorer_itself_refuses_one_nonfinite_latent(monkeypatch, value):
     z[1, 2] = value
     with pytest.raises(ValueError, match="latents contain NaN or inf"):
         sc.evaluate(z)
+
+
+def test_allow_nonfinite_returns_the_rows_and_keeps_them_from_the_memory():
+    """evaluate(allow_nonfinite=True) hands NaN rows back (a search skips them) instead of
+    raising; the uniqueness memory takes only finite ones."""
+    class HalfNaN(ToyGenerator):
+        def decode(self, z):
+            img = super().decode(z)
+            return torch.where((z[:, 0] > 1)[:, None, None, None], torch.nan, img)
+
+    sc = PromptScorer(HalfNaN(), ToyClip(), ("a", "b"), [("c", "d"), ("e", "f")],
+                      weights=(1.0, 0.0, 0.2))
+    z = np.zeros((4, 4))
+    z[[0, 2], 0] = 5.0
+    with pytest.raises(NonFiniteScoresError, match="2 of 4 latents") as e:
+        sc.evaluate(z)
+    assert e.value.rows.tolist() == [True, False, True, False]
+    for jacobian in (False, True):
+        for _ in range(20):
+            s = sc.evaluate(z, jacobian=jacobian, allow_nonfinite=True)
+            assert np.isnan(s.objective[[0, 2]]).all() and np.isfinite(s.objective[[1, 3]]).all()
+        assert np.isfinite(sc.memory.numpy()).all() and len(sc.memory) > 0

@@ -1,3 +1,4 @@
+import json
 import pickle
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 from toys import ToyClip, ToyGenerator, interrupt_at
 
-from qdgs_lib.scoring import PromptScorer
+from qdgs_lib.scoring import NonFiniteScoresError, PromptScorer
 from qdgs_lib.search import ALGORITHMS, QDSearch, SearchConfig, load_checkpoint, read_archive
 
 RANGES = ((-0.5, 0.2), (0.0, 1.1))  # the toy's reachable measure region
@@ -701,3 +702,125 @@ def test_checkpoints_hold_only_the_occupied_cells(tmp_path):
                             "result_archive": search.result_archive})
         with pytest.raises(BadFileError, match="compact ArrayStore"):
             load_checkpoint(tmp_path / f"{name}.pkl")
+
+
+class HoleyGenerator(ToyGenerator):
+    """NaN images where z[0] > ``limit``: a generator that breaks in part of its latent space,
+    which the searches here reach from a prior of std 0.05 (random sampling: of std 0.2)."""
+
+    limit = 0.25
+
+    def decode(self, z):
+        img = super().decode(z)
+        z = self.check_latents(z).to(img.device)
+        return torch.where((z[:, 0] > self.limit)[:, None, None, None], torch.nan, img)
+
+
+def holey_scorer(limit=0.25, prior_std=0.05):
+    gen = HoleyGenerator(prior_std=prior_std)
+    gen.limit = limit
+    return PromptScorer(gen, ToyClip(), ("good", "bad"), [("a", "b"), ("c", "d")])
+
+
+def _all_rows(search):
+    """Both archives' elites, for checks on every stored row."""
+    frames = [search.result_archive.data(return_type="pandas")]
+    if search.scheduler is not None:
+        frames.append(search.scheduler.archive.data(return_type="pandas"))
+    return pd.concat(frames)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_skip_nonfinite_leaves_nan_solutions_out_of_every_archive(tmp_path, algorithm):
+    """A generator with a NaN region stops a search at its first NaN image; with
+    skip_nonfinite the search runs through, no archive holds a solution of that region, and
+    CMA-MAEGA's gradient points that fall into it restart at elites."""
+    prior_std = 0.2 if algorithm == "random" else 0.05  # (random: only the prior's draws)
+    with pytest.raises(NonFiniteScoresError, match="skip_nonfinite=True"):
+        QDSearch(holey_scorer(prior_std=prior_std), config(algorithm, 150),
+                 tmp_path / "stops").run(progress=False)
+    search = QDSearch(holey_scorer(prior_std=prior_std),
+                      config(algorithm, 150, skip_nonfinite=True), tmp_path / "skips")
+    with pytest.warns(UserWarning, match=r"solutions scored NaN/inf .* were skipped"):
+        search.run(progress=False)
+    assert search.skipped > 10
+    rows = _all_rows(search)
+    assert len(rows) > 20 and (rows["solution_0"] <= 0.25).all()
+    assert np.isfinite(rows.filter(regex="objective|measures").to_numpy()).all()
+    assert np.isfinite(read_archive(tmp_path / "skips" / "archive.parquet")
+                       .filter(regex="objective|measures").to_numpy()).all()
+    if algorithm == "cma_maega":
+        assert search.scheduler.emitters[0].restarts > 0
+
+
+@pytest.mark.parametrize("algorithm", ["cma_maega", "cma_mae"])
+def test_skip_nonfinite_changes_nothing_where_every_image_is_finite(tmp_path, algorithm):
+    runs = [QDSearch(scorer(), config(algorithm, 80, skip_nonfinite=skip), tmp_path / str(skip))
+            for skip in (False, True)]
+    for run in runs:
+        run.run(progress=False)
+    a, b = (read_archive(r.outdir / "archive.parquet") for r in runs)
+    pd.testing.assert_frame_equal(a, b)
+    assert runs[1].skipped == 0
+
+
+def test_a_skipping_run_resumes_as_one_run(tmp_path):
+    """Skipped counts, restarts and archives survive an interruption; and a run that stopped
+    at a NaN image resumes with skip_nonfinite switched on, as if it had skipped from the
+    start."""
+    def cfg(**kw):
+        return config("cma_maega", 60, checkpoint_every=20, skip_nonfinite=True, **kw)
+
+    full = QDSearch(holey_scorer(0.4), cfg(), tmp_path / "full")
+    full.run(progress=False)
+
+    class Killed(Exception):
+        pass
+
+    part = QDSearch(holey_scorer(0.4), cfg(), tmp_path / "part")
+    interrupt_at(part, 47, Killed)
+    with pytest.raises(Killed):
+        part.run(progress=False)
+    resumed = QDSearch(holey_scorer(0.4), cfg(), tmp_path / "part")
+    resumed.run(progress=False)
+    assert resumed.skipped == full.skipped > 0
+    assert resumed.scheduler.emitters[0].restarts == full.scheduler.emitters[0].restarts
+    pd.testing.assert_frame_equal(read_archive(tmp_path / "full" / "archive.parquet"),
+                                  read_archive(tmp_path / "part" / "archive.parquet"))
+
+    # cma_mae with this generator meets its first NaN at iteration 8
+    stopped = QDSearch(holey_scorer(0.4), config("cma_mae", 40, checkpoint_every=1),
+                       tmp_path / "stopped")
+    with pytest.raises(NonFiniteScoresError):
+        stopped.run(progress=False)
+    assert stopped.iteration > 2
+    on = QDSearch(holey_scorer(0.4), config("cma_mae", 40, skip_nonfinite=True),
+                  tmp_path / "stopped")
+    on.run(progress=False)
+    fresh = QDSearch(holey_scorer(0.4), config("cma_mae", 40, skip_nonfinite=True),
+                     tmp_path / "fresh")
+    fresh.run(progress=False)
+    pd.testing.assert_frame_equal(read_archive(tmp_path / "stopped" / "archive.parquet"),
+                                  read_archive(tmp_path / "fresh" / "archive.parquet"))
+    assert json.loads((tmp_path / "stopped" / "config.json").read_text()
+                      )["config"]["skip_nonfinite"] is True
+
+
+def test_a_gradient_point_without_an_elite_to_restart_at_stops_the_search(tmp_path):
+    """A NaN at the first gradient point (the start, scored before any solution entered the
+    archive) has no elite to restart at: the error says so and what to change."""
+    search = QDSearch(holey_scorer(0.4), config("cma_maega", 5, skip_nonfinite=True,
+                                                x0="zeros"), tmp_path)
+    search.scorer.generator.limit = -1.0  # every latent with z[0] > -1: the start too
+    with pytest.raises(NonFiniteScoresError, match="no elite to restart at"):
+        search.run(progress=False)
+
+
+def test_skip_nonfinite_is_a_profile_key():
+    from qdgs_lib.profiles import get_profile
+
+    assert not SearchConfig.from_profile(get_profile("smoke", "faces"), "cma_maega").skip_nonfinite
+    p = get_profile("smoke", "faces", skip_nonfinite=True)
+    assert SearchConfig.from_profile(p, "cma_maega").skip_nonfinite
+    with pytest.raises(ValueError, match="skip_nonfinite"):
+        get_profile("smoke", "faces", skip_nonfinite="yes")
