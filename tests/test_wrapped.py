@@ -427,3 +427,25 @@ def test_cuda_graphs_stay_off_for_a_generator_without_gradients():
     without.cuda_graphs = True
     assert without._graphs_wanted(cuda_latents)
     assert not differentiable._graphs_wanted(torch.zeros(1, 4))  # CPU latents: auto is off
+
+
+def test_dims_a_generator_without_gradients_ignores_are_found_by_block_swaps():
+    """differentiable=False: no gradient shows ignored dims; swapping blocks of dims between
+    two prior latents does (adjacent blocks named as one run), for 8-bit numpy output too."""
+    w = torch.randn(64, 3 * 8 * 8, generator=torch.Generator().manual_seed(0)).numpy()
+
+    def render(z, used=slice(0, 64)):
+        z = np.array(z)
+        z[:, np.setdiff1d(np.arange(64), np.arange(64)[used])] = 0.0
+        return (np.tanh(z @ w) * 127 + 128).reshape(-1, 3, 8, 8).astype(np.uint8)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # every dim used: no warning
+        WrappedGenerator(render, latent_dim=64, output_range=(0, 255), differentiable=False)
+    with pytest.warns(UserWarning, match=r"24 of the 64 latent dims \(dims 40-63\) do not "
+                                         "change"):
+        WrappedGenerator(functools.partial(render, used=slice(0, 40)), latent_dim=64,
+                         output_range=(0, 255), differentiable=False)
+    with pytest.warns(UserWarning, match=r"16 of the 64 latent dims \(dims 0-7, 32-39\)"):
+        WrappedGenerator(lambda z: render(z, used=[*range(8, 32), *range(40, 64)]),
+                         latent_dim=64, output_range=(0, 255), differentiable=False)

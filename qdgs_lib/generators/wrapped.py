@@ -34,6 +34,7 @@ from .base import Generator
 
 Prior = Callable[[int, torch.Generator], torch.Tensor]  # (n, seeded generator) -> (n, d) latents
 _PROBES = 8  # prior latents every check at construction decodes
+_BLOCKS = 8  # latent blocks swapped to find ignored dims without gradients
 
 
 def _depends_on_mode(layer: nn.Module) -> bool:
@@ -269,7 +270,40 @@ class WrappedGenerator(Generator):
                              "latent_dim), or derive it from each latent")
         if self.differentiable:
             self._check_gradients(z)
+        else:
+            self._check_dead_blocks(z)
         return raw.shape[-1]
+
+    def _check_dead_blocks(self, z: torch.Tensor) -> None:
+        """Without gradients, a coarser check of dims the network ignores: the first latent
+        with one of :data:`_BLOCKS` contiguous blocks of its dims taken from the second, a
+        block at a time (one call); a block whose swap leaves the image as it was warns."""
+        d = self.latent_dim
+        edges = np.linspace(0, d, min(_BLOCKS, d) + 1).round().astype(int)
+        blocks = list(zip(edges[:-1], edges[1:], strict=True))
+        batch = z[:1].repeat(len(blocks) + 1, 1)
+        for i, (a, b) in enumerate(blocks, 1):
+            batch[i, a:b] = z[1, a:b]
+        with torch.no_grad():
+            out = self._raw(self.check_latents(batch)).double()
+        # the same batch call for all (no other kernels for another batch size), so an
+        # ignored block gives the first image up to the last bits
+        tol = 1e-6 * (self.output_range[1] - self.output_range[0])
+        dead = [(int(a), int(b)) for i, (a, b) in enumerate(blocks, 1)
+                if float((out[i] - out[0]).abs().max()) <= tol]
+        if dead:
+            n = sum(b - a for a, b in dead)
+            runs: list[tuple[int, int]] = []  # adjacent blocks as one run
+            for a, b in dead:
+                runs[-1:] = [(runs[-1][0], b)] if runs and runs[-1][1] == a else \
+                    [*runs[-1:], (a, b)]
+            dead = runs
+            where = ", ".join(f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in dead[:3])
+            warnings.warn(f"{n} of the {d} latent dims (dims {where}"
+                          f"{', ...' if len(dead) > 3 else ''}) do not change net's images: "
+                          "is latent_dim larger than the network's input? The search would "
+                          "move through them for nothing (checked by swapping blocks of "
+                          f"{d // len(blocks)}+ dims between two prior latents)", stacklevel=4)
 
     def _check_gradients(self, z: torch.Tensor) -> None:
         """Gradients reach the latents, through every latent dim (else a warning)."""
