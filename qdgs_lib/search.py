@@ -997,15 +997,19 @@ def _run_in_workers(build_scorer, p: dict, runs: Mapping, configs: Mapping, work
 
 
 def archive_summary(searches: dict[str, QDSearch]) -> pd.DataFrame:
-    """One row per search: coverage, QD score, elites, evaluations of its result archive."""
+    """One row per search: coverage, QD score, elites, evaluations of its result archive;
+    and ``skipped`` (solutions left out for NaN/inf scores) where a search skipped any."""
     types = {"coverage": float, "qd_score": float, "elites": int, "evaluations": int}
     if not searches:
         return pd.DataFrame(columns=list(types)).astype(types)
+    if any(s.skipped for s in searches.values()):
+        types["skipped"] = int
     return pd.DataFrame({name: {"coverage": s.result_archive.stats.coverage,
                                 "qd_score": s.result_archive.stats.qd_score,
                                 "elites": s.result_archive.stats.num_elites,
-                                "evaluations": s.iteration * s.cfg.evaluations_per_iteration}
-                         for name, s in searches.items()}).T.astype(types)
+                                "evaluations": s.iteration * s.cfg.evaluations_per_iteration,
+                                "skipped": s.skipped}
+                         for name, s in searches.items()}).T[list(types)].astype(types)
 
 
 def archive_frame(archive: GridArchive) -> pd.DataFrame:

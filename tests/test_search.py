@@ -8,7 +8,14 @@ import torch
 from toys import ToyClip, ToyGenerator, interrupt_at
 
 from qdgs_lib.scoring import NonFiniteScoresError, PromptScorer
-from qdgs_lib.search import ALGORITHMS, QDSearch, SearchConfig, load_checkpoint, read_archive
+from qdgs_lib.search import (
+    ALGORITHMS,
+    QDSearch,
+    SearchConfig,
+    archive_summary,
+    load_checkpoint,
+    read_archive,
+)
 
 RANGES = ((-0.5, 0.2), (0.0, 1.1))  # the toy's reachable measure region
 
@@ -751,6 +758,11 @@ def test_skip_nonfinite_leaves_nan_solutions_out_of_every_archive(tmp_path, algo
                        .filter(regex="objective|measures").to_numpy()).all()
     if algorithm == "cma_maega":
         assert search.scheduler.emitters[0].restarts > 0
+    plain = QDSearch(scorer(), config(algorithm, 5), tmp_path / "plain")
+    plain.run(progress=False)
+    summary = archive_summary({"skips": search, "plain": plain})
+    assert summary["skipped"].tolist() == [search.skipped, 0]
+    assert "skipped" not in archive_summary({"plain": plain}).columns
 
 
 @pytest.mark.parametrize("algorithm", ["cma_maega", "cma_mae"])
