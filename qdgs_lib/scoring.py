@@ -559,7 +559,7 @@ class PromptScorer:
             raise NonFiniteScoresError(self._nonfinite_message(z, bad, jac is not None),
                                        bad)
         if update_memory and self.weights[2] > 0:
-            self._remember(loss, emb)
+            self._remember(loss, emb, bad)
         return Scores(objective=out[:, 0], measures=out[:, 1:], jacobian=jac,
                       loss=loss.cpu().numpy())
 
@@ -895,10 +895,12 @@ class PromptScorer:
                       measures=out[:, 1:].cpu().numpy().astype(np.float64),
                       jacobian=torch.stack(jacs, 1).cpu().numpy().astype(np.float64))
 
-    def _remember(self, loss: torch.Tensor, emb: torch.Tensor) -> None:
-        """Remember one random good (loss < 1: never a NaN) embedding of the batch, FIFO of
-        memory_size."""
-        good = np.flatnonzero(loss.cpu().numpy() < 1)
+    def _remember(self, loss: torch.Tensor, emb: torch.Tensor,
+                  bad: np.ndarray | None = None) -> None:
+        """Remember one random good (loss < 1; not ``bad``: NaN/inf scores or jacobians)
+        embedding of the batch, FIFO of memory_size."""
+        good = loss.cpu().numpy() < 1
+        good = np.flatnonzero(good if bad is None else good & ~bad)
         if len(good) == 0:
             return
         i = int(self._rng.choice(good))

@@ -80,8 +80,11 @@ class SearchConfig:
     solution (pyribs' "not added"), instead of stopping the search; counted in
     :attr:`QDSearch.skipped`. Off by default: such images usually mean broken weights. The
     gradient step's point of CMA-MAEGA cannot be skipped (its emitter needs the jacobian
-    there), and under ``selection_rule`` "mu" skipped solutions count among the better half
-    when more than half of a batch is skipped. A resume may switch it on or off.
+    there): its emitter restarts at an elite. An emitter all of whose solutions are skipped
+    restarts too (pyribs' flat-batch rule). Under ``selection_rule`` "mu" skipped solutions
+    become CMA-ES parents where fewer than ``batch_size // 2`` of a batch scored. The
+    ``evaluations`` column counts an iteration's solutions, not the rescoring of restarted
+    points. A resume may switch it on or off.
     """
 
     dims: tuple[int, ...]
@@ -421,14 +424,22 @@ def _tell_skipping(scheduler: Scheduler, objective: np.ndarray, measures: np.nda
                    bad: np.ndarray) -> None:
     """``scheduler.tell`` with the ``bad`` rows kept out of both archives: pyribs (pinned)
     adds a batch to them in ``Scheduler._add_to_archives``; for this call that step adds the
-    other rows and reports the bad ones as not added (status 0) with the lowest improvement
-    (-inf), so every emitter ranks them last. Their objective and measures reach the emitters
+    other rows and reports the bad ones as not added (status 0), with an improvement one ulp
+    below the lowest of their emitter's scored rows, so each emitter ranks them last and its
+    CMA-ES stop check ("fitness too flat": best - worst < 1e-12) decides as on its scored rows
+    alone (CMA-ME's "2imp" ranks by status first, where a skipped row's 0 stays); an emitter
+    all of whose rows were skipped sees a flat batch and restarts at an elite, as pyribs
+    restarts a stalled one. Their objective and measures reach the emitters
     as placeholders (0 and the grid's lower corner), which their rankers ("imp", "2imp") and
     the Gaussian emitter never read."""
     if not bad.any():
         scheduler.tell(objective, measures)
         return
     add, ok = scheduler._add_to_archives, ~bad
+    sizes = [e.batch_size for e in scheduler.emitters]
+    if sum(sizes) != len(bad):
+        raise RuntimeError(f"{len(bad)} solutions told for emitters of batch sizes {sizes}")
+    ends = np.cumsum(sizes)
 
     def add_the_finite(data: dict) -> dict:
         kept = add({k: None if v is None else v[ok] for k, v in data.items()}) if ok.any() \
@@ -436,9 +447,14 @@ def _tell_skipping(scheduler: Scheduler, objective: np.ndarray, measures: np.nda
         if set(kept) != {"status", "value"}:
             raise RuntimeError(f"pyribs' archive reported {sorted(kept)}, where skipping "
                                "expects status and value: skip_nonfinite needs ribs 0.12")
-        info = {"status": np.zeros(len(bad), np.int32), "value": np.full(len(bad), -np.inf)}
+        info = {"status": np.zeros(len(bad), np.int32), "value": np.zeros(len(bad))}
         for name, arr in kept.items():
             info[name][ok] = arr
+        for start, end in zip(ends - sizes, ends, strict=True):
+            mine = slice(start, end)
+            scored = info["value"][mine][ok[mine]]
+            if len(scored):
+                info["value"][mine][bad[mine]] = np.nextafter(scored.min(), -np.inf)
         return info
 
     scheduler._add_to_archives = add_the_finite  # this instance, this call (never pickled)
@@ -558,10 +574,14 @@ class QDSearch:
                              f"not: set x0_truncation to None")
         if self.cfg.x0 == "released":
             return self._released_start(z.cpu().numpy())
-        scores = self.scorer.evaluate(z.cpu().numpy(), update_memory=False)
+        scores = self.scorer.evaluate(z.cpu().numpy(), update_memory=False,
+                                      allow_nonfinite=self.cfg.skip_nonfinite)
+        bad = _nonfinite_rows(scores)  # (only with skip_nonfinite)
+        self._check_start(bad.all(), len(z))
         # the best objective; among equals, the smallest loss (far from the prior every
         # objective can underflow to 0, e.g. under a tight latent-norm penalty)
-        best = np.flatnonzero(scores.objective == scores.objective.max())
+        objective = np.where(bad, -np.inf, scores.objective)
+        best = np.flatnonzero(objective == objective.max())
         if scores.loss is not None and len(best) > 1:
             best = best[[int(np.argmin(scores.loss[best]))]]
         return z[int(best[0])].cpu().numpy().astype(np.float64)
@@ -570,11 +590,23 @@ class QDSearch:
         best, best_loss = None, np.inf
         for i in range(0, len(z), RELEASED_START_BATCH):
             batch = z[i:i + RELEASED_START_BATCH]
-            loss = self.scorer.evaluate(batch, whole_batch_norm=True).loss
+            s = self.scorer.evaluate(batch, whole_batch_norm=True,
+                                     allow_nonfinite=self.cfg.skip_nonfinite)
+            loss = np.where(_nonfinite_rows(s), np.inf, s.loss)  # (skip_nonfinite)
             j = int(np.argmin(loss))  # the first of equals, as torch.argmin
             if best is None or loss[j] < best_loss:
                 best, best_loss = batch[j], loss[j]
+        self._check_start(best_loss == np.inf, len(z))
         return best.astype(np.float64)
+
+    @staticmethod
+    def _check_start(none_scored: bool, n: int) -> None:
+        """With ``skip_nonfinite``, the start draws may hold NaN/inf: some must score."""
+        if none_scored:
+            raise NonFiniteScoresError(
+                f"all {n} prior draws for the emitters' start scored NaN/inf (skip_nonfinite "
+                "skips such draws, but none is left): the generator fails on ordinary "
+                "latents; check its weights and numerics", np.ones(n, bool))
 
     # --- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -698,10 +730,19 @@ class QDSearch:
         except IndexError as e:  # pyribs restarts an emitter at an elite, and there is none
             if not self.scheduler.archive.empty:
                 raise
+            best = f"{s.objective[~bad].max():.3g}" if (~bad).any() else "none scored"
+            if self.skipped:
+                raise ValueError(
+                    f"iteration {self.iteration}: an emitter restarted while no solution had "
+                    f"entered the archive: {self.skipped} solutions so far scored NaN/inf "
+                    f"and were skipped (skip_nonfinite), the others did not enter (this "
+                    f"batch's best {best}). The generator fails where the search goes: keep "
+                    "the search nearer the prior (a larger latent-norm weight, smaller sigma0 "
+                    "or lr), or check its weights") from e
             raise ValueError(
                 f"iteration {self.iteration}: an emitter restarted while no solution had "
                 f"entered the archive (every objective so far <= threshold_min "
-                f"{cfg.threshold_min}; this batch's best {s.objective.max():.3g}). "
+                f"{cfg.threshold_min}; this batch's best {best}). "
                 + ("The objective is floored at 0, so such scores are all equal and the "
                    "emitter restarts: check objective_weights and latent_norm_scale (a "
                    "latent-norm penalty far above the prompt gap zeroes every score), start "
@@ -726,7 +767,9 @@ class QDSearch:
             for i in rows:
                 _restart_at_elite(emitters[i])
                 sols[i] = emitters[i].ask_dqd()[0]
-            again = self.scorer.evaluate(sols[rows], jacobian=True, allow_nonfinite=True)
+            # (the memory took its one embedding of this call's batch already)
+            again = self.scorer.evaluate(sols[rows], jacobian=True, update_memory=False,
+                                         allow_nonfinite=True)
             s = Scores(**{f.name: _put(getattr(s, f.name), rows, getattr(again, f.name))
                           for f in fields(Scores)})
             bad = self._skip(sols, s, rows)
@@ -750,10 +793,11 @@ class QDSearch:
             bad &= np.isin(np.arange(len(bad)), rows)
         if bad.any():
             if not self._skip_warned:
-                norms = np.linalg.norm(np.asarray(latents)[bad], axis=1)
+                norms = ", ".join(f"{v:.3g}" for v in
+                                  np.linalg.norm(np.asarray(latents)[bad], axis=1)[:4])
                 warnings.warn(
                     f"iteration {self.iteration}: {int(bad.sum())} of {len(bad)} solutions "
-                    f"scored NaN/inf (latent norms {', '.join(f'{v:.3g}' for v in norms[:4])})"
+                    f"scored NaN/inf (in their scores or jacobians; latent norms {norms})"
                     " and were skipped (skip_nonfinite): left out of the archives, ranked "
                     "last (a gradient-step point: its emitter restarted at an elite). "
                     "QDSearch.skipped counts them; this warning comes once per session",
@@ -816,7 +860,7 @@ class QDSearch:
         if not self._try_resume():
             # a fresh start, also when run() is called again on this object after an
             # interruption before the first checkpoint: nothing of that attempt is kept
-            self.iteration, self.seconds, self.scheduler = 0, 0.0, None
+            self.iteration, self.seconds, self.scheduler, self.skipped = 0, 0.0, None, 0
             self.result_archive = make_result_archive(self.scorer.solution_dim, self.cfg)
             self.scorer.reset()  # not the memory a previous search on this scorer left
             write_run_info(self.outdir, self._config_dict())

@@ -229,7 +229,7 @@ def test_static_calls_equal_eager_calls_while_the_memory_fills_and_changes(mode)
     runs = []
     for graphs in (False, True):
         sc = two_measure_scorer()
-        sc._remember = lambda loss, emb, sc=sc: setattr(  # remember every batch's first
+        sc._remember = lambda loss, emb, bad=None, sc=sc: setattr(  # remember every batch's first
             sc, "memory", torch.cat([sc.memory, emb[:1]])[-sc.memory_size:])
         sc.jacobian_mode, sc.cuda_graphs = mode, graphs
         runs.append(_run_calls(sc, calls))
@@ -940,3 +940,21 @@ def test_allow_nonfinite_returns_the_rows_and_keeps_them_from_the_memory():
             s = sc.evaluate(z, jacobian=jacobian, allow_nonfinite=True)
             assert np.isnan(s.objective[[0, 2]]).all() and np.isfinite(s.objective[[1, 3]]).all()
         assert np.isfinite(sc.memory.numpy()).all() and len(sc.memory) > 0
+
+
+def test_a_row_with_a_nan_jacobian_only_stays_out_of_the_memory():
+    class NaNGradient(ToyGenerator):  # finite images; sqrt of a negative: a NaN gradient
+        def decode(self, z):
+            img = super().decode(z)
+            t = 0.1 - self.check_latents(z)[:, 0]
+            return img + 0 * torch.where(t < 0, 0 * t, t.sqrt())[:, None, None, None]
+
+    sc = PromptScorer(NaNGradient(), ToyClip(), ("a", "b"), [("c", "d"), ("e", "f")],
+                      weights=(1.0, 0.0, 0.2))
+    z = np.zeros((1, 4))
+    z[0, 0] = 0.3
+    s = sc.evaluate(z, jacobian=True, allow_nonfinite=True)
+    assert np.isfinite(s.objective).all() and not np.isfinite(s.jacobian).all()
+    assert len(sc.memory) == 0
+    sc.evaluate(np.zeros((1, 4)), jacobian=True)  # the same scorer takes a finite row
+    assert len(sc.memory) == 1

@@ -628,9 +628,9 @@ def test_cma_maega_offers_every_scored_batch_to_the_uniqueness_memory(tmp_path):
     batches = []
     remember = sc._remember
 
-    def spy(loss, emb):
+    def spy(loss, emb, bad=None):
         batches.append(len(loss))
-        remember(loss, emb)
+        remember(loss, emb, bad)
 
     sc._remember = spy
     QDSearch(sc, config("cma_maega", 3, batch_size=4), tmp_path).run(progress=False)
@@ -836,3 +836,80 @@ def test_skip_nonfinite_is_a_profile_key():
     assert SearchConfig.from_profile(p, "cma_maega").skip_nonfinite
     with pytest.raises(ValueError, match="skip_nonfinite"):
         get_profile("smoke", "faces", skip_nonfinite="yes")
+
+
+def test_skipped_rows_leave_pyribs_restarts_as_on_the_scored_rows(tmp_path):
+    """An emitter all of whose solutions are skipped restarts at an elite (a flat batch, as
+    pyribs restarts a stalled emitter) instead of sampling the NaN region for good; and a
+    skipped row does not hide a flat batch of scored ones from pyribs' stop check."""
+    from qdgs_lib.search import _tell_skipping, make_result_archive, make_scheduler
+
+    search = QDSearch(holey_scorer(0.1), config("cma_mae", 20, skip_nonfinite=True,
+                                                x0="zeros"), tmp_path)
+    search.run(progress=False)
+    emitter = search.scheduler.emitters[0]
+    emitter._opt.mean, emitter._opt.sigma = np.array([0.6, 0.0, 0.0, 0.0]), 0.05  # in it
+    before = search.skipped
+    for _ in range(40):
+        search._step()
+        search.iteration += 1
+    assert emitter.restarts >= 1 and search.skipped - before < 20, search.skipped - before
+
+    for algorithm in ("cma_mae", "cma_maega"):
+        restarts = []
+        for skipped in (False, True):
+            cfg = config(algorithm, 10, seed=3)
+            sch = make_scheduler(4, cfg, np.zeros(4), make_result_archive(4, cfg))
+            sch.archive.add(np.full((1, 4), 0.01), np.array([1.0]), np.array([[0.15, 1.0]]))
+            if algorithm == "cma_maega":
+                sch.ask_dqd()
+                sch.tell_dqd(np.array([0.0]), np.array([[-0.4, 0.1]]), np.ones((1, 3, 4)))
+            sch.ask()
+            objective, meas = np.zeros(4), np.tile([[-0.4, 0.1]], (4, 1))  # all floored at 0
+            bad = np.array([False, False, False, skipped])
+            objective[bad], meas[bad] = np.nan, np.nan
+            _tell_skipping(sch, objective, meas, bad)
+            restarts.append(sch.emitters[0].restarts)
+        assert restarts == [1, 1], (algorithm, restarts)
+
+
+@pytest.mark.parametrize("x0", ["prior_best", "released"])
+def test_skip_nonfinite_covers_the_start_draws(tmp_path, x0):
+    # the hole at z0 > 0.1 (2 prior sigmas): a few of the 64 start draws are NaN
+    search = QDSearch(holey_scorer(0.1), config("cma_mae", 5, x0=x0, skip_nonfinite=True),
+                      tmp_path / "some")
+    search.run(progress=False)
+    assert search.start_latent()[0] <= 0.1
+    search = QDSearch(holey_scorer(-1.0), config("cma_mae", 5, x0=x0, skip_nonfinite=True),
+                      tmp_path / "all")
+    with pytest.raises(NonFiniteScoresError, match="all 64 prior draws .* none is left"):
+        search.run(progress=False)
+
+
+def test_a_search_whose_every_solution_was_skipped_says_so(tmp_path):
+    search = QDSearch(holey_scorer(0.1), config("cma_me", 12, batch_size=1, x0="zeros",
+                                                skip_nonfinite=True), tmp_path)
+    with pytest.raises(ValueError, match=r"1 solutions so far scored NaN/inf and were skipped"
+                                         r".*best none scored"):
+        search.run(progress=False)
+
+
+def test_a_fresh_start_on_the_same_object_counts_skips_afresh(tmp_path):
+    class Killed(Exception):
+        pass
+
+    def cfg():
+        return config("cma_mae", 40, checkpoint_every=100, skip_nonfinite=True)
+
+    ref = QDSearch(holey_scorer(0.4), cfg(), tmp_path / "ref")
+    ref.run(progress=False)
+    again = QDSearch(holey_scorer(0.4), cfg(), tmp_path / "again")
+    step = again._step
+    interrupt_at(again, 30, Killed)  # before the first checkpoint
+    with pytest.raises(Killed):
+        again.run(progress=False)
+    assert again.skipped > 0
+    again._step = step
+    again.run(progress=False)
+    assert again.skipped == ref.skipped == load_checkpoint(
+        tmp_path / "again" / "checkpoint.pkl")["skipped"]
