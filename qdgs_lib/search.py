@@ -575,7 +575,7 @@ class QDSearch:
         if self.cfg.x0 == "released":
             return self._released_start(z.cpu().numpy())
         scores = self.scorer.evaluate(z.cpu().numpy(), update_memory=False,
-                                      allow_nonfinite=self.cfg.skip_nonfinite)
+                                      **self._skipping)
         bad = _nonfinite_rows(scores)  # (only with skip_nonfinite)
         self._check_start(bad.all(), len(z))
         # the best objective; among equals, the smallest loss (far from the prior every
@@ -591,7 +591,7 @@ class QDSearch:
         for i in range(0, len(z), RELEASED_START_BATCH):
             batch = z[i:i + RELEASED_START_BATCH]
             s = self.scorer.evaluate(batch, whole_batch_norm=True,
-                                     allow_nonfinite=self.cfg.skip_nonfinite)
+                                     **self._skipping)
             loss = np.where(_nonfinite_rows(s), np.inf, s.loss)  # (skip_nonfinite)
             j = int(np.argmin(loss))  # the first of equals, as torch.argmin
             if best is None or loss[j] < best_loss:
@@ -708,7 +708,7 @@ class QDSearch:
             n = cfg.evaluations_per_iteration
             z = scorer.generator.sample_prior(n, seed=cfg.seed * 1_000_003 + self.iteration)
             z = z.cpu().numpy().astype(np.float64)
-            s = scorer.evaluate(z, allow_nonfinite=cfg.skip_nonfinite)
+            s = scorer.evaluate(z, **self._skipping)
             ok = ~self._skip(z, s)
             self._count_outside(s.measures[ok])
             if ok.any():
@@ -716,13 +716,13 @@ class QDSearch:
             return
         if cfg.algorithm in DQD_ALGORITHMS:
             sols = self.scheduler.ask_dqd()
-            s = scorer.evaluate(sols, jacobian=True, allow_nonfinite=cfg.skip_nonfinite)
+            s = scorer.evaluate(sols, jacobian=True, **self._skipping)
             if self._skip(sols, s).any():
                 s = self._restart_nonfinite(sols, s)
             self._count_outside(s.measures)
             self.scheduler.tell_dqd(s.objective, s.measures, s.jacobian)
         sols = self.scheduler.ask()
-        s = scorer.evaluate(sols, allow_nonfinite=cfg.skip_nonfinite)
+        s = scorer.evaluate(sols, **self._skipping)
         bad = self._skip(sols, s)
         self._count_outside(s.measures[~bad])
         try:
@@ -750,6 +750,12 @@ class QDSearch:
                    if scorer.objective_floor else
                    "Check objective_weights and latent_norm_scale, or start nearer the "
                    "prior") ) from e
+
+    @property
+    def _skipping(self) -> dict:
+        """The scorer's argument for ``skip_nonfinite`` (none without it: a scorer whose
+        ``evaluate`` a user wrapped keeps its earlier calls)."""
+        return {"allow_nonfinite": True} if self.cfg.skip_nonfinite else {}
 
     def _restart_nonfinite(self, sols: np.ndarray, s: Scores) -> Scores:
         """Gradient-step points that scored NaN/inf (``skip_nonfinite``): their emitters need
