@@ -34,7 +34,7 @@ from .base import Generator
 
 Prior = Callable[[int, torch.Generator], torch.Tensor]  # (n, seeded generator) -> (n, d) latents
 _PROBES = 8  # prior latents every check at construction decodes
-_BLOCKS = 8  # latent blocks swapped to find ignored dims without gradients
+_BLOCKS = 7  # latent blocks swapped to find ignored dims without gradients (+ base: 8)
 
 
 def _depends_on_mode(layer: nn.Module) -> bool:
@@ -275,35 +275,51 @@ class WrappedGenerator(Generator):
         return raw.shape[-1]
 
     def _check_dead_blocks(self, z: torch.Tensor) -> None:
-        """Without gradients, a coarser check of dims the network ignores: the first latent
-        with one of :data:`_BLOCKS` contiguous blocks of its dims taken from the second, a
-        block at a time (one call); a block whose swap leaves the image as it was warns."""
-        d = self.latent_dim
-        edges = np.linspace(0, d, min(_BLOCKS, d) + 1).round().astype(int)
-        blocks = list(zip(edges[:-1], edges[1:], strict=True))
-        batch = z[:1].repeat(len(blocks) + 1, 1)
-        for i, (a, b) in enumerate(blocks, 1):
-            batch[i, a:b] = z[1, a:b]
-        with torch.no_grad():
-            out = self._raw(self.check_latents(batch)).double()
-        # the same batch call for all (no other kernels for another batch size), so an
-        # ignored block gives the first image up to the last bits
+        """Without gradients, a coarser check of dims the network ignores: :data:`_BLOCKS`
+        contiguous blocks of dims; each base latent (the first two probes) with one block at
+        a time taken from the probe that differs most from it there (one call of 8 per base,
+        as the other checks). A block that changes neither base's image warns; a block on
+        which the probes hardly differ (a prior that holds it fixed) is not judged."""
+        d, n = self.latent_dim, min(_BLOCKS, self.latent_dim)
+        edges = np.linspace(0, d, n + 1).round().astype(int)
+        blocks = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        scale = float(z.std())  # the probes' spread: what a swap should move a block by
         tol = 1e-6 * (self.output_range[1] - self.output_range[0])
-        dead = [(int(a), int(b)) for i, (a, b) in enumerate(blocks, 1)
-                if float((out[i] - out[0]).abs().max()) <= tol]
-        if dead:
-            n = sum(b - a for a, b in dead)
-            runs: list[tuple[int, int]] = []  # adjacent blocks as one run
-            for a, b in dead:
-                runs[-1:] = [(runs[-1][0], b)] if runs and runs[-1][1] == a else \
-                    [*runs[-1:], (a, b)]
-            dead = runs
-            where = ", ".join(f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in dead[:3])
-            warnings.warn(f"{n} of the {d} latent dims (dims {where}"
-                          f"{', ...' if len(dead) > 3 else ''}) do not change net's images: "
-                          "is latent_dim larger than the network's input? The search would "
-                          "move through them for nothing (checked by swapping blocks of "
-                          f"{d // len(blocks)}+ dims between two prior latents)", stacklevel=4)
+        unchanged = np.ones(n, bool)
+        for base in (0, 1):
+            batch = z[base:base + 1].repeat(n + 1, 1)
+            for i, (a, b) in enumerate(blocks):
+                gap = (z[:, a:b] - z[base, a:b]).norm(dim=1)
+                donor = int(gap.argmax())
+                if float(gap[donor]) < 0.1 * scale * (b - a) ** 0.5:
+                    unchanged[i] = False  # not judged: the prior barely varies it
+                batch[i + 1, a:b] = z[donor, a:b]
+            with torch.no_grad():  # one call: no other kernels for another batch size, so
+                out = self._raw(self.check_latents(batch)).double()  # last bits only
+            unchanged &= np.array([float((out[i + 1] - out[0]).abs().max()) <= tol
+                                   for i in range(n)])
+        if not unchanged.any():
+            return
+        runs: list[list[int]] = []  # adjacent dead blocks as one run of dims
+        for (a, b), dead in zip(blocks, unchanged, strict=True):
+            if dead:
+                if runs and runs[-1][1] == a:
+                    runs[-1][1] = b
+                else:
+                    runs.append([a, b])
+        count = sum(b - a for a, b in runs)
+        where = ", ".join(f"{a}-{b - 1}" if b - a > 1 else str(a) for a, b in runs[:3])
+        hint = ("is latent_dim larger than the network's input" if runs[-1][1] == d else
+                "does the network leave part of the latent unused") + \
+            " (or does it gate these dims off for such latents)? "
+        where += ", ..." if len(runs) > 3 else ""
+        dims, verb = ("dims", "change") if count > 1 else ("dim", "changes")
+        warnings.warn(
+            f"{'at least ' if n < d else ''}{count} of the {d} latent dims ({dims} {where}) "
+            f"{verb} neither of two prior latents' images: {hint}The search would move "
+            f"through them for nothing (blocks of {d // n}{'+' if d % n else ''} dims "
+            "swapped for other prior latents' values; a block the network partly uses counts "
+            "as used)", stacklevel=4)
 
     def _check_gradients(self, z: torch.Tensor) -> None:
         """Gradients reach the latents, through every latent dim (else a warning)."""
