@@ -913,3 +913,36 @@ def test_a_fresh_start_on_the_same_object_counts_skips_afresh(tmp_path):
     again.run(progress=False)
     assert again.skipped == ref.skipped == load_checkpoint(
         tmp_path / "again" / "checkpoint.pkl")["skipped"]
+
+
+@pytest.mark.parametrize("algorithm", ["cma_maega", "cma_mae", "cma_me"])
+def test_skipped_rows_reach_each_emitter_as_not_added_below_its_scored_rows(algorithm):
+    """What the emitters are told: a skipped row has status 0 and an improvement just below
+    the lowest of its own emitter's scored rows (per emitter, for two of them)."""
+    from qdgs_lib.search import _tell_skipping, make_result_archive, make_scheduler
+
+    cfg = config(algorithm, 10, seed=3, num_emitters=2)
+    sch = make_scheduler(4, cfg, np.zeros(4), make_result_archive(4, cfg))
+    told = []
+    for emitter in sch.emitters:
+        emitter.tell = (lambda tell: lambda *a, add_info, **kw: (
+            told.append({k: v.copy() for k, v in add_info.items()}),
+            tell(*a, add_info=add_info, **kw)))(emitter.tell)
+    if algorithm == "cma_maega":
+        sch.ask_dqd()
+        sch.tell_dqd(np.array([0.5, 0.5]), np.array([[-0.4, 0.1]] * 2), np.ones((2, 3, 4)))
+    sols = sch.ask()
+    rng = np.random.default_rng(0)
+    objective = rng.uniform(-1, 2, 8)
+    meas = rng.uniform((-0.5, 0.0), (0.2, 1.1), (8, 2))
+    bad = np.array([True, False, False, True, False, False, False, True])
+    objective[bad] = np.nan
+    _tell_skipping(sch, objective, meas, bad)
+    assert len(told) == 2
+    for info, rows in zip(told, (bad[:4], bad[4:]), strict=True):
+        assert (info["status"][rows] == 0).all()
+        assert (info["value"][rows] < info["value"][~rows].min()).all()
+        assert np.isfinite(info["value"]).all()
+    for archive in (sch.archive, sch.result_archive):
+        stored = archive.data("solution")
+        assert len(stored) and not any((stored == row).all(1).any() for row in sols[bad])
