@@ -425,13 +425,13 @@ def _tell_skipping(scheduler: Scheduler, objective: np.ndarray, measures: np.nda
     """``scheduler.tell`` with the ``bad`` rows kept out of both archives: pyribs (pinned)
     adds a batch to them in ``Scheduler._add_to_archives``; for this call that step adds the
     other rows and reports the bad ones as not added (status 0), with an improvement one ulp
-    below the lowest of their emitter's scored rows, so each emitter ranks them last and its
-    CMA-ES stop check ("fitness too flat": best - worst < 1e-12) decides as on its scored rows
-    alone (CMA-ME's "2imp" ranks by status first, where a skipped row's 0 stays); an emitter
-    all of whose rows were skipped sees a flat batch and restarts at an elite, as pyribs
-    restarts a stalled one. Their objective and measures reach the emitters
-    as placeholders (0 and the grid's lower corner), which their rankers ("imp", "2imp") and
-    the Gaussian emitter never read."""
+    below the lowest of their emitter's scored rows (well below a single scored row), so each
+    emitter ranks them last and its CMA-ES stop check ("fitness too flat": best - worst <
+    1e-12, for two rows or more) decides as on its scored rows alone (CMA-ME's "2imp" ranks
+    by status first, where a skipped row's 0 stays); an emitter all of whose rows were
+    skipped sees a flat batch and restarts at an elite, as pyribs restarts a stalled one.
+    Their objective and measures reach the emitters as placeholders (0 and the grid's lower
+    corner), which their rankers ("imp", "2imp") and the Gaussian emitter never read."""
     if not bad.any():
         scheduler.tell(objective, measures)
         return
@@ -453,8 +453,10 @@ def _tell_skipping(scheduler: Scheduler, objective: np.ndarray, measures: np.nda
         for start, end in zip(ends - sizes, ends, strict=True):
             mine = slice(start, end)
             scored = info["value"][mine][ok[mine]]
-            if len(scored):
+            if len(scored) > 1:  # flat on the scored rows <=> flat with these
                 info["value"][mine][bad[mine]] = np.nextafter(scored.min(), -np.inf)
+            elif len(scored):  # pyribs judges no flatness of one row: never flat
+                info["value"][mine][bad[mine]] = scored[0] - max(1.0, abs(scored[0]))
         return info
 
     scheduler._add_to_archives = add_the_finite  # this instance, this call (never pickled)
@@ -793,7 +795,7 @@ class QDSearch:
     def _skip(self, latents: np.ndarray, s: Scores, rows: np.ndarray | None = None
               ) -> np.ndarray:
         """Rows of ``s`` with NaN/inf scores (only where ``skip_nonfinite`` let them through),
-        among ``rows`` (None: all): counted, and a warning at the first of this process."""
+        among ``rows`` (None: all): counted, and a warning at the first of this run."""
         bad = _nonfinite_rows(s)
         if rows is not None:
             bad &= np.isin(np.arange(len(bad)), rows)
@@ -806,7 +808,7 @@ class QDSearch:
                     f"scored NaN/inf (in their scores or jacobians; latent norms {norms})"
                     " and were skipped (skip_nonfinite): left out of the archives, ranked "
                     "last (a gradient-step point: its emitter restarted at an elite). "
-                    "QDSearch.skipped counts them; this warning comes once per session",
+                    "QDSearch.skipped counts them; this warning comes once per run",
                     stacklevel=4)
                 self._skip_warned = True
             self.skipped += int(bad.sum())
@@ -861,6 +863,7 @@ class QDSearch:
             return self._run(progress)
 
     def _run(self, progress: bool) -> GridArchive:
+        self._skip_warned = False  # (a warning per run)
         for stale in self.outdir.glob(".*.tmp"):  # left by a process killed mid-write
             stale.unlink(missing_ok=True)
         if not self._try_resume():

@@ -922,7 +922,8 @@ def test_the_scorer_itself_refuses_one_nonfinite_latent(monkeypatch, value):
 
 def test_allow_nonfinite_returns_the_rows_and_keeps_them_from_the_memory():
     """evaluate(allow_nonfinite=True) hands NaN rows back (a search skips them) instead of
-    raising; the uniqueness memory takes only finite ones."""
+    raising; the uniqueness memory keeps filling from the finite ones (a NaN image's loss is
+    NaN, never remembered; a NaN jacobian alone: the next test)."""
     class HalfNaN(ToyGenerator):
         def decode(self, z):
             img = super().decode(z)

@@ -765,14 +765,16 @@ def test_skip_nonfinite_leaves_nan_solutions_out_of_every_archive(tmp_path, algo
     assert "skipped" not in archive_summary({"plain": plain}).columns
 
 
-@pytest.mark.parametrize("algorithm", ["cma_maega", "cma_mae"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_skip_nonfinite_changes_nothing_where_every_image_is_finite(tmp_path, algorithm):
     runs = [QDSearch(scorer(), config(algorithm, 80, skip_nonfinite=skip), tmp_path / str(skip))
             for skip in (False, True)]
     for run in runs:
         run.run(progress=False)
     a, b = (read_archive(r.outdir / "archive.parquet") for r in runs)
-    pd.testing.assert_frame_equal(a, b)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)  # bitwise
+    pd.testing.assert_frame_equal(*(r.metrics().drop(columns="seconds") for r in runs),
+                                  check_exact=True)
     assert runs[1].skipped == 0
 
 
@@ -872,6 +874,19 @@ def test_skipped_rows_leave_pyribs_restarts_as_on_the_scored_rows(tmp_path):
             restarts.append(sch.emitters[0].restarts)
         assert restarts == [1, 1], (algorithm, restarts)
 
+    # one scored row (and three skipped) is no flat batch: pyribs judges flatness on two or more
+    for algorithm in ("cma_mae", "cma_maega"):
+        cfg = config(algorithm, 10, seed=3)
+        sch = make_scheduler(4, cfg, np.zeros(4), make_result_archive(4, cfg))
+        sch.archive.add(np.full((1, 4), 0.01), np.array([1.0]), np.array([[0.15, 1.0]]))
+        if algorithm == "cma_maega":
+            sch.ask_dqd()
+            sch.tell_dqd(np.array([0.0]), np.array([[-0.4, 0.1]]), np.ones((1, 3, 4)))
+        sch.ask()
+        bad = np.array([False, True, True, True])
+        _tell_skipping(sch, np.where(bad, np.nan, 50.0), np.tile([[-0.4, 0.1]], (4, 1)), bad)
+        assert sch.emitters[0].restarts == 0, algorithm
+
 
 @pytest.mark.parametrize("x0", ["prior_best", "released"])
 def test_skip_nonfinite_covers_the_start_draws(tmp_path, x0):
@@ -946,3 +961,21 @@ def test_skipped_rows_reach_each_emitter_as_not_added_below_its_scored_rows(algo
     for archive in (sch.archive, sch.result_archive):
         stored = archive.data("solution")
         assert len(stored) and not any((stored == row).all(1).any() for row in sols[bad])
+
+
+def test_gradient_points_restart_up_to_a_limit_and_rescore_without_the_memory(tmp_path):
+    """Restarted gradient points are rescored without a second memory update (each scoring
+    call of an iteration offers one embedding); a generator that fails everywhere after a
+    while exhausts the restarts with an error that says so."""
+    sc = holey_scorer(0.25)
+    sc.weights = (1.0, 0.0, 0.2)  # the uniqueness memory on
+    calls = []
+    remember = sc._remember
+    sc._remember = lambda *a: (calls.append(1), remember(*a))[1]
+    search = QDSearch(sc, config("cma_maega", 60, skip_nonfinite=True), tmp_path)
+    search.run(progress=False)
+    assert search.scheduler.emitters[0].restarts > 0 and len(calls) == 2 * 60
+    search.cfg.iterations = 80
+    sc.generator.limit = -np.inf  # NaN everywhere from now on: at every elite too
+    with pytest.raises(NonFiniteScoresError, match="also after 10 restarts at elites"):
+        search.run(progress=False)

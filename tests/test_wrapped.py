@@ -465,3 +465,39 @@ def test_dims_a_generator_without_gradients_ignores_are_found_by_block_swaps():
         warnings.simplefilter("error", UserWarning)
         WrappedGenerator(render, latent_dim=64, output_range=(0, 255), differentiable=False,
                          prior=fixed_tail)
+
+
+def test_dead_blocks_are_judged_from_two_latents_with_the_most_different_donor():
+    """A block gated off for the first latent but used for the second is not named (both
+    latents are asked); a block on which the first two probes nearly agree is judged with the
+    probe that differs most there (the second probe's values would leave the image as it was:
+    dims 0-8 count only through floor(z0 / 4))."""
+    w = torch.randn(64, 3 * 8 * 8, generator=torch.Generator().manual_seed(0)).numpy()
+
+    def gated(z):
+        z = np.array(z)
+        z[z[:, 63] < 0, :9] = 0.0  # dims 0-8 only where dim 63 is positive
+        return (np.tanh(z @ w) * 127 + 128).reshape(-1, 3, 8, 8).astype(np.uint8)
+
+    def gate_off_then_on(n, generator):  # probe 0 gated off, probe 1 on
+        z = torch.randn(n, 64, generator=generator)
+        z[:, 63] = torch.tensor([-1.0, 1.0]).repeat(n)[:n]
+        return z
+
+    def coarse(z):
+        z = np.asarray(z)
+        x = np.tanh(z[:, 9:] @ w[9:]) * 0.5 + 0.5 * np.floor(z[:, :1] / 4)
+        return ((x + 1) * 100).clip(0, 255).reshape(-1, 3, 8, 8).astype(np.uint8)
+
+    def near_twins(n, generator):  # probes 0 and 1 nearly equal on dims 0-8
+        z = torch.randn(n, 64, generator=generator)
+        z[0, 0] = 0.5
+        z[1, :9] = z[0, :9] + 0.15
+        z[2:, 0] = -3.0
+        return z
+
+    for net, prior in ((gated, gate_off_then_on), (coarse, near_twins)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            WrappedGenerator(net, latent_dim=64, output_range=(0, 255), differentiable=False,
+                             prior=prior)
