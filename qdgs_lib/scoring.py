@@ -94,6 +94,14 @@ class Scores:
     loss: np.ndarray | None = None  # (B,) objective loss before the transform
 
 
+def nonfinite_rows(scores: Scores) -> np.ndarray:
+    """Rows of ``scores`` whose objective, measures or jacobian hold NaN/inf."""
+    bad = ~(np.isfinite(scores.objective) & np.isfinite(scores.measures).all(1))
+    if scores.jacobian is not None:
+        bad |= ~np.isfinite(scores.jacobian).all((1, 2))
+    return bad
+
+
 class NonFiniteScoresError(ValueError):
     """A scoring call met NaN/inf images, scores or jacobians; ``rows``: which latents."""
 
@@ -552,16 +560,15 @@ class PromptScorer:
         loss, out, emb = loss.detach(), out.detach(), emb.detach()
         out = out.cpu().numpy().astype(np.float64)
         jac = None if jac is None else jac.cpu().numpy().astype(np.float64)
-        bad = ~np.isfinite(out).all(1)
-        if jac is not None:
-            bad |= ~np.isfinite(jac).all((1, 2))
+        scores = Scores(objective=out[:, 0], measures=out[:, 1:], jacobian=jac,
+                        loss=loss.cpu().numpy())
+        bad = nonfinite_rows(scores)
         if bad.any() and not allow_nonfinite:
             raise NonFiniteScoresError(self._nonfinite_message(z, bad, jac is not None),
                                        bad)
         if update_memory and self.weights[2] > 0:
             self._remember(loss, emb, bad)
-        return Scores(objective=out[:, 0], measures=out[:, 1:], jacobian=jac,
-                      loss=loss.cpu().numpy())
+        return scores
 
     def _require_gradients(self) -> None:
         if not getattr(self.generator, "differentiable", True):

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from .image_prompts import prompt_record
 from .measures import grid, ranges
 from .profiles import CHOICES, EARLIER, with_earlier
-from .scoring import NonFiniteScoresError, PromptScorer, Scores
+from .scoring import NonFiniteScoresError, PromptScorer, Scores, nonfinite_rows
 from .unpickling import RestrictedUnpickler, check_seed_sequence
 from .utils import (
     BadFileError,
@@ -393,14 +393,6 @@ def _drop_earlier(stored: dict, mine: dict) -> None:
 NONFINITE_RESTARTS = 10  # restarts at elites for a gradient point that scores NaN/inf
 
 
-def _nonfinite_rows(s: Scores) -> np.ndarray:
-    """Rows of ``s`` whose objective, measures or jacobian hold NaN/inf."""
-    bad = ~(np.isfinite(s.objective) & np.isfinite(s.measures).all(1))
-    if s.jacobian is not None:
-        bad |= ~np.isfinite(s.jacobian).all((1, 2))
-    return bad
-
-
 def _put(a: np.ndarray | None, rows: np.ndarray, b: np.ndarray | None) -> np.ndarray | None:
     """``a`` with ``rows`` replaced by ``b``'s rows (a copy)."""
     if a is None:
@@ -578,7 +570,7 @@ class QDSearch:
             return self._released_start(z.cpu().numpy())
         scores = self.scorer.evaluate(z.cpu().numpy(), update_memory=False,
                                       **self._skipping)
-        bad = _nonfinite_rows(scores)  # (only with skip_nonfinite)
+        bad = nonfinite_rows(scores)  # (only with skip_nonfinite)
         self._check_start(bad.all(), len(z))
         # the best objective; among equals, the smallest loss (far from the prior every
         # objective can underflow to 0, e.g. under a tight latent-norm penalty)
@@ -594,7 +586,7 @@ class QDSearch:
             batch = z[i:i + RELEASED_START_BATCH]
             s = self.scorer.evaluate(batch, whole_batch_norm=True,
                                      **self._skipping)
-            loss = np.where(_nonfinite_rows(s), np.inf, s.loss)  # (skip_nonfinite)
+            loss = np.where(nonfinite_rows(s), np.inf, s.loss)  # (skip_nonfinite)
             j = int(np.argmin(loss))  # the first of equals, as torch.argmin
             if best is None or loss[j] < best_loss:
                 best, best_loss = batch[j], loss[j]
@@ -719,8 +711,9 @@ class QDSearch:
         if cfg.algorithm in DQD_ALGORITHMS:
             sols = self.scheduler.ask_dqd()
             s = scorer.evaluate(sols, jacobian=True, **self._skipping)
-            if self._skip(sols, s).any():
-                s = self._restart_nonfinite(sols, s)
+            bad = self._skip(sols, s)
+            if bad.any():
+                s = self._restart_nonfinite(sols, s, bad)
             self._count_outside(s.measures)
             self.scheduler.tell_dqd(s.objective, s.measures, s.jacobian)
         sols = self.scheduler.ask()
@@ -759,15 +752,15 @@ class QDSearch:
         ``evaluate`` a user wrapped keeps its earlier calls)."""
         return {"allow_nonfinite": True} if self.cfg.skip_nonfinite else {}
 
-    def _restart_nonfinite(self, sols: np.ndarray, s: Scores) -> Scores:
+    def _restart_nonfinite(self, sols: np.ndarray, s: Scores, bad: np.ndarray) -> Scores:
         """Gradient-step points that scored NaN/inf (``skip_nonfinite``): their emitters need
         a jacobian there, so each restarts at a random elite, as pyribs restarts a stalled
         emitter, and its new point is scored (up to :data:`NONFINITE_RESTARTS` times).
-        ``sols`` is the scheduler's array of points: the new ones are written into it."""
+        ``sols`` is the scheduler's array of points (``bad``: the failed ones): the new ones
+        are written into it."""
         emitters = self.scheduler.emitters
         if len(sols) != len(emitters):  # GradientArborescenceEmitter: one point each
             raise RuntimeError(f"{len(sols)} gradient points for {len(emitters)} emitters")
-        bad = _nonfinite_rows(s)
         for _ in range(NONFINITE_RESTARTS):
             if self.scheduler.archive.empty:
                 break
@@ -780,7 +773,8 @@ class QDSearch:
                                          allow_nonfinite=True)
             s = Scores(**{f.name: _put(getattr(s, f.name), rows, getattr(again, f.name))
                           for f in fields(Scores)})
-            bad = self._skip(sols, s, rows)
+            bad = np.zeros(len(sols), bool)
+            bad[rows] = self._skip(sols[rows], again)
             if not bad.any():
                 return s
         raise NonFiniteScoresError(
@@ -792,13 +786,10 @@ class QDSearch:
             "search nearer the prior (a larger latent-norm weight, smaller sigma0 or lr), or "
             "search with cma_mae", bad)
 
-    def _skip(self, latents: np.ndarray, s: Scores, rows: np.ndarray | None = None
-              ) -> np.ndarray:
-        """Rows of ``s`` with NaN/inf scores (only where ``skip_nonfinite`` let them through),
-        among ``rows`` (None: all): counted, and a warning at the first of this run."""
-        bad = _nonfinite_rows(s)
-        if rows is not None:
-            bad &= np.isin(np.arange(len(bad)), rows)
+    def _skip(self, latents: np.ndarray, s: Scores) -> np.ndarray:
+        """Rows of ``s`` with NaN/inf scores (only where ``skip_nonfinite`` let them through):
+        counted, and a warning at the first of this run."""
+        bad = nonfinite_rows(s)
         if bad.any():
             if not self._skip_warned:
                 norms = ", ".join(f"{v:.3g}" for v in

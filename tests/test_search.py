@@ -840,11 +840,25 @@ def test_skip_nonfinite_is_a_profile_key():
         get_profile("smoke", "faces", skip_nonfinite="yes")
 
 
+def _asked_with_one_elite(algorithm):
+    """A seeded scheduler (one emitter, batch 4) with one elite to restart at, after ask()."""
+    from qdgs_lib.search import make_result_archive, make_scheduler
+
+    cfg = config(algorithm, 10, seed=3)
+    sch = make_scheduler(4, cfg, np.zeros(4), make_result_archive(4, cfg))
+    sch.archive.add(np.full((1, 4), 0.01), np.array([1.0]), np.array([[0.15, 1.0]]))
+    if algorithm == "cma_maega":
+        sch.ask_dqd()
+        sch.tell_dqd(np.array([0.0]), np.array([[-0.4, 0.1]]), np.ones((1, 3, 4)))
+    sch.ask()
+    return sch
+
+
 def test_skipped_rows_leave_pyribs_restarts_as_on_the_scored_rows(tmp_path):
     """An emitter all of whose solutions are skipped restarts at an elite (a flat batch, as
     pyribs restarts a stalled emitter) instead of sampling the NaN region for good; and a
     skipped row does not hide a flat batch of scored ones from pyribs' stop check."""
-    from qdgs_lib.search import _tell_skipping, make_result_archive, make_scheduler
+    from qdgs_lib.search import _tell_skipping
 
     search = QDSearch(holey_scorer(0.1), config("cma_mae", 20, skip_nonfinite=True,
                                                 x0="zeros"), tmp_path)
@@ -860,13 +874,7 @@ def test_skipped_rows_leave_pyribs_restarts_as_on_the_scored_rows(tmp_path):
     for algorithm in ("cma_mae", "cma_maega"):
         restarts = []
         for skipped in (False, True):
-            cfg = config(algorithm, 10, seed=3)
-            sch = make_scheduler(4, cfg, np.zeros(4), make_result_archive(4, cfg))
-            sch.archive.add(np.full((1, 4), 0.01), np.array([1.0]), np.array([[0.15, 1.0]]))
-            if algorithm == "cma_maega":
-                sch.ask_dqd()
-                sch.tell_dqd(np.array([0.0]), np.array([[-0.4, 0.1]]), np.ones((1, 3, 4)))
-            sch.ask()
+            sch = _asked_with_one_elite(algorithm)
             objective, meas = np.zeros(4), np.tile([[-0.4, 0.1]], (4, 1))  # all floored at 0
             bad = np.array([False, False, False, skipped])
             objective[bad], meas[bad] = np.nan, np.nan
@@ -876,13 +884,7 @@ def test_skipped_rows_leave_pyribs_restarts_as_on_the_scored_rows(tmp_path):
 
     # one scored row (and three skipped) is no flat batch: pyribs judges flatness on two or more
     for algorithm in ("cma_mae", "cma_maega"):
-        cfg = config(algorithm, 10, seed=3)
-        sch = make_scheduler(4, cfg, np.zeros(4), make_result_archive(4, cfg))
-        sch.archive.add(np.full((1, 4), 0.01), np.array([1.0]), np.array([[0.15, 1.0]]))
-        if algorithm == "cma_maega":
-            sch.ask_dqd()
-            sch.tell_dqd(np.array([0.0]), np.array([[-0.4, 0.1]]), np.ones((1, 3, 4)))
-        sch.ask()
+        sch = _asked_with_one_elite(algorithm)
         bad = np.array([False, True, True, True])
         _tell_skipping(sch, np.where(bad, np.nan, 50.0), np.tile([[-0.4, 0.1]], (4, 1)), bad)
         assert sch.emitters[0].restarts == 0, algorithm
